@@ -1,0 +1,94 @@
+"""Configuration values shared by every layer, named after Cilium's flags."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from egressgw.errors import ConfigError
+
+MAX_PORT = 65535
+
+
+@dataclass(frozen=True, slots=True)
+class NodePortRange:
+    """``--node-port-range``: Kubernetes NodePorts; NAT source ports lie above it.
+
+    Cilium hands out masquerade source ports from ``[max + 1, 65535]``.
+    """
+
+    min: int = 30000
+    max: int = 32767
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min <= self.max < MAX_PORT:
+            raise ConfigError(
+                f"{self.min},{self.max}: need 0 < MIN <= MAX < {MAX_PORT} so that NAT ports "
+                f"{self.max + 1}..{MAX_PORT} remain",
+                field="--node-port-range",
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> NodePortRange:
+        """Parse ``MIN,MAX`` (Cilium's form) or ``MIN-MAX``."""
+        match = re.fullmatch(r"\s*(\d+)\s*[,-]\s*(\d+)\s*", text)
+        if not match:
+            raise ConfigError(
+                f"{text!r}: expected MIN,MAX such as 30000,32767", field="--node-port-range"
+            )
+        return cls(int(match[1]), int(match[2]))
+
+    @property
+    def nat_min(self) -> int:
+        """The lowest NAT source port."""
+        return self.max + 1
+
+    @property
+    def nat_max(self) -> int:
+        """The highest NAT source port."""
+        return MAX_PORT
+
+    @property
+    def nat_ports(self) -> int:
+        """Ports in the NAT range, as the seed counts them (32768 by default)."""
+        return MAX_PORT - self.max
+
+    @property
+    def cilium_saturation_divisor(self) -> int:
+        """What Cilium v1.16 divides the top count by: ``65535 - (NodePortMax + 1)``.
+
+        It equals the ports the clamp in nat.h can reach (32767 by default).
+        """
+        return max(1, MAX_PORT - (self.max + 1))
+
+    def __str__(self) -> str:
+        return f"{self.min},{self.max}"
+
+
+NAT_MAP_STATS_ENTRIES_DEFAULT = 30
+NAT_MAP_STATS_ENTRIES_MAX = 4096
+
+
+def check_stats_entries(k: int) -> int:
+    """Validate ``--nat-map-stats-entries`` (Cilium accepts 1..4096)."""
+    if not 1 <= k <= NAT_MAP_STATS_ENTRIES_MAX:
+        raise ConfigError(
+            f"{k}: must be between 1 and {NAT_MAP_STATS_ENTRIES_MAX}",
+            field="--nat-map-stats-entries",
+        )
+    return k
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def parse_duration(text: str, *, field: str = "duration") -> float:
+    """Parse a Go-style duration (``30s``, ``1m30s``, ``2h``, ``0``) into seconds."""
+    stripped = text.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", stripped):
+        return float(stripped)
+    parts = _DURATION_PART.findall(stripped)
+    if not parts or "".join(n + u for n, u in parts) != stripped:
+        raise ConfigError(f"{text!r}: expected a duration such as 30s, 5m or 1h30m", field=field)
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)

@@ -1,0 +1,64 @@
+"""The one error tree of egressgw.
+
+Every failure a user can cause or meet is an :class:`EgressgwError`. Adapters at the edges
+(files, subprocess, netlink, HTTP) translate what they catch into one of these, so the CLI
+can print one clear line and exit non-zero without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class EgressgwError(Exception):
+    """Base of every error egressgw reports to its user."""
+
+    exit_code = 1
+
+
+class InputError(EgressgwError):
+    """Bad input: a file, a line in it, or a field of a document.
+
+    The message names where the problem is, as ``FILE:LINE: what`` or
+    ``FILE: document N: field.path: what``.
+    """
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        line: int | None = None,
+        document: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.message = message
+        self.source = source
+        self.line = line
+        self.document = document
+        self.field = field
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where: list[str] = []
+        if self.source is not None:
+            where.append(self.source if self.line is None else f"{self.source}:{self.line}")
+        elif self.line is not None:
+            where.append(f"line {self.line}")
+        if self.document is not None:
+            where.append(f"document {self.document}")
+        if self.field is not None:
+            where.append(self.field)
+        return ": ".join([*where, self.message])
+
+
+class ConfigError(InputError):
+    """A bad flag or configuration value (names the flag)."""
+
+
+class DatapathError(EgressgwError):
+    """The datapath refused or failed an operation (nft, netlink, the model)."""
+
+
+class AgentError(EgressgwError):
+    """The agent or its HTTP API could not be reached or answered badly."""

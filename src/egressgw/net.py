@@ -1,0 +1,188 @@
+"""Small immutable value types for addresses, protocols and tuples.
+
+These are the vocabulary every layer shares. Bulk paths (dumps, the model datapath) keep
+columns of integers instead and only build these objects at their edges.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass
+from typing import TypeAlias
+
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Family(enum.StrEnum):
+    """An address family, spelled as Cilium spells it in nat-stats."""
+
+    IPV4 = "ipv4"
+    IPV6 = "ipv6"
+
+    @classmethod
+    def of(cls, ip: IPAddress | IPNetwork) -> Family:
+        return cls.IPV4 if ip.version == 4 else cls.IPV6
+
+
+class Proto(enum.IntEnum):
+    """The protocols Cilium's SNAT handles, valued by their IP protocol number."""
+
+    ICMP = 1
+    TCP = 6
+    UDP = 17
+    ICMPV6 = 58
+
+    @property
+    def label(self) -> str:
+        """The name as Cilium prints it (``TCP``, ``UDP``, ``ICMP``, ``ICMPv6``)."""
+        return "ICMPv6" if self is Proto.ICMPV6 else self.name
+
+    @property
+    def has_ports(self) -> bool:
+        """Whether tuples carry ports (ICMP echo carries an identifier instead)."""
+        return self in (Proto.TCP, Proto.UDP)
+
+    @classmethod
+    def parse(cls, text: str) -> Proto:
+        """Parse a protocol name in any case (``tcp``, ``ICMPv6``) or number."""
+        key = text.strip().upper()
+        if key.isdigit():
+            try:
+                return cls(int(key))
+            except ValueError:
+                pass
+        else:
+            aliases = {"ICMP6": "ICMPV6", "IPV6-ICMP": "ICMPV6"}
+            try:
+                return cls[aliases.get(key, key)]
+            except KeyError:
+                pass
+        raise ValueError(f"unknown protocol {text!r} (expected TCP, UDP, ICMP or ICMPv6)")
+
+
+def parse_ip(text: str) -> IPAddress:
+    """Parse an IPv4 or IPv6 address, with or without brackets."""
+    return ipaddress.ip_address(text[1:-1] if text.startswith("[") else text)
+
+
+def format_ip(ip: IPAddress) -> str:
+    """An address as Cilium prints it next to a port: IPv6 in brackets."""
+    return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
+def format_addr(ip: IPAddress, port: int) -> str:
+    """``ip:port``, or just the (bracketed) ip when the port is 0 as for ICMP."""
+    return f"{format_ip(ip)}:{port}" if port else format_ip(ip)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Endpoint:
+    """An address and a port (an ICMP echo identifier for ICMP)."""
+
+    ip: IPAddress
+    port: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 0xFFFF:
+            raise ValueError(f"port {self.port} is outside 0..65535")
+
+    @property
+    def family(self) -> Family:
+        return Family.of(self.ip)
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        """Parse ``1.2.3.4:80``, ``[2001:db8::1]:80``, or an address alone (port 0)."""
+        if text.startswith("["):
+            host, sep, port = text[1:].partition("]")
+            if sep and port.startswith(":"):
+                return cls(parse_ip(host), int(port[1:]))
+            if sep and not port:
+                return cls(parse_ip(host), 0)
+            raise ValueError(f"bad endpoint {text!r}")
+        if text.count(":") == 1:
+            host, _, port = text.partition(":")
+            return cls(parse_ip(host), int(port))
+        return cls(parse_ip(text), 0)
+
+    def __str__(self) -> str:
+        return f"{format_ip(self.ip)}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class FiveTuple:
+    """A connection's tuple in one direction: protocol, source and destination."""
+
+    proto: Proto
+    src: Endpoint
+    dst: Endpoint
+
+    def __post_init__(self) -> None:
+        if self.src.ip.version != self.dst.ip.version:
+            raise ValueError("source and destination are of different address families")
+
+    @property
+    def family(self) -> Family:
+        return self.src.family
+
+    def reversed(self) -> FiveTuple:
+        return FiveTuple(self.proto, self.dst, self.src)
+
+    def __str__(self) -> str:
+        return f"{self.proto.label} {self.src} -> {self.dst}"
+
+
+class Direction(enum.StrEnum):
+    """Which way a NAT entry translates: OUT rewrites sources, IN rewrites destinations."""
+
+    OUT = "OUT"
+    IN = "IN"
+
+
+@dataclass(frozen=True, slots=True)
+class NatEntry:
+    """One entry of a NAT table, from any producer (kernel, model, dump).
+
+    For OUT the tuple is the original one (pod -> remote) and ``xlate`` the new source
+    (egress IP and allocated port); for IN the tuple is the reply (remote -> egress IP and
+    port) and ``xlate`` the original source it maps back to.
+    """
+
+    direction: Direction
+    tuple: FiveTuple
+    xlate: Endpoint
+    created_ago: float | None = None
+    needs_ct: bool | None = None
+
+    @property
+    def endpoint(self) -> NatEndpoint | None:
+        """The nat-stats key this entry counts towards (IN entries only)."""
+        if self.direction is not Direction.IN:
+            return None
+        return NatEndpoint(
+            self.tuple.family,
+            self.tuple.proto,
+            self.tuple.dst.ip,
+            self.tuple.src.ip,
+            self.tuple.src.port if self.tuple.proto.has_ports else 0,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NatEndpoint:
+    """What nat-stats counts connections by: {family, proto, egress IP, remote IP:port}.
+
+    Every connection to the same NatEndpoint needs its own source port.
+    """
+
+    family: Family
+    proto: Proto
+    egress_ip: IPAddress
+    remote_ip: IPAddress
+    remote_port: int
+
+    @property
+    def remote_addr(self) -> str:
+        return format_addr(self.remote_ip, self.remote_port)

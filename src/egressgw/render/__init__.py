@@ -1,0 +1,1 @@
+"""Rendering of tables and documents for people and programs."""
