@@ -1,0 +1,1 @@
+"""Datapaths: where egress rules take effect and where the NAT table lives."""

@@ -1,0 +1,28 @@
+"""The interface every datapath (kernel, model) offers the agent."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from egressgw.net import NatEndpoint
+from egressgw.policy.rules import EgressRule
+
+
+class Datapath(Protocol):
+    """A place where egress rules are enforced and connections are source-NATed."""
+
+    def apply(self, rules: Sequence[EgressRule]) -> None:
+        """Make ``rules`` the rules in force, all at once or not at all.
+
+        Raises DatapathError and leaves the previous rules in force when refused.
+        """
+
+    def endpoint_counts(self) -> Mapping[NatEndpoint, int]:
+        """Connections currently holding a NAT source port, per nat-stats key."""
+
+    def allocation_failures(self) -> Mapping[str, int]:
+        """Cumulative counters of failed port allocations, by reason."""
+
+    def cleanup(self) -> None:
+        """Remove everything this datapath installed."""

@@ -1,0 +1,1 @@
+"""Egress gateway policies: parsing, validation, inventory, and compiling to rules."""
