@@ -21,7 +21,8 @@ def kernel_unavailable_reason() -> str | None:
         return "kernel tests need root (network namespaces, nftables, conntrack)"
     missing = [tool for tool in KERNEL_TOOLS if shutil.which(tool) is None]
     if missing:
-        return f"kernel tests need {', '.join(missing)} (apt-get install nftables conntrack iproute2)"
+        tools = ", ".join(missing)
+        return f"kernel tests need {tools} (apt-get install nftables conntrack iproute2)"
     return None
 
 
