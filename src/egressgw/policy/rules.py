@@ -2,8 +2,11 @@
 
 A rule says: traffic from ``source_ip`` to ``destination`` leaves through ``gateway_node``
 masqueraded behind ``egress_ip`` (MASQUERADE), or is not masqueraded because an excluded
-CIDR matched (EXCLUDED), or is dropped because no gateway node matched (NO_GATEWAY, Cilium
-drop reason 194 "No egress gateway found").
+CIDR matched (EXCLUDED), or is dropped (NO_GATEWAY). A drop has one of two causes, as in
+Cilium's policy map: no node matched the gateway's nodeSelector (``gateway_node`` is None;
+Cilium drop reason 194 "No egress gateway found"), or a gateway node was found but no
+egress IP could be derived on it (``gateway_node`` set, ``egress_ip`` None; Cilium writes
+egress IP 0.0.0.0 and the gateway drops the traffic).
 """
 
 from __future__ import annotations
@@ -21,7 +24,12 @@ class RuleKind(enum.StrEnum):
     NO_GATEWAY = "no-gateway"
 
 
-@dataclass(frozen=True, slots=True, order=True)
+# Rules order by family first: ipaddress refuses to compare IPv4 with IPv6 objects, and
+# listings show IPv4 before IPv6 like cilium-dbg does.
+_SortKey = tuple[int, int, int, int, int, str, int, int, str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class EgressRule:
     """One {source IP, destination CIDR} -> {egress IP, gateway} entry."""
 
@@ -42,6 +50,36 @@ class EgressRule:
     @property
     def family(self) -> Family:
         return Family.of(self.source_ip)
+
+    @property
+    def sort_key(self) -> _SortKey:
+        """Family, source, destination (address, prefix), then the rest; total over rules."""
+        egress = self.egress_ip
+        gateway = self.gateway_ip
+        return (
+            self.source_ip.version,
+            int(self.source_ip),
+            int(self.destination.network_address),
+            self.destination.prefixlen,
+            list(RuleKind).index(self.kind),
+            self.gateway_node or "",
+            0 if egress is None else egress.version,
+            0 if egress is None else int(egress),
+            "" if gateway is None else f"{gateway.version}:{int(gateway):040d}",
+            self.policy,
+        )
+
+    def __lt__(self, other: EgressRule) -> bool:
+        return self.sort_key < other.sort_key
+
+    def __le__(self, other: EgressRule) -> bool:
+        return self.sort_key <= other.sort_key
+
+    def __gt__(self, other: EgressRule) -> bool:
+        return self.sort_key > other.sort_key
+
+    def __ge__(self, other: EgressRule) -> bool:
+        return self.sort_key >= other.sort_key
 
 
 def rules_for_gateway(rules: Iterable[EgressRule], node: str) -> list[EgressRule]:

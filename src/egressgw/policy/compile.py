@@ -1,0 +1,216 @@
+"""Compile policies against an inventory into egress rules (pure: no I/O, no clock).
+
+For each policy (in name order), each endpoint it selects and each of the endpoint's IPs:
+one rule per destination CIDR of the same family, and one EXCLUDED rule per excluded CIDR
+of the same family. The datapath matches by longest prefix, so an excluded CIDR inside a
+destination CIDR wins for the addresses it covers.
+
+The gateway, as Cilium's regenerateGatewayConfig derives it:
+- the first node, sorted by name, matching the gateway's nodeSelector; its InternalIP is
+  the gateway IP. No node: the traffic is dropped (NO_GATEWAY, reason 194).
+- the egress IP on that node: ``egressIP`` as given (an IP on none of the node's
+  interfaces is still used, as a virtual IP, with a warning); ``interface``: its first
+  address of the rule's family; neither: the default-route interface's first address of
+  that family. For the family ``egressIP`` is not, the interface holding it (else the
+  default-route interface) gives its first address of that family. Nothing found: the
+  gateway drops the traffic (NO_GATEWAY with the gateway set; Cilium writes egress IP
+  0.0.0.0).
+- several gateways (spec.egressGateways): they are ordered by gateway IP (a gateway
+  without a node counts as 0.0.0.0, ties keep the policy order) and an endpoint uses
+  ``gateways[fnv1a_32(uid) % len(gateways)]``, where uid is the endpoint's UID (or
+  ``namespace/name``). FNV-1a is fixed by its definition, so the choice is the same in
+  every run and every process, unlike Python's salted hash().
+
+Two policies giving the same {source IP, destination CIDR} conflict in Cilium's map (the
+last writer wins); here the policy whose name sorts first wins and a warning says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from egressgw.net import IPAddress, IPNetwork
+from egressgw.policy.inventory import Endpoint, InventorySource, Node
+from egressgw.policy.model import EgressPolicy, GatewaySpec
+from egressgw.policy.rules import EgressRule, RuleKind
+
+_FNV32_OFFSET = 0x811C9DC5
+_FNV32_PRIME = 0x01000193
+
+
+def fnv1a_32(data: bytes) -> int:
+    """The 32-bit FNV-1a hash (Go's hash/fnv New32a)."""
+    value = _FNV32_OFFSET
+    for byte in data:
+        value = ((value ^ byte) * _FNV32_PRIME) & 0xFFFFFFFF
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedGateway:
+    """A gateway entry of a policy, resolved against the inventory."""
+
+    spec: GatewaySpec
+    node: Node | None
+
+    @property
+    def sort_key(self) -> tuple[int, int]:
+        if self.node is None:
+            return (4, 0)
+        return (self.node.internal_ip.version, int(self.node.internal_ip))
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """The rules, in a deterministic order, and what an operator should be told about."""
+
+    rules: list[EgressRule]
+    warnings: list[str]
+
+
+def compile_rules(policies: Sequence[EgressPolicy], inventory: InventorySource) -> list[EgressRule]:
+    """The egress rules ``policies`` give over ``inventory``, sorted (see EgressRule)."""
+    return compile_policies(policies, inventory).rules
+
+
+def compile_policies(policies: Sequence[EgressPolicy], inventory: InventorySource) -> Compiled:
+    """Rules and warnings (unmatched gateways, egress IPs not found, conflicts)."""
+    nodes = sorted(inventory.nodes(), key=lambda n: n.name)
+    node_labels = {node.name: node.labels for node in nodes}
+    endpoints = sorted(inventory.endpoints(), key=lambda e: (e.namespace, e.name))
+    warnings: list[str] = []
+    rules: dict[tuple[IPAddress, IPNetwork], EgressRule] = {}
+    for policy in sorted(policies, key=lambda p: p.name):
+        gateways = _resolve_gateways(policy, nodes, warnings)
+        for endpoint in endpoints:
+            labels = None if endpoint.node is None else node_labels.get(endpoint.node)
+            if not policy.selects(endpoint.identity_labels, labels):
+                continue
+            gateway = pick_gateway(gateways, endpoint)
+            for rule in _endpoint_rules(policy, endpoint, gateway, warnings):
+                key = (rule.source_ip, rule.destination)
+                earlier = rules.get(key)
+                if earlier is None or (
+                    earlier.policy == rule.policy and rule.kind is RuleKind.EXCLUDED
+                ):
+                    rules[key] = rule
+                elif earlier.policy != rule.policy:
+                    warnings.append(
+                        f"policy {rule.policy!r}: {rule.source_ip} -> {rule.destination} is "
+                        f"already given by policy {earlier.policy!r}, which wins"
+                    )
+    return Compiled(sorted(rules.values()), _unique(warnings))
+
+
+def pick_gateway(gateways: Sequence[ResolvedGateway], endpoint: Endpoint) -> ResolvedGateway:
+    """The gateway an endpoint is pinned to (see the module docstring)."""
+    if len(gateways) == 1:
+        return gateways[0]
+    index = fnv1a_32(endpoint.stable_id.encode("utf-8")) % len(gateways)
+    return gateways[index]
+
+
+def _resolve_gateways(
+    policy: EgressPolicy, nodes: Sequence[Node], warnings: list[str]
+) -> list[ResolvedGateway]:
+    resolved = []
+    for spec in policy.gateways:
+        node = next((n for n in nodes if spec.node_selector.matches(n.labels)), None)
+        if node is None:
+            warnings.append(
+                f"policy {policy.name!r}: {spec.field}.nodeSelector matches no node: "
+                "its traffic is dropped (No egress gateway found)"
+            )
+        resolved.append(ResolvedGateway(spec, node))
+    if len(resolved) > 1:
+        # sorted() is stable: equal gateway IPs keep the policy's order.
+        resolved.sort(key=lambda g: g.sort_key)
+    return resolved
+
+
+def _endpoint_rules(
+    policy: EgressPolicy, endpoint: Endpoint, gateway: ResolvedGateway, warnings: list[str]
+) -> list[EgressRule]:
+    rules: list[EgressRule] = []
+    for source_ip in endpoint.ips:
+        destinations = [c for c in policy.destination_cidrs if c.version == source_ip.version]
+        if destinations:
+            egress_ip = _egress_ip(policy, gateway, source_ip.version, warnings)
+        for destination in destinations:
+            rules.append(_rule(policy, source_ip, destination, gateway, egress_ip))
+        for excluded in policy.excluded_cidrs:
+            if excluded.version == source_ip.version:
+                rules.append(
+                    EgressRule(source_ip, excluded, RuleKind.EXCLUDED, policy=policy.name)
+                )
+    return rules
+
+
+def _rule(
+    policy: EgressPolicy,
+    source_ip: IPAddress,
+    destination: IPNetwork,
+    gateway: ResolvedGateway,
+    egress_ip: IPAddress | None,
+) -> EgressRule:
+    node = gateway.node
+    if node is None:
+        return EgressRule(source_ip, destination, RuleKind.NO_GATEWAY, policy=policy.name)
+    kind = RuleKind.NO_GATEWAY if egress_ip is None else RuleKind.MASQUERADE
+    return EgressRule(
+        source_ip, destination, kind, egress_ip, node.name, node.internal_ip, policy.name
+    )
+
+
+def _egress_ip(
+    policy: EgressPolicy, gateway: ResolvedGateway, version: int, warnings: list[str]
+) -> IPAddress | None:
+    node, spec = gateway.node, gateway.spec
+    if node is None:
+        return None
+    where = f"policy {policy.name!r}: {spec.field}"
+    family = f"IPv{version}"
+    if spec.interface is not None:
+        interface = node.interface(spec.interface)
+        if interface is None:
+            warnings.append(
+                f"{where}.interface: node {node.name!r} has no interface {spec.interface!r}: "
+                "its traffic is dropped at the gateway"
+            )
+            return None
+        found = interface.first_address(version)
+        if found is None:
+            warnings.append(
+                f"{where}.interface: {spec.interface!r} on node {node.name!r} has no "
+                f"{family} address: its {family} traffic is dropped at the gateway"
+            )
+        return found
+    holder = None
+    if spec.egress_ip is not None:
+        holder = node.interface_with(spec.egress_ip)
+        if holder is None:
+            warnings.append(
+                f"{where}.egressIP: {spec.egress_ip} is on no interface of node "
+                f"{node.name!r}: used as a virtual IP (replies must be routed to the node)"
+            )
+        if spec.egress_ip.version == version:
+            return spec.egress_ip
+    interface = holder or node.default_interface
+    if interface is None:
+        warnings.append(
+            f"{where}: node {node.name!r} has no default-route interface: its {family} "
+            "traffic is dropped at the gateway"
+        )
+        return None
+    found = interface.first_address(version)
+    if found is None:
+        warnings.append(
+            f"{where}: interface {interface.name!r} on node {node.name!r} has no {family} "
+            f"address: its {family} traffic is dropped at the gateway"
+        )
+    return found
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
