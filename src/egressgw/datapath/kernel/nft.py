@@ -1,0 +1,35 @@
+"""The subprocess edge to nft: one script, one transaction, errors as DatapathError."""
+
+from __future__ import annotations
+
+import subprocess
+
+from egressgw.datapath.kernel.netns import netns_argv
+from egressgw.errors import DatapathError
+
+
+def run_nft(script: str, *, netns: str | None = None, timeout: float = 30.0) -> None:
+    """Load ``script`` with ``nft -f -``: nft applies the whole script or none of it."""
+    _run(["nft", "-f", "-"], script, netns=netns, timeout=timeout)
+
+
+def list_table(table: str, *, netns: str | None = None, family: str = "inet") -> str:
+    """The table as nft lists it (raises DatapathError when it does not exist)."""
+    return _run(["nft", "list", "table", family, table], "", netns=netns, timeout=30.0)
+
+
+def _run(argv: list[str], stdin: str, *, netns: str | None, timeout: float) -> str:
+    command = netns_argv(netns, argv)
+    try:
+        done = subprocess.run(
+            command, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except FileNotFoundError as exc:
+        raise DatapathError(f"{exc.filename}: not installed (apt-get install nftables)") from None
+    except subprocess.TimeoutExpired:
+        raise DatapathError(f"{' '.join(argv)}: no answer within {timeout:g} s") from None
+    if done.returncode != 0:
+        message = " ".join(line.strip() for line in done.stderr.splitlines() if line.strip())
+        where = f" in netns {netns}" if netns else ""
+        raise DatapathError(f"nft{where} refused the transaction: {message or 'no message'}")
+    return done.stdout

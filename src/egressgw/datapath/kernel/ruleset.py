@@ -1,0 +1,240 @@
+"""Render egress rules into one nftables table (pure: rules in, nft script out).
+
+Why one ``inet`` table: both address families live in one table of egressgw's own, so a
+single ``delete table`` removes everything egressgw installed, and a single transaction
+replaces the IPv4 and IPv6 rules together. Nothing outside the table is touched.
+
+Shape of the table (the rule count is constant; only map elements grow with the rules):
+
+- ``snat4`` / ``snat6``: verdict maps keyed by ``source . destination`` (interval flag, so
+  destinations are CIDRs) that ``goto`` one chain per egress IP. A chain per egress IP is
+  needed because nft cannot load an IPv6 address+port-range map, and port ranges need a
+  protocol match first (ICMP has no ports, so it gets its own rule without a range).
+- ``nogw4`` / ``nogw6``: sets of ``source . destination`` whose traffic is dropped in the
+  forward hook (no gateway node matched: Cilium drop reason 194).
+- Excluded CIDRs are holes: before rendering, the destinations of each source are cut
+  into disjoint pieces by longest-prefix match, so an excluded CIDR inside a masqueraded
+  one leaves no element behind, and interval elements never overlap.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from egressgw.config import NodePortRange
+from egressgw.errors import InputError
+from egressgw.net import IPAddress, IPNetwork
+from egressgw.policy.rules import EgressRule, RuleKind
+
+TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
+
+# At equal prefix length, an exclusion beats a masquerade, which beats a drop.
+_KIND_PRIORITY = {RuleKind.EXCLUDED: 0, RuleKind.MASQUERADE: 1, RuleKind.NO_GATEWAY: 2}
+
+# What a piece of destination space resolves to: a kind and, for masquerade, the egress IP.
+Action = tuple[RuleKind, IPAddress | None]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Element:
+    """One map/set element: traffic from ``source`` to ``destination`` gets ``action``."""
+
+    source: IPAddress
+    destination: IPNetwork
+    kind: RuleKind
+    egress_ip: IPAddress | None
+
+
+def check_table_name(table: str) -> str:
+    """A table name nft accepts without quoting (letters, digits, underscore)."""
+    if not TABLE_NAME.fullmatch(table):
+        raise InputError(
+            f"{table!r}: a table name is a letter then up to 31 letters, digits or '_'",
+            field="table",
+        )
+    return table
+
+
+def _checked(rule: EgressRule, index: int) -> None:
+    """Re-validate every address through ipaddress (nft would try DNS on a bad literal)."""
+
+    def bad(message: str) -> InputError:
+        return InputError(message, source=rule.policy or "rules", field=f"rule[{index}]")
+
+    try:
+        source = ipaddress.ip_address(str(rule.source_ip))
+        destination = ipaddress.ip_network(str(rule.destination), strict=True)
+        egress = None if rule.egress_ip is None else ipaddress.ip_address(str(rule.egress_ip))
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    if source.version != destination.version:
+        raise bad(f"{source} and {destination} differ in family")
+    if rule.kind is RuleKind.MASQUERADE:
+        if egress is None:
+            raise bad("a masquerade rule needs an egress IP")
+        if egress.version != source.version:
+            raise bad(f"egress IP {egress} is not of the family of {source}")
+
+
+def _pieces(network: IPNetwork, inner: Iterable[IPNetwork]) -> list[IPNetwork]:
+    """``network`` minus every network in ``inner`` (each a strict subnet of it)."""
+    pieces: list[IPNetwork] = [network]
+    for hole in inner:
+        next_pieces: list[IPNetwork] = []
+        for piece in pieces:
+            if piece.subnet_of(hole):  # type: ignore[arg-type]
+                continue
+            if hole.subnet_of(piece):  # type: ignore[arg-type]
+                next_pieces.extend(piece.address_exclude(hole))  # type: ignore[arg-type]
+            else:
+                next_pieces.append(piece)
+        pieces = next_pieces
+    return pieces
+
+
+def resolve_elements(rules: Sequence[EgressRule]) -> list[Element]:
+    """Disjoint elements that give every (source, destination) its longest-prefix action.
+
+    For each source, each destination CIDR keeps the part of it not covered by a more
+    specific CIDR of the same source; equal CIDRs are settled by kind priority, then by
+    the lowest egress IP, so the result never depends on the input order.
+    """
+    by_source: dict[IPAddress, dict[IPNetwork, Action]] = defaultdict(dict)
+    for index, rule in enumerate(rules):
+        _checked(rule, index)
+        action: Action = (rule.kind, rule.egress_ip if rule.kind is RuleKind.MASQUERADE else None)
+        current = by_source[rule.source_ip].get(rule.destination)
+        if current is None or _rank(action) < _rank(current):
+            by_source[rule.source_ip][rule.destination] = action
+
+    elements: list[Element] = []
+    for source, destinations in by_source.items():
+        by_action: dict[Action, list[IPNetwork]] = defaultdict(list)
+        for destination, action in destinations.items():
+            inner = [
+                other
+                for other in destinations
+                if other != destination and other.subnet_of(destination)  # type: ignore[arg-type]
+            ]
+            by_action[action].extend(_pieces(destination, inner))
+        for (kind, egress), pieces in by_action.items():
+            if kind is RuleKind.EXCLUDED:
+                continue  # a hole: neither masqueraded nor dropped
+            for piece in ipaddress.collapse_addresses(pieces):  # type: ignore[type-var]
+                elements.append(Element(source, piece, kind, egress))
+    return sorted(elements, key=_element_key)
+
+
+def _rank(action: Action) -> tuple[int, int, int]:
+    kind, egress = action
+    if egress is None:
+        return (_KIND_PRIORITY[kind], 0, 0)
+    return (_KIND_PRIORITY[kind], egress.version, int(egress))
+
+
+def _element_key(element: Element) -> tuple[int, int, int, int]:
+    return (
+        element.source.version,
+        int(element.source),
+        int(element.destination.network_address),
+        element.destination.prefixlen,
+    )
+
+
+def snat_chain_name(egress_ip: IPAddress) -> str:
+    """The chain that source-NATs to ``egress_ip``: ``snat4_203_0_113_10``."""
+    digits = str(egress_ip).replace(".", "_").replace(":", "_")
+    return f"snat{egress_ip.version}_{digits}"
+
+
+def _snat_chain(egress_ip: IPAddress, ports: NodePortRange) -> list[str]:
+    family = "ip" if egress_ip.version == 4 else "ip6"
+    bracketed = str(egress_ip) if egress_ip.version == 4 else f"[{egress_ip}]"
+    return [
+        f"\tchain {snat_chain_name(egress_ip)} {{",
+        # Port ranges need a protocol with ports; nf_nat keeps the source port when it is
+        # free in the range, otherwise searches the range.
+        f"\t\tmeta l4proto {{ tcp, udp }} snat {family} to "
+        f"{bracketed}:{ports.nat_min}-{ports.nat_max}",
+        # ICMP echo: the kernel rewrites the echo identifier when it must.
+        f"\t\tsnat {family} to {egress_ip}",
+        "\t}",
+    ]
+
+
+def _map_block(name: str, version: int, elements: list[Element], *, verdicts: bool) -> list[str]:
+    addr = "ipv4_addr" if version == 4 else "ipv6_addr"
+    kind = "map" if verdicts else "set"
+    value = " : verdict" if verdicts else ""
+    lines = [f"\t{kind} {name} {{", f"\t\ttype {addr} . {addr}{value}", "\t\tflags interval"]
+    if elements:
+        items = []
+        for element in elements:
+            item = f"{element.source} . {element.destination}"
+            if verdicts:
+                assert element.egress_ip is not None
+                item += f" : goto {snat_chain_name(element.egress_ip)}"
+            items.append(item)
+        lines.append("\t\telements = {")
+        lines.extend(f"\t\t\t{item}," for item in items)
+        lines.append("\t\t}")
+    lines.append("\t}")
+    return lines
+
+
+def render_ruleset(
+    rules: Sequence[EgressRule], ports: NodePortRange, *, table: str = "egressgw"
+) -> str:
+    """The nft script that atomically replaces table ``inet <table>`` with ``rules``.
+
+    ``add table`` then ``delete table`` makes the delete succeed whether or not the table
+    exists; the table is then declared in full. nft runs the script as one transaction.
+    """
+    check_table_name(table)
+    elements = resolve_elements(rules)
+    masq = {v: [e for e in elements if e.kind is RuleKind.MASQUERADE and e.source.version == v]
+            for v in (4, 6)}
+    drop = {v: [e for e in elements if e.kind is RuleKind.NO_GATEWAY and e.source.version == v]
+            for v in (4, 6)}
+    egress_ips = sorted(
+        {e.egress_ip for e in elements if e.egress_ip is not None},
+        key=lambda ip: (ip.version, int(ip)),
+    )
+
+    lines = [
+        f"add table inet {table}",
+        f"delete table inet {table}",
+        f"table inet {table} {{",
+        '\tcomment "egress gateway SNAT; replaced as a whole by egressgw"',
+    ]
+    lines += _map_block("snat4", 4, masq[4], verdicts=True)
+    lines += _map_block("snat6", 6, masq[6], verdicts=True)
+    lines += _map_block("nogw4", 4, drop[4], verdicts=False)
+    lines += _map_block("nogw6", 6, drop[6], verdicts=False)
+    for egress_ip in egress_ips:
+        lines += _snat_chain(egress_ip, ports)
+    lines += [
+        "\tchain postrouting {",
+        # NAT port ranges only take effect in a nat-type chain.
+        "\t\ttype nat hook postrouting priority srcnat; policy accept;",
+        "\t\tip saddr . ip daddr vmap @snat4",
+        "\t\tip6 saddr . ip6 daddr vmap @snat6",
+        "\t}",
+        "\tchain forward {",
+        "\t\ttype filter hook forward priority filter; policy accept;",
+        '\t\tip saddr . ip daddr @nogw4 counter drop comment "no egress gateway found"',
+        '\t\tip6 saddr . ip6 daddr @nogw6 counter drop comment "no egress gateway found"',
+        "\t}",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_delete(*, table: str = "egressgw") -> str:
+    """The nft script that removes the table if present, and nothing else."""
+    check_table_name(table)
+    return f"add table inet {table}\ndelete table inet {table}\n"
