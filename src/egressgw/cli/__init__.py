@@ -17,6 +17,7 @@ from egressgw.errors import EgressgwError
 # command name -> "module:attribute" of its click command.
 COMMANDS: dict[str, str] = {
     "nat-stats": "egressgw.cli.natstats:nat_stats",
+    "egress": "egressgw.cli.egress:egress",
 }
 
 

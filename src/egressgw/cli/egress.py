@@ -1,0 +1,81 @@
+"""``egressgw egress list``: the compiled egress rules, like ``cilium-dbg bpf egress list``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import yaml
+
+from egressgw.errors import InputError
+from egressgw.policy.compile import compile_policies
+from egressgw.policy.inventory import load_inventory
+from egressgw.policy.listing import egress_list, format_egress_list
+from egressgw.policy.parse import load_policies
+
+
+@click.group()
+def egress() -> None:
+    """Egress gateway policies compiled into rules."""
+
+
+@egress.command("list")
+@click.option(
+    "--policies",
+    "policies_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A CiliumEgressGatewayPolicy file (multi-document or kind: List) or a directory.",
+)
+@click.option(
+    "--inventory",
+    "inventory_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The nodes and endpoints file.",
+)
+@click.option(
+    "--node",
+    default=None,
+    help="Show the policy map as this node holds it (egress IPs only on its own gateways).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "json", "yaml"]),
+    default="table",
+    show_default=True,
+    help="Output format; json and yaml carry every field of every rule.",
+)
+def list_rules(
+    policies_path: Path, inventory_path: Path, node: str | None, output: str
+) -> None:
+    """List the egress rules the policies give over the inventory.
+
+    \b
+    Columns as in cilium-dbg bpf egress list: Source IP, Destination CIDR, Egress IP,
+    Gateway IP ("Excluded CIDR" for excluded destinations, "Not Found" when no node
+    matches the gateway's nodeSelector; such traffic is dropped).
+
+    \b
+    Examples:
+      egressgw egress list --policies policies/ --inventory inventory.yaml
+      egressgw egress list --policies p.yaml --inventory inv.yaml --node gateway-1 -o json
+    """
+    policies = load_policies(policies_path)
+    inventory = load_inventory(inventory_path)
+    if node is not None and inventory.node(node) is None:
+        raise InputError(f"no node named {node!r} in the inventory", source=str(inventory_path))
+    compiled = compile_policies(policies, inventory)
+    for warning in compiled.warnings:
+        click.echo(f"egressgw: warning: {warning}", err=True)
+    entries = egress_list(compiled.rules, node)
+    if output == "json":
+        click.echo(json.dumps([e.as_document() for e in entries], indent=2))
+    elif output == "yaml":
+        click.echo(yaml.safe_dump([e.as_document() for e in entries], sort_keys=False), nl=False)
+    elif not entries:
+        click.echo("No entries found.", err=True)
+    else:
+        click.echo(format_egress_list(entries), nl=False)

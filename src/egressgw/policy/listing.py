@@ -1,0 +1,80 @@
+"""The egress rules as ``cilium-dbg bpf egress list`` shows a node's policy map.
+
+cilium-dbg prints ``Source IP  Destination CIDR  Egress IP  Gateway IP`` with Go's
+tabwriter (minwidth 5, tabwidth 0, padding 3, space padding), and the gateway column uses
+the map's sentinels: gateway 0.0.0.0 is printed as "Not Found" (no gateway node) and
+0.0.0.1 as "Excluded CIDR". The egress IP is only known on the gateway node itself; every
+other node's map holds 0.0.0.0 (``::`` for IPv6), which is also what a drop shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from egressgw.policy.rules import EgressRule, RuleKind
+from egressgw.render.tabwriter import tabwrite
+
+HEADER = ("Source IP", "Destination CIDR", "Egress IP", "Gateway IP")
+NOT_FOUND = "Not Found"
+EXCLUDED_CIDR = "Excluded CIDR"
+# bpf_egress_list.go: tabwriter.NewWriter(os.Stdout, 5, 0, 3, ' ', 0)
+_MINWIDTH = 5
+_PADDING = 3
+
+
+@dataclass(frozen=True, slots=True)
+class EgressListEntry:
+    """One line of the listing, with the rule it comes from."""
+
+    source_ip: str
+    destination_cidr: str
+    egress_ip: str
+    gateway_ip: str
+    rule: EgressRule
+
+    def as_document(self) -> dict[str, Any]:
+        """Every field, for -o json/yaml (addresses as strings, absent ones as null)."""
+        rule = self.rule
+        return {
+            "source_ip": str(rule.source_ip),
+            "destination_cidr": str(rule.destination),
+            "kind": rule.kind.value,
+            "egress_ip": None if rule.egress_ip is None else str(rule.egress_ip),
+            "gateway_node": rule.gateway_node,
+            "gateway_ip": None if rule.gateway_ip is None else str(rule.gateway_ip),
+            "policy": rule.policy,
+            "shown_egress_ip": self.egress_ip,
+            "shown_gateway_ip": self.gateway_ip,
+        }
+
+
+def egress_list(rules: Iterable[EgressRule], node: str | None = None) -> list[EgressListEntry]:
+    """The entries in order; with ``node``, as that node's policy map holds them.
+
+    Without ``node`` each masquerade shows its egress IP (the gateway's view of it).
+    """
+    entries = []
+    for rule in sorted(rules):
+        unspecified = "0.0.0.0" if rule.source_ip.version == 4 else "::"
+        egress = unspecified
+        if rule.kind is RuleKind.MASQUERADE and (node is None or rule.gateway_node == node):
+            egress = str(rule.egress_ip)
+        if rule.kind is RuleKind.EXCLUDED:
+            gateway = EXCLUDED_CIDR
+        elif rule.gateway_ip is None:
+            gateway = NOT_FOUND
+        else:
+            gateway = str(rule.gateway_ip)
+        entries.append(
+            EgressListEntry(str(rule.source_ip), str(rule.destination), egress, gateway, rule)
+        )
+    return entries
+
+
+def format_egress_list(entries: Iterable[EgressListEntry]) -> str:
+    """The table exactly as cilium-dbg aligns it (header line included)."""
+    rows = [HEADER]
+    rows.extend((e.source_ip, e.destination_cidr, e.egress_ip, e.gateway_ip) for e in entries)
+    return tabwrite(rows, minwidth=_MINWIDTH, padding=_PADDING)
