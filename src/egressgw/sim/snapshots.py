@@ -1,0 +1,178 @@
+"""Timed nat-stats snapshots read from files, the input of ``egressgw forecast``.
+
+A snapshot is a count per tuple at a time. Files may be:
+
+- the nat-stats table as ``cilium-dbg statedb nat-stats`` prints it (``# IPFamily ...``);
+- JSON from ``egressgw nat-stats -o json`` or the agent's ``/v1/statedb/nat-stats``
+  (an object with ``rows``, or a list of rows; ``updated_at`` gives the time);
+- a NAT table dump (``cilium-dbg bpf nat list``, ``conntrack -L``), counted here.
+
+The time comes from ``FILE@TIME`` or, for JSON with ``updated_at``, from the document.
+TIME is seconds (e.g. Unix time) or an ISO 8601 timestamp.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from egressgw.errors import InputError
+from egressgw.net import Endpoint, Family, NatEndpoint, Proto, parse_ip
+
+TABLE_HEADER = "# IPFamily"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Counts per tuple at ``time`` (seconds)."""
+
+    source: str
+    time: float
+    counts: Mapping[NatEndpoint, int]
+
+
+def parse_time(text: str, *, source: str) -> float:
+    """Seconds, or an ISO 8601 timestamp (naive ones are taken as UTC)."""
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        if math.isfinite(value):
+            return value
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(
+            f"{text!r}: expected seconds or an ISO 8601 time such as 2024-05-01T12:00:00Z",
+            source=source,
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``FILE@TIME`` -> (FILE, TIME); a plain FILE -> (FILE, None)."""
+    path, sep, when = spec.rpartition("@")
+    if sep and path:
+        return path, when
+    return spec, None
+
+
+def parse_table(text: str, *, source: str) -> dict[NatEndpoint, int]:
+    """Rows of the cilium-dbg nat-stats table."""
+    counts: dict[NatEndpoint, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        cells = line.split()
+        if len(cells) != 5:
+            raise InputError(
+                "expected 5 columns: IPFamily Proto EgressIP RemoteAddr Count",
+                source=source, line=number,
+            )
+        try:
+            family = Family(cells[0])
+            proto = Proto.parse(cells[1])
+            egress = parse_ip(cells[2])
+            remote = Endpoint.parse(cells[3])
+            count = int(cells[4])
+        except ValueError as exc:
+            raise InputError(f"bad row: {exc}", source=source, line=number) from None
+        key = NatEndpoint(family, proto, egress, remote.ip, remote.port)
+        counts[key] = counts.get(key, 0) + count
+    return counts
+
+
+def _row(doc: object, where: str, source: str) -> tuple[NatEndpoint, int]:
+    if not isinstance(doc, Mapping):
+        raise InputError("must be an object", source=source, field=where)
+    try:
+        egress = parse_ip(str(doc["egress_ip"]))
+        family = Family(doc.get("family", Family.of(egress).value))
+        key = NatEndpoint(
+            family,
+            Proto.parse(str(doc["proto"])),
+            egress,
+            parse_ip(str(doc["remote_ip"])),
+            int(doc.get("remote_port", 0)),
+        )
+        return key, int(doc["count"])
+    except KeyError as exc:
+        raise InputError(f"missing field {exc.args[0]!r}", source=source, field=where) from None
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"bad value: {exc}", source=source, field=where) from None
+
+
+def parse_json(doc: Any, *, source: str) -> tuple[dict[NatEndpoint, int], float | None]:
+    """Rows and the ``updated_at`` time (if any) of a nat-stats JSON document."""
+    rows = doc.get("rows") if isinstance(doc, Mapping) else doc
+    if not isinstance(rows, list):
+        raise InputError("expected a nat-stats document with 'rows'", source=source)
+    counts: dict[NatEndpoint, int] = {}
+    for i, item in enumerate(rows):
+        key, count = _row(item, f"rows[{i}]", source)
+        counts[key] = counts.get(key, 0) + count
+    when = doc.get("updated_at") if isinstance(doc, Mapping) else None
+    if when is None:
+        return counts, None
+    return counts, parse_time(str(when), source=source)
+
+
+def _count_dump(data: bytes, source: str) -> dict[NatEndpoint, int]:
+    # The dump readers load only when a dump is given.
+    dumps = importlib.import_module("egressgw.dumps")
+    counted = dumps.count_endpoints(data, source=source)
+    return {key: int(value) for key, value in counted.counts.items()}
+
+
+def load_snapshot(spec: str, *, at: str | None = None) -> Snapshot:
+    """Read one snapshot from ``FILE`` or ``FILE@TIME`` (``at`` overrides the time)."""
+    path_text, when = split_spec(spec)
+    when = at if at is not None else when
+    try:
+        data = Path(path_text).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", source=path_text) from None
+    text = data.decode("utf-8", errors="replace")
+    stripped = text.lstrip()
+    doc_time: float | None = None
+    if stripped.startswith(("{", "[")):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"not valid JSON: {exc.msg}", source=path_text,
+                             line=exc.lineno) from None
+        counts, doc_time = parse_json(doc, source=path_text)
+    elif stripped.startswith(TABLE_HEADER):
+        counts = parse_table(text, source=path_text)
+    else:
+        counts = _count_dump(data, path_text)
+    if when is not None:
+        time = parse_time(when, source=path_text)
+    elif doc_time is not None:
+        time = doc_time
+    else:
+        raise InputError(
+            "no time for this snapshot: write FILE@TIME (seconds or ISO 8601) or use --at",
+            source=path_text,
+        )
+    return Snapshot(path_text, time, counts)
+
+
+def load_snapshots(specs: Sequence[str], at: Sequence[str] = ()) -> list[Snapshot]:
+    """Read snapshots, sorted by time; ``at`` (if given) holds one time per file."""
+    if at and len(at) != len(specs):
+        raise InputError(f"--at given {len(at)} times for {len(specs)} snapshots",
+                         field="--at")
+    snapshots = [
+        load_snapshot(spec, at=at[i] if at else None) for i, spec in enumerate(specs)
+    ]
+    return sorted(snapshots, key=lambda s: s.time)

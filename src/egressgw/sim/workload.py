@@ -1,0 +1,477 @@
+"""The workload document: who connects where, how often, for how long, how it ends.
+
+A workload is YAML (see docs/simulation.md). Parsing validates everything and raises
+InputError naming the file and the field, e.g. ``w.yaml: clients[0].count: must be a
+positive integer``. The result is a tree of frozen value types; generating connections
+from it is ``egressgw.sim.generate``'s job.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from egressgw.config import parse_duration
+from egressgw.errors import ConfigError, InputError
+from egressgw.net import Endpoint, IPAddress, Proto, parse_ip
+from egressgw.sim.arrivals import (
+    Arrivals,
+    ConstantRate,
+    DailyRate,
+    Process,
+    RampRate,
+    RateProfile,
+)
+from egressgw.sim.distributions import Duration, DurationKind, EndKind, Ends
+
+
+class SourcePorts:
+    """How a client picks its ephemeral source ports (Linux: 32768-60999)."""
+
+    SEQUENTIAL = "sequential"
+    RANDOM = "random"
+    CHOICES = (SEQUENTIAL, RANDOM)
+
+
+EPHEMERAL_MIN = 32768
+EPHEMERAL_MAX = 60999
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A remote endpoint clients connect to; ICMP destinations have port 0."""
+
+    name: str
+    ip: IPAddress
+    port: int
+    proto: Proto
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClientGroup:
+    """Clients that behave alike: same arrivals, durations, ends and destinations."""
+
+    name: str
+    addresses: tuple[IPAddress, ...]
+    arrivals: Arrivals
+    duration: Duration
+    ends: Ends
+    destinations: tuple[int, ...]
+    egress_ips: tuple[IPAddress, ...] = ()
+    keepalive: float = 0.0
+    source_ports: str = SourcePorts.SEQUENTIAL
+
+    @property
+    def count(self) -> int:
+        return len(self.addresses)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaySpec:
+    """Recorded flows to replay from a CSV file (see ``egressgw.sim.replay``)."""
+
+    path: Path
+    egress_ips: tuple[IPAddress, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """A parsed, validated workload."""
+
+    name: str
+    source: str
+    duration: float | None
+    destinations: tuple[Destination, ...]
+    groups: tuple[ClientGroup, ...]
+    egress_ips: tuple[IPAddress, ...] = ()
+    gateways: Mapping[IPAddress, str] = field(default_factory=dict)
+    replay: ReplaySpec | None = None
+
+    def gateway_of(self, egress_ip: IPAddress) -> str:
+        """The gateway node that owns ``egress_ip`` (one node unless ``gateways`` says)."""
+        return self.gateways.get(egress_ip, DEFAULT_GATEWAY)
+
+
+DEFAULT_GATEWAY = "gateway"
+
+
+class _Fields:
+    """Reads one mapping of the document, naming the field in every error."""
+
+    def __init__(self, data: object, path: str, source: str) -> None:
+        if not isinstance(data, Mapping):
+            raise InputError(f"must be a mapping, got {_kind(data)}", source=source, field=path)
+        self.data: Mapping[str, Any] = data
+        self.path = path
+        self.source = source
+
+    def name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, key: str, message: str) -> InputError:
+        return InputError(message, source=self.source, field=self.name(key))
+
+    def check_keys(self, allowed: Sequence[str]) -> None:
+        for key in self.data:
+            if key not in allowed:
+                raise self.error(str(key), f"unknown field (expected one of {', '.join(allowed)})")
+
+    def has(self, key: str) -> bool:
+        return key in self.data and self.data[key] is not None
+
+    def get(self, key: str, default: object = None) -> Any:
+        value = self.data.get(key)
+        return default if value is None else value
+
+    def required(self, key: str) -> Any:
+        if not self.has(key):
+            raise self.error(key, "is required")
+        return self.data[key]
+
+    def sub(self, key: str) -> _Fields:
+        return _Fields(self.required(key), self.name(key), self.source)
+
+    def positive_int(self, key: str) -> int:
+        value = self.required(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise self.error(key, "must be a positive integer")
+        return value
+
+    def number(self, key: str, default: float | None = None, *, positive: bool = False) -> float:
+        value = self.get(key, default)
+        if value is None:
+            raise self.error(key, "is required")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(key, f"must be a number, got {value!r}")
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise self.error(key, f"must be a {'positive' if positive else 'non-negative'} number")
+        return float(value)
+
+    def seconds(self, key: str, default: float | None = None, *, positive: bool = False) -> float:
+        value = self.get(key, default)
+        if value is None:
+            raise self.error(key, "is required")
+        return _seconds(value, self, key, positive=positive)
+
+    def rate(self, key: str) -> float:
+        return _rate(self.required(key), self, key)
+
+    def ip(self, key: str) -> IPAddress:
+        return _ip(self.required(key), self, key)
+
+    def ip_list(self, key: str) -> tuple[IPAddress, ...]:
+        value = self.get(key, [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise self.error(key, "must be a list of IP addresses")
+        return tuple(_ip(item, self, f"{key}[{i}]") for i, item in enumerate(value))
+
+
+def _kind(value: object) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def _seconds(value: object, where: _Fields, key: str, *, positive: bool = False) -> float:
+    if isinstance(value, bool):
+        raise where.error(key, f"must be a duration such as 30s, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            seconds = parse_duration(value, field=where.name(key))
+        except ConfigError as exc:
+            raise where.error(key, exc.message) from None
+    else:
+        raise where.error(key, f"must be a duration such as 30s, got {_kind(value)}")
+    if not math.isfinite(seconds) or seconds < 0 or (positive and seconds == 0):
+        raise where.error(key, f"must be a {'positive' if positive else 'non-negative'} duration")
+    return seconds
+
+
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _rate(value: object, where: _Fields, key: str) -> float:
+    """A rate: a number per second, or ``N/s``, ``N/m``, ``N/h``."""
+    if isinstance(value, bool):
+        raise where.error(key, f"must be a rate such as 50 or 3000/m, got {value!r}")
+    if isinstance(value, int | float):
+        rate = float(value)
+    elif isinstance(value, str) and (m := re.fullmatch(r"\s*([\d.]+)\s*/\s*([smh])\s*", value)):
+        try:
+            rate = float(m[1]) / _RATE_UNITS[m[2]]
+        except ValueError:
+            raise where.error(key, f"must be a rate such as 50 or 3000/m, got {value!r}") from None
+    else:
+        raise where.error(key, f"must be a rate such as 50 or 3000/m, got {value!r}")
+    if not math.isfinite(rate) or rate < 0:
+        raise where.error(key, "must be a non-negative rate")
+    return rate
+
+
+def _ip(value: object, where: _Fields, key: str) -> IPAddress:
+    try:
+        return parse_ip(str(value))
+    except ValueError:
+        raise where.error(key, f"{value!r} is not an IP address") from None
+
+
+def _parse_arrivals(f: _Fields, per_connection: float) -> Arrivals:
+    f.check_keys(["process", "rate", "ramp", "daily"])
+    process_name = str(f.get("process", Process.POISSON.value))
+    try:
+        process = Process(process_name)
+    except ValueError:
+        raise f.error("process", f"{process_name!r}: expected poisson or constant") from None
+    shapes = [key for key in ("rate", "ramp", "daily") if f.has(key)]
+    if len(shapes) != 1:
+        raise InputError(
+            "give exactly one of rate, ramp or daily", source=f.source, field=f.path
+        )
+    profile: RateProfile
+    if shapes[0] == "rate":
+        profile = ConstantRate(f.rate("rate"))
+    elif shapes[0] == "ramp":
+        ramp = f.sub("ramp")
+        ramp.check_keys(["from", "to", "start", "over"])
+        profile = RampRate(
+            ramp.rate("from"), ramp.rate("to"), ramp.seconds("start", 0.0),
+            ramp.seconds("over", positive=True),
+        )
+    else:
+        daily = f.sub("daily")
+        daily.check_keys(["low", "high", "peak_at", "period"])
+        low, high = daily.rate("low"), daily.rate("high")
+        if high < low:
+            raise daily.error("high", "must be at least low")
+        profile = DailyRate(
+            low, high, daily.seconds("peak_at", 14 * 3600.0),
+            daily.seconds("period", 86400.0, positive=True),
+        )
+    return Arrivals(process, profile, per_connection)
+
+
+def _parse_duration(value: object, where: _Fields, key: str) -> Duration:
+    if value in ("forever", math.inf):
+        return Duration(DurationKind.FOREVER)
+    if not isinstance(value, Mapping):
+        return Duration(DurationKind.FIXED, _seconds(value, where, key))
+    f = _Fields(value, where.name(key), where.source)
+    kind_name = str(f.required("distribution"))
+    try:
+        kind = DurationKind(kind_name)
+    except ValueError:
+        choices = ", ".join(k.value for k in DurationKind)
+        raise f.error("distribution", f"{kind_name!r}: expected one of {choices}") from None
+    if kind is DurationKind.FIXED:
+        f.check_keys(["distribution", "value"])
+        return Duration(kind, f.seconds("value"))
+    if kind is DurationKind.EXPONENTIAL:
+        f.check_keys(["distribution", "mean"])
+        return Duration(kind, f.seconds("mean", positive=True))
+    if kind is DurationKind.LOGNORMAL:
+        f.check_keys(["distribution", "median", "sigma"])
+        return Duration(kind, f.seconds("median", positive=True), f.number("sigma", 1.0))
+    f.check_keys(["distribution"])
+    return Duration(kind)
+
+
+def _parse_ends(value: object, where: _Fields, key: str) -> Ends:
+    names = [k.name.lower() for k in EndKind]
+    if isinstance(value, str):
+        if value not in names:
+            raise where.error(key, f"{value!r}: expected fin, rst, idle or a mapping of shares")
+        return Ends(**{name: float(name == value) for name in names})
+    f = _Fields(value, where.name(key), where.source)
+    f.check_keys(names)
+    shares = {name: f.number(name, 0.0) for name in names}
+    if sum(shares.values()) <= 0:
+        raise InputError("the shares must not all be 0", source=f.source, field=f.path)
+    return Ends(**shares)
+
+
+def _parse_addresses(f: _Fields) -> tuple[IPAddress, ...]:
+    if f.has("addresses") and f.has("cidr"):
+        raise InputError("give addresses or cidr, not both", source=f.source, field=f.path)
+    if f.has("addresses"):
+        addresses = f.ip_list("addresses")
+        if not addresses:
+            raise f.error("addresses", "must not be empty")
+        count = f.positive_int("count") if f.has("count") else len(addresses)
+        if count != len(addresses):
+            raise f.error("count", f"is {count} but {len(addresses)} addresses are listed")
+        return addresses
+    count = f.positive_int("count")
+    cidr_text = str(f.required("cidr"))
+    try:
+        network = ipaddress.ip_network(cidr_text, strict=False)
+    except ValueError:
+        raise f.error("cidr", f"{cidr_text!r} is not a CIDR") from None
+    usable = network.num_addresses - (2 if network.prefixlen < network.max_prefixlen - 1 else 0)
+    if count > usable:
+        raise f.error("count", f"{count} clients do not fit in {network} ({usable} addresses)")
+    first = int(network.network_address) + (1 if usable < network.num_addresses else 0)
+    return tuple(ipaddress.ip_address(first + i) for i in range(count))
+
+
+def _parse_destination(f: _Fields) -> Destination:
+    f.check_keys(["name", "address", "protocol", "weight"])
+    text = str(f.required("address"))
+    proto_text = str(f.get("protocol", "tcp"))
+    try:
+        proto = Proto.parse(proto_text)
+    except ValueError as exc:
+        raise f.error("protocol", str(exc)) from None
+    try:
+        endpoint = Endpoint.parse(text)
+    except ValueError:
+        raise f.error("address", f"{text!r}: expected IP:PORT (or IP for icmp)") from None
+    if proto.has_ports and endpoint.port == 0:
+        raise f.error("address", f"{text!r}: {proto.label} needs a port, as in 10.2.0.0:8080")
+    if not proto.has_ports and endpoint.port != 0:
+        raise f.error("address", f"{text!r}: {proto.label} has no port")
+    if (proto is Proto.ICMP) != (endpoint.ip.version == 4) and not proto.has_ports:
+        raise f.error("protocol", f"{proto.label} does not match the address family of {text}")
+    weight = f.number("weight", 1.0, positive=True)
+    return Destination(str(f.get("name", text)), endpoint.ip, endpoint.port, proto, weight)
+
+
+_GROUP_KEYS = [
+    "name", "count", "addresses", "cidr", "destinations", "egress_ips", "arrivals",
+    "duration", "end", "requests_per_connection", "keepalive", "source_ports",
+]
+
+
+def _parse_group(
+    f: _Fields, index: int, destinations: Sequence[Destination]
+) -> ClientGroup:
+    f.check_keys(_GROUP_KEYS)
+    addresses = _parse_addresses(f)
+    per_connection = f.number("requests_per_connection", 1.0)
+    if per_connection < 1:
+        raise f.error("requests_per_connection", "must be at least 1")
+    arrivals = _parse_arrivals(f.sub("arrivals"), per_connection)
+    duration = _parse_duration(f.required("duration"), f, "duration")
+    if per_connection > 1 and duration.kind is not DurationKind.FOREVER:
+        # A connection carrying N requests stays open for N request times.
+        duration = Duration(duration.kind, duration.value * per_connection, duration.sigma)
+    ends = _parse_ends(f.get("end", "fin"), f, "end")
+    by_name = {d.name: i for i, d in enumerate(destinations)}
+    wanted = f.get("destinations", [d.name for d in destinations])
+    if not isinstance(wanted, list) or not wanted:
+        raise f.error("destinations", "must be a non-empty list of destination names")
+    picked = []
+    for i, name in enumerate(wanted):
+        if str(name) not in by_name:
+            known = ", ".join(by_name)
+            raise f.error(f"destinations[{i}]", f"{name!r} is not a destination ({known})")
+        picked.append(by_name[str(name)])
+    for d in picked:
+        family = destinations[d].ip.version
+        if any(a.version != family for a in addresses):
+            raise f.error("destinations", f"clients and {destinations[d].name} differ in family")
+    ports = str(f.get("source_ports", SourcePorts.SEQUENTIAL))
+    if ports not in SourcePorts.CHOICES:
+        raise f.error("source_ports", f"{ports!r}: expected sequential or random")
+    return ClientGroup(
+        name=str(f.get("name", f"clients[{index}]")),
+        addresses=addresses,
+        arrivals=arrivals,
+        duration=duration,
+        ends=ends,
+        destinations=tuple(picked),
+        egress_ips=f.ip_list("egress_ips"),
+        keepalive=f.seconds("keepalive", 0.0),
+        source_ports=ports,
+    )
+
+
+def _parse_gateways(f: _Fields) -> dict[IPAddress, str]:
+    owners: dict[IPAddress, str] = {}
+    for node in f.data:
+        for ip in f.ip_list(str(node)):
+            if ip in owners:
+                raise f.error(str(node), f"{ip} is already on gateway {owners[ip]}")
+            owners[ip] = str(node)
+    return owners
+
+
+_TOP_KEYS = ["name", "duration", "egress_ips", "gateways", "destinations", "clients", "replay"]
+
+
+def parse_workload(data: object, *, source: str, base_dir: Path | None = None) -> Workload:
+    """Validate a loaded workload document; ``base_dir`` resolves a relative replay file."""
+    f = _Fields(data, "", source)
+    f.check_keys(_TOP_KEYS)
+    destinations: list[Destination] = []
+    if f.has("destinations"):
+        items = f.required("destinations")
+        if not isinstance(items, list):
+            raise f.error("destinations", "must be a list")
+        destinations = [
+            _parse_destination(_Fields(item, f"destinations[{i}]", source))
+            for i, item in enumerate(items)
+        ]
+        names = [d.name for d in destinations]
+        for i, name in enumerate(names):
+            if names.index(name) != i:
+                raise f.error(f"destinations[{i}].name", f"{name!r} is used twice")
+    groups: list[ClientGroup] = []
+    if f.has("clients"):
+        items = f.required("clients")
+        if not isinstance(items, list):
+            raise f.error("clients", "must be a list")
+        if not destinations:
+            raise f.error("destinations", "is required when clients are given")
+        groups = [
+            _parse_group(_Fields(item, f"clients[{i}]", source), i, destinations)
+            for i, item in enumerate(items)
+        ]
+    replay = None
+    if f.has("replay"):
+        r = f.sub("replay")
+        r.check_keys(["file", "egress_ips"])
+        path = Path(str(r.required("file")))
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        replay = ReplaySpec(path, r.ip_list("egress_ips"))
+    if not groups and replay is None:
+        raise InputError("needs clients or replay (or both)", source=source)
+    gateways = _parse_gateways(f.sub("gateways")) if f.has("gateways") else {}
+    return Workload(
+        name=str(f.get("name", Path(source).stem)),
+        source=source,
+        duration=f.seconds("duration", positive=True) if f.has("duration") else None,
+        destinations=tuple(destinations),
+        groups=tuple(groups),
+        egress_ips=f.ip_list("egress_ips"),
+        gateways=gateways,
+        replay=replay,
+    )
+
+
+def load_workload(path: str | Path) -> Workload:
+    """Read and validate a workload YAML file."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", source=source) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise InputError(f"not valid YAML: {getattr(exc, 'problem', exc)}",
+                         source=source, line=line) from None
+    return parse_workload(data, source=source, base_dir=path.parent)

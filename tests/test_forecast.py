@@ -1,0 +1,101 @@
+"""Forecast: known linear growth gives a known time, and the band contains it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from egressgw.errors import InputError
+from egressgw.net import Family, NatEndpoint, Proto, parse_ip
+from egressgw.sim.forecast import (
+    Outlook,
+    fit_trend,
+    forecast_snapshots,
+    t_quantile,
+)
+from egressgw.sim.snapshots import load_snapshots
+
+LIMIT = 32767
+
+
+def test_t_quantiles_match_published_tables():
+    assert t_quantile(0.975, 1) == pytest.approx(12.706, abs=1e-3)
+    assert t_quantile(0.95, 10) == pytest.approx(1.812, abs=1e-3)
+    assert t_quantile(0.995, 5) == pytest.approx(4.032, abs=1e-3)
+
+
+def test_exact_linear_growth_reaches_the_limit_when_arithmetic_says():
+    # 1000 connections, +50 per minute: 31767 more take 635.34 minutes after the start.
+    minutes = np.arange(10.0)
+    trend = fit_trend(minutes * 60, 1000 + 50 * minutes, LIMIT)
+    assert trend.outlook is Outlook.GROWING
+    expected = (LIMIT - 1000) / 50 * 60 - 9 * 60
+    assert trend.eta == pytest.approx(expected)
+    assert trend.earliest == pytest.approx(expected) and trend.latest == pytest.approx(expected)
+
+
+def test_band_contains_the_true_time_for_noisy_growth():
+    rng = np.random.default_rng(5)
+    t = np.arange(12.0) * 300
+    true_slope = 2.0
+    truth = (LIMIT - 5000) / true_slope - t[-1]
+    covered = 0
+    for _ in range(40):
+        counts = 5000 + true_slope * t + rng.normal(0, 200, len(t))
+        trend = fit_trend(t, counts, LIMIT, confidence=0.9)
+        assert trend.earliest is not None and trend.earliest <= trend.eta
+        assert trend.latest is None or trend.eta <= trend.latest
+        covered += trend.earliest <= truth <= (trend.latest or np.inf)
+    # The prediction band is wider than the line's own uncertainty: nearly always covers.
+    assert covered >= 36
+
+
+def test_shrinking_flat_and_full_tuples_say_so():
+    t = [0.0, 60.0, 120.0]
+    assert fit_trend(t, [900, 800, 700], LIMIT).outlook is Outlook.NOT_GROWING
+    assert fit_trend(t, [800, 800, 800], LIMIT).outlook is Outlook.NOT_GROWING
+    full = fit_trend(t, [30000, 32000, 32767], LIMIT)
+    assert full.outlook is Outlook.AT_LIMIT and full.eta == 0
+    assert fit_trend([0.0], [10], LIMIT).outlook is Outlook.TOO_FEW
+    two = fit_trend([0.0, 100.0], [0, 100], 1000)
+    assert two.eta == pytest.approx(900.0) and not two.has_band
+
+
+TABLE = """# IPFamily   Proto   EgressIP   RemoteAddr      Count
+ipv4         TCP     10.1.0.0   10.2.0.0:8080   {a}
+ipv4         UDP     10.1.0.0   10.96.0.10:53   {b}
+"""
+
+
+def test_snapshots_from_tables_and_json_forecast_each_tuple(tmp_path):
+    specs = []
+    for i, (a, b) in enumerate([(1000, 500), (2000, 400), (3000, 300)]):
+        path = tmp_path / f"s{i}.txt"
+        path.write_text(TABLE.format(a=a, b=b))
+        specs.append(f"{path}@{i * 60}")
+    doc = {"updated_at": "1970-01-01T00:03:00Z", "rows": [
+        {"family": "ipv4", "proto": "TCP", "egress_ip": "10.1.0.0", "remote_ip": "10.2.0.0",
+         "remote_port": 8080, "count": 4000, "rank": 1}]}
+    (tmp_path / "s3.json").write_text(json.dumps(doc))
+    specs.append(str(tmp_path / "s3.json"))
+    snapshots = load_snapshots(specs)
+    assert [s.time for s in snapshots] == [0, 60, 120, 180]
+    results = forecast_snapshots(snapshots, limit=LIMIT)
+    tcp = NatEndpoint(Family.IPV4, Proto.TCP, parse_ip("10.1.0.0"), parse_ip("10.2.0.0"), 8080)
+    assert results[0].endpoint == tcp
+    assert results[0].trend.eta == pytest.approx((LIMIT - 4000) / 1000 * 60)
+    assert results[1].trend.outlook is Outlook.NOT_GROWING
+
+
+def test_snapshot_without_time_is_rejected(tmp_path):
+    path = tmp_path / "s.txt"
+    path.write_text(TABLE.format(a=1, b=2))
+    with pytest.raises(InputError, match="no time for this snapshot"):
+        load_snapshots([str(path)])
+    with pytest.raises(InputError, match="expected seconds or an ISO 8601 time"):
+        load_snapshots([f"{path}@yesterday"])
+    path.write_text("# IPFamily Proto EgressIP RemoteAddr Count\nipv4 TCP 10.1.0.0 x:1 2\n")
+    with pytest.raises(InputError, match=r"s.txt:2: bad row"):
+        load_snapshots([f"{path}@0"])
