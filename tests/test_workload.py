@@ -178,7 +178,7 @@ def test_sequential_source_ports_walk_the_ephemeral_range_per_client():
 
 def test_clients_come_from_the_cidr_and_spread_over_egress_ips():
     doc = base(count=4, egress_ips=["10.1.0.0", "10.1.0.1"])
-    workload, parts = generate(doc, 30.0)
+    workload, _ = generate(doc, 30.0)
     addresses = workload.groups[0].addresses
     assert addresses[0] == ipaddress.ip_address("10.244.0.1") and len(addresses) == 4
     routes = route_workload(workload)
