@@ -32,7 +32,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from egressgw.net import IPAddress
 from egressgw.policy.labels import is_dns_subdomain, parse_labels
@@ -128,6 +128,7 @@ class Endpoint:
         return labels
 
 
+@runtime_checkable
 class InventorySource(Protocol):
     """Where nodes and endpoints come from: a file today, a Kubernetes watch later."""
 
