@@ -1,0 +1,115 @@
+"""``ModelConfig``: the Cilium settings the model datapath reproduces, by flag name."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from egressgw.config import NodePortRange
+from egressgw.errors import ConfigError
+
+CiliumVersion = Literal["1.16", "1.18"]
+
+# nat.h: SNAT_COLLISION_RETRIES / SNAT_SIGNAL_THRES. v1.16 builds with
+# HAVE_LARGE_INSN_LIMIT (128 / 64); v1.18 lowered them to 32 / 16.
+_RETRIES = {"1.16": (128, 64), "1.18": (32, 16)}
+
+# pkg/option: LimitTableMin / LimitTableMax bound --bpf-nat-global-max.
+NAT_MAP_MIN = 1 << 10
+NAT_MAP_MAX = 1 << 24
+
+# pkg/defaults: ConntrackGCStartingInterval, ConntrackGCMinInterval,
+# ConntrackGCMaxLRUInterval.
+GC_START_INTERVAL = 300.0
+GC_MIN_INTERVAL = 10.0
+GC_MAX_INTERVAL = 12 * 3600.0
+
+
+def _positive(value: float, flag: str) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{value}: must be a positive number of seconds", field=flag)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """What the model datapath is configured with, named after Cilium's flags.
+
+    ``snat_collision_retries`` and ``snat_signal_thres`` default to the values of
+    ``cilium_version``; set them to override.
+    """
+
+    node_port_range: NodePortRange = field(default_factory=NodePortRange)
+    bpf_nat_global_max: int = 524288
+    cilium_version: str = "1.16"  # "1.16" or "1.18"
+    snat_collision_retries: int | None = None
+    snat_signal_thres: int | None = None
+    ct_timeout_tcp: float = 8000.0
+    ct_timeout_syn: float = 60.0
+    ct_timeout_fin: float = 10.0
+    ct_timeout_any: float = 60.0
+    conntrack_gc_interval: float | None = None
+    # Not a Cilium flag: nat_fill_up signals that arrive within this many seconds of the
+    # last signal-triggered GC pass are coalesced into it, standing for the time a GC pass
+    # takes while the agent does not listen for further signals.
+    nat_fill_up_holdoff: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.cilium_version not in _RETRIES:
+            raise ConfigError(
+                f"{self.cilium_version!r}: expected one of {', '.join(_RETRIES)}",
+                field="cilium-version",
+            )
+        if self.node_port_range.max > 65533:
+            raise ConfigError(
+                f"{self.node_port_range}: the NAT range above it needs at least 2 ports "
+                "(MAX <= 65533)",
+                field="--node-port-range",
+            )
+        if not NAT_MAP_MIN <= self.bpf_nat_global_max <= NAT_MAP_MAX:
+            raise ConfigError(
+                f"{self.bpf_nat_global_max}: must be between {NAT_MAP_MIN} and {NAT_MAP_MAX}",
+                field="--bpf-nat-global-max",
+            )
+        if self.snat_collision_retries is not None and not self.snat_collision_retries >= 1:
+            raise ConfigError(
+                f"{self.snat_collision_retries}: must be at least 1",
+                field="snat-collision-retries",
+            )
+        if self.snat_signal_thres is not None and self.snat_signal_thres < 0:
+            raise ConfigError(
+                f"{self.snat_signal_thres}: must not be negative", field="snat-signal-thres"
+            )
+        _positive(self.ct_timeout_tcp, "--bpf-ct-timeout-regular-tcp")
+        _positive(self.ct_timeout_syn, "--bpf-ct-timeout-regular-tcp-syn")
+        _positive(self.ct_timeout_fin, "--bpf-ct-timeout-regular-tcp-fin")
+        _positive(self.ct_timeout_any, "--bpf-ct-timeout-regular-any")
+        if self.conntrack_gc_interval is not None:
+            _positive(self.conntrack_gc_interval, "--conntrack-gc-interval")
+        if not (math.isfinite(self.nat_fill_up_holdoff) and self.nat_fill_up_holdoff >= 0):
+            raise ConfigError(
+                f"{self.nat_fill_up_holdoff}: must be a non-negative number of seconds",
+                field="nat-fill-up-holdoff",
+            )
+
+    @property
+    def retries(self) -> int:
+        """SNAT_COLLISION_RETRIES in force."""
+        if self.snat_collision_retries is not None:
+            return self.snat_collision_retries
+        return _RETRIES[self.cilium_version][0]
+
+    @property
+    def signal_thres(self) -> int:
+        """SNAT_SIGNAL_THRES in force."""
+        if self.snat_signal_thres is not None:
+            return self.snat_signal_thres
+        return _RETRIES[self.cilium_version][1]
+
+    @property
+    def port_min(self) -> int:
+        return self.node_port_range.nat_min
+
+    @property
+    def port_max(self) -> int:
+        return self.node_port_range.nat_max

@@ -1,0 +1,170 @@
+"""``ModelDatapath``: Cilium's BPF SNAT in memory, behind the project's value types."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Literal
+
+from egressgw.datapath.model.addresses import AddressTable
+from egressgw.datapath.model.config import ModelConfig
+from egressgw.datapath.model.engine import Engine
+from egressgw.datapath.model.reference import OUT, ConnKey, ReferenceModel
+from egressgw.datapath.model.types import (
+    ConnectionBatch,
+    ConnectResult,
+    DropReason,
+    EndKind,
+    ModelCounters,
+    PacketResult,
+)
+from egressgw.errors import DatapathError
+from egressgw.net import (
+    Direction,
+    Endpoint,
+    Family,
+    FiveTuple,
+    IPAddress,
+    NatEndpoint,
+    NatEntry,
+    Proto,
+)
+
+EngineName = Literal["reference"]
+
+
+def _drop(code: int) -> DropReason | None:
+    return DropReason(code) if code else None
+
+
+class ModelDatapath:
+    """The model datapath on a virtual clock that starts at 0.0.
+
+    ``rng`` is the only source of randomness: each 16-bit value is drawn with
+    ``rng.getrandbits(16)`` where nat.h calls ``get_prandom_u32``, so equal seeds give
+    equal ports. ``engine="reference"`` runs the plain-Python reference implementation
+    (slow, readable); the default compiled kernel behaves identically.
+    """
+
+    def __init__(
+        self, config: ModelConfig, rng: random.Random, *, engine: EngineName = "reference"
+    ) -> None:
+        self.config = config
+        self.addresses = AddressTable()
+        self._engine: Engine
+        if engine == "reference":
+            self._engine = ReferenceModel(config, rng)
+        else:
+            raise ValueError(f"unknown engine {engine!r}")
+
+    @property
+    def now(self) -> float:
+        return self._engine.now
+
+    @property
+    def counters(self) -> ModelCounters:
+        return self._engine.counters
+
+    def intern(self, ip: IPAddress) -> int:
+        """The address id to use for ``ip`` in a ConnectionBatch."""
+        return self.addresses.intern(ip)
+
+    def _key(self, tup: FiveTuple, egress_ip: IPAddress) -> tuple[ConnKey, int]:
+        if egress_ip.version != tup.src.ip.version:
+            raise DatapathError(f"egress IP {egress_ip} is not of the family of {tup}")
+        intern = self.addresses.intern
+        key = (intern(tup.src.ip), tup.src.port, intern(tup.dst.ip), tup.dst.port, int(tup.proto))
+        return key, intern(egress_ip)
+
+    # -- per connection -----------------------------------------------------------------
+
+    def connect(self, tup: FiveTuple, egress_ip: IPAddress) -> ConnectResult:
+        """The first packet of a connection (for ICMP echo, the echo id is the port)."""
+        key, egress = self._key(tup, egress_ip)
+        port, drop, retries = self._engine.connect(key, egress)
+        return ConnectResult(port if port >= 0 else None, _drop(drop), retries)
+
+    def send(self, tup: FiveTuple, egress_ip: IPAddress) -> PacketResult:
+        """A later packet from the pod: takes a new port (broken) if the OUT entry is gone."""
+        key, egress = self._key(tup, egress_ip)
+        port, drop, broken, retries = self._engine.send(key, egress)
+        return PacketResult(port if port >= 0 else None, _drop(drop), broken, retries)
+
+    def reply(self, tup: FiveTuple, egress_ip: IPAddress) -> PacketResult:
+        """A packet from the remote back to the port the connection last had."""
+        key, _egress = self._key(tup, egress_ip)
+        port, drop = self._engine.reply(key)
+        return PacketResult(port if port >= 0 else None, _drop(drop))
+
+    def close(self, tup: FiveTuple, kind: EndKind = EndKind.FIN) -> PacketResult:
+        """A FIN or RST from the pod (CT moves to the close timeout); IDLE sends nothing.
+
+        Nothing happens for a connection without a CT entry.
+        """
+        intern = self.addresses.intern
+        key = (intern(tup.src.ip), tup.src.port, intern(tup.dst.ip), tup.dst.port, int(tup.proto))
+        port, drop, broken, retries = self._engine.close(key, int(kind))
+        return PacketResult(port if port >= 0 else None, _drop(drop), broken, retries)
+
+    def advance(self, until: float) -> None:
+        """Move the virtual clock to ``until``, running pending events and GC on the way."""
+        self.run(ConnectionBatch.empty(), until)
+
+    # -- bulk ---------------------------------------------------------------------------
+
+    def run(self, batch: ConnectionBatch, until: float) -> None:
+        """Start every connection of ``batch`` and process pending events before ``until``.
+
+        Connections still open stay pending for the next call.
+        """
+        if until < self.now:
+            raise DatapathError(f"cannot run back in time: until={until} < now={self.now}")
+        if len(batch) and (batch.start[0] < self.now or batch.start[-1] >= until):
+            raise DatapathError(
+                f"batch starts must lie in [{self.now}, {until}), got "
+                f"{batch.start[0]}..{batch.start[-1]}"
+            )
+        self._engine.run(batch, until)
+
+    # -- views --------------------------------------------------------------------------
+
+    def nat_entries(self) -> Iterator[NatEntry]:
+        """Every NAT entry (OUT and IN), least recently used first per family."""
+        address = self.addresses.address
+        now = self.now
+        for (
+            _family,
+            direction,
+            src,
+            sport,
+            dst,
+            dport,
+            proto,
+            egress,
+            port,
+            created,
+        ) in self._engine.nat_rows():
+            p = Proto(proto)
+            pod = Endpoint(address(src), sport)
+            remote = Endpoint(address(dst), dport)
+            snat = Endpoint(address(egress), port)
+            if direction == OUT:
+                yield NatEntry(Direction.OUT, FiveTuple(p, pod, remote), snat, now - created, True)
+            else:
+                yield NatEntry(Direction.IN, FiveTuple(p, remote, snat), pod, now - created, True)
+
+    def endpoint_counts(self) -> dict[NatEndpoint, int]:
+        """IN entries per {family, proto, egress IP, remote IP, remote port}: nat-stats."""
+        address = self.addresses.address
+        return {
+            NatEndpoint(
+                Family.IPV6 if family else Family.IPV4,
+                Proto(proto),
+                address(egress),
+                address(remote),
+                rport,
+            ): count
+            for (family, proto, egress, remote, rport), count in (
+                self._engine.in_endpoint_counts().items()
+            )
+        }

@@ -1,0 +1,38 @@
+"""What the ``ModelDatapath`` facade needs from an implementation, at the level of ids."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from egressgw.datapath.model.reference import ConnKey, NatRow
+from egressgw.datapath.model.types import ConnectionBatch, ModelCounters
+
+
+class Engine(Protocol):
+    """Both the reference implementation and the compiled kernel offer this."""
+
+    @property
+    def now(self) -> float: ...
+
+    @property
+    def counters(self) -> ModelCounters: ...
+
+    def connect(self, key: ConnKey, egress: int) -> tuple[int, int, int]:
+        """(port or -1, drop code or 0, retries)."""
+
+    def send(self, key: ConnKey, egress: int) -> tuple[int, int, bool, int]:
+        """(port or -1, drop code or 0, broken, retries)."""
+
+    def reply(self, key: ConnKey) -> tuple[int, int]:
+        """(port or -1, drop code or 0)."""
+
+    def close(self, key: ConnKey, kind: int) -> tuple[int, int, bool, int]:
+        """Like send, with a FIN or RST, via the connection's egress; nothing for IDLE."""
+
+    def run(self, batch: ConnectionBatch, until: float) -> None: ...
+
+    def nat_rows(self) -> list[NatRow]:
+        """Every NAT entry, per family in LRU order (least recently used first)."""
+
+    def in_endpoint_counts(self) -> dict[tuple[int, int, int, int, int], int]:
+        """IN entries per (family, proto, egress id, remote id, remote port)."""
