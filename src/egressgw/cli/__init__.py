@@ -18,6 +18,8 @@ from egressgw.errors import EgressgwError
 COMMANDS: dict[str, str] = {
     "nat-stats": "egressgw.cli.natstats:nat_stats",
     "egress": "egressgw.cli.egress:egress",
+    "agent": "egressgw.cli.agent:agent",
+    "statedb": "egressgw.cli.statedb:statedb",
 }
 
 

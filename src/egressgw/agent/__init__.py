@@ -1,0 +1,42 @@
+"""The egressgw agent: reconcile policies into a datapath, count nat-stats, serve an API.
+
+Public API::
+
+    AgentConfig(policies, inventory, node, datapath="kernel", node_port_range=...,
+                stats_interval=30.0, stats_entries=30, listen=ListenAddress(...),
+                poll_interval=1.0)
+    Agent(config, datapath, *, clock=time.monotonic, wall=time.time)
+        .start() / .tick() -> float / .run(wait=None) / .request_reload() / .request_stop()
+        .state (AgentState) / .registry (CollectorRegistry) / .api (AgentAPI)
+    AgentHTTPServer(listen, api).start() / .address / .stop()
+    run_agent(config, datapath)                        # the CLI's foreground loop
+    make_datapath("kernel" | "model", node_port_range) -> Datapath
+    fetch_nat_stats_rows(server_url) -> list[NatStatsRow]
+"""
+
+from __future__ import annotations
+
+from .client import DEFAULT_SERVER, fetch_nat_stats, fetch_nat_stats_rows
+from .datapaths import make_datapath
+from .loop import Agent, AgentConfig, run_agent, stop_on_signals
+from .server import NAT_STATS_PATH, AgentAPI, AgentHTTPServer, ListenAddress
+from .state import AgentState, CountSnapshot, FailureSnapshot, ReconcileStatus
+
+__all__ = [
+    "DEFAULT_SERVER",
+    "NAT_STATS_PATH",
+    "Agent",
+    "AgentAPI",
+    "AgentConfig",
+    "AgentHTTPServer",
+    "AgentState",
+    "CountSnapshot",
+    "FailureSnapshot",
+    "ListenAddress",
+    "ReconcileStatus",
+    "fetch_nat_stats",
+    "fetch_nat_stats_rows",
+    "make_datapath",
+    "run_agent",
+    "stop_on_signals",
+]

@@ -1,0 +1,60 @@
+"""The agent's ``/v1/statedb/nat-stats`` document, and reading it back in a client.
+
+The body is ``egressgw nat-stats -o json``'s document (every row field: family, proto,
+egressIP, remoteIP, remotePort, remoteAddr, count, rank; saturation per family; the
+divisor) plus when the pass ran, so scripts read one format whichever command they use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from egressgw.errors import AgentError
+from egressgw.net import Family, Proto, parse_ip
+from egressgw.stats import NatStats, NatStatsRow, stats_document
+
+from .state import CountSnapshot
+
+
+def nat_stats_document(counts: CountSnapshot | None, *, entries: int) -> dict[str, Any]:
+    """The body of ``GET /v1/statedb/nat-stats``.
+
+    Before the first pass (or with the interval 0) there are no rows and no timestamp.
+    """
+    doc = stats_document(counts.stats if counts is not None else NatStats(()))
+    doc["updatedAt"] = counts.taken_at if counts is not None else None
+    doc["entries"] = entries
+    return doc
+
+
+def row_from_document(doc: Mapping[str, Any], where: str) -> NatStatsRow:
+    """Parse one row of the document; AgentError names the row and field on bad data."""
+    field = "family"
+    try:
+        family = Family(doc[field])
+        field = "proto"
+        proto = Proto.parse(str(doc[field]))
+        field = "egressIP"
+        egress_ip = parse_ip(str(doc[field]))
+        field = "remoteIP"
+        remote_ip = parse_ip(str(doc[field]))
+        field = "remotePort"
+        remote_port = int(doc[field])
+        field = "count"
+        count = int(doc[field])
+        field = "rank"
+        rank = int(doc[field])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AgentError(f"{where}: field {field!r} is missing or invalid ({exc})") from exc
+    return NatStatsRow(family, proto, egress_ip, remote_ip, remote_port, count, rank)
+
+
+def rows_from_document(doc: object, source: str) -> list[NatStatsRow]:
+    """The rows of a nat-stats document fetched from ``source`` (a URL)."""
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("rows"), list):
+        raise AgentError(f"{source}: expected a JSON object with a 'rows' list")
+    return [
+        row_from_document(row if isinstance(row, Mapping) else {}, f"{source}: rows[{i}]")
+        for i, row in enumerate(doc["rows"])
+    ]

@@ -1,0 +1,146 @@
+"""/metrics: a Prometheus collector over the agent's last snapshot.
+
+Every scrape reads the state the loop last published; nothing is computed on scrape, so a
+scrape costs the same however big the NAT table is. The top-K gauges are rebuilt from the
+snapshot each time, so a tuple that leaves the top K leaves /metrics with it, and the
+label set stays bounded by 2 * --nat-map-stats-entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from egressgw.net import format_addr
+from egressgw.policy.rules import RuleKind
+
+from .state import AgentState
+
+# Cilium's drop reason for a failed port allocation; the model uses the same text.
+EGRESS = "EGRESS"
+
+
+class AgentCollector(Collector):
+    """Exports nat-stats, datapath failures and reconcile status from an AgentState."""
+
+    def __init__(self, state: AgentState, info: Mapping[str, str]) -> None:
+        self._state = state
+        self._info = dict(info)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._info_metric()
+        yield from self._nat_stats()
+        yield from self._failures()
+        yield from self._reconcile()
+
+    def _info_metric(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "egressgw_agent_info",
+            "The agent's node, datapath and version (value always 1).",
+            labels=sorted(self._info),
+        )
+        info.add_metric([self._info[k] for k in sorted(self._info)], 1.0)
+        yield info
+
+    def _nat_stats(self) -> Iterator[Metric]:
+        counts = self._state.counts
+        saturation = GaugeMetricFamily(
+            "egressgw_nat_endpoint_max_connection",
+            "Connections of the busiest {egress IP, remote endpoint} tuple divided by the "
+            "NAT source ports available to it, ratio 0..1, per family (as Cilium's "
+            "nat_endpoint_max_connection; absent for a family without rows).",
+            labels=["family"],
+        )
+        top = GaugeMetricFamily(
+            "egressgw_nat_endpoint_connections",
+            "Connections holding a NAT source port, for each tuple in the current top K "
+            "of its family (the rows of egressgw statedb nat-stats).",
+            labels=["family", "proto", "egress_ip", "remote_addr"],
+        )
+        entries = GaugeMetricFamily(
+            "egressgw_nat_entries",
+            "Masqueraded connections holding a NAT source port, over all tuples.",
+            labels=["family"],
+        )
+        capacity = GaugeMetricFamily(
+            "egressgw_nat_endpoint_port_capacity",
+            "NAT source ports per tuple that the saturation ratio divides by.",
+        )
+        duration = GaugeMetricFamily(
+            "egressgw_nat_stats_recount_duration_seconds",
+            "How long the last nat-stats pass over the NAT table took.",
+        )
+        last = GaugeMetricFamily(
+            "egressgw_nat_stats_last_recount_timestamp_seconds",
+            "Unix time the last nat-stats pass finished.",
+        )
+        if counts is not None:
+            stats = counts.stats
+            for family, ratio in sorted(stats.saturation.items()):
+                if any(row.family == family for row in stats.rows):
+                    saturation.add_metric([family.value], ratio)
+            for row in stats.rows:
+                top.add_metric(
+                    [row.family.value, row.proto.label, str(row.egress_ip),
+                     format_addr(row.remote_ip, row.remote_port)],
+                    float(row.count),
+                )
+            for family, n in sorted(counts.entries.items()):
+                entries.add_metric([family.value], float(n))
+            capacity.add_metric([], float(stats.divisor))
+            duration.add_metric([], counts.duration)
+            last.add_metric([], counts.taken_at)
+        yield from (saturation, top, entries, capacity, duration, last)
+
+    def _failures(self) -> Iterator[Metric]:
+        failures = self._state.failures
+        allocation = CounterMetricFamily(
+            "egressgw_nat_allocation_failures",
+            "New connections dropped because no NAT source port could be allocated, since "
+            "the agent started (kernel: conntrack insert_failed/drop; model: Cilium drops).",
+            labels=["reason"],
+        )
+        for reason, n in sorted(failures.allocation_failures.items()):
+            allocation.add_metric([reason], float(n))
+        drops = CounterMetricFamily(
+            "egressgw_drop_count",
+            "Packets the datapath dropped, by reason, since the agent started.",
+            labels=["reason", "direction"],
+        )
+        for reason, n in sorted(failures.drops.items()):
+            drops.add_metric([reason, EGRESS], float(n))
+        yield from (allocation, drops)
+
+    def _reconcile(self) -> Iterator[Metric]:
+        status = self._state.reconcile
+        errors = CounterMetricFamily(
+            "egressgw_reconcile_errors",
+            "Reconciles rejected (malformed policy or inventory, refused apply); the rules "
+            "in force were kept.",
+        )
+        errors.add_metric([], float(status.errors_total))
+        applies = CounterMetricFamily(
+            "egressgw_reconcile_applies", "Rule sets applied to the datapath."
+        )
+        applies.add_metric([], float(status.applies_total))
+        failing = GaugeMetricFamily(
+            "egressgw_reconcile_failing",
+            "1 while the latest policy files are rejected and older rules are in force.",
+        )
+        failing.add_metric([], float(status.failing))
+        yield from (errors, applies, failing)
+        if status.last_success is not None:
+            success = GaugeMetricFamily(
+                "egressgw_reconcile_last_success_timestamp_seconds",
+                "Unix time of the last reconcile that left the datapath matching the files.",
+            )
+            success.add_metric([], status.last_success)
+            yield success
+        rules = GaugeMetricFamily(
+            "egressgw_rules", "Egress rules in force on this node, by kind.", labels=["kind"]
+        )
+        for kind in RuleKind:
+            rules.add_metric([kind.value], float(status.rules.get(kind, 0)))
+        yield rules

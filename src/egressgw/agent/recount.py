@@ -1,0 +1,81 @@
+"""One nat-stats pass and one failure-counter sample, published to the agent state."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping
+
+from egressgw.datapath.base import Datapath
+from egressgw.net import Family
+from egressgw.stats import compute_nat_stats
+
+from .counters import CounterDeltas
+from .state import AgentState, CountSnapshot, FailureSnapshot
+
+log = logging.getLogger(__name__)
+
+
+def drop_counts(datapath: Datapath) -> Mapping[str, int]:
+    """Drops by reason: datapaths that know more reasons than port allocation say so.
+
+    The Datapath protocol only promises allocation failures; the model also counts other
+    drops (no gateway, evictions), offered as ``drop_counts()``.
+    """
+    method = getattr(datapath, "drop_counts", None)
+    if callable(method):
+        counts = method()
+        assert isinstance(counts, Mapping)
+        return counts
+    return datapath.allocation_failures()
+
+
+class Recounter:
+    """Counts the datapath's NAT table into nat-stats and samples its failure counters."""
+
+    def __init__(
+        self,
+        datapath: Datapath,
+        state: AgentState,
+        *,
+        entries: int,
+        divisor: int,
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+    ) -> None:
+        self._datapath = datapath
+        self._state = state
+        self._entries = entries
+        self._divisor = divisor
+        self._clock = clock
+        self._wall = wall
+        self._failures = CounterDeltas()
+        self._drops = CounterDeltas()
+
+    def count(self) -> CountSnapshot:
+        """Walk the NAT table once, compute the top K per family, and publish it."""
+        started = self._clock()
+        counts = self._datapath.endpoint_counts()
+        stats = compute_nat_stats(counts, entries=self._entries, divisor=self._divisor)
+        entries: Counter[Family] = Counter()
+        for endpoint, n in counts.items():
+            entries[endpoint.family] += n
+        snapshot = CountSnapshot(
+            stats=stats,
+            entries={family: entries.get(family, 0) for family in Family},
+            taken_at=self._wall(),
+            duration=max(0.0, self._clock() - started),
+        )
+        self._state.publish_counts(snapshot)
+        log.debug("nat-stats: %d rows, %d tuples in %.3fs", len(stats.rows), len(counts),
+                  snapshot.duration)
+        return snapshot
+
+    def sample_failures(self) -> FailureSnapshot:
+        """Read the datapath's failure counters (cheap) and publish totals since start."""
+        snapshot = FailureSnapshot(
+            allocation_failures=self._failures.update(self._datapath.allocation_failures()),
+            drops=self._drops.update(drop_counts(self._datapath)),
+        )
+        self._state.publish_failures(snapshot)
+        return snapshot

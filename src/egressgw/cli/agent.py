@@ -1,0 +1,101 @@
+"""``egressgw agent``: run the gateway agent in the foreground."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from egressgw.agent import AgentConfig, ListenAddress, make_datapath, run_agent
+from egressgw.agent.datapaths import DATAPATHS
+from egressgw.config import NodePortRange, parse_duration
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(verbose: bool) -> None:
+    """Timestamped lines on stderr: the agent's log is what an operator reads first."""
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT
+    )
+
+
+@click.command(
+    "agent",
+    epilog="""\b
+Examples:
+  egressgw agent --policies policies/ --inventory inventory.yaml --node gw1
+  egressgw agent ... --nat-map-stats-interval 5s --listen [::1]:9964
+  egressgw agent --cleanup            # remove the installed rules and exit
+
+\b
+Signals: SIGHUP re-applies the files; SIGTERM/SIGINT exit and leave the rules (and
+every tracked connection) in place, so a restarted agent picks up where it left off.""",
+)
+@click.option("--policies", type=click.Path(path_type=Path),
+              help="CiliumEgressGatewayPolicy YAML file or directory.")
+@click.option("--inventory", type=click.Path(path_type=Path),
+              help="Nodes and endpoints YAML.")
+@click.option("--node", help="This gateway's node name in the inventory.")
+@click.option("--datapath", "datapath_kind", type=click.Choice(DATAPATHS),
+              default="kernel", show_default=True,
+              help="kernel: nftables + conntrack here; model: Cilium's BPF SNAT in memory.")
+@click.option("--node-port-range", default="30000,32767", show_default=True,
+              help="NodePort range MIN,MAX; NAT source ports are MAX+1..65535.")
+@click.option("--nat-map-stats-interval", default="30s", show_default=True,
+              help="How often nat-stats are recounted (0 disables).")
+@click.option("--nat-map-stats-entries", type=int, default=30, show_default=True,
+              help="Top K tuples kept per family (1..4096).")
+@click.option("--listen", default="127.0.0.1:9964", show_default=True,
+              help="HOST:PORT or [IPv6]:PORT of the HTTP API and /metrics.")
+@click.option("--poll-interval", default="1s", show_default=True,
+              help="How often file changes and failure counters are checked.")
+@click.option("--cleanup", is_flag=True, help="Remove the installed rules and exit.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages too.")
+def agent(
+    *,
+    policies: Path | None,
+    inventory: Path | None,
+    node: str | None,
+    datapath_kind: str,
+    node_port_range: str,
+    nat_map_stats_interval: str,
+    nat_map_stats_entries: int,
+    listen: str,
+    poll_interval: str,
+    cleanup: bool,
+    verbose: bool,
+) -> None:
+    """Enforce egress policies on this gateway and watch its SNAT ports.
+
+    Applies the policies for --node at start, whenever the files change and on SIGHUP
+    (a malformed file is logged and the running rules stay), recounts nat-stats every
+    --nat-map-stats-interval and serves /metrics, /v1/statedb/nat-stats and /healthz.
+    """
+    configure_logging(verbose)
+    ports = NodePortRange.parse(node_port_range)
+    datapath = make_datapath(datapath_kind, ports)
+    if cleanup:
+        datapath.cleanup()
+        logging.getLogger("egressgw.agent").info("removed the %s datapath's rules",
+                                                 datapath_kind)
+        return
+    missing = [flag for flag, value in (("--policies", policies), ("--inventory", inventory),
+                                        ("--node", node)) if not value]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)} (needed unless --cleanup)")
+    assert policies is not None and inventory is not None and node is not None
+    config = AgentConfig(
+        policies=policies,
+        inventory=inventory,
+        node=node,
+        datapath=datapath_kind,
+        node_port_range=ports,
+        stats_interval=parse_duration(nat_map_stats_interval, field="--nat-map-stats-interval"),
+        stats_entries=nat_map_stats_entries,
+        listen=ListenAddress.parse(listen),
+        poll_interval=parse_duration(poll_interval, field="--poll-interval"),
+    )
+    run_agent(config, datapath)

@@ -1,0 +1,55 @@
+"""``egressgw statedb nat-stats``: the agent's nat-stats table, as cilium-dbg shows it."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from egressgw.agent.client import DEFAULT_SERVER, fetch_nat_stats, fetch_nat_stats_rows
+from egressgw.agent.watch import watch
+from egressgw.config import parse_duration
+from egressgw.render.documents import dump_document
+from egressgw.stats import render_table
+
+SERVER_HELP = "The agent's API (its --listen address)."
+
+
+@click.group("statedb")
+def statedb() -> None:
+    """Inspect the running agent's tables (like cilium-dbg statedb)."""
+
+
+@statedb.command(
+    "nat-stats",
+    epilog="""\b
+Examples:
+  egressgw statedb nat-stats
+  egressgw statedb nat-stats -w 5s
+  egressgw statedb nat-stats -o json --server http://[::1]:9964""",
+)
+@click.option("-w", "--watch", "watch_interval", metavar="INTERVAL",
+              help="Keep printing the rows that change, every INTERVAL (e.g. 5s).")
+@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table",
+              show_default=True)
+@click.option("--server", default=DEFAULT_SERVER, show_default=True, help=SERVER_HELP)
+def nat_stats(*, watch_interval: str | None, output: str, server: str) -> None:
+    """Top SNAT tuples per family: connections per {egress IP, remote endpoint}.
+
+    Prints `# IPFamily Proto EgressIP RemoteAddr Count`, IPv4 before IPv6 and ascending
+    count within a family, exactly as `cilium-dbg statedb nat-stats` does.
+    """
+    if watch_interval is not None:
+        if output != "table":
+            raise click.UsageError(f"--watch is not supported with {output} output")
+        interval = parse_duration(watch_interval, field="--watch")
+        if interval <= 0:
+            raise click.UsageError("--watch needs an interval above 0, such as 5s")
+        watch(lambda: fetch_nat_stats_rows(server), sys.stdout, interval=interval,
+              sleep=time.sleep)
+        return
+    if output == "table":
+        click.echo(render_table(fetch_nat_stats_rows(server)), nl=False)
+        return
+    click.echo(dump_document(fetch_nat_stats(server), output), nl=False)

@@ -1,0 +1,106 @@
+"""Helpers shared by the agent tests (no tests here): an in-memory datapath, policy files,
+scraping."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from egressgw.errors import DatapathError
+from egressgw.net import Family, NatEndpoint, Proto
+from egressgw.policy.rules import EgressRule
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "egressgw" / "examples"
+GATEWAY = "gateway-1"
+
+
+class MemoryDatapath:
+    """A datapath whose NAT table is a dict the test fills (a real Datapath, no traffic)."""
+
+    def __init__(self) -> None:
+        self.applied: list[list[EgressRule]] = []
+        self.counts: dict[NatEndpoint, int] = {}
+        self.failures: dict[str, int] = {}
+        self.refuse = False
+        self.cleaned = False
+
+    def apply(self, rules: Sequence[EgressRule]) -> None:
+        if self.refuse:
+            raise DatapathError("refused by the test")
+        self.applied.append(list(rules))
+
+    def endpoint_counts(self) -> Mapping[NatEndpoint, int]:
+        return dict(self.counts)
+
+    def allocation_failures(self) -> Mapping[str, int]:
+        return dict(self.failures)
+
+    def cleanup(self) -> None:
+        self.cleaned = True
+
+
+def endpoint(egress: str, remote: str, port: int, proto: Proto = Proto.TCP) -> NatEndpoint:
+    egress_ip = ipaddress.ip_address(egress)
+    return NatEndpoint(Family.of(egress_ip), proto, egress_ip, ipaddress.ip_address(remote), port)
+
+
+def copy_examples(tmp_path: Path) -> tuple[Path, Path]:
+    """A private copy of the example policies and inventory the test may edit."""
+    policies = tmp_path / "policies"
+    shutil.copytree(EXAMPLES / "policies", policies)
+    inventory = tmp_path / "inventory.yaml"
+    shutil.copy(EXAMPLES / "inventory.yaml", inventory)
+    return policies, inventory
+
+
+def break_policy(policies: Path) -> Path:
+    """Make one policy invalid (an unparseable destination CIDR); return its path."""
+    path = policies / "shop-clients.yaml"
+    text = path.read_text()
+    assert "    - 198.51.100.0/24\n" in text
+    path.write_text(text.replace("    - 198.51.100.0/24\n", "    - 198.51.100.0/33\n", 1))
+    return path
+
+
+def get(url: str, timeout: float = 5.0) -> tuple[int, str, str]:
+    """GET ``url``: status, content type and body, also for error statuses."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+def get_json(url: str) -> Any:
+    status, _, body = get(url)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def scrape(base_url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Every sample of /metrics by sample name: [(labels, value)]."""
+    status, content_type, body = get(base_url + "/metrics")
+    assert status == 200, body
+    assert content_type.startswith("text/plain")
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return samples
+
+
+def sample_value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str,
+                 **labels: str) -> float | None:
+    """The value of the one sample of ``name`` with ``labels``, None when absent."""
+    matches = [v for lab, v in samples.get(name, []) if all(lab.get(k) == x
+                                                           for k, x in labels.items())]
+    assert len(matches) <= 1, (name, labels, matches)
+    return matches[0] if matches else None
