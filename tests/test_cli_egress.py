@@ -1,0 +1,118 @@
+"""``egressgw egress list``: golden tables, json/yaml, and errors as one line with exit 2."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from egressgw.cli import main
+
+ROOT = Path(__file__).parents[1]
+EXAMPLES = ROOT / "src" / "egressgw" / "examples"
+GOLDEN = Path(__file__).parent / "fixtures" / "policies" / "golden"
+LAB = ["egress", "list", "--policies", str(EXAMPLES / "policies"),
+       "--inventory", str(EXAMPLES / "inventory.yaml")]
+DROPS = ["egress", "list", "--policies", str(GOLDEN / "drops-policies.yaml"),
+         "--inventory", str(GOLDEN / "drops-inventory.yaml")]
+
+
+def run(argv, capsys):
+    """(exit code, stdout, stderr) of the real entry point."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(("argv", "golden"), [
+    (LAB, "lab.txt"),
+    ([*LAB, "--node", "worker-1"], "lab-worker-1.txt"),
+    (DROPS, "drops.txt"),
+])
+def test_table_matches_golden(capsys, argv, golden):
+    code, out, _ = run(argv, capsys)
+    assert code == 0
+    assert out == (GOLDEN / golden).read_text()
+
+
+def test_warnings_go_to_stderr(capsys):
+    code, out, err = run(DROPS, capsys)
+    assert code == 0
+    assert "warning" not in out
+    assert err.splitlines() == [
+        "egressgw: warning: policy 'nowhere': spec.egressGateway.nodeSelector matches no "
+        "node: its traffic is dropped (No egress gateway found)",
+        "egressgw: warning: policy 'v4-only-interface': spec.egressGateway.interface: 'eth2' "
+        "on node 'gateway-1' has no IPv6 address: its IPv6 traffic is dropped at the gateway",
+    ]
+
+
+def test_json_and_yaml_carry_every_field(capsys):
+    _, as_json, _ = run([*LAB, "-o", "json"], capsys)
+    _, as_yaml, _ = run([*LAB, "-o", "yaml"], capsys)
+    documents = json.loads(as_json)
+    assert documents == yaml.safe_load(as_yaml)
+    table_lines = (GOLDEN / "lab.txt").read_text().splitlines()[1:]
+    assert len(documents) == len(table_lines)
+    first = documents[0]
+    assert first == {
+        "source_ip": "192.0.2.10",
+        "destination_cidr": "198.51.100.0/24",
+        "kind": "masquerade",
+        "egress_ip": "203.0.113.10",
+        "gateway_node": "gateway-1",
+        "gateway_ip": "192.0.2.1",
+        "policy": "shop-clients",
+        "shown_egress_ip": "203.0.113.10",
+        "shown_gateway_ip": "192.0.2.1",
+    }
+    assert {d["kind"] for d in documents} == {"masquerade", "excluded"}
+
+
+def test_node_view_hides_egress_ips_of_other_gateways_only(capsys):
+    _, out, _ = run([*LAB, "--node", "gateway-1", "-o", "json"], capsys)
+    shown = {d["shown_egress_ip"] for d in json.loads(out) if d["kind"] == "masquerade"}
+    assert shown == {"203.0.113.10", "203.0.113.12", "203.0.113.13", "2001:db8:203::10"}
+
+
+def test_no_rules_says_so_on_stderr(capsys, tmp_path):
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("nodes: []\nendpoints: []\n")
+    code, out, err = run(["egress", "list", "--policies", str(EXAMPLES / "policies"),
+                          "--inventory", str(inventory)], capsys)
+    assert (code, out) == (0, "")
+    assert "No entries found." in err
+
+
+def bad_policy_path():
+    return GOLDEN.parent / "bad" / "both-interface-and-egress-ip.yaml"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["egress", "list", "--policies", str(bad_policy_path()),
+      "--inventory", str(EXAMPLES / "inventory.yaml")],
+     f"egressgw: error: {bad_policy_path()}: document 2: spec.egressGateway: "
+     "interface and egressIP are mutually exclusive"),
+    ([*LAB, "--node", "nope"],
+     f"egressgw: error: {EXAMPLES / 'inventory.yaml'}: no node named 'nope' in the inventory"),
+    (["egress", "list", "--policies", "/nonexistent/policies",
+      "--inventory", str(EXAMPLES / "inventory.yaml")],
+     "egressgw: error: /nonexistent/policies: no such file or directory"),
+])
+def test_input_errors_exit_2_with_one_line(capsys, argv, message):
+    code, out, err = run(argv, capsys)
+    assert code == 2
+    assert out == ""
+    assert err == message + "\n"
+    assert "Traceback" not in err
+
+
+def test_bad_output_format_is_a_usage_error(capsys):
+    code, _, err = run([*LAB, "-o", "xml"], capsys)
+    assert code == 2
+    assert "Invalid value for '-o' / '--output'" in err
+    assert "Traceback" not in err
