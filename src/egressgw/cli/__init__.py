@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "egress": "egressgw.cli.egress:egress",
     "agent": "egressgw.cli.agent:agent",
     "statedb": "egressgw.cli.statedb:statedb",
+    "lab": "egressgw.cli.lab:lab",
 }
 
 

@@ -28,6 +28,8 @@ from egressgw.lab.topology import (
     POD_NET4,
     POD_NET6,
     PREFIX,
+    SERVER_NET4,
+    SERVER_NET6,
     LabSpec,
     Topology,
     check_lab_name,
@@ -216,7 +218,16 @@ class Lab:
 
     def _load_argv(self, to: str, connections: int, *, proto: str, hold: float,
                    pod: str | None, timeout: float, parallel: int) -> list[str]:
-        endpoint = Endpoint.parse(to)
+        try:
+            endpoint = Endpoint.parse(to)
+        except ValueError as exc:
+            raise InputError(str(exc), field="--to") from None
+        # Traffic stays inside the lab: only its server networks are valid targets.
+        if not any(endpoint.ip in net for net in (SERVER_NET4, SERVER_NET6)):
+            raise InputError(f"{to}: not a lab server address ({SERVER_NET4} or {SERVER_NET6})",
+                             field="--to")
+        if proto != "icmp" and endpoint.port == 0:
+            raise InputError(f"{to}: {proto} needs a port", field="--to")
         t = self.topology
         pods = t.pods4 if endpoint.ip.version == 4 else t.pods6
         source = pod or pods[0]

@@ -1,0 +1,158 @@
+"""``egressgw lab``: a gateway, pods and servers in network namespaces on this machine."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from egressgw.config import NodePortRange, check_stats_entries
+from egressgw.lab import Lab, LabSpec, lab_rules, remove_lab
+from egressgw.stats import compute_nat_stats, render_saturation, render_table
+
+NAME_OPTION = click.option("--name", default="lab", show_default=True,
+                           help="Lab name; namespaces are egw-NAME-{client,gw,server}.")
+
+
+@click.group(
+    "lab",
+    epilog="""\b
+Examples:
+  egressgw lab up
+  egressgw lab apply --egress-ip 203.0.113.10 --node-port-range 30000,65471
+  egressgw lab load --to 198.51.100.10:443 --connections 100 --hold 60 &
+  egressgw lab nat-stats --node-port-range 30000,65471
+  egressgw lab down""",
+)
+def lab() -> None:
+    """Real network namespaces: pods, an egress gateway node and servers (needs root)."""
+
+
+@lab.command("up")
+@NAME_OPTION
+@click.option("--pods", type=int, default=4, show_default=True, help="Pod addresses per family.")
+@click.option("--egress-ips", type=int, default=2, show_default=True,
+              help="Egress IPs per family on the gateway.")
+@click.option("--servers", type=int, default=2, show_default=True,
+              help="Server addresses per family.")
+def up(*, name: str, pods: int, egress_ips: int, servers: int) -> None:
+    """Build the lab and start its TCP/UDP servers."""
+    built = Lab.up(LabSpec(name, pods=pods, egress_ips=egress_ips, servers=servers))
+    _print_summary(built)
+
+
+@lab.command("down")
+@NAME_OPTION
+def down(*, name: str) -> None:
+    """Remove the lab: its processes, namespaces and state (also half-built ones)."""
+    remove_lab(name)
+    click.echo(f"lab {name} removed")
+
+
+@lab.command("status")
+@NAME_OPTION
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+def status(*, name: str, output: str) -> None:
+    """Show the lab's namespaces, addresses and server."""
+    found = Lab.find(name)
+    if output == "json":
+        click.echo(json.dumps(found.status(), indent=2))
+    else:
+        _print_summary(found)
+
+
+def _print_summary(found: Lab) -> None:
+    info = found.status()
+    t = found.topology
+    server = info["server"]
+    assert isinstance(server, dict)
+    state = "running" if server["running"] else "NOT running"
+    click.echo(f"lab {t.name}")
+    click.echo(f"  namespaces  client={t.client_ns} gateway={t.gateway_ns} server={t.server_ns}")
+    click.echo(f"  pods        {' '.join([*t.pods4, *t.pods6])}")
+    click.echo(f"  egress IPs  {' '.join([*t.egress4, *t.egress6])}")
+    click.echo(f"  servers     {' '.join([*t.servers4, *t.servers6])}")
+    click.echo(f"  ports       tcp {','.join(map(str, t.tcp_ports))}  "
+               f"udp {','.join(map(str, t.udp_ports))}  (server pid {t.server_pid}, {state})")
+    click.echo(f"  conntrack   {info['gateway_conntrack_entries']} entries on the gateway")
+
+
+@lab.command("apply")
+@NAME_OPTION
+@click.option("--egress-ip", "egress_ips", multiple=True,
+              help="Egress IP(s); pods are spread over them round robin (default: the first "
+                   "egress IP of each family).")
+@click.option("--exclude", "excluded", multiple=True, help="Excluded destination CIDR(s).")
+@click.option("--destination", "destinations", multiple=True,
+              help="Destination CIDR(s) (default: both server networks).")
+@click.option("--no-gateway", is_flag=True,
+              help="Drop the pods' traffic instead (no gateway node matched).")
+@click.option("--node-port-range", default="30000,32767", show_default=True,
+              help="NodePort range MIN,MAX; NAT source ports are MAX+1..65535.")
+@click.option("--dry-run", is_flag=True, help="Print the nft script instead of loading it.")
+def apply(*, name: str, egress_ips: tuple[str, ...], excluded: tuple[str, ...],
+          destinations: tuple[str, ...], no_gateway: bool, node_port_range: str,
+          dry_run: bool) -> None:
+    """Masquerade every pod's traffic on the lab gateway (one nft transaction)."""
+    found = Lab.find(name)
+    t = found.topology
+    chosen = list(egress_ips) or [t.egress4[0], t.egress6[0]]
+    rules = lab_rules(t, chosen, destinations=list(destinations) or None, excluded=excluded,
+                      no_gateway=no_gateway)
+    datapath = found.datapath(NodePortRange.parse(node_port_range))
+    if dry_run:
+        click.echo(datapath.render(rules), nl=False)
+        return
+    datapath.apply(rules)
+    click.echo(f"applied {len(rules)} rules in {t.gateway_ns} (nft list table inet egressgw)")
+
+
+@lab.command("load")
+@NAME_OPTION
+@click.option("--to", "to", required=True, help="Server IP:PORT, [IPv6]:PORT, or IP for ICMP.")
+@click.option("--connections", type=int, default=1, show_default=True)
+@click.option("--proto", type=click.Choice(["tcp", "udp", "icmp"]), default="tcp",
+              show_default=True)
+@click.option("--hold", type=float, default=0.0, show_default=True,
+              help="Seconds to keep the connections open afterwards.")
+@click.option("--from", "pod", help="Pod address to connect from (default: the first pod).")
+@click.option("--timeout", type=float, default=2.0, show_default=True,
+              help="Seconds a connection may take before it counts as failed.")
+@click.option("--parallel", type=int, default=256, show_default=True,
+              help="Connections in flight at once (1: strictly one after another).")
+def load(*, name: str, to: str, connections: int, proto: str, hold: float, pod: str | None,
+         timeout: float, parallel: int) -> None:
+    """Open real connections from a pod through the gateway; report how many succeeded."""
+    found = Lab.find(name)
+    result = found.load(to, connections, proto=proto, hold=hold, pod=pod, timeout=timeout,
+                        parallel=parallel)
+    click.echo(f"{result.proto} {result.source} -> {result.to}: {result.attempted} attempted, "
+               f"{result.succeeded} succeeded, {result.failed} failed in {result.seconds:.2f} s")
+    if result.errors:
+        click.echo("  failures: " + ", ".join(f"{k} {v}" for k, v in result.errors.items()))
+    if result.seen_as:
+        click.echo("  the server saw: " + ", ".join(f"{k} x{v}" for k, v in
+                                                    result.seen_as.items()))
+
+
+@lab.command("nat-stats")
+@NAME_OPTION
+@click.option("--node-port-range", default="30000,32767", show_default=True)
+@click.option("--nat-map-stats-entries", type=int, default=30, show_default=True)
+def nat_stats(*, name: str, node_port_range: str, nat_map_stats_entries: int) -> None:
+    """nat-stats of the lab gateway's conntrack table, like cilium-dbg statedb nat-stats.
+
+    Saturation divides by the ports in the NAT range (MAX+1..65535): unlike Cilium's
+    clamp, the kernel's port search can use every one of them.
+    """
+    found = Lab.find(name)
+    ports = NodePortRange.parse(node_port_range)
+    datapath = found.datapath(ports)
+    stats = compute_nat_stats(datapath.endpoint_counts(),
+                              entries=check_stats_entries(nat_map_stats_entries),
+                              divisor=ports.nat_ports)
+    click.echo(render_table(stats.rows), nl=False)
+    click.echo(render_saturation(stats), nl=False)
+    failures = datapath.allocation_failures()
+    click.echo("conntrack: " + ", ".join(f"{k} {v}" for k, v in failures.items()))
