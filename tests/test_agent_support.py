@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import shutil
+import subprocess
+import sys
+import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,6 +23,7 @@ from egressgw.errors import DatapathError
 from egressgw.net import Family, NatEndpoint, Proto
 from egressgw.policy.rules import EgressRule
 
+T = TypeVar("T")
 EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "egressgw" / "examples"
 GATEWAY = "gateway-1"
 
@@ -104,3 +110,82 @@ def sample_value(samples: dict[str, list[tuple[dict[str, str], float]]], name: s
                                                            for k, x in labels.items())]
     assert len(matches) <= 1, (name, labels, matches)
     return matches[0] if matches else None
+
+
+class AgentProcess:
+    """``egressgw agent`` running as a real process; its stderr log collected as it comes.
+
+    ``argv_prefix`` runs it elsewhere (``ip netns exec NS``). The listen port is read from
+    the agent's own "serving ... on URL" log line, so tests can pass ``--listen ...:0``.
+    """
+
+    def __init__(self, args: Sequence[str], *, argv_prefix: Sequence[str] = ()) -> None:
+        exe = shutil.which("egressgw", path=str(Path(sys.executable).parent))
+        assert exe is not None
+        self.process = subprocess.Popen(
+            [*argv_prefix, exe, "agent", *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        line = self.wait_for_log("serving /metrics")
+        match = re.search(r"on (http://\S+)", line)
+        assert match, line
+        self.url = match[1]
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def log(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def wait_for_log(self, text: str, *, after: int = 0, timeout: float = 20.0) -> str:
+        """The first log line from index ``after`` on that contains ``text``."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines[after:]:
+                    if text in line:
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"no log line with {text!r}; log:\n" + "\n".join(
+                        self.lines))
+                self._changed.wait(min(left, 0.2))
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing of the agent's runs."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.wait()
+
+
+def poll_until(check: Callable[[], T | None], *, timeout: float = 20.0,
+               what: str = "condition") -> T:
+    """Call ``check`` until it returns something other than None (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value is not None:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)

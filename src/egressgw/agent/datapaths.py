@@ -7,11 +7,18 @@ from egressgw.datapath.base import Datapath
 from egressgw.datapath.kernel import KernelDatapath
 from egressgw.errors import ConfigError
 
-DATAPATHS = ("kernel",)
+DATAPATHS = ("kernel", "model")
 
 
 def make_datapath(kind: str, node_port_range: NodePortRange) -> Datapath:
-    """The kernel datapath: nftables + conntrack in this network namespace."""
+    """The kernel datapath (nftables + conntrack in this network namespace) or the model.
+
+    The model is imported only when asked for: it pulls in the compiled SNAT engine.
+    """
     if kind == "kernel":
         return KernelDatapath(node_port_range, table="egressgw")
+    if kind == "model":
+        from .modeldp import ModelAgentDatapath  # noqa: PLC0415 (slow to import)
+
+        return ModelAgentDatapath.for_node_ports(node_port_range)
     raise ConfigError(f"{kind!r}: expected one of {', '.join(DATAPATHS)}", field="--datapath")

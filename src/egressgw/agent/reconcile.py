@@ -109,9 +109,10 @@ class Reconciler:
             return False
         if apply:
             self._applied = rules
+        self._state.record_success(self._wall(), Counter(r.kind for r in rules), applied=apply)
+        if apply:
             log.info("applied %d rules for node %s (%s)", len(rules), self._source.node,
                      _describe(rules))
-        self._state.record_success(self._wall(), Counter(r.kind for r in rules), applied=apply)
         return True
 
 
