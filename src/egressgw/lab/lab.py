@@ -195,6 +195,7 @@ class Lab:
         t = self.topology
         argv = netns_argv(t.server_ns, [
             sys.executable, "-m", "egressgw.lab.server",
+            "--address", ",".join([*t.servers4, *t.servers6]),
             "--tcp", ",".join(map(str, t.tcp_ports)), "--udp", ",".join(map(str, t.udp_ports)),
         ])
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

@@ -1,4 +1,4 @@
-"""The lab's servers: TCP and UDP on every address of the server namespace.
+"""The lab's servers: TCP and UDP on the given addresses of the server namespace.
 
 Run inside the server namespace (``ip netns exec NS python -m egressgw.lab.server``).
 Each TCP connection is greeted with the address the server sees it come from, then
@@ -38,15 +38,17 @@ def greeting(address: tuple[str, int] | tuple[str, int, int, int]) -> bytes:
     return f"{address[0]} {address[1]}\n".encode()
 
 
-def _listeners(tcp_ports: Sequence[int], udp_ports: Sequence[int]) -> list[socket.socket]:
+def _listeners(
+    addresses: Sequence[str], tcp_ports: Sequence[int], udp_ports: Sequence[int]
+) -> list[socket.socket]:
+    """One socket per address and port: UDP answers then leave from the address asked."""
     sockets: list[socket.socket] = []
-    for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+    for host in addresses:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for kind, ports in ((socket.SOCK_STREAM, tcp_ports), (socket.SOCK_DGRAM, udp_ports)):
             for port in ports:
                 sock = socket.socket(family, kind)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind((host, port))
                 if kind == socket.SOCK_STREAM:
                     sock.listen(BACKLOG)
@@ -55,11 +57,17 @@ def _listeners(tcp_ports: Sequence[int], udp_ports: Sequence[int]) -> list[socke
     return sockets
 
 
-def serve(tcp_ports: Sequence[int], udp_ports: Sequence[int], *, ready: bool = True) -> None:
+def serve(
+    addresses: Sequence[str],
+    tcp_ports: Sequence[int],
+    udp_ports: Sequence[int],
+    *,
+    ready: bool = True,
+) -> None:
     """Serve until SIGTERM or SIGINT."""
     raise_nofile()
     selector = selectors.DefaultSelector()
-    for sock in _listeners(tcp_ports, udp_ports):
+    for sock in _listeners(addresses, tcp_ports, udp_ports):
         role = "accept" if sock.type == socket.SOCK_STREAM else "datagram"
         selector.register(sock, selectors.EVENT_READ, role)
     stopping = False
@@ -140,10 +148,12 @@ def _ports(text: str) -> list[int]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m egressgw.lab.server")
+    parser.add_argument("--address", type=lambda t: t.split(","), required=True,
+                        help="addresses to serve on, comma separated")
     parser.add_argument("--tcp", type=_ports, default=[80], help="TCP ports, comma separated")
     parser.add_argument("--udp", type=_ports, default=[53], help="UDP ports, comma separated")
     args = parser.parse_args(argv)
-    serve(args.tcp, args.udp)
+    serve(args.address, args.tcp, args.udp)
 
 
 if __name__ == "__main__":
