@@ -7,6 +7,9 @@ import subprocess
 import sys
 from collections import Counter
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from egressgw.policy import (
     EgressRule,
     RuleKind,
@@ -344,3 +347,27 @@ def test_compile_accepts_any_inventory_source():
 
     inv = inventory()
     assert compile_rules(policies(policy()), Source(inv)) == compile_rules(policies(policy()), inv)
+
+
+LABEL_PAIRS = st.dictionaries(st.sampled_from(["app", "tier"]), st.sampled_from(["a", "b"]),
+                              max_size=2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pods=st.lists(st.tuples(LABEL_PAIRS, st.sampled_from(["shop", "ops"])), max_size=12),
+    selectors=st.lists(st.fixed_dictionaries({}, optional={
+        "podSelector": st.fixed_dictionaries({}, optional={"matchLabels": LABEL_PAIRS}),
+        "namespaceSelector": st.fixed_dictionaries({}, optional={"matchLabels": st.dictionaries(
+            st.just("team"), st.sampled_from(["web", "ops"]), max_size=1)}),
+    }).filter(lambda s: s), min_size=1, max_size=3),
+)
+def test_selected_endpoints_are_exactly_those_the_selectors_match(pods, selectors):
+    endpoints = [{"name": f"e{i}", "namespace": ns, "labels": labels, "ips": [f"192.0.2.{i + 1}"]}
+                 for i, (labels, ns) in enumerate(pods)]
+    inv = inventory(endpoints=endpoints, namespaces=[
+        {"name": "shop", "labels": {"team": "web"}}, {"name": "ops", "labels": {"team": "ops"}}])
+    (parsed,) = policies(policy(selectors=selectors))
+    rules = compile_rules([parsed], inv)
+    expected = {e.ips[0] for e in inv.endpoints() if parsed.selects(e.identity_labels)}
+    assert {r.source_ip for r in rules} == expected

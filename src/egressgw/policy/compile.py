@@ -27,13 +27,18 @@ last writer wins); here the policy whose name sorts first wins and a warning say
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from egressgw.net import IPAddress, IPNetwork
 from egressgw.policy.inventory import Endpoint, InventorySource, Node
-from egressgw.policy.model import EgressPolicy, GatewaySpec
-from egressgw.policy.rules import EgressRule, RuleKind
+from egressgw.policy.model import (
+    NAMESPACE_LABELS_PREFIX,
+    EgressPolicy,
+    EndpointSelector,
+    GatewaySpec,
+)
+from egressgw.policy.rules import EgressRule, RuleKind, sort_rules
 
 _FNV32_OFFSET = 0x811C9DC5
 _FNV32_PRIME = 0x01000193
@@ -79,13 +84,19 @@ def compile_policies(policies: Sequence[EgressPolicy], inventory: InventorySourc
     nodes = sorted(inventory.nodes(), key=lambda n: n.name)
     node_labels = {node.name: node.labels for node in nodes}
     endpoints = sorted(inventory.endpoints(), key=lambda e: (e.namespace, e.name))
+    # Computed once: every policy tests every endpoint.
+    endpoint_labels = [
+        (e, e.identity_labels, None if e.node is None else node_labels.get(e.node))
+        for e in endpoints
+    ]
+    index = _LabelIndex([labels for _, labels, _ in endpoint_labels])
     warnings: list[str] = []
     rules: dict[tuple[IPAddress, IPNetwork], EgressRule] = {}
     for policy in sorted(policies, key=lambda p: p.name):
         gateways = _resolve_gateways(policy, nodes, warnings)
-        for endpoint in endpoints:
-            labels = None if endpoint.node is None else node_labels.get(endpoint.node)
-            if not policy.selects(endpoint.identity_labels, labels):
+        for position in index.candidates(policy.selectors):
+            endpoint, identity_labels, on_node_labels = endpoint_labels[position]
+            if not policy.selects(identity_labels, on_node_labels):
                 continue
             gateway = pick_gateway(gateways, endpoint)
             for rule in _endpoint_rules(policy, endpoint, gateway, warnings):
@@ -100,7 +111,38 @@ def compile_policies(policies: Sequence[EgressPolicy], inventory: InventorySourc
                         f"policy {rule.policy!r}: {rule.source_ip} -> {rule.destination} is "
                         f"already given by policy {earlier.policy!r}, which wins"
                     )
-    return Compiled(sorted(rules.values()), _unique(warnings))
+    return Compiled(sort_rules(rules.values()), _unique(warnings))
+
+
+class _LabelIndex:
+    """Endpoints by {label: value}, so a policy only tests endpoints its matchLabels allow.
+
+    Only a prefilter: every candidate is still matched against the full selector.
+    """
+
+    def __init__(self, labels: Sequence[Mapping[str, str]]) -> None:
+        self._count = len(labels)
+        self._by_pair: dict[tuple[str, str], set[int]] = {}
+        for position, endpoint_labels in enumerate(labels):
+            for pair in endpoint_labels.items():
+                self._by_pair.setdefault(pair, set()).add(position)
+
+    def candidates(self, selectors: Sequence[EndpointSelector]) -> list[int]:
+        found: set[int] = set()
+        for selector in selectors:
+            pairs: list[tuple[str, str]] = []
+            if selector.pod_selector is not None:
+                pairs.extend(selector.pod_selector.match_labels.items())
+            if selector.namespace_selector is not None:
+                pairs.extend(
+                    (NAMESPACE_LABELS_PREFIX + key, value)
+                    for key, value in selector.namespace_selector.match_labels.items()
+                )
+            if not pairs:
+                return list(range(self._count))
+            sets = [self._by_pair.get(pair, set()) for pair in pairs]
+            found |= set.intersection(*sets)
+        return sorted(found)
 
 
 def pick_gateway(gateways: Sequence[ResolvedGateway], endpoint: Endpoint) -> ResolvedGateway:

@@ -24,6 +24,8 @@ class RuleKind(enum.StrEnum):
     NO_GATEWAY = "no-gateway"
 
 
+_KIND_ORDER = {kind: index for index, kind in enumerate(RuleKind)}
+
 # Rules order by family first: ipaddress refuses to compare IPv4 with IPv6 objects, and
 # listings show IPv4 before IPv6 like cilium-dbg does.
 _SortKey = tuple[int, int, int, int, int, str, int, int, str, str]
@@ -61,7 +63,7 @@ class EgressRule:
             int(self.source_ip),
             int(self.destination.network_address),
             self.destination.prefixlen,
-            list(RuleKind).index(self.kind),
+            _KIND_ORDER[self.kind],
             self.gateway_node or "",
             0 if egress is None else egress.version,
             0 if egress is None else int(egress),
@@ -89,7 +91,15 @@ def rules_for_gateway(rules: Iterable[EgressRule], node: str) -> list[EgressRule
     nor leave), masquerades only on the gateway that owns the egress IP.
     """
     return sorted(
-        rule
-        for rule in rules
-        if rule.kind is not RuleKind.MASQUERADE or rule.gateway_node == node
+        (r for r in rules if r.kind is not RuleKind.MASQUERADE or r.gateway_node == node),
+        key=_sort_key,
     )
+
+
+def sort_rules(rules: Iterable[EgressRule]) -> list[EgressRule]:
+    """``rules`` in their order (IPv4 first, then by source and destination)."""
+    return sorted(rules, key=_sort_key)
+
+
+def _sort_key(rule: EgressRule) -> _SortKey:
+    return rule.sort_key
