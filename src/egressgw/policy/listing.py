@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from egressgw.policy.rules import EgressRule, RuleKind
+from egressgw.policy.rules import EgressRule, RuleKind, sort_rules
 from egressgw.render.tabwriter import tabwrite
 
 HEADER = ("Source IP", "Destination CIDR", "Egress IP", "Gateway IP")
@@ -56,7 +56,7 @@ def egress_list(rules: Iterable[EgressRule], node: str | None = None) -> list[Eg
     Without ``node`` each masquerade shows its egress IP (the gateway's view of it).
     """
     entries = []
-    for rule in sorted(rules):
+    for rule in sort_rules(rules):
         unspecified = "0.0.0.0" if rule.source_ip.version == 4 else "::"
         egress = unspecified
         if rule.kind is RuleKind.MASQUERADE and (node is None or rule.gateway_node == node):
