@@ -119,11 +119,23 @@ class AgentProcess:
     the agent's own "serving ... on URL" log line, so tests can pass ``--listen ...:0``.
     """
 
-    def __init__(self, args: Sequence[str], *, argv_prefix: Sequence[str] = ()) -> None:
+    @staticmethod
+    def executable() -> str:
+        """The ``egressgw`` script of the interpreter running the tests."""
         exe = shutil.which("egressgw", path=str(Path(sys.executable).parent))
         assert exe is not None
+        return exe
+
+    @classmethod
+    def run_cleanup(cls, argv_prefix: Sequence[str] = ()) -> None:
+        """``egressgw agent --cleanup`` (removes the kernel datapath's table)."""
+        done = subprocess.run([*argv_prefix, cls.executable(), "agent", "--cleanup"],
+                              capture_output=True, text=True, timeout=30, check=False)
+        assert done.returncode == 0, done.stderr
+
+    def __init__(self, args: Sequence[str], *, argv_prefix: Sequence[str] = ()) -> None:
         self.process = subprocess.Popen(
-            [*argv_prefix, exe, "agent", *args],
+            [*argv_prefix, self.executable(), "agent", *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True,
         )
