@@ -6,6 +6,7 @@ The public API::
     load_inventory(path) -> Inventory              # an InventorySource
     compile_rules(policies, inventory) -> list[EgressRule]
     compile_policies(policies, inventory) -> Compiled(rules, warnings)
+    sort_rules(rules) -> list[EgressRule]         # IPv4 first, then source, destination
 """
 
 from egressgw.policy.compile import Compiled, compile_policies, compile_rules, fnv1a_32
@@ -21,7 +22,7 @@ from egressgw.policy.inventory import (
 from egressgw.policy.labels import LabelSelector, Operator, Requirement, parse_label_selector
 from egressgw.policy.model import EgressPolicy, EndpointSelector, GatewaySpec
 from egressgw.policy.parse import load_policies, parse_documents, parse_policy
-from egressgw.policy.rules import EgressRule, RuleKind, rules_for_gateway
+from egressgw.policy.rules import EgressRule, RuleKind, rules_for_gateway, sort_rules
 
 __all__ = [
     "Compiled",
@@ -48,4 +49,5 @@ __all__ = [
     "parse_label_selector",
     "parse_policy",
     "rules_for_gateway",
+    "sort_rules",
 ]
