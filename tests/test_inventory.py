@@ -121,3 +121,12 @@ def test_inventory_class_rejects_duplicate_node_names():
     a = Node("a", ipaddress.ip_address("192.0.2.1"))
     with pytest.raises(ValueError, match="unique"):
         Inventory([a, a])
+
+
+def test_missing_or_directory_inventory_is_one_clear_line(tmp_path):
+    with pytest.raises(InputError) as caught:
+        load_inventory(tmp_path / "absent.yaml")
+    assert str(caught.value) == f"{tmp_path / 'absent.yaml'}: no such file or directory"
+    with pytest.raises(InputError) as caught:
+        load_inventory(tmp_path)
+    assert str(caught.value) == f"{tmp_path}: is a directory, expected a YAML file"

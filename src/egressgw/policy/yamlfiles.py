@@ -56,6 +56,10 @@ def load_documents(path: Path) -> Iterator[tuple[Where, Any]]:
     source = str(path)
     try:
         text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("no such file or directory", source=source) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, expected a YAML file", source=source) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read: {exc}", source=source) from exc
     try:
