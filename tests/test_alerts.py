@@ -6,15 +6,26 @@ checked against the metric names a real agent serves on /metrics.
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
+
+from egressgw.agent import Agent, AgentConfig, AgentHTTPServer, ListenAddress
+from egressgw.agent.modeldp import ModelAgentDatapath
+from egressgw.config import NodePortRange
+from egressgw.net import Endpoint, FiveTuple, Proto
+from test_agent_support import GATEWAY, break_policy, copy_examples, scrape
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 RULES = DEPLOY / "prometheus" / "egressgw-rules.yaml"
 RULES_TEST = DEPLOY / "prometheus" / "egressgw-rules.test.yaml"
+DASHBOARD = DEPLOY / "grafana" / "egressgw-dashboard.json"
 
 
 def promtool() -> str:
@@ -66,3 +77,73 @@ def test_rule_unit_tests_catch_a_changed_rule(tmp_path: Path, original: str, wea
     result = run_promtool("test", "rules", RULES_TEST.name, cwd=tmp_path)
     assert result.returncode != 0
     assert "FAILED" in result.stdout + result.stderr
+
+
+# -- what the rules and the dashboard query must exist ------------------------------------
+
+METRIC_NAME = re.compile(r"\begressgw_[a-z0-9_]+\b")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """Every sample name a real agent serves on /metrics after real (model) traffic:
+    rules applied, a pass counted, ports run out, a policy edit rejected."""
+    policies, inventory = copy_examples(tmp_path_factory.mktemp("files"))
+    ports = NodePortRange(30000, 65471)
+    datapath = ModelAgentDatapath.for_node_ports(ports)
+    clock = [0.0]
+    config = AgentConfig(policies, inventory, GATEWAY, datapath="model", node_port_range=ports,
+                         stats_interval=1.0)
+    agent = Agent(config, datapath, clock=lambda: clock[0], wall=lambda: clock[0])
+    server = AgentHTTPServer(ListenAddress("127.0.0.1", 0), agent.api)
+    server.start()
+    try:
+        agent.start()
+        client = ipaddress.ip_address("192.0.2.10")
+        for port in range(100):
+            datapath.connect(FiveTuple(Proto.TCP, Endpoint(client, 20000 + port),
+                                       Endpoint(ipaddress.ip_address("198.51.100.5"), 443)))
+        break_policy(policies)
+        clock[0] += 1
+        agent.tick()
+        samples = scrape(server.address.url())
+    finally:
+        server.stop()
+    assert samples["egressgw_nat_allocation_failures_total"][0][1] > 0
+    return set(samples)
+
+
+def queried_metrics(expr: str) -> set[str]:
+    return set(METRIC_NAME.findall(expr))
+
+
+def test_alert_rules_query_metrics_the_agent_exports(exported: set[str]) -> None:
+    rules = yaml.safe_load(RULES.read_text())
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    used = set().union(*map(queried_metrics, exprs))
+    assert used, exprs
+    assert used <= exported, used - exported
+
+
+def test_dashboard_queries_metrics_the_agent_exports(exported: set[str]) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    used: set[str] = set()
+    for panel in panels:
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            names = queried_metrics(target["expr"])
+            assert names, (panel["title"], target["expr"])
+            assert names <= exported, (panel["title"], names - exported)
+            used |= names
+    # The panels the dashboard is for: saturation, top tuples, drops, allocation failures.
+    assert {
+        "egressgw_nat_endpoint_max_connection",
+        "egressgw_nat_endpoint_connections",
+        "egressgw_drop_count_total",
+        "egressgw_nat_allocation_failures_total",
+    } <= used
+    # The instance picker lists the agents by a metric they all export.
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert queried_metrics(variables["instance"]["definition"]) <= exported
