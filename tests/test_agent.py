@@ -390,3 +390,14 @@ def test_a_busy_port_is_a_clear_config_error(files: tuple[Path, Path]) -> None:
         agent = make_agent(files, MemoryDatapath(), FakeClock())
         with pytest.raises(ConfigError, match=f"--listen: cannot listen on 127.0.0.1:{port}"):
             AgentHTTPServer(ListenAddress("127.0.0.1", port), agent.api)
+
+
+def test_a_node_missing_from_the_inventory_is_rejected(files: tuple[Path, Path]) -> None:
+    datapath, clock = MemoryDatapath(), FakeClock()
+    config = AgentConfig(policies=files[0], inventory=files[1], node="gateway-l")
+    agent = Agent(config, datapath, clock=clock, wall=clock.wall)
+    agent.start()
+    assert datapath.applied == []
+    assert agent.state.reconcile.last_error == (
+        f"{files[1]}: --node: node 'gateway-l' is not in the inventory "
+        "(nodes: gateway-1, worker-1)")

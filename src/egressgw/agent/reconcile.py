@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from egressgw.datapath.base import Datapath
-from egressgw.errors import EgressgwError
+from egressgw.errors import EgressgwError, InputError
 from egressgw.policy import compile_rules, load_inventory, load_policies
 from egressgw.policy.rules import EgressRule, RuleKind, rules_for_gateway
 
@@ -59,6 +59,11 @@ class PolicySource:
         """Read, validate and compile the files into this node's rules (no side effects)."""
         policies = load_policies(self.policies)
         inventory = load_inventory(self.inventory)
+        if inventory.node(self.node) is None:
+            # A typo in --node would otherwise apply no masquerade at all, silently.
+            known = ", ".join(node.name for node in inventory.nodes()) or "none"
+            raise InputError(f"node {self.node!r} is not in the inventory (nodes: {known})",
+                             source=str(self.inventory), field="--node")
         return rules_for_gateway(compile_rules(policies, inventory), self.node)
 
 
