@@ -1,0 +1,38 @@
+"""nat-stats as a plain document for ``-o json`` and ``-o yaml``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from egressgw.stats.compute import NatStats, NatStatsRow
+
+
+def row_document(row: NatStatsRow) -> dict[str, Any]:
+    """Every field of a row; names follow cilium's JSON casing (egressIP, remoteAddr)."""
+    return {
+        "family": str(row.family),
+        "proto": row.proto.label,
+        "egressIP": str(row.egress_ip),
+        "remoteIP": str(row.remote_ip),
+        "remotePort": row.remote_port,
+        "remoteAddr": row.remote_addr,
+        "count": row.count,
+        "rank": row.rank,
+    }
+
+
+def stats_document(stats: NatStats) -> dict[str, Any]:
+    """Rows in display order, saturation per family (ratio 0..1) and the divisor used."""
+    return {
+        "rows": [row_document(row) for row in stats.rows],
+        "saturation": {str(family): ratio for family, ratio in stats.saturation.items()},
+        "topCount": {
+            str(family): top.count
+            for family in stats.saturation
+            if (top := stats.top(family)) is not None
+        },
+        "divisor": stats.divisor,
+    }
+
+
+__all__ = ["row_document", "stats_document"]
