@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "agent": "egressgw.cli.agent:agent",
     "statedb": "egressgw.cli.statedb:statedb",
     "lab": "egressgw.cli.lab:lab",
+    "simulate": "egressgw.cli.simulate:simulate_command",
 }
 
 

@@ -1,0 +1,76 @@
+"""Saturation over time for the top tuples, against the limit, with drops and evictions.
+
+matplotlib is imported here only, with the Agg backend: no display is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from egressgw.errors import InputError
+from egressgw.net import format_ip
+from egressgw.sim.simulate import THRESHOLDS, SimulationResult
+
+
+def plot_saturation(
+    results: SimulationResult | Sequence[tuple[str, SimulationResult]],
+    path: str | Path,
+    *,
+    top: int = 5,
+    title: str | None = None,
+) -> Path:
+    """Write a PNG: one panel per run (label, result), each tuple's saturation in %."""
+    import matplotlib  # noqa: PLC0415 - heavy; only plotting commands pay for it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    runs = [("", results)] if isinstance(results, SimulationResult) else list(results)
+    figure, axes = plt.subplots(
+        len(runs), 1, figsize=(10, 4.2 * len(runs)), squeeze=False, sharex=True
+    )
+    for (label, result), ax in zip(runs, axes[:, 0], strict=True):
+        _panel(ax, label, result, top)
+    axes[-1, 0].set_xlabel("virtual time (minutes)")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    out = Path(path)
+    try:
+        figure.savefig(out, dpi=100)
+    except OSError as exc:
+        raise InputError(f"cannot write the plot: {exc.strerror}", source=str(out)) from None
+    finally:
+        plt.close(figure)
+    return out
+
+
+def _panel(ax: Any, label: str, result: SimulationResult, top: int) -> None:
+    times = np.array(result.times) / 60.0
+    divisor = result.settings.divisor
+    for endpoint in result.top_endpoints(top):
+        series = np.array(result.series[endpoint]) / divisor * 100
+        name = f"{format_ip(endpoint.egress_ip)} -> {endpoint.remote_addr} {endpoint.proto.label}"
+        ax.plot(times, series, label=name)
+    ax.axhline(100, color="red", linestyle="--", linewidth=1,
+               label=f"limit ({divisor} ports)")
+    for mark in THRESHOLDS[:-1]:
+        ax.axhline(mark * 100, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_ylabel("saturation (%)")
+    ax.set_ylim(0, max(110.0, result.peak_saturation * 105))
+    ax.set_title(label or result.name)
+    ax.legend(loc="upper left", fontsize=8)
+    events = ax.twinx()
+    drops = np.diff([0] + [r.totals.dropped for r in result.intervals])
+    evictions = np.diff([0] + [r.totals.evictions for r in result.intervals])
+    width = (times[1] - times[0]) * 0.4 if len(times) > 1 else 0.2
+    events.bar(times - width / 2, drops, width=width, color="tab:red", alpha=0.35,
+               label="drops (167) per interval")
+    events.bar(times + width / 2, evictions, width=width, color="tab:purple", alpha=0.35,
+               label="NAT evictions per interval")
+    events.set_ylabel("drops / evictions per interval")
+    events.legend(loc="upper right", fontsize=8)

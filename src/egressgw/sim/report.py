@@ -1,0 +1,237 @@
+"""A simulation's results as text, as a JSON/YAML document, and as markdown."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from egressgw.datapath.model import DropReason
+from egressgw.net import NatEndpoint, format_ip
+from egressgw.render.tabwriter import tabwrite
+from egressgw.sim.simulate import THRESHOLDS, SimulationResult, Totals
+from egressgw.stats import render_saturation, render_table
+
+
+def format_seconds(seconds: float) -> str:
+    """``1h2m3s`` style, as Go prints durations (whole seconds; ms below one second)."""
+    if not math.isfinite(seconds):
+        return "never"
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    total = round(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours >= 48:
+        return f"{hours / 24:.1f}d"
+    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if hours or minutes else "")
+    return text + f"{secs}s"
+
+
+def reason_text(code: int) -> str:
+    try:
+        return DropReason(code).text
+    except ValueError:
+        return f"reason {code}"
+
+
+def tries_buckets(tries: npt.NDArray[np.int64]) -> list[tuple[str, int]]:
+    """The tries histogram in powers of two; the last slot (all tries used) on its own."""
+    limit = len(tries) - 1
+    buckets = [("0", int(tries[0]))] if limit > 0 else []
+    low = 1
+    while low < limit:
+        high = min(2 * low - 1, limit - 1)
+        label = str(low) if low == high else f"{low}-{high}"
+        buckets.append((label, int(tries[low : high + 1].sum())))
+        low = high + 1
+    buckets.append((f"{limit} (all used: dropped)", int(tries[limit])))
+    return buckets
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{part / whole:.2%}" if whole else "0.00%"
+
+
+def counter_lines(totals: Totals, *, not_masqueraded: int = 0) -> list[tuple[str, str]]:
+    lines = [
+        ("attempted", f"{totals.attempted}"),
+        ("established", f"{totals.established}"),
+        ("dropped", f"{totals.dropped} ({_percent(totals.dropped, totals.attempted)})"),
+    ]
+    lines += [(f"  {code} {reason_text(code)}", f"{n}") for code, n in totals.drops.items()]
+    lines += [
+        ("NAT entries evicted (LRU)", f"{totals.evictions}"),
+        ("connections broken", f"{totals.broken}"),
+        ("replies without mapping", f"{totals.reply_drops}"),
+        ("nat_fill_up signals", f"{totals.signals}"),
+        ("CT GC runs", f"{totals.gc_runs}"),
+    ]
+    if not_masqueraded:
+        lines.append(("not masqueraded (no policy)", f"{not_masqueraded}"))
+    return lines
+
+
+def _endpoint_cells(endpoint: NatEndpoint) -> list[str]:
+    return [format_ip(endpoint.egress_ip), endpoint.remote_addr, endpoint.proto.label]
+
+
+def crossing_rows(result: SimulationResult, limit: int = 10) -> list[list[str]]:
+    header = ["EgressIP", "RemoteAddr", "Proto", "Peak", "Peak%"] + [
+        f"{t:.0%}" for t in THRESHOLDS
+    ]
+    rows = [header]
+    divisor = result.settings.divisor
+    for endpoint in result.top_endpoints(limit):
+        peak = result.peak(endpoint)
+        marks = result.crossings.get(endpoint, {})
+        rows.append(
+            [*_endpoint_cells(endpoint), str(peak), f"{peak / divisor:.1%}"]
+            + [format_seconds(marks[t]) if t in marks else "-" for t in THRESHOLDS]
+        )
+    return rows
+
+
+def render_summary(result: SimulationResult) -> str:
+    """The text report of ``egressgw simulate``."""
+    s = result.settings
+    totals = result.totals
+    rate = totals.attempted / result.wall_seconds if result.wall_seconds > 0 else 0.0
+    out = [
+        f"Simulated {result.name}: {format_seconds(s.duration)} of virtual time in "
+        f"{result.wall_seconds:.1f}s ({totals.attempted} connections, {rate:,.0f}/s)\n",
+        f"Gateways: {', '.join(result.gateways)}; egress IPs: {', '.join(result.egress_ips)}\n",
+        f"--node-port-range {s.node_port_range} ({s.node_port_range.nat_ports} NAT ports, "
+        f"saturation divides by {s.divisor}), --bpf-nat-global-max {s.bpf_nat_global_max}, "
+        f"--nat-map-stats-interval {format_seconds(s.stats_interval)}, seed {s.seed}\n\n",
+        "Connections\n",
+        tabwrite([["  " + k, v] for k, v in counter_lines(
+            totals, not_masqueraded=result.not_masqueraded)]),
+        "\nPort search: collisions before a free port (tries histogram)\n",
+        tabwrite([["  " + label, str(n)] for label, n in tries_buckets(totals.tries)]),
+        "\nTuples: peak count and first nat-stats pass at or above each mark\n",
+        tabwrite(crossing_rows(result)),
+    ]
+    if result.intervals:
+        last = result.intervals[-1]
+        out += [
+            f"\nnat-stats at {format_seconds(last.time)}:\n",
+            render_table(last.stats.rows),
+            render_saturation(last.stats),
+        ]
+    return "".join(out)
+
+
+def _endpoint_doc(endpoint: NatEndpoint) -> dict[str, Any]:
+    return {
+        "family": endpoint.family.value,
+        "proto": endpoint.proto.label,
+        "egress_ip": str(endpoint.egress_ip),
+        "remote_ip": str(endpoint.remote_ip),
+        "remote_port": endpoint.remote_port,
+    }
+
+
+def totals_document(totals: Totals) -> dict[str, Any]:
+    return {
+        "attempted": totals.attempted,
+        "established": totals.established,
+        "closed": totals.closed,
+        "drops": {str(code): n for code, n in totals.drops.items()},
+        "drop_reasons": {str(code): reason_text(code) for code in totals.drops},
+        "evictions": totals.evictions,
+        "broken": totals.broken,
+        "reply_drops": totals.reply_drops,
+        "signals": totals.signals,
+        "gc_runs": totals.gc_runs,
+    }
+
+
+def result_document(result: SimulationResult) -> dict[str, Any]:
+    """Plain values for ``-o json`` / ``-o yaml``."""
+    s = result.settings
+    return {
+        "workload": result.name,
+        "settings": {
+            "duration": s.duration,
+            "seed": s.seed,
+            "node_port_range": str(s.node_port_range),
+            "bpf_nat_global_max": s.bpf_nat_global_max,
+            "nat_map_stats_interval": s.stats_interval,
+            "nat_map_stats_entries": s.stats_entries,
+            "cilium_version": s.cilium_version,
+            "saturation_divisor": s.divisor,
+        },
+        "gateways": result.gateways,
+        "egress_ips": result.egress_ips,
+        "wall_seconds": round(result.wall_seconds, 3),
+        "totals": {
+            **totals_document(result.totals),
+            "not_masqueraded": result.not_masqueraded,
+            "tries": [int(x) for x in result.totals.tries],
+        },
+        "peak_saturation": result.peak_saturation,
+        "tuples": [
+            {
+                **_endpoint_doc(endpoint),
+                "peak": result.peak(endpoint),
+                "crossed": {
+                    f"{t:g}": result.crossings.get(endpoint, {}).get(t) for t in THRESHOLDS
+                },
+            }
+            for endpoint in result.top_endpoints(s.stats_entries)
+        ],
+        "intervals": [
+            {
+                "time": record.time,
+                "saturation": {f.value: v for f, v in record.stats.saturation.items()},
+                "attempted": record.totals.attempted,
+                "dropped": record.totals.dropped,
+                "evictions": record.totals.evictions,
+                "broken": record.totals.broken,
+                "rows": [
+                    {**_endpoint_doc(row.endpoint), "count": row.count, "rank": row.rank}
+                    for row in record.stats.rows
+                ],
+            }
+            for record in result.intervals
+        ],
+    }
+
+
+def markdown_table(rows: Sequence[Sequence[str]]) -> str:
+    head, *body = rows
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_section(title: str, result: SimulationResult, plot_name: str | None) -> str:
+    """One run as a markdown section: counters, marks, the last nat-stats table, plot."""
+    totals = result.totals
+    parts = [
+        f"## {title}\n\n",
+        f"Egress IPs {', '.join(result.egress_ips)} on {', '.join(result.gateways)}; "
+        f"{format_seconds(result.settings.duration)} of virtual time, seed "
+        f"{result.settings.seed}.\n\n",
+        markdown_table([["counter", "value"], *[
+            [k.strip(), v] for k, v in counter_lines(totals)
+        ]]),
+        "\n",
+        markdown_table(crossing_rows(result, 5)),
+        "\n",
+    ]
+    if result.intervals:
+        last = result.intervals[-1]
+        parts += [
+            f"nat-stats at {format_seconds(last.time)}:\n\n```\n",
+            render_table(last.stats.rows),
+            render_saturation(last.stats),
+            "```\n\n",
+        ]
+    if plot_name:
+        parts.append(f"![saturation over time]({plot_name})\n\n")
+    return "".join(parts)
