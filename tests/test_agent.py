@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,14 @@ from egressgw.agent.client import fetch_nat_stats_rows
 from egressgw.agent.counters import CounterDeltas
 from egressgw.config import NodePortRange
 from egressgw.errors import ConfigError
-from egressgw.net import Proto
-from egressgw.policy import compile_rules, load_inventory, load_policies, rules_for_gateway
+from egressgw.net import NatEndpoint, Proto
+from egressgw.policy import (
+    EgressRule,
+    compile_rules,
+    load_inventory,
+    load_policies,
+    rules_for_gateway,
+)
 from test_agent_support import (
     GATEWAY,
     MemoryDatapath,
@@ -401,3 +408,42 @@ def test_a_node_missing_from_the_inventory_is_rejected(files: tuple[Path, Path])
     assert agent.state.reconcile.last_error == (
         f"{files[1]}: --node: node 'gateway-l' is not in the inventory "
         "(nodes: gateway-1, worker-1)")
+
+
+def test_a_removed_policy_directory_is_an_error_not_a_crash(files: tuple[Path, Path]) -> None:
+    datapath, clock = MemoryDatapath(), FakeClock()
+    agent = make_agent(files, datapath, clock)
+    agent.start()
+    shutil.rmtree(files[0])
+    agent.tick()
+    status = agent.state.reconcile
+    assert status.errors_total == 1
+    assert status.last_error == f"{files[0]}: no such file or directory"
+    assert len(datapath.applied) == 1
+
+
+class BuggyDatapath(MemoryDatapath):
+    def endpoint_counts(self) -> dict[NatEndpoint, int]:
+        raise RuntimeError("a bug in a datapath")
+
+    def apply(self, rules: Sequence[EgressRule]) -> None:
+        if self.applied:
+            raise RuntimeError("another bug")
+        super().apply(rules)
+
+
+def test_a_bug_in_the_datapath_does_not_stop_the_agent(
+    files: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    datapath, clock = BuggyDatapath(), FakeClock()
+    agent = make_agent(files, datapath, clock, interval=1)
+    with caplog.at_level(logging.ERROR, logger="egressgw.agent"):
+        agent.start()
+        agent.request_reload()
+        clock.now += 1
+        agent.tick()
+    assert agent.state.counts is None
+    assert agent.state.reconcile.last_error == "internal error: RuntimeError('another bug')"
+    assert any("counting nat-stats failed unexpectedly" in r.getMessage()
+               for r in caplog.records)
+    assert all(r.exc_info for r in caplog.records if "unexpectedly" in r.getMessage())

@@ -186,6 +186,8 @@ class Agent:
             step()
         except (EgressgwError, OSError) as exc:
             log.error("%s failed: %s", what, exc)
+        except Exception:
+            log.exception("%s failed unexpectedly", what)
 
     def run(self, wait: Callable[[float], object] | None = None) -> None:
         """Loop until :meth:`request_stop`; ``wait(seconds)`` sleeps unless woken."""

@@ -36,7 +36,10 @@ def fingerprint(*paths: Path) -> Fingerprint:
     """
     parts: list[tuple[str, int, int, int]] = []
     for path in paths:
-        members = sorted(path.iterdir()) if path.is_dir() else [path]
+        try:
+            members = sorted(path.iterdir()) if path.is_dir() else [path]
+        except OSError:  # removed or unreadable between the two calls: a change too
+            members = [path]
         for member in members:
             try:
                 st = os.stat(member)
@@ -111,6 +114,11 @@ class Reconciler:
         except (EgressgwError, OSError) as exc:
             log.error("reconcile rejected, the rules in force stay as they were: %s", exc)
             self._state.record_error(str(exc))
+            return False
+        except Exception as exc:
+            # A bug, not bad input; still no reason to stop a gateway's agent. Say so loudly.
+            log.exception("reconcile failed unexpectedly, the rules in force stay as they were")
+            self._state.record_error(f"internal error: {exc!r}")
             return False
         if apply:
             self._applied = rules
