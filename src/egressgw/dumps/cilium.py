@@ -1,0 +1,285 @@
+"""``cilium-dbg bpf nat list``: Cilium's BPF SNAT map, one entry per line.
+
+Lines look like (Cilium v1.16, ``pkg/maps/nat`` and ``pkg/tuple``)::
+
+    TCP OUT 10.244.1.5:51234 -> 1.2.3.4:443 XLATE_SRC 172.18.0.2:40000 Created=12sec ago NeedsCT=1
+    TCP IN 1.2.3.4:443 -> 172.18.0.2:40000 XLATE_DST 10.244.1.5:51234 Created=12sec ago NeedsCT=1
+    ICMP IN 172.18.0.3:0 -> 172.18.0.2:38193 XLATE_DST 10.244.1.5:38193 Created=3sec ago NeedsCT=1
+    TCP IN [2001:db8::1]:443 -> [fd00::2]:40000 XLATE_DST [fd00::5]:5123 Created=? (raw 7) NeedsCT=0
+
+``related `` / ``service `` may follow the tuple, older agents print ``HostLocal=N`` instead
+of ``NeedsCT=N``, and each map's listing ends with a blank line.
+
+nat-stats counts IN entries of TCP, UDP, ICMP (IPv4) and ICMPv6 (IPv6) by {proto, egress IP
+= the IN tuple's destination, remote = the IN tuple's source ip:port}. Cilium zeroes only
+the allocated (destination) port, so the remote port is whatever the key holds: 0 for ICMP
+echo replies.
+
+The bulk path must beat awk on a million lines, so it never loops over lines in Python:
+
+1. *Shape*: deleting the digits turns every valid line into one of a few short shapes
+   (``TCP IN ...: -> ...: XLATE_DST ...: Created=sec ago NeedsCT=``). One possessive regex
+   match over the digit-free copy checks every line's shape; where it stops is the first
+   bad line.
+2. *Keys*: one ``findall`` with a literal ``\\n`` prefix pulls the key text of IN lines,
+   a Counter counts the bytes, and only distinct keys are parsed into NatEndpoints (which
+   fully validates the counted addresses and ports).
+
+Digits inside OUT entries and translated addresses are checked for shape only; the entry
+path (:func:`iter_entries`) parses every field.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterator
+
+from egressgw.dumps.base import DumpCounts, bad_line, normalize
+from egressgw.net import (
+    Direction,
+    Endpoint,
+    Family,
+    FiveTuple,
+    NatEndpoint,
+    NatEntry,
+    Proto,
+    parse_ip,
+)
+
+FORMAT = "cilium"
+# Below this size a second process costs more than it saves.
+PARALLEL_MIN_BYTES = 8 << 20
+DIGITS = b"0123456789"
+
+# --- shapes of lines with their digits deleted --------------------------------------
+_A4 = rb"\.\.\.:"  # 10.244.1.5:51234
+_A6 = rb"\[[a-f:.]*\]:"  # [fd00::5]:51234 (and ::ffff:1.2.3.4 forms)
+_FLAGS = rb"(?:related |service )*"
+_TAIL = rb" Created=(?:-?sec ago|\? \(raw \)) (?:NeedsCT|HostLocal)="
+
+
+def _shape(protos: bytes, addr: bytes) -> bytes:
+    return (
+        protos
+        + rb" (?:OUT "
+        + addr
+        + rb" -> "
+        + addr
+        + rb" "
+        + _FLAGS
+        + rb"XLATE_SRC|IN "
+        + addr
+        + rb" -> "
+        + addr
+        + rb" "
+        + _FLAGS
+        + rb"XLATE_DST) "
+        + addr
+        + _TAIL
+    )
+
+
+# ICMP exists only in the IPv4 map and ICMPv6 ("ICMPv" without its digit) only in IPv6.
+_LINE_SHAPE = (
+    rb"(?:"
+    + _shape(rb"(?:TCP|UDP|ICMP|SCTP)", _A4)
+    + rb"|"
+    + _shape(rb"(?:TCP|UDP|ICMPv|SCTP)", _A6)
+    + rb")"
+)
+_ALL_SHAPES = re.compile(rb"(?:" + _LINE_SHAPE + rb"\n|\n)*+")
+_ONE_SHAPE = re.compile(_LINE_SHAPE)
+
+# --- keys of counted IN entries (on the original text) -------------------------------
+_KEY = rb"((?:TCP|UDP|ICMPv6|ICMP) IN \S+ -> (?:\[[^\]\n]*\]|[^:\n ]+))"
+_KEYS_AFTER_NEWLINE = re.compile(rb"\n" + _KEY)
+_KEY_AT_START = re.compile(_KEY)
+_KEY_PARTS = re.compile(r"(TCP|UDP|ICMPv6|ICMP) IN (\S+) -> (\S+)")
+
+# --- every field, for the entry path --------------------------------------------------
+_ENTRY = re.compile(
+    r"(?P<proto>TCP|UDP|ICMPv6|ICMP|SCTP) (?P<dir>OUT|IN) (?P<src>\S+:\d+) -> (?P<dst>\S+:\d+) "
+    r"(?:related |service )*XLATE_(?P<xdir>SRC|DST) (?P<xlate>\S+:\d+) "
+    r"Created=(?:(?P<ago>-?\d+)sec ago|\? \(raw \d+\)) "
+    r"(?:NeedsCT=(?P<ct>\d+)|HostLocal=\d+)"
+)
+_PROTO_FAMILY = {Proto.ICMP: Family.IPV4, Proto.ICMPV6: Family.IPV6}
+
+
+def parse_key(key: str) -> NatEndpoint:
+    """``TCP IN 104.198.14.52:443 -> 172.18.0.2`` to its NatEndpoint (ValueError if bad)."""
+    match = _KEY_PARTS.fullmatch(key)
+    if match is None:
+        raise ValueError("not an IN tuple")
+    proto = Proto.parse(match[1])
+    remote = Endpoint.parse(match[2])
+    egress = parse_ip(match[3])
+    family = Family.of(egress)
+    if remote.ip.version != egress.version:
+        raise ValueError("remote and egress addresses are of different families")
+    if _PROTO_FAMILY.get(proto, family) is not family:
+        raise ValueError(f"{proto.label} in the {family} map")
+    return NatEndpoint(family, proto, egress, remote.ip, remote.port)
+
+
+def count_cilium(data: bytes, *, source: str, skip_invalid: bool = False) -> DumpCounts:
+    """Connections per NatEndpoint in a ``cilium-dbg bpf nat list`` dump (bulk path)."""
+    data = normalize(data)
+    raw = scan_in_parallel(data) if len(data) >= PARALLEL_MIN_BYTES else _scan(data)
+    if raw is None:
+        return _count_line_by_line(data, source=source, skip_invalid=skip_invalid)
+    counts: dict[NatEndpoint, int] = {}
+    try:
+        for key, n in raw.items():
+            endpoint = parse_key(key.decode("ascii"))
+            counts[endpoint] = counts.get(endpoint, 0) + n
+    except (ValueError, UnicodeDecodeError):
+        # A counted address is malformed: find its line the slow way.
+        return _count_line_by_line(data, source=source, skip_invalid=skip_invalid)
+    return DumpCounts(counts, data.count(b"\n"), 0, FORMAT)
+
+
+def _scan(chunk: bytes) -> dict[bytes, int] | None:
+    """Raw IN keys and their counts in whole lines of a dump; None if a line is malformed."""
+    skeleton = chunk.translate(None, DIGITS)
+    shape = _ALL_SHAPES.match(skeleton)
+    if shape is None or shape.end() != len(skeleton):
+        return None
+    raw = Counter(_KEYS_AFTER_NEWLINE.findall(chunk))
+    first = _KEY_AT_START.match(chunk)
+    if first is not None:
+        raw[first[1]] += 1
+    return raw
+
+
+def scan_in_parallel(data: bytes) -> dict[bytes, int] | None:
+    """:func:`_scan` with the second half of the lines in a forked child process.
+
+    The scan is CPU-bound regex work that holds the GIL, so a second core only helps from
+    another process. The child writes its (small) counter back through a pipe with
+    marshal. Without fork, a second usable CPU, or when other threads run (forking a
+    threaded process is unsafe), the scan stays in this process.
+    """
+    middle = data.find(b"\n", len(data) // 2) + 1
+    if not _can_fork() or middle <= 0 or middle >= len(data):
+        return _scan(data)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: scan the second half, report, exit without cleanup handlers
+        status = 0
+        try:
+            counted = _scan(data[middle:])
+            # marshal takes plain dicts only, not Counter.
+            payload = marshal.dumps(None if counted is None else dict(counted))
+            with os.fdopen(write_end, "wb") as out:
+                out.write(payload)
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    try:
+        first = _scan(data[:middle])
+        with os.fdopen(read_end, "rb") as incoming:
+            payload = incoming.read()
+    finally:
+        _, status = os.waitpid(pid, 0)
+    second = marshal.loads(payload) if status == 0 and payload else _scan(data[middle:])
+    if first is None or second is None:
+        return None
+    merged = Counter(first)
+    merged.update(second)
+    return merged
+
+
+def _can_fork() -> bool:
+    if not hasattr(os, "fork") or threading.active_count() > 1:
+        return False
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return cpus > 1
+
+
+def _count_line_by_line(data: bytes, *, source: str, skip_invalid: bool) -> DumpCounts:
+    """The same count and checks one line at a time: finds bad lines, or skips them."""
+    counts: dict[NatEndpoint, int] = {}
+    skipped = 0
+    lines = data.split(b"\n")[:-1]
+    for number, line in enumerate(lines, start=1):
+        if not line:
+            continue
+        why = None
+        if _ONE_SHAPE.fullmatch(line.translate(None, DIGITS)) is None:
+            why = "not a cilium-dbg bpf nat list entry"
+        else:
+            key = _KEY_AT_START.match(line)
+            if key is not None:
+                try:
+                    endpoint = parse_key(key[1].decode("ascii"))
+                except (ValueError, UnicodeDecodeError) as exc:
+                    why = f"bad IN tuple ({exc})"
+                else:
+                    counts[endpoint] = counts.get(endpoint, 0) + 1
+        if why is not None:
+            if not skip_invalid:
+                raise bad_line(source, number, line, why)
+            skipped += 1
+    return DumpCounts(counts, len(lines), skipped, FORMAT)
+
+
+def iter_cilium(data: bytes, *, source: str, skip_invalid: bool = False) -> Iterator[NatEntry]:
+    """Every NAT entry of a ``cilium-dbg bpf nat list`` dump, every field parsed.
+
+    SCTP entries (Cilium built with SCTP support) are valid but have no Proto here and are
+    not yielded.
+    """
+    for number, line in enumerate(normalize(data).split(b"\n")[:-1], start=1):
+        if not line:
+            continue
+        try:
+            entry = parse_entry(line.decode("ascii"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            if skip_invalid:
+                continue
+            raise bad_line(source, number, line, str(exc)) from None
+        if entry is not None:
+            yield entry
+
+
+def parse_entry(line: str) -> NatEntry | None:
+    """One ``bpf nat list`` line to a NatEntry (None for SCTP); ValueError when malformed."""
+    match = _ENTRY.fullmatch(line)
+    if match is None:
+        raise ValueError("not a cilium-dbg bpf nat list entry")
+    direction = Direction(match["dir"])
+    if (direction is Direction.OUT) != (match["xdir"] == "SRC"):
+        raise ValueError(f"{direction} entry with XLATE_{match['xdir']}")
+    if match["proto"] == "SCTP":
+        return None
+    proto = Proto.parse(match["proto"])
+    tuple_ = FiveTuple(proto, Endpoint.parse(match["src"]), Endpoint.parse(match["dst"]))
+    xlate = Endpoint.parse(match["xlate"])
+    if xlate.family is not tuple_.family:
+        raise ValueError("translated address of another family")
+    if _PROTO_FAMILY.get(proto, tuple_.family) is not tuple_.family:
+        raise ValueError(f"{proto.label} in the {tuple_.family} map")
+    ago = match["ago"]
+    ct = match["ct"]
+    return NatEntry(
+        direction,
+        tuple_,
+        xlate,
+        created_ago=float(ago) if ago is not None else None,
+        needs_ct=bool(int(ct)) if ct is not None else None,
+    )
+
+
+def sniff(line: bytes) -> bool:
+    """Whether a (first, non-blank) line looks like ``bpf nat list`` output."""
+    return re.match(rb"(?:TCP|UDP|ICMPv6|ICMP|SCTP) (?:IN|OUT) ", line) is not None

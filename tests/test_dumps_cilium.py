@@ -1,0 +1,206 @@
+"""``cilium-dbg bpf nat list`` dumps: entry parsing, the bulk count, and bad lines."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from egressgw.dumps import count_endpoints, detect_format, iter_entries
+from egressgw.dumps.cilium import _count_line_by_line, _scan, parse_entry, scan_in_parallel
+from egressgw.dumps.synthetic import bench_lines, format_entry, seed_node_dump
+from egressgw.errors import ConfigError, InputError
+from egressgw.net import Direction, Endpoint, Family, NatEndpoint, NatEntry, Proto, parse_ip
+
+EXAMPLE = Path(__file__).parents[1] / "src/egressgw/examples/seed-node-nat-list.txt"
+
+# Shapes cilium-dbg prints (pkg/maps/nat, pkg/tuple; v1.16 and older agents).
+LINES = [
+    "TCP OUT 10.244.1.5:51234 -> 104.198.14.52:443 XLATE_SRC 172.18.0.2:40000 "
+    "Created=12sec ago NeedsCT=1",
+    "TCP IN 104.198.14.52:443 -> 172.18.0.2:40000 XLATE_DST 10.244.1.5:51234 "
+    "Created=12sec ago NeedsCT=1",
+    "UDP IN 198.51.100.53:53 -> 172.18.0.2:33000 related XLATE_DST 10.244.1.5:33000 "
+    "Created=? (raw 1234567) NeedsCT=0",
+    "TCP OUT 10.244.1.9:80 -> 192.0.2.7:41000 service XLATE_SRC 172.18.0.2:41000 "
+    "Created=3sec ago HostLocal=1",
+    "ICMP IN 172.18.0.3:0 -> 172.18.0.2:38193 XLATE_DST 172.18.0.2:38193 "
+    "Created=6292sec ago NeedsCT=1",
+    "ICMPv6 IN [fc00:c111::3]:0 -> [fc00:c111::2]:51264 XLATE_DST [fc00:c111::2]:13300 "
+    "Created=-1sec ago NeedsCT=0",
+    "TCP IN [2001:db8::1]:443 -> [fd00::2]:40000 related service XLATE_DST [fd00::5]:51234 "
+    "Created=7sec ago NeedsCT=1",
+]
+
+
+def test_every_field_of_an_out_entry() -> None:
+    entry = parse_entry(LINES[0])
+    assert entry is not None
+    assert entry.direction is Direction.OUT
+    assert entry.tuple.proto is Proto.TCP
+    assert entry.tuple.src == Endpoint(parse_ip("10.244.1.5"), 51234)
+    assert entry.tuple.dst == Endpoint(parse_ip("104.198.14.52"), 443)
+    assert entry.xlate == Endpoint(parse_ip("172.18.0.2"), 40000)
+    assert (entry.created_ago, entry.needs_ct) == (12.0, True)
+
+
+def test_markers_raw_clock_and_host_local() -> None:
+    related = parse_entry(LINES[2])
+    assert related is not None and related.created_ago is None and related.needs_ct is False
+    service = parse_entry(LINES[3])
+    assert service is not None and service.needs_ct is None and service.created_ago == 3.0
+    v6 = parse_entry(LINES[6])
+    assert v6 is not None and v6.tuple.family is Family.IPV6
+    assert v6.xlate == Endpoint(parse_ip("fd00::5"), 51234)
+
+
+def test_icmp_ids_stand_in_the_ports() -> None:
+    icmp = parse_entry(LINES[4])
+    assert icmp is not None and icmp.tuple.proto is Proto.ICMP
+    assert (icmp.tuple.src.port, icmp.tuple.dst.port) == (0, 38193)
+    icmp6 = parse_entry(LINES[5])
+    assert icmp6 is not None and icmp6.tuple.proto is Proto.ICMPV6
+    assert icmp6.created_ago == -1.0
+
+
+def test_only_in_entries_count_by_proto_egress_and_remote() -> None:
+    dump = count_endpoints("\n".join(LINES).encode(), source="nat.txt")
+    assert dump.format == "cilium"
+    assert dump.lines == len(LINES)
+    ip = parse_ip
+    assert dump.counts == {
+        NatEndpoint(Family.IPV4, Proto.TCP, ip("172.18.0.2"), ip("104.198.14.52"), 443): 1,
+        NatEndpoint(Family.IPV4, Proto.UDP, ip("172.18.0.2"), ip("198.51.100.53"), 53): 1,
+        NatEndpoint(Family.IPV4, Proto.ICMP, ip("172.18.0.2"), ip("172.18.0.3"), 0): 1,
+        NatEndpoint(Family.IPV6, Proto.ICMPV6, ip("fc00:c111::2"), ip("fc00:c111::3"), 0): 1,
+        NatEndpoint(Family.IPV6, Proto.TCP, ip("fd00::2"), ip("2001:db8::1"), 443): 1,
+    }
+
+
+def count_in_entries(entries: list[NatEntry]) -> Counter[NatEndpoint]:
+    """Cilium's key of an IN entry: the remote port is the IN tuple's source port."""
+    return Counter(
+        NatEndpoint(e.tuple.family, e.tuple.proto, e.tuple.dst.ip, e.tuple.src.ip, e.tuple.src.port)
+        for e in entries
+        if e.direction is Direction.IN
+    )
+
+
+def test_bulk_count_equals_the_entry_path_and_the_line_by_line_path() -> None:
+    data = "".join(bench_lines(4000, seed=7)).encode()
+    bulk = count_endpoints(data, source="bench")
+    entries = list(iter_entries(data, source="bench"))
+    assert len(entries) == 4000
+    assert bulk.counts == count_in_entries(entries)
+    assert _count_line_by_line(data, source="bench", skip_invalid=False).counts == bulk.counts
+    assert {ep.family for ep in bulk.counts} == {Family.IPV4, Family.IPV6}
+    assert {ep.proto for ep in bulk.counts} == set(Proto)
+
+
+def test_the_forked_scan_counts_the_same_as_one_process() -> None:
+    data = "".join(bench_lines(3000, seed=3)).encode()
+    assert scan_in_parallel(data) == _scan(data)
+    broken = data.replace(b" -> ", b" => ", 1)
+    assert scan_in_parallel(broken) is None
+
+
+def test_lines_print_back_as_cilium_dbg_prints_them() -> None:
+    for line in LINES[:2] + LINES[4:6]:
+        entry = parse_entry(line)
+        assert entry is not None
+        assert format_entry(entry) == line
+
+
+def test_bundled_example_is_what_the_generator_writes() -> None:
+    assert EXAMPLE.read_text() == seed_node_dump()
+
+
+def test_bundled_example_looks_like_a_real_node() -> None:
+    entries = list(iter_entries(EXAMPLE.read_bytes(), source=str(EXAMPLE)))
+    directions = Counter(e.direction for e in entries)
+    assert directions[Direction.OUT] == directions[Direction.IN] == 350
+    # Every OUT entry has its IN entry: reply tuple and translation mirror each other.
+    outs = {(e.tuple.proto, e.xlate, e.tuple.dst) for e in entries if e.direction is Direction.OUT}
+    ins = {
+        (e.tuple.proto, e.tuple.dst, e.tuple.src) for e in entries if e.direction is Direction.IN
+    }
+    icmp = {Proto.ICMP, Proto.ICMPV6}
+    assert {o for o in outs if o[0] not in icmp} == {i for i in ins if i[0] not in icmp}
+    assert all(e.xlate.port >= 32768 for e in entries if e.direction is Direction.OUT)
+
+
+def test_empty_and_blank_dumps_count_nothing() -> None:
+    for data in (b"", b"\n", b"\n\n  \n"):
+        dump = count_endpoints(data, source="empty.txt")
+        assert dump.counts == {} and dump.skipped == 0
+        assert list(iter_entries(data, source="empty.txt")) == []
+
+
+def test_crlf_and_a_missing_final_newline_are_fine() -> None:
+    text = "\r\n".join(LINES[:2]).encode()
+    dump = count_endpoints(text, source="crlf.txt")
+    assert sum(dump.counts.values()) == 1 and dump.lines == 2
+
+
+def test_the_first_line_counts_too() -> None:
+    dump = count_endpoints((LINES[1] + "\n").encode(), source="one.txt")
+    assert sum(dump.counts.values()) == 1
+
+
+GARBLED = [
+    ("truncated", LINES[1][:40]),
+    ("arrow", LINES[1].replace(" -> ", " => ")),
+    ("letters", LINES[0].replace("10.244.1.5", "10.244.x.5")),
+    ("direction", LINES[1].replace("XLATE_DST", "XLATE_SRC")),
+    ("octet", LINES[1].replace("104.198.14.52", "104.198.14.520")),
+    ("port", LINES[1].replace(":443 ", ":70000 ")),
+    ("icmp-in-v6", LINES[5].replace("ICMPv6", "ICMP")),
+    ("mixed", LINES[1].replace("104.198.14.52:443", "[2001:db8::1]:443")),
+    ("no-port", LINES[1].replace("104.198.14.52:443", "104.198.14.52")),
+    ("header", "Proto Dir Src Dst"),
+]
+
+
+@pytest.mark.parametrize(("why", "bad"), GARBLED, ids=[g[0] for g in GARBLED])
+def test_a_garbled_line_is_named_by_file_and_line(why: str, bad: str) -> None:
+    lines = [*LINES[:3], "", bad, *LINES[3:]]
+    data = "\n".join(lines).encode()
+    with pytest.raises(InputError) as caught:
+        count_endpoints(data, source="node.txt")
+    assert (caught.value.source, caught.value.line) == ("node.txt", 5)
+    assert str(caught.value).startswith("node.txt:5: ")
+    with pytest.raises(InputError) as caught:
+        list(iter_entries(data, source="node.txt"))
+    assert caught.value.line == 5
+    skipped = count_endpoints(data, source="node.txt", skip_invalid=True)
+    assert skipped.skipped == 1
+    clean = count_endpoints("\n".join([*LINES[:3], *LINES[3:]]).encode(), source="clean")
+    assert skipped.counts == clean.counts
+    assert len(list(iter_entries(data, source="node.txt", skip_invalid=True))) == len(LINES)
+
+
+def test_a_bad_line_deep_in_a_big_dump_is_found() -> None:
+    lines = "".join(bench_lines(2000, seed=5)).splitlines()
+    number = random.Random(9).randrange(len(lines)) + 1
+    lines[number - 1] = lines[number - 1].replace("Created=", "Created:")
+    with pytest.raises(InputError) as caught:
+        count_endpoints("\n".join(lines).encode(), source="big")
+    assert caught.value.line == number
+
+
+def test_format_is_detected_from_the_first_non_blank_line() -> None:
+    assert detect_format(b"\n" + LINES[0].encode(), source="x") == "cilium"
+    assert detect_format(b"tcp      6 10 CLOSE src=192.0.2.1 dst=", source="x") == "conntrack"
+    assert detect_format(b"", source="x") is None
+    with pytest.raises(InputError, match=r"x:2: cannot tell the format"):
+        detect_format(b"\nhello world\n", source="x")
+    with pytest.raises(ConfigError, match="--format"):
+        detect_format(b"", source="x", fmt="pcap")
+
+
+def test_forcing_the_wrong_format_fails_on_the_first_line() -> None:
+    with pytest.raises(InputError) as caught:
+        count_endpoints(LINES[0].encode(), source="nat.txt", fmt="conntrack")
+    assert caught.value.line == 1
