@@ -1,0 +1,99 @@
+"""``egressgw nat-stats``: Cilium's nat-stats table from a NAT table dump."""
+
+from __future__ import annotations
+
+import click
+
+from egressgw.config import NAT_MAP_STATS_ENTRIES_DEFAULT, NodePortRange, check_stats_entries
+from egressgw.dumps import count_endpoints, read_source
+from egressgw.render.documents import dump_document
+from egressgw.stats import compute_nat_stats, render_saturation, render_table, stats_document
+
+OUTPUTS = ("table", "json", "yaml")
+
+
+@click.command(
+    "nat-stats",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="""\b
+Examples:
+  egressgw nat-stats --from src/egressgw/examples/seed-node-nat-list.txt
+  kubectl -n kube-system exec ds/cilium -- cilium-dbg bpf nat list \\
+      | egressgw nat-stats --from -
+  conntrack -L 2>/dev/null | egressgw nat-stats --from - -o json
+""",
+)
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    metavar="FILE|-",
+    help="A dump of `cilium-dbg bpf nat list` or `conntrack -L` output; - reads stdin.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "cilium", "conntrack"]),
+    default="auto",
+    show_default=True,
+    help="Dump format; auto looks at the first line.",
+)
+@click.option(
+    "--node-port-range",
+    default=str(NodePortRange()),
+    show_default=True,
+    metavar="MIN,MAX",
+    help="NodePort range; NAT ports are MAX+1..65535, saturation divides by 65535-(MAX+1).",
+)
+@click.option(
+    "--nat-map-stats-entries",
+    "entries",
+    type=int,
+    default=NAT_MAP_STATS_ENTRIES_DEFAULT,
+    show_default=True,
+    metavar="K",
+    help="Rows kept per address family (1..4096), the top K by count.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(OUTPUTS),
+    default="table",
+    show_default=True,
+    help="table prints like `cilium-dbg statedb nat-stats`; json/yaml include every field.",
+)
+@click.option(
+    "--skip-invalid",
+    is_flag=True,
+    help="Skip lines that cannot be parsed (their number goes to stderr) instead of failing.",
+)
+def nat_stats(
+    *, source: str, fmt: str, node_port_range: str, entries: int, output: str, skip_invalid: bool
+) -> None:
+    """Count SNAT connections per {egress IP, remote endpoint}, like `cilium-dbg statedb
+    nat-stats`.
+
+    Reads a NAT table dump, counts the connections that share each {protocol, egress IP,
+    remote IP, remote port} (each needs its own source port), and prints the top K per
+    family in ascending order of count. The saturation of each family (top count divided
+    by the NAT ports Cilium counts with) goes to stderr, and into json/yaml output.
+    """
+    ports = NodePortRange.parse(node_port_range)
+    check_stats_entries(entries)
+    data, name = read_source(source)
+    dump = count_endpoints(data, source=name, fmt=fmt, skip_invalid=skip_invalid)
+    stats = compute_nat_stats(dump.counts, entries=entries, divisor=ports.cilium_saturation_divisor)
+    if dump.skipped:
+        click.echo(f"{name}: skipped {dump.skipped} invalid line(s)", err=True)
+    if output == "table":
+        click.echo(render_table(stats.rows), nl=False)
+        click.echo(render_saturation(stats), nl=False, err=True)
+        return
+    document = stats_document(stats)
+    document["source"] = {
+        "name": name,
+        "format": dump.format,
+        "lines": dump.lines,
+        "skipped": dump.skipped,
+    }
+    click.echo(dump_document(document, output), nl=False)
