@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "statedb": "egressgw.cli.statedb:statedb",
     "lab": "egressgw.cli.lab:lab",
     "simulate": "egressgw.cli.simulate:simulate_command",
+    "demo": "egressgw.cli.demo:demo",
 }
 
 

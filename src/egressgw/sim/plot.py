@@ -33,8 +33,13 @@ def plot_saturation(
     figure, axes = plt.subplots(
         len(runs), 1, figsize=(10, 4.2 * len(runs)), squeeze=False, sharex=True
     )
+    # One scale for drops and evictions across panels, so a handful does not look huge.
+    events_max = max(
+        [1, *(max(_per_interval(r, "dropped").max(initial=0),
+                  _per_interval(r, "evictions").max(initial=0)) for _, r in runs)]
+    )
     for (label, result), ax in zip(runs, axes[:, 0], strict=True):
-        _panel(ax, label, result, top)
+        _panel(ax, label, result, top, events_max * 1.1)
     axes[-1, 0].set_xlabel("virtual time (minutes)")
     if title:
         figure.suptitle(title)
@@ -49,7 +54,12 @@ def plot_saturation(
     return out
 
 
-def _panel(ax: Any, label: str, result: SimulationResult, top: int) -> None:
+def _per_interval(result: SimulationResult, counter: str) -> np.ndarray:
+    cumulative = [0] + [getattr(r.totals, counter) for r in result.intervals]
+    return np.diff(np.array(cumulative, dtype=np.int64))
+
+
+def _panel(ax: Any, label: str, result: SimulationResult, top: int, events_max: float) -> None:
     times = np.array(result.times) / 60.0
     divisor = result.settings.divisor
     for endpoint in result.top_endpoints(top):
@@ -63,14 +73,19 @@ def _panel(ax: Any, label: str, result: SimulationResult, top: int) -> None:
     ax.set_ylabel("saturation (%)")
     ax.set_ylim(0, max(110.0, result.peak_saturation * 105))
     ax.set_title(label or result.name)
-    ax.legend(loc="upper left", fontsize=8)
     events = ax.twinx()
-    drops = np.diff([0] + [r.totals.dropped for r in result.intervals])
-    evictions = np.diff([0] + [r.totals.evictions for r in result.intervals])
+    drops = _per_interval(result, "dropped")
+    evictions = _per_interval(result, "evictions")
     width = (times[1] - times[0]) * 0.4 if len(times) > 1 else 0.2
     events.bar(times - width / 2, drops, width=width, color="tab:red", alpha=0.35,
                label="drops (167) per interval")
     events.bar(times + width / 2, evictions, width=width, color="tab:purple", alpha=0.35,
                label="NAT evictions per interval")
     events.set_ylabel("drops / evictions per interval")
-    events.legend(loc="upper right", fontsize=8)
+    events.set_ylim(0, events_max)
+    # Bars behind the lines; one legend for both axes.
+    ax.set_zorder(events.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    handles, labels = ax.get_legend_handles_labels()
+    more_handles, more_labels = events.get_legend_handles_labels()
+    ax.legend(handles + more_handles, labels + more_labels, loc="upper left", fontsize=8)

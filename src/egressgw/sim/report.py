@@ -60,7 +60,9 @@ def counter_lines(totals: Totals, *, not_masqueraded: int = 0) -> list[tuple[str
     lines = [
         ("attempted", f"{totals.attempted}"),
         ("established", f"{totals.established}"),
-        ("dropped", f"{totals.dropped} ({_percent(totals.dropped, totals.attempted)})"),
+        ("refused (first packet dropped)",
+         f"{totals.refused} ({_percent(totals.refused, totals.attempted)})"),
+        ("packets dropped, by reason", f"{totals.dropped}"),
     ]
     lines += [(f"  {code} {reason_text(code)}", f"{n}") for code, n in totals.drops.items()]
     lines += [
@@ -139,6 +141,7 @@ def totals_document(totals: Totals) -> dict[str, Any]:
     return {
         "attempted": totals.attempted,
         "established": totals.established,
+        "refused": totals.refused,
         "closed": totals.closed,
         "drops": {str(code): n for code, n in totals.drops.items()},
         "drop_reasons": {str(code): reason_text(code) for code in totals.drops},
@@ -189,6 +192,7 @@ def result_document(result: SimulationResult) -> dict[str, Any]:
                 "time": record.time,
                 "saturation": {f.value: v for f, v in record.stats.saturation.items()},
                 "attempted": record.totals.attempted,
+                "refused": record.totals.refused,
                 "dropped": record.totals.dropped,
                 "evictions": record.totals.evictions,
                 "broken": record.totals.broken,

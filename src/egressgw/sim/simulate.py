@@ -96,7 +96,13 @@ class Totals:
 
     @property
     def dropped(self) -> int:
+        """Packets dropped, every reason: first packets, and later ones of broken flows."""
         return sum(self.drops.values())
+
+    @property
+    def refused(self) -> int:
+        """New connections whose first packet was dropped (no source port found)."""
+        return self.attempted - self.established
 
     @classmethod
     def of(cls, counters: Sequence[ModelCounters]) -> Totals:
