@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -166,3 +167,26 @@ def test_watch_repeats_the_header_like_cilium_dbg() -> None:
     assert 60 < REPRINT_HEADER_EVERY < 120
     assert headers == [0, 121]
     assert len(lines) == 2 + 180
+
+
+def test_watch_command_prints_changes_as_they_come(
+    agent: tuple[Agent, MemoryDatapath, Clock, str]
+) -> None:
+    running, datapath, clock, url = agent
+    exe = shutil.which("egressgw", path=str(Path(sys.executable).parent))
+    assert exe is not None
+    watcher = subprocess.Popen([exe, "statedb", "nat-stats", "-w", "0.1s", "--server", url],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert watcher.stdout is not None
+        first = [watcher.stdout.readline() for _ in range(5)]
+        assert first[0].startswith("# IPFamily")
+        assert first[3].split()[-2:] == ["198.51.100.4:6443", "50"]
+        datapath.counts[endpoint("203.0.113.10", "198.51.100.4", 6443)] = 51
+        clock.now += 1
+        running.tick()
+        assert watcher.stdout.readline().split()[-2:] == ["198.51.100.4:6443", "51"]
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        watcher.wait(timeout=10)
+    assert watcher.returncode == 130

@@ -12,15 +12,49 @@ Public API::
     run_agent(config, datapath)                        # the CLI's foreground loop
     make_datapath("kernel" | "model", node_port_range) -> Datapath
     fetch_nat_stats_rows(server_url) -> list[NatStatsRow]
+
+Names are imported on first use, so a client (``egressgw statedb``) does not pay for the
+server, Prometheus and the datapaths.
 """
 
 from __future__ import annotations
 
-from .client import DEFAULT_SERVER, fetch_nat_stats, fetch_nat_stats_rows
-from .datapaths import make_datapath
-from .loop import Agent, AgentConfig, run_agent, stop_on_signals
-from .server import NAT_STATS_PATH, AgentAPI, AgentHTTPServer, ListenAddress
-from .state import AgentState, CountSnapshot, FailureSnapshot, ReconcileStatus
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .endpoints import DEFAULT_SERVER, NAT_STATS_PATH
+
+if TYPE_CHECKING:
+    from .client import fetch_nat_stats, fetch_nat_stats_rows
+    from .datapaths import make_datapath
+    from .loop import Agent, AgentConfig, run_agent, stop_on_signals
+    from .server import AgentAPI, AgentHTTPServer, ListenAddress
+    from .state import AgentState, CountSnapshot, FailureSnapshot, ReconcileStatus
+
+_LAZY = {
+    "fetch_nat_stats": "client",
+    "fetch_nat_stats_rows": "client",
+    "make_datapath": "datapaths",
+    "Agent": "loop",
+    "AgentConfig": "loop",
+    "run_agent": "loop",
+    "stop_on_signals": "loop",
+    "AgentAPI": "server",
+    "AgentHTTPServer": "server",
+    "ListenAddress": "server",
+    "AgentState": "state",
+    "CountSnapshot": "state",
+    "FailureSnapshot": "state",
+    "ReconcileStatus": "state",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
 
 __all__ = [
     "DEFAULT_SERVER",

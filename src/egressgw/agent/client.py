@@ -11,9 +11,7 @@ from egressgw.errors import AgentError
 from egressgw.stats import NatStatsRow
 
 from .document import rows_from_document
-from .server import DEFAULT_PORT, NAT_STATS_PATH
-
-DEFAULT_SERVER = f"http://127.0.0.1:{DEFAULT_PORT}"
+from .endpoints import DEFAULT_SERVER, NAT_STATS_PATH
 
 
 def fetch_json(url: str, *, timeout: float = 5.0) -> Any:

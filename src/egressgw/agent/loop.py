@@ -28,10 +28,11 @@ from egressgw.config import NAT_MAP_STATS_ENTRIES_DEFAULT, NodePortRange, check_
 from egressgw.datapath.base import Datapath
 from egressgw.errors import ConfigError, EgressgwError
 
+from .endpoints import DEFAULT_PORT
 from .metrics import AgentCollector
 from .reconcile import PolicySource, Reconciler
 from .recount import Recounter
-from .server import DEFAULT_PORT, AgentAPI, AgentHTTPServer, ListenAddress
+from .server import AgentAPI, AgentHTTPServer, ListenAddress
 from .state import AgentState
 
 log = logging.getLogger(__name__)

@@ -22,12 +22,10 @@ from prometheus_client.registry import CollectorRegistry
 from egressgw.errors import ConfigError
 
 from .document import nat_stats_document
+from .endpoints import DEFAULT_PORT, HEALTH_PATH, METRICS_PATH, NAT_STATS_PATH
 from .state import AgentState
 
 log = logging.getLogger(__name__)
-
-NAT_STATS_PATH = "/v1/statedb/nat-stats"
-DEFAULT_PORT = 9964
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +78,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         api = self.server.api
         path = self.path.split("?", 1)[0]
-        if path == "/metrics":
+        if path == METRICS_PATH:
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
             self._send(HTTPStatus.OK, encoder(api.registry), content_type)
         elif path == NAT_STATS_PATH:
             self._send_json(HTTPStatus.OK, nat_stats_document(api.state.counts,
                                                              entries=api.entries))
-        elif path == "/healthz":
+        elif path == HEALTH_PATH:
             status, body = api.health()
             self._send_json(status, body)
         else:

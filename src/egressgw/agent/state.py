@@ -10,10 +10,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from egressgw.net import Family
-from egressgw.policy.rules import RuleKind
 from egressgw.stats import NatStats
+
+if TYPE_CHECKING:  # importing the policy package would slow down API clients
+    from egressgw.policy.rules import RuleKind
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,8 @@ import time
 
 import click
 
-from egressgw.agent.client import DEFAULT_SERVER, fetch_nat_stats, fetch_nat_stats_rows
+from egressgw.agent.client import fetch_nat_stats, fetch_nat_stats_rows
+from egressgw.agent.endpoints import DEFAULT_SERVER
 from egressgw.agent.watch import watch
 from egressgw.config import parse_duration
 from egressgw.render.documents import dump_document
