@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
-import yaml
 
 from egressgw.errors import InputError
 from egressgw.policy.compile import compile_policies
 from egressgw.policy.inventory import load_inventory
 from egressgw.policy.listing import egress_list, format_egress_list
 from egressgw.policy.parse import load_policies
+from egressgw.render.documents import dump_document
 
 
 @click.group()
@@ -71,10 +70,8 @@ def list_rules(
     for warning in compiled.warnings:
         click.echo(f"egressgw: warning: {warning}", err=True)
     entries = egress_list(compiled.rules, node)
-    if output == "json":
-        click.echo(json.dumps([e.as_document() for e in entries], indent=2))
-    elif output == "yaml":
-        click.echo(yaml.safe_dump([e.as_document() for e in entries], sort_keys=False), nl=False)
+    if output in ("json", "yaml"):
+        click.echo(dump_document([e.as_document() for e in entries], output), nl=False)
     elif not entries:
         click.echo("No entries found.", err=True)
     else:
