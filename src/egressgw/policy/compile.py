@@ -9,11 +9,11 @@ The gateway, as Cilium's regenerateGatewayConfig derives it:
 - the first node, sorted by name, matching the gateway's nodeSelector; its InternalIP is
   the gateway IP. No node: the traffic is dropped (NO_GATEWAY, reason 194).
 - the egress IP on that node: ``egressIP`` as given (an IP on none of the node's
-  interfaces is still used, with a warning: Cilium keeps it in its map and only logs
-  an error); ``interface``: its first
-  address of the rule's family; neither: the default-route interface's first address of
-  that family. For the family ``egressIP`` is not, the interface holding it (else the
-  default-route interface) gives its first address of that family. Nothing found: the
+  interfaces is still used, with a warning: Cilium keeps it in its map and only logs an
+  error); ``interface``: its first address of the rule's family; neither: the
+  default-route interface's first address of that family. For the family ``egressIP``
+  is not, the interface holding it (else the default-route interface) gives its first
+  address of that family. Nothing found: the
   gateway drops the traffic (NO_GATEWAY with the gateway set; Cilium writes egress IP
   0.0.0.0).
 - several gateways (spec.egressGateways): they are ordered by gateway IP (a gateway
