@@ -13,9 +13,8 @@ The gateway, as Cilium's regenerateGatewayConfig derives it:
   error); ``interface``: its first address of the rule's family; neither: the
   default-route interface's first address of that family. For the family ``egressIP``
   is not, the interface holding it (else the default-route interface) gives its first
-  address of that family. Nothing found: the
-  gateway drops the traffic (NO_GATEWAY with the gateway set; Cilium writes egress IP
-  0.0.0.0).
+  address of that family. Nothing found: the gateway drops the traffic (NO_GATEWAY with
+  the gateway set; Cilium writes egress IP 0.0.0.0).
 - several gateways (spec.egressGateways): they are ordered by gateway IP (a gateway
   without a node counts as 0.0.0.0, ties keep the policy order) and an endpoint uses
   ``gateways[fnv1a_32(uid) % len(gateways)]``, where uid is the endpoint's UID (or
