@@ -49,7 +49,7 @@ def run_promtool(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[st
 def test_rules_are_valid() -> None:
     result = run_promtool("check", "rules", RULES, cwd=RULES.parent)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
 
 
 def test_rule_unit_tests_pass() -> None:
