@@ -11,6 +11,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from egressgw.agent import Agent, AgentConfig, AgentHTTPServer, ListenAddress
 from egressgw.agent.client import fetch_nat_stats_rows
@@ -447,3 +449,26 @@ def test_a_bug_in_the_datapath_does_not_stop_the_agent(
     assert any("counting nat-stats failed unexpectedly" in r.getMessage()
                for r in caplog.records)
     assert all(r.exc_info for r in caplog.records if "unexpectedly" in r.getMessage())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from(["insert_failed", "drop", "early_drop"]),
+                                st.integers(0, 1000)), min_size=1, max_size=12))
+def test_counter_deltas_never_go_down_and_add_up_the_increases(
+    readings: list[dict[str, int]]
+) -> None:
+    deltas = CounterDeltas()
+    previous_totals: dict[str, int] = {}
+    last: dict[str, int] = dict(readings[0])
+    expected = dict.fromkeys(readings[0], 0)
+    for i, reading in enumerate(readings):
+        totals = deltas.update(reading)
+        if i:
+            for name, value in reading.items():
+                before = last.get(name)
+                increase = value if before is None or value < before else value - before
+                expected[name] = expected.get(name, 0) + increase
+                last[name] = value
+        assert totals == expected
+        assert all(totals[k] >= v for k, v in previous_totals.items())
+        previous_totals = totals
