@@ -39,7 +39,7 @@ from model_helpers import (
     tcp,
 )
 
-ENGINES = ["reference"]
+ENGINES = ["reference", "compiled"]
 
 
 @pytest.fixture(params=ENGINES)

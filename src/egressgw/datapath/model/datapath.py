@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Literal
 
 from egressgw.datapath.model.addresses import AddressTable
+from egressgw.datapath.model.compiled import CompiledModel
 from egressgw.datapath.model.config import ModelConfig
 from egressgw.datapath.model.engine import Engine
 from egressgw.datapath.model.reference import OUT, ConnKey, ReferenceModel
@@ -30,7 +31,7 @@ from egressgw.net import (
     Proto,
 )
 
-EngineName = Literal["reference"]
+EngineName = Literal["compiled", "reference"]
 
 
 def _drop(code: int) -> DropReason | None:
@@ -47,13 +48,15 @@ class ModelDatapath:
     """
 
     def __init__(
-        self, config: ModelConfig, rng: random.Random, *, engine: EngineName = "reference"
+        self, config: ModelConfig, rng: random.Random, *, engine: EngineName = "compiled"
     ) -> None:
         self.config = config
         self.addresses = AddressTable()
         self._engine: Engine
         if engine == "reference":
             self._engine = ReferenceModel(config, rng)
+        elif engine == "compiled":
+            self._engine = CompiledModel(config, rng)
         else:
             raise ValueError(f"unknown engine {engine!r}")
 
