@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "lab": "egressgw.cli.lab:lab",
     "simulate": "egressgw.cli.simulate:simulate_command",
     "demo": "egressgw.cli.demo:demo",
+    "plan": "egressgw.cli.plan:plan_command",
 }
 
 

@@ -33,6 +33,8 @@ def datapath_options(func: F) -> F:
                      help="Virtual time between nat-stats passes."),
         click.option("--nat-map-stats-entries", "stats_entries", type=int, default=30,
                      show_default=True, help="Top tuples kept per family."),
+        click.option("--conntrack-gc-interval", "gc_interval_text", metavar="D",
+                     help="Fixed CT GC interval (default: Cilium's adaptive one)."),
         click.option("--cilium-version", type=click.Choice(["1.16", "1.18"]), default="1.16",
                      show_default=True,
                      help="Port search retries: 128 in 1.16, 32 in 1.18."),
@@ -52,6 +54,7 @@ def settings_from_options(
     stats_interval_text: str,
     stats_entries: int,
     cilium_version: str,
+    gc_interval_text: str | None,
 ) -> Any:
     from egressgw.sim.simulate import DEFAULT_DURATION, SimSettings  # noqa: PLC0415
 
@@ -67,6 +70,10 @@ def settings_from_options(
         stats_interval=parse_duration(stats_interval_text, field="--nat-map-stats-interval"),
         stats_entries=stats_entries,
         cilium_version=cilium_version,
+        conntrack_gc_interval=(
+            parse_duration(gc_interval_text, field="--conntrack-gc-interval")
+            if gc_interval_text is not None else None
+        ),
     )
 
 
