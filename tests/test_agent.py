@@ -18,7 +18,7 @@ from egressgw.agent import Agent, AgentConfig, AgentHTTPServer, ListenAddress
 from egressgw.agent.client import fetch_nat_stats_rows
 from egressgw.agent.counters import CounterDeltas
 from egressgw.config import NodePortRange
-from egressgw.errors import ConfigError
+from egressgw.errors import ConfigError, DatapathError
 from egressgw.net import NatEndpoint, Proto
 from egressgw.policy import (
     EgressRule,
@@ -472,3 +472,30 @@ def test_counter_deltas_never_go_down_and_add_up_the_increases(
         assert totals == expected
         assert all(totals[k] >= v for k, v in previous_totals.items())
         previous_totals = totals
+
+
+def test_a_lasting_datapath_error_is_logged_once_and_its_end_too(
+    files: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    class FlakyDatapath(MemoryDatapath):
+        broken = True
+
+        def allocation_failures(self) -> dict[str, int]:
+            if self.broken:
+                raise DatapathError("conntrack statistics: Operation not permitted")
+            return {}
+
+    datapath, clock = FlakyDatapath(), FakeClock()
+    agent = make_agent(files, datapath, clock)
+    with caplog.at_level(logging.INFO, logger="egressgw.agent"):
+        agent.start()
+        for _ in range(5):
+            clock.now += 1
+            agent.tick()
+        datapath.broken = False
+        agent.tick()
+        agent.tick()
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count(
+        "sampling failure counters failed: conntrack statistics: Operation not permitted") == 1
+    assert messages.count("sampling failure counters works again") == 1

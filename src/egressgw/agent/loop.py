@@ -117,6 +117,8 @@ class Agent:
         self._stopping = False
         self._started = False
         self._next_count: float | None = None
+        # Periodic steps that are failing, with their last error (logged once).
+        self._failing: dict[str, str] = {}
 
     # Requests, safe to call from signal handlers and other threads.
 
@@ -180,15 +182,25 @@ class Agent:
             # A pass slower than the interval: skip the missed passes, do not pile up.
             self._next_count = now + interval
 
-    @staticmethod
-    def _guarded(what: str, step: Callable[[], object]) -> None:
-        """Run a periodic step; a datapath hiccup is logged, the next period retries."""
+    def _guarded(self, what: str, step: Callable[[], object]) -> None:
+        """Run a periodic step; a datapath hiccup is logged, the next period retries.
+
+        The same error repeating every poll is logged once (and its end once), so a
+        lasting problem does not bury the rest of the log.
+        """
         try:
             step()
         except (EgressgwError, OSError) as exc:
-            log.error("%s failed: %s", what, exc)
-        except Exception:
-            log.exception("%s failed unexpectedly", what)
+            if self._failing.get(what) != str(exc):
+                log.error("%s failed: %s", what, exc)
+            self._failing[what] = str(exc)
+        except Exception as exc:
+            if self._failing.get(what) != repr(exc):
+                log.exception("%s failed unexpectedly", what)
+            self._failing[what] = repr(exc)
+        else:
+            if self._failing.pop(what, None) is not None:
+                log.info("%s works again", what)
 
     def run(self, wait: Callable[[float], object] | None = None) -> None:
         """Loop until :meth:`request_stop`; ``wait(seconds)`` sleeps unless woken."""
