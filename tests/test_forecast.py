@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from egressgw.cli import main
 from egressgw.errors import InputError
 from egressgw.net import Family, NatEndpoint, Proto, parse_ip
 from egressgw.sim.forecast import (
@@ -99,3 +100,35 @@ def test_snapshot_without_time_is_rejected(tmp_path):
     path.write_text("# IPFamily Proto EgressIP RemoteAddr Count\nipv4 TCP 10.1.0.0 x:1 2\n")
     with pytest.raises(InputError, match=r"s.txt:2: bad row"):
         load_snapshots([f"{path}@0"])
+
+
+NAT_LIST_LINE = (
+    "TCP IN 10.2.0.0:8080 -> 10.1.0.0:{port} XLATE_DST 10.244.0.5:{port} "
+    "Created=12sec ago NeedsCT=1\n"
+)
+
+
+def test_dumps_are_counted_and_the_cli_prints_each_outlook(tmp_path, capsys):
+    # Dumps of cilium-dbg bpf nat list with 100, 200, 300 connections to one tuple.
+    specs = []
+    for i, n in enumerate([100, 200, 300]):
+        path = tmp_path / f"nat-{i}.txt"
+        path.write_text("".join(NAT_LIST_LINE.format(port=40000 + p) for p in range(n)))
+        specs.append(str(path))
+    main(["forecast", *specs, "--at", "0", "--at", "60", "--at", "120"])
+    out = capsys.readouterr().out
+    # +100 a minute from 300: 32467 more take 324.67 minutes = 5h24m40s.
+    assert "10.1.0.0   10.2.0.0:8080   TCP     300     0.9%       +100.0       in 5h24m40s" in out
+    main(["forecast", *specs, "--at", "0", "--at", "60", "--at", "120", "-o", "json"])
+    (tuple_doc,) = json.loads(capsys.readouterr().out)["tuples"]
+    assert tuple_doc["seconds_to_limit"] == pytest.approx((LIMIT - 300) / 100 * 60)
+    assert tuple_doc["outlook"] == "growing"
+
+
+def test_cli_rejects_mismatched_at_in_one_line(tmp_path, capsys):
+    path = tmp_path / "s.txt"
+    path.write_text(TABLE.format(a=1, b=2))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["forecast", str(path), "--at", "0", "--at", "1"])
+    assert exit_info.value.code == 2
+    assert "--at given 2 times for 1 snapshots" in capsys.readouterr().err

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "simulate": "egressgw.cli.simulate:simulate_command",
     "demo": "egressgw.cli.demo:demo",
     "plan": "egressgw.cli.plan:plan_command",
+    "forecast": "egressgw.cli.forecast:forecast_command",
 }
 
 

@@ -13,7 +13,6 @@ TIME is seconds (e.g. Unix time) or an ISO 8601 timestamp.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from egressgw.dumps import count_endpoints
 from egressgw.errors import InputError
 from egressgw.net import Endpoint, Family, NatEndpoint, Proto, parse_ip
 
@@ -127,10 +127,7 @@ def parse_json(doc: Any, *, source: str) -> tuple[dict[NatEndpoint, int], float 
 
 
 def _count_dump(data: bytes, source: str) -> dict[NatEndpoint, int]:
-    # The dump readers load only when a dump is given.
-    dumps = importlib.import_module("egressgw.dumps")
-    counted = dumps.count_endpoints(data, source=source)
-    return {key: int(value) for key, value in counted.counts.items()}
+    return dict(count_endpoints(data, source=source).counts)
 
 
 def load_snapshot(spec: str, *, at: str | None = None) -> Snapshot:
