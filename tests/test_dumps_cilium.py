@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from egressgw.dumps import count_endpoints, detect_format, iter_entries
-from egressgw.dumps.cilium import _count_line_by_line, _scan, parse_entry, scan_in_parallel
+from egressgw.dumps import cilium, count_endpoints, detect_format, iter_entries
+from egressgw.dumps.cilium import _count_line_by_line, parse_entry, scan_in_parallel, scan_range
 from egressgw.dumps.synthetic import bench_lines, format_entry, seed_node_dump
 from egressgw.errors import ConfigError, InputError
 from egressgw.net import Direction, Endpoint, Family, NatEndpoint, NatEntry, Proto, parse_ip
@@ -101,9 +101,25 @@ def test_bulk_count_equals_the_entry_path_and_the_line_by_line_path() -> None:
 
 def test_the_forked_scan_counts_the_same_as_one_process() -> None:
     data = "".join(bench_lines(3000, seed=3)).encode()
-    assert scan_in_parallel(data) == _scan(data)
-    broken = data.replace(b" -> ", b" => ", 1)
-    assert scan_in_parallel(broken) is None
+    whole = scan_range(data, 0, len(data))
+    assert whole.lines == 3000 and whole.bad_offset == -1
+    assert scan_in_parallel(data) == whole
+    # A bad line in either half is reported by its offset.
+    for at in (100, 2900):
+        lines = data.splitlines(keepends=True)
+        lines[at] = lines[at].replace(b" -> ", b" => ")
+        broken = b"".join(lines)
+        offset = len(b"".join(lines[:at]))
+        assert scan_in_parallel(broken).bad_offset == offset
+        assert scan_range(broken, 0, len(broken)).bad_offset == offset
+
+
+@pytest.mark.parametrize("chunk", [40, 300, 4096])
+def test_chunk_size_does_not_change_the_count(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = "".join(bench_lines(600, seed=11)).encode()
+    expected = scan_range(data, 0, len(data))
+    monkeypatch.setattr(cilium, "CHUNK_BYTES", chunk)  # 40: every line exceeds a chunk
+    assert scan_range(data, 0, len(data)) == expected
 
 
 def test_lines_print_back_as_cilium_dbg_prints_them() -> None:
@@ -182,7 +198,7 @@ def test_a_garbled_line_is_named_by_file_and_line(why: str, bad: str) -> None:
 
 
 def test_a_bad_line_deep_in_a_big_dump_is_found() -> None:
-    lines = "".join(bench_lines(2000, seed=5)).splitlines()
+    lines = "".join(bench_lines(6000, seed=5)).splitlines()  # several scan chunks
     number = random.Random(9).randrange(len(lines)) + 1
     lines[number - 1] = lines[number - 1].replace("Created=", "Created:")
     with pytest.raises(InputError) as caught:
