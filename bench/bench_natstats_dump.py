@@ -3,7 +3,8 @@
 Generates the dump into a temporary file, checks that ``egressgw nat-stats`` and the awk
 one-liner count the same, then times both end to end as subprocesses (interpreter start-up
 included), alternating, several repetitions. Prints the median and best wall times and
-the ratio egressgw / awk (the requirement is at most 1.0).
+the ratio egressgw / awk (the requirement is at most 1.0), with CPU times and the load
+average, since other work on the machine skews wall times.
 
     .venv/bin/python bench/bench_natstats_dump.py [--lines 1000000] [--repeat 7]
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -65,10 +67,15 @@ def egressgw_counts(path: str) -> dict[tuple[str, str, str, int], int]:
     return {(r["proto"], r["egressIP"], r["remoteIP"], r["remotePort"]): r["count"] for r in rows}
 
 
-def timed(command: list[str]) -> float:
+def timed(command: list[str]) -> tuple[float, float]:
+    """Wall time and CPU time (user + system, the command and its children) of one run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
 
 
 def main() -> int:

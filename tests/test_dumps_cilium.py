@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from egressgw.dumps import cilium, count_endpoints, detect_format, iter_entries
+from egressgw.dumps import cilium, count_endpoints, count_file, detect_format, iter_entries
 from egressgw.dumps.cilium import _count_line_by_line, parse_entry, scan_in_parallel, scan_range
 from egressgw.dumps.synthetic import bench_lines, format_entry, seed_node_dump
 from egressgw.errors import ConfigError, InputError
@@ -99,27 +99,66 @@ def test_bulk_count_equals_the_entry_path_and_the_line_by_line_path() -> None:
     assert {ep.proto for ep in bulk.counts} == set(Proto)
 
 
+def reader(data: bytes) -> cilium.Read:
+    return lambda offset, size: data[offset : offset + size]
+
+
 def test_the_forked_scan_counts_the_same_as_one_process() -> None:
     data = "".join(bench_lines(3000, seed=3)).encode()
-    whole = scan_range(data, 0, len(data))
+    whole = scan_range(reader(data), 0, len(data))
     assert whole.lines == 3000 and whole.bad_offset == -1
-    assert scan_in_parallel(data) == whole
-    # A bad line in either half is reported by its offset.
+    assert scan_in_parallel(reader(data), len(data)) == whole
+    # A bad line in either half is reported by its offset and the lines before it.
     for at in (100, 2900):
         lines = data.splitlines(keepends=True)
         lines[at] = lines[at].replace(b" -> ", b" => ")
         broken = b"".join(lines)
-        offset = len(b"".join(lines[:at]))
-        assert scan_in_parallel(broken).bad_offset == offset
-        assert scan_range(broken, 0, len(broken)).bad_offset == offset
+        expected = (len(b"".join(lines[:at])), at)
+        found = scan_in_parallel(reader(broken), len(broken))
+        assert (found.bad_offset, found.lines) == expected
+        found = scan_range(reader(broken), 0, len(broken))
+        assert (found.bad_offset, found.lines) == expected
 
 
 @pytest.mark.parametrize("chunk", [40, 300, 4096])
 def test_chunk_size_does_not_change_the_count(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
     data = "".join(bench_lines(600, seed=11)).encode()
-    expected = scan_range(data, 0, len(data))
+    expected = scan_range(reader(data), 0, len(data))
     monkeypatch.setattr(cilium, "CHUNK_BYTES", chunk)  # 40: every line exceeds a chunk
-    assert scan_range(data, 0, len(data)) == expected
+    assert scan_range(reader(data), 0, len(data)) == expected
+
+
+@pytest.mark.parametrize("parallel_from", [1 << 40, 1000])
+def test_files_are_streamed_with_the_same_results(
+    parallel_from: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cilium, "PARALLEL_MIN_BYTES", parallel_from)
+    monkeypatch.setattr(cilium, "CHUNK_BYTES", 4096)
+    lines = "".join(bench_lines(2000, seed=13)).splitlines()
+    path = tmp_path / "nat.txt"
+    path.write_bytes("\r\n".join(lines).encode())  # CRLF and no final newline
+    expected = count_endpoints("\n".join(lines).encode(), source=str(path))
+    assert count_file(str(path)) == expected
+    for number in (7, 1500):
+        broken = list(lines)
+        broken[number - 1] = broken[number - 1].replace(" -> ", " => ")
+        path.write_text("\n".join(broken) + "\n")
+        with pytest.raises(InputError) as caught:
+            count_file(str(path))
+        assert (caught.value.source, caught.value.line) == (str(path), number)
+        assert " => " in str(caught.value)
+        skipped = count_file(str(path), skip_invalid=True)
+        assert skipped.skipped == 1 and skipped.lines == 2000
+
+
+def test_file_formats_and_empty_files(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"\n\n")
+    assert count_file(str(empty)).counts == {}
+    conntrack = Path(__file__).parent / "golden/conntrack-L.txt"
+    assert count_file(str(conntrack)).format == "conntrack"
+    with pytest.raises(InputError, match=r"nope\.txt: cannot read"):
+        count_file(str(tmp_path / "nope.txt"))
 
 
 def test_lines_print_back_as_cilium_dbg_prints_them() -> None:

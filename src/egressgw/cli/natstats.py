@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from egressgw.config import NAT_MAP_STATS_ENTRIES_DEFAULT, NodePortRange, check_stats_entries
-from egressgw.dumps import count_endpoints, read_source
+from egressgw.dumps import count_endpoints, count_file, read_source
 from egressgw.render.documents import dump_document
 from egressgw.stats import compute_nat_stats, render_saturation, render_table, stats_document
 
@@ -80,8 +80,12 @@ def nat_stats(
     """
     ports = NodePortRange.parse(node_port_range)
     check_stats_entries(entries)
-    data, name = read_source(source)
-    dump = count_endpoints(data, source=name, fmt=fmt, skip_invalid=skip_invalid)
+    if source == "-":
+        data, name = read_source(source)
+        dump = count_endpoints(data, source=name, fmt=fmt, skip_invalid=skip_invalid)
+    else:
+        name = source
+        dump = count_file(source, fmt=fmt, skip_invalid=skip_invalid)
     stats = compute_nat_stats(dump.counts, entries=entries, divisor=ports.cilium_saturation_divisor)
     if dump.skipped:
         click.echo(f"{name}: skipped {dump.skipped} invalid line(s)", err=True)

@@ -12,12 +12,13 @@ Two ways to read them:
 """
 
 from egressgw.dumps.base import DUMP_FORMATS, DumpCounts, read_source
-from egressgw.dumps.reader import count_endpoints, detect_format, iter_entries
+from egressgw.dumps.reader import count_endpoints, count_file, detect_format, iter_entries
 
 __all__ = [
     "DUMP_FORMATS",
     "DumpCounts",
     "count_endpoints",
+    "count_file",
     "detect_format",
     "iter_entries",
     "read_source",

@@ -36,11 +36,10 @@ import os
 import re
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from egressgw.dumps.base import DumpCounts, bad_line, normalize
-from egressgw.errors import InputError
 from egressgw.net import (
     Direction,
     Endpoint,
@@ -57,6 +56,8 @@ FORMAT = "cilium"
 PARALLEL_MIN_BYTES = 8 << 20
 # Chunks of the bulk scan: small enough for the CPU cache, big enough to amortize calls.
 CHUNK_BYTES = 256 << 10
+# How much of a bad line an error message needs.
+_MAX_LINE = 4096
 DIGITS = b"0123456789"
 
 # --- shapes of lines with their digits deleted --------------------------------------
@@ -143,82 +144,128 @@ def parse_key(key: str) -> NatEndpoint:
 def count_cilium(data: bytes, *, source: str, skip_invalid: bool = False) -> DumpCounts:
     """Connections per NatEndpoint in a ``cilium-dbg bpf nat list`` dump (bulk path)."""
     data = normalize(data)
-    if len(data) >= PARALLEL_MIN_BYTES:
-        scan = scan_in_parallel(data)
-    else:
-        scan = scan_range(data, 0, len(data))
+
+    def read(offset: int, size: int) -> bytes:
+        return data[offset : offset + size]
+
+    scan = scan_lines(read, len(data))
+    if scan.bad_offset < 0 or not skip_invalid:
+        result = _finish(scan, read, source)
+        if result is not None:
+            return result
+    # Skipping bad lines, or a counted address did not parse: go line by line.
+    return _count_line_by_line(data, source=source, skip_invalid=skip_invalid)
+
+
+def count_cilium_file(path: str, *, source: str, skip_invalid: bool = False) -> DumpCounts:
+    """:func:`count_cilium` streaming a regular file: each process reads its own half in
+    cache-sized blocks, so the dump is never held in memory whole."""
+    with open(path, "rb") as handle:
+        descriptor = handle.fileno()
+
+        def read(offset: int, size: int) -> bytes:
+            return os.pread(descriptor, size, offset)
+
+        scan = scan_lines(read, os.fstat(descriptor).st_size)
+        if scan.bad_offset < 0 or not skip_invalid:
+            result = _finish(scan, read, source)
+            if result is not None:
+                return result
+        handle.seek(0)
+        data = handle.read()
+    return count_cilium(data, source=source, skip_invalid=skip_invalid)
+
+
+def _finish(scan: Scan, read: Read, source: str) -> DumpCounts | None:
+    """Counts per NatEndpoint; None when a counted address is malformed."""
     if scan.bad_offset >= 0:
-        if not skip_invalid:
-            raise _error_at(data, scan.bad_offset, source)
-        return _count_line_by_line(data, source=source, skip_invalid=True)
+        line = read(scan.bad_offset, _MAX_LINE).split(b"\n", 1)[0]
+        raise bad_line(source, scan.lines + 1, line, _problem(line) or "bad line")
     counts: dict[NatEndpoint, int] = {}
     try:
         for key, n in scan.keys.items():
             endpoint = parse_key(key.decode("ascii"))
             counts[endpoint] = counts.get(endpoint, 0) + n
     except (ValueError, UnicodeDecodeError):
-        # A counted address is malformed: find its line the slow way.
-        return _count_line_by_line(data, source=source, skip_invalid=skip_invalid)
+        return None
     return DumpCounts(counts, scan.lines, 0, FORMAT)
 
 
+# Reads ``size`` bytes at ``offset`` (fewer at the end): a slice of bytes or a pread.
+Read = Callable[[int, int], bytes]
+
+
 class Scan(NamedTuple):
-    """Raw IN keys (bytes) and their counts, lines scanned, and the first bad line's offset
-    (-1 when every line has a valid shape)."""
+    """Raw IN keys (bytes) and their counts, and the lines scanned. When a line has a bad
+    shape, ``bad_offset`` is where it starts and ``lines`` counts the lines before it;
+    otherwise ``bad_offset`` is -1."""
 
     keys: dict[bytes, int]
     lines: int
     bad_offset: int
 
 
-def scan_range(data: bytes, start: int, end: int) -> Scan:
-    """Scan whole lines ``data[start:end]`` in chunks small enough to stay in the CPU cache.
+def scan_lines(read: Read, size: int) -> Scan:
+    """Scan a whole dump: two processes when it is big and a second CPU is free."""
+    if size >= PARALLEL_MIN_BYTES and _can_fork():
+        return scan_in_parallel(read, size)
+    return scan_range(read, 0, size)
 
-    Each chunk is translated, shape-checked and searched while it is still cached, instead
-    of streaming the whole dump through memory three times.
+
+def scan_range(read: Read, start: int, end: int) -> Scan:
+    """Scan the lines in ``[start, end)`` (line boundaries) in cache-sized chunks.
+
+    Each chunk is translated, shape-checked and searched while it is still in the CPU
+    cache, instead of streaming the whole dump through memory three times.
     """
     keys: Counter[bytes] = Counter()
     lines = 0
     position = start
     while position < end:
-        stop = data.rfind(b"\n", position, min(position + CHUNK_BYTES, end)) + 1
-        if stop <= position:  # a line longer than a chunk
-            stop = data.index(b"\n", position) + 1
-        chunk = data[position:stop]
+        block = read(position, min(CHUNK_BYTES, end - position))
+        cut = block.rfind(b"\n") + 1
+        while cut == 0 and position + len(block) < end:  # a line longer than a chunk
+            block += read(position + len(block), CHUNK_BYTES)
+            cut = block.rfind(b"\n") + 1
+        if cut == 0:  # the last line, without its newline
+            block += b"\n"
+            cut = len(block)
+        chunk = block[:cut]
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
         skeleton = chunk.translate(None, DIGITS)
         shape = _ALL_SHAPES.match(skeleton)
         if shape is None or shape.end() != len(skeleton):
             bad_line = skeleton.count(b"\n", 0, shape.end() if shape else 0)
-            offset = position
+            offset = 0
             for _ in range(bad_line):
-                offset = data.index(b"\n", offset) + 1
-            return Scan(dict(keys), lines + bad_line, offset)
+                offset = block.index(b"\n", offset) + 1
+            return Scan(dict(keys), lines + bad_line, position + offset)
         lines += skeleton.count(b"\n")
         keys.update(_KEYS_AFTER_NEWLINE.findall(chunk))
         first = _KEY_AT_START.match(chunk)
         if first is not None:
             keys[first[1]] += 1
-        position = stop
+        position += cut
     return Scan(dict(keys), lines, -1)
 
 
-def scan_in_parallel(data: bytes) -> Scan:
-    """:func:`scan_range` over the whole dump, the second half in a forked child process.
+def scan_in_parallel(read: Read, size: int) -> Scan:
+    """:func:`scan_range` over ``[0, size)``, the second half in a forked child process.
 
     The scan is CPU-bound regex work that holds the GIL, so a second core only helps from
     another process. The child writes its small result back through a pipe with marshal.
-    Without fork, without a second usable CPU, or when other threads run (forking a
-    threaded process is unsafe), everything is scanned in this process.
+    Callers check :func:`_can_fork` first: forking a process with other threads is unsafe.
     """
-    middle = data.find(b"\n", len(data) // 2) + 1
-    if not _can_fork() or middle <= 0 or middle >= len(data):
-        return scan_range(data, 0, len(data))
+    middle = _line_start_after(read, size // 2, size)
+    if middle >= size:
+        return scan_range(read, 0, size)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: scan the second half, report, exit without cleanup handlers
         status = 0
         try:
-            payload = marshal.dumps(tuple(scan_range(data, middle, len(data))))
+            payload = marshal.dumps(tuple(scan_range(read, middle, size)))
             with os.fdopen(write_end, "wb") as out:
                 out.write(payload)
         except BaseException:
@@ -227,7 +274,7 @@ def scan_in_parallel(data: bytes) -> Scan:
             os._exit(status)
     os.close(write_end)
     try:
-        first = scan_range(data, 0, middle)
+        first = scan_range(read, 0, middle)
         with os.fdopen(read_end, "rb") as incoming:
             payload = incoming.read()
     finally:
@@ -237,10 +284,24 @@ def scan_in_parallel(data: bytes) -> Scan:
     if status == 0 and payload:
         second = Scan(*marshal.loads(payload))
     else:
-        second = scan_range(data, middle, len(data))
+        second = scan_range(read, middle, size)
     keys = Counter(first.keys)
     keys.update(second.keys)
     return Scan(dict(keys), first.lines + second.lines, second.bad_offset)
+
+
+def _line_start_after(read: Read, offset: int, size: int) -> int:
+    """The offset of the first line that starts at or after ``offset``."""
+    if offset <= 0:
+        return 0
+    position = offset - 1
+    while position < size:
+        block = read(position, CHUNK_BYTES)
+        newline = block.find(b"\n")
+        if newline >= 0:
+            return position + newline + 1
+        position += len(block)
+    return size
 
 
 def _can_fork() -> bool:
@@ -251,13 +312,6 @@ def _can_fork() -> bool:
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
     return cpus > 1
-
-
-def _error_at(data: bytes, offset: int, source: str) -> InputError:
-    """The error for the bad line that starts at ``offset``."""
-    end = data.index(b"\n", offset)
-    line = data[offset:end]
-    return bad_line(source, data.count(b"\n", 0, offset) + 1, line, _problem(line) or "bad line")
 
 
 def _problem(line: bytes) -> str | None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 
 from egressgw.dumps import cilium, conntrack
-from egressgw.dumps.base import DUMP_FORMATS, DumpCounts
+from egressgw.dumps.base import DUMP_FORMATS, DumpCounts, read_source
 from egressgw.errors import ConfigError, InputError
 from egressgw.net import NatEntry
 
 _MAX_SNIFF = 4096
+# Enough of a file to tell its format from its first non-blank line.
+_HEAD_BYTES = 64 << 10
 
 
 def detect_format(data: bytes, *, source: str, fmt: str = "auto") -> str | None:
@@ -58,6 +62,31 @@ def count_endpoints(
     if found == conntrack.FORMAT:
         return conntrack.count_conntrack(data, source=source, skip_invalid=skip_invalid)
     return DumpCounts(lines=data.count(b"\n"), format=fmt)
+
+
+def count_file(
+    path: str, *, source: str | None = None, fmt: str = "auto", skip_invalid: bool = False
+) -> DumpCounts:
+    """:func:`count_endpoints` on a file. A ``bpf nat list`` dump in a regular file is
+    streamed (two processes, each reading its half) instead of being read whole.
+    """
+    name = path if source is None else source
+    try:
+        with open(path, "rb") as handle:
+            regular = stat.S_ISREG(os.fstat(handle.fileno()).st_mode)
+            head = handle.read(_HEAD_BYTES)
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}", source=name) from None
+    found = detect_format(head, source=name, fmt=fmt) if head.strip() or fmt != "auto" else None
+    if regular and found == cilium.FORMAT:
+        try:
+            return cilium.count_cilium_file(path, source=name, skip_invalid=skip_invalid)
+        except OSError as exc:
+            raise InputError(f"cannot read: {exc.strerror or exc}", source=name) from None
+    if regular and len(head) < _HEAD_BYTES and found is None:
+        return DumpCounts(lines=head.count(b"\n"), format=fmt)
+    data, _ = read_source(path)
+    return count_endpoints(data, source=name, fmt=fmt, skip_invalid=skip_invalid)
 
 
 def iter_entries(
