@@ -18,7 +18,7 @@ from egressgw.policy.rules import RuleKind
 
 from .state import AgentState
 
-# Cilium's drop reason for a failed port allocation; the model uses the same text.
+# The direction label of Cilium's drop metric: every drop the gateway makes is egress.
 EGRESS = "EGRESS"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import socketserver
 import threading
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -69,6 +70,15 @@ class _Server(ThreadingHTTPServer):
         self.address_family = listen.family
         self.api = api
         super().__init__((listen.host, listen.port), _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind asks DNS for the host's FQDN, which can stall the start
+        # for the resolver's timeout in a network namespace without one. Nothing here
+        # uses the name.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
 
 
 class _Handler(BaseHTTPRequestHandler):
