@@ -349,7 +349,7 @@ def test_nat_stats_endpoint_serves_every_field(
     agent = make_agent(files, datapath, clock)
     url = serve(agent, served)
     doc = get_json(url + "/v1/statedb/nat-stats")
-    assert doc["rows"] == [] and doc["updatedAt"] is None
+    assert doc["rows"] == [] and doc["updatedAt"] is None and doc["divisor"] == 32768
     agent.start()
     doc = get_json(url + "/v1/statedb/nat-stats")
     assert doc["updatedAt"] == clock.wall()

@@ -17,12 +17,14 @@ from egressgw.stats import NatStats, NatStatsRow, stats_document
 from .state import CountSnapshot
 
 
-def nat_stats_document(counts: CountSnapshot | None, *, entries: int) -> dict[str, Any]:
+def nat_stats_document(
+    counts: CountSnapshot | None, *, entries: int, divisor: int
+) -> dict[str, Any]:
     """The body of ``GET /v1/statedb/nat-stats``.
 
     Before the first pass (or with the interval 0) there are no rows and no timestamp.
     """
-    doc = stats_document(counts.stats if counts is not None else NatStats(()))
+    doc = stats_document(counts.stats if counts is not None else NatStats((), {}, divisor))
     doc["updatedAt"] = counts.taken_at if counts is not None else None
     doc["entries"] = entries
     return doc

@@ -111,7 +111,8 @@ class Agent:
                 {"node": config.node, "datapath": config.datapath, "version": __version__},
             )
         )
-        self.api = AgentAPI(self.state, self.registry, config.stats_entries)
+        self.api = AgentAPI(self.state, self.registry, config.stats_entries,
+                            config.saturation_divisor)
         self._wake = threading.Event()
         self._reload = False
         self._stopping = False

@@ -92,8 +92,8 @@ class _Handler(BaseHTTPRequestHandler):
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
             self._send(HTTPStatus.OK, encoder(api.registry), content_type)
         elif path == NAT_STATS_PATH:
-            self._send_json(HTTPStatus.OK, nat_stats_document(api.state.counts,
-                                                             entries=api.entries))
+            self._send_json(HTTPStatus.OK, nat_stats_document(
+                api.state.counts, entries=api.entries, divisor=api.divisor))
         elif path == HEALTH_PATH:
             status, body = api.health()
             self._send_json(status, body)
@@ -122,6 +122,7 @@ class AgentAPI:
     state: AgentState
     registry: CollectorRegistry
     entries: int
+    divisor: int
 
     def health(self) -> tuple[HTTPStatus, dict[str, Any]]:
         """Healthy once a reconcile has succeeded: the node enforces some policy version.
