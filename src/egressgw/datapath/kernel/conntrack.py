@@ -32,6 +32,7 @@ from egressgw.net import Family, NatEndpoint, Proto
 NETLINK_NETFILTER = 12
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
+NLMSG_MIN_TYPE = 0x10  # below: control messages (NOOP, ERROR, DONE, OVERRUN)
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLM_F_DUMP = 0x300
@@ -84,6 +85,7 @@ _COUNTED: dict[int, tuple[Proto, ...]] = {
 RECV_BATCH = 8 << 20  # bytes of messages gathered before numpy processes them
 RECV_ROOM = 256 << 10  # keep this much free per recv (a dump skb is at most 32 KiB)
 RCVBUF = 4 << 20
+RECV_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +158,8 @@ class ConntrackReader:
             self._sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE
         except OSError:
             pass
+        # A dump that stops answering becomes an error instead of a hang.
+        self._sock.settimeout(RECV_TIMEOUT)
         self._buffer = bytearray(RECV_BATCH + RECV_ROOM)
 
     @staticmethod
@@ -216,7 +220,7 @@ class ConntrackReader:
             for buffer, _used, offsets in self._dump(
                 IPCTNL_MSG_CT_GET_STATS_CPU, socket.AF_UNSPEC, b""
             ):
-                for offset in offsets:
+                for offset in offsets.tolist():
                     length = _NLMSG.unpack_from(buffer, offset)[0]
                     for attr_type, start, end in _attrs(buffer, offset + 20, offset + length):
                         name = STATS_CPU_COUNTERS.get(attr_type)
@@ -235,25 +239,29 @@ class ConntrackReader:
 
     def _dump(
         self, msg_type: int, family: int, attrs: bytes
-    ) -> Iterator[tuple[bytearray, int, list[int]]]:
+    ) -> Iterator[tuple[bytearray, int, npt.NDArray[np.int64]]]:
         """Send one dump request; yield batches (buffer, bytes used, data message offsets).
 
         The buffer is reused: a batch must be consumed before asking for the next one.
         """
+        self._drain()
         self._seq += 1
+        seq = self._seq
         try:
-            self._sock.send(_request(msg_type, family, self._seq, NLM_F_DUMP, attrs))
+            self._sock.send(_request(msg_type, family, seq, NLM_F_DUMP, attrs))
         except OSError as exc:
             raise DatapathError(f"ctnetlink send: {exc.strerror}") from None
+        port_id = self._sock.getsockname()[0]
         buffer = self._buffer
         view = memoryview(buffer)
         used = 0
-        offsets: list[int] = []
         done = False
         while not done:
             room = len(buffer) - used
             try:
                 size = self._sock.recv_into(view[used:], room, socket.MSG_TRUNC)
+            except TimeoutError:
+                raise DatapathError("ctnetlink dump: no answer from the kernel") from None
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
                     raise DatapathError(
@@ -263,12 +271,22 @@ class ConntrackReader:
             if size > room:
                 raise DatapathError(f"ctnetlink message of {size} bytes did not fit {room}")
             end = used + size
-            done = _walk(buffer, used, end, self._seq, offsets)
+            done = _ends_dump(buffer, used, end, seq)
             used = end
             if done or used >= RECV_BATCH:
-                yield buffer, used, offsets
+                yield buffer, used, _message_offsets(buffer, used, seq, port_id)
                 used = 0
-                offsets = []
+
+    def _drain(self) -> None:
+        """Discard what an interrupted earlier dump may have left on the socket."""
+        self._sock.setblocking(False)
+        try:
+            while True:
+                self._sock.recv_into(self._buffer, len(self._buffer))
+        except OSError:  # BlockingIOError: nothing (more) waiting
+            pass
+        finally:
+            self._sock.settimeout(RECV_TIMEOUT)
 
 
 class _KernelRefused(Exception):
@@ -301,6 +319,50 @@ def _walk(buffer: bytearray, start: int, end: int, seq: int, offsets: list[int])
             append(offset)
         offset += (length + 3) & ~3
     return False
+
+
+def _ends_dump(buffer: bytearray, start: int, end: int, seq: int) -> bool:
+    """Whether the chunk just received ends the dump (NLMSG_DONE or an error).
+
+    The kernel puts NLMSG_DONE last in the last chunk and an error alone in its chunk, so
+    only the chunk's first header and its last few words need a look; a candidate is
+    confirmed by walking that one chunk.
+    """
+    length, msg_type, _flags, msg_seq = _NLMSG_HEAD.unpack_from(buffer, start)
+    if msg_seq == seq and msg_type in (NLMSG_DONE, NLMSG_ERROR):
+        return _walk(buffer, start, end, seq, [])
+    for tail in range(max(start, end - 64), end - _NLMSG.size + 1, 4):
+        length, msg_type, _flags, msg_seq = _NLMSG_HEAD.unpack_from(buffer, tail)
+        if msg_type == NLMSG_DONE and msg_seq == seq and tail + length == end:
+            return _walk(buffer, start, end, seq, [])
+    return False
+
+
+_ALIGN = np.int64(~3)
+
+
+def _message_offsets(
+    buffer: bytearray, used: int, seq: int, port_id: int
+) -> npt.NDArray[np.int64]:
+    """Offsets of the data messages in ``buffer[:used]``, found without a Python loop.
+
+    Every message of our dump carries our sequence number and port id at fixed places, so
+    numpy finds the candidates; they are accepted only if they chain exactly, each one
+    ending where the next begins, from 0 to ``used``. Otherwise walk message by message.
+    """
+    if used % 4 == 0 and used >= _NLMSG.size:
+        words = np.frombuffer(buffer, dtype=np.uint32, count=used // 4)
+        hits = np.flatnonzero((words[2:-1] == seq) & (words[3:] == port_id)).astype(np.int64)
+        if hits.size:
+            starts = hits * 4
+            ends = starts + ((words[hits].astype(np.int64) + 3) & _ALIGN)
+            if starts[0] == 0 and ends[-1] == used and np.array_equal(ends[:-1], starts[1:]):
+                types = words[hits + 1] & 0xFFFF
+                data: npt.NDArray[np.int64] = starts[types >= NLMSG_MIN_TYPE]
+                return data
+    offsets: list[int] = []
+    _walk(buffer, 0, used, seq, offsets)
+    return np.asarray(offsets, dtype=np.int64)
 
 
 def _attrs(buffer: bytes | bytearray, start: int, end: int) -> Iterator[tuple[int, int, int]]:
@@ -354,11 +416,10 @@ def _slow_key(buffer: bytearray, offset: int, family: int) -> _Key | None:
     return (rsrc, rdst, proto, port if Proto(proto).has_ports else 0)
 
 
-def _u16(a: npt.NDArray[np.uint8], idx: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """Host-order u16 at each index (netlink headers are in host order)."""
-    lo = a[idx].astype(np.int64)
-    hi = a[idx + 1].astype(np.int64)
-    return lo | (hi << 8) if np.little_endian else (lo << 8) | hi
+def _u16(h: npt.NDArray[np.uint16], idx: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The host-order u16 at each (even) byte index: netlink headers are in host order."""
+    values: npt.NDArray[np.int64] = h[idx >> 1].astype(np.int64)
+    return values
 
 
 def _gather(
@@ -369,40 +430,45 @@ def _gather(
 
 
 def _count_batch(
-    buffer: bytearray, used: int, offsets: list[int], family: int, counts: dict[_Key, int]
+    buffer: bytearray,
+    used: int,
+    offsets: npt.NDArray[np.int64],
+    family: int,
+    counts: dict[_Key, int],
 ) -> None:
     """Add the masqueraded entries among the messages at ``offsets`` to ``counts``."""
-    if not offsets:
+    if not offsets.size:
         return
     layout = _LAYOUTS[family]
     a = np.frombuffer(buffer, dtype=np.uint8)
     # Indices are clipped into the buffer; entries whose checks fail are parsed slowly.
     limit = len(buffer) - (layout.port_hdr + 16)
-    offs = np.asarray(offsets, dtype=np.int64)
-    msg_end = offs + _u16(a, offs) + (_u16(a, offs + 2) << 16)
+    h = a.view(np.uint16)
+    offs = offsets
+    msg_end = offs + np.frombuffer(buffer, dtype=np.uint32)[offs >> 2].astype(np.int64)
     o = offs + 20
-    olen = _u16(a, o)
+    olen = _u16(h, o)
     r = np.minimum(o + ((olen + 3) & ~3), limit)
     ok = (
-        ((_u16(a, o + 2) & NLA_TYPE_MASK) == CTA_TUPLE_ORIG)
-        & ((_u16(a, o + 6) & NLA_TYPE_MASK) == CTA_TUPLE_IP)
-        & (_u16(a, o + 8) == layout.addr_attr)
-        & (_u16(a, o + 10) == layout.src_type)
+        ((_u16(h, o + 2) & NLA_TYPE_MASK) == CTA_TUPLE_ORIG)
+        & ((_u16(h, o + 6) & NLA_TYPE_MASK) == CTA_TUPLE_IP)
+        & (_u16(h, o + 8) == layout.addr_attr)
+        & (_u16(h, o + 10) == layout.src_type)
         & (r + layout.port_hdr + 8 <= msg_end)
-        & ((_u16(a, r + 2) & NLA_TYPE_MASK) == CTA_TUPLE_REPLY)
-        & ((_u16(a, r + 6) & NLA_TYPE_MASK) == CTA_TUPLE_IP)
-        & (_u16(a, r + 8) == layout.addr_attr)
-        & (_u16(a, r + 10) == layout.src_type)
-        & (_u16(a, r + layout.dst_hdr) == layout.addr_attr)
-        & (_u16(a, r + layout.dst_hdr + 2) == layout.dst_type)
-        & ((_u16(a, r + layout.proto_hdr + 2) & NLA_TYPE_MASK) == CTA_TUPLE_PROTO)
-        & (_u16(a, r + layout.num) == 5)
-        & (_u16(a, r + layout.num + 2) == CTA_PROTO_NUM)
+        & ((_u16(h, r + 2) & NLA_TYPE_MASK) == CTA_TUPLE_REPLY)
+        & ((_u16(h, r + 6) & NLA_TYPE_MASK) == CTA_TUPLE_IP)
+        & (_u16(h, r + 8) == layout.addr_attr)
+        & (_u16(h, r + 10) == layout.src_type)
+        & (_u16(h, r + layout.dst_hdr) == layout.addr_attr)
+        & (_u16(h, r + layout.dst_hdr + 2) == layout.dst_type)
+        & ((_u16(h, r + layout.proto_hdr + 2) & NLA_TYPE_MASK) == CTA_TUPLE_PROTO)
+        & (_u16(h, r + layout.num) == 5)
+        & (_u16(h, r + layout.num + 2) == CTA_PROTO_NUM)
     )
     proto = a[r + layout.num + 4].astype(np.int64)
     has_ports = (proto == Proto.TCP) | (proto == Proto.UDP)
-    port_ok = (_u16(a, r + layout.port_hdr) == 6) & (
-        _u16(a, r + layout.port_hdr + 2) == CTA_PROTO_SRC_PORT
+    port_ok = (_u16(h, r + layout.port_hdr) == 6) & (
+        _u16(h, r + layout.port_hdr + 2) == CTA_PROTO_SRC_PORT
     )
     icmp = Proto.ICMP if family == socket.AF_INET else Proto.ICMPV6
     ok &= ~has_ports | port_ok
@@ -437,7 +503,7 @@ def _count_batch(
             )
             counts[key] = counts.get(key, 0) + count
     for index in np.flatnonzero(~ok).tolist():
-        slow = _slow_key(buffer, offsets[index], family)
+        slow = _slow_key(buffer, int(offsets[index]), family)
         if slow is not None:
             counts[slow] = counts.get(slow, 0) + 1
 
