@@ -230,20 +230,23 @@ def scan_range(read: Read, start: int, end: int) -> Scan:
         if cut == 0:  # the last line, without its newline
             block += b"\n"
             cut = len(block)
-        chunk = block[:cut]
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n")
+        chunk, chunk_end = block, cut  # the tail after cut is read again with the next block
+        if b"\r" in block:
+            chunk = block[:cut].replace(b"\r\n", b"\n")
+            chunk_end = len(chunk)
         skeleton = chunk.translate(None, DIGITS)
-        shape = _ALL_SHAPES.match(skeleton)
-        if shape is None or shape.end() != len(skeleton):
+        skeleton_end = skeleton.rfind(b"\n") + 1
+        # pos/endpos instead of slicing: no copy of the block per chunk.
+        shape = _ALL_SHAPES.match(skeleton, 0, skeleton_end)
+        if shape is None or shape.end() != skeleton_end:
             bad_line = skeleton.count(b"\n", 0, shape.end() if shape else 0)
             offset = 0
             for _ in range(bad_line):
                 offset = block.index(b"\n", offset) + 1
             return Scan(dict(keys), lines + bad_line, position + offset)
-        lines += skeleton.count(b"\n")
-        keys.update(_KEYS_AFTER_NEWLINE.findall(chunk))
-        first = _KEY_AT_START.match(chunk)
+        lines += skeleton.count(b"\n", 0, skeleton_end)
+        keys.update(_KEYS_AFTER_NEWLINE.findall(chunk, 0, chunk_end))
+        first = _KEY_AT_START.match(chunk, 0, chunk_end)
         if first is not None:
             keys[first[1]] += 1
         position += cut
