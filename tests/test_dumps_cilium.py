@@ -214,6 +214,7 @@ GARBLED = [
     ("icmp-in-v6", LINES[5].replace("ICMPv6", "ICMP")),
     ("mixed", LINES[1].replace("104.198.14.52:443", "[2001:db8::1]:443")),
     ("no-port", LINES[1].replace("104.198.14.52:443", "104.198.14.52")),
+    ("markers", LINES[6].replace("related service", "service related")),
     ("header", "Proto Dir Src Dst"),
 ]
 

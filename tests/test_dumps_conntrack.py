@@ -40,6 +40,11 @@ def test_real_capture_counts_the_masqueraded_connections() -> None:
     assert b"dst=192.0.2.1 type=8" in data
 
 
+def test_bundled_conntrack_example_is_the_real_capture() -> None:
+    example = GOLDEN.parents[1] / "src/egressgw/examples/gateway-conntrack-L.txt"
+    assert count_endpoints(example.read_bytes(), source=str(example)).counts == CAPTURED
+
+
 def test_extended_output_and_the_summary_line_count_the_same() -> None:
     extended = (GOLDEN / "conntrack-L-extended.txt").read_bytes()
     assert extended.startswith(b"ipv")

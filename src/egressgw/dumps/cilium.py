@@ -118,7 +118,7 @@ _KEY_PARTS = re.compile(r"(TCP|UDP|ICMPv6|ICMP) IN (\S+) -> (\S+)")
 # --- every field, for the entry path --------------------------------------------------
 _ENTRY = re.compile(
     r"(?P<proto>TCP|UDP|ICMPv6|ICMP|SCTP) (?P<dir>OUT|IN) (?P<src>\S+:\d+) -> (?P<dst>\S+:\d+) "
-    r"(?:related |service )*XLATE_(?P<xdir>SRC|DST) (?P<xlate>\S+:\d+) "
+    r"(?:related )?(?:service )?XLATE_(?P<xdir>SRC|DST) (?P<xlate>\S+:\d+) "
     r"Created=(?:(?P<ago>-?\d+)sec ago|\? \(raw \d+\)) "
     r"(?:NeedsCT=(?P<ct>\d+)|HostLocal=\d+)"
 )
