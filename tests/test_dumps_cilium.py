@@ -106,7 +106,7 @@ def reader(data: bytes) -> cilium.Read:
 def test_the_forked_scan_counts_the_same_as_one_process() -> None:
     data = "".join(bench_lines(3000, seed=3)).encode()
     whole = scan_range(reader(data), 0, len(data))
-    assert whole.lines == 3000 and whole.bad_offset == -1
+    assert whole.lines == 3002 and whole.bad_offset == -1  # and a blank line after each map
     assert scan_in_parallel(reader(data), len(data)) == whole
     # A bad line in either half is reported by its offset and the lines before it.
     for at in (100, 2900):
@@ -148,7 +148,7 @@ def test_files_are_streamed_with_the_same_results(
         assert (caught.value.source, caught.value.line) == (str(path), number)
         assert " => " in str(caught.value)
         skipped = count_file(str(path), skip_invalid=True)
-        assert skipped.skipped == 1 and skipped.lines == 2000
+        assert skipped.skipped == 1 and skipped.lines == 2002
 
 
 def test_file_formats_and_empty_files(tmp_path: Path) -> None:
@@ -159,6 +159,26 @@ def test_file_formats_and_empty_files(tmp_path: Path) -> None:
     assert count_file(str(conntrack)).format == "conntrack"
     with pytest.raises(InputError, match=r"nope\.txt: cannot read"):
         count_file(str(tmp_path / "nope.txt"))
+
+
+def test_common_shapes_are_valid_and_none_ends_another() -> None:
+    for shape in cilium.COMMON_SHAPES:
+        assert shape.endswith(b"\n") and shape.count(b"\n") == 1
+        assert cilium._ONE_SHAPE.fullmatch(shape[:-1]) is not None
+        for other in cilium.COMMON_SHAPES:
+            assert other == shape or not other.endswith(shape)
+
+
+def test_a_line_that_merely_ends_in_a_common_shape_is_not_accepted() -> None:
+    tcp_out = LINES[0]
+    for prefix in ("S", "x", " ", "TCP OUT "):
+        data = f"{LINES[1]}\n{prefix}{tcp_out}\n{LINES[1]}\n".encode()
+        with pytest.raises(InputError) as caught:
+            count_endpoints(data, source="d")
+        assert caught.value.line == 2
+    # SCTP ends in "TCP": valid, not counted.
+    sctp = tcp_out.replace("TCP", "SCTP") + "\n" + LINES[1] + "\n"
+    assert sum(count_endpoints(sctp.encode(), source="d").counts.values()) == 1
 
 
 def test_lines_print_back_as_cilium_dbg_prints_them() -> None:

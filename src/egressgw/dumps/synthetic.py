@@ -148,6 +148,7 @@ def seed_node_dump(seed: int = 2016) -> str:
 def bench_lines(lines: int, seed: int = 1) -> Iterator[str]:
     """About ``lines`` lines of a busy gateway: mostly TCP over IPv4, some UDP, ICMP, IPv6.
 
+    As cilium-dbg lists them: the IPv4 map, a blank line, the IPv6 map, a blank line.
     Written directly as text (no NatEntry objects) so a million lines take seconds.
     """
     rng = random.Random(seed)
@@ -155,6 +156,7 @@ def bench_lines(lines: int, seed: int = 1) -> Iterator[str]:
     remotes6 = [(f"2001:db8:100::{i:x}", 443) for i in range(1, 20)]
     egress4 = ["203.0.113.10", "203.0.113.11"]
     egress6 = ["2001:db8:ffff::10"]
+    ipv6_map: list[str] = []
     for _ in range(lines // 2):
         v6 = rng.random() < 0.1
         draw = rng.random()
@@ -178,12 +180,19 @@ def bench_lines(lines: int, seed: int = 1) -> Iterator[str]:
             out_dport = in_sport = rport
         age = rng.randrange(1, 9000)
         p, r, e = fmt.format(pod), fmt.format(rip), fmt.format(eip)
-        yield (
+        pair = (
             f"{proto} OUT {p}:{sport} -> {r}:{out_dport} XLATE_SRC {e}:{nport} "
             f"Created={age}sec ago NeedsCT=1\n"
             f"{proto} IN {r}:{in_sport} -> {e}:{nport} XLATE_DST {p}:{sport} "
             f"Created={age}sec ago NeedsCT=1\n"
         )
+        if v6:
+            ipv6_map.append(pair)
+        else:
+            yield pair
+    yield "\n"
+    yield from ipv6_map
+    yield "\n"
 
 
 def main(argv: list[str]) -> int:
