@@ -62,7 +62,7 @@ def main() -> None:
         start = time.perf_counter()
         refused = fill(entries, netns=netns)
         print(f"filled {args.entries - refused} entries ({refused} refused) "
-              f"in {time.perf_counter() - start:.1f} s")
+              f"in {time.perf_counter() - start:.1f} s", flush=True)
         del entries
 
         def baseline() -> None:
@@ -93,6 +93,8 @@ def main() -> None:
         for name, times in results.items():
             print(f"{name:18s} best {min(times):6.3f} s  median {statistics.median(times):6.3f} s")
         base = min(results["conntrack -L"])
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"load average {load} on {os.cpu_count()} CPUs")
         print(f"ratio nat-stats / conntrack -L: {min(results['nat-stats pass']) / base:.2f} "
               f"(kernel alone {min(results['kernel dump only']) / base:.2f})")
     finally:

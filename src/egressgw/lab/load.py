@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from egressgw.lab.server import raise_nofile
-from egressgw.net import Endpoint
+from egressgw.net import Endpoint, format_addr
 
 PROTOS = ("tcp", "udp", "icmp")
 
@@ -98,7 +98,7 @@ def run(
     Succeeded sockets are appended to ``keep`` (open) when given, closed otherwise.
     """
     family = socket.AF_INET if to.ip.version == 4 else socket.AF_INET6
-    result = LoadResult(proto, str(to), source)
+    result = LoadResult(proto, format_addr(to.ip, to.port), source)
     errors: Counter[str] = Counter()
     seen: Counter[str] = Counter()
     selector = selectors.DefaultSelector()
