@@ -128,6 +128,26 @@ def test_chunk_size_does_not_change_the_count(chunk: int, monkeypatch: pytest.Mo
     assert scan_range(reader(data), 0, len(data)) == expected
 
 
+def test_halves_never_read_past_their_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Lines longer than a chunk make the scan read on; it must stop at the range's end.
+    monkeypatch.setattr(cilium, "CHUNK_BYTES", 16)
+    data = "".join(bench_lines(40, seed=17)).encode()
+    middle = cilium._line_start_after(reader(data), len(data) // 2, len(data))
+    first = scan_range(reader(data), 0, middle)
+    second = scan_range(reader(data), middle, len(data))
+    assert first.lines + second.lines == 42
+    assert Counter(first.keys) + Counter(second.keys) == Counter(
+        scan_range(reader(data), 0, len(data)).keys
+    )
+    # A blank line right after the range: reading on in 16-byte steps would reach its
+    # newline if the reads were not bounded by the range's end.
+    for pad in range(16):
+        data = (LINES[1] + "\n\n" + LINES[1] + "\n").encode()
+        end = len(LINES[1]) + 1
+        monkeypatch.setattr(cilium, "CHUNK_BYTES", 16 + pad)
+        assert scan_range(reader(data), 0, end).lines == 1
+
+
 @pytest.mark.parametrize("parallel_from", [1 << 40, 1000])
 def test_files_are_streamed_with_the_same_results(
     parallel_from: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
