@@ -183,7 +183,7 @@ def expected_action(rules: list[EgressRule], source: str, address: str) -> tuple
     return (best.kind.value, str(best.egress_ip) if best.egress_ip else None)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(rule_sets())
 def test_elements_resolve_longest_prefix_and_never_overlap(rules: list[EgressRule]) -> None:
     elements = resolve_elements(rules)
