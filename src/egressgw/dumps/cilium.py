@@ -305,8 +305,8 @@ def scan_in_parallel(read: Read, size: int) -> Scan:
             os._exit(status)
     os.close(write_end)
     try:
-        first = scan_range(read, 0, middle)
         with os.fdopen(read_end, "rb") as incoming:
+            first = scan_range(read, 0, middle)
             payload = incoming.read()
     finally:
         _, status = os.waitpid(pid, 0)
