@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
 from egressgw.config import NodePortRange, check_stats_entries
+from egressgw.errors import ConfigError
 from egressgw.lab import Lab, LabSpec, lab_rules, remove_lab
+from egressgw.policy import compile_rules, load_inventory, load_policies, rules_for_gateway
 from egressgw.stats import compute_nat_stats, render_saturation, render_table
 
 NAME_OPTION = click.option("--name", default="lab", show_default=True,
@@ -88,18 +91,35 @@ def _print_summary(found: Lab) -> None:
               help="Destination CIDR(s) (default: both server networks).")
 @click.option("--no-gateway", is_flag=True,
               help="Drop the pods' traffic instead (no gateway node matched).")
+@click.option("--policies", type=click.Path(path_type=Path),
+              help="Apply CiliumEgressGatewayPolicy YAML (file or directory) instead.")
+@click.option("--inventory", type=click.Path(path_type=Path),
+              help="With --policies: nodes and endpoints YAML (the bundled example inventory "
+                   "describes the lab).")
+@click.option("--node", default="gateway-1", show_default=True,
+              help="With --policies: the gateway's node name in the inventory.")
 @click.option("--node-port-range", default="30000,32767", show_default=True,
               help="NodePort range MIN,MAX; NAT source ports are MAX+1..65535.")
 @click.option("--dry-run", is_flag=True, help="Print the nft script instead of loading it.")
 def apply(*, name: str, egress_ips: tuple[str, ...], excluded: tuple[str, ...],
-          destinations: tuple[str, ...], no_gateway: bool, node_port_range: str,
-          dry_run: bool) -> None:
-    """Masquerade every pod's traffic on the lab gateway (one nft transaction)."""
+          destinations: tuple[str, ...], no_gateway: bool, policies: Path | None,
+          inventory: Path | None, node: str, node_port_range: str, dry_run: bool) -> None:
+    """Masquerade the pods' traffic on the lab gateway (one nft transaction).
+
+    Without --policies every pod is masqueraded towards the server networks; with
+    --policies and --inventory, the policies are compiled and this node's rules applied.
+    """
     found = Lab.find(name)
     t = found.topology
-    chosen = list(egress_ips) or [t.egress4[0], t.egress6[0]]
-    rules = lab_rules(t, chosen, destinations=list(destinations) or None, excluded=excluded,
-                      no_gateway=no_gateway)
+    if policies is not None:
+        if inventory is None:
+            raise ConfigError("--policies needs --inventory", field="--inventory")
+        compiled = compile_rules(load_policies(policies), load_inventory(inventory))
+        rules = rules_for_gateway(compiled, node)
+    else:
+        chosen = list(egress_ips) or [t.egress4[0], t.egress6[0]]
+        rules = lab_rules(t, chosen, destinations=list(destinations) or None,
+                          excluded=excluded, no_gateway=no_gateway)
     datapath = found.datapath(NodePortRange.parse(node_port_range))
     if dry_run:
         click.echo(datapath.render(rules), nl=False)

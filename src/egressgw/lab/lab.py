@@ -231,6 +231,9 @@ class Lab:
             raise InputError(f"{to}: {proto} needs a port", field="--to")
         t = self.topology
         pods = t.pods4 if endpoint.ip.version == 4 else t.pods6
+        if pod is not None and pod not in pods:
+            raise InputError(f"{pod}: not a lab pod address of the family of {to}",
+                             field="--from")
         source = pod or pods[0]
         return netns_argv(t.client_ns, [
             sys.executable, "-m", "egressgw.lab.load", "--to", to, "--from", source,

@@ -310,6 +310,10 @@ def _walk(buffer: bytearray, start: int, end: int, seq: int, offsets: list[int])
             raise DatapathError(f"malformed netlink message of {length} bytes")
         if msg_seq == seq:
             if msg_type == NLMSG_DONE:
+                # A dump that failed half way says so in NLMSG_DONE's payload.
+                code = _ERRNO.unpack_from(buffer, offset + _NLMSG.size)[0]
+                if code < 0:
+                    raise _KernelRefused(-code)
                 return True
             if msg_type == NLMSG_ERROR:
                 code = _ERRNO.unpack_from(buffer, offset + _NLMSG.size)[0]
