@@ -75,6 +75,10 @@ VARIANTS = [
     "tcp      6 117 TIME_WAIT src=192.0.2.7 dst=203.0.113.9 sport=40000 dport=443 "
     "src=203.0.113.9 dst=198.51.100.1 sport=443 dport=61000 [ASSURED] [OFFLOAD] mark=3 "
     "secctx=system_u:object_r:unlabeled_t:s0 zone=2 use=1",
+    # directional zones print after each tuple
+    "tcp      6 431999 ESTABLISHED src=192.0.2.7 dst=203.0.113.9 sport=40003 dport=443 "
+    "zone-orig=1 src=203.0.113.9 dst=198.51.100.1 sport=443 dport=40003 zone-reply=2 "
+    "[ASSURED] mark=0 use=1",
     # a SYN that got no answer yet
     "tcp      6 119 SYN_SENT src=192.0.2.8 dst=203.0.113.9 sport=40001 dport=443 [UNREPLIED] "
     "src=203.0.113.9 dst=198.51.100.1 sport=443 dport=40001 mark=0 use=1",
@@ -93,10 +97,10 @@ VARIANTS = [
 
 def test_conntrack_variants() -> None:
     dump = count_endpoints("\n".join(VARIANTS).encode(), source="v.txt")
-    assert dump.counts == {ep(Proto.TCP, "198.51.100.1", "203.0.113.9", 443): 2}
+    assert dump.counts == {ep(Proto.TCP, "198.51.100.1", "203.0.113.9", 443): 3}
     assert dump.lines == len(VARIANTS)
     entries = list(iter_entries("\n".join(VARIANTS).encode(), source="v.txt"))
-    assert len(entries) == 4
+    assert len(entries) == 6
 
 
 GARBLED = [
@@ -111,7 +115,7 @@ GARBLED = [
 
 @pytest.mark.parametrize(("why", "bad"), GARBLED, ids=[g[0] for g in GARBLED])
 def test_a_garbled_line_is_named_by_file_and_line(why: str, bad: str) -> None:
-    data = "\n".join([VARIANTS[0], VARIANTS[1], bad, VARIANTS[2]]).encode()
+    data = "\n".join([VARIANTS[0], VARIANTS[2], bad, VARIANTS[3]]).encode()
     with pytest.raises(InputError) as caught:
         count_endpoints(data, source="ct.txt")
     assert str(caught.value).startswith("ct.txt:3: ")

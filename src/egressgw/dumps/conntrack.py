@@ -39,7 +39,7 @@ FORMAT = "conntrack"
 _PORTS = r"(?:sport=(\d+) dport=(\d+)|type=\d+ code=\d+ id=(\d+))"
 _COUNTED = (
     r"(tcp|udp|icmpv6|icmp) +\d+ +\d+ (?:[A-Z_]+ )?"
-    r"src=(\S+) dst=(\S+) " + _PORTS + r" (?:\[UNREPLIED\] )?"
+    r"src=(\S+) dst=(\S+) " + _PORTS + r" (?:zone-orig=\d+ )?(?:\[UNREPLIED\] )?"
     r"src=(\S+) dst=(\S+) " + _PORTS + r"(?: [^\n]*)?"
 )
 _OTHER = r"(?!(?:tcp|udp|icmpv6|icmp) )[a-z][a-z0-9-]* +\d+ [^\n]*"
