@@ -14,6 +14,7 @@ or build your own::
 
     with built_lab(pods=2) as my_lab: ...
     with bare_netns() as ns: run_in(ns, ["ip", "link"])
+    proc = popen_in(ns, [sys.executable, "-c", code])   # interactive, via stdin/stdout
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ def run_in(netns: str, argv: Sequence[str], *, check: bool = True,
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} in {netns} failed: {done.stderr.strip()}")
     return done
+
+
+def popen_in(netns: str, argv: Sequence[str]) -> subprocess.Popen[str]:
+    """Start a command inside ``netns`` with text pipes on stdin and stdout (caller waits)."""
+    return subprocess.Popen(["ip", "netns", "exec", netns, *argv], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def python_in(netns: str, code: str) -> str:

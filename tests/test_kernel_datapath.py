@@ -12,6 +12,7 @@ same free port before either is confirmed; the tests open them one at a time.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -22,7 +23,7 @@ from egressgw.errors import DatapathError
 from egressgw.lab import Lab, lab_rules
 from egressgw.net import Family, NatEndpoint, Proto, parse_ip
 from egressgw.stats import compute_nat_stats
-from netns import lab  # noqa: F401  (module fixture)
+from netns import lab, popen_in  # noqa: F401  (lab: module fixture)
 
 pytestmark = pytest.mark.kernel
 
@@ -153,3 +154,45 @@ def test_apply_touches_nothing_but_its_table(lab: Lab, datapath: KernelDatapath)
         assert "egressgw" not in tables
     finally:
         lab.exec("gateway", ["nft", "delete table ip someone_else"], check=False)
+
+
+# Connects from a pod, prints the server's greeting, then on each line read from stdin
+# sends it and prints the echo: a connection the test can keep using across applies.
+CHATTY_CLIENT = """
+import socket, sys
+pod, server, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+conn = socket.create_connection((server, port), timeout=5, source_address=(pod, 0))
+reader = conn.makefile("r")
+print(reader.readline().split()[0], flush=True)
+for line in sys.stdin:
+    conn.sendall(line.encode())
+    print(reader.readline().strip(), flush=True)
+"""
+
+
+def test_reapplying_or_moving_the_egress_ip_keeps_open_connections(
+    lab: Lab, datapath: KernelDatapath  # noqa: F811
+):
+    """Tracked connections keep their NAT mapping: conntrack holds it, not the ruleset."""
+    t = lab.topology
+    datapath.apply(lab_rules(t, t.egress4[:1]))
+    client = popen_in(t.client_ns, [sys.executable, "-c", CHATTY_CLIENT, t.pods4[0], SERVER4,
+                                    "80"])
+    try:
+        assert client.stdin is not None and client.stdout is not None
+        assert client.stdout.readline().strip() == t.egress4[0]
+        datapath.apply(lab_rules(t, t.egress4[:1]))  # what a restarted agent does
+        client.stdin.write("after reapply\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "after reapply"
+        datapath.apply(lab_rules(t, t.egress4[1:2]))  # the pod moves to another egress IP
+        client.stdin.write("after move\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "after move"
+        # The open connection stays behind the old egress IP; new ones use the new one.
+        assert lab.load(f"{SERVER4}:80", 1).seen_as == {t.egress4[1]: 1}
+        counts = datapath.endpoint_counts()
+        assert counts[endpoint(t.egress4[0], SERVER4, 80)] == 1
+    finally:
+        client.kill()
+        client.wait()

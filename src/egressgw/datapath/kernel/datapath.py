@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from egressgw.config import NodePortRange
 from egressgw.datapath.kernel.conntrack import ConntrackReader
@@ -38,6 +39,7 @@ class KernelDatapath:
         return render_ruleset(rules, self.node_port_range, table=self.table)
 
     def apply(self, rules: Sequence[EgressRule]) -> None:
+        """Put ``rules`` in force (this node's: see ``rules_for_gateway``), atomically."""
         self.load(self.render(rules))
 
     def load(self, script: str) -> None:
@@ -67,3 +69,9 @@ class KernelDatapath:
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
+
+
+if TYPE_CHECKING:  # KernelDatapath must keep satisfying the Datapath protocol.
+    from egressgw.datapath.base import Datapath
+
+    _conforms: Datapath = KernelDatapath(NodePortRange())
