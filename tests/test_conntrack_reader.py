@@ -6,6 +6,7 @@ Entries are created by the kernel itself (ctnetlink NEW with a NAT request, like
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import socket
@@ -19,6 +20,7 @@ import pytest
 from egressgw.datapath.kernel import ConntrackReader, conntrack_stats, snat_counts
 from egressgw.datapath.kernel import conntrack as ct
 from egressgw.datapath.kernel.ctfill import SnatEntry, fill, new_message
+from egressgw.datapath.kernel.netns import entered
 from egressgw.errors import DatapathError
 from egressgw.net import Family, NatEndpoint, Proto, parse_ip
 from netns import bare_netns, run_in
@@ -170,3 +172,22 @@ def test_reordered_attributes_go_through_the_walker() -> None:
     ct._count_batch(buffer, len(message), np.array([0], dtype=np.int64), socket.AF_INET, counts)
     key = (parse_ip("198.51.100.10").packed, parse_ip("203.0.113.10").packed, 6, 443)
     assert counts == {key: 1}
+
+
+def test_fill_reports_entries_the_kernel_refused(table: str) -> None:
+    entry = SnatEntry(Proto.UDP, parse_ip("192.0.2.10"), 5353, parse_ip("198.51.100.10"), 53,
+                      parse_ip("203.0.113.10"))
+    assert fill([entry], netns=table) == 0
+    assert fill([entry, entry], netns=table) == 2  # EEXIST: already tracked
+    assert sum(snat_counts(table).values()) == 1
+
+
+def test_entering_a_namespace_returns_to_the_original_one(netns: str) -> None:
+    here = os.readlink("/proc/thread-self/ns/net")
+    with entered(netns):
+        inside = os.readlink("/proc/thread-self/ns/net")
+    assert inside != here
+    assert os.readlink("/proc/thread-self/ns/net") == here
+    with pytest.raises(RuntimeError), entered(netns):
+        raise RuntimeError("boom")
+    assert os.readlink("/proc/thread-self/ns/net") == here
