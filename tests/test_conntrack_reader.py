@@ -191,3 +191,18 @@ def test_entering_a_namespace_returns_to_the_original_one(netns: str) -> None:
     with pytest.raises(RuntimeError), entered(netns):
         raise RuntimeError("boom")
     assert os.readlink("/proc/thread-self/ns/net") == here
+
+
+def test_the_kernel_sends_only_source_nated_entries(table: str) -> None:
+    entries = random_entries(random.Random(12), 120)
+    fill(entries, netns=table)
+    natted = sum(1 for e in entries if e.egress is not None and e.src.version == 4)
+    status_filter = (ct._be32_attr(ct.CTA_STATUS, ct.IPS_SRC_NAT)
+                     + ct._be32_attr(ct.CTA_STATUS_MASK, ct.IPS_SRC_NAT))
+    with ConntrackReader(table) as reader:
+        def messages(attrs: bytes) -> int:
+            return sum(len(offsets) for _b, _u, offsets
+                       in reader._dump(ct.IPCTNL_MSG_CT_GET, socket.AF_INET, attrs))
+
+        assert messages(b"") == sum(1 for e in entries if e.src.version == 4)
+        assert messages(status_filter) == natted
