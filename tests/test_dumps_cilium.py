@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -169,6 +171,20 @@ def test_files_are_streamed_with_the_same_results(
         assert " => " in str(caught.value)
         skipped = count_file(str(path), skip_invalid=True)
         assert skipped.skipped == 1 and skipped.lines == 2002
+
+
+def test_a_pipe_is_read_whole_without_losing_its_start(tmp_path: Path) -> None:
+    fifo = tmp_path / "dump.fifo"
+    os.mkfifo(fifo)
+    data = "".join(bench_lines(3000, seed=19)).encode()  # bigger than the sniffed head
+    writer = threading.Thread(target=fifo.write_bytes, args=(data,))
+    writer.start()
+    try:
+        counted = count_file(str(fifo))
+    finally:
+        writer.join()
+    assert counted == count_endpoints(data, source=str(fifo))
+    assert counted.lines == 3002
 
 
 def test_file_formats_and_empty_files(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import stat
 from collections.abc import Iterator
 
 from egressgw.dumps import cilium, conntrack
-from egressgw.dumps.base import DUMP_FORMATS, DumpCounts, read_source
+from egressgw.dumps.base import DUMP_FORMATS, DumpCounts
 from egressgw.errors import ConfigError, InputError
 from egressgw.net import NatEntry
 
@@ -68,24 +68,23 @@ def count_file(
     path: str, *, source: str | None = None, fmt: str = "auto", skip_invalid: bool = False
 ) -> DumpCounts:
     """:func:`count_endpoints` on a file. A ``bpf nat list`` dump in a regular file is
-    streamed (two processes, each reading its half) instead of being read whole.
+    streamed (two processes, each reading its half) instead of being read whole; pipes and
+    other files are read whole.
     """
     name = path if source is None else source
     try:
         with open(path, "rb") as handle:
             regular = stat.S_ISREG(os.fstat(handle.fileno()).st_mode)
             head = handle.read(_HEAD_BYTES)
+            found = detect_format(head, source=name, fmt=fmt) if head.strip() else None
+            if found is None and fmt != "auto":
+                found = fmt
+            if regular and found == cilium.FORMAT:
+                return cilium.count_cilium_file(path, source=name, skip_invalid=skip_invalid)
+            # Not streamable: the rest from the same handle (a pipe cannot be reopened).
+            data = head + handle.read()
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror or exc}", source=name) from None
-    found = detect_format(head, source=name, fmt=fmt) if head.strip() or fmt != "auto" else None
-    if regular and found == cilium.FORMAT:
-        try:
-            return cilium.count_cilium_file(path, source=name, skip_invalid=skip_invalid)
-        except OSError as exc:
-            raise InputError(f"cannot read: {exc.strerror or exc}", source=name) from None
-    if regular and len(head) < _HEAD_BYTES and found is None:
-        return DumpCounts(lines=head.count(b"\n"), format=fmt)
-    data, _ = read_source(path)
     return count_endpoints(data, source=name, fmt=fmt, skip_invalid=skip_invalid)
 
 
