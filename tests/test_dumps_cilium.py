@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import threading
 from collections import Counter
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from egressgw.dumps import cilium, count_endpoints, count_file, detect_format, iter_entries
-from egressgw.dumps.cilium import _count_line_by_line, parse_entry, scan_in_parallel, scan_range
+from egressgw.dumps.cilium import parse_entry, scan_in_parallel, scan_range
 from egressgw.dumps.synthetic import bench_lines, format_entry, seed_node_dump
 from egressgw.errors import ConfigError, InputError
 from egressgw.net import Direction, Endpoint, Family, NatEndpoint, NatEntry, Proto, parse_ip
@@ -96,7 +97,6 @@ def test_bulk_count_equals_the_entry_path_and_the_line_by_line_path() -> None:
     entries = list(iter_entries(data, source="bench"))
     assert len(entries) == 4000
     assert bulk.counts == count_in_entries(entries)
-    assert _count_line_by_line(data, source="bench", skip_invalid=False).counts == bulk.counts
     assert {ep.family for ep in bulk.counts} == {Family.IPV4, Family.IPV6}
     assert {ep.proto for ep in bulk.counts} == set(Proto)
 
@@ -291,6 +291,42 @@ def test_a_garbled_line_is_named_by_file_and_line(why: str, bad: str) -> None:
     clean = count_endpoints("\n".join([*LINES[:3], *LINES[3:]]).encode(), source="clean")
     assert skipped.counts == clean.counts
     assert len(list(iter_entries(data, source="node.txt", skip_invalid=True))) == len(LINES)
+
+
+@pytest.mark.parametrize("parallel_from", [1 << 40, 1000])
+def test_skipping_bad_lines_keeps_every_good_line(
+    parallel_from: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cilium, "PARALLEL_MIN_BYTES", parallel_from)
+    monkeypatch.setattr(cilium, "CHUNK_BYTES", 2048)
+    lines = "".join(bench_lines(3000, seed=23)).splitlines()
+    garbled = dict.fromkeys([0, 1, 2, 500, 501, 1700, 2999, 3000], " => ")
+    broken = [
+        line.replace(" -> ", garbled[i]) if i in garbled else line for i, line in enumerate(lines)
+    ]
+    # A shape-valid IN line whose address does not parse.
+    bad_key = next(i for i, line in enumerate(lines) if " IN " in line and i > 2100)
+    broken[bad_key] = re.sub(r" -> \d+\.", " -> 999.", lines[bad_key], count=1)
+    clean = [line for i, line in enumerate(lines) if i not in garbled and i != bad_key]
+    dump = count_endpoints("\n".join(broken).encode(), source="b", skip_invalid=True)
+    expected = count_endpoints("\n".join(clean).encode(), source="c")
+    assert dump.counts == expected.counts
+    assert dump.skipped == len(garbled) + 1
+    text = "\n".join(broken)
+    assert dump.lines == text.count("\n") + (not text.endswith("\n"))
+    with pytest.raises(InputError) as caught:
+        count_endpoints("\n".join(broken).encode(), source="b")
+    assert caught.value.line == 1
+
+
+def test_a_bad_address_is_named_by_its_first_line() -> None:
+    lines = "".join(bench_lines(2000, seed=29)).splitlines()
+    at = [i for i, line in enumerate(lines) if line.startswith("TCP IN ")][700]
+    lines[at] = re.sub(r" -> \d+\.", " -> 999.", lines[at], count=1)
+    with pytest.raises(InputError) as caught:
+        count_endpoints("\n".join(lines).encode(), source="big")
+    assert caught.value.line == at + 1
+    assert "bad IN tuple" in str(caught.value)
 
 
 def test_a_bad_line_deep_in_a_big_dump_is_found() -> None:

@@ -159,13 +159,8 @@ def count_cilium(data: bytes, *, source: str, skip_invalid: bool = False) -> Dum
     def read(offset: int, size: int) -> bytes:
         return data[offset : offset + size]
 
-    scan = scan_lines(read, len(data))
-    if scan.bad_offset < 0 or not skip_invalid:
-        result = _finish(scan, read, source)
-        if result is not None:
-            return result
-    # Skipping bad lines, or a counted address did not parse: go line by line.
-    return _count_line_by_line(data, source=source, skip_invalid=skip_invalid)
+    scan = scan_lines(read, len(data), skip_invalid=skip_invalid)
+    return _finish(scan, read, len(data), source=source, skip_invalid=skip_invalid)
 
 
 def count_cilium_file(path: str, *, source: str, skip_invalid: bool = False) -> DumpCounts:
@@ -177,29 +172,55 @@ def count_cilium_file(path: str, *, source: str, skip_invalid: bool = False) -> 
         def read(offset: int, size: int) -> bytes:
             return os.pread(descriptor, size, offset)
 
-        scan = scan_lines(read, os.fstat(descriptor).st_size)
-        if scan.bad_offset < 0 or not skip_invalid:
-            result = _finish(scan, read, source)
-            if result is not None:
-                return result
-        handle.seek(0)
-        data = handle.read()
-    return count_cilium(data, source=source, skip_invalid=skip_invalid)
+        size = os.fstat(descriptor).st_size
+        scan = scan_lines(read, size, skip_invalid=skip_invalid)
+        return _finish(scan, read, size, source=source, skip_invalid=skip_invalid)
 
 
-def _finish(scan: Scan, read: Read, source: str) -> DumpCounts | None:
-    """Counts per NatEndpoint; None when a counted address is malformed."""
+def _finish(scan: Scan, read: Read, size: int, *, source: str, skip_invalid: bool) -> DumpCounts:
+    """Parse the distinct keys; raise for the first bad line unless skipping bad lines."""
     if scan.bad_offset >= 0:
         line = read(scan.bad_offset, _MAX_LINE).split(b"\n", 1)[0]
         raise bad_line(source, scan.lines + 1, line, _problem(line) or "bad line")
     counts: dict[NatEndpoint, int] = {}
-    try:
-        for key, n in scan.keys.items():
+    skipped = scan.skipped
+    bad_keys: dict[bytes, str] = {}
+    for key, n in scan.keys.items():
+        try:
             endpoint = parse_key(key.decode("ascii"))
-            counts[endpoint] = counts.get(endpoint, 0) + n
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return DumpCounts(counts, scan.lines, 0, FORMAT)
+        except (ValueError, UnicodeDecodeError) as exc:
+            bad_keys[key] = str(exc)
+            skipped += n  # every line with this key is bad
+            continue
+        counts[endpoint] = counts.get(endpoint, 0) + n
+    if bad_keys and not skip_invalid:
+        # Shapes were fine but a counted address is not: name its earliest line.
+        offset, number, key = min((*_first_line_with(read, size, key), key) for key in bad_keys)
+        line = read(offset, _MAX_LINE).split(b"\n", 1)[0]
+        raise bad_line(source, number, line, f"bad IN tuple ({bad_keys[key]})")
+    return DumpCounts(counts, scan.lines, skipped, FORMAT)
+
+
+def _first_line_with(read: Read, size: int, key: bytes) -> tuple[int, int]:
+    """Offset and number of the first line that starts with the IN key ``key``."""
+    needle = b"\n" + key + b":"
+    position = 0
+    lines_before = 0
+    while position < size:
+        block = read(position, 4 * CHUNK_BYTES)
+        while b"\n" not in block and position + len(block) < size:  # a very long line
+            block += read(position + len(block), 4 * CHUNK_BYTES)
+        text = block[: block.rfind(b"\n") + 1 or len(block)]  # whole lines only
+        if text.startswith(needle[1:]):
+            index = 0
+        else:
+            index = text.find(needle)
+            index = index + 1 if index >= 0 else -1
+        if index >= 0:
+            return position + index, lines_before + text.count(b"\n", 0, index) + 1
+        lines_before += text.count(b"\n")
+        position += len(text)
+    raise AssertionError(f"key {key!r} was counted but is not in the dump")
 
 
 # Reads ``size`` bytes at ``offset`` (fewer at the end): a slice of bytes or a pread.
@@ -207,30 +228,32 @@ Read = Callable[[int, int], bytes]
 
 
 class Scan(NamedTuple):
-    """Raw IN keys (bytes) and their counts, and the lines scanned. When a line has a bad
-    shape, ``bad_offset`` is where it starts and ``lines`` counts the lines before it;
-    otherwise ``bad_offset`` is -1."""
+    """Raw IN keys (bytes) and their counts, lines read and lines skipped. When a line has a
+    bad shape (and bad lines are not skipped), ``bad_offset`` is where it starts and
+    ``lines`` counts the lines before it; otherwise ``bad_offset`` is -1."""
 
     keys: dict[bytes, int]
     lines: int
     bad_offset: int
+    skipped: int = 0
 
 
-def scan_lines(read: Read, size: int) -> Scan:
+def scan_lines(read: Read, size: int, *, skip_invalid: bool = False) -> Scan:
     """Scan a whole dump: two processes when it is big and a second CPU is free."""
     if size >= PARALLEL_MIN_BYTES and _can_fork():
-        return scan_in_parallel(read, size)
-    return scan_range(read, 0, size)
+        return scan_in_parallel(read, size, skip_invalid=skip_invalid)
+    return scan_range(read, 0, size, skip_invalid=skip_invalid)
 
 
-def scan_range(read: Read, start: int, end: int) -> Scan:
+def scan_range(read: Read, start: int, end: int, *, skip_invalid: bool = False) -> Scan:
     """Scan the lines in ``[start, end)`` (line boundaries) in cache-sized chunks.
 
     Each chunk is translated, shape-checked and searched while it is still in the CPU
-    cache, instead of streaming the whole dump through memory three times.
+    cache, instead of streaming the whole dump through memory three times. A line with a
+    bad shape ends the scan, or with ``skip_invalid`` is skipped and the scan goes on.
     """
     keys: Counter[bytes] = Counter()
-    lines = 0
+    lines = skipped = 0
     position = start
     while position < end:
         block = read(position, min(CHUNK_BYTES, end - position))
@@ -255,18 +278,35 @@ def scan_range(read: Read, start: int, end: int) -> Scan:
             # pos/endpos instead of slicing: no copy of the block per chunk.
             shape = _ALL_SHAPES.match(skeleton, 0, skeleton_end)
             if shape is None or shape.end() != skeleton_end:
-                bad_line = skeleton.count(b"\n", 0, shape.end() if shape else 0)
-                offset = 0
-                for _ in range(bad_line):
-                    offset = block.index(b"\n", offset) + 1
-                return Scan(dict(keys), lines + bad_line, position + offset)
+                good = skeleton.count(b"\n", 0, shape.end() if shape else 0)
+                if not skip_invalid:
+                    bad_start = _line_start(block, good)
+                    return Scan(dict(keys), lines + good, position + bad_start, skipped)
+                _count_keys(keys, chunk, _line_start(chunk, good))
+                lines += good + 1
+                skipped += 1
+                position += _line_start(block, good + 1)  # go on after the bad line
+                continue
             lines += skeleton.count(b"\n", 0, skeleton_end)
-        keys.update(_KEYS_AFTER_NEWLINE.findall(chunk, 0, chunk_end))
-        first = _KEY_AT_START.match(chunk, 0, chunk_end)
-        if first is not None:
-            keys[first[1]] += 1
+        _count_keys(keys, chunk, chunk_end)
         position += cut
-    return Scan(dict(keys), lines, -1)
+    return Scan(dict(keys), lines, -1, skipped)
+
+
+def _count_keys(keys: Counter[bytes], chunk: bytes, end: int) -> None:
+    """Count the IN keys of the (valid) lines in ``chunk[:end]``."""
+    keys.update(_KEYS_AFTER_NEWLINE.findall(chunk, 0, end))
+    first = _KEY_AT_START.match(chunk, 0, end)
+    if first is not None:
+        keys[first[1]] += 1
+
+
+def _line_start(text: bytes, line: int) -> int:
+    """Where line number ``line`` (0-based) of ``text`` starts."""
+    offset = 0
+    for _ in range(line):
+        offset = text.index(b"\n", offset) + 1
+    return offset
 
 
 def _common_lines(skeleton: bytes, end: int) -> int:
@@ -281,7 +321,7 @@ def _common_lines(skeleton: bytes, end: int) -> int:
     return -1
 
 
-def scan_in_parallel(read: Read, size: int) -> Scan:
+def scan_in_parallel(read: Read, size: int, *, skip_invalid: bool = False) -> Scan:
     """:func:`scan_range` over ``[0, size)``, the second half in a forked child process.
 
     The scan is CPU-bound regex work that holds the GIL, so a second core only helps from
@@ -290,13 +330,14 @@ def scan_in_parallel(read: Read, size: int) -> Scan:
     """
     middle = _line_start_after(read, size // 2, size)
     if middle >= size:
-        return scan_range(read, 0, size)
+        return scan_range(read, 0, size, skip_invalid=skip_invalid)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: scan the second half, report, exit without cleanup handlers
         status = 0
         try:
-            payload = marshal.dumps(tuple(scan_range(read, middle, size)))
+            second_half = scan_range(read, middle, size, skip_invalid=skip_invalid)
+            payload = marshal.dumps(tuple(second_half))
             with os.fdopen(write_end, "wb") as out:
                 out.write(payload)
         except BaseException:
@@ -306,7 +347,7 @@ def scan_in_parallel(read: Read, size: int) -> Scan:
     os.close(write_end)
     try:
         with os.fdopen(read_end, "rb") as incoming:
-            first = scan_range(read, 0, middle)
+            first = scan_range(read, 0, middle, skip_invalid=skip_invalid)
             payload = incoming.read()
     finally:
         _, status = os.waitpid(pid, 0)
@@ -315,10 +356,11 @@ def scan_in_parallel(read: Read, size: int) -> Scan:
     if status == 0 and payload:
         second = Scan(*marshal.loads(payload))
     else:
-        second = scan_range(read, middle, size)
+        second = scan_range(read, middle, size, skip_invalid=skip_invalid)
     keys = Counter(first.keys)
     keys.update(second.keys)
-    return Scan(dict(keys), first.lines + second.lines, second.bad_offset)
+    lines = first.lines + second.lines
+    return Scan(dict(keys), lines, second.bad_offset, first.skipped + second.skipped)
 
 
 def _line_start_after(read: Read, offset: int, size: int) -> int:
@@ -356,27 +398,6 @@ def _problem(line: bytes) -> str | None:
         except (ValueError, UnicodeDecodeError) as exc:
             return f"bad IN tuple ({exc})"
     return None
-
-
-def _count_line_by_line(data: bytes, *, source: str, skip_invalid: bool) -> DumpCounts:
-    """The same count and checks one line at a time: finds bad lines, or skips them."""
-    counts: dict[NatEndpoint, int] = {}
-    skipped = 0
-    lines = data.split(b"\n")[:-1]
-    for number, line in enumerate(lines, start=1):
-        if not line:
-            continue
-        why = _problem(line)
-        if why is not None:
-            if not skip_invalid:
-                raise bad_line(source, number, line, why)
-            skipped += 1
-            continue
-        key = _KEY_AT_START.match(line)
-        if key is not None:
-            endpoint = parse_key(key[1].decode("ascii"))
-            counts[endpoint] = counts.get(endpoint, 0) + 1
-    return DumpCounts(counts, len(lines), skipped, FORMAT)
 
 
 def iter_cilium(data: bytes, *, source: str, skip_invalid: bool = False) -> Iterator[NatEntry]:
