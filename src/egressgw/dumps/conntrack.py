@@ -18,6 +18,7 @@ that are not counted, as are connections that were not source-NATed. conntrack p
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -78,6 +79,7 @@ def count_conntrack(data: bytes, *, source: str, skip_invalid: bool = False) -> 
     return DumpCounts(counts, lines, 0, FORMAT)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a dump repeats the same few endpoints
 def _endpoint(proto: str, osrc: str, rsrc: str, rdst: str, rsport: str) -> NatEndpoint | None:
     """The NatEndpoint of a masqueraded connection; None when it was not source-NATed."""
     orig_src, remote, egress = parse_ip(osrc), parse_ip(rsrc), parse_ip(rdst)
