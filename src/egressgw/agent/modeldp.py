@@ -40,8 +40,13 @@ class ModelAgentDatapath:
     @classmethod
     def for_node_ports(cls, node_port_range: NodePortRange, *, seed: int = 0
                        ) -> ModelAgentDatapath:
+        """A fresh model with Cilium's defaults and ``node_port_range``.
+
+        It runs the reference engine: the agent drives connections one at a time, where
+        the compiled engine's speed does not show but its load time (seconds) would.
+        """
         config = ModelConfig(node_port_range=node_port_range)
-        return cls(ModelDatapath(config, random.Random(seed)))
+        return cls(ModelDatapath(config, random.Random(seed), engine="reference"))
 
     # -- the Datapath interface ----------------------------------------------------------
 

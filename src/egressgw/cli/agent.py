@@ -76,9 +76,8 @@ def agent(
     """
     configure_logging(verbose)
     ports = NodePortRange.parse(node_port_range)
-    datapath = make_datapath(datapath_kind, ports)
     if cleanup:
-        datapath.cleanup()
+        make_datapath(datapath_kind, ports).cleanup()
         logging.getLogger("egressgw.agent").info("removed the %s datapath's rules",
                                                  datapath_kind)
         return
@@ -87,6 +86,7 @@ def agent(
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)} (needed unless --cleanup)")
     assert policies is not None and inventory is not None and node is not None
+    # Every flag is checked before the datapath is built (the model's is slow to load).
     config = AgentConfig(
         policies=policies,
         inventory=inventory,
@@ -98,4 +98,4 @@ def agent(
         listen=ListenAddress.parse(listen),
         poll_interval=parse_duration(poll_interval, field="--poll-interval"),
     )
-    run_agent(config, datapath)
+    run_agent(config, make_datapath(datapath_kind, ports))
