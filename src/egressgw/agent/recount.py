@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
+from typing import Protocol, runtime_checkable
 
 from egressgw.datapath.base import Datapath
 from egressgw.net import Family
@@ -16,17 +17,18 @@ from .state import AgentState, CountSnapshot, FailureSnapshot
 log = logging.getLogger(__name__)
 
 
-def drop_counts(datapath: Datapath) -> Mapping[str, int]:
-    """Drops by reason: datapaths that know more reasons than port allocation say so.
+@runtime_checkable
+class CountsDrops(Protocol):
+    """A datapath that knows drop reasons beyond port allocation (the model does)."""
 
-    The Datapath protocol only promises allocation failures; the model also counts other
-    drops (no gateway, evictions), offered as ``drop_counts()``.
-    """
-    method = getattr(datapath, "drop_counts", None)
-    if callable(method):
-        counts = method()
-        assert isinstance(counts, Mapping)
-        return counts
+    def drop_counts(self) -> Mapping[str, int]: ...
+
+
+def drop_counts(datapath: Datapath) -> Mapping[str, int]:
+    """Drops by reason: all of them where the datapath counts them, else its allocation
+    failures (the kernel's conntrack drops are the gateway's only drop counters)."""
+    if isinstance(datapath, CountsDrops):
+        return datapath.drop_counts()
     return datapath.allocation_failures()
 
 
