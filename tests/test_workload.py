@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from egressgw.errors import InputError
 from egressgw.sim.arrivals import Arrivals, ConstantRate, DailyRate, Process, RampRate
@@ -204,3 +207,26 @@ def test_document_round_trips_through_yaml(tmp_path):
     path = tmp_path / "w.yaml"
     path.write_text(yaml.safe_dump(base()))
     assert load_workload(path).groups[0].count == 10
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    process=st.sampled_from([Process.POISSON, Process.CONSTANT]),
+    low=st.floats(0.0, 50.0),
+    high=st.floats(0.0, 50.0),
+    cuts=st.lists(st.floats(0.0, 100.0), min_size=1, max_size=6),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_any_profile_draws_sorted_starts_inside_each_window(process, low, high, cuts, seed):
+    arrivals = Arrivals(process, RampRate(low, high, begin=10.0, over=30.0))
+    rng = np.random.default_rng(seed)
+    edges = sorted({0.0, 100.0, *cuts})
+    total = 0
+    for t0, t1 in itertools.pairwise(edges):
+        times = arrivals.draw(rng, t0, t1)
+        assert np.all(np.diff(times) >= 0)
+        assert np.all((times >= t0) & (times < t1))
+        total += len(times)
+    if process is Process.CONSTANT:
+        # Evenly spaced: one arrival per unit of cumulative intensity, however cut.
+        assert abs(total - arrivals.expected(0.0, 100.0)) <= 1
