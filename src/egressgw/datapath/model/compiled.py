@@ -8,40 +8,35 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from egressgw.datapath.model import kernel as k
+from egressgw.datapath.model import kernel as _kernel
 from egressgw.datapath.model.config import GC_START_INTERVAL, ModelConfig
 from egressgw.datapath.model.reference import COUNTED_PROTOS, PORT_PROTOS, ConnKey, NatRow
 from egressgw.datapath.model.types import ConnectionBatch, DropReason, EndKind, ModelCounters
 
-INITIAL_ROWS = 1024
+# numba dispatchers accept whatever numba can type; to mypy they are opaque.
+k: Any = _kernel
 
-# Column dtypes: address ids uint32, ports uint16, small fields uint8, links int32.
-CONN_DTYPES = (
-    np.uint32, np.uint32, np.uint32,  # src, dst, egress
-    np.uint16, np.uint16, np.uint16,  # sport, dport, port
-    np.uint8, np.uint8,  # proto, flags
-    np.float64,  # CT expiry
-    np.int32, np.int32, np.int32,  # OUT slot, references, hash chain / free list
-)  # fmt: skip
-NAT_DTYPES = (
-    np.int32, np.uint32, np.uint16, np.uint8,  # owner, address, port, flags
-    np.int32, np.int32, np.int32,  # LRU prev, LRU next / free list, IN hash chain
-    np.float32,  # created
-)  # fmt: skip
-HEAP_DTYPES = (np.float64, np.int64, np.int32, np.float64, np.float32, np.uint8, np.uint32)
+INITIAL_ROWS = 1024
+HEAP_DTYPES = (np.float64, np.int64, np.uint32, np.float64, np.float32, np.uint8, np.uint32)
 
 
 def _pow2_at_least(n: int) -> int:
     return 1 << max(4, (n - 1).bit_length())
 
 
-def _grow(columns: tuple[npt.NDArray[Any], ...], size: int) -> list[npt.NDArray[Any]]:
+def _grow(columns: tuple[npt.NDArray[Any], ...], size: int) -> tuple[npt.NDArray[Any], ...]:
     grown = []
     for col in columns:
         new = np.zeros(size, col.dtype)
         new[: len(col)] = col
         grown.append(new)
-    return grown
+    return tuple(grown)
+
+
+def _grow_rows(rows: npt.NDArray[np.uint32], size: int) -> npt.NDArray[np.uint32]:
+    new = np.zeros((size, rows.shape[1]), np.uint32)
+    new[: len(rows)] = rows
+    return new
 
 
 class CompiledModel:
@@ -74,10 +69,10 @@ class CompiledModel:
         self.fs[k.F_LAST_SIGNAL_GC] = -np.inf
         for i in (k.S_NAT_FREE, k.S_HEAD, k.S_HEAD + 1, k.S_TAIL, k.S_TAIL + 1, k.S_CONN_FREE):
             self.st[i] = -1
-        self.conn: tuple[npt.NDArray[Any], ...] = tuple(np.zeros(0, d) for d in CONN_DTYPES)
-        self.conn_buckets = np.full(16, -1, np.int32)
-        self.nat: tuple[npt.NDArray[Any], ...] = tuple(np.zeros(0, d) for d in NAT_DTYPES)
-        self.in_buckets = np.full(16, -1, np.int32)
+        self.cr = np.zeros((0, k.CR_WORDS), np.uint32)
+        self.cb = np.full(16, k.NONE, np.uint32)
+        self.nr = np.zeros((0, k.NR_WORDS), np.uint32)
+        self.nb = np.full(16, k.NONE, np.uint32)
         self.heap: tuple[npt.NDArray[Any], ...] = tuple(
             np.zeros(INITIAL_ROWS, d) for d in HEAP_DTYPES
         )
@@ -89,48 +84,49 @@ class CompiledModel:
     def _sc(self) -> tuple[npt.NDArray[Any], ...]:
         return (self.st, self.fs, self.cfg, self.cfgf, self.cnt, self.tries, self.mt)
 
-    def _c(self) -> tuple[npt.NDArray[Any], ...]:
-        return (*self.conn, self.conn_buckets)
-
-    def _n(self) -> tuple[npt.NDArray[Any], ...]:
-        return (*self.nat, self.in_buckets)
+    def _tables(self) -> tuple[npt.NDArray[Any], ...]:
+        """CR, CF, CB, NR, NF, NB: records, their float view, index; entries, view, index."""
+        return (
+            self.cr, self.cr.view(np.float64), self.cb,
+            self.nr, self.nr.view(np.float32), self.nb,
+        )  # fmt: skip
 
     # -- growing ------------------------------------------------------------------------
 
     def _grow_conns(self, size: int) -> None:
-        old = len(self.conn[0])
-        cols = _grow(self.conn, size)
-        hnext = cols[11]
-        hnext[old:size] = np.arange(old + 1, size + 1, dtype=np.int32)
-        hnext[size - 1] = self.st[k.S_CONN_FREE]
+        old = len(self.cr)
+        cr = _grow_rows(self.cr, size)
+        head = int(self.st[k.S_CONN_FREE])
+        cr[old:size, k.R_NEXT] = np.arange(old + 1, size + 1, dtype=np.uint32)
+        cr[size - 1, k.R_NEXT] = k.NONE if head < 0 else head
         self.st[k.S_CONN_FREE] = old
         self.st[k.S_CONN_NFREE] += size - old
-        self.conn = tuple(cols)
-        self.conn_buckets = np.full(_pow2_at_least(size), -1, np.int32)
-        # Free slots keep their free-list links; rebuild only re-threads used records.
-        k.rebuild_conn_index(self._c())
+        self.cr = cr
+        self.cb = np.full(_pow2_at_least(size), k.NONE, np.uint32)
+        # Free records keep their free-list links; only used records are re-threaded.
+        k.rebuild_conn_index(self.cr, self.cb)
 
     def _grow_nat(self, size: int) -> None:
-        old = len(self.nat[0])
-        cols = _grow(self.nat, size)
-        nxt = cols[5]
-        nxt[old:size] = np.arange(old + 1, size + 1, dtype=np.int32)
-        nxt[size - 1] = self.st[k.S_NAT_FREE]
+        old = len(self.nr)
+        nr = _grow_rows(self.nr, size)
+        head = int(self.st[k.S_NAT_FREE])
+        nr[old:size, k.E_NEXT] = np.arange(old + 1, size + 1, dtype=np.uint32)
+        nr[size - 1, k.E_NEXT] = k.NONE if head < 0 else head
         self.st[k.S_NAT_FREE] = old
         self.st[k.S_NAT_NFREE] += size - old
-        self.nat = tuple(cols)
-        self.in_buckets = np.full(_pow2_at_least(size), -1, np.int32)
-        k.rebuild_in_index(self._c(), self._n())
+        self.nr = nr
+        self.nb = np.full(_pow2_at_least(size), k.NONE, np.uint32)
+        k.rebuild_in_index(self.cr, self.nr, self.nb)
 
     def _grow_heap(self) -> None:
-        self.heap = tuple(_grow(self.heap, 2 * len(self.heap[0])))
+        self.heap = _grow(self.heap, 2 * len(self.heap[0]))
 
     def _make_room(self, need: int) -> None:
         if need == k.NEED_CONN:
-            self._grow_conns(2 * len(self.conn[0]))
+            self._grow_conns(2 * len(self.cr))
         elif need == k.NEED_NAT:
             limit = 2 * self.config.bpf_nat_global_max
-            size = len(self.nat[0])
+            size = len(self.nr)
             if size >= limit:
                 raise AssertionError("NAT pool at its limit yet short of room")
             self._grow_nat(min(limit, 2 * size))
@@ -182,34 +178,30 @@ class CompiledModel:
             tries=self.tries.copy(),
         )
 
-    def connect(self, key: ConnKey, egress: int) -> tuple[int, int, int]:
+    def _send(self, key: ConnKey, egress: int, mode: int) -> tuple[int, int, bool, int]:
         self._room_for_one(key[0])
         state = self._load_rng()
-        port, drop, retries = k.op_connect(self._sc(), self._c(), self._n(), *key, egress)
-        self._store_rng(state)
-        return int(port), int(drop), int(retries)
-
-    def _send(self, key: ConnKey, egress: int, closing: bool) -> tuple[int, int, bool, int]:
-        self._room_for_one(key[0])
-        state = self._load_rng()
-        port, drop, broken, retries = k.op_send(
-            self._sc(), self._c(), self._n(), *key, egress, closing
-        )
+        port, drop, broken, retries = k.op_send(self._sc(), *self._tables(), *key, egress, mode)
         self._store_rng(state)
         return int(port), int(drop), bool(broken), int(retries)
 
+    def connect(self, key: ConnKey, egress: int) -> tuple[int, int, int]:
+        port, drop, _broken, retries = self._send(key, egress, 1)
+        return port, drop, retries
+
     def send(self, key: ConnKey, egress: int) -> tuple[int, int, bool, int]:
-        return self._send(key, egress, False)
+        return self._send(key, egress, 0)
 
     def reply(self, key: ConnKey) -> tuple[int, int]:
-        port, drop = k.op_reply(self._sc(), self._c(), self._n(), *key)
+        cr, cf, cb, nr, _nf, nb = self._tables()
+        port, drop = k.op_reply(self._sc(), cr, cf, cb, nr, nb, *key)
         return int(port), int(drop)
 
     def close(self, key: ConnKey, kind: int) -> tuple[int, int, bool, int]:
-        o = k.conn_find(self._c(), *key)
-        if kind == EndKind.IDLE or o < 0 or not self.conn[7][o] & k.CF_CT:
+        o = k.conn_find(self.cr, self.cb, *key)
+        if kind == EndKind.IDLE or o < 0 or not self.cr[o, k.R_MISC] & k.CF_CT:
             return -1, 0, False, 0
-        return self._send(key, int(self.conn[2][o]), True)
+        return self._send(key, int(self.cr[o, k.R_EGRESS]), 2)
 
     def run(self, batch: ConnectionBatch, until: float) -> None:
         columns = (
@@ -220,7 +212,7 @@ class CompiledModel:
         state = self._load_rng()
         try:
             while True:
-                status = k.run(self._sc(), self._c(), self._n(), self.heap, columns, float(until))
+                status = k.run(self._sc(), *self._tables(), self.heap, columns, float(until))
                 if status == k.OK:
                     break
                 self._make_room(status)
@@ -232,41 +224,42 @@ class CompiledModel:
 
     def _slots_in_lru_order(self, family: int) -> npt.NDArray[np.int64]:
         out = np.empty(int(self.st[k.S_COUNT + family]), np.int64)
-        count = k.lru_order(self.st, self._n(), family, out)
+        count = k.lru_order(self.st, self.nr, family, out)
         return out[:count]
 
     def nat_rows(self) -> list[NatRow]:
         rows: list[NatRow] = []
-        n_owner, n_addr, n_port, n_flags, _p, _n, _h, n_created = self.nat
-        c_src, c_dst, _e, c_sport, c_dport, _port, c_proto = self.conn[:7]
+        created = self.nr.view(np.float32)[:, k.E_CREATED]
         for family in (0, 1):
             for e in self._slots_in_lru_order(family):
-                o = n_owner[e]
-                direction = 1 if n_flags[e] & k.NF_IN else 0
+                entry = self.nr[e]
+                record = self.cr[entry[k.E_OWNER]]
+                ports = int(record[k.R_PORTS])
                 rows.append(
                     (
-                        family, direction, int(c_src[o]), int(c_sport[o]), int(c_dst[o]),
-                        int(c_dport[o]), int(c_proto[o]), int(n_addr[e]), int(n_port[e]),
-                        float(n_created[e]),
+                        family, 1 if entry[k.E_PORTFLAGS] & k.NF_IN else 0,
+                        int(record[k.R_SRC]), ports >> 16, int(record[k.R_DST]),
+                        ports & 0xFFFF, (int(record[k.R_MISC]) >> 8) & 0xFF,
+                        int(entry[k.E_ADDR]), int(entry[k.E_PORTFLAGS]) >> 8,
+                        float(created[e]),
                     )
                 )  # fmt: skip
         return rows
 
     def in_endpoint_counts(self) -> dict[tuple[int, int, int, int, int], int]:
-        n_owner, n_addr, _port, n_flags = self.nat[:4]
-        c_dst, c_dport, c_proto = self.conn[1], self.conn[4], self.conn[6]
-        used_in = (n_flags & (k.NF_USED | k.NF_IN)) == (k.NF_USED | k.NF_IN)
-        slots = np.flatnonzero(used_in)
-        owners = n_owner[slots]
-        family = ((n_flags[slots] & k.NF_V6) != 0).astype(np.int64)
-        proto = c_proto[owners].astype(np.int64)
+        flags = self.nr[:, k.E_PORTFLAGS] & 0xFF
+        slots = np.flatnonzero((flags & (k.NF_USED | k.NF_IN)) == (k.NF_USED | k.NF_IN))
+        records = self.cr[self.nr[slots, k.E_OWNER]]
+        family = ((flags[slots] & k.NF_V6) != 0).astype(np.int64)
+        proto = ((records[:, k.R_MISC] >> 8) & 0xFF).astype(np.int64)
         counted = np.zeros(len(slots), bool)
         for fam in (0, 1):
             counted |= (family == fam) & np.isin(proto, COUNTED_PROTOS[fam])
-        rport = np.where(np.isin(proto, PORT_PROTOS), c_dport[owners], 0).astype(np.int64)
+        dport = (records[:, k.R_PORTS] & 0xFFFF).astype(np.int64)
+        rport = np.where(np.isin(proto, PORT_PROTOS), dport, 0)
         keys = np.stack(
-            [family, proto, n_addr[slots].astype(np.int64), c_dst[owners].astype(np.int64),
-             rport]
+            [family, proto, self.nr[slots, k.E_ADDR].astype(np.int64),
+             records[:, k.R_DST].astype(np.int64), rport]
         )[:, counted]  # fmt: skip
         if keys.shape[1] == 0:
             return {}
@@ -278,7 +271,7 @@ class CompiledModel:
 
     def memory_bytes(self) -> int:
         """Bytes held by the kernel's arrays (connections, NAT entries, indexes, heap)."""
-        arrays = (*self._sc(), *self._c(), *self._n(), *self.heap)
+        arrays = (*self._sc(), self.cr, self.cb, self.nr, self.nb, *self.heap)
         return int(sum(a.nbytes for a in arrays))
 
     @property

@@ -1,29 +1,34 @@
-"""The compiled kernel: the reference semantics on numpy columns, compiled with numba.
+"""The compiled kernel: the reference semantics on numpy rows, compiled with numba.
 
-State lives in flat arrays grouped in four tuples, so every function can be compiled once
-and cached on disk (``cache=True``):
+State lives in a few flat arrays, so every function compiles once and is cached on disk
+(``cache=True``):
 
 - ``SC`` scalars: ``st`` (int64 scalars), ``fs`` (float64 clock and GC state), ``cfg``
   (int64 settings), ``cfgf`` (float64 settings), ``cnt`` (counters), ``tries``
   (histogram) and ``mt`` (the MT19937 state of the injected ``random.Random``).
-- ``C`` connections, one record per CT key (original tuple): the CT entry (flags,
-  expiry), the port it last got, its OUT entry, a reference count (NAT entries naming it
-  as owner plus pending events) and a chained hash index on the tuple. A record without a
-  CT entry stays while something references it, so NAT entries can name their tuple by
-  record number instead of copying it.
-- ``N`` NAT entries: owner record, translated address and port, flags, the per-family
-  LRU list (doubly linked) and a chained hash index on the IN key.
+- ``CR`` connection records, one uint32 row (40 bytes) per CT key, i.e. original tuple:
+  the tuple, the egress address, the CT entry (flags, expiry as float64 in the last two
+  words, read through the ``CF`` view), the port it last got, its OUT entry, a reference
+  count (NAT entries naming it as owner plus pending events) and the hash chain. A record
+  without a CT entry stays while something references it, so NAT entries name their
+  tuple by record number instead of copying it. ``CB`` is the hash index.
+- ``NR`` NAT entries, one uint32 row (32 bytes): owner record, translated address and
+  port, flags, the per-family LRU list (doubly linked), the IN hash chain and the created
+  time (float32 through the ``NF`` view). ``NB`` is the IN hash index.
 - ``H`` pending events: a binary heap ordered by (time, sequence number).
 
-Functions that might need room (a new record, NAT slot or heap slot) check for it before
-they change anything and return a NEED_* code, so the Python side can grow the arrays and
-call again: every step is atomic.
+Rows rather than columns: a lookup touches one cache line per record instead of one per
+field. Every function is compiled with ``_nrt=False``: none allocates, and without numba's
+reference counting a call no longer pays two atomic operations per array argument (that
+alone made a connection start 2-3x slower). Small hot helpers are inlined at IR level.
+Functions that might need room (a new record, NAT slot or heap slot) check for it before they change anything and return a
+NEED_* code, so the Python side can grow the arrays and call again: every step is atomic.
 """
 
-# Compiled functions take the state as tuples of flat arrays and many scalar arguments;
-# numba infers their types, so annotations would only repeat what it checks anyway.
+# Compiled functions take the state as flat arrays and many scalar arguments; numba infers
+# and checks their types when it compiles them, so mypy is told to leave this file alone.
 # ruff: noqa: ANN001, ANN201, ANN202, PLR0917
-# mypy: disable-error-code="no-untyped-def, no-any-return"
+# mypy: ignore-errors
 
 from __future__ import annotations
 
@@ -85,6 +90,30 @@ K_SIGNALS = 9
 K_GC_RUNS = 10
 CNT_SIZE = 11
 
+# -- connection record words (CR) -----------------------------------------------------------
+R_SRC = 0
+R_DST = 1
+R_EGRESS = 2
+R_PORTS = 3  # sport << 16 | dport
+R_MISC = 4  # port << 16 | proto << 8 | flags
+R_OUT = 5
+R_REFS = 6
+R_NEXT = 7  # hash chain, or free list
+CR_WORDS = 10  # words 8-9: CT expiry, float64 column 4 of the CF view
+CF_EXPIRY = 4
+
+# -- NAT entry words (NR) -------------------------------------------------------------------
+E_OWNER = 0
+E_ADDR = 1
+E_PORTFLAGS = 2  # port << 8 | flags
+E_PREV = 3
+E_NEXT = 4  # LRU next, or free list
+E_HNEXT = 5
+E_CREATED = 6  # float32 column 6 of the NF view
+NR_WORDS = 8
+
+NONE = 0xFFFFFFFF
+
 # -- flags ----------------------------------------------------------------------------------
 CF_USED = 1
 CF_CT = 2
@@ -114,7 +143,7 @@ _U32 = np.uint64(0xFFFFFFFF)
 # -- MT19937, exactly as CPython's _random module ---------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _mt_generate(mt: np.ndarray) -> None:
     upper = np.uint64(0x80000000)
     lower = np.uint64(0x7FFFFFFF)
@@ -128,8 +157,9 @@ def _mt_generate(mt: np.ndarray) -> None:
         mt[kk] = np.uint32(v & _U32)
 
 
-@njit(cache=True)
-def mt_next32(st: np.ndarray, mt: np.ndarray) -> np.uint64:
+@njit(cache=True, _nrt=False, inline="always")
+def mt_random16(st: np.ndarray, mt: np.ndarray) -> int:
+    """``random.Random.getrandbits(16)``: the top 16 bits of one 32-bit output."""
     i = st[S_MT_INDEX]
     if i >= 624:
         _mt_generate(mt)
@@ -140,16 +170,10 @@ def mt_next32(st: np.ndarray, mt: np.ndarray) -> np.uint64:
     y ^= (y << np.uint64(7)) & np.uint64(0x9D2C5680)
     y ^= (y << np.uint64(15)) & np.uint64(0xEFC60000)
     y ^= y >> np.uint64(18)
-    return y & _U32
+    return int((y & _U32) >> np.uint64(16))
 
 
-@njit(cache=True)
-def mt_random16(st: np.ndarray, mt: np.ndarray) -> int:
-    """``random.Random.getrandbits(16)``: the top 16 bits of one 32-bit output."""
-    return int(mt_next32(st, mt) >> np.uint64(16))
-
-
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def mt_fill16(st: np.ndarray, mt: np.ndarray, out: np.ndarray) -> None:
     for i in range(out.shape[0]):
         out[i] = mt_random16(st, mt)
@@ -158,90 +182,92 @@ def mt_fill16(st: np.ndarray, mt: np.ndarray, out: np.ndarray) -> None:
 # -- hashing ----------------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
-def _mix(x: np.uint64) -> np.uint64:
+@njit(cache=True, _nrt=False, inline="always")
+def _hash(a, b, c, mask) -> int:
+    """Bucket of a key packed into three 32-bit words."""
+    x = (np.uint64(a) << np.uint64(32)) | np.uint64(b)
+    x ^= np.uint64(c) * np.uint64(0x9E3779B97F4A7C15)
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    x ^= x >> np.uint64(31)
+    return np.int64(x & np.uint64(mask))
 
 
-@njit(cache=True, inline="always")
-def _hash5(a: int, b: int, c: int, d: int, e: int, mask: int) -> int:
-    hi = (np.uint64(a) << np.uint64(32)) | np.uint64(c)
-    lo = (np.uint64(b) << np.uint64(24)) | (np.uint64(d) << np.uint64(8)) | np.uint64(e)
-    return int(_mix(hi ^ _mix(lo)) & np.uint64(mask))
+@njit(cache=True, _nrt=False, inline="always")
+def _conn_bucket(CB, src, dst, ports, proto) -> int:
+    return _hash(src, dst, (np.uint64(ports) << np.uint64(8)) | np.uint64(proto), CB.shape[0] - 1)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _in_bucket(NB, egress, dst, port, dport, proto) -> int:
+    key = (np.uint64(port) << np.uint64(24)) | (np.uint64(dport) << np.uint64(8))
+    return _hash(egress, dst, key | np.uint64(proto), NB.shape[0] - 1)
 
 
 # -- connection records ------------------------------------------------------------------------
 
 
-@njit(cache=True)
-def conn_find(C, src: int, sport: int, dst: int, dport: int, proto: int) -> int:
-    c_src, c_dst, _eg, c_sport, c_dport, _p, c_proto, _f, _x, _o, _r, c_hnext, buckets = C
-    o = buckets[_hash5(src, sport, dst, dport, proto, buckets.shape[0] - 1)]
-    while o >= 0:
+@njit(cache=True, _nrt=False, inline="always")
+def conn_find(CR, CB, src, sport, dst, dport, proto) -> int:
+    ports = (sport << 16) | dport
+    o = CB[_conn_bucket(CB, src, dst, ports, proto)]
+    while o != NONE:
         if (
-            c_src[o] == src
-            and c_dst[o] == dst
-            and c_sport[o] == sport
-            and c_dport[o] == dport
-            and c_proto[o] == proto
+            CR[o, R_SRC] == src
+            and CR[o, R_DST] == dst
+            and CR[o, R_PORTS] == ports
+            and (CR[o, R_MISC] >> 8) & 0xFF == proto
         ):
-            return o
-        o = c_hnext[o]
+            return np.int64(o)
+        o = CR[o, R_NEXT]
     return -1
 
 
-@njit(cache=True)
-def _conn_new(st, C, src, sport, dst, dport, proto, egress):
-    c_src, c_dst, c_eg, c_sport, c_dport, c_port, c_proto, c_flags, _x, c_out, c_refs = C[:11]
-    c_hnext, buckets = C[11], C[12]
+@njit(cache=True, _nrt=False, inline="always")
+def _conn_new(st, CR, CB, src, sport, dst, dport, proto, egress) -> int:
     o = st[S_CONN_FREE]
-    st[S_CONN_FREE] = c_hnext[o]
+    st[S_CONN_FREE] = CR[o, R_NEXT] if CR[o, R_NEXT] != NONE else -1
     st[S_CONN_NFREE] -= 1
     st[S_CONN_COUNT] += 1
-    c_src[o] = src
-    c_dst[o] = dst
-    c_sport[o] = sport
-    c_dport[o] = dport
-    c_proto[o] = proto
-    c_eg[o] = egress
-    c_port[o] = 0
-    c_flags[o] = CF_USED
-    c_out[o] = -1
-    c_refs[o] = 0
-    b = _hash5(src, sport, dst, dport, proto, buckets.shape[0] - 1)
-    c_hnext[o] = buckets[b]
-    buckets[b] = o
+    ports = (sport << 16) | dport
+    CR[o, R_SRC] = src
+    CR[o, R_DST] = dst
+    CR[o, R_PORTS] = ports
+    CR[o, R_EGRESS] = egress
+    CR[o, R_MISC] = (proto << 8) | CF_USED
+    CR[o, R_OUT] = NONE
+    CR[o, R_REFS] = 0
+    b = _conn_bucket(CB, src, dst, ports, proto)
+    CR[o, R_NEXT] = CB[b]
+    CB[b] = o
     return o
 
 
-@njit(cache=True)
-def conn_maybe_free(st, C, o: int) -> None:
+@njit(cache=True, _nrt=False, inline="always")
+def conn_maybe_free(st, CR, CB, o) -> None:
     """Free a record that has neither a CT entry nor anything referring to it."""
-    c_src, c_dst, _eg, c_sport, c_dport, _p, c_proto, c_flags, _x, _o, c_refs = C[:11]
-    c_hnext, buckets = C[11], C[12]
-    if c_refs[o] != 0 or c_flags[o] & CF_CT or not c_flags[o] & CF_USED:
+    misc = CR[o, R_MISC]
+    if CR[o, R_REFS] != 0 or misc & CF_CT or not misc & CF_USED:
         return
-    b = _hash5(c_src[o], c_sport[o], c_dst[o], c_dport[o], c_proto[o], buckets.shape[0] - 1)
-    prev = -1
-    cur = buckets[b]
+    b = _conn_bucket(CB, CR[o, R_SRC], CR[o, R_DST], CR[o, R_PORTS], (misc >> 8) & 0xFF)
+    prev = NONE
+    cur = CB[b]
     while cur != o:
         prev = cur
-        cur = c_hnext[cur]
-    if prev < 0:
-        buckets[b] = c_hnext[o]
+        cur = CR[cur, R_NEXT]
+    if prev == NONE:
+        CB[b] = CR[o, R_NEXT]
     else:
-        c_hnext[prev] = c_hnext[o]
-    c_flags[o] = 0
-    c_hnext[o] = st[S_CONN_FREE]
+        CR[prev, R_NEXT] = CR[o, R_NEXT]
+    CR[o, R_MISC] = 0
+    CR[o, R_NEXT] = st[S_CONN_FREE] if st[S_CONN_FREE] >= 0 else NONE
     st[S_CONN_FREE] = o
     st[S_CONN_NFREE] += 1
     st[S_CONN_COUNT] -= 1
 
 
-@njit(cache=True)
-def _lifetime(cfgf, proto: int, state: int) -> float:
+@njit(cache=True, _nrt=False, inline="always")
+def _lifetime(cfgf, proto, state) -> float:
     if proto != TCP:
         return cfgf[T_ANY]
     if state == CT_ESTABLISHED:
@@ -254,165 +280,164 @@ def _lifetime(cfgf, proto: int, state: int) -> float:
 # -- the NAT map ------------------------------------------------------------------------------
 
 
-@njit(cache=True)
-def _lru_unlink(st, N, e: int, fam: int) -> None:
-    n_prev, n_next = N[4], N[5]
-    p = n_prev[e]
-    q = n_next[e]
-    if p >= 0:
-        n_next[p] = q
+@njit(cache=True, _nrt=False, inline="always")
+def _lru_unlink(st, NR, e, fam) -> None:
+    p = NR[e, E_PREV]
+    q = NR[e, E_NEXT]
+    if p != NONE:
+        NR[p, E_NEXT] = q
     else:
-        st[S_HEAD + fam] = q
-    if q >= 0:
-        n_prev[q] = p
+        st[S_HEAD + fam] = -1 if q == NONE else q
+    if q != NONE:
+        NR[q, E_PREV] = p
     else:
-        st[S_TAIL + fam] = p
+        st[S_TAIL + fam] = -1 if p == NONE else p
 
 
-@njit(cache=True)
-def _lru_push(st, N, e: int, fam: int) -> None:
-    n_prev, n_next = N[4], N[5]
+@njit(cache=True, _nrt=False, inline="always")
+def _lru_push(st, NR, e, fam) -> None:
     h = st[S_HEAD + fam]
-    n_prev[e] = -1
-    n_next[e] = h
+    NR[e, E_PREV] = NONE
     if h >= 0:
-        n_prev[h] = e
+        NR[e, E_NEXT] = h
+        NR[h, E_PREV] = e
     else:
+        NR[e, E_NEXT] = NONE
         st[S_TAIL + fam] = e
     st[S_HEAD + fam] = e
 
 
-@njit(cache=True)
-def nat_touch(st, N, e: int) -> None:
+@njit(cache=True, _nrt=False, inline="always")
+def nat_touch(st, NR, e) -> None:
     """A lookup from the datapath: the entry becomes the most recently used."""
-    fam = 1 if N[3][e] & NF_V6 else 0
+    fam = 1 if NR[e, E_PORTFLAGS] & NF_V6 else 0
     if st[S_HEAD + fam] == e:
         return
-    _lru_unlink(st, N, e, fam)
-    _lru_push(st, N, e, fam)
+    _lru_unlink(st, NR, e, fam)
+    _lru_push(st, NR, e, fam)
 
 
-@njit(cache=True)
-def in_find(C, N, dst: int, dport: int, egress: int, port: int, proto: int) -> int:
-    c_dst, c_dport, c_proto = C[1], C[4], C[6]
-    n_owner, n_addr, n_port, n_flags, n_hnext, buckets = N[0], N[1], N[2], N[3], N[6], N[8]
-    e = buckets[_hash5(egress, port, dst, dport, proto, buckets.shape[0] - 1)]
-    while e >= 0:
-        o = n_owner[e]
-        if (
-            n_port[e] == port
-            and n_addr[e] == egress
-            and n_flags[e] & NF_IN
-            and c_dst[o] == dst
-            and c_dport[o] == dport
-            and c_proto[o] == proto
-        ):
-            return e
-        e = n_hnext[e]
+@njit(cache=True, _nrt=False, inline="always")
+def in_find(CR, NR, NB, dst, dport, egress, port, proto) -> int:
+    e = NB[_in_bucket(NB, egress, dst, port, dport, proto)]
+    want = (port << 8) | NF_USED | NF_IN
+    while e != NONE:
+        if (NR[e, E_PORTFLAGS] & 0xFFFFFB) == want and NR[e, E_ADDR] == egress:
+            o = NR[e, E_OWNER]
+            if (
+                CR[o, R_DST] == dst
+                and CR[o, R_PORTS] & 0xFFFF == dport
+                and (CR[o, R_MISC] >> 8) & 0xFF == proto
+            ):
+                return np.int64(e)
+        e = NR[e, E_HNEXT]
     return -1
 
 
-@njit(cache=True)
-def nat_remove(st, cnt, C, N, e: int, evicted: bool) -> None:
+@njit(cache=True, _nrt=False, inline="always")
+def nat_remove(st, cnt, CR, CB, NR, NB, e, evicted) -> None:
     """Delete a NAT entry (an LRU eviction when ``evicted``)."""
-    c_dst, c_dport, c_proto, c_out, c_refs = C[1], C[4], C[6], C[9], C[10]
-    n_owner, n_addr, n_port, n_flags, n_next, n_hnext, buckets = (
-        N[0], N[1], N[2], N[3], N[5], N[6], N[8],
-    )  # fmt: skip
-    fam = 1 if n_flags[e] & NF_V6 else 0
-    o = n_owner[e]
-    _lru_unlink(st, N, e, fam)
-    if n_flags[e] & NF_IN:
-        b = _hash5(n_addr[e], n_port[e], c_dst[o], c_dport[o], c_proto[o], buckets.shape[0] - 1)
-        prev = -1
-        cur = buckets[b]
+    pf = NR[e, E_PORTFLAGS]
+    fam = 1 if pf & NF_V6 else 0
+    o = NR[e, E_OWNER]
+    _lru_unlink(st, NR, e, fam)
+    if pf & NF_IN:
+        b = _in_bucket(
+            NB, NR[e, E_ADDR], CR[o, R_DST], pf >> 8, CR[o, R_PORTS] & 0xFFFF,
+            (CR[o, R_MISC] >> 8) & 0xFF,
+        )  # fmt: skip
+        prev = NONE
+        cur = NB[b]
         while cur != e:
             prev = cur
-            cur = n_hnext[cur]
-        if prev < 0:
-            buckets[b] = n_hnext[e]
+            cur = NR[cur, E_HNEXT]
+        if prev == NONE:
+            NB[b] = NR[e, E_HNEXT]
         else:
-            n_hnext[prev] = n_hnext[e]
+            NR[prev, E_HNEXT] = NR[e, E_HNEXT]
         if evicted:
             cnt[K_EVICT_IN] += 1
     else:
-        if c_out[o] == e:
-            c_out[o] = -1
+        if CR[o, R_OUT] == e:
+            CR[o, R_OUT] = NONE
         if evicted:
             cnt[K_EVICT_OUT] += 1
-    n_flags[e] = 0
-    n_next[e] = st[S_NAT_FREE]
+    NR[e, E_PORTFLAGS] = 0
+    NR[e, E_NEXT] = st[S_NAT_FREE] if st[S_NAT_FREE] >= 0 else NONE
     st[S_NAT_FREE] = e
     st[S_NAT_NFREE] += 1
     st[S_COUNT + fam] -= 1
-    c_refs[o] -= 1
-    conn_maybe_free(st, C, o)
+    CR[o, R_REFS] -= 1
+    conn_maybe_free(st, CR, CB, o)
 
 
-@njit(cache=True)
-def nat_room(st, cfg, fam: int) -> bool:
+@njit(cache=True, _nrt=False, inline="always")
+def nat_room(st, cfg, fam) -> bool:
     """Whether two inserts into the family's map can be served without growing arrays."""
     need = min(2, cfg[C_CAP] - st[S_COUNT + fam])
     return st[S_NAT_NFREE] >= need
 
 
-@njit(cache=True)
-def _nat_insert(st, cnt, cfg, C, N, o, addr, port, is_in, fam, now):
+@njit(cache=True, _nrt=False, inline="always")
+def _nat_insert(st, cnt, cfg, CR, CB, NR, NF, NB, o, addr, port, is_in, fam, now) -> int:
     if st[S_COUNT + fam] >= cfg[C_CAP]:
-        nat_remove(st, cnt, C, N, st[S_TAIL + fam], True)
-    n_owner, n_addr, n_port, n_flags, _p, n_next, n_hnext, n_created, buckets = N
-    c_dst, c_dport, c_proto, c_refs = C[1], C[4], C[6], C[10]
+        nat_remove(st, cnt, CR, CB, NR, NB, st[S_TAIL + fam], True)
     e = st[S_NAT_FREE]
-    st[S_NAT_FREE] = n_next[e]
+    nxt = NR[e, E_NEXT]
+    st[S_NAT_FREE] = -1 if nxt == NONE else nxt
     st[S_NAT_NFREE] -= 1
     st[S_COUNT + fam] += 1
-    n_owner[e] = o
-    n_addr[e] = addr
-    n_port[e] = port
-    n_created[e] = now
+    NR[e, E_OWNER] = o
+    NR[e, E_ADDR] = addr
+    NF[e, E_CREATED] = now
     flags = NF_USED
     if fam:
         flags |= NF_V6
     if is_in:
         flags |= NF_IN
-        b = _hash5(addr, port, c_dst[o], c_dport[o], c_proto[o], buckets.shape[0] - 1)
-        n_hnext[e] = buckets[b]
-        buckets[b] = e
-    n_flags[e] = flags
-    c_refs[o] += 1
-    _lru_push(st, N, e, fam)
+        b = _in_bucket(
+            NB, addr, CR[o, R_DST], port, CR[o, R_PORTS] & 0xFFFF, (CR[o, R_MISC] >> 8) & 0xFF
+        )
+        NR[e, E_HNEXT] = NB[b]
+        NB[b] = e
+    NR[e, E_PORTFLAGS] = (port << 8) | flags
+    CR[o, R_REFS] += 1
+    _lru_push(st, NR, e, fam)
     return e
 
 
-@njit(cache=True)
-def _clamp(start: int, end: int, value: int) -> int:
+@njit(cache=True, _nrt=False, inline="always")
+def _clamp(start, end, value) -> int:
     return ((value & 0xFFFF) % ((end - start) & 0xFFFF) + start) & 0xFFFF
 
 
-@njit(cache=True)
-def _allocate(SC, C, N, o: int, egress: int, fam: int):
+@njit(cache=True, _nrt=False, inline="always")
+def _allocate(SC, CR, CB, NR, NF, NB, o, egress, fam):
     """snat_v4_new_mapping: returns (port or -1, retries)."""
     st, fs, cfg, cfgf, cnt, tries, mt = SC
-    _c_src, c_dst, c_sport, c_dport, c_proto, c_out = C[0], C[1], C[3], C[4], C[6], C[9]
     start = cfg[C_PMIN]
     end = cfg[C_PMAX]
     retries_max = cfg[C_RETRIES]
     now = fs[F_NOW]
-    sport = int(c_sport[o])
+    ports = np.int64(CR[o, R_PORTS])
+    sport = ports >> 16
+    dport = ports & 0xFFFF
+    dst = np.int64(CR[o, R_DST])
+    proto = np.int64((CR[o, R_MISC] >> 8) & 0xFF)
+    np.int64(CR[o, R_SRC])
     port = sport if start <= sport <= end else _clamp(start, end, mt_random16(st, mt))
-    dst = int(c_dst[o])
-    dport = int(c_dport[o])
-    proto = int(c_proto[o])
     retries = 0
     found = False
     while retries < retries_max:
-        e = in_find(C, N, dst, dport, egress, port, proto)
+        e = in_find(CR, NR, NB, dst, dport, egress, port, proto)
         if e < 0:
-            _nat_insert(st, cnt, cfg, C, N, o, egress, port, True, fam, now)
-            c_out[o] = _nat_insert(st, cnt, cfg, C, N, o, egress, port, False, fam, now)
+            _nat_insert(st, cnt, cfg, CR, CB, NR, NF, NB, o, egress, port, True, fam, now)
+            CR[o, R_OUT] = _nat_insert(
+                st, cnt, cfg, CR, CB, NR, NF, NB, o, egress, port, False, fam, now
+            )
             found = True
             break
-        nat_touch(st, N, e)
+        nat_touch(st, NR, e)
         port = _clamp(start, end, port + 1) if retries else _clamp(start, end, mt_random16(st, mt))
         retries += 1
     tries[retries] += 1
@@ -427,78 +452,80 @@ def _allocate(SC, C, N, o: int, egress: int, fam: int):
 # -- packets ----------------------------------------------------------------------------------
 
 
-@njit(cache=True)
-def forward(SC, C, N, src, sport, dst, dport, proto, egress, closing):
+@njit(cache=True, _nrt=False)
+def forward(SC, CR, CF, CB, NR, NF, NB, src, sport, dst, dport, proto, egress, closing):
     """A packet from the pod: (record, port or -1, drop, broken, retries)."""
     st, fs, _cfg, cfgf, cnt, _tries, _mt = SC
-    c_eg, c_port, c_flags, c_expiry, c_out = C[2], C[5], C[7], C[8], C[9]
     now = fs[F_NOW]
     fam = 1 if src & V6_BIT else 0
-    o = conn_find(C, src, sport, dst, dport, proto)
+    o = conn_find(CR, CB, src, sport, dst, dport, proto)
     out = -1
-    if o >= 0 and c_out[o] >= 0:
-        out = c_out[o]
-        nat_touch(st, N, out)
-    if o < 0 or not c_flags[o] & CF_CT:
+    if o >= 0 and CR[o, R_OUT] != NONE:
+        out = np.int64(CR[o, R_OUT])
+        nat_touch(st, NR, out)
+    if o < 0 or not CR[o, R_MISC] & CF_CT:
         if o < 0:
-            o = _conn_new(st, C, src, sport, dst, dport, proto, egress)
+            o = _conn_new(st, CR, CB, src, sport, dst, dport, proto, egress)
         state = CT_CLOSING if closing and proto == TCP else CT_SYN
-        c_flags[o] = CF_USED | CF_CT | (state << CF_STATE_SHIFT)
-        c_eg[o] = egress
-        c_port[o] = 0
-        c_expiry[o] = now + _lifetime(cfgf, proto, state)
+        CR[o, R_MISC] = (proto << 8) | CF_USED | CF_CT | (state << CF_STATE_SHIFT)
+        CR[o, R_EGRESS] = egress
+        CF[o, CF_EXPIRY] = now + _lifetime(cfgf, proto, state)
         st[S_CT_COUNT] += 1
     else:
-        state = (c_flags[o] >> CF_STATE_SHIFT) & 3
+        misc = CR[o, R_MISC]
+        state = (misc >> CF_STATE_SHIFT) & 3
         if closing and proto == TCP:
             state = CT_CLOSING
-            c_flags[o] = (c_flags[o] & 7) | (state << CF_STATE_SHIFT)
-        c_expiry[o] = now + _lifetime(cfgf, proto, state)
+            CR[o, R_MISC] = (misc & 0xFFFFFF07) | (state << CF_STATE_SHIFT)
+        CF[o, CF_EXPIRY] = now + _lifetime(cfgf, proto, state)
     if out >= 0:
-        return o, int(N[2][out]), 0, False, 0
-    broken = c_port[o] != 0
-    if broken and not c_flags[o] & CF_BROKEN:
-        c_flags[o] |= CF_BROKEN
+        return o, np.int64(NR[out, E_PORTFLAGS] >> 8), 0, False, 0
+    misc = CR[o, R_MISC]
+    broken = misc >> 16 != 0
+    if broken and not misc & CF_BROKEN:
+        CR[o, R_MISC] = misc | CF_BROKEN
         cnt[K_BROKEN] += 1
-    port, retries = _allocate(SC, C, N, o, egress, fam)
+    port, retries = _allocate(SC, CR, CB, NR, NF, NB, o, egress, fam)
     if port < 0:
         cnt[K_DROPS_NO_MAPPING] += 1
         return o, -1, DROP_NO_MAPPING, broken, retries
     cnt[K_ALLOCATIONS] += 1
-    c_port[o] = port
-    c_eg[o] = egress
+    CR[o, R_MISC] = (CR[o, R_MISC] & 0xFFFF) | (port << 16)
+    CR[o, R_EGRESS] = egress
     return o, port, 0, broken, retries
 
 
-@njit(cache=True)
-def _track_reply(cfgf, C, o: int, now: float) -> None:
-    c_proto, c_flags, c_expiry = C[6], C[7], C[8]
-    if not c_flags[o] & CF_CT:
+@njit(cache=True, _nrt=False, inline="always")
+def _track_reply(cfgf, CR, CF, o, now) -> None:
+    misc = CR[o, R_MISC]
+    if not misc & CF_CT:
         return
-    state = (c_flags[o] >> CF_STATE_SHIFT) & 3
+    state = (misc >> CF_STATE_SHIFT) & 3
     if state == CT_SYN:
         state = CT_ESTABLISHED
-        c_flags[o] = (c_flags[o] & 7) | (state << CF_STATE_SHIFT)
-    c_expiry[o] = now + _lifetime(cfgf, c_proto[o], state)
+        CR[o, R_MISC] = (misc & 0xFFFFFF07) | (state << CF_STATE_SHIFT)
+    CF[o, CF_EXPIRY] = now + _lifetime(cfgf, (misc >> 8) & 0xFF, state)
 
 
-@njit(cache=True)
-def reply(SC, C, N, src, sport, dst, dport, proto):
-    """A reply to the port the connection last had: (port or -1, drop)."""
-    st, fs, _cfg, cfgf, cnt, _tries, _mt = SC
-    c_eg, c_port, c_flags = C[2], C[5], C[7]
-    o = conn_find(C, src, sport, dst, dport, proto)
-    if o < 0 or not c_flags[o] & CF_CT or c_port[o] == 0:
+@njit(cache=True, _nrt=False)
+def reply_record(SC, CR, CF, NR, NB, o):
+    """A reply to the port record ``o`` last had (-1: no record): (port or -1, drop)."""
+    st, fs, cnt, cfgf = SC[0], SC[1], SC[4], SC[3]
+    if o < 0 or not CR[o, R_MISC] & CF_CT or CR[o, R_MISC] >> 16 == 0:
         cnt[K_REPLY_DROPS] += 1
         return -1, DROP_NO_MAPPING
-    port = int(c_port[o])
-    e = in_find(C, N, dst, dport, c_eg[o], port, proto)
+    port = np.int64(CR[o, R_MISC] >> 16)
+    ports = CR[o, R_PORTS]
+    e = in_find(
+        CR, NR, NB, CR[o, R_DST], ports & 0xFFFF, CR[o, R_EGRESS], port,
+        (CR[o, R_MISC] >> 8) & 0xFF,
+    )  # fmt: skip
     if e < 0:
         cnt[K_REPLY_DROPS] += 1
         return -1, DROP_NO_MAPPING
-    nat_touch(st, N, e)
-    owner = N[0][e]
-    _track_reply(cfgf, C, owner, fs[F_NOW])
+    nat_touch(st, NR, e)
+    owner = np.int64(NR[e, E_OWNER])
+    _track_reply(cfgf, CR, CF, owner, fs[F_NOW])
     if owner != o:
         cnt[K_REPLY_DROPS] += 1
         return -1, DROP_NO_MAPPING
@@ -508,8 +535,8 @@ def reply(SC, C, N, src, sport, dst, dport, proto):
 # -- garbage collection -----------------------------------------------------------------------
 
 
-@njit(cache=True)
-def next_gc_interval(interval: float, ratio: float) -> float:
+@njit(cache=True, _nrt=False)
+def next_gc_interval(interval, ratio) -> float:
     if ratio == 0.0:
         return interval
     if ratio > 0.25:
@@ -520,40 +547,46 @@ def next_gc_interval(interval: float, ratio: float) -> float:
     return interval
 
 
-@njit(cache=True)
-def gc(SC, C, N) -> None:
+@njit(cache=True, _nrt=False)
+def ct_delete(st, cnt, CR, CB, NR, NB, o) -> None:
+    """Delete a CT entry and, as nat DeleteMapping does, its OUT entry and the IN entry
+    that OUT entry names (whoever owns it now)."""
+    misc = CR[o, R_MISC]
+    CR[o, R_MISC] = misc & ~np.uint32(CF_CT | CF_BROKEN)
+    st[S_CT_COUNT] -= 1
+    out = CR[o, R_OUT]
+    if out != NONE:
+        egress = NR[out, E_ADDR]
+        port = NR[out, E_PORTFLAGS] >> 8
+        CR[o, R_REFS] += 1  # keep the record while its NAT entries go
+        nat_remove(st, cnt, CR, CB, NR, NB, out, False)
+        e = in_find(
+            CR, NR, NB, CR[o, R_DST], CR[o, R_PORTS] & 0xFFFF, egress, port, (misc >> 8) & 0xFF
+        )
+        if e >= 0:
+            nat_remove(st, cnt, CR, CB, NR, NB, e, False)
+        CR[o, R_REFS] -= 1
+    conn_maybe_free(st, CR, CB, o)
+
+
+@njit(cache=True, _nrt=False)
+def gc(SC, CR, CF, CB, NR, NB) -> None:
     """One CT GC pass at now: expire CT entries with their NAT mappings, then orphans."""
     st, fs, cfg, _cfgf, cnt, _tries, _mt = SC
-    c_dst, c_dport, c_proto, c_flags, c_expiry, c_out, c_refs = (
-        C[1], C[4], C[6], C[7], C[8], C[9], C[10],
-    )  # fmt: skip
-    n_owner, n_addr, n_port, n_flags = N[0], N[1], N[2], N[3]
     now = fs[F_NOW]
     deleted = 0
     alive = 0
-    for o in range(c_flags.shape[0]):
-        if not c_flags[o] & CF_CT:
+    for o in range(CR.shape[0]):
+        if not CR[o, R_MISC] & CF_CT:
             continue
-        if c_expiry[o] >= now:
+        if CF[o, CF_EXPIRY] >= now:
             alive += 1
             continue
         deleted += 1
-        c_flags[o] &= ~np.uint8(CF_CT | CF_BROKEN)
-        st[S_CT_COUNT] -= 1
-        out = c_out[o]
-        if out >= 0:
-            dst, dport, proto = int(c_dst[o]), int(c_dport[o]), int(c_proto[o])
-            egress, port = int(n_addr[out]), int(n_port[out])
-            c_refs[o] += 1  # keep the record while its NAT entries go
-            nat_remove(st, cnt, C, N, out, False)
-            e = in_find(C, N, dst, dport, egress, port, proto)
-            if e >= 0:
-                nat_remove(st, cnt, C, N, e, False)
-            c_refs[o] -= 1
-        conn_maybe_free(st, C, o)
-    for e in range(n_flags.shape[0]):
-        if n_flags[e] & NF_USED and not c_flags[n_owner[e]] & CF_CT:
-            nat_remove(st, cnt, C, N, e, False)
+        ct_delete(st, cnt, CR, CB, NR, NB, o)
+    for e in range(NR.shape[0]):
+        if NR[e, E_PORTFLAGS] & NF_USED and not CR[NR[e, E_OWNER], R_MISC] & CF_CT:
+            nat_remove(st, cnt, CR, CB, NR, NB, e, False)
     total = deleted + alive
     ratio = deleted / total if total else 0.0
     if not cfg[C_FIXED_GC]:
@@ -562,25 +595,19 @@ def gc(SC, C, N) -> None:
     cnt[K_GC_RUNS] += 1
 
 
-@njit(cache=True)
-def after_operation(SC, C, N) -> None:
+@njit(cache=True, _nrt=False)
+def after_operation(SC, CR, CF, CB, NR, NB) -> None:
     st = SC[0]
     if st[S_SIGNAL_DUE]:
         st[S_SIGNAL_DUE] = 0
-        gc(SC, C, N)
+        gc(SC, CR, CF, CB, NR, NB)
 
 
 # -- the event heap ---------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
-def _before(H, i: int, j: int) -> bool:
-    h_time, h_seq = H[0], H[1]
-    return h_time[i] < h_time[j] or (h_time[i] == h_time[j] and h_seq[i] < h_seq[j])
-
-
-@njit(cache=True)
-def _heap_swap(H, i: int, j: int) -> None:
+@njit(cache=True, _nrt=False, inline="always")
+def _heap_swap(H, i, j) -> None:
     h_time, h_seq, h_conn, h_end, h_ka, h_kind, h_egress = H
     h_time[i], h_time[j] = h_time[j], h_time[i]
     h_seq[i], h_seq[j] = h_seq[j], h_seq[i]
@@ -591,7 +618,12 @@ def _heap_swap(H, i: int, j: int) -> None:
     h_egress[i], h_egress[j] = h_egress[j], h_egress[i]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False, inline="always")
+def _before(h_time, h_seq, i, j) -> bool:
+    return h_time[i] < h_time[j] or (h_time[i] == h_time[j] and h_seq[i] < h_seq[j])
+
+
+@njit(cache=True, _nrt=False)
 def heap_push(st, H, t, seq, o, end, ka, kind, egress) -> None:
     h_time, h_seq, h_conn, h_end, h_ka, h_kind, h_egress = H
     i = st[S_HEAP_SIZE]
@@ -605,15 +637,16 @@ def heap_push(st, H, t, seq, o, end, ka, kind, egress) -> None:
     h_egress[i] = egress
     while i > 0:
         parent = (i - 1) >> 1
-        if not _before(H, i, parent):
+        if not _before(h_time, h_seq, i, parent):
             break
         _heap_swap(H, i, parent)
         i = parent
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def heap_pop_to_end(st, H) -> int:
     """Move the earliest event to the slot just past the heap and return that slot."""
+    h_time, h_seq = H[0], H[1]
     n = st[S_HEAP_SIZE] - 1
     st[S_HEAP_SIZE] = n
     _heap_swap(H, 0, n)
@@ -623,9 +656,9 @@ def heap_pop_to_end(st, H) -> int:
         if left >= n:
             break
         child = left
-        if left + 1 < n and _before(H, left + 1, left):
+        if left + 1 < n and _before(h_time, h_seq, left + 1, left):
             child = left + 1
-        if not _before(H, child, i):
+        if not _before(h_time, h_seq, child, i):
             break
         _heap_swap(H, i, child)
         i = child
@@ -635,62 +668,63 @@ def heap_pop_to_end(st, H) -> int:
 # -- the bulk engine --------------------------------------------------------------------------
 
 
-@njit(cache=True)
-def _schedule(SC, C, H, o, seq, end, ka, kind, egress) -> None:
-    st, fs = SC[0], SC[1]
-    now = fs[F_NOW]
+@njit(cache=True, _nrt=False)
+def _schedule(st, now, CR, CB, H, o, seq, end, ka, kind, egress) -> None:
     ka64 = np.float64(ka)
     if ka64 > 0 and now + ka64 < end:
         heap_push(st, H, now + ka64, seq, o, end, ka, kind | HK_KEEPALIVE, egress)
     elif end < np.inf:
         heap_push(st, H, end, seq, o, end, ka, kind, egress)
     else:
-        C[10][o] -= 1  # nothing more will happen to it: unpin
-        conn_maybe_free(st, C, o)
+        CR[o, R_REFS] -= 1  # nothing more will happen to it: unpin
+        conn_maybe_free(st, CR, CB, o)
 
 
-@njit(cache=True)
-def _event(SC, C, N, H, slot: int) -> None:
-    st, cnt = SC[0], SC[4]
-    h_seq, h_conn, h_end, h_ka, h_kind, h_egress = H[1], H[2], H[3], H[4], H[5], H[6]
-    c_src, c_dst, c_sport, c_dport, c_proto, c_refs = C[0], C[1], C[3], C[4], C[6], C[10]
-    o = int(h_conn[slot])
-    seq = h_seq[slot]
-    end = h_end[slot]
-    ka = h_ka[slot]
-    kind = int(h_kind[slot])
-    egress = int(h_egress[slot])
-    src, sport, dst, dport, proto = (
-        int(c_src[o]), int(c_sport[o]), int(c_dst[o]), int(c_dport[o]), int(c_proto[o]),
-    )  # fmt: skip
+@njit(cache=True, _nrt=False)
+def _event(SC, CR, CF, CB, NR, NF, NB, H, slot) -> None:
+    st, fs, cnt = SC[0], SC[1], SC[4]
+    o = np.int64(H[2][slot])
+    seq = H[1][slot]
+    end = H[3][slot]
+    ka = H[4][slot]
+    kind = np.int64(H[5][slot])
+    egress = np.int64(H[6][slot])
+    ports = np.int64(CR[o, R_PORTS])
+    src, dst = np.int64(CR[o, R_SRC]), np.int64(CR[o, R_DST])
+    proto = np.int64((CR[o, R_MISC] >> 8) & 0xFF)
+    sport, dport = ports >> 16, ports & 0xFFFF
     if kind & HK_KEEPALIVE:
-        _o, _port, drop, _b, _r = forward(SC, C, N, src, sport, dst, dport, proto, egress, False)
+        o2, _p, drop, _b, _r = forward(
+            SC, CR, CF, CB, NR, NF, NB, src, sport, dst, dport, proto, egress, False
+        )
         if drop:
-            c_refs[o] -= 1
-            conn_maybe_free(st, C, o)
+            CR[o, R_REFS] -= 1
+            conn_maybe_free(st, CR, CB, o)
             return
-        reply(SC, C, N, src, sport, dst, dport, proto)
-        _schedule(SC, C, H, o, seq, end, ka, kind & 3, egress)
+        reply_record(SC, CR, CF, NR, NB, o2)
+        _schedule(st, fs[F_NOW], CR, CB, H, o, seq, end, ka, kind & 3, egress)
         return
     closing = kind != IDLE
-    _o, _port, drop, _b, _r = forward(SC, C, N, src, sport, dst, dport, proto, egress, closing)
+    o2, _p, drop, _b, _r = forward(
+        SC, CR, CF, CB, NR, NF, NB, src, sport, dst, dport, proto, egress, closing
+    )
     if not drop:
-        reply(SC, C, N, src, sport, dst, dport, proto)
+        reply_record(SC, CR, CF, NR, NB, o2)
     if closing:
         cnt[K_CLOSED] += 1
-    c_refs[o] -= 1
-    conn_maybe_free(st, C, o)
+    CR[o, R_REFS] -= 1
+    conn_maybe_free(st, CR, CB, o)
 
 
-@njit(cache=True)
-def run(SC, C, N, H, B, until: float) -> int:
+@njit(cache=True, _nrt=False)
+def run(SC, CR, CF, CB, NR, NF, NB, H, B, until) -> int:
     """Process the batch from st[S_BATCH_POS] and pending events before ``until``.
 
     Returns OK when done, or NEED_* (before changing anything) when arrays must grow.
     """
     st, fs, cfg, _cfgf, cnt, _tries, _mt = SC
     b_start, b_duration, b_end, b_src, b_sport, b_dst, b_dport, b_proto, b_egress, b_ka = B
-    h_time = H[0]
+    h_time, h_conn = H[0], H[2]
     n = b_start.shape[0]
     heap_cap = h_time.shape[0]
     while True:
@@ -703,16 +737,16 @@ def run(SC, C, N, H, B, until: float) -> int:
             break
         if t_gc <= t_heap and t_gc <= t_start:
             fs[F_NOW] = t
-            gc(SC, C, N)
+            gc(SC, CR, CF, CB, NR, NB)
         elif t_heap <= t_start:
-            fam = 1 if C[0][H[2][0]] & V6_BIT else 0
+            fam = 1 if CR[h_conn[0], R_SRC] & V6_BIT else 0
             if not nat_room(st, cfg, fam):
                 return NEED_NAT
             fs[F_NOW] = t
             slot = heap_pop_to_end(st, H)
-            _event(SC, C, N, H, slot)
+            _event(SC, CR, CF, CB, NR, NF, NB, H, slot)
         else:
-            src = int(b_src[i])
+            src = np.int64(b_src[i])
             fam = 1 if src & V6_BIT else 0
             if st[S_CONN_NFREE] < 1:
                 return NEED_CONN
@@ -725,87 +759,87 @@ def run(SC, C, N, H, B, until: float) -> int:
             seq = st[S_SEQ]
             st[S_SEQ] = seq + 1
             cnt[K_ATTEMPTED] += 1
-            sport, dst, dport = int(b_sport[i]), int(b_dst[i]), int(b_dport[i])
-            proto, egress = int(b_proto[i]), int(b_egress[i])
-            o, _port, drop, _b, _r = forward(SC, C, N, src, sport, dst, dport, proto, egress, False)
+            sport, dst, dport = np.int64(b_sport[i]), np.int64(b_dst[i]), np.int64(b_dport[i])
+            proto, egress = np.int64(b_proto[i]), np.int64(b_egress[i])
+            o, _port, drop, _b, _r = forward(
+                SC, CR, CF, CB, NR, NF, NB, src, sport, dst, dport, proto, egress, False
+            )
             if not drop:
                 cnt[K_ESTABLISHED] += 1
-                reply(SC, C, N, src, sport, dst, dport, proto)
-                C[10][o] += 1  # pinned while events are pending
-                _schedule(SC, C, H, o, seq, t + b_duration[i], b_ka[i], int(b_end[i]), egress)
-        after_operation(SC, C, N)
+                reply_record(SC, CR, CF, NR, NB, o)
+                CR[o, R_REFS] += 1  # pinned while events are pending
+                _schedule(
+                    st, t, CR, CB, H, o, seq, t + b_duration[i], b_ka[i], np.int64(b_end[i]),
+                    egress,
+                )  # fmt: skip
+        after_operation(SC, CR, CF, CB, NR, NB)
     return OK
 
 
-# -- growing ----------------------------------------------------------------------------------
+# -- growing and views ------------------------------------------------------------------------
 
 
-@njit(cache=True)
-def rebuild_conn_index(C) -> None:
-    """Re-thread every record into ``buckets`` (new size) and free slots into the list."""
-    c_src, c_dst, _eg, c_sport, c_dport, _p, c_proto, c_flags = C[:8]
-    c_hnext, buckets = C[11], C[12]
-    buckets[:] = -1
-    mask = buckets.shape[0] - 1
-    for o in range(c_flags.shape[0]):
-        if c_flags[o] & CF_USED:
-            b = _hash5(c_src[o], c_sport[o], c_dst[o], c_dport[o], c_proto[o], mask)
-            c_hnext[o] = buckets[b]
-            buckets[b] = o
+@njit(cache=True, _nrt=False)
+def rebuild_conn_index(CR, CB) -> None:
+    """Re-thread every used record into ``CB`` (a new, larger index)."""
+    CB[:] = NONE
+    for o in range(CR.shape[0]):
+        misc = CR[o, R_MISC]
+        if misc & CF_USED:
+            b = _conn_bucket(CB, CR[o, R_SRC], CR[o, R_DST], CR[o, R_PORTS], (misc >> 8) & 0xFF)
+            CR[o, R_NEXT] = CB[b]
+            CB[b] = o
 
 
-@njit(cache=True)
-def rebuild_in_index(C, N) -> None:
-    c_dst, c_dport, c_proto = C[1], C[4], C[6]
-    n_owner, n_addr, n_port, n_flags, n_hnext, buckets = N[0], N[1], N[2], N[3], N[6], N[8]
-    buckets[:] = -1
-    mask = buckets.shape[0] - 1
-    for e in range(n_flags.shape[0]):
-        if n_flags[e] & NF_USED and n_flags[e] & NF_IN:
-            o = n_owner[e]
-            b = _hash5(n_addr[e], n_port[e], c_dst[o], c_dport[o], c_proto[o], mask)
-            n_hnext[e] = buckets[b]
-            buckets[b] = e
+@njit(cache=True, _nrt=False)
+def rebuild_in_index(CR, NR, NB) -> None:
+    NB[:] = NONE
+    for e in range(NR.shape[0]):
+        pf = NR[e, E_PORTFLAGS]
+        if pf & NF_USED and pf & NF_IN:
+            o = NR[e, E_OWNER]
+            b = _in_bucket(
+                NB, NR[e, E_ADDR], CR[o, R_DST], pf >> 8, CR[o, R_PORTS] & 0xFFFF,
+                (CR[o, R_MISC] >> 8) & 0xFF,
+            )  # fmt: skip
+            NR[e, E_HNEXT] = NB[b]
+            NB[b] = e
 
 
-# -- the per-connection API -------------------------------------------------------------------
-
-
-@njit(cache=True)
-def op_connect(SC, C, N, src, sport, dst, dport, proto, egress):
-    cnt = SC[4]
-    cnt[K_ATTEMPTED] += 1
-    _o, port, drop, _b, retries = forward(SC, C, N, src, sport, dst, dport, proto, egress, False)
-    if not drop:
-        cnt[K_ESTABLISHED] += 1
-    after_operation(SC, C, N)
-    return port, drop, retries
-
-
-@njit(cache=True)
-def op_send(SC, C, N, src, sport, dst, dport, proto, egress, closing):
-    _o, port, drop, broken, retries = forward(
-        SC, C, N, src, sport, dst, dport, proto, egress, closing
-    )
-    if closing:
-        SC[4][K_CLOSED] += 1
-    after_operation(SC, C, N)
-    return port, drop, broken, retries
-
-
-@njit(cache=True)
-def op_reply(SC, C, N, src, sport, dst, dport, proto):
-    return reply(SC, C, N, src, sport, dst, dport, proto)
-
-
-@njit(cache=True)
-def lru_order(st, N, fam: int, out) -> int:
+@njit(cache=True, _nrt=False)
+def lru_order(st, NR, fam, out) -> int:
     """Slots of the family's NAT entries into ``out``, least recently used first."""
-    n_prev = N[4]
     e = st[S_TAIL + fam]
     k = 0
     while e >= 0:
         out[k] = e
         k += 1
-        e = n_prev[e]
+        p = NR[e, E_PREV]
+        e = -1 if p == NONE else np.int64(p)
     return k
+
+
+# -- the per-connection API -------------------------------------------------------------------
+
+
+@njit(cache=True, _nrt=False)
+def op_send(SC, CR, CF, CB, NR, NF, NB, src, sport, dst, dport, proto, egress, mode):
+    """mode 0: a packet, 1: a connection's first packet, 2: a FIN or RST."""
+    cnt = SC[4]
+    if mode == 1:
+        cnt[K_ATTEMPTED] += 1
+    _o, port, drop, broken, retries = forward(
+        SC, CR, CF, CB, NR, NF, NB, src, sport, dst, dport, proto, egress, mode == 2
+    )
+    if mode == 1 and not drop:
+        cnt[K_ESTABLISHED] += 1
+    if mode == 2:
+        cnt[K_CLOSED] += 1
+    after_operation(SC, CR, CF, CB, NR, NB)
+    return port, drop, broken, retries
+
+
+@njit(cache=True, _nrt=False)
+def op_reply(SC, CR, CF, CB, NR, NB, src, sport, dst, dport, proto):
+    o = conn_find(CR, CB, src, sport, dst, dport, proto)
+    return reply_record(SC, CR, CF, NR, NB, o)

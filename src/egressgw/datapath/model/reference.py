@@ -264,6 +264,14 @@ class ReferenceModel:
 
     # -- garbage collection -------------------------------------------------------------
 
+    def ct_delete(self, key: ConnKey) -> None:
+        """Delete a CT entry with its OUT entry and the IN entry that OUT entry names."""
+        del self.conns[key]
+        table = self.nat[int(is_v6(key[0]))]
+        out = table.pop(out_key(key), None)
+        if out is not None:  # nat DeleteMapping: whoever owns that IN entry now
+            table.pop(in_key(key, out.egress, out.port), None)
+
     def gc(self) -> None:
         """One CT GC pass at ``now``: expire CT entries, their NAT mappings, then orphans."""
         deleted = alive = 0
@@ -272,12 +280,7 @@ class ReferenceModel:
                 alive += 1
                 continue
             deleted += 1
-            del self.conns[key]
-            family = int(is_v6(key[0]))
-            table = self.nat[family]
-            out = table.pop(out_key(key), None)
-            if out is not None:  # nat DeleteMapping: the IN entry the OUT entry names
-                table.pop(in_key(key, out.egress, out.port), None)
+            self.ct_delete(key)
         for table in self.nat:
             for nat_key in [k for k, v in table.items() if v.owner not in self.conns]:
                 del table[nat_key]

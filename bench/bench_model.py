@@ -1,0 +1,287 @@
+"""Benchmark the model datapath: the compiled kernel against the reference, side by side.
+
+A. Allocation under pressure: one {egress IP, remote IP, remote port} tuple 95% full and
+   the NAT map (default 524288 entries) at capacity, so every new connection's inserts
+   evict. Each step opens a connection to the hot tuple (random source port: a random
+   draw, then the nat.h walk over a 95%-full range), retires the oldest hot connection
+   (its CT entry and NAT mapping deleted, as the GC does for an expired one) to keep the
+   tuple at 95%, and opens a connection to a fresh filler tuple to bring the map back to
+   capacity. Reported: hot connections opened per second (each step = 2 opens, 1 retire).
+B. Simulation throughput: a 10,000,000-connection workload run through ``run()`` in 30 s
+   slices, as the simulator drives it (closes, keepalives, CT expiry and GC inside).
+
+Usage: .venv/bin/python bench/bench_model.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import random
+import time
+
+import numpy as np
+from numba import njit
+
+from egressgw.datapath.model import ConnectionBatch, ModelConfig, ModelDatapath
+from egressgw.datapath.model import kernel as k
+from egressgw.datapath.model.compiled import CompiledModel
+from egressgw.datapath.model.reference import ReferenceModel
+
+HOT_FILL = 0.95
+
+
+def _ids(dp: ModelDatapath, base: str, count: int) -> np.ndarray:
+    first = int(ipaddress.ip_address(base))
+    return np.array([dp.intern(ipaddress.ip_address(first + i)) for i in range(count)], np.uint32)
+
+
+class Pressure:
+    """Scenario A's fixture: ids and the prefill batch, identical for both engines."""
+
+    def __init__(self, dp: ModelDatapath, config: ModelConfig, steps: int) -> None:
+        gen = np.random.default_rng(1)
+        reachable = config.port_max - config.port_min  # ports the clamp can produce
+        self.hot_count = int(HOT_FILL * reachable)
+        conns = config.bpf_nat_global_max // 2
+        fillers = conns - self.hot_count
+        per_tuple = reachable
+        filler_tuples = (fillers + steps) // per_tuple + 2
+        self.egress = int(_ids(dp, "192.0.2.10", 1)[0])
+        self.hot_dst = int(_ids(dp, "203.0.113.1", 1)[0])
+        self.filler_dst = _ids(dp, "203.0.113.100", filler_tuples)
+        self.pods = _ids(dp, "198.51.100.1", steps // 28000 + 2)
+        self.filler_pod = int(self.pods[0])
+        hot_ports = config.port_min + np.sort(gen.choice(reachable, self.hot_count, False))
+        filler_ports = config.port_min + np.arange(fillers) % per_tuple
+        filler_dst = self.filler_dst[np.arange(fillers) // per_tuple]
+        n = conns
+        self.prefill = ConnectionBatch(
+            start=np.zeros(n),
+            duration=np.full(n, np.inf),
+            end=np.full(n, 2, np.uint8),
+            src=np.full(n, self.filler_pod, np.uint32),
+            sport=np.concatenate([filler_ports, hot_ports]).astype(np.uint16),
+            dst=np.concatenate([filler_dst, np.full(self.hot_count, self.hot_dst)]).astype(
+                np.uint32
+            ),
+            dport=np.full(n, 443, np.uint16),
+            proto=np.full(n, 6, np.uint8),
+            egress=np.full(n, self.egress, np.uint32),
+            keepalive=np.zeros(n, np.float32),
+        )
+        self.fillers = fillers
+        # New hot connections: distinct (pod, sport) with sports below the NAT range.
+        i = np.arange(steps)
+        self.new_src = self.pods[1 + i // 28000]
+        self.new_sport = (1024 + i % 28000).astype(np.uint16)
+        self.next_filler = fillers + i  # filler tuple index of step i
+        self.next_filler_dst = self.filler_dst[self.next_filler // per_tuple]
+        self.next_filler_sport = (config.port_min + self.next_filler % per_tuple).astype(np.uint16)
+
+
+@njit(cache=True, _nrt=False)
+def _churn(SC, T, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, oldest):  # noqa: PLR0917
+    """Scenario A's loop in the kernel; returns (opened, dropped)."""
+    CR, CF, CB, NR, NF, NB = T
+    opened = 0
+    dropped = 0
+    head = 0
+    tail = 0
+    while tail < fifo.shape[0] and fifo[tail] >= 0:
+        tail += 1
+    for i in range(src.shape[0]):
+        o, _p, drop, _b, _r = k.forward(
+            SC, CR, CF, CB, NR, NF, NB, src[i], sport[i], hot_dst, 443, 6, egress, False
+        )
+        if drop:
+            dropped += 1
+            continue
+        opened += 1
+        if oldest:
+            fifo[tail] = o
+            tail += 1
+            o = fifo[head]
+            head += 1
+        k.ct_delete(SC[0], SC[4], CR, CB, NR, NB, o)
+        k.forward(SC, CR, CF, CB, NR, NF, NB, f_src, f_sport[i], f_dst[i], 443, 6, egress, False)
+    return opened, dropped
+
+
+def pressure_compiled(
+    config: ModelConfig, steps: int, oldest: bool
+) -> tuple[float, dict[str, float]]:
+    dp = ModelDatapath(config, random.Random(7))
+    fx = Pressure(dp, config, steps)
+    dp.run(fx.prefill, 1.0)
+    model = dp._engine
+    assert isinstance(model, CompiledModel)
+    conns = len(fx.prefill) + 2 * steps + 16
+    model._grow_conns(1 << (conns - 1).bit_length())
+    if len(model.nr) < config.bpf_nat_global_max + 4:
+        model._grow_nat(config.bpf_nat_global_max + 4)
+    fifo = np.full(fx.hot_count + steps, -1, np.int64)
+    hot = np.flatnonzero(
+        (model.cr[:, k.R_DST] == fx.hot_dst) & (model.cr[:, k.R_MISC] & k.CF_CT != 0)
+    )
+    fifo[: len(hot)] = hot
+    evictions_before = model.cnt[k.K_EVICT_IN] + model.cnt[k.K_EVICT_OUT]
+    state = model._load_rng()
+    empty = np.zeros(0, np.uint32)
+    _churn(
+        model._sc(),
+        model._tables(),
+        empty,
+        empty.astype(np.uint16),
+        fx.hot_dst,
+        empty,
+        empty.astype(np.uint16),
+        fx.filler_pod,
+        fx.egress,
+        fifo,
+        oldest,
+    )  # compile
+    t0 = time.perf_counter()
+    opened, dropped = _churn(
+        model._sc(), model._tables(), fx.new_src, fx.new_sport, fx.hot_dst,
+        fx.next_filler_dst, fx.next_filler_sport, fx.filler_pod, fx.egress, fifo, oldest,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - t0
+    model._store_rng(state)
+    evictions = int(model.cnt[k.K_EVICT_IN] + model.cnt[k.K_EVICT_OUT] - evictions_before)
+    hot_in = sum(n for key, n in model.in_endpoint_counts().items() if key[3] == fx.hot_dst)
+    tries = model.tries
+    mean_tries = float((tries * np.arange(len(tries))).sum() / max(1, tries.sum()))
+    return steps / elapsed, {
+        "opened": opened,
+        "dropped": dropped,
+        "evictions_per_open": evictions / max(1, opened),
+        "hot_occupancy": hot_in / (config.port_max - config.port_min),
+        "map_entries": int(model.st[k.S_COUNT]),
+        "mean_retries": mean_tries,
+        "bytes_per_tracked_conn": model.memory_bytes() / model.tracked_connections,
+        "tracked": model.tracked_connections,
+    }
+
+
+def pressure_reference(config: ModelConfig, steps: int, oldest: bool) -> float:
+    dp = ModelDatapath(config, random.Random(7), engine="reference")
+    fx = Pressure(dp, config, steps)
+    dp.run(fx.prefill, 1.0)
+    ref = dp._engine
+    assert isinstance(ref, ReferenceModel)
+    fifo = [key for key in ref.conns if key[2] == fx.hot_dst]
+    head = 0
+    src, sport = fx.new_src.tolist(), fx.new_sport.tolist()
+    f_dst, f_sport = fx.next_filler_dst.tolist(), fx.next_filler_sport.tolist()
+    opened = 0
+    t0 = time.perf_counter()
+    for i in range(steps):
+        key = (src[i], sport[i], fx.hot_dst, 443, 6)
+        _port, drop, _broken, _retries = ref._forward(key, fx.egress, False)
+        if drop:
+            continue
+        opened += 1
+        if oldest:
+            fifo.append(key)
+            key = fifo[head]
+            head += 1
+        ref.ct_delete(key)
+        ref._forward((fx.filler_pod, f_sport[i], f_dst[i], 443, 6), fx.egress, False)
+    return steps / (time.perf_counter() - t0)
+
+
+def workload_slices(dp: ModelDatapath, total: int, rate: float, seed: int):
+    """Scenario B: ``total`` connections at ``rate``/s, yielded as 30 s slices."""
+    gen = np.random.default_rng(seed)
+    pods = _ids(dp, "198.51.100.1", 2000)
+    remotes = _ids(dp, "203.0.113.1", 200)
+    egress = _ids(dp, "192.0.2.10", 4)
+    produced = 0
+    t = 0.0
+    while produced < total:
+        n = min(total - produced, int(rate * 30))
+        start = np.sort(gen.uniform(t, t + 30.0, n))
+        hot = gen.random(n) < 0.3
+        long_lived = gen.random(n) < 0.02
+        end = gen.choice(np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2],
+                                  np.uint8), n)  # fmt: skip
+        batch = ConnectionBatch(
+            start=start,
+            duration=np.where(long_lived, 600.0, gen.exponential(2.0, n)),
+            end=end,
+            src=gen.choice(pods, n),
+            sport=gen.integers(1024, 61000, n).astype(np.uint16),
+            dst=np.where(hot, remotes[0], gen.choice(remotes, n)).astype(np.uint32),
+            dport=np.full(n, 443, np.uint16),
+            proto=np.where(gen.random(n) < 0.9, 6, 17).astype(np.uint8),
+            egress=gen.choice(egress, n),
+            keepalive=np.where(long_lived, 30.0, 0.0).astype(np.float32),
+        )
+        produced += n
+        yield batch, t + 30.0
+        t += 30.0
+
+
+def simulate(engine: str, total: int, rate: float) -> tuple[float, ModelDatapath]:
+    dp = ModelDatapath(ModelConfig(), random.Random(11), engine=engine)  # type: ignore[arg-type]
+    busy = 0.0
+    done = 0
+    for batch, until in workload_slices(dp, total, rate, 5):
+        t0 = time.perf_counter()
+        dp.run(batch, until)
+        busy += time.perf_counter() - t0
+        done += len(batch)
+    return done / busy, dp
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes")
+    args = parser.parse_args()
+    steps, ref_steps = (50_000, 5_000) if args.quick else (200_000, 20_000)
+    total, ref_total = (1_000_000, 30_000) if args.quick else (10_000_000, 120_000)
+
+    t0 = time.perf_counter()
+    tiny = ModelDatapath(ModelConfig(), random.Random(1))
+    tiny.run(ConnectionBatch.empty(), 1.0)
+    _churn_ready = time.perf_counter() - t0
+    print(f"kernel load (compile on first run, then from cache): {_churn_ready:.1f} s")
+
+    config = ModelConfig()
+    for oldest, title in (
+        (False, "A1. one tuple 95% full (uniform), NAT map at capacity, retire the newest"),
+        (True, "A2. the same, retire the oldest (occupancy clusters along the walk)"),
+    ):
+        rate, info = pressure_compiled(config, steps, oldest)
+        base = pressure_reference(config, ref_steps, oldest)
+        print(title)
+        print(f"   compiled:  {rate:12,.0f} hot connection opens/s  ({steps:,} steps)")
+        print(f"   reference: {base:12,.0f} hot connection opens/s  ({ref_steps:,} steps)")
+        print(f"   ratio:     {rate / base:12.1f}x")
+        for key, value in info.items():
+            text = f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"
+            print(f"   {key}: {text}")
+
+    sim_rate = 20_000.0
+    fast, dp = simulate("compiled", total, sim_rate)
+    fast_prefix, _ = simulate("compiled", ref_total, sim_rate)
+    slow, _ = simulate("reference", ref_total, sim_rate)
+    counters = dp.counters
+    model = dp._engine
+    assert isinstance(model, CompiledModel)
+    print(f"B. simulation through run(), {sim_rate:,.0f} connections per virtual second")
+    print(f"   compiled:  {fast:12,.0f} simulated connections/s ({total:,} connections)")
+    print(f"   compiled:  {fast_prefix:12,.0f} simulated connections/s (first {ref_total:,})")
+    print(f"   reference: {slow:12,.0f} simulated connections/s (first {ref_total:,})")
+    print(f"   ratio on the same prefix: {fast_prefix / slow:.1f}x")
+    print(
+        f"   drops={counters.drops} evictions={counters.evictions_in + counters.evictions_out}"
+        f" broken={counters.broken} gc_runs={counters.gc_runs}"
+        f" tracked={model.tracked_connections:,}"
+        f" bytes/tracked={model.memory_bytes() / max(1, model.tracked_connections):.0f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
