@@ -21,8 +21,9 @@ Rows rather than columns: a lookup touches one cache line per record instead of 
 field. Every function is compiled with ``_nrt=False``: none allocates, and without numba's
 reference counting a call no longer pays two atomic operations per array argument (that
 alone made a connection start 2-3x slower). Small hot helpers are inlined at IR level.
-Functions that might need room (a new record, NAT slot or heap slot) check for it before they change anything and return a
-NEED_* code, so the Python side can grow the arrays and call again: every step is atomic.
+Functions that might need room (a new record, NAT slot or heap slot) check for it before
+they change anything and return a NEED_* code, so the Python side can grow the arrays and
+call again: every step is atomic.
 """
 
 # Compiled functions take the state as flat arrays and many scalar arguments; numba infers
