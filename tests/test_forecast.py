@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -121,7 +124,7 @@ def test_dumps_are_counted_and_the_cli_prints_each_outlook(tmp_path, capsys):
     assert "10.1.0.0   10.2.0.0:8080   TCP     300     0.9%       +100.0       in 5h24m40s" in out
     main(["forecast", *specs, "--at", "0", "--at", "60", "--at", "120", "-o", "json"])
     (tuple_doc,) = json.loads(capsys.readouterr().out)["tuples"]
-    assert tuple_doc["seconds_to_limit"] == pytest.approx((LIMIT - 300) / 100 * 60)
+    assert tuple_doc["secondsToLimit"] == pytest.approx((LIMIT - 300) / 100 * 60)
     assert tuple_doc["outlook"] == "growing"
 
 
@@ -132,3 +135,51 @@ def test_cli_rejects_mismatched_at_in_one_line(tmp_path, capsys):
         main(["forecast", str(path), "--at", "0", "--at", "1"])
     assert exit_info.value.code == 2
     assert "--at given 2 times for 1 snapshots" in capsys.readouterr().err
+
+
+class _Passes(http.server.BaseHTTPRequestHandler):
+    """An agent stand-in over real HTTP: each GET returns the next nat-stats pass."""
+
+    documents: ClassVar[list[dict]] = []
+    served: ClassVar[int] = 0
+
+    def do_GET(self):
+        cls = type(self)
+        doc = cls.documents[min(cls.served, len(cls.documents) - 1)]
+        cls.served += 1
+        body = json.dumps(doc).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def _pass(updated_at, count):
+    return {"updatedAt": updated_at, "entries": 30, "divisor": LIMIT, "rows": [
+        {"family": "ipv4", "proto": "TCP", "egressIP": "10.1.0.0", "remoteIP": "10.2.0.0",
+         "remotePort": 8080, "remoteAddr": "10.2.0.0:8080", "count": count, "rank": 1}]}
+
+
+def test_cli_polls_the_agent_and_skips_repeated_passes(capsys):
+    # Passes at 0, 30, 30 (polled twice), 60 and 90 s: +1000 connections every 30 s.
+    _Passes.documents = [_pass(0, 1000), _pass(30, 2000), _pass(30, 2000), _pass(60, 3000),
+                         _pass(90, 4000)]
+    _Passes.served = 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Passes)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        main(["forecast", "--server", url, "--samples", "4", "--every", "0.01s",
+              "-o", "json"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _Passes.served == 5
+    (doc,) = json.loads(capsys.readouterr().out)["tuples"]
+    assert doc["samples"] == 4 and doc["count"] == 4000
+    assert doc["secondsToLimit"] == pytest.approx((LIMIT - 4000) / 1000 * 30)

@@ -141,6 +141,9 @@ def test_cli_json_and_table_and_plot(tmp_path, capsys):
     assert doc["totals"]["drops"] == {"167": 11}
     assert doc["tuples"][0]["crossed"]["1"] == 5.0
     assert [i["time"] for i in doc["intervals"]] == [5.0, 10.0]
+    # Each pass's nat-stats is the document egressgw nat-stats -o json prints.
+    (row,) = doc["intervals"][-1]["natStats"]["rows"]
+    assert (row["egressIP"], row["remoteAddr"], row["count"]) == ("10.1.0.0", "10.2.0.0:8080", 9)
     plot = tmp_path / "s.png"
     main(["simulate", str(path), "--duration", "10s", "--plot", str(plot)])
     out = capsys.readouterr().out

@@ -56,19 +56,20 @@ def render_forecast(results: Any, *, limit: float, last_time: float, confidence:
 def forecast_document(results: Any, *, limit: float, last_time: float) -> dict[str, Any]:
     return {
         "limit": limit,
-        "last_snapshot": last_time,
+        "lastSnapshot": last_time,
         "tuples": [
             {
                 "family": r.endpoint.family.value,
                 "proto": r.endpoint.proto.label,
-                "egress_ip": str(r.endpoint.egress_ip),
-                "remote_ip": str(r.endpoint.remote_ip),
-                "remote_port": r.endpoint.remote_port,
+                "egressIP": str(r.endpoint.egress_ip),
+                "remoteIP": str(r.endpoint.remote_ip),
+                "remotePort": r.endpoint.remote_port,
+                "remoteAddr": r.endpoint.remote_addr,
                 "outlook": r.trend.outlook.value,
                 "samples": r.trend.samples,
                 "count": r.trend.last_count,
-                "growth_per_second": r.trend.slope,
-                "seconds_to_limit": r.trend.eta,
+                "growthPerSecond": r.trend.slope,
+                "secondsToLimit": r.trend.eta,
                 "earliest": r.trend.earliest,
                 "latest": r.trend.latest,
                 "confidence": r.trend.confidence,
@@ -78,17 +79,42 @@ def forecast_document(results: Any, *, limit: float, last_time: float) -> dict[s
     }
 
 
+def _poll(server: str, samples: int, every_text: str) -> Any:
+    import time  # noqa: PLC0415
+
+    from egressgw.agent.client import fetch_nat_stats, nat_stats_url  # noqa: PLC0415
+    from egressgw.config import parse_duration  # noqa: PLC0415
+    from egressgw.errors import ConfigError  # noqa: PLC0415
+    from egressgw.sim.snapshots import poll_snapshots  # noqa: PLC0415
+
+    if samples < 2:
+        raise ConfigError(f"{samples}: a trend needs at least 2", field="--samples")
+    every = parse_duration(every_text, field="--every")
+    click.echo(f"Polling {nat_stats_url(server)}: {samples} passes, every {every_text}...",
+               err=True)
+    return poll_snapshots(lambda: fetch_nat_stats(server), samples=samples, every=every,
+                          sleep=time.sleep, clock=time.time, source=nat_stats_url(server))
+
+
 @click.command(
     "forecast",
     epilog="""\b
 Examples:
   egressgw forecast stats-0900.txt@2024-05-01T09:00Z stats-1000.txt@2024-05-01T10:00Z \\
       stats-1100.txt@2024-05-01T11:00Z
-  egressgw forecast a.json b.json c.json          # JSON from the agent carries updated_at
+  egressgw forecast a.json b.json c.json          # JSON from the agent carries updatedAt
   egressgw forecast nat-1.txt nat-2.txt nat-3.txt --at 0 --at 600 --at 1200
-  egressgw forecast s*.txt --at ... --threshold 0.8  # time until 80% instead""",
+  egressgw forecast s*.txt --at ... --threshold 0.8  # time until 80% instead
+  egressgw forecast --server http://127.0.0.1:9964 --samples 10 --every 30s""",
 )
-@click.argument("snapshots", nargs=-1, required=True, metavar="SNAPSHOT...")
+@click.argument("snapshots", nargs=-1, metavar="SNAPSHOT...")
+@click.option("--server", metavar="URL",
+              help="Poll the agent's nat-stats instead of reading files, e.g. "
+                   "http://127.0.0.1:9964.")
+@click.option("--samples", type=int, default=5, show_default=True,
+              help="With --server: how many distinct nat-stats passes to take.")
+@click.option("--every", "every_text", default="30s", show_default=True, metavar="D",
+              help="With --server: time between polls (the agent's stats interval).")
 @click.option("--at", "at", multiple=True, metavar="TIME",
               help="The time of each snapshot in order (seconds or ISO 8601); "
                    "instead of FILE@TIME.")
@@ -103,6 +129,9 @@ Examples:
 def forecast_command(
     *,
     snapshots: tuple[str, ...],
+    server: str | None,
+    samples: int,
+    every_text: str,
     at: tuple[str, ...],
     node_port_range: str,
     threshold: float,
@@ -114,10 +143,11 @@ def forecast_command(
     \b
     SNAPSHOT is FILE or FILE@TIME. FILE holds one nat-stats snapshot: the table of
     `cilium-dbg statedb nat-stats` (or `egressgw nat-stats`), its JSON (-o json, or
-    the agent's /v1/statedb/nat-stats, whose updated_at gives the time), or a NAT
+    the agent's /v1/statedb/nat-stats, whose updatedAt gives the time), or a NAT
     table dump (`cilium-dbg bpf nat list`, `conntrack -L`). Each tuple's counts are
     fitted with a least-squares line; the band is where the regression's prediction
     interval reaches the limit. Shrinking or flat tuples say "not growing".
+    With --server, the snapshots are taken from the running agent instead.
     """
     from egressgw.errors import ConfigError  # noqa: PLC0415
     from egressgw.render.documents import dump_document  # noqa: PLC0415
@@ -129,7 +159,17 @@ def forecast_command(
     if not 0 < confidence < 1:
         raise ConfigError(f"{confidence}: must be in (0, 1)", field="--confidence")
     limit = NodePortRange.parse(node_port_range).cilium_saturation_divisor * threshold
-    loaded = load_snapshots(snapshots, at)
+    if server is not None:
+        if snapshots:
+            raise click.UsageError("give SNAPSHOT files or --server, not both")
+        loaded = _poll(server, samples, every_text)
+    elif snapshots:
+        loaded = load_snapshots(snapshots, at)
+    else:
+        raise click.UsageError("give SNAPSHOT files (FILE@TIME), or --server to poll the agent")
+    if len(loaded) < 2:
+        raise ConfigError(f"{len(loaded)} distinct snapshot(s): a trend needs at least 2",
+                          field="--samples" if server else "SNAPSHOT")
     results = forecast_snapshots(loaded, limit=limit, confidence=confidence)
     last = loaded[-1].time
     if output == "table":

@@ -13,7 +13,7 @@ from egressgw.datapath.model import DropReason
 from egressgw.net import NatEndpoint, format_ip
 from egressgw.render.tabwriter import tabwrite
 from egressgw.sim.simulate import THRESHOLDS, SimulationResult, Totals
-from egressgw.stats import render_saturation, render_table
+from egressgw.stats import render_saturation, render_table, stats_document
 
 
 def format_seconds(seconds: float) -> str:
@@ -128,12 +128,14 @@ def render_summary(result: SimulationResult) -> str:
 
 
 def _endpoint_doc(endpoint: NatEndpoint) -> dict[str, Any]:
+    """A tuple's fields, cased like the nat-stats rows (egressIP, remoteAddr)."""
     return {
         "family": endpoint.family.value,
         "proto": endpoint.proto.label,
-        "egress_ip": str(endpoint.egress_ip),
-        "remote_ip": str(endpoint.remote_ip),
-        "remote_port": endpoint.remote_port,
+        "egressIP": str(endpoint.egress_ip),
+        "remoteIP": str(endpoint.remote_ip),
+        "remotePort": endpoint.remote_port,
+        "remoteAddr": endpoint.remote_addr,
     }
 
 
@@ -144,39 +146,37 @@ def totals_document(totals: Totals) -> dict[str, Any]:
         "refused": totals.refused,
         "closed": totals.closed,
         "drops": {str(code): n for code, n in totals.drops.items()},
-        "drop_reasons": {str(code): reason_text(code) for code in totals.drops},
+        "dropReasons": {str(code): reason_text(code) for code in totals.drops},
         "evictions": totals.evictions,
         "broken": totals.broken,
-        "reply_drops": totals.reply_drops,
+        "replyDrops": totals.reply_drops,
         "signals": totals.signals,
-        "gc_runs": totals.gc_runs,
+        "gcRuns": totals.gc_runs,
+        "tries": [int(x) for x in totals.tries],
     }
 
 
 def result_document(result: SimulationResult) -> dict[str, Any]:
-    """Plain values for ``-o json`` / ``-o yaml``."""
+    """Plain values for ``-o json`` / ``-o yaml``; each pass's nat-stats as nat-stats -o json."""
     s = result.settings
     return {
         "workload": result.name,
         "settings": {
             "duration": s.duration,
             "seed": s.seed,
-            "node_port_range": str(s.node_port_range),
-            "bpf_nat_global_max": s.bpf_nat_global_max,
-            "nat_map_stats_interval": s.stats_interval,
-            "nat_map_stats_entries": s.stats_entries,
-            "cilium_version": s.cilium_version,
-            "saturation_divisor": s.divisor,
+            "nodePortRange": str(s.node_port_range),
+            "bpfNatGlobalMax": s.bpf_nat_global_max,
+            "natMapStatsInterval": s.stats_interval,
+            "natMapStatsEntries": s.stats_entries,
+            "conntrackGCInterval": s.conntrack_gc_interval,
+            "ciliumVersion": s.cilium_version,
+            "saturationDivisor": s.divisor,
         },
         "gateways": result.gateways,
-        "egress_ips": result.egress_ips,
-        "wall_seconds": round(result.wall_seconds, 3),
-        "totals": {
-            **totals_document(result.totals),
-            "not_masqueraded": result.not_masqueraded,
-            "tries": [int(x) for x in result.totals.tries],
-        },
-        "peak_saturation": result.peak_saturation,
+        "egressIPs": result.egress_ips,
+        "wallSeconds": round(result.wall_seconds, 3),
+        "totals": {**totals_document(result.totals), "notMasqueraded": result.not_masqueraded},
+        "peakSaturation": result.peak_saturation,
         "tuples": [
             {
                 **_endpoint_doc(endpoint),
@@ -190,16 +190,12 @@ def result_document(result: SimulationResult) -> dict[str, Any]:
         "intervals": [
             {
                 "time": record.time,
-                "saturation": {f.value: v for f, v in record.stats.saturation.items()},
                 "attempted": record.totals.attempted,
                 "refused": record.totals.refused,
                 "dropped": record.totals.dropped,
                 "evictions": record.totals.evictions,
                 "broken": record.totals.broken,
-                "rows": [
-                    {**_endpoint_doc(row.endpoint), "count": row.count, "rank": row.rank}
-                    for row in record.stats.rows
-                ],
+                "natStats": stats_document(record.stats),
             }
             for record in result.intervals
         ],

@@ -4,10 +4,10 @@ A snapshot is a count per tuple at a time. Files may be:
 
 - the nat-stats table as ``cilium-dbg statedb nat-stats`` prints it (``# IPFamily ...``);
 - JSON from ``egressgw nat-stats -o json`` or the agent's ``/v1/statedb/nat-stats``
-  (an object with ``rows``, or a list of rows; ``updated_at`` gives the time);
+  (an object with ``rows``, or a list of rows; ``updatedAt`` gives the time);
 - a NAT table dump (``cilium-dbg bpf nat list``, ``conntrack -L``), counted here.
 
-The time comes from ``FILE@TIME`` or, for JSON with ``updated_at``, from the document.
+The time comes from ``FILE@TIME`` or, for JSON with ``updatedAt``, from the document.
 TIME is seconds (e.g. Unix time) or an ISO 8601 timestamp.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,18 +91,27 @@ def parse_table(text: str, *, source: str) -> dict[NatEndpoint, int]:
     return counts
 
 
+def _field(doc: Mapping[str, Any], camel: str, snake: str, default: object = None) -> Any:
+    """A row field as egressgw writes it (camelCase), or in snake_case."""
+    if camel in doc:
+        return doc[camel]
+    if snake in doc or default is None:
+        return doc[snake]
+    return default
+
+
 def _row(doc: object, where: str, source: str) -> tuple[NatEndpoint, int]:
     if not isinstance(doc, Mapping):
         raise InputError("must be an object", source=source, field=where)
     try:
-        egress = parse_ip(str(doc["egress_ip"]))
+        egress = parse_ip(str(_field(doc, "egressIP", "egress_ip")))
         family = Family(doc.get("family", Family.of(egress).value))
         key = NatEndpoint(
             family,
             Proto.parse(str(doc["proto"])),
             egress,
-            parse_ip(str(doc["remote_ip"])),
-            int(doc.get("remote_port", 0)),
+            parse_ip(str(_field(doc, "remoteIP", "remote_ip"))),
+            int(_field(doc, "remotePort", "remote_port", 0)),
         )
         return key, int(doc["count"])
     except KeyError as exc:
@@ -112,7 +121,7 @@ def _row(doc: object, where: str, source: str) -> tuple[NatEndpoint, int]:
 
 
 def parse_json(doc: Any, *, source: str) -> tuple[dict[NatEndpoint, int], float | None]:
-    """Rows and the ``updated_at`` time (if any) of a nat-stats JSON document."""
+    """Rows and the ``updatedAt`` time (if any) of a nat-stats JSON document."""
     rows = doc.get("rows") if isinstance(doc, Mapping) else doc
     if not isinstance(rows, list):
         raise InputError("expected a nat-stats document with 'rows'", source=source)
@@ -120,7 +129,9 @@ def parse_json(doc: Any, *, source: str) -> tuple[dict[NatEndpoint, int], float 
     for i, item in enumerate(rows):
         key, count = _row(item, f"rows[{i}]", source)
         counts[key] = counts.get(key, 0) + count
-    when = doc.get("updated_at") if isinstance(doc, Mapping) else None
+    when = None
+    if isinstance(doc, Mapping):
+        when = doc.get("updatedAt", doc.get("updated_at"))
     if when is None:
         return counts, None
     return counts, parse_time(str(when), source=source)
@@ -173,3 +184,32 @@ def load_snapshots(specs: Sequence[str], at: Sequence[str] = ()) -> list[Snapsho
         load_snapshot(spec, at=at[i] if at else None) for i, spec in enumerate(specs)
     ]
     return sorted(snapshots, key=lambda s: s.time)
+
+
+def poll_snapshots(
+    fetch: Callable[[], Any],
+    *,
+    samples: int,
+    every: float,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+    source: str,
+) -> list[Snapshot]:
+    """Take ``samples`` distinct snapshots from ``fetch`` (a nat-stats JSON document).
+
+    The document's ``updatedAt`` is its time (the clock's when it has none). The agent
+    recounts every --nat-map-stats-interval, so a poll that returns the same pass again
+    is not counted twice; polling gives up after 3 x ``samples`` tries.
+    """
+    taken: list[Snapshot] = []
+    for attempt in range(3 * samples):
+        if attempt:
+            sleep(every)
+        counts, when = parse_json(fetch(), source=source)
+        time = clock() if when is None else when
+        if taken and time <= taken[-1].time:
+            continue
+        taken.append(Snapshot(source, time, counts))
+        if len(taken) == samples:
+            break
+    return taken
