@@ -154,9 +154,10 @@ def _verdict(result: SimulationResult) -> str:
                  f"{totals.broken}.\n")
     if totals.dropped and result.peak_saturation < 1.0:
         lines.append(
-            "Drops began below 100%: nat.h tries at most "
-            f"{result.settings.model_config().retries} ports per new connection, so the "
-            "search fails while a few ports are still free.\n"
+            "Drops below 100%: nat.h tries at most "
+            f"{result.settings.model_config().retries} ports per new connection, and the "
+            "clients' own source ports (kept when free) crowd part of the range, so a "
+            "search can fail while ports are still free.\n"
         )
     if totals.evictions:
         lines.append(
