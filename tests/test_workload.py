@@ -98,6 +98,15 @@ def test_missing_egress_ip_says_how_to_give_one():
         route_workload(workload)
 
 
+def test_egress_ips_of_the_other_family_are_not_used():
+    doc = base(egress_ips=["2001:db8:203::10", "10.1.0.1"])
+    routes = route_workload(parse_workload(doc, source="w.yaml"))
+    assert [str(ip) for ip in routes.egress.ips] == ["10.1.0.1"]
+    doc = base(egress_ips=["2001:db8:203::10"])
+    with pytest.raises(InputError, match=r"clients\[0\]: no IPv4 egress IP among 2001:db8"):
+        route_workload(parse_workload(doc, source="w.yaml"))
+
+
 def test_yaml_syntax_error_names_the_line(tmp_path):
     path = tmp_path / "w.yaml"
     path.write_text("clients:\n  - count: 1\n   cidr: [\n")

@@ -89,12 +89,19 @@ class Routes:
 def _fixed_group_routes(
     workload: Workload, group: ClientGroup, index: int, table: EgressTable
 ) -> npt.NDArray[np.int32]:
-    ips = group.egress_ips or workload.egress_ips
-    if not ips:
+    given = group.egress_ips or workload.egress_ips
+    if not given:
         raise InputError(
             "no egress IP: give egress_ips in the workload, or --policies with --inventory",
             source=workload.source, field=f"clients[{index}]",
         )
+    # Each client uses the egress IPs of its own address family.
+    family = group.addresses[0].version
+    ips = tuple(ip for ip in given if ip.version == family)
+    if not ips:
+        listed = ", ".join(str(ip) for ip in given)
+        raise InputError(f"no IPv{family} egress IP among {listed}",
+                         source=workload.source, field=f"clients[{index}]")
     slots = np.array([table.add(ip, workload.gateway_of(ip)) for ip in ips], dtype=np.int32)
     per_client = slots[np.arange(group.count) % len(slots)]
     return np.repeat(per_client[:, None], len(workload.destinations), axis=1)
