@@ -12,7 +12,7 @@ from egressgw.cli import main
 from egressgw.config import NodePortRange
 from egressgw.datapath.model import DropReason
 from egressgw.policy import compile_rules, load_inventory, load_policies
-from egressgw.sim.report import render_summary, result_document, tries_buckets
+from egressgw.sim.report import interval_rows, render_summary, result_document, tries_buckets
 from egressgw.sim.simulate import SimSettings, simulate
 from egressgw.sim.workload import load_workload, parse_workload
 
@@ -167,3 +167,13 @@ def test_summary_names_the_drop_reason():
     text = render_summary(result)
     assert "167 No mapping for NAT masquerade   11" in text
     assert "saturation ipv4: 100.00% (9/9)" in text
+    assert "10s    10.1.0.0 -> 10.2.0.0:8080   9       100.0%       +11" in text
+
+
+def test_per_pass_rows_thin_out_long_runs_but_keep_the_last():
+    result = simulate(workload(rate=1.0),
+                      SimSettings(duration=100.0, stats_interval=1.0, node_port_range=TINY_RANGE))
+    rows = interval_rows(result, max_rows=24)
+    assert len(rows) - 1 <= 25 and rows[-1][0] == "1m40s"
+    # The refusals of the thinned rows still add up to all of them.
+    assert sum(int(r[4]) for r in rows[1:]) == result.totals.refused == 100 - TINY_PORTS

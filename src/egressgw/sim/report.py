@@ -97,6 +97,33 @@ def crossing_rows(result: SimulationResult, limit: int = 10) -> list[list[str]]:
     return rows
 
 
+def interval_rows(result: SimulationResult, max_rows: int = 24) -> list[list[str]]:
+    """Saturation per nat-stats pass (every Nth pass when there are many), with the
+    refusals and evictions since the previous row."""
+    records = result.intervals
+    step = max(1, -(-len(records) // max_rows))
+    shown = list(range(step - 1, len(records), step))
+    if records and shown[-1] != len(records) - 1:
+        shown.append(len(records) - 1)
+    rows = [["Time", "Top tuple", "Count", "Saturation", "Refused", "Evicted", "Broken"]]
+    previous: Totals = Totals()
+    for i in shown:
+        record = records[i]
+        top = max(record.stats.rows, key=lambda r: r.count, default=None)
+        t = record.totals
+        rows.append([
+            format_seconds(record.time),
+            f"{format_ip(top.egress_ip)} -> {top.remote_addr}" if top else "-",
+            str(top.count) if top else "0",
+            f"{top.count / result.settings.divisor:.1%}" if top else "0.0%",
+            f"+{t.refused - previous.refused}",
+            f"+{t.evictions - previous.evictions}",
+            f"+{t.broken - previous.broken}",
+        ])
+        previous = t
+    return rows
+
+
 def render_summary(result: SimulationResult) -> str:
     """The text report of ``egressgw simulate``."""
     s = result.settings
@@ -116,6 +143,9 @@ def render_summary(result: SimulationResult) -> str:
         tabwrite([["  " + label, str(n)] for label, n in tries_buckets(totals.tries)]),
         "\nTuples: peak count and first nat-stats pass at or above each mark\n",
         tabwrite(crossing_rows(result)),
+        "\nPer nat-stats pass (the largest tuple; refusals, evictions, breaks since the "
+        "row before)\n",
+        tabwrite(interval_rows(result)),
     ]
     if result.intervals:
         last = result.intervals[-1]
