@@ -10,7 +10,7 @@ import numpy.typing as npt
 
 from egressgw.datapath.model import kernel as _kernel
 from egressgw.datapath.model.config import GC_START_INTERVAL, ModelConfig
-from egressgw.datapath.model.reference import COUNTED_PROTOS, PORT_PROTOS, ConnKey, NatRow
+from egressgw.datapath.model.reference import ConnKey, NatRow
 from egressgw.datapath.model.types import ConnectionBatch, DropReason, EndKind, ModelCounters
 
 # numba dispatchers accept whatever numba can type; to mypy they are opaque.
@@ -247,27 +247,19 @@ class CompiledModel:
         return rows
 
     def in_endpoint_counts(self) -> dict[tuple[int, int, int, int, int], int]:
-        flags = self.nr[:, k.E_PORTFLAGS] & 0xFF
-        slots = np.flatnonzero((flags & (k.NF_USED | k.NF_IN)) == (k.NF_USED | k.NF_IN))
-        records = self.cr[self.nr[slots, k.E_OWNER]]
-        family = ((flags[slots] & k.NF_V6) != 0).astype(np.int64)
-        proto = ((records[:, k.R_MISC] >> 8) & 0xFF).astype(np.int64)
-        counted = np.zeros(len(slots), bool)
-        for fam in (0, 1):
-            counted |= (family == fam) & np.isin(proto, COUNTED_PROTOS[fam])
-        dport = (records[:, k.R_PORTS] & 0xFFFF).astype(np.int64)
-        rport = np.where(np.isin(proto, PORT_PROTOS), dport, 0)
-        keys = np.stack(
-            [family, proto, self.nr[slots, k.E_ADDR].astype(np.int64),
-             records[:, k.R_DST].astype(np.int64), rport]
-        )[:, counted]  # fmt: skip
-        if keys.shape[1] == 0:
-            return {}
-        unique, counts = np.unique(keys, axis=1, return_counts=True)
+        entries = int(self.st[k.S_COUNT] + self.st[k.S_COUNT + 1])
+        table = np.full(_pow2_at_least(2 * entries + 2), -1, np.int64)
+        keys_hi = np.zeros(entries + 1, np.int64)
+        keys_lo = np.zeros(entries + 1, np.int64)
+        counts = np.zeros(entries + 1, np.int64)
+        n = k.count_endpoints(self.cr, self.nr, table, keys_hi, keys_lo, counts)
         return {
-            (int(a), int(b), int(c), int(d), int(e)): int(n)
-            for (a, b, c, d, e), n in zip(unique.T, counts, strict=True)
-        }
+            ((lo >> 24) & 1, (lo >> 16) & 0xFF, (hi >> 32) & 0xFFFFFFFF, hi & 0xFFFFFFFF,
+             lo & 0xFFFF): count
+            for hi, lo, count in zip(
+                keys_hi[:n].tolist(), keys_lo[:n].tolist(), counts[:n].tolist(), strict=True
+            )
+        }  # fmt: skip
 
     def memory_bytes(self) -> int:
         """Bytes held by the kernel's arrays (connections, NAT entries, indexes, heap)."""

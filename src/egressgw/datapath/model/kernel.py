@@ -844,3 +844,46 @@ def op_send(SC, CR, CF, CB, NR, NF, NB, src, sport, dst, dport, proto, egress, m
 def op_reply(SC, CR, CF, CB, NR, NB, src, sport, dst, dport, proto):
     o = conn_find(CR, CB, src, sport, dst, dport, proto)
     return reply_record(SC, CR, CF, NR, NB, o)
+
+
+@njit(cache=True, _nrt=False)
+def count_endpoints(CR, NR, table, keys_hi, keys_lo, counts) -> int:
+    """IN entries per nat-stats key, into the first n rows of keys_*/counts; returns n.
+
+    ``table`` (power of two, at least twice the IN entries, filled with -1) is an
+    open-addressed index. A key is hi = egress << 32 | remote, lo = family << 24 |
+    proto << 16 | remote port (0 for ICMP). Only TCP, UDP and ICMP (IPv4) or ICMPv6
+    (IPv6) count, as in pkg/maps/nat/stats.
+    """
+    n = 0
+    mask = table.shape[0] - 1
+    for e in range(NR.shape[0]):
+        pf = NR[e, E_PORTFLAGS]
+        if pf & (NF_USED | NF_IN) != NF_USED | NF_IN:
+            continue
+        o = NR[e, E_OWNER]
+        proto = np.int64((CR[o, R_MISC] >> 8) & 0xFF)
+        fam = 1 if pf & NF_V6 else 0
+        ported = proto == 6 or proto == 17  # noqa: PLR1714 (a set would allocate)
+        if not (ported or (proto == 58 if fam else proto == 1)):
+            continue
+        rport = np.int64(CR[o, R_PORTS] & 0xFFFF) if ported else 0
+        egress = np.int64(NR[e, E_ADDR])
+        remote = np.int64(CR[o, R_DST])
+        hi = (egress << 32) | remote
+        lo = (fam << 24) | (proto << 16) | rport
+        h = _hash(egress, remote, lo, mask)
+        while True:
+            s = table[h]
+            if s < 0:
+                table[h] = n
+                keys_hi[n] = hi
+                keys_lo[n] = lo
+                counts[n] = 1
+                n += 1
+                break
+            if keys_hi[s] == hi and keys_lo[s] == lo:
+                counts[s] += 1
+                break
+            h = (h + 1) & mask
+    return n
