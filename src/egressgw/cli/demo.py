@@ -31,10 +31,11 @@ def demo(*, out_dir: Path, seed: int, scale: float, quiet: bool) -> None:
     \b
     The scenario of Cilium's egress gateway troubleshooting guide: egress IP 10.1.0.0
     masquerades clients of a server at 10.2.0.0:8080 behind a firewall. Connections
-    grow past the 32768 source ports of that tuple: nat-stats climbs to 100%, new
-    connections are dropped (reason 167, "No mapping for NAT masquerade") and old ones
-    are evicted. Splitting the clients over a second egress IP fixes it. Runs on the
-    model datapath in virtual time: no root, about half a minute.
+    grow past the 32768 source ports of that tuple: nat-stats climbs toward 100%, new
+    connections are dropped (reason 167, "No mapping for NAT masquerade") even before
+    it gets there, and old ones are evicted. Splitting the clients over a second egress
+    IP fixes it. Runs on the model datapath in virtual time: no root; seconds, under a
+    minute the first time (while numba compiles).
     """
     from egressgw.sim.demo import run_demo  # noqa: PLC0415 - loads the model and plotting
 
