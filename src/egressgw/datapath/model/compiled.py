@@ -17,20 +17,10 @@ from egressgw.datapath.model.types import ConnectionBatch, DropReason, EndKind, 
 k: Any = _kernel
 
 INITIAL_ROWS = 1024
-HEAP_DTYPES = (np.float64, np.int64, np.uint32, np.float64, np.float32, np.uint8, np.uint32)
 
 
 def _pow2_at_least(n: int) -> int:
     return 1 << max(4, (n - 1).bit_length())
-
-
-def _grow(columns: tuple[npt.NDArray[Any], ...], size: int) -> tuple[npt.NDArray[Any], ...]:
-    grown = []
-    for col in columns:
-        new = np.zeros(size, col.dtype)
-        new[: len(col)] = col
-        grown.append(new)
-    return tuple(grown)
 
 
 def _grow_rows(rows: npt.NDArray[np.uint32], size: int) -> npt.NDArray[np.uint32]:
@@ -73,9 +63,7 @@ class CompiledModel:
         self.cb = np.full(16, k.NONE, np.uint32)
         self.nr = np.zeros((0, k.NR_WORDS), np.uint32)
         self.nb = np.full(16, k.NONE, np.uint32)
-        self.heap: tuple[npt.NDArray[Any], ...] = tuple(
-            np.zeros(INITIAL_ROWS, d) for d in HEAP_DTYPES
-        )
+        self.heap_rows = np.zeros((INITIAL_ROWS, k.H_WORDS), np.int64)
         self._grow_conns(INITIAL_ROWS)
         self._grow_nat(min(INITIAL_ROWS, 2 * config.bpf_nat_global_max))
 
@@ -119,7 +107,13 @@ class CompiledModel:
         k.rebuild_in_index(self.cr, self.nr, self.nb)
 
     def _grow_heap(self) -> None:
-        self.heap = _grow(self.heap, 2 * len(self.heap[0]))
+        rows = np.zeros((2 * len(self.heap_rows), k.H_WORDS), np.int64)
+        rows[: len(self.heap_rows)] = self.heap_rows
+        self.heap_rows = rows
+
+    @property
+    def heap(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        return self.heap_rows, self.heap_rows.view(np.float64)
 
     def _make_room(self, need: int) -> None:
         if need == k.NEED_CONN:
@@ -263,7 +257,7 @@ class CompiledModel:
 
     def memory_bytes(self) -> int:
         """Bytes held by the kernel's arrays (connections, NAT entries, indexes, heap)."""
-        arrays = (*self._sc(), self.cr, self.cb, self.nr, self.nb, *self.heap)
+        arrays = (*self._sc(), self.cr, self.cb, self.nr, self.nb, self.heap_rows)
         return int(sum(a.nbytes for a in arrays))
 
     @property

@@ -15,7 +15,8 @@ State lives in a few flat arrays, so every function compiles once and is cached 
 - ``NR`` NAT entries, one uint32 row (32 bytes): owner record, translated address and
   port, flags, the per-family LRU list (doubly linked), the IN hash chain and the created
   time (float32 through the ``NF`` view). ``NB`` is the IN hash index.
-- ``H`` pending events: a binary heap ordered by (time, sequence number).
+- ``H`` pending events: a binary heap of int64 rows (48 bytes, with a float64 view for the
+  times) ordered by (time, sequence number).
 
 Rows rather than columns: a lookup touches one cache line per record instead of one per
 field. Every function is compiled with ``_nrt=False``: none allocates, and without numba's
@@ -114,6 +115,15 @@ E_CREATED = 6  # float32 column 6 of the NF view
 NR_WORDS = 8
 
 NONE = 0xFFFFFFFF
+
+# -- event rows (H = (HI int64, HF its float64 view)) ---------------------------------------
+H_TIME = 0  # float
+H_END = 1  # float
+H_KA = 2  # float
+H_SEQ = 3
+H_CONN = 4
+H_EGRESS_KIND = 5  # egress << 8 | h_kind
+H_WORDS = 6
 
 # -- flags ----------------------------------------------------------------------------------
 CF_USED = 1
@@ -608,61 +618,59 @@ def after_operation(SC, CR, CF, CB, NR, NB) -> None:
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _heap_swap(H, i, j) -> None:
-    h_time, h_seq, h_conn, h_end, h_ka, h_kind, h_egress = H
-    h_time[i], h_time[j] = h_time[j], h_time[i]
-    h_seq[i], h_seq[j] = h_seq[j], h_seq[i]
-    h_conn[i], h_conn[j] = h_conn[j], h_conn[i]
-    h_end[i], h_end[j] = h_end[j], h_end[i]
-    h_ka[i], h_ka[j] = h_ka[j], h_ka[i]
-    h_kind[i], h_kind[j] = h_kind[j], h_kind[i]
-    h_egress[i], h_egress[j] = h_egress[j], h_egress[i]
-
-
-@njit(cache=True, _nrt=False, inline="always")
-def _before(h_time, h_seq, i, j) -> bool:
-    return h_time[i] < h_time[j] or (h_time[i] == h_time[j] and h_seq[i] < h_seq[j])
+def _move(HI, src, dst) -> None:
+    for c in range(H_WORDS):
+        HI[dst, c] = HI[src, c]
 
 
 @njit(cache=True, _nrt=False)
 def heap_push(st, H, t, seq, o, end, ka, kind, egress) -> None:
-    h_time, h_seq, h_conn, h_end, h_ka, h_kind, h_egress = H
+    """Add an event, sifting a hole up from the end (one row copy per level)."""
+    HI, HF = H
     i = st[S_HEAP_SIZE]
     st[S_HEAP_SIZE] = i + 1
-    h_time[i] = t
-    h_seq[i] = seq
-    h_conn[i] = o
-    h_end[i] = end
-    h_ka[i] = ka
-    h_kind[i] = kind
-    h_egress[i] = egress
     while i > 0:
         parent = (i - 1) >> 1
-        if not _before(h_time, h_seq, i, parent):
+        pt = HF[parent, H_TIME]
+        if not (t < pt or (t == pt and seq < HI[parent, H_SEQ])):
             break
-        _heap_swap(H, i, parent)
+        _move(HI, parent, i)
         i = parent
+    HF[i, H_TIME] = t
+    HF[i, H_END] = end
+    HF[i, H_KA] = ka
+    HI[i, H_SEQ] = seq
+    HI[i, H_CONN] = o
+    HI[i, H_EGRESS_KIND] = (egress << 8) | kind
 
 
 @njit(cache=True, _nrt=False)
 def heap_pop_to_end(st, H) -> int:
-    """Move the earliest event to the slot just past the heap and return that slot."""
-    h_time, h_seq = H[0], H[1]
+    """Move the earliest event to the row just past the heap and return that row."""
+    HI, HF = H
     n = st[S_HEAP_SIZE] - 1
     st[S_HEAP_SIZE] = n
-    _heap_swap(H, 0, n)
+    # The last event fills the hole the earliest leaves; keep it aside while sifting.
+    w0, w1, w2, w3, w4, w5 = HI[n, 0], HI[n, 1], HI[n, 2], HI[n, 3], HI[n, 4], HI[n, 5]
+    t = HF[n, H_TIME]
+    seq = HI[n, H_SEQ]
+    _move(HI, 0, n)
     i = 0
     while True:
-        left = 2 * i + 1
-        if left >= n:
+        child = 2 * i + 1
+        if child >= n:
             break
-        child = left
-        if left + 1 < n and _before(h_time, h_seq, left + 1, left):
-            child = left + 1
-        if not _before(h_time, h_seq, child, i):
+        if child + 1 < n:
+            a, b = HF[child + 1, H_TIME], HF[child, H_TIME]
+            if a < b or (a == b and HI[child + 1, H_SEQ] < HI[child, H_SEQ]):
+                child += 1
+        ct = HF[child, H_TIME]
+        if not (ct < t or (ct == t and HI[child, H_SEQ] < seq)):
             break
-        _heap_swap(H, i, child)
+        _move(HI, child, i)
         i = child
+    if n > 0:
+        HI[i, 0], HI[i, 1], HI[i, 2], HI[i, 3], HI[i, 4], HI[i, 5] = w0, w1, w2, w3, w4, w5
     return n
 
 
@@ -684,12 +692,13 @@ def _schedule(st, now, CR, CB, H, o, seq, end, ka, kind, egress) -> None:
 @njit(cache=True, _nrt=False)
 def _event(SC, CR, CF, CB, NR, NF, NB, H, slot) -> None:
     st, fs, cnt = SC[0], SC[1], SC[4]
-    o = np.int64(H[2][slot])
-    seq = H[1][slot]
-    end = H[3][slot]
-    ka = H[4][slot]
-    kind = np.int64(H[5][slot])
-    egress = np.int64(H[6][slot])
+    HI, HF = H
+    o = HI[slot, H_CONN]
+    seq = HI[slot, H_SEQ]
+    end = HF[slot, H_END]
+    ka = HF[slot, H_KA]
+    kind = HI[slot, H_EGRESS_KIND] & 0xFF
+    egress = HI[slot, H_EGRESS_KIND] >> 8
     ports = np.int64(CR[o, R_PORTS])
     src, dst = np.int64(CR[o, R_SRC]), np.int64(CR[o, R_DST])
     proto = np.int64((CR[o, R_MISC] >> 8) & 0xFF)
@@ -725,13 +734,13 @@ def run(SC, CR, CF, CB, NR, NF, NB, H, B, until) -> int:
     """
     st, fs, cfg, _cfgf, cnt, _tries, _mt = SC
     b_start, b_duration, b_end, b_src, b_sport, b_dst, b_dport, b_proto, b_egress, b_ka = B
-    h_time, h_conn = H[0], H[2]
+    HI, HF = H
     n = b_start.shape[0]
-    heap_cap = h_time.shape[0]
+    heap_cap = HI.shape[0]
     while True:
         i = st[S_BATCH_POS]
         t_start = b_start[i] if i < n else np.inf
-        t_heap = h_time[0] if st[S_HEAP_SIZE] > 0 else np.inf
+        t_heap = HF[0, H_TIME] if st[S_HEAP_SIZE] > 0 else np.inf
         t_gc = fs[F_NEXT_GC]
         t = min(t_start, t_heap, t_gc)
         if t >= until:
@@ -740,7 +749,7 @@ def run(SC, CR, CF, CB, NR, NF, NB, H, B, until) -> int:
             fs[F_NOW] = t
             gc(SC, CR, CF, CB, NR, NB)
         elif t_heap <= t_start:
-            fam = 1 if CR[h_conn[0], R_SRC] & V6_BIT else 0
+            fam = 1 if CR[HI[0, H_CONN], R_SRC] & V6_BIT else 0
             if not nat_room(st, cfg, fam):
                 return NEED_NAT
             fs[F_NOW] = t
