@@ -234,7 +234,7 @@ def conn_find(CR, CB, src, sport, dst, dport, proto) -> int:
     return -1
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def _conn_new(st, CR, CB, src, sport, dst, dport, proto, egress) -> int:
     o = st[S_CONN_FREE]
     st[S_CONN_FREE] = CR[o, R_NEXT] if CR[o, R_NEXT] != NONE else -1
@@ -254,7 +254,7 @@ def _conn_new(st, CR, CB, src, sport, dst, dport, proto, egress) -> int:
     return o
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def conn_maybe_free(st, CR, CB, o) -> None:
     """Free a record that has neither a CT entry nor anything referring to it."""
     misc = CR[o, R_MISC]
@@ -345,7 +345,7 @@ def in_find(CR, NR, NB, dst, dport, egress, port, proto) -> int:
     return -1
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def nat_remove(st, cnt, CR, CB, NR, NB, e, evicted) -> None:
     """Delete a NAT entry (an LRU eviction when ``evicted``)."""
     pf = NR[e, E_PORTFLAGS]
@@ -389,7 +389,7 @@ def nat_room(st, cfg, fam) -> bool:
     return st[S_NAT_NFREE] >= need
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def _nat_insert(st, cnt, cfg, CR, CB, NR, NF, NB, o, addr, port, is_in, fam, now) -> int:
     if st[S_COUNT + fam] >= cfg[C_CAP]:
         nat_remove(st, cnt, CR, CB, NR, NB, st[S_TAIL + fam], True)
@@ -422,7 +422,7 @@ def _clamp(start, end, value) -> int:
     return ((value & 0xFFFF) % ((end - start) & 0xFFFF) + start) & 0xFFFF
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def _allocate(SC, CR, CB, NR, NF, NB, o, egress, fam):
     """snat_v4_new_mapping: returns (port or -1, retries)."""
     st, fs, cfg, cfgf, cnt, tries, mt = SC
@@ -506,7 +506,7 @@ def forward(SC, CR, CF, CB, NR, NF, NB, src, sport, dst, dport, proto, egress, c
     return o, port, 0, broken, retries
 
 
-@njit(cache=True, _nrt=False, inline="always")
+@njit(cache=True, _nrt=False)
 def _track_reply(cfgf, CR, CF, o, now) -> None:
     misc = CR[o, R_MISC]
     if not misc & CF_CT:
