@@ -305,3 +305,59 @@ def test_counters_tries_histogram_counts_every_allocation(engine):
     assert isinstance(tries, np.ndarray)
     assert len(tries) == 129
     assert int(tries.sum()) == 40 == dp.counters.allocations
+
+
+def test_connection_batch_validates_and_normalises_columns():
+    rows = [(0.0, 1.0, 0, 1, 1000, 2, 443, 6, 3, 0.0), (1.0, np.inf, 2, 1, 1001, 2, 443, 6, 3, 5)]
+    batch = ConnectionBatch.from_rows(rows)
+    assert len(batch) == 2
+    assert batch.sport.dtype == np.uint16
+    assert batch.keepalive.dtype == np.float32
+    names = (
+        "start",
+        "duration",
+        "end",
+        "src",
+        "sport",
+        "dst",
+        "dport",
+        "proto",
+        "egress",
+        "keepalive",
+    )
+    doubled = ConnectionBatch.from_rows([rows[0], rows[0], rows[1], rows[1]])
+    strided = ConnectionBatch(**{name: getattr(doubled, name)[::2] for name in names})
+    assert not doubled.src[::2].flags.c_contiguous
+    assert strided.src.flags.c_contiguous
+    with pytest.raises(ValueError, match="sorted by start"):
+        ConnectionBatch.from_rows(rows[::-1])
+    with pytest.raises(ValueError, match="end"):
+        ConnectionBatch.from_rows([(0.0, 1.0, 7, 1, 1000, 2, 443, 6, 3, 0.0)])
+    with pytest.raises(ValueError, match="duration"):
+        ConnectionBatch.from_rows([(0.0, -1.0, 0, 1, 1000, 2, 443, 6, 3, 0.0)])
+    with pytest.raises(ValueError, match="rows"):
+        ConnectionBatch(
+            **{
+                **{
+                    n: getattr(batch, n)
+                    for n in (
+                        "start",
+                        "duration",
+                        "end",
+                        "src",
+                        "sport",
+                        "dst",
+                        "dport",
+                        "proto",
+                        "egress",
+                        "keepalive",
+                    )
+                },
+                "src": np.zeros(5, np.uint32),
+            }
+        )
+
+
+def test_unknown_cilium_version_is_a_config_error():
+    with pytest.raises(ConfigError, match="cilium-version"):
+        ModelConfig(cilium_version="1.99")

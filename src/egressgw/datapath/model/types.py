@@ -143,7 +143,8 @@ class ConnectionBatch:
             column = getattr(self, name)
             if not isinstance(column, np.ndarray) or column.ndim != 1:
                 raise ValueError(f"ConnectionBatch.{name}: expected a 1-d numpy array")
-            if column.dtype != dtype:
+            if column.dtype != dtype or not column.flags.c_contiguous:
+                # One layout and dtype per column, so the kernel compiles once.
                 object.__setattr__(self, name, np.ascontiguousarray(column, dtype=dtype))
             if len(column) != n:
                 raise ValueError(f"ConnectionBatch.{name}: {len(column)} rows, expected {n}")
