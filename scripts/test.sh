@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # Set everything up and run the whole test suite: lint, types, unit, property, golden and
-# (as root) kernel tests in real network namespaces. Used as is by CI (.ci/run).
+# (as root) kernel tests in real network namespaces. CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ] && ! { command -v nft && command -v conntrack && command -v ip && command -v promtool; } >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
+    # promtool (alert rule tests) comes with Debian's prometheus package.
     apt-get install -y -q nftables conntrack iproute2 prometheus >/dev/null
-    # The Debian package starts a Prometheus server; the tests only need promtool.
+    # The package may start a Prometheus server; the tests only need promtool.
     (systemctl stop prometheus prometheus-node-exporter || service prometheus stop) >/dev/null 2>&1 || true
 fi
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+bash scripts/setup.sh test
 
 .venv/bin/ruff check src tests bench
 .venv/bin/mypy
