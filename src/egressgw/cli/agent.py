@@ -10,7 +10,13 @@ import click
 
 from egressgw.agent import AgentConfig, ListenAddress, make_datapath, run_agent
 from egressgw.agent.datapaths import DATAPATHS
-from egressgw.config import NodePortRange, parse_duration
+from egressgw.cli.options import (
+    nat_map_stats_entries_option,
+    nat_map_stats_interval_option,
+    node_port_range_option,
+    parse_duration_flag,
+)
+from egressgw.config import NodePortRange
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -42,15 +48,13 @@ every tracked connection) in place, so a restarted agent picks up where it left 
 @click.option("--datapath", "datapath_kind", type=click.Choice(DATAPATHS),
               default="kernel", show_default=True,
               help="kernel: nftables + conntrack here; model: Cilium's BPF SNAT in memory.")
-@click.option("--node-port-range", default="30000,32767", show_default=True,
-              help="NodePort range MIN,MAX; NAT source ports are MAX+1..65535.")
-@click.option("--nat-map-stats-interval", default="30s", show_default=True,
-              help="How often nat-stats are recounted (0 disables).")
-@click.option("--nat-map-stats-entries", type=int, default=30, show_default=True,
-              help="Top K tuples kept per family (1..4096).")
+@node_port_range_option()
+@nat_map_stats_interval_option("How often nat-stats are recounted (0 disables).")
+@nat_map_stats_entries_option("Top K tuples kept per family (1..4096).")
 @click.option("--listen", default="127.0.0.1:9964", show_default=True,
               help="HOST:PORT or [IPv6]:PORT of the HTTP API and /metrics.")
-@click.option("--poll-interval", default="1s", show_default=True,
+@click.option("--poll-interval", default="1s", show_default=True, metavar="DURATION",
+              callback=parse_duration_flag,
               help="How often file changes and failure counters are checked.")
 @click.option("--cleanup", is_flag=True, help="Remove the installed rules and exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages too.")
@@ -60,11 +64,11 @@ def agent(
     inventory: Path | None,
     node: str | None,
     datapath_kind: str,
-    node_port_range: str,
-    nat_map_stats_interval: str,
+    node_port_range: NodePortRange,
+    nat_map_stats_interval: float,
     nat_map_stats_entries: int,
     listen: str,
-    poll_interval: str,
+    poll_interval: float,
     cleanup: bool,
     verbose: bool,
 ) -> None:
@@ -75,7 +79,7 @@ def agent(
     --nat-map-stats-interval and serves /metrics, /v1/statedb/nat-stats and /healthz.
     """
     configure_logging(verbose)
-    ports = NodePortRange.parse(node_port_range)
+    ports = node_port_range
     if cleanup:
         make_datapath(datapath_kind, ports).cleanup()
         logging.getLogger("egressgw.agent").info("removed the %s datapath's rules",
@@ -93,9 +97,9 @@ def agent(
         node=node,
         datapath=datapath_kind,
         node_port_range=ports,
-        stats_interval=parse_duration(nat_map_stats_interval, field="--nat-map-stats-interval"),
+        stats_interval=nat_map_stats_interval,
         stats_entries=nat_map_stats_entries,
         listen=ListenAddress.parse(listen),
-        poll_interval=parse_duration(poll_interval, field="--poll-interval"),
+        poll_interval=poll_interval,
     )
     run_agent(config, make_datapath(datapath_kind, ports))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from egressgw.cli.options import output_option
 from egressgw.errors import InputError
 from egressgw.policy.compile import compile_policies
 from egressgw.policy.inventory import load_inventory
@@ -39,14 +40,7 @@ def egress() -> None:
     default=None,
     help="Show the policy map as this node holds it (egress IPs only on its own gateways).",
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json", "yaml"]),
-    default="table",
-    show_default=True,
-    help="Output format; json and yaml carry every field of every rule.",
-)
+@output_option("table", "json", "yaml", help="json and yaml carry every field of every rule.")
 def list_rules(
     policies_path: Path, inventory_path: Path, node: str | None, output: str
 ) -> None:

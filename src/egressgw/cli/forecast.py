@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from egressgw.cli.options import node_port_range_option, output_option
 from egressgw.config import NodePortRange
 
 # Times above this are taken for Unix timestamps and also printed as dates.
@@ -118,14 +119,12 @@ Examples:
 @click.option("--at", "at", multiple=True, metavar="TIME",
               help="The time of each snapshot in order (seconds or ISO 8601); "
                    "instead of FILE@TIME.")
-@click.option("--node-port-range", default="30000,32767", show_default=True,
-              metavar="MIN,MAX", help="Sets the limit: Cilium's saturation divisor.")
+@node_port_range_option("Sets the limit: Cilium's saturation divisor, 65535-(MAX+1).")
 @click.option("--threshold", type=float, default=1.0, show_default=True,
               help="Forecast the time until this share of the limit (e.g. 0.8).")
 @click.option("--confidence", type=float, default=0.9, show_default=True,
               help="Coverage of the prediction band.")
-@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table",
-              show_default=True)
+@output_option("table", "json", "yaml")
 def forecast_command(
     *,
     snapshots: tuple[str, ...],
@@ -133,7 +132,7 @@ def forecast_command(
     samples: int,
     every_text: str,
     at: tuple[str, ...],
-    node_port_range: str,
+    node_port_range: NodePortRange,
     threshold: float,
     confidence: float,
     output: str,
@@ -158,7 +157,7 @@ def forecast_command(
         raise ConfigError(f"{threshold}: must be in (0, 1]", field="--threshold")
     if not 0 < confidence < 1:
         raise ConfigError(f"{confidence}: must be in (0, 1)", field="--confidence")
-    limit = NodePortRange.parse(node_port_range).cilium_saturation_divisor * threshold
+    limit = node_port_range.cilium_saturation_divisor * threshold
     if server is not None:
         if snapshots:
             raise click.UsageError("give SNAPSHOT files or --server, not both")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from egressgw.config import NodePortRange, check_stats_entries
+from egressgw.cli.options import nat_map_stats_entries_option, node_port_range_option, output_option
+from egressgw.config import NodePortRange
 from egressgw.errors import ConfigError
 from egressgw.lab import Lab, LabSpec, lab_rules, remove_lab
 from egressgw.policy import compile_rules, load_inventory, load_policies, rules_for_gateway
@@ -54,8 +55,7 @@ def down(*, name: str) -> None:
 
 @lab.command("status")
 @NAME_OPTION
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
+@output_option("text", "json")
 def status(*, name: str, output: str) -> None:
     """Show the lab's namespaces, addresses and server."""
     found = Lab.find(name)
@@ -98,12 +98,12 @@ def _print_summary(found: Lab) -> None:
                    "describes the lab).")
 @click.option("--node", default="gateway-1", show_default=True,
               help="With --policies: the gateway's node name in the inventory.")
-@click.option("--node-port-range", default="30000,32767", show_default=True,
-              help="NodePort range MIN,MAX; NAT source ports are MAX+1..65535.")
+@node_port_range_option()
 @click.option("--dry-run", is_flag=True, help="Print the nft script instead of loading it.")
 def apply(*, name: str, egress_ips: tuple[str, ...], excluded: tuple[str, ...],
           destinations: tuple[str, ...], no_gateway: bool, policies: Path | None,
-          inventory: Path | None, node: str, node_port_range: str, dry_run: bool) -> None:
+          inventory: Path | None, node: str, node_port_range: NodePortRange,
+          dry_run: bool) -> None:
     """Masquerade the pods' traffic on the lab gateway (one nft transaction).
 
     Without --policies every pod is masqueraded towards the server networks; with
@@ -120,7 +120,7 @@ def apply(*, name: str, egress_ips: tuple[str, ...], excluded: tuple[str, ...],
         chosen = list(egress_ips) or [t.egress4[0], t.egress6[0]]
         rules = lab_rules(t, chosen, destinations=list(destinations) or None,
                           excluded=excluded, no_gateway=no_gateway)
-    datapath = found.datapath(NodePortRange.parse(node_port_range))
+    datapath = found.datapath(node_port_range)
     if dry_run:
         click.echo(datapath.render(rules), nl=False)
         return
@@ -158,20 +158,19 @@ def load(*, name: str, to: str, connections: int, proto: str, hold: float, pod: 
 
 @lab.command("nat-stats")
 @NAME_OPTION
-@click.option("--node-port-range", default="30000,32767", show_default=True)
-@click.option("--nat-map-stats-entries", type=int, default=30, show_default=True)
-def nat_stats(*, name: str, node_port_range: str, nat_map_stats_entries: int) -> None:
+@node_port_range_option()
+@nat_map_stats_entries_option()
+def nat_stats(*, name: str, node_port_range: NodePortRange, nat_map_stats_entries: int) -> None:
     """nat-stats of the lab gateway's conntrack table, like cilium-dbg statedb nat-stats.
 
     Saturation divides by the ports in the NAT range (MAX+1..65535): unlike Cilium's
     clamp, the kernel's port search can use every one of them.
     """
     found = Lab.find(name)
-    ports = NodePortRange.parse(node_port_range)
-    datapath = found.datapath(ports)
+    datapath = found.datapath(node_port_range)
     stats = compute_nat_stats(datapath.endpoint_counts(),
-                              entries=check_stats_entries(nat_map_stats_entries),
-                              divisor=ports.nat_ports)
+                              entries=nat_map_stats_entries,
+                              divisor=node_port_range.nat_ports)
     click.echo(render_table(stats.rows), nl=False)
     click.echo(render_saturation(stats), nl=False)
     failures = datapath.allocation_failures()

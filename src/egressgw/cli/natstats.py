@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import click
 
-from egressgw.config import NAT_MAP_STATS_ENTRIES_DEFAULT, NodePortRange, check_stats_entries
+from egressgw.cli.options import nat_map_stats_entries_option, node_port_range_option, output_option
+from egressgw.config import NodePortRange
 from egressgw.dumps import count_endpoints, count_file, read_source
 from egressgw.render.documents import dump_document
 from egressgw.stats import compute_nat_stats, render_saturation, render_table, stats_document
-
-OUTPUTS = ("table", "json", "yaml")
 
 
 @click.command(
@@ -38,28 +37,14 @@ Examples:
     show_default=True,
     help="Dump format; auto looks at the first line.",
 )
-@click.option(
-    "--node-port-range",
-    default=str(NodePortRange()),
-    show_default=True,
-    metavar="MIN,MAX",
-    help="NodePort range; NAT ports are MAX+1..65535, saturation divides by 65535-(MAX+1).",
+@node_port_range_option(
+    "NodePort range; NAT ports are MAX+1..65535, saturation divides by 65535-(MAX+1)."
 )
-@click.option(
-    "--nat-map-stats-entries",
-    "entries",
-    type=int,
-    default=NAT_MAP_STATS_ENTRIES_DEFAULT,
-    show_default=True,
-    metavar="K",
-    help="Rows kept per address family (1..4096), the top K by count.",
-)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(OUTPUTS),
-    default="table",
-    show_default=True,
+@nat_map_stats_entries_option("Rows kept per address family (1..4096), the top K by count.")
+@output_option(
+    "table",
+    "json",
+    "yaml",
     help="table prints like `cilium-dbg statedb nat-stats`; json/yaml include every field.",
 )
 @click.option(
@@ -68,7 +53,13 @@ Examples:
     help="Skip lines that cannot be parsed (their number goes to stderr) instead of failing.",
 )
 def nat_stats(
-    *, source: str, fmt: str, node_port_range: str, entries: int, output: str, skip_invalid: bool
+    *,
+    source: str,
+    fmt: str,
+    node_port_range: NodePortRange,
+    nat_map_stats_entries: int,
+    output: str,
+    skip_invalid: bool,
 ) -> None:
     """Count SNAT connections per {egress IP, remote endpoint}, like `cilium-dbg statedb
     nat-stats`.
@@ -78,15 +69,17 @@ def nat_stats(
     family in ascending order of count. The saturation of each family (top count divided
     by the NAT ports Cilium counts with) goes to stderr, and into json/yaml output.
     """
-    ports = NodePortRange.parse(node_port_range)
-    check_stats_entries(entries)
     if source == "-":
         data, name = read_source(source)
         dump = count_endpoints(data, source=name, fmt=fmt, skip_invalid=skip_invalid)
     else:
         name = source
         dump = count_file(source, fmt=fmt, skip_invalid=skip_invalid)
-    stats = compute_nat_stats(dump.counts, entries=entries, divisor=ports.cilium_saturation_divisor)
+    stats = compute_nat_stats(
+        dump.counts,
+        entries=nat_map_stats_entries,
+        divisor=node_port_range.cilium_saturation_divisor,
+    )
     if dump.skipped:
         click.echo(f"{name}: skipped {dump.skipped} invalid line(s)", err=True)
     if output == "table":

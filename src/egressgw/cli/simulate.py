@@ -8,7 +8,14 @@ from typing import Any, TypeVar
 
 import click
 
-from egressgw.config import NodePortRange, parse_duration
+from egressgw.cli.options import (
+    nat_map_stats_entries_option,
+    nat_map_stats_interval_option,
+    node_port_range_option,
+    output_option,
+    parse_duration_flag,
+)
+from egressgw.config import NodePortRange
 from egressgw.errors import ConfigError
 from egressgw.policy.rules import EgressRule
 
@@ -20,20 +27,15 @@ def datapath_options(func: F) -> F:
     options = [
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Seed of every random draw: equal seeds, equal results."),
-        click.option("--duration", "duration_text", metavar="D",
+        click.option("--duration", callback=parse_duration_flag, metavar="DURATION",
                      help="Virtual time to simulate, e.g. 30m or 2h "
                           "(default: the workload's duration, else 1h)."),
-        click.option("--node-port-range", "node_port_range", default="30000,32767",
-                     show_default=True, metavar="MIN,MAX",
-                     help="NodePorts; NAT source ports are MAX+1..65535."),
+        node_port_range_option(),
         click.option("--bpf-nat-global-max", type=int, default=524288, show_default=True,
                      help="NAT map entries (2 per connection), LRU when full."),
-        click.option("--nat-map-stats-interval", "stats_interval_text", default="30s",
-                     show_default=True, metavar="D",
-                     help="Virtual time between nat-stats passes."),
-        click.option("--nat-map-stats-entries", "stats_entries", type=int, default=30,
-                     show_default=True, help="Top tuples kept per family."),
-        click.option("--conntrack-gc-interval", "gc_interval_text", metavar="D",
+        nat_map_stats_interval_option("Virtual time between nat-stats passes."),
+        nat_map_stats_entries_option(),
+        click.option("--conntrack-gc-interval", callback=parse_duration_flag, metavar="DURATION",
                      help="Fixed CT GC interval (default: Cilium's adaptive one)."),
         click.option("--cilium-version", type=click.Choice(["1.16", "1.18"]), default="1.16",
                      show_default=True,
@@ -48,32 +50,25 @@ def settings_from_options(
     *,
     workload_duration: float | None,
     seed: int,
-    duration_text: str | None,
-    node_port_range: str,
+    duration: float | None,
+    node_port_range: NodePortRange,
     bpf_nat_global_max: int,
-    stats_interval_text: str,
-    stats_entries: int,
+    nat_map_stats_interval: float,
+    nat_map_stats_entries: int,
     cilium_version: str,
-    gc_interval_text: str | None,
+    conntrack_gc_interval: float | None,
 ) -> Any:
     from egressgw.sim.simulate import DEFAULT_DURATION, SimSettings  # noqa: PLC0415
 
-    duration = (
-        parse_duration(duration_text, field="--duration") if duration_text is not None
-        else workload_duration or DEFAULT_DURATION
-    )
     return SimSettings(
-        duration=duration,
+        duration=duration if duration is not None else workload_duration or DEFAULT_DURATION,
         seed=seed,
-        node_port_range=NodePortRange.parse(node_port_range),
+        node_port_range=node_port_range,
         bpf_nat_global_max=bpf_nat_global_max,
-        stats_interval=parse_duration(stats_interval_text, field="--nat-map-stats-interval"),
-        stats_entries=stats_entries,
+        stats_interval=nat_map_stats_interval,
+        stats_entries=nat_map_stats_entries,
         cilium_version=cilium_version,
-        conntrack_gc_interval=(
-            parse_duration(gc_interval_text, field="--conntrack-gc-interval")
-            if gc_interval_text is not None else None
-        ),
+        conntrack_gc_interval=conntrack_gc_interval,
     )
 
 
@@ -103,8 +98,7 @@ Examples:
 @click.option("--inventory", type=click.Path(path_type=Path),
               help="Nodes and endpoints the policies are compiled against.")
 @datapath_options
-@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table",
-              show_default=True)
+@output_option("table", "json", "yaml")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), metavar="FILE.png",
               help="Also draw saturation over time for the top tuples.")
 @click.option("--progress/--no-progress", default=None,

@@ -10,7 +10,7 @@ import click
 from egressgw.agent.client import fetch_nat_stats, fetch_nat_stats_rows
 from egressgw.agent.endpoints import DEFAULT_SERVER
 from egressgw.agent.watch import watch
-from egressgw.config import parse_duration
+from egressgw.cli.options import output_option, parse_duration_flag
 from egressgw.render.documents import dump_document
 from egressgw.stats import render_table
 
@@ -31,11 +31,11 @@ Examples:
   egressgw statedb nat-stats -o json --server http://[::1]:9964""",
 )
 @click.option("-w", "--watch", "watch_interval", metavar="INTERVAL",
+              callback=parse_duration_flag,
               help="Keep printing the rows that change, every INTERVAL (e.g. 5s).")
-@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table",
-              show_default=True)
+@output_option("table", "json", "yaml")
 @click.option("--server", default=DEFAULT_SERVER, show_default=True, help=SERVER_HELP)
-def nat_stats(*, watch_interval: str | None, output: str, server: str) -> None:
+def nat_stats(*, watch_interval: float | None, output: str, server: str) -> None:
     """Top SNAT tuples per family: connections per {egress IP, remote endpoint}.
 
     Prints `# IPFamily Proto EgressIP RemoteAddr Count`, IPv4 before IPv6 and ascending
@@ -44,7 +44,7 @@ def nat_stats(*, watch_interval: str | None, output: str, server: str) -> None:
     if watch_interval is not None:
         if output != "table":
             raise click.UsageError(f"--watch is not supported with {output} output")
-        interval = parse_duration(watch_interval, field="--watch")
+        interval = watch_interval
         if interval <= 0:
             raise click.UsageError("--watch needs an interval above 0, such as 5s")
         watch(lambda: fetch_nat_stats_rows(server), sys.stdout, interval=interval,

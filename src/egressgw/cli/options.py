@@ -1,0 +1,101 @@
+"""Flags that several commands share, named and validated as Cilium names them.
+
+Each flag parses into its value type here (``NodePortRange``, seconds, a checked K), so
+every command reports a bad value the same way: ``egressgw: error: --flag: ...``, exit 2.
+Other duration flags take ``callback=parse_duration_flag``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from egressgw.config import (
+    NAT_MAP_STATS_ENTRIES_DEFAULT,
+    NodePortRange,
+    check_stats_entries,
+    parse_duration,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _flag(param: click.Parameter) -> str:
+    return max(param.opts, key=len) if param.opts else str(param.name)
+
+
+# Parsing happens in option callbacks (stable across click versions, unlike ParamType's
+# generic signature); a bad value raises ConfigError naming the flag.
+
+
+def parse_node_port_range(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> NodePortRange | None:
+    """``MIN,MAX`` into a :class:`NodePortRange`."""
+    return None if value is None else NodePortRange.parse(value)
+
+
+def parse_duration_flag(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> float | None:
+    """A Go-style duration (``30s``, ``5m``, ``1h30m``) into seconds."""
+    return None if value is None else parse_duration(value, field=_flag(param))
+
+
+def parse_stats_entries(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    """``--nat-map-stats-entries``: Cilium accepts 1..4096."""
+    return check_stats_entries(value)
+
+
+def node_port_range_option(
+    help: str = "NodePorts (Cilium's --node-port-range); NAT source ports are MAX+1..65535.",
+) -> Callable[[F], F]:
+    return click.option(
+        "--node-port-range",
+        default=str(NodePortRange()),
+        metavar="MIN,MAX",
+        callback=parse_node_port_range,
+        show_default=True,
+        help=help,
+    )
+
+
+def nat_map_stats_entries_option(
+    help: str = "Top tuples kept per family (1..4096).",
+) -> Callable[[F], F]:
+    return click.option(
+        "--nat-map-stats-entries",
+        type=int,
+        default=NAT_MAP_STATS_ENTRIES_DEFAULT,
+        metavar="K",
+        callback=parse_stats_entries,
+        show_default=True,
+        help=help,
+    )
+
+
+def nat_map_stats_interval_option(
+    help: str = "Time between nat-stats passes; 0 disables them.",
+) -> Callable[[F], F]:
+    return click.option(
+        "--nat-map-stats-interval",
+        default="30s",
+        metavar="DURATION",
+        callback=parse_duration_flag,
+        show_default=True,
+        help=help,
+    )
+
+
+def output_option(*formats: str, help: str = "Output format.") -> Callable[[F], F]:
+    """``-o/--output`` with the first format as the default."""
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(list(formats)),
+        default=formats[0],
+        show_default=True,
+        help=help,
+    )
