@@ -14,6 +14,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent_support import (
+    GATEWAY,
+    MemoryDatapath,
+    break_policy,
+    copy_examples,
+    endpoint,
+    get,
+    get_json,
+    sample_value,
+    scrape,
+)
 from egressgw.agent import Agent, AgentConfig, AgentHTTPServer, ListenAddress
 from egressgw.agent.client import fetch_nat_stats_rows
 from egressgw.agent.counters import CounterDeltas
@@ -26,17 +37,6 @@ from egressgw.policy import (
     load_inventory,
     load_policies,
     rules_for_gateway,
-)
-from test_agent_support import (
-    GATEWAY,
-    MemoryDatapath,
-    break_policy,
-    copy_examples,
-    endpoint,
-    get,
-    get_json,
-    sample_value,
-    scrape,
 )
 
 WALL_OFFSET = 1_700_000_000.0

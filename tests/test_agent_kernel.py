@@ -17,10 +17,10 @@ from typing import TypeVar
 
 import pytest
 
+from agent_support import AgentProcess, get_json, poll_until, sample_value, scrape
 from egressgw.datapath.kernel.netns import call_in
 from egressgw.lab import Lab
 from netns import lab, run_in  # noqa: F401  (module fixture)
-from test_agent_support import AgentProcess, get_json, poll_until, sample_value, scrape
 
 pytestmark = pytest.mark.kernel
 

@@ -13,12 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from egressgw.agent import Agent, AgentConfig, AgentHTTPServer, ListenAddress
-from egressgw.agent.modeldp import ModelAgentDatapath, Verdict
-from egressgw.config import NodePortRange
-from egressgw.datapath.model import ConnectResult
-from egressgw.net import Endpoint, FiveTuple, Proto
-from test_agent_support import (
+from agent_support import (
     GATEWAY,
     AgentProcess,
     break_policy,
@@ -29,6 +24,11 @@ from test_agent_support import (
     sample_value,
     scrape,
 )
+from egressgw.agent import Agent, AgentConfig, AgentHTTPServer, ListenAddress
+from egressgw.agent.modeldp import ModelAgentDatapath, Verdict
+from egressgw.config import NodePortRange
+from egressgw.datapath.model import ConnectResult
+from egressgw.net import Endpoint, FiveTuple, Proto
 
 # 64 NAT ports (65472..65535); Cilium's clamp reaches 63 of them.
 PORTS = NodePortRange(30000, 65471)

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from agent_support import GATEWAY, break_policy, copy_examples, scrape
 from egressgw.agent import Agent, AgentConfig, AgentHTTPServer, ListenAddress
 from egressgw.agent.modeldp import ModelAgentDatapath
 from egressgw.config import NodePortRange
 from egressgw.net import Endpoint, FiveTuple, Proto
-from test_agent_support import GATEWAY, break_policy, copy_examples, scrape
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 RULES = DEPLOY / "prometheus" / "egressgw-rules.yaml"
