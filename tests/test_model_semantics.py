@@ -191,6 +191,23 @@ def test_lru_evicts_least_recently_used_and_breaks_those_connections(engine):
     assert dp.counters.reply_drops == 3
 
 
+def test_collision_probe_does_not_refresh_the_entry_it_hits(engine):
+    # nat.h tries to insert the IN entry with BPF_NOEXIST; the kernel's failed insert
+    # does not mark the existing entry as used, so the entry a probe hits stays the
+    # least recently used and is the next one evicted.
+    dp = ModelDatapath(small_config(), random.Random(4), engine=engine)
+    first = tcp(0, sport=65500)
+    assert dp.connect(first, EGRESS).port == 65500
+    fillers = [tcp(i, sport=65500, dport=1000 + i) for i in range(1, 512)]
+    for t in fillers:  # distinct remote ports: no collisions; the map is now full
+        assert dp.connect(t, EGRESS).port == 65500
+    probe = dp.connect(tcp(600, sport=65500), EGRESS)  # its first port hits first's IN
+    assert probe.ok and probe.tries == 1
+    assert (dp.counters.evictions_in, dp.counters.evictions_out) == (1, 1)
+    assert not dp.reply(first, EGRESS).ok  # first's IN entry went, not a filler's
+    assert all(dp.reply(t, EGRESS).ok for t in fillers)
+
+
 def test_fin_close_frees_the_port_after_ct_timeout_and_gc(engine):
     config = small_config(conntrack_gc_interval=5.0)
     dp = ModelDatapath(config, random.Random(1), engine=engine)

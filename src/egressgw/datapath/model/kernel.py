@@ -448,7 +448,7 @@ def _allocate(SC, CR, CB, NR, NF, NB, o, egress, fam):
             )
             found = True
             break
-        nat_touch(st, NR, e)
+        # A failed BPF_NOEXIST insert: an existence check, no LRU refresh of the entry.
         port = _clamp(start, end, port + 1) if retries else _clamp(start, end, mt_random16(st, mt))
         retries += 1
     tries[retries] += 1

@@ -169,7 +169,9 @@ class ReferenceModel:
         found = False
         while retries < config.retries:
             reverse = in_key(key, egress, port)
-            if self._lookup(family, reverse) is None:
+            # nat.h inserts the IN entry with BPF_NOEXIST: a failed insert only checks that
+            # the key exists and does not refresh that entry's LRU recency.
+            if reverse not in self.nat[family]:
                 self._insert(family, reverse, NatValue(key, key[0], key[1], self.now))
                 self._insert(family, out_key(key), NatValue(key, egress, port, self.now))
                 found = True
