@@ -80,7 +80,9 @@ class Pressure:
         self.next_filler_sport = (config.port_min + self.next_filler % per_tuple).astype(np.uint16)
 
 
-@njit(cache=True, _nrt=False)
+# Not cached: numba's cache of a caller is keyed by its own file only, so a cached _churn
+# would keep running the kernel functions it was compiled against after kernel.py changes.
+@njit(cache=False, _nrt=False)
 def _churn(SC, T, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, oldest):  # noqa: PLR0917
     """Scenario A's loop in the kernel; returns (opened, dropped)."""
     CR, CF, CB, NR, NF, NB = T
