@@ -83,18 +83,25 @@ class Pressure:
 # Not cached: numba's cache of a caller is keyed by its own file only, so a cached _churn
 # would keep running the kernel functions it was compiled against after kernel.py changes.
 @njit(cache=False, _nrt=False)
-def _churn(SC, T, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, oldest):  # noqa: PLR0917
-    """Scenario A's loop in the kernel; returns (opened, dropped)."""
-    CR, CF, CB, NR, NF, NB = T
+def _churn(SC, T, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, oldest, pos):  # noqa: PLR0917
+    """Scenario A's loop in the kernel from step pos[0]; returns (opened, dropped).
+
+    Stops early (pos[0] < steps) when the NAT entry pool needs to grow.
+    """
+    CR, CF, CB, NR, NB = T
+    st = SC[0]
     opened = 0
     dropped = 0
-    head = 0
-    tail = 0
+    head = pos[1]
+    tail = pos[2]
     while tail < fifo.shape[0] and fifo[tail] >= 0:
         tail += 1
-    for i in range(src.shape[0]):
+    for i in range(pos[0], src.shape[0]):
+        if st[k.S_NAT_NFREE] < 2:
+            pos[0], pos[1], pos[2] = i, head, tail
+            return opened, dropped
         o, _p, drop, _b, _r = k.forward(
-            SC, CR, CF, CB, NR, NF, NB, src[i], sport[i], hot_dst, 443, 6, egress, False
+            SC, CR, CF, CB, NR, NB, src[i], sport[i], hot_dst, 443, 6, egress, False
         )
         if drop:
             dropped += 1
@@ -106,7 +113,8 @@ def _churn(SC, T, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, olde
             o = fifo[head]
             head += 1
         k.ct_delete(SC[0], SC[4], CR, CB, NR, NB, o)
-        k.forward(SC, CR, CF, CB, NR, NF, NB, f_src, f_sport[i], f_dst[i], 443, 6, egress, False)
+        k.forward(SC, CR, CF, CB, NR, NB, f_src, f_sport[i], f_dst[i], 443, 6, egress, False)
+    pos[0] = src.shape[0]
     return opened, dropped
 
 
@@ -120,8 +128,6 @@ def pressure_compiled(
     assert isinstance(model, CompiledModel)
     conns = len(fx.prefill) + 2 * steps + 16
     model._grow_conns(1 << (conns - 1).bit_length())
-    if len(model.nr) < config.bpf_nat_global_max + 4:
-        model._grow_nat(config.bpf_nat_global_max + 4)
     fifo = np.full(fx.hot_count + steps, -1, np.int64)
     hot = np.flatnonzero(
         (model.cr[:, k.R_DST] == fx.hot_dst) & (model.cr[:, k.R_MISC] & k.CF_CT != 0)
@@ -142,12 +148,21 @@ def pressure_compiled(
         fx.egress,
         fifo,
         oldest,
+        np.zeros(3, np.int64),
     )  # compile
+    pos = np.zeros(3, np.int64)
+    opened = dropped = 0
     t0 = time.perf_counter()
-    opened, dropped = _churn(
-        model._sc(), model._tables(), fx.new_src, fx.new_sport, fx.hot_dst,
-        fx.next_filler_dst, fx.next_filler_sport, fx.filler_pod, fx.egress, fifo, oldest,
-    )  # fmt: skip
+    while pos[0] < steps:  # growing the NAT entry pool when it runs short, as run() does
+        if model.st[k.S_NAT_NFREE] < 2:
+            model._make_room(k.NEED_NAT)
+        more_opened, more_dropped = _churn(
+            model._sc(), model._tables(), fx.new_src, fx.new_sport, fx.hot_dst,
+            fx.next_filler_dst, fx.next_filler_sport, fx.filler_pod, fx.egress, fifo, oldest,
+            pos,
+        )  # fmt: skip
+        opened += more_opened
+        dropped += more_dropped
     elapsed = time.perf_counter() - t0
     model._store_rng(state)
     evictions = int(model.cnt[k.K_EVICT_IN] + model.cnt[k.K_EVICT_OUT] - evictions_before)
@@ -161,7 +176,10 @@ def pressure_compiled(
         "hot_occupancy": hot_in / (config.port_max - config.port_min),
         "map_entries": int(model.st[k.S_COUNT]),
         "mean_retries": mean_tries,
+        # Arrays held (with doubling headroom) per connection with a CT entry.
         "bytes_per_tracked_conn": model.memory_bytes() / model.tracked_connections,
+        # The same when the arrays are full: a record, an IN row, and a slot in each index.
+        "bytes_per_conn_full_arrays": model.bytes_per_connection_full(),
         "tracked": model.tracked_connections,
     }
 

@@ -73,11 +73,8 @@ class CompiledModel:
         return (self.st, self.fs, self.cfg, self.cfgf, self.cnt, self.tries, self.mt)
 
     def _tables(self) -> tuple[npt.NDArray[Any], ...]:
-        """CR, CF, CB, NR, NF, NB: records, their float view, index; entries, view, index."""
-        return (
-            self.cr, self.cr.view(np.float64), self.cb,
-            self.nr, self.nr.view(np.float32), self.nb,
-        )  # fmt: skip
+        """CR, CF, CB, NR, NB: records, their float view, their index; IN entries, index."""
+        return (self.cr, self.cr.view(np.float64), self.cb, self.nr, self.nb)
 
     # -- growing ------------------------------------------------------------------------
 
@@ -103,6 +100,7 @@ class CompiledModel:
         self.st[k.S_NAT_FREE] = old
         self.st[k.S_NAT_NFREE] += size - old
         self.nr = nr
+        # Chained buckets, about one per IN entry once the pool is full.
         self.nb = np.full(_pow2_at_least(size), k.NONE, np.uint32)
         k.rebuild_in_index(self.cr, self.nr, self.nb)
 
@@ -119,7 +117,7 @@ class CompiledModel:
         if need == k.NEED_CONN:
             self._grow_conns(2 * len(self.cr))
         elif need == k.NEED_NAT:
-            limit = 2 * self.config.bpf_nat_global_max
+            limit = 2 * self.config.bpf_nat_global_max + 1  # see kernel.nat_room
             size = len(self.nr)
             if size >= limit:
                 raise AssertionError("NAT pool at its limit yet short of room")
@@ -187,7 +185,7 @@ class CompiledModel:
         return self._send(key, egress, 0)
 
     def reply(self, key: ConnKey) -> tuple[int, int]:
-        cr, cf, cb, nr, _nf, nb = self._tables()
+        cr, cf, cb, nr, nb = self._tables()
         port, drop = k.op_reply(self._sc(), cr, cf, cb, nr, nb, *key)
         return int(port), int(drop)
 
@@ -218,24 +216,28 @@ class CompiledModel:
 
     def _slots_in_lru_order(self, family: int) -> npt.NDArray[np.int64]:
         out = np.empty(int(self.st[k.S_COUNT + family]), np.int64)
-        count = k.lru_order(self.st, self.nr, family, out)
+        count = k.lru_order(self.st, self.cr, self.nr, family, out)
         return out[:count]
 
     def nat_rows(self) -> list[NatRow]:
         rows: list[NatRow] = []
-        created = self.nr.view(np.float32)[:, k.E_CREATED]
         for family in (0, 1):
-            for e in self._slots_in_lru_order(family):
-                entry = self.nr[e]
-                record = self.cr[entry[k.E_OWNER]]
+            for node in self._slots_in_lru_order(family).tolist():
+                if node & k.OUT_TAG:  # an OUT entry: the record's egress, port, created
+                    record = self.cr[node ^ k.OUT_TAG]
+                    direction, egress = 0, int(record[k.R_EGRESS])
+                    port, created = int(record[k.R_MISC]) >> 16, int(record[k.R_OCREATED])
+                else:
+                    entry = self.nr[node]
+                    record = self.cr[entry[k.E_OWNER]]
+                    direction, egress = 1, int(entry[k.E_ADDR])
+                    port, created = int(entry[k.E_PORTFLAGS]) >> 8, int(entry[k.E_CREATED])
                 ports = int(record[k.R_PORTS])
                 rows.append(
                     (
-                        family, 1 if entry[k.E_PORTFLAGS] & k.NF_IN else 0,
-                        int(record[k.R_SRC]), ports >> 16, int(record[k.R_DST]),
-                        ports & 0xFFFF, (int(record[k.R_MISC]) >> 8) & 0xFF,
-                        int(entry[k.E_ADDR]), int(entry[k.E_PORTFLAGS]) >> 8,
-                        float(created[e]),
+                        family, direction, int(record[k.R_SRC]), ports >> 16,
+                        int(record[k.R_DST]), ports & 0xFFFF,
+                        (int(record[k.R_MISC]) >> 8) & 0xFF, egress, port, float(created),
                     )
                 )  # fmt: skip
         return rows
@@ -259,6 +261,14 @@ class CompiledModel:
         """Bytes held by the kernel's arrays (connections, NAT entries, indexes, heap)."""
         arrays = (*self._sc(), self.cr, self.cb, self.nr, self.nb, self.heap_rows)
         return int(sum(a.nbytes for a in arrays))
+
+    def bytes_per_connection_full(self) -> int:
+        """Bytes per connection (CT entry + OUT and IN NAT entries) when the arrays are full.
+
+        A record (with the OUT entry), an IN row, and about one slot in each hash index
+        (both are power-of-two sized to their table's rows).
+        """
+        return int(self.cr.strides[0] + self.cb.itemsize + self.nr.strides[0] + self.nb.itemsize)
 
     @property
     def tracked_connections(self) -> int:

@@ -6,15 +6,19 @@ State lives in a few flat arrays, so every function compiles once and is cached 
 - ``SC`` scalars: ``st`` (int64 scalars), ``fs`` (float64 clock and GC state), ``cfg``
   (int64 settings), ``cfgf`` (float64 settings), ``cnt`` (counters), ``tries``
   (histogram) and ``mt`` (the MT19937 state of the injected ``random.Random``).
-- ``CR`` connection records, one uint32 row (40 bytes) per CT key, i.e. original tuple:
+- ``CR`` connection records, one uint32 row (48 bytes) per CT key, i.e. original tuple:
   the tuple, the egress address, the CT entry (flags, expiry as float64 in the last two
-  words, read through the ``CF`` view), the port it last got, its OUT entry, a reference
-  count (NAT entries naming it as owner plus pending events) and the hash chain. A record
-  without a CT entry stays while something references it, so NAT entries name their
-  tuple by record number instead of copying it. ``CB`` is the hash index.
-- ``NR`` NAT entries, one uint32 row (32 bytes): owner record, translated address and
-  port, flags, the per-family LRU list (doubly linked), the IN hash chain and the created
-  time (float32 through the ``NF`` view). ``NB`` is the IN hash index.
+  words, read through the ``CF`` view), the port it last got, its OUT NAT entry (a flag,
+  LRU links and created second: the OUT entry is keyed by the same tuple, and its egress
+  and port are the record's), a reference count (IN entries naming it as owner plus
+  pending events) and the hash chain. A record without a CT entry stays while something
+  references it, so IN entries name their tuple by record number instead of copying it.
+  ``CB`` is the hash index.
+- ``NR`` IN NAT entries, one uint32 row (28 bytes): owner record, translated address and
+  port, flags, the per-family LRU list links, the IN hash chain and the created second.
+  ``NB`` is the IN hash index, bucket = hash(key without port) + port.
+- The per-family LRU list is doubly linked through both tables: a node is an NR row, or
+  a record number with ``OUT_TAG`` set for an OUT entry.
 - ``H`` pending events: a binary heap of int64 rows (48 bytes, with a float64 view for the
   times) ordered by (time, sequence number).
 
@@ -98,11 +102,13 @@ R_DST = 1
 R_EGRESS = 2
 R_PORTS = 3  # sport << 16 | dport
 R_MISC = 4  # port << 16 | proto << 8 | flags
-R_OUT = 5
-R_REFS = 6
-R_NEXT = 7  # hash chain, or free list
-CR_WORDS = 10  # words 8-9: CT expiry, float64 column 4 of the CF view
-CF_EXPIRY = 4
+R_OPREV = 5  # the OUT entry (when CF_OUT): LRU links and created second
+R_ONEXT = 6
+R_OCREATED = 7
+R_REFS = 8
+R_NEXT = 9  # hash chain, or free list
+CR_WORDS = 12  # words 10-11: CT expiry, float64 column 5 of the CF view
+CF_EXPIRY = 5
 
 # -- NAT entry words (NR) -------------------------------------------------------------------
 E_OWNER = 0
@@ -111,10 +117,12 @@ E_PORTFLAGS = 2  # port << 8 | flags
 E_PREV = 3
 E_NEXT = 4  # LRU next, or free list
 E_HNEXT = 5
-E_CREATED = 6  # float32 column 6 of the NF view
-NR_WORDS = 8
+E_CREATED = 6  # whole seconds
+NR_WORDS = 7
 
 NONE = 0xFFFFFFFF
+# LRU list nodes: an IN entry is its NR row, an OUT entry is its record number | OUT_TAG.
+OUT_TAG = 0x8000_0000
 
 # -- event rows (H = (HI int64, HF its float64 view)) ---------------------------------------
 H_TIME = 0  # float
@@ -130,6 +138,8 @@ CF_USED = 1
 CF_CT = 2
 CF_BROKEN = 4
 CF_STATE_SHIFT = 3  # two bits: CT_SYN, CT_ESTABLISHED, CT_CLOSING
+CF_STATE_CLEAR = 0xFFFFFFE7
+CF_OUT = 32  # the record holds the connection's OUT NAT entry
 NF_USED = 1
 NF_IN = 2
 NF_V6 = 4
@@ -255,7 +265,6 @@ def _conn_new(st, CR, CB, src, sport, dst, dport, proto, egress) -> int:
     CR[o, R_PORTS] = ports
     CR[o, R_EGRESS] = egress
     CR[o, R_MISC] = (proto << 8) | CF_USED
-    CR[o, R_OUT] = NONE
     CR[o, R_REFS] = 0
     b = _conn_bucket(CB, src, dst, ports, proto)
     CR[o, R_NEXT] = CB[b]
@@ -301,40 +310,65 @@ def _lifetime(cfgf, proto, state) -> float:
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _lru_unlink(st, NR, e, fam) -> None:
-    p = NR[e, E_PREV]
-    q = NR[e, E_NEXT]
+def _get_prev(CR, NR, n):
+    return CR[n ^ OUT_TAG, R_OPREV] if n & OUT_TAG else NR[n, E_PREV]
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _get_next(CR, NR, n):
+    return CR[n ^ OUT_TAG, R_ONEXT] if n & OUT_TAG else NR[n, E_NEXT]
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _set_prev(CR, NR, n, v) -> None:
+    if n & OUT_TAG:
+        CR[n ^ OUT_TAG, R_OPREV] = v
+    else:
+        NR[n, E_PREV] = v
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _set_next(CR, NR, n, v) -> None:
+    if n & OUT_TAG:
+        CR[n ^ OUT_TAG, R_ONEXT] = v
+    else:
+        NR[n, E_NEXT] = v
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _lru_unlink(st, CR, NR, n, fam) -> None:
+    p = _get_prev(CR, NR, n)
+    q = _get_next(CR, NR, n)
     if p != NONE:
-        NR[p, E_NEXT] = q
+        _set_next(CR, NR, p, q)
     else:
-        st[S_HEAD + fam] = -1 if q == NONE else q
+        st[S_HEAD + fam] = -1 if q == NONE else np.int64(q)
     if q != NONE:
-        NR[q, E_PREV] = p
+        _set_prev(CR, NR, q, p)
     else:
-        st[S_TAIL + fam] = -1 if p == NONE else p
+        st[S_TAIL + fam] = -1 if p == NONE else np.int64(p)
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _lru_push(st, NR, e, fam) -> None:
+def _lru_push(st, CR, NR, n, fam) -> None:
     h = st[S_HEAD + fam]
-    NR[e, E_PREV] = NONE
+    _set_prev(CR, NR, n, NONE)
     if h >= 0:
-        NR[e, E_NEXT] = h
-        NR[h, E_PREV] = e
+        _set_next(CR, NR, n, h)
+        _set_prev(CR, NR, h, n)
     else:
-        NR[e, E_NEXT] = NONE
-        st[S_TAIL + fam] = e
-    st[S_HEAD + fam] = e
+        _set_next(CR, NR, n, NONE)
+        st[S_TAIL + fam] = n
+    st[S_HEAD + fam] = n
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def nat_touch(st, NR, e) -> None:
-    """A lookup from the datapath: the entry becomes the most recently used."""
-    fam = 1 if NR[e, E_PORTFLAGS] & NF_V6 else 0
-    if st[S_HEAD + fam] == e:
+def nat_touch(st, CR, NR, n, fam) -> None:
+    """A lookup from the datapath: the entry (LRU node ``n``) becomes the most recent."""
+    if st[S_HEAD + fam] == n:
         return
-    _lru_unlink(st, NR, e, fam)
-    _lru_push(st, NR, e, fam)
+    _lru_unlink(st, CR, NR, n, fam)
+    _lru_push(st, CR, NR, n, fam)
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -362,33 +396,37 @@ def in_find_at(CR, NR, NB, b, dst, dport, egress, port, proto) -> int:
 
 
 @njit(cache=True, _nrt=False)
-def nat_remove(st, cnt, CR, CB, NR, NB, e, evicted) -> None:
-    """Delete a NAT entry (an LRU eviction when ``evicted``)."""
+def nat_remove(st, cnt, CR, CB, NR, NB, n, evicted) -> None:
+    """Delete the NAT entry of LRU node ``n`` (an LRU eviction when ``evicted``)."""
+    if n & OUT_TAG:
+        o = n ^ OUT_TAG
+        fam = 1 if CR[o, R_SRC] & V6_BIT else 0
+        _lru_unlink(st, CR, NR, n, fam)
+        CR[o, R_MISC] &= ~np.uint32(CF_OUT)
+        st[S_COUNT + fam] -= 1
+        if evicted:
+            cnt[K_EVICT_OUT] += 1
+        return  # the record keeps its CT entry (an OUT entry implies one)
+    e = n
     pf = NR[e, E_PORTFLAGS]
     fam = 1 if pf & NF_V6 else 0
     o = NR[e, E_OWNER]
-    _lru_unlink(st, NR, e, fam)
-    if pf & NF_IN:
-        b = _in_bucket(
-            NB, NR[e, E_ADDR], CR[o, R_DST], pf >> 8, CR[o, R_PORTS] & 0xFFFF,
-            (CR[o, R_MISC] >> 8) & 0xFF,
-        )  # fmt: skip
-        prev = NONE
-        cur = NB[b]
-        while cur != e:
-            prev = cur
-            cur = NR[cur, E_HNEXT]
-        if prev == NONE:
-            NB[b] = NR[e, E_HNEXT]
-        else:
-            NR[prev, E_HNEXT] = NR[e, E_HNEXT]
-        if evicted:
-            cnt[K_EVICT_IN] += 1
+    _lru_unlink(st, CR, NR, e, fam)
+    b = _in_bucket(
+        NB, NR[e, E_ADDR], CR[o, R_DST], pf >> 8, CR[o, R_PORTS] & 0xFFFF,
+        (CR[o, R_MISC] >> 8) & 0xFF,
+    )  # fmt: skip
+    prev = NONE
+    cur = NB[b]
+    while cur != e:
+        prev = cur
+        cur = NR[cur, E_HNEXT]
+    if prev == NONE:
+        NB[b] = NR[e, E_HNEXT]
     else:
-        if CR[o, R_OUT] == e:
-            CR[o, R_OUT] = NONE
-        if evicted:
-            cnt[K_EVICT_OUT] += 1
+        NR[prev, E_HNEXT] = NR[e, E_HNEXT]
+    if evicted:
+        cnt[K_EVICT_IN] += 1
     NR[e, E_PORTFLAGS] = 0
     NR[e, E_NEXT] = st[S_NAT_FREE] if st[S_NAT_FREE] >= 0 else NONE
     st[S_NAT_FREE] = e
@@ -400,36 +438,45 @@ def nat_remove(st, cnt, CR, CB, NR, NB, e, evicted) -> None:
 
 @njit(cache=True, _nrt=False, inline="always")
 def nat_room(st, cfg, fam) -> bool:
-    """Whether two inserts into the family's map can be served without growing arrays."""
-    need = min(2, cfg[C_CAP] - st[S_COUNT + fam])
-    return st[S_NAT_NFREE] >= need
+    """Whether an IN and an OUT insert can be served without growing arrays.
+
+    Only IN entries take an NR row. The pool may grow to 2 * capacity + 1 rows: it then
+    has a free row, since each family's map holds at most ``capacity`` entries.
+    """
+    return st[S_NAT_NFREE] >= 1
 
 
 @njit(cache=True, _nrt=False)
-def _nat_insert(st, cnt, cfg, CR, CB, NR, NF, NB, o, addr, port, is_in, fam, now) -> int:
+def _nat_insert(st, cnt, cfg, CR, CB, NR, NB, o, addr, port, is_in, fam, now) -> int:
+    """Insert a NAT entry owned by record ``o``; returns its LRU node."""
     if st[S_COUNT + fam] >= cfg[C_CAP]:
         nat_remove(st, cnt, CR, CB, NR, NB, st[S_TAIL + fam], True)
+    st[S_COUNT + fam] += 1
+    created = np.uint32(math.floor(now))
+    if not is_in:  # the OUT entry lives in the record: its egress and port are the record's
+        CR[o, R_MISC] |= np.uint32(CF_OUT)
+        CR[o, R_OCREATED] = created
+        n = np.int64(o) | OUT_TAG
+        _lru_push(st, CR, NR, n, fam)
+        return n
     e = st[S_NAT_FREE]
     nxt = NR[e, E_NEXT]
     st[S_NAT_FREE] = -1 if nxt == NONE else nxt
     st[S_NAT_NFREE] -= 1
-    st[S_COUNT + fam] += 1
     NR[e, E_OWNER] = o
     NR[e, E_ADDR] = addr
-    NF[e, E_CREATED] = now
-    flags = NF_USED
+    NR[e, E_CREATED] = created
+    flags = NF_USED | NF_IN
     if fam:
         flags |= NF_V6
-    if is_in:
-        flags |= NF_IN
-        b = _in_bucket(
-            NB, addr, CR[o, R_DST], port, CR[o, R_PORTS] & 0xFFFF, (CR[o, R_MISC] >> 8) & 0xFF
-        )
-        NR[e, E_HNEXT] = NB[b]
-        NB[b] = e
+    b = _in_bucket(
+        NB, addr, CR[o, R_DST], port, CR[o, R_PORTS] & 0xFFFF, (CR[o, R_MISC] >> 8) & 0xFF
+    )
+    NR[e, E_HNEXT] = NB[b]
+    NB[b] = e
     NR[e, E_PORTFLAGS] = (port << 8) | flags
     CR[o, R_REFS] += 1
-    _lru_push(st, NR, e, fam)
+    _lru_push(st, CR, NR, e, fam)
     return e
 
 
@@ -439,7 +486,7 @@ def _clamp(start, end, value) -> int:
 
 
 @njit(cache=True, _nrt=False)
-def _allocate(SC, CR, CB, NR, NF, NB, o, egress, fam):
+def _allocate(SC, CR, CB, NR, NB, o, egress, fam):
     """snat_v4_new_mapping: returns (port or -1, retries)."""
     st, fs, cfg, cfgf, cnt, tries, mt = SC
     start = cfg[C_PMIN]
@@ -460,10 +507,8 @@ def _allocate(SC, CR, CB, NR, NF, NB, o, egress, fam):
     while retries < retries_max:
         e = in_find_at(CR, NR, NB, (base + port) & mask, dst, dport, egress, port, proto)
         if e < 0:
-            _nat_insert(st, cnt, cfg, CR, CB, NR, NF, NB, o, egress, port, True, fam, now)
-            CR[o, R_OUT] = _nat_insert(
-                st, cnt, cfg, CR, CB, NR, NF, NB, o, egress, port, False, fam, now
-            )
+            _nat_insert(st, cnt, cfg, CR, CB, NR, NB, o, egress, port, True, fam, now)
+            _nat_insert(st, cnt, cfg, CR, CB, NR, NB, o, egress, port, False, fam, now)
             found = True
             break
         # A failed BPF_NOEXIST insert: an existence check, no LRU refresh of the entry.
@@ -482,16 +527,21 @@ def _allocate(SC, CR, CB, NR, NF, NB, o, egress, fam):
 
 
 @njit(cache=True, _nrt=False)
-def forward(SC, CR, CF, CB, NR, NF, NB, src, sport, dst, dport, proto, egress, closing):
+def forward(SC, CR, CF, CB, NR, NB, src, sport, dst, dport, proto, egress, closing):
     """A packet from the pod: (record, port or -1, drop, broken, retries)."""
+    o = conn_find(CR, CB, src, sport, dst, dport, proto)
+    return forward_at(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, closing)
+
+
+@njit(cache=True, _nrt=False)
+def forward_at(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, closing):
+    """``forward`` for the tuple's record ``o`` (-1: none yet), found by the caller."""
     st, fs, _cfg, cfgf, cnt, _tries, _mt = SC
     now = fs[F_NOW]
     fam = 1 if src & V6_BIT else 0
-    o = conn_find(CR, CB, src, sport, dst, dport, proto)
-    out = -1
-    if o >= 0 and CR[o, R_OUT] != NONE:
-        out = np.int64(CR[o, R_OUT])
-        nat_touch(st, NR, out)
+    has_out = o >= 0 and CR[o, R_MISC] & CF_OUT != 0
+    if has_out:
+        nat_touch(st, CR, NR, np.int64(o) | OUT_TAG, fam)
     if o < 0 or not CR[o, R_MISC] & CF_CT:
         if o < 0:
             o = _conn_new(st, CR, CB, src, sport, dst, dport, proto, egress)
@@ -505,16 +555,16 @@ def forward(SC, CR, CF, CB, NR, NF, NB, src, sport, dst, dport, proto, egress, c
         state = (misc >> CF_STATE_SHIFT) & 3
         if closing and proto == TCP:
             state = CT_CLOSING
-            CR[o, R_MISC] = (misc & 0xFFFFFF07) | (state << CF_STATE_SHIFT)
+            CR[o, R_MISC] = (misc & CF_STATE_CLEAR) | (state << CF_STATE_SHIFT)
         CF[o, CF_EXPIRY] = now + _lifetime(cfgf, proto, state)
-    if out >= 0:
-        return o, np.int64(NR[out, E_PORTFLAGS] >> 8), 0, False, 0
+    if has_out:
+        return o, np.int64(CR[o, R_MISC] >> 16), 0, False, 0
     misc = CR[o, R_MISC]
     broken = misc >> 16 != 0
     if broken and not misc & CF_BROKEN:
         CR[o, R_MISC] = misc | CF_BROKEN
         cnt[K_BROKEN] += 1
-    port, retries = _allocate(SC, CR, CB, NR, NF, NB, o, egress, fam)
+    port, retries = _allocate(SC, CR, CB, NR, NB, o, egress, fam)
     if port < 0:
         cnt[K_DROPS_NO_MAPPING] += 1
         return o, -1, DROP_NO_MAPPING, broken, retries
@@ -532,7 +582,7 @@ def _track_reply(cfgf, CR, CF, o, now) -> None:
     state = (misc >> CF_STATE_SHIFT) & 3
     if state == CT_SYN:
         state = CT_ESTABLISHED
-        CR[o, R_MISC] = (misc & 0xFFFFFF07) | (state << CF_STATE_SHIFT)
+        CR[o, R_MISC] = (misc & CF_STATE_CLEAR) | (state << CF_STATE_SHIFT)
     CF[o, CF_EXPIRY] = now + _lifetime(cfgf, (misc >> 8) & 0xFF, state)
 
 
@@ -552,7 +602,7 @@ def reply_record(SC, CR, CF, NR, NB, o):
     if e < 0:
         cnt[K_REPLY_DROPS] += 1
         return -1, DROP_NO_MAPPING
-    nat_touch(st, NR, e)
+    nat_touch(st, CR, NR, e, 1 if NR[e, E_PORTFLAGS] & NF_V6 else 0)
     owner = np.int64(NR[e, E_OWNER])
     _track_reply(cfgf, CR, CF, owner, fs[F_NOW])
     if owner != o:
@@ -583,12 +633,11 @@ def ct_delete(st, cnt, CR, CB, NR, NB, o) -> None:
     misc = CR[o, R_MISC]
     CR[o, R_MISC] = misc & ~np.uint32(CF_CT | CF_BROKEN)
     st[S_CT_COUNT] -= 1
-    out = CR[o, R_OUT]
-    if out != NONE:
-        egress = NR[out, E_ADDR]
-        port = NR[out, E_PORTFLAGS] >> 8
+    if misc & CF_OUT:
+        egress = CR[o, R_EGRESS]
+        port = misc >> 16
         CR[o, R_REFS] += 1  # keep the record while its NAT entries go
-        nat_remove(st, cnt, CR, CB, NR, NB, out, False)
+        nat_remove(st, cnt, CR, CB, NR, NB, np.int64(o) | OUT_TAG, False)
         e = in_find(
             CR, NR, NB, CR[o, R_DST], CR[o, R_PORTS] & 0xFFFF, egress, port, (misc >> 8) & 0xFF
         )
@@ -708,7 +757,7 @@ def _schedule(st, now, CR, CB, H, o, seq, end, ka, kind, egress) -> None:
 
 
 @njit(cache=True, _nrt=False)
-def _event(SC, CR, CF, CB, NR, NF, NB, H, slot) -> None:
+def _event(SC, CR, CF, CB, NR, NB, H, slot) -> None:
     st, fs, cnt = SC[0], SC[1], SC[4]
     HI, HF = H
     o = HI[slot, H_CONN]
@@ -721,9 +770,10 @@ def _event(SC, CR, CF, CB, NR, NF, NB, H, slot) -> None:
     src, dst = np.int64(CR[o, R_SRC]), np.int64(CR[o, R_DST])
     proto = np.int64((CR[o, R_MISC] >> 8) & 0xFF)
     sport, dport = ports >> 16, ports & 0xFFFF
+    # The event pins its record, so it is the tuple's record: no index lookup needed.
     if kind & HK_KEEPALIVE:
-        o2, _p, drop, _b, _r = forward(
-            SC, CR, CF, CB, NR, NF, NB, src, sport, dst, dport, proto, egress, False
+        o2, _p, drop, _b, _r = forward_at(
+            SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, False
         )
         if drop:
             CR[o, R_REFS] -= 1
@@ -733,8 +783,8 @@ def _event(SC, CR, CF, CB, NR, NF, NB, H, slot) -> None:
         _schedule(st, fs[F_NOW], CR, CB, H, o, seq, end, ka, kind & 3, egress)
         return
     closing = kind != IDLE
-    o2, _p, drop, _b, _r = forward(
-        SC, CR, CF, CB, NR, NF, NB, src, sport, dst, dport, proto, egress, closing
+    o2, _p, drop, _b, _r = forward_at(
+        SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, closing
     )
     if not drop:
         reply_record(SC, CR, CF, NR, NB, o2)
@@ -745,7 +795,7 @@ def _event(SC, CR, CF, CB, NR, NF, NB, H, slot) -> None:
 
 
 @njit(cache=True, _nrt=False)
-def run(SC, CR, CF, CB, NR, NF, NB, H, B, until) -> int:
+def run(SC, CR, CF, CB, NR, NB, H, B, until) -> int:
     """Process the batch from st[S_BATCH_POS] and pending events before ``until``.
 
     Returns OK when done, or NEED_* (before changing anything) when arrays must grow.
@@ -772,7 +822,7 @@ def run(SC, CR, CF, CB, NR, NF, NB, H, B, until) -> int:
                 return NEED_NAT
             fs[F_NOW] = t
             slot = heap_pop_to_end(st, H)
-            _event(SC, CR, CF, CB, NR, NF, NB, H, slot)
+            _event(SC, CR, CF, CB, NR, NB, H, slot)
         else:
             src = np.int64(b_src[i])
             fam = 1 if src & V6_BIT else 0
@@ -790,7 +840,7 @@ def run(SC, CR, CF, CB, NR, NF, NB, H, B, until) -> int:
             sport, dst, dport = np.int64(b_sport[i]), np.int64(b_dst[i]), np.int64(b_dport[i])
             proto, egress = np.int64(b_proto[i]), np.int64(b_egress[i])
             o, _port, drop, _b, _r = forward(
-                SC, CR, CF, CB, NR, NF, NB, src, sport, dst, dport, proto, egress, False
+                SC, CR, CF, CB, NR, NB, src, sport, dst, dport, proto, egress, False
             )
             if not drop:
                 cnt[K_ESTABLISHED] += 1
@@ -835,15 +885,15 @@ def rebuild_in_index(CR, NR, NB) -> None:
 
 
 @njit(cache=True, _nrt=False)
-def lru_order(st, NR, fam, out) -> int:
-    """Slots of the family's NAT entries into ``out``, least recently used first."""
-    e = st[S_TAIL + fam]
+def lru_order(st, CR, NR, fam, out) -> int:
+    """LRU nodes of the family's NAT entries into ``out``, least recently used first."""
+    n = st[S_TAIL + fam]
     k = 0
-    while e >= 0:
-        out[k] = e
+    while n >= 0:
+        out[k] = n
         k += 1
-        p = NR[e, E_PREV]
-        e = -1 if p == NONE else np.int64(p)
+        p = _get_prev(CR, NR, n)
+        n = -1 if p == NONE else np.int64(p)
     return k
 
 
@@ -851,13 +901,13 @@ def lru_order(st, NR, fam, out) -> int:
 
 
 @njit(cache=True, _nrt=False)
-def op_send(SC, CR, CF, CB, NR, NF, NB, src, sport, dst, dport, proto, egress, mode):
+def op_send(SC, CR, CF, CB, NR, NB, src, sport, dst, dport, proto, egress, mode):
     """mode 0: a packet, 1: a connection's first packet, 2: a FIN or RST."""
     cnt = SC[4]
     if mode == 1:
         cnt[K_ATTEMPTED] += 1
     _o, port, drop, broken, retries = forward(
-        SC, CR, CF, CB, NR, NF, NB, src, sport, dst, dport, proto, egress, mode == 2
+        SC, CR, CF, CB, NR, NB, src, sport, dst, dport, proto, egress, mode == 2
     )
     if mode == 1 and not drop:
         cnt[K_ESTABLISHED] += 1

@@ -172,8 +172,9 @@ class ReferenceModel:
             # nat.h inserts the IN entry with BPF_NOEXIST: a failed insert only checks that
             # the key exists and does not refresh that entry's LRU recency.
             if reverse not in self.nat[family]:
-                self._insert(family, reverse, NatValue(key, key[0], key[1], self.now))
-                self._insert(family, out_key(key), NatValue(key, egress, port, self.now))
+                created = float(math.floor(self.now))  # whole seconds, as Cilium keeps it
+                self._insert(family, reverse, NatValue(key, key[0], key[1], created))
+                self._insert(family, out_key(key), NatValue(key, egress, port, created))
                 found = True
                 break
             port = clamp(start, end, port + 1 if retries else self._random16())
