@@ -58,7 +58,8 @@ S_MT_INDEX = 13
 S_BATCH_POS = 14
 S_SIGNAL_DUE = 15
 S_CT_COUNT = 16
-ST_SIZE = 17
+S_ORPHANS = 17  # 1: some IN entry may have an owner without a CT entry
+ST_SIZE = 18
 
 # -- indices into fs ------------------------------------------------------------------------
 F_NOW = 0
@@ -645,6 +646,10 @@ def ct_delete(st, cnt, CR, CB, NR, NB, o) -> None:
             nat_remove(st, cnt, CR, CB, NR, NB, e, False)
         CR[o, R_REFS] -= 1
     conn_maybe_free(st, CR, CB, o)
+    # IN entries are only made for records with a CT entry, so a record can only own
+    # orphans (IN entries without CT) if it outlives the loss of its CT entry here.
+    if CR[o, R_MISC] & CF_USED:
+        st[S_ORPHANS] = 1
 
 
 @njit(cache=True, _nrt=False)
@@ -662,9 +667,11 @@ def gc(SC, CR, CF, CB, NR, NB) -> None:
             continue
         deleted += 1
         ct_delete(st, cnt, CR, CB, NR, NB, o)
-    for e in range(NR.shape[0]):
-        if NR[e, E_PORTFLAGS] & NF_USED and not CR[NR[e, E_OWNER], R_MISC] & CF_CT:
-            nat_remove(st, cnt, CR, CB, NR, NB, e, False)
+    if st[S_ORPHANS]:  # else the scan would find nothing: skip reading every entry
+        st[S_ORPHANS] = 0
+        for e in range(NR.shape[0]):
+            if NR[e, E_PORTFLAGS] & NF_USED and not CR[NR[e, E_OWNER], R_MISC] & CF_CT:
+                nat_remove(st, cnt, CR, CB, NR, NB, e, False)
     total = deleted + alive
     ratio = deleted / total if total else 0.0
     if not cfg[C_FIXED_GC]:
