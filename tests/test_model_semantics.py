@@ -208,6 +208,27 @@ def test_collision_probe_does_not_refresh_the_entry_it_hits(engine):
     assert all(dp.reply(t, EGRESS).ok for t in fillers)
 
 
+def test_gc_purges_the_in_entry_a_broken_connection_left_behind(engine):
+    dp = ModelDatapath(small_config(conntrack_gc_interval=5.0), random.Random(6), engine=engine)
+    first = tcp(0, sport=65500)
+    assert dp.connect(first, EGRESS).port == 65500
+    fillers = [tcp(i, sport=65500, dport=1000 + i) for i in range(1, 512)]
+    for t in fillers[:-1]:
+        assert dp.connect(t, EGRESS).ok
+    assert dp.reply(first, EGRESS).ok  # its IN entry is now newer than its OUT entry
+    assert dp.connect(fillers[-1], EGRESS).ok  # the map is full
+    assert dp.connect(tcp(600, sport=65500, dport=900), EGRESS).ok  # evicts first's OUT
+    assert dp.counters.evictions_out == 1
+    again = dp.send(first, EGRESS)  # a new mapping; the old IN entry stays behind
+    assert again.broken and again.port != 65500
+    mine = [e for e in dp.nat_entries() if pod(0) in (e.tuple.src.ip, e.xlate.ip)]
+    assert sorted(e.direction.name for e in mine) == ["IN", "IN", "OUT"]
+    assert dp.close(first, EndKind.FIN).ok
+    dp.advance(20.0)  # the close timeout (10 s) ends; a GC pass deletes the CT entry
+    assert [e for e in dp.nat_entries() if pod(0) in (e.tuple.src.ip, e.xlate.ip)] == []
+    assert len(list(dp.nat_entries())) == 1024 - 3  # only first's three entries went
+
+
 def test_fin_close_frees_the_port_after_ct_timeout_and_gc(engine):
     config = small_config(conntrack_gc_interval=5.0)
     dp = ModelDatapath(config, random.Random(1), engine=engine)
