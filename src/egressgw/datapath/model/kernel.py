@@ -14,8 +14,10 @@ State lives in a few flat arrays, so every function compiles once and is cached 
   pending events) and the hash chain. A record without a CT entry stays while something
   references it, so IN entries name their tuple by record number instead of copying it.
   ``CB`` is the hash index.
-- ``NR`` IN NAT entries, one uint32 row (28 bytes): owner record, translated address and
-  port, flags, the per-family LRU list links, the IN hash chain and the created second.
+- ``NR`` IN NAT entries, one uint32 row (36 bytes): owner record, the whole IN key
+  (egress, port and flags, remote address, remote port and proto: a probe compares it
+  without reading the owner's record), the IN hash chain, the per-family LRU list links
+  and the created second.
   ``NB`` is the IN hash index, bucket = hash(key without port) + port.
 - The per-family LRU list is doubly linked through both tables: a node is an NR row, or
   a record number with ``OUT_TAG`` set for an OUT entry.
@@ -115,11 +117,13 @@ CF_EXPIRY = 5
 E_OWNER = 0
 E_ADDR = 1
 E_PORTFLAGS = 2  # port << 8 | flags
-E_PREV = 3
-E_NEXT = 4  # LRU next, or free list
+E_DST = 3  # the rest of the IN key, so a probe reads no record: remote address,
+E_DPORT_PROTO = 4  # remote port << 8 | proto
 E_HNEXT = 5
-E_CREATED = 6  # whole seconds
-NR_WORDS = 7
+E_PREV = 6
+E_NEXT = 7  # LRU next, or free list
+E_CREATED = 8  # whole seconds
+NR_WORDS = 9
 
 NONE = 0xFFFFFFFF
 # LRU list nodes: an IN entry is its NR row, an OUT entry is its record number | OUT_TAG.
@@ -384,14 +388,13 @@ def in_find_at(CR, NR, NB, b, dst, dport, egress, port, proto) -> int:
     e = NB[b]
     want = (port << 8) | NF_USED | NF_IN
     while e != NONE:
-        if (NR[e, E_PORTFLAGS] & 0xFFFFFB) == want and NR[e, E_ADDR] == egress:
-            o = NR[e, E_OWNER]
-            if (
-                CR[o, R_DST] == dst
-                and CR[o, R_PORTS] & 0xFFFF == dport
-                and (CR[o, R_MISC] >> 8) & 0xFF == proto
-            ):
-                return np.int64(e)
+        if (
+            (NR[e, E_PORTFLAGS] & 0xFFFFFB) == want
+            and NR[e, E_ADDR] == egress
+            and NR[e, E_DST] == dst
+            and NR[e, E_DPORT_PROTO] == (dport << 8) | proto
+        ):
+            return np.int64(e)
         e = NR[e, E_HNEXT]
     return -1
 
@@ -413,10 +416,8 @@ def nat_remove(st, cnt, CR, CB, NR, NB, n, evicted) -> None:
     fam = 1 if pf & NF_V6 else 0
     o = NR[e, E_OWNER]
     _lru_unlink(st, CR, NR, e, fam)
-    b = _in_bucket(
-        NB, NR[e, E_ADDR], CR[o, R_DST], pf >> 8, CR[o, R_PORTS] & 0xFFFF,
-        (CR[o, R_MISC] >> 8) & 0xFF,
-    )  # fmt: skip
+    dpp = NR[e, E_DPORT_PROTO]
+    b = _in_bucket(NB, NR[e, E_ADDR], NR[e, E_DST], pf >> 8, dpp >> 8, dpp & 0xFF)
     prev = NONE
     cur = NB[b]
     while cur != e:
@@ -470,9 +471,12 @@ def _nat_insert(st, cnt, cfg, CR, CB, NR, NB, o, addr, port, is_in, fam, now) ->
     flags = NF_USED | NF_IN
     if fam:
         flags |= NF_V6
-    b = _in_bucket(
-        NB, addr, CR[o, R_DST], port, CR[o, R_PORTS] & 0xFFFF, (CR[o, R_MISC] >> 8) & 0xFF
-    )
+    dst = CR[o, R_DST]
+    dport = CR[o, R_PORTS] & 0xFFFF
+    proto = (CR[o, R_MISC] >> 8) & 0xFF
+    NR[e, E_DST] = dst
+    NR[e, E_DPORT_PROTO] = (dport << 8) | proto
+    b = _in_bucket(NB, addr, dst, port, dport, proto)
     NR[e, E_HNEXT] = NB[b]
     NB[b] = e
     NR[e, E_PORTFLAGS] = (port << 8) | flags
@@ -882,11 +886,8 @@ def rebuild_in_index(CR, NR, NB) -> None:
     for e in range(NR.shape[0]):
         pf = NR[e, E_PORTFLAGS]
         if pf & NF_USED and pf & NF_IN:
-            o = NR[e, E_OWNER]
-            b = _in_bucket(
-                NB, NR[e, E_ADDR], CR[o, R_DST], pf >> 8, CR[o, R_PORTS] & 0xFFFF,
-                (CR[o, R_MISC] >> 8) & 0xFF,
-            )  # fmt: skip
+            dpp = NR[e, E_DPORT_PROTO]
+            b = _in_bucket(NB, NR[e, E_ADDR], NR[e, E_DST], pf >> 8, dpp >> 8, dpp & 0xFF)
             NR[e, E_HNEXT] = NB[b]
             NB[b] = e
 
