@@ -33,9 +33,11 @@ from egressgw.stats import render_saturation, render_table
 EGRESS_IP = "10.1.0.0"
 SECOND_EGRESS_IP = "10.1.0.1"
 SERVER = "10.2.0.0:8080"
-# A gateway whose NAT map holds 65536 entries (32768 connections): small enough that the
-# seed's second symptom, eviction of old connections, shows at demo scale.
-DEMO_NAT_MAP = 65536
+# A gateway whose NAT map holds 73728 entries (36864 connections): large enough that the
+# hot tuple runs out of ports first (drops 167 near 100%), small enough that the seed's
+# second symptom, eviction of old connections, follows at demo scale. With 65536 the map
+# fills first and evictions keep the tuple near 91%; from 81920 on nothing is evicted.
+DEMO_NAT_MAP = 73728
 DEMO_DURATION = 15 * 60.0
 DEMO_INTERVAL = 60.0
 
