@@ -28,6 +28,16 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "egressgw" / "exampl
 GATEWAY = "gateway-1"
 
 
+class Clock:
+    """A settable clock, injected as the agent's monotonic and wall clock."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class MemoryDatapath:
     """A datapath whose NAT table is a dict the test fills (a real Datapath, no traffic)."""
 

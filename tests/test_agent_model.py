@@ -16,6 +16,7 @@ import pytest
 from agent_support import (
     GATEWAY,
     AgentProcess,
+    Clock,
     break_policy,
     copy_examples,
     get,
@@ -56,14 +57,6 @@ spec:
 def tcp(src: str, sport: int, dst: str, dport: int) -> FiveTuple:
     return FiveTuple(Proto.TCP, Endpoint(ipaddress.ip_address(src), sport),
                      Endpoint(ipaddress.ip_address(dst), dport))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -15,21 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent_support import GATEWAY, MemoryDatapath, copy_examples, endpoint
+from agent_support import GATEWAY, Clock, MemoryDatapath, copy_examples, endpoint
 from egressgw.agent import Agent, AgentConfig, AgentHTTPServer, ListenAddress
 from egressgw.agent.client import fetch_nat_stats_rows
 from egressgw.agent.watch import REPRINT_HEADER_EVERY, watch
 from egressgw.errors import AgentError
 from egressgw.net import Proto
 from egressgw.stats import NatStatsRow, compute_nat_stats, render_table
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
