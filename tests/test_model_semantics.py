@@ -399,3 +399,48 @@ def test_connection_batch_validates_and_normalises_columns():
 def test_unknown_cilium_version_is_a_config_error():
     with pytest.raises(ConfigError, match="cilium-version"):
         ModelConfig(cilium_version="1.99")
+
+
+@settings(max_examples=25, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["connect", "send", "reply"]),
+                              # the oldest entries and the connections that overflow
+                              st.one_of(st.integers(0, 40), st.integers(512, 611))),
+                    min_size=1, max_size=400))
+def test_lru_property_evicts_exactly_the_least_recently_used_entry(ops):
+    """Against an independent LRU: connects insert IN then OUT, sends touch OUT, replies
+    touch IN; whenever the 1024-entry map is full, the entry used longest ago goes."""
+    for engine_name in ENGINES:
+        dp = ModelDatapath(small_config(), random.Random(0), engine=engine_name)
+        # Each connection its own tuple (own remote port), so no port search collides.
+        conns = [tcp(i, sport=65500, dport=1000 + i) for i in range(612)]
+        recency: dict[tuple[str, int], None] = {}  # insertion order = least recent first
+        connected: set[int] = set()
+
+        def use(key: tuple[str, int], recency: dict[tuple[str, int], None] = recency) -> None:
+            if key not in recency and len(recency) == 1024:
+                del recency[next(iter(recency))]
+            recency.pop(key, None)
+            recency[key] = None
+
+        # 512 connections first fill the map: every new connection in the ops evicts.
+        for op, i in [("connect", i) for i in range(512)] + ops:
+            if op == "connect" and i not in connected:
+                connected.add(i)
+                assert dp.connect(conns[i], EGRESS).ok
+                use(("IN", i))
+                use(("OUT", i))
+            elif op == "send" and ("OUT", i) in recency:
+                assert not dp.send(conns[i], EGRESS).broken
+                use(("OUT", i))
+            elif op == "reply" and i in connected:
+                assert dp.reply(conns[i], EGRESS).ok == (("IN", i) in recency)
+                if ("IN", i) in recency:
+                    use(("IN", i))
+        present = {
+            (e.direction.name, int(e.tuple.src.ip if e.direction is Direction.OUT
+                                   else e.xlate.ip) - int(pod(0)))
+            for e in dp.nat_entries()
+        }
+        assert present == set(recency)
+        if len(connected) > 512:
+            assert dp.counters.evictions_in + dp.counters.evictions_out > 0
