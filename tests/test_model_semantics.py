@@ -25,6 +25,7 @@ from egressgw.datapath.model import (
 )
 from egressgw.datapath.model.ports import clamp, walk
 from egressgw.datapath.model.reference import next_gc_interval
+from egressgw.datapath.model.types import BATCH_DTYPES
 from egressgw.errors import ConfigError
 from egressgw.net import Direction, Endpoint, Family, FiveTuple, NatEndpoint, Proto
 from model_helpers import (
@@ -351,18 +352,7 @@ def test_connection_batch_validates_and_normalises_columns():
     assert len(batch) == 2
     assert batch.sport.dtype == np.uint16
     assert batch.keepalive.dtype == np.float32
-    names = (
-        "start",
-        "duration",
-        "end",
-        "src",
-        "sport",
-        "dst",
-        "dport",
-        "proto",
-        "egress",
-        "keepalive",
-    )
+    names = tuple(BATCH_DTYPES)
     doubled = ConnectionBatch.from_rows([rows[0], rows[0], rows[1], rows[1]])
     strided = ConnectionBatch(**{name: getattr(doubled, name)[::2] for name in names})
     assert not doubled.src[::2].flags.c_contiguous
@@ -376,21 +366,7 @@ def test_connection_batch_validates_and_normalises_columns():
     with pytest.raises(ValueError, match="rows"):
         ConnectionBatch(
             **{
-                **{
-                    n: getattr(batch, n)
-                    for n in (
-                        "start",
-                        "duration",
-                        "end",
-                        "src",
-                        "sport",
-                        "dst",
-                        "dport",
-                        "proto",
-                        "egress",
-                        "keepalive",
-                    )
-                },
+                **{n: getattr(batch, n) for n in names},
                 "src": np.zeros(5, np.uint32),
             }
         )

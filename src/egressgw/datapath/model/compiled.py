@@ -23,9 +23,23 @@ def _pow2_at_least(n: int) -> int:
     return 1 << max(4, (n - 1).bit_length())
 
 
-def _grow_rows(rows: npt.NDArray[np.uint32], size: int) -> npt.NDArray[np.uint32]:
+def _grow_pool(
+    rows: npt.NDArray[np.uint32], size: int, st: npt.NDArray[np.int64], *,
+    next_column: int, free_slot: int, count_slot: int,
+) -> npt.NDArray[np.uint32]:
+    """``rows`` grown to ``size``; the new rows go to the front of the pool's free list.
+
+    The free list is threaded through ``next_column``; its head and length are the
+    ``free_slot`` and ``count_slot`` words of the kernel state ``st``.
+    """
+    old = len(rows)
     new = np.zeros((size, rows.shape[1]), np.uint32)
-    new[: len(rows)] = rows
+    new[:old] = rows
+    head = int(st[free_slot])
+    new[old:size, next_column] = np.arange(old + 1, size + 1, dtype=np.uint32)
+    new[size - 1, next_column] = k.NONE if head < 0 else head
+    st[free_slot] = old
+    st[count_slot] += size - old
     return new
 
 
@@ -79,27 +93,15 @@ class CompiledModel:
     # -- growing ------------------------------------------------------------------------
 
     def _grow_conns(self, size: int) -> None:
-        old = len(self.cr)
-        cr = _grow_rows(self.cr, size)
-        head = int(self.st[k.S_CONN_FREE])
-        cr[old:size, k.R_NEXT] = np.arange(old + 1, size + 1, dtype=np.uint32)
-        cr[size - 1, k.R_NEXT] = k.NONE if head < 0 else head
-        self.st[k.S_CONN_FREE] = old
-        self.st[k.S_CONN_NFREE] += size - old
-        self.cr = cr
+        self.cr = _grow_pool(self.cr, size, self.st, next_column=k.R_NEXT,
+                             free_slot=k.S_CONN_FREE, count_slot=k.S_CONN_NFREE)
         self.cb = np.full(_pow2_at_least(size), k.NONE, np.uint32)
         # Free records keep their free-list links; only used records are re-threaded.
         k.rebuild_conn_index(self.cr, self.cb)
 
     def _grow_nat(self, size: int) -> None:
-        old = len(self.nr)
-        nr = _grow_rows(self.nr, size)
-        head = int(self.st[k.S_NAT_FREE])
-        nr[old:size, k.E_NEXT] = np.arange(old + 1, size + 1, dtype=np.uint32)
-        nr[size - 1, k.E_NEXT] = k.NONE if head < 0 else head
-        self.st[k.S_NAT_FREE] = old
-        self.st[k.S_NAT_NFREE] += size - old
-        self.nr = nr
+        self.nr = _grow_pool(self.nr, size, self.st, next_column=k.E_NEXT,
+                             free_slot=k.S_NAT_FREE, count_slot=k.S_NAT_NFREE)
         # Chained buckets, about one per IN entry once the pool is full.
         self.nb = np.full(_pow2_at_least(size), k.NONE, np.uint32)
         k.rebuild_in_index(self.cr, self.nr, self.nb)
