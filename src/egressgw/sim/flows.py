@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import numpy.typing as npt
 
+from egressgw.datapath.model.types import BATCH_DTYPES
 from egressgw.net import IPAddress
 
 
@@ -36,7 +37,11 @@ class AddressBook:
 
 @dataclass(slots=True)
 class Flows:
-    """Connections, one per row, sorted by start time."""
+    """Connections, one per row, sorted by start time.
+
+    The columns (names and dtypes) are the model's ``ConnectionBatch`` columns; only the
+    address and egress values differ in meaning (run-wide indexes, not datapath ids).
+    """
 
     start: npt.NDArray[np.float64]
     duration: npt.NDArray[np.float64]
@@ -54,12 +59,7 @@ class Flows:
 
     @classmethod
     def empty(cls) -> Flows:
-        return cls(
-            np.empty(0, np.float64), np.empty(0, np.float64), np.empty(0, np.uint8),
-            np.empty(0, np.uint32), np.empty(0, np.uint16), np.empty(0, np.uint32),
-            np.empty(0, np.uint16), np.empty(0, np.uint8), np.empty(0, np.uint32),
-            np.empty(0, np.float32),
-        )
+        return cls(**{name: np.empty(0, dtype) for name, dtype in BATCH_DTYPES.items()})
 
     def take(self, index: npt.NDArray[np.intp] | npt.NDArray[np.bool_] | slice) -> Flows:
         return Flows(*(getattr(self, f.name)[index] for f in fields(self)))
