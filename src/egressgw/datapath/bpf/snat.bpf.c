@@ -30,7 +30,8 @@
  * Key and value layouts are Cilium's (bpf/lib/common.h struct ipv4_ct_tuple and
  * ipv6_ct_tuple, packed; bpf/lib/nat.h struct ipv4_nat_entry / ipv6_nat_entry). The
  * value's two "future use" words carry what connection tracking needs in user space:
- * pad1 = the last time (seconds) a packet used the entry, pad2 = TCP FIN/RST seen.
+ * pad1 = the last time (seconds) a packet used the entry, pad2 = TCP FIN/RST seen and
+ * whether any packet after the first used it.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -62,6 +63,7 @@
 
 #define SEEN_FIN 1
 #define SEEN_RST 2
+#define SEEN_USED 4 /* carried a packet after the one that created it */
 
 #define IPPROTO_ICMPV6_ 58
 #define ICMP_ECHO_REQUEST 8
@@ -91,7 +93,7 @@ struct nat_entry {
 	__u64 created;
 	__u64 needs_ct;
 	__u64 pad1; /* last used, seconds */
-	__u64 pad2; /* SEEN_FIN | SEEN_RST */
+	__u64 pad2; /* SEEN_FIN | SEEN_RST | SEEN_USED */
 };
 
 struct ipv4_nat_entry {
@@ -262,7 +264,7 @@ static __always_inline void signal_fill_up(__u32 proto)
 /* The last-used time and TCP closing flags of an entry that carried a packet. */
 static __always_inline void touch(struct nat_entry *e, __u8 tcp_flags, __u64 now)
 {
-	__u64 seen = 0;
+	__u64 seen = SEEN_USED;
 
 	if (tcp_flags & 0x01)
 		seen |= SEEN_FIN;

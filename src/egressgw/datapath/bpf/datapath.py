@@ -1,0 +1,258 @@
+"""BpfDatapath: Cilium's SNAT as a tc program on the gateway's uplink, its NAT map the table.
+
+``apply`` loads and attaches the program on first use (or finds it pinned and attached,
+after a restart) and replaces the policy maps' contents, without reloading the program.
+``endpoint_counts`` walks the NAT maps as Cilium's nat-stats does;
+``allocation_failures`` reads the per-CPU drop counters (reason 167).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from egressgw.config import NodePortRange
+from egressgw.errors import DatapathError
+from egressgw.net import Family, NatEndpoint
+from egressgw.policy.rules import EgressRule, RuleKind
+
+from . import layout
+from .gc import CtTimeouts, collect_garbage
+from .loader import (
+    PinnedMaps,
+    attach,
+    attached,
+    detach,
+    load_programs,
+    remove_pins,
+    unpin_programs,
+)
+from .natmap import NatTable, endpoint_counts, read_nat_map
+from .pins import BPFFS_DIR, ensure_bpffs, pin_name
+from .signals import SignalReader
+
+log = logging.getLogger(__name__)
+
+NAT_GLOBAL_MAX_DEFAULT = 524288  # Cilium's --bpf-nat-global-max
+NO_MAPPING_REASON = "No mapping for NAT masquerade"
+NO_GATEWAY_REASON = "No egress gateway found"
+STATE_FILE = "uplink.json"  # beside the pins' directory: which device we attached to
+
+
+@dataclass(frozen=True, slots=True)
+class BpfSettings:
+    """What the BPF datapath is told on the command line."""
+
+    node_port_range: NodePortRange = NodePortRange()
+    nat_global_max: int = NAT_GLOBAL_MAX_DEFAULT
+    cilium_version: str = "1.16"
+    device: str | None = None  # the uplink; None: the device holding the egress IPs
+    netns: str | None = None  # run tc there (the lab); None: this process's namespace
+    bpffs: Path = BPFFS_DIR
+
+    def __post_init__(self) -> None:
+        layout.cilium_version(self.cilium_version)
+        if not 1 <= self.nat_global_max <= 1 << 24:
+            from egressgw.errors import ConfigError  # noqa: PLC0415
+
+            raise ConfigError(f"{self.nat_global_max}: must be between 1 and {1 << 24}",
+                              field="--bpf-nat-global-max")
+
+    @property
+    def pin_dir(self) -> Path:
+        return self.bpffs / pin_name(self.netns)
+
+
+class BpfDatapath:
+    """The tc program as the datapath of one gateway node (optionally in a netns)."""
+
+    def __init__(self, settings: BpfSettings) -> None:
+        self.settings = settings
+        self.pin_dir = settings.pin_dir
+        self._maps: PinnedMaps | None = None
+        self._signals: SignalReader | None = None
+        self.signals_handled = 0
+        self.gc_runs = 0
+        self.gc_deleted = 0
+
+    # -- setting up ---------------------------------------------------------------------
+
+    @property
+    def maps(self) -> PinnedMaps:
+        if self._maps is None:
+            ensure_bpffs(self.settings.bpffs)
+            self._maps = PinnedMaps.open_or_create(self.pin_dir, self.settings.nat_global_max)
+            version = layout.cilium_version(self.settings.cilium_version)
+            ports = self.settings.node_port_range
+            self._maps["snat_config"].update(
+                bytes(4), layout.snat_config(ports.nat_min, ports.nat_max, version))
+        return self._maps
+
+    def _state_path(self) -> Path:
+        return self.pin_dir.parent.parent / f"{self.pin_dir.name}.{STATE_FILE}"
+
+    def _uplink(self, rules: Sequence[EgressRule]) -> str:
+        if self.settings.device:
+            return self.settings.device
+        for rule in rules:
+            if rule.kind is RuleKind.MASQUERADE and rule.egress_ip is not None:
+                device = device_holding(rule.egress_ip, self.settings.netns)
+                if device:
+                    return device
+        raise DatapathError("cannot tell the uplink: no egress IP of the rules is on a "
+                            "device here; name it with --bpf-device")
+
+    def ensure_attached(self, device: str) -> None:
+        """Load and attach the program unless it already is (a restarted agent)."""
+        maps = self.maps
+        progs = maps.pin_dir / "progs"
+        if progs.exists() and attached(device, self.settings.netns):
+            return
+        load_programs(maps.pin_dir)
+        attach(maps.pin_dir, device, self.settings.netns)
+        self._state_path().write_text(json.dumps({"device": device,
+                                                  "netns": self.settings.netns}))
+        log.info("BPF SNAT attached to %s (pins in %s)", device, maps.pin_dir)
+
+    # -- the Datapath interface -------------------------------------------------------------
+
+    def apply(self, rules: Sequence[EgressRule]) -> None:
+        """Attach if needed, then make the policy maps hold exactly ``rules``."""
+        device = self._uplink(rules)
+        self.ensure_attached(device)
+        wanted: dict[Family, dict[bytes, bytes]] = {Family.IPV4: {}, Family.IPV6: {}}
+        for rule in rules:
+            action = {RuleKind.MASQUERADE: layout.POLICY_MASQUERADE,
+                      RuleKind.EXCLUDED: layout.POLICY_EXCLUDED,
+                      RuleKind.NO_GATEWAY: layout.POLICY_NO_GATEWAY}[rule.kind]
+            if rule.kind is RuleKind.MASQUERADE and rule.egress_ip is None:
+                action = layout.POLICY_NO_GATEWAY
+            key, value = layout.policy_entry(rule.source_ip, rule.destination, action,
+                                             rule.egress_ip)
+            wanted[rule.family].setdefault(key, value)
+        for family, name in ((Family.IPV4, "egress_v4"), (Family.IPV6, "egress_v6")):
+            policy = self.maps[name]
+            # Add and change first, then delete what is gone: a packet never sees a
+            # policy missing that both the old and the new rules have.
+            for key, value in wanted[family].items():
+                policy.update(key, value)
+            for key in policy.keys():
+                if key not in wanted[family]:
+                    policy.delete(key)
+
+    def nat_tables(self) -> list[NatTable]:
+        return [read_nat_map(self.maps["snat_v4"], Family.IPV4),
+                read_nat_map(self.maps["snat_v6"], Family.IPV6)]
+
+    def endpoint_counts(self) -> Mapping[NatEndpoint, int]:
+        self.handle_signals()
+        counts: dict[NatEndpoint, int] = {}
+        for table in self.nat_tables():
+            counts.update(endpoint_counts(table))
+        return counts
+
+    def drop_counts(self) -> Mapping[str, int]:
+        """Drops by Cilium's reason text, summed over CPUs."""
+        totals = per_cpu_sum(self.maps["drop_metrics"], layout.METRICS_VALUE.size)
+        return {NO_MAPPING_REASON: totals.get(layout.DROP_NAT_NO_MAPPING, 0),
+                NO_GATEWAY_REASON: totals.get(layout.DROP_NO_EGRESS_GW, 0)}
+
+    def allocation_failures(self) -> Mapping[str, int]:
+        self.handle_signals()
+        return {NO_MAPPING_REASON: self.drop_counts()[NO_MAPPING_REASON]}
+
+    def retries_histogram(self, family: Family = Family.IPV4) -> dict[int, int]:
+        """Allocations by tries used (Cilium v1.18's alloc_retries), summed over CPUs."""
+        name = "retries_v4" if family is Family.IPV4 else "retries_v6"
+        return {k: v for k, v in per_cpu_sum(self.maps[name], 4).items() if v}
+
+    def handle_signals(self) -> int:
+        """Read nat_fill_up signals; any signal runs one GC pass, as Cilium's agent does."""
+        if self._signals is None:
+            self._signals = SignalReader(self.maps["signals"])
+        got = len(self._signals.read())
+        if got:
+            self.signals_handled += got
+            self.collect_garbage(purge_orphans=True)
+        return got
+
+    def collect_garbage(self, *, purge_orphans: bool = False,
+                        timeouts: CtTimeouts | None = None) -> int:
+        deleted = 0
+        for name, family in (("snat_v4", Family.IPV4), ("snat_v6", Family.IPV6)):
+            deleted += collect_garbage(self.maps[name], family, timeouts or CtTimeouts(),
+                                       purge_orphans=purge_orphans)
+        self.gc_runs += 1
+        self.gc_deleted += deleted
+        return deleted
+
+    def cleanup(self) -> None:
+        """Detach the program and remove every pin (maps and programs go with them)."""
+        state = self._state_path()
+        device = self.settings.device
+        netns = self.settings.netns
+        if state.exists():
+            recorded = json.loads(state.read_text())
+            device = device or recorded.get("device")
+        if device:
+            detach(device, netns)
+        self.close()
+        unpin_programs(self.pin_dir) if self.pin_dir.exists() else None
+        remove_pins(self.pin_dir)
+        state.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._signals is not None:
+            self._signals.close()
+            self._signals = None
+        if self._maps is not None:
+            self._maps.close()
+            self._maps = None
+
+
+def per_cpu_sum(percpu: object, value_size: int) -> dict[int, int]:
+    """Index -> the first u64/u32 field summed over possible CPUs, for a per-CPU array."""
+    from .syscall import BpfMap, possible_cpus  # noqa: PLC0415
+
+    assert isinstance(percpu, BpfMap)
+    slot = (value_size + 7) // 8 * 8
+    fmt = "<Q" if value_size >= 8 else "<I"
+    width = 8 if value_size >= 8 else 4
+    cpus = possible_cpus()
+    out: dict[int, int] = {}
+    for index in range(percpu.info.max_entries):
+        raw = percpu.lookup(index.to_bytes(4, "little"))
+        if raw is None:
+            continue
+        total = sum(int.from_bytes(raw[c * slot: c * slot + width], "little")
+                    for c in range(cpus))
+        if total:
+            out[index] = total
+    del fmt
+    return out
+
+
+def device_holding(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                   netns: str | None) -> str | None:
+    """The device that holds ``ip`` (``ip -j addr``), in ``netns`` or here."""
+    argv = ["ip", *(("-n", netns) if netns else ()), "-j", "addr", "show"]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return None
+    for link in json.loads(done.stdout or "[]"):
+        for addr in link.get("addr_info", []):
+            if ipaddress.ip_address(addr.get("local", "0.0.0.0")) == ip:
+                return str(link.get("ifname"))
+    return None
+
+
+if TYPE_CHECKING:  # BpfDatapath must keep satisfying the Datapath protocol.
+    from egressgw.datapath.base import Datapath
+
+    _conforms: Datapath = BpfDatapath(BpfSettings())

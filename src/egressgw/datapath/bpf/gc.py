@@ -1,0 +1,85 @@
+"""Connection tracking for the BPF NAT map: Cilium's CT timeouts over entry timestamps.
+
+Cilium keeps a CT map beside the NAT map and its agent's GC deletes the NAT entries of
+expired CT entries (pkg/maps/ctmap/gc). Here the program stamps each NAT entry with the
+last time a packet used it and the TCP FIN/RST it saw (the value's pad words), and this
+pass applies Cilium's lifetimes (bpf/lib/conntrack.h, v1.16.2) to a connection = its OUT
+entry and the IN entry it points to:
+
+- TCP once a reply was seen: 8000 s after the last packet (``--bpf-ct-timeout-regular-tcp``);
+  both directions closing (FIN or RST seen each way): 10 s (CT_CLOSE_TIMEOUT);
+- TCP without a reply (the SYN): 60 s (``--bpf-ct-timeout-regular-tcp-syn``);
+- anything else: 60 s (``--bpf-ct-timeout-regular-any``).
+
+An expired connection loses both entries. A lone entry (its partner was evicted) keeps
+its own lifetime, as its CT entry would in Cilium.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from egressgw.net import Family, Proto
+
+from .layout import SEEN_FIN, SEEN_RST, SEEN_USED, TUPLE_F_IN
+from .natmap import monotonic_seconds, read_nat_map
+from .syscall import BpfMap
+
+
+@dataclass(frozen=True, slots=True)
+class CtTimeouts:
+    tcp: int = 8000
+    tcp_syn: int = 60
+    close: int = 10
+    any: int = 60
+
+
+def collect_garbage(nat_map: BpfMap, family: Family, timeouts: CtTimeouts, *,
+                    purge_orphans: bool = False, now: int | None = None) -> int:
+    """Delete the entries of expired connections; returns how many were deleted.
+
+    ``purge_orphans`` is accepted for Cilium's signal-triggered pass; with CT derived
+    from the NAT entries themselves no entry lacks its CT state, so it changes nothing.
+    """
+    del purge_orphans
+    now = monotonic_seconds() if now is None else now
+    table = read_nat_map(nat_map, family)
+    if not len(table):
+        return 0
+    keys, values = table.keys, table.values
+    inbound = (keys["flags"] & TUPLE_F_IN) != 0
+    # The partner of each OUT entry is its IN key; of each IN entry, its OUT key.
+    partner = keys.copy()
+    out_idx = ~inbound
+    partner["flags"][out_idx] = TUPLE_F_IN
+    partner["saddr"][out_idx] = keys["daddr"][out_idx]
+    partner["daddr"][out_idx] = values["addr"][out_idx]
+    partner["sport"][out_idx] = keys["dport"][out_idx]
+    partner["dport"][out_idx] = values["port"][out_idx]
+    partner["flags"][inbound] = 0
+    partner["daddr"][inbound] = keys["saddr"][inbound]
+    partner["saddr"][inbound] = values["addr"][inbound]
+    partner["dport"][inbound] = keys["sport"][inbound]
+    partner["sport"][inbound] = values["port"][inbound]
+    index = {k.tobytes(): i for i, k in enumerate(keys)}
+    partner_at = np.array([index.get(p.tobytes(), -1) for p in partner], dtype=np.int64)
+    has = partner_at >= 0
+    p_seen = np.where(has, values["seen"][np.maximum(partner_at, 0)], 0)
+    p_last = np.where(has, values["last_used"][np.maximum(partner_at, 0)], 0)
+    last = np.maximum(values["last_used"], p_last).astype(np.int64)
+    seen, closing = values["seen"], SEEN_FIN | SEEN_RST
+    tcp = keys["nexthdr"] == int(Proto.TCP)
+    both_closing = ((seen & closing) != 0) & ((p_seen & closing) != 0)
+    in_seen = np.where(inbound, seen, p_seen)
+    replied = (in_seen & SEEN_USED) != 0
+    lifetime = np.where(tcp, np.where(both_closing, timeouts.close,
+                                      np.where(replied, timeouts.tcp, timeouts.tcp_syn)),
+                        timeouts.any)
+    expired = last + lifetime < now
+    deleted = 0
+    for key in keys[expired]:
+        if nat_map.delete(key.tobytes()):
+            deleted += 1
+    return deleted
