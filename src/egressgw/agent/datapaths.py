@@ -7,14 +7,22 @@ from egressgw.datapath.base import Datapath
 from egressgw.datapath.kernel import KernelDatapath
 from egressgw.errors import ConfigError
 
-DATAPATHS = ("kernel", "model")
+DATAPATHS = ("kernel", "model", "bpf")
 
 
-def make_datapath(kind: str, node_port_range: NodePortRange) -> Datapath:
-    """The kernel datapath (nftables + conntrack in this network namespace) or the model.
+def make_datapath(kind: str, node_port_range: NodePortRange, *,
+                  nat_global_max: int = 524288, cilium_version: str = "1.16",
+                  device: str | None = None) -> Datapath:
+    """The kernel datapath (nftables + conntrack in this network namespace), the model,
+    or the BPF datapath (a tc program on ``device``, the uplink holding the egress IPs).
 
     The model is imported only when asked for: it pulls in the compiled SNAT engine.
     """
+    if kind == "bpf":
+        from egressgw.datapath.bpf import BpfDatapath, BpfSettings  # noqa: PLC0415
+
+        return BpfDatapath(BpfSettings(node_port_range, nat_global_max=nat_global_max,
+                                       cilium_version=cilium_version, device=device))
     if kind == "kernel":
         return KernelDatapath(node_port_range, table="egressgw")
     if kind == "model":

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "agent": "egressgw.cli.agent:agent",
     "statedb": "egressgw.cli.statedb:statedb",
     "lab": "egressgw.cli.lab:lab",
+    "bpf": "egressgw.cli.bpf:bpf",
     "simulate": "egressgw.cli.simulate:simulate_command",
     "demo": "egressgw.cli.demo:demo",
     "plan": "egressgw.cli.plan:plan_command",

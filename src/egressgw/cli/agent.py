@@ -11,12 +11,15 @@ import click
 from egressgw.agent import AgentConfig, ListenAddress, make_datapath, run_agent
 from egressgw.agent.datapaths import DATAPATHS
 from egressgw.cli.options import (
+    bpf_nat_global_max_option,
+    cilium_version_option,
     nat_map_stats_entries_option,
     nat_map_stats_interval_option,
     node_port_range_option,
     parse_duration_flag,
 )
 from egressgw.config import NodePortRange
+from egressgw.datapath.base import Datapath
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -35,6 +38,7 @@ Examples:
   egressgw agent --policies policies/ --inventory inventory.yaml --node gw1
   egressgw agent ... --nat-map-stats-interval 5s --listen [::1]:9964
   egressgw agent --cleanup            # remove the installed rules and exit
+  egressgw agent --datapath bpf --node-port-range 30000,65471 ...   # tc program, 64 ports
 
 \b
 Signals: SIGHUP re-applies the files; SIGTERM/SIGINT exit and leave the rules (and
@@ -47,8 +51,14 @@ every tracked connection) in place, so a restarted agent picks up where it left 
 @click.option("--node", help="This gateway's node name in the inventory.")
 @click.option("--datapath", "datapath_kind", type=click.Choice(DATAPATHS),
               default="kernel", show_default=True,
-              help="kernel: nftables + conntrack here; model: Cilium's BPF SNAT in memory.")
+              help="kernel: nftables + conntrack here; model: Cilium's BPF SNAT in memory; "
+                   "bpf: Cilium's SNAT as a tc program on the uplink.")
 @node_port_range_option()
+@bpf_nat_global_max_option("With --datapath bpf: entries of the NAT map (2 per connection).")
+@cilium_version_option("With --datapath bpf: whose nat.h port search the program runs.")
+@click.option("--bpf-device", metavar="DEV",
+              help="With --datapath bpf: the uplink (default: the device holding the egress "
+                   "IPs).")
 @nat_map_stats_interval_option("How often nat-stats are recounted (0 disables).")
 @nat_map_stats_entries_option("Top K tuples kept per family (1..4096).")
 @click.option("--listen", default="127.0.0.1:9964", show_default=True,
@@ -65,6 +75,9 @@ def agent(
     node: str | None,
     datapath_kind: str,
     node_port_range: NodePortRange,
+    bpf_nat_global_max: int,
+    cilium_version: str,
+    bpf_device: str | None,
     nat_map_stats_interval: float,
     nat_map_stats_entries: int,
     listen: str,
@@ -80,8 +93,13 @@ def agent(
     """
     configure_logging(verbose)
     ports = node_port_range
+
+    def build() -> Datapath:
+        return make_datapath(datapath_kind, ports, nat_global_max=bpf_nat_global_max,
+                             cilium_version=cilium_version, device=bpf_device)
+
     if cleanup:
-        make_datapath(datapath_kind, ports).cleanup()
+        build().cleanup()
         logging.getLogger("egressgw.agent").info("removed the %s datapath's rules",
                                                  datapath_kind)
         return
@@ -102,4 +120,4 @@ def agent(
         listen=ListenAddress.parse(listen),
         poll_interval=poll_interval,
     )
-    run_agent(config, make_datapath(datapath_kind, ports))
+    run_agent(config, build())

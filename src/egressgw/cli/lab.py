@@ -7,15 +7,37 @@ from pathlib import Path
 
 import click
 
-from egressgw.cli.options import nat_map_stats_entries_option, node_port_range_option, output_option
+from egressgw.cli.options import (
+    bpf_nat_global_max_option,
+    cilium_version_option,
+    nat_map_stats_entries_option,
+    node_port_range_option,
+    output_option,
+)
 from egressgw.config import NodePortRange
-from egressgw.errors import ConfigError
+from egressgw.datapath.base import Datapath
+from egressgw.errors import ConfigError, DatapathError
 from egressgw.lab import Lab, LabSpec, lab_rules, remove_lab
 from egressgw.policy import compile_rules, load_inventory, load_policies, rules_for_gateway
 from egressgw.stats import compute_nat_stats, render_saturation, render_table
 
 NAME_OPTION = click.option("--name", default="lab", show_default=True,
                            help="Lab name; namespaces are egw-NAME-{client,gw,server}.")
+DATAPATH_OPTION = click.option(
+    "--datapath", type=click.Choice(["kernel", "bpf"]), default="kernel", show_default=True,
+    help="kernel: nftables SNAT; bpf: Cilium's SNAT as a tc program on the gateway's uplink.")
+
+
+def _gateway_datapath(found: Lab, datapath: str, node_port_range: NodePortRange,
+                      nat_global_max: int = 524288, cilium_version: str = "1.16", *,
+                      create: bool = True) -> Datapath:
+    if datapath == "kernel":
+        return found.datapath(node_port_range)
+    from egressgw.datapath.bpf import BpfDatapath, BpfSettings  # noqa: PLC0415
+
+    return BpfDatapath(BpfSettings(node_port_range, nat_global_max=nat_global_max,
+                                   cilium_version=cilium_version,
+                                   netns=found.topology.gateway_ns), create=create)
 
 
 @click.group(
@@ -43,6 +65,16 @@ def up(*, name: str, pods: int, egress_ips: int, servers: int) -> None:
     """Build the lab and start its TCP/UDP servers."""
     built = Lab.up(LabSpec(name, pods=pods, egress_ips=egress_ips, servers=servers))
     _print_summary(built)
+    # The BPF datapath pins on a bpffs that must be mounted here, in the host's mount
+    # namespace, before an agent runs inside `ip netns exec` (see datapath/bpf/pins.py).
+    from egressgw.datapath.bpf.pins import BPFFS_DIR, ensure_bpffs  # noqa: PLC0415
+
+    try:
+        ensure_bpffs()
+    except DatapathError as exc:
+        click.echo(f"  bpffs       not mounted ({exc}): --datapath bpf unavailable")
+    else:
+        click.echo(f"  bpffs       {BPFFS_DIR} (for --datapath bpf)")
 
 
 @lab.command("down")
@@ -99,10 +131,14 @@ def _print_summary(found: Lab) -> None:
 @click.option("--node", default="gateway-1", show_default=True,
               help="With --policies: the gateway's node name in the inventory.")
 @node_port_range_option()
+@DATAPATH_OPTION
+@bpf_nat_global_max_option("With --datapath bpf: entries of the NAT map (2 per connection).")
+@cilium_version_option("With --datapath bpf: whose nat.h port search the program runs.")
 @click.option("--dry-run", is_flag=True, help="Print the nft script instead of loading it.")
 def apply(*, name: str, egress_ips: tuple[str, ...], excluded: tuple[str, ...],
           destinations: tuple[str, ...], no_gateway: bool, policies: Path | None,
           inventory: Path | None, node: str, node_port_range: NodePortRange,
+          datapath: str, bpf_nat_global_max: int, cilium_version: str,
           dry_run: bool) -> None:
     """Masquerade the pods' traffic on the lab gateway (one nft transaction).
 
@@ -120,11 +156,21 @@ def apply(*, name: str, egress_ips: tuple[str, ...], excluded: tuple[str, ...],
         chosen = list(egress_ips) or [t.egress4[0], t.egress6[0]]
         rules = lab_rules(t, chosen, destinations=list(destinations) or None,
                           excluded=excluded, no_gateway=no_gateway)
-    datapath = found.datapath(node_port_range)
-    if dry_run:
-        click.echo(datapath.render(rules), nl=False)
+    if datapath == "bpf":
+        if dry_run:
+            raise ConfigError("--dry-run prints nft scripts: not with --datapath bpf",
+                              field="--dry-run")
+        bpf = _gateway_datapath(found, datapath, node_port_range, bpf_nat_global_max,
+                                cilium_version)
+        bpf.apply(rules)
+        click.echo(f"applied {len(rules)} rules in {t.gateway_ns} (egressgw bpf nat list "
+                   f"--netns {t.gateway_ns})")
         return
-    datapath.apply(rules)
+    kernel = found.datapath(node_port_range)
+    if dry_run:
+        click.echo(kernel.render(rules), nl=False)
+        return
+    kernel.apply(rules)
     click.echo(f"applied {len(rules)} rules in {t.gateway_ns} (nft list table inet egressgw)")
 
 
@@ -160,18 +206,23 @@ def load(*, name: str, to: str, connections: int, proto: str, hold: float, pod: 
 @NAME_OPTION
 @node_port_range_option()
 @nat_map_stats_entries_option()
-def nat_stats(*, name: str, node_port_range: NodePortRange, nat_map_stats_entries: int) -> None:
-    """nat-stats of the lab gateway's conntrack table, like cilium-dbg statedb nat-stats.
+@DATAPATH_OPTION
+def nat_stats(*, name: str, node_port_range: NodePortRange, nat_map_stats_entries: int,
+              datapath: str) -> None:
+    """nat-stats of the lab gateway's NAT table, like cilium-dbg statedb nat-stats.
 
-    Saturation divides by the ports in the NAT range (MAX+1..65535): unlike Cilium's
-    clamp, the kernel's port search can use every one of them.
+    kernel: its conntrack table; saturation divides by the ports in the NAT range
+    (MAX+1..65535), since the kernel's port search can use every one of them. bpf: the
+    pinned NAT map, dividing like Cilium by the ports its clamp reaches.
     """
     found = Lab.find(name)
-    datapath = found.datapath(node_port_range)
-    stats = compute_nat_stats(datapath.endpoint_counts(),
-                              entries=nat_map_stats_entries,
-                              divisor=node_port_range.nat_ports)
+    gateway = _gateway_datapath(found, datapath, node_port_range, create=False)
+    divisor = (node_port_range.nat_ports if datapath == "kernel"
+               else node_port_range.cilium_saturation_divisor)
+    stats = compute_nat_stats(gateway.endpoint_counts(),
+                              entries=nat_map_stats_entries, divisor=divisor)
     click.echo(render_table(stats.rows), nl=False)
     click.echo(render_saturation(stats), nl=False)
-    failures = datapath.allocation_failures()
-    click.echo("conntrack: " + ", ".join(f"{k} {v}" for k, v in failures.items()))
+    failures = gateway.allocation_failures()
+    label = "conntrack" if datapath == "kernel" else "drops"
+    click.echo(f"{label}: " + ", ".join(f"{k} {v}" for k, v in failures.items()))

@@ -99,3 +99,30 @@ def output_option(*formats: str, help: str = "Output format.") -> Callable[[F], 
         show_default=True,
         help=help,
     )
+
+
+CILIUM_VERSIONS = ("1.16", "1.17", "1.18")
+
+
+def cilium_version_option(
+    help: str = "Cilium version whose nat.h port search to reproduce (clamp, retries).",
+) -> Callable[[F], F]:
+    return click.option(
+        "--cilium-version",
+        type=click.Choice(CILIUM_VERSIONS),
+        default="1.16",
+        show_default=True,
+        help=help,
+    )
+
+
+def bpf_nat_global_max_option(
+    help: str = "Entries of the BPF NAT map (2 per connection), as Cilium's flag.",
+) -> Callable[[F], F]:
+    return click.option(
+        "--bpf-nat-global-max",
+        type=click.IntRange(1, 1 << 24),
+        default=524288,
+        show_default=True,
+        help=help,
+    )

@@ -341,3 +341,7 @@ def remove_lab(name: str, *, state_dir: Path = STATE_DIR) -> None:
             _run(["ip", "netns", "delete", ns], check=False)
     for suffix in (".json", ".tmp"):
         (state_dir / f"{name}{suffix}").unlink(missing_ok=True)
+    # The BPF datapath's pins (--datapath bpf) outlive the gateway's devices: unpin them.
+    from egressgw.datapath.bpf.pins import remove_gateway_pins  # noqa: PLC0415
+
+    remove_gateway_pins(f"{base}-gw")

@@ -13,12 +13,12 @@ import json
 import logging
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from egressgw.config import NodePortRange
-from egressgw.errors import DatapathError
+from egressgw.errors import ConfigError, DatapathError
 from egressgw.net import Family, NatEndpoint
 from egressgw.policy.rules import EgressRule, RuleKind
 
@@ -31,10 +31,9 @@ from .loader import (
     detach,
     load_programs,
     remove_pins,
-    unpin_programs,
 )
 from .natmap import NatTable, endpoint_counts, read_nat_map
-from .pins import BPFFS_DIR, ensure_bpffs, pin_name
+from .pins import BPFFS_DIR, ensure_bpffs, pin_name, uplink_state_path
 from .signals import SignalReader
 
 log = logging.getLogger(__name__)
@@ -42,14 +41,13 @@ log = logging.getLogger(__name__)
 NAT_GLOBAL_MAX_DEFAULT = 524288  # Cilium's --bpf-nat-global-max
 NO_MAPPING_REASON = "No mapping for NAT masquerade"
 NO_GATEWAY_REASON = "No egress gateway found"
-STATE_FILE = "uplink.json"  # beside the pins' directory: which device we attached to
 
 
 @dataclass(frozen=True, slots=True)
 class BpfSettings:
     """What the BPF datapath is told on the command line."""
 
-    node_port_range: NodePortRange = NodePortRange()
+    node_port_range: NodePortRange = field(default_factory=NodePortRange)
     nat_global_max: int = NAT_GLOBAL_MAX_DEFAULT
     cilium_version: str = "1.16"
     device: str | None = None  # the uplink; None: the device holding the egress IPs
@@ -59,8 +57,6 @@ class BpfSettings:
     def __post_init__(self) -> None:
         layout.cilium_version(self.cilium_version)
         if not 1 <= self.nat_global_max <= 1 << 24:
-            from egressgw.errors import ConfigError  # noqa: PLC0415
-
             raise ConfigError(f"{self.nat_global_max}: must be between 1 and {1 << 24}",
                               field="--bpf-nat-global-max")
 
@@ -72,8 +68,10 @@ class BpfSettings:
 class BpfDatapath:
     """The tc program as the datapath of one gateway node (optionally in a netns)."""
 
-    def __init__(self, settings: BpfSettings) -> None:
+    def __init__(self, settings: BpfSettings, *, create: bool = True) -> None:
+        """``create=False``: only read what is pinned (never create or configure)."""
         self.settings = settings
+        self.create = create
         self.pin_dir = settings.pin_dir
         self._maps: PinnedMaps | None = None
         self._signals: SignalReader | None = None
@@ -86,16 +84,23 @@ class BpfDatapath:
     @property
     def maps(self) -> PinnedMaps:
         if self._maps is None:
-            ensure_bpffs(self.settings.bpffs)
-            self._maps = PinnedMaps.open_or_create(self.pin_dir, self.settings.nat_global_max)
-            version = layout.cilium_version(self.settings.cilium_version)
-            ports = self.settings.node_port_range
-            self._maps["snat_config"].update(
-                bytes(4), layout.snat_config(ports.nat_min, ports.nat_max, version))
+            if not self.create:
+                self._maps = PinnedMaps.open_existing(self.pin_dir)
+            else:
+                ensure_bpffs(self.settings.bpffs)
+                self._maps = PinnedMaps.open_or_create(self.pin_dir,
+                                                       self.settings.nat_global_max)
         return self._maps
 
+    def configure(self) -> None:
+        """The port range and the version's search parameters, read by every packet."""
+        version = layout.cilium_version(self.settings.cilium_version)
+        ports = self.settings.node_port_range
+        self.maps["snat_config"].update(
+            bytes(4), layout.snat_config(ports.nat_min, ports.nat_max, version))
+
     def _state_path(self) -> Path:
-        return self.pin_dir.parent.parent / f"{self.pin_dir.name}.{STATE_FILE}"
+        return uplink_state_path(self.pin_dir)
 
     def _uplink(self, rules: Sequence[EgressRule]) -> str:
         if self.settings.device:
@@ -125,6 +130,7 @@ class BpfDatapath:
     def apply(self, rules: Sequence[EgressRule]) -> None:
         """Attach if needed, then make the policy maps hold exactly ``rules``."""
         device = self._uplink(rules)
+        self.configure()
         self.ensure_attached(device)
         wanted: dict[Family, dict[bytes, bytes]] = {Family.IPV4: {}, Family.IPV6: {}}
         for rule in rules:
@@ -142,7 +148,7 @@ class BpfDatapath:
             # policy missing that both the old and the new rules have.
             for key, value in wanted[family].items():
                 policy.update(key, value)
-            for key in policy.keys():
+            for key in policy.all_keys():
                 if key not in wanted[family]:
                     policy.delete(key)
 
@@ -203,7 +209,6 @@ class BpfDatapath:
         if device:
             detach(device, netns)
         self.close()
-        unpin_programs(self.pin_dir) if self.pin_dir.exists() else None
         remove_pins(self.pin_dir)
         state.unlink(missing_ok=True)
 
@@ -222,7 +227,6 @@ def per_cpu_sum(percpu: object, value_size: int) -> dict[int, int]:
 
     assert isinstance(percpu, BpfMap)
     slot = (value_size + 7) // 8 * 8
-    fmt = "<Q" if value_size >= 8 else "<I"
     width = 8 if value_size >= 8 else 4
     cpus = possible_cpus()
     out: dict[int, int] = {}
@@ -234,7 +238,6 @@ def per_cpu_sum(percpu: object, value_size: int) -> dict[int, int]:
                     for c in range(cpus))
         if total:
             out[index] = total
-    del fmt
     return out
 
 

@@ -105,8 +105,8 @@ def _open_or_create(pin_dir: Path, spec: MapSpec) -> BpfMap:
                 f"{info.value_size} bytes, expected {spec.max_entries}{field}; "
                 "`egressgw agent --datapath bpf --cleanup` removes it")
         return m
-    m = BpfMap.create(spec.name, spec.type, spec.key_size, spec.value_size, spec.max_entries,
-                      spec.flags)
+    m = BpfMap.create(spec.name, spec.type, spec.key_size, spec.value_size,
+                      max_entries=spec.max_entries, flags=spec.flags)
     try:
         m.pin(str(path))
     except BaseException:

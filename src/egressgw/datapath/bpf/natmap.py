@@ -41,7 +41,7 @@ class NatTable:
         return len(self.keys)
 
 
-def dtypes(family: Family) -> tuple[np.dtype, np.dtype]:  # type: ignore[type-arg]
+def dtypes(family: Family) -> tuple[np.dtype[np.void], np.dtype[np.void]]:
     return (KEY4, VALUE4) if family is Family.IPV4 else (KEY6, VALUE6)
 
 

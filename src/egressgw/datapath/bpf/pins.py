@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def is_bpffs(path: Path) -> bool:
     buf = _Statfs()
     if libc.statfs(os.fsencode(str(path)), ctypes.byref(buf)) != 0:
         return False
-    return (buf.f_type & 0xFFFFFFFF) == BPF_FS_MAGIC
+    return bool((buf.f_type & 0xFFFFFFFF) == BPF_FS_MAGIC)
 
 
 def current_netns_name() -> str | None:
@@ -79,3 +80,17 @@ def ensure_bpffs(root: Path = BPFFS_DIR) -> None:
                           text=True, check=False)
     if done.returncode != 0:
         raise DatapathError(f"mount -t bpf bpf {root}: {done.stderr.strip()}")
+
+
+def uplink_state_path(pin_dir: Path) -> Path:
+    """Where the device the program was attached to is recorded (for --cleanup)."""
+    return pin_dir.parent.parent / f"{pin_dir.name}.uplink.json"
+
+
+def remove_gateway_pins(netns: str, root: Path = BPFFS_DIR) -> None:
+    """Unpin everything of gateway ``netns`` (its maps and programs go with the last
+    reference) and forget its uplink."""
+    pin_dir = root / check_netns_name(netns)
+    if pin_dir.exists():
+        shutil.rmtree(pin_dir)
+    uplink_state_path(pin_dir).unlink(missing_ok=True)

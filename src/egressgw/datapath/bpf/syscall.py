@@ -160,7 +160,7 @@ class BpfMap:
     # -- opening ---------------------------------------------------------------------
 
     @classmethod
-    def create(cls, name: str, map_type: int, key_size: int, value_size: int,
+    def create(cls, name: str, map_type: int, key_size: int, value_size: int, *,
                max_entries: int, flags: int = 0) -> BpfMap:
         attr = _MapCreate(map_type, key_size, value_size, max_entries, flags, 0, 0,
                           name.encode()[:15])
@@ -248,7 +248,7 @@ class BpfMap:
             raise DatapathError(f"{self.what}: delete: {exc.strerror}") from None
         return True
 
-    def keys(self) -> list[bytes]:
+    def all_keys(self) -> list[bytes]:
         """Every key, walked with BPF_MAP_GET_NEXT_KEY (for small maps)."""
         size = self.info.key_size
         out: list[bytes] = []
@@ -279,11 +279,11 @@ class BpfMap:
             _bpf(MAP_LOOKUP_BATCH, attr)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
-                return attr.count, True
+                return int(attr.count), True
             if exc.errno == errno.ENOSPC:
                 raise
             raise DatapathError(f"{self.what}: lookup batch: {exc.strerror}") from None
-        return attr.count, False
+        return int(attr.count), False
 
     def update_batch(self, keys: bytes, values: bytes, count: int, flags: int = BPF_ANY
                      ) -> int:
@@ -294,7 +294,7 @@ class BpfMap:
             _bpf(MAP_UPDATE_BATCH, attr)
         except OSError as exc:
             raise DatapathError(f"{self.what}: update batch: {exc.strerror}") from None
-        return attr.count
+        return int(attr.count)
 
     def delete_batch(self, keys: bytes, count: int) -> int:
         k = ctypes.create_string_buffer(keys, len(keys))
@@ -304,4 +304,4 @@ class BpfMap:
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 raise DatapathError(f"{self.what}: delete batch: {exc.strerror}") from None
-        return attr.count
+        return int(attr.count)
