@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 NAT_GLOBAL_MAX_DEFAULT = 524288  # Cilium's --bpf-nat-global-max
 NO_MAPPING_REASON = "No mapping for NAT masquerade"
 NO_GATEWAY_REASON = "No egress gateway found"
+# A connection broken by eviction: its next packet found no OUT entry and got a new port.
+REMAPPED_REASON = "NAT entry evicted, connection re-mapped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +172,11 @@ class BpfDatapath:
                 NO_GATEWAY_REASON: totals.get(layout.DROP_NO_EGRESS_GW, 0)}
 
     def allocation_failures(self) -> Mapping[str, int]:
+        """Refused allocations (reason 167) and connections broken by an eviction."""
         self.handle_signals()
-        return {NO_MAPPING_REASON: self.drop_counts()[NO_MAPPING_REASON]}
+        totals = per_cpu_sum(self.maps["drop_metrics"], layout.METRICS_VALUE.size)
+        return {NO_MAPPING_REASON: totals.get(layout.DROP_NAT_NO_MAPPING, 0),
+                REMAPPED_REASON: totals.get(layout.EVENT_REMAPPED, 0)}
 
     def retries_histogram(self, family: Family = Family.IPV4) -> dict[int, int]:
         """Allocations by tries used (Cilium v1.18's alloc_retries), summed over CPUs."""

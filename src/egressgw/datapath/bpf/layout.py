@@ -22,6 +22,7 @@ TUPLE_F_OUT = 0
 TUPLE_F_IN = 1
 DROP_NAT_NO_MAPPING = 167  # Cilium's DROP_NAT_NO_MAPPING
 DROP_NO_EGRESS_GW = 194  # Cilium's DROP_NO_EGRESS_GW
+EVENT_REMAPPED = 1  # not a drop: a mid-stream TCP packet whose OUT entry was evicted
 MAX_RETRIES = 128  # the largest SNAT_COLLISION_RETRIES of any version (histogram size - 1)
 
 # What an entry saw (the value's pad2, see snat.bpf.c).
