@@ -1,0 +1,282 @@
+"""The BPF datapath on real packets: a tc program with Cilium's SNAT on a lab gateway.
+
+Expected values come from Cilium's arithmetic (bpf/lib/nat.h), not from the code under
+test: with --node-port-range 30000,65471 the NAT range is 65472..65535 (64 ports), and
+v1.16's clamp ``(v % (end - start)) + start`` = ``(v % 63) + 65472`` reaches 63 of them
+(never 65535), while its +1 walk visits all 63 within 128 tries. So exactly 63
+connections to one server endpoint get a port and the 64th is refused with reason 167.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from netns import lab, popen_in, run_in  # noqa: F401  (lab: module fixture)
+
+from egressgw.config import NodePortRange
+from egressgw.datapath.bpf import BpfDatapath, BpfSettings
+from egressgw.datapath.bpf.datapath import NO_MAPPING_REASON, REMAPPED_REASON
+from egressgw.datapath.bpf.natmap import iter_nat_list
+from egressgw.lab import Lab, lab_rules
+from egressgw.net import Family
+from egressgw.stats import compute_nat_stats, render_table
+
+pytestmark = pytest.mark.kernel
+
+PORTS_64 = NodePortRange(30000, 65471)
+# NAT ports 61000..65535: outside Linux's ephemeral range (32768..60999), so a client's
+# own port is never kept and every new mapping draws a random port.
+PORTS_ABOVE_EPHEMERAL = NodePortRange(30000, 60999)
+SERVER = "198.51.100.10"
+
+
+def egressgw(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    main = "import sys; from egressgw.cli import main; main(sys.argv[1:])"
+    done = subprocess.run([sys.executable, "-c", main, *args], input=stdin,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.fixture
+def bpf(lab: Lab) -> Iterator[BpfDatapath]:  # noqa: F811
+    """A factory-made BPF datapath on the lab gateway, cleaned up afterwards."""
+    made: list[BpfDatapath] = []
+
+    def make(ports: NodePortRange, **settings: object) -> BpfDatapath:
+        dp = BpfDatapath(BpfSettings(ports, netns=lab.topology.gateway_ns,
+                                     **settings))  # type: ignore[arg-type]
+        made.append(dp)
+        t = lab.topology
+        dp.apply(lab_rules(t, [t.egress4[0], t.egress6[0]]))
+        return dp
+
+    yield make  # type: ignore[misc]
+    for dp in made:
+        dp.close()
+    BpfDatapath(BpfSettings(netns=lab.topology.gateway_ns)).cleanup()
+
+
+# A client that holds connections and, when told, sends on them: it reports what the
+# server saw at open time (its greeting) and whether each held connection still echoes.
+CLIENT = r"""
+import json, socket, sys
+src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+conns = []
+def open_some(n):
+    seen = []
+    for _ in range(n):
+        s = socket.socket(); s.settimeout(2); s.bind((src, 0))
+        try:
+            s.connect((dst, port)); greeting = s.recv(100).decode().split()
+        except OSError as exc:
+            s.close(); seen.append(None); continue
+        conns.append(s); seen.append([s.getsockname()[1], int(greeting[1])])
+    return seen
+for line in sys.stdin:
+    cmd, _, arg = line.strip().partition(" ")
+    if cmd == "open":
+        print(json.dumps(open_some(int(arg))), flush=True)
+    elif cmd == "poke":
+        out = []
+        for s in conns[: int(arg)]:
+            try:
+                s.sendall(b"x"); out.append("ok" if s.recv(10) == b"x" else "closed")
+            except ConnectionResetError:
+                out.append("reset")
+            except OSError as exc:
+                out.append(type(exc).__name__)
+        print(json.dumps(out), flush=True)
+"""
+
+
+def server_out_rsts(lab: Lab) -> int:  # noqa: F811
+    """Resets the server's TCP stack sent (/proc/net/snmp Tcp: OutRsts)."""
+    snmp = run_in(lab.topology.server_ns, ["cat", "/proc/net/snmp"]).stdout.splitlines()
+    header, values = [line.split() for line in snmp if line.startswith("Tcp:")]
+    return int(values[header.index("OutRsts")])
+
+
+class Client:
+    def __init__(self, lab: Lab, port: int) -> None:  # noqa: F811
+        t = lab.topology
+        self.proc = popen_in(t.client_ns, [sys.executable, "-c", CLIENT, t.pods4[0], SERVER,
+                                           str(port)])
+
+    def ask(self, line: str) -> list[object]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        assert answer, "client died"
+        result = json.loads(answer)
+        assert isinstance(result, list)
+        return result
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def test_v116_exhaustion_refuses_the_64th_connection_with_reason_167(
+        lab: Lab, bpf) -> None:  # noqa: F811
+    dp = bpf(PORTS_64, cilium_version="1.16")
+    result = lab.load(f"{SERVER}:443", 70, parallel=1, timeout=1)
+    # 63 reachable ports: the 64th connection and every later one are refused.
+    assert result.succeeded == 63
+    assert result.failed == 7
+    assert result.seen_as == {lab.topology.egress4[0]: 63}
+    # Each refused SYN is one drop (a retransmission would add more, never fewer).
+    assert dp.allocation_failures()[NO_MAPPING_REASON] >= 7
+    counts = dp.endpoint_counts()
+    assert list(counts.values()) == [63]
+    (table,) = [t for t in dp.nat_tables() if t.family is Family.IPV4]
+    ports = sorted(int(p) for p in table.keys["dport"][table.keys["flags"] == 1])
+    # v1.16's clamp never yields the top of the range.
+    assert ports == list(range(65472, 65535))
+    # Refused searches used every try (128), the others fewer.
+    hist = dp.retries_histogram(Family.IPV4)
+    assert hist.get(128, 0) >= 7
+    assert sum(n for tries, n in hist.items() if tries < 128) == 63
+
+
+def test_v118_walk_sticks_at_the_top_port_and_refuses_early(lab: Lab, bpf) -> None:  # noqa: F811
+    """v1.17+'s clamp maps port + 1 of any port in 65472..65535 to 65535 (the walk is
+    stuck there), so after the first random pick a search only retries one port: refusals
+    begin long before the range is full."""
+    dp = bpf(PORTS_64, cilium_version="1.18")
+    result = lab.load(f"{SERVER}:443", 64, parallel=1, timeout=1)
+    assert 0 < result.succeeded < 64
+    assert result.failed == 64 - result.succeeded
+    assert dp.allocation_failures()[NO_MAPPING_REASON] >= result.failed
+    hist = dp.retries_histogram(Family.IPV4)
+    assert max(hist) <= 32  # v1.18's SNAT_COLLISION_RETRIES
+    (table,) = [t for t in dp.nat_tables() if t.family is Family.IPV4]
+    ports = {int(p) for p in table.keys["dport"][table.keys["flags"] == 1]}
+    assert 65535 in ports  # reachable with v1.17+'s clamp, never with v1.16's
+
+
+def test_nat_list_read_back_by_nat_stats_agrees_with_the_map(lab: Lab, bpf) -> None:  # noqa: F811
+    dp = bpf(PORTS_64)
+    t = lab.topology
+    lab.load(f"{SERVER}:443", 20, parallel=1, timeout=1)
+    lab.load(f"{SERVER}:53", 5, proto="udp")
+    lab.load("[2001:db8:100::10]:80", 4)
+    lab.load("2001:db8:100::10", 3, proto="icmp")
+    listing = egressgw("bpf", "nat", "list", "--netns", t.gateway_ns).stdout
+    assert listing.endswith("\n\n")
+    from_dump = egressgw("nat-stats", "--from", "-", "--node-port-range", str(PORTS_64),
+                         stdin=listing)
+    counts = dp.endpoint_counts()
+    stats = compute_nat_stats(counts, entries=30, divisor=PORTS_64.cilium_saturation_divisor)
+    assert from_dump.stdout == render_table(stats.rows)
+    by_remote = {(e.proto.label, e.remote_addr): n for e, n in counts.items()}
+    assert by_remote[("TCP", f"{SERVER}:443")] == 20
+    assert by_remote[("UDP", f"{SERVER}:53")] == 5
+    assert by_remote[("TCP", "[2001:db8:100::10]:80")] == 4
+    assert by_remote[("ICMPv6", "[2001:db8:100::10]")] == 3
+    # Every line is Cilium's shape and each connection has its OUT and IN entry.
+    lines = [line for line in listing.splitlines() if line]
+    assert len(lines) == 2 * (20 + 5 + 4 + 3)
+    assert all(" XLATE_" in line and line.endswith("NeedsCT=1") for line in lines)
+    assert "saturation ipv4: 31.75% (20/63)" in from_dump.stderr
+
+
+def test_eviction_breaks_an_old_connection_and_is_counted(lab: Lab, bpf) -> None:  # noqa: F811
+    dp = bpf(PORTS_ABOVE_EPHEMERAL, nat_global_max=64)
+    client = Client(lab, 8080)
+    try:
+        first = client.ask("open 8")
+        assert all(first), first
+        # 40 more connections need 80 more entries: the map (64) evicts the oldest.
+        assert all(client.ask("open 40"))
+        for table in dp.nat_tables():
+            assert len(table) <= 64
+        rsts_before = server_out_rsts(lab)
+        outcome = client.ask("poke 8")
+        rsts = server_out_rsts(lab) - rsts_before
+    finally:
+        client.close()
+    broken = [i for i, o in enumerate(outcome) if o != "ok"]
+    assert broken, outcome
+    resets = [i for i in broken if outcome[i] == "reset"]
+    assert resets, outcome
+    # The server saw segments of tuples it never accepted (the old connections' new
+    # source ports) and answered each with a reset. (Had only an IN entry gone, the reply
+    # would have reached the gateway itself and the client would time out instead.)
+    assert rsts >= len(resets)
+    assert dp.allocation_failures()[REMAPPED_REASON] >= len(resets)
+
+
+def test_a_restart_keeps_maps_and_connections_and_cleanup_removes_all(
+        lab: Lab, bpf) -> None:  # noqa: F811
+    t = lab.topology
+    dp = bpf(PORTS_64)
+    pin_dir = dp.pin_dir
+    map_id = dp.maps["snat_v4"].info.id
+    prog = subprocess.run(["bpftool", "-j", "prog", "show", "pinned",
+                           str(pin_dir / "progs" / "egw_egress")],
+                          capture_output=True, text=True, check=True)
+    prog_id = json.loads(prog.stdout)["id"]
+    client = Client(lab, 8080)
+    try:
+        assert all(client.ask("open 5"))
+        dp.close()  # the agent exits
+        again = BpfDatapath(BpfSettings(PORTS_64, netns=t.gateway_ns))
+        again.apply(lab_rules(t, [t.egress4[0], t.egress6[0]]))  # the next agent starts
+        assert again.maps["snat_v4"].info.id == map_id
+        prog = subprocess.run(["bpftool", "-j", "prog", "show", "pinned",
+                               str(pin_dir / "progs" / "egw_egress")],
+                              capture_output=True, text=True, check=True)
+        assert json.loads(prog.stdout)["id"] == prog_id
+        assert client.ask("poke 5") == ["ok"] * 5
+        assert list(again.endpoint_counts().values()) == [5]
+    finally:
+        client.close()
+    again.cleanup()
+    assert not pin_dir.exists()
+    shown = run_in(t.gateway_ns, ["tc", "filter", "show", "dev", "ext0", "egress"]).stdout
+    assert shown.strip() == ""
+    # The kernel frees the program, then the map, after an RCU grace period.
+    deadline = time.monotonic() + 10
+    while subprocess.run(["bpftool", "map", "show", "id", str(map_id)],
+                         capture_output=True, check=False).returncode == 0:
+        assert time.monotonic() < deadline, f"map {map_id} still exists"
+        time.sleep(0.1)
+    # Without the program the gateway only routes: the server sees the pod.
+    assert lab.load(f"{SERVER}:80", 1).seen_as == {t.pods4[0]: 1}
+
+
+def test_nat_list_lines_are_cilium_dbg_lines(lab: Lab, bpf) -> None:  # noqa: F811
+    dp = bpf(PORTS_64)
+    t = lab.topology
+    result = lab.load(f"{SERVER}:443", 1)
+    assert result.succeeded == 1
+    (table,) = [tb for tb in dp.nat_tables() if tb.family is Family.IPV4]
+    lines = sorted(re.sub(r"Created=[01]sec ago", "Created=Nsec ago", line)
+                   for line in iter_nat_list(table))
+    nat_port = int(table.keys["dport"][table.keys["flags"] == 1][0])
+    pod_port = int(table.keys["sport"][table.keys["flags"] == 0][0])
+    assert lines == sorted([
+        f"TCP IN {SERVER}:443 -> {t.egress4[0]}:{nat_port} XLATE_DST "
+        f"{t.pods4[0]}:{pod_port} Created=Nsec ago NeedsCT=1\n",
+        f"TCP OUT {t.pods4[0]}:{pod_port} -> {SERVER}:443 XLATE_SRC "
+        f"{t.egress4[0]}:{nat_port} Created=Nsec ago NeedsCT=1\n",
+    ])
+
+
+def test_missing_clang_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from egressgw.datapath.bpf.build import build
+    from egressgw.errors import DatapathError
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(DatapathError, match="apt-get install clang"):
+        build(cache=tmp_path)
