@@ -10,7 +10,9 @@ connections to one server endpoint get a port and the 64th is refused with reaso
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -18,17 +20,29 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netns import lab, popen_in, run_in  # noqa: F401  (lab: module fixture)
 
 from egressgw.config import NodePortRange
 from egressgw.datapath.bpf import BpfDatapath, BpfSettings
+from egressgw.datapath.bpf.build import build
 from egressgw.datapath.bpf.datapath import NO_MAPPING_REASON, REMAPPED_REASON
 from egressgw.datapath.bpf.natmap import iter_nat_list
+from egressgw.errors import DatapathError
 from egressgw.lab import Lab, lab_rules
 from egressgw.net import Family
 from egressgw.stats import compute_nat_stats, render_table
+from netns import lab, popen_in, run_in  # noqa: F401  (lab: module fixture)
 
 pytestmark = pytest.mark.kernel
+BPF_TOOLS = ("clang", "bpftool")
+
+
+@pytest.fixture(autouse=True)
+def _bpf_tools() -> None:
+    """CI installs clang and bpftool (scripts/test.sh); elsewhere their absence skips."""
+    missing = [tool for tool in BPF_TOOLS if shutil.which(tool) is None]
+    if missing and not os.environ.get("CI"):
+        pytest.skip(f"the BPF datapath needs {', '.join(missing)} (apt-get install clang "
+                    "llvm libbpf-dev bpftool); CI runs these tests")
 
 PORTS_64 = NodePortRange(30000, 65471)
 # NAT ports 61000..65535: outside Linux's ephemeral range (32768..60999), so a client's
@@ -274,9 +288,6 @@ def test_nat_list_lines_are_cilium_dbg_lines(lab: Lab, bpf) -> None:  # noqa: F8
 
 
 def test_missing_clang_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from egressgw.datapath.bpf.build import build
-    from egressgw.errors import DatapathError
-
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(DatapathError, match="apt-get install clang"):
         build(cache=tmp_path)
