@@ -1,0 +1,98 @@
+"""The same workload through the BPF datapath (real packets) and the model datapath.
+
+Workload: one pod opens connections one after another to 198.51.100.10:443 through a
+64-port NAT range (--node-port-range 30000,65471); client ports come from Linux's
+ephemeral range (32768..60999), outside the NAT range, so every allocation starts with a
+random pick.
+
+- v1.16: the outcome is fixed by the arithmetic (63 reachable ports, a walk that covers
+  them within 128 tries), so both must give exactly 63 established, the rest refused.
+  Tolerance 0.
+- v1.18: 32 tries and v1.17's clamp make the count random: ``clamp(port + 1)`` of any
+  port in 65472..65534 is 65535 and of 65535 (wrapping to 0) is 65472, so after the
+  random pick the walk only alternates between those two. The model on this branch
+  still clamps with v1.16's modulo for every version, so the real count is checked
+  against ``v117_search`` below, a direct transcription of nat.h's loop (300 seeds): it
+  must lie within that law's 1st..99th percentile (outside by chance about 2% of runs).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from ipaddress import IPv4Address
+
+import numpy as np
+import pytest
+
+from egressgw.config import NodePortRange
+from egressgw.datapath.bpf import BpfDatapath, BpfSettings
+from egressgw.datapath.model import ModelConfig, ModelDatapath
+from egressgw.lab import Lab, lab_rules
+from egressgw.net import Endpoint, FiveTuple, Proto
+from netns import lab  # noqa: F401  (module fixture)
+
+pytestmark = pytest.mark.kernel
+PORTS = NodePortRange(30000, 65471)
+SERVER = "198.51.100.10"
+
+
+def model_established(version: str, attempts: int, seed: int) -> int:
+    model = ModelDatapath(ModelConfig(node_port_range=PORTS, cilium_version=version),
+                          random.Random(seed), engine="reference")
+    rng = random.Random(seed + 1)
+    client_ports = rng.sample(range(32768, 61000), attempts)
+    ok = 0
+    for port in client_ports:
+        tup = FiveTuple(Proto.TCP, Endpoint(IPv4Address("192.0.2.10"), port),
+                        Endpoint(IPv4Address(SERVER), 443))
+        ok += model.connect(tup, IPv4Address("203.0.113.10")).ok
+    return ok
+
+
+def v117_search(seed: int, attempts: int, tries: int = 32) -> int:
+    """Established connections under v1.17+'s __snat_clamp_port_range and the +1 walk."""
+    rng = random.Random(seed)
+    start, end = PORTS.nat_min, PORTS.nat_max
+    used: set[int] = set()
+
+    def clamp(value: int) -> int:
+        return start + (((value & 0xFFFF) * (end - start + 1)) >> 16)
+
+    for _ in range(attempts):
+        client_port = rng.randrange(32768, 61000)
+        port = client_port if start <= client_port <= end else clamp(rng.getrandbits(16))
+        for attempt in range(tries):
+            if port not in used:
+                used.add(port)
+                break
+            port = clamp(port + 1 if attempt else rng.getrandbits(16))
+    return len(used)
+
+
+def real_established(lab: Lab, version: str, attempts: int) -> int:  # noqa: F811
+    if shutil.which("clang") is None or shutil.which("bpftool") is None:
+        pytest.skip("the BPF datapath needs clang and bpftool (scripts/test.sh installs them)")
+    t = lab.topology
+    dp = BpfDatapath(BpfSettings(PORTS, cilium_version=version, netns=t.gateway_ns))
+    try:
+        dp.apply(lab_rules(t, [t.egress4[0], t.egress6[0]]))
+        return lab.load(f"{SERVER}:443", attempts, parallel=1, timeout=1).succeeded
+    finally:
+        dp.cleanup()
+
+
+def test_v116_bpf_and_model_agree_exactly(lab: Lab) -> None:  # noqa: F811
+    real = real_established(lab, "1.16", 70)
+    modelled = {model_established("1.16", 70, seed) for seed in range(20)}
+    assert modelled == {63}
+    assert real == 63
+
+
+def test_v118_bpf_lies_within_nat_h_spread(lab: Lab) -> None:  # noqa: F811
+    real = real_established(lab, "1.18", 64)
+    runs = np.array([v117_search(seed, 64) for seed in range(300)])
+    low, high = np.percentile(runs, [1, 99])
+    print(f"v1.18, 64 attempts: real {real}; nat.h law median {np.median(runs):.0f}, "
+          f"1st-99th percentile {low:.0f}-{high:.0f}, range {runs.min()}-{runs.max()}")
+    assert low <= real <= high
