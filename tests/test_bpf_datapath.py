@@ -291,3 +291,81 @@ def test_missing_clang_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(DatapathError, match="apt-get install clang"):
         build(cache=tmp_path)
+
+
+def prog_id(pin: Path) -> int:
+    shown = subprocess.run(["bpftool", "-j", "prog", "show", "pinned", str(pin)],
+                           capture_output=True, text=True, check=True)
+    return int(json.loads(shown.stdout)["id"])
+
+
+def test_policy_changes_apply_without_reloading_the_program(lab: Lab, bpf) -> None:  # noqa: F811
+    t = lab.topology
+    dp = bpf(NodePortRange())
+    before = prog_id(dp.pin_dir / "progs" / "egw_egress")
+    assert lab.load(f"{SERVER}:80", 2).seen_as == {t.egress4[0]: 2}
+    dp.apply(lab_rules(t, [t.egress4[1]]))
+    assert lab.load(f"{SERVER}:80", 2).seen_as == {t.egress4[1]: 2}
+    # An excluded destination passes unchanged (the server sees the pod itself).
+    dp.apply(lab_rules(t, [t.egress4[1]], excluded=["198.51.100.11/32"]))
+    assert lab.load("198.51.100.11:80", 1).seen_as == {t.pods4[0]: 1}
+    assert lab.load(f"{SERVER}:80", 1).seen_as == {t.egress4[1]: 1}
+    # No gateway: dropped, counted under Cilium's reason 194.
+    dp.apply(lab_rules(t, [t.egress4[0]], no_gateway=True))
+    assert lab.load(f"{SERVER}:80", 2, timeout=1).succeeded == 0
+    assert dp.drop_counts()["No egress gateway found"] >= 2
+    assert prog_id(dp.pin_dir / "progs" / "egw_egress") == before
+
+
+def test_icmp_echo_and_udp_of_both_families_are_masqueraded(lab: Lab, bpf) -> None:  # noqa: F811
+    t = lab.topology
+    dp = bpf(NodePortRange())
+    assert lab.load(SERVER, 3, proto="icmp").succeeded == 3
+    assert lab.load("2001:db8:100::10", 3, proto="icmp").succeeded == 3
+    assert lab.load("[2001:db8:100::10]:53", 2, proto="udp").seen_as == {t.egress6[0]: 2}
+    assert lab.load(f"{SERVER}:53", 2, proto="udp").seen_as == {t.egress4[0]: 2}
+    counts = {(e.family, e.proto.label, e.egress_ip.compressed, e.remote_addr): n
+              for e, n in dp.endpoint_counts().items()}
+    assert counts == {
+        (Family.IPV4, "ICMP", t.egress4[0], SERVER): 3,
+        (Family.IPV6, "ICMPv6", t.egress6[0], "[2001:db8:100::10]"): 3,
+        (Family.IPV6, "UDP", t.egress6[0], "[2001:db8:100::10]:53"): 2,
+        (Family.IPV4, "UDP", t.egress4[0], f"{SERVER}:53"): 2,
+    }
+
+
+def test_nat_fill_up_signals_match_the_tries_histogram(lab: Lab, bpf) -> None:  # noqa: F811
+    dp = bpf(PORTS_64, cilium_version="1.16")
+    lab.load(f"{SERVER}:443", 70, parallel=1, timeout=1)
+    signals = dp.handle_signals()
+    hist = dp.retries_histogram(Family.IPV4)
+    # nat.h signals when a search used more than SNAT_SIGNAL_THRES (64) tries.
+    assert signals == sum(n for tries, n in hist.items() if tries > 64)
+    assert signals >= 7
+    assert dp.signals_handled == signals and dp.gc_runs == 1
+
+
+def test_gc_applies_ciliums_ct_lifetimes(lab: Lab, bpf) -> None:  # noqa: F811
+    dp = bpf(NodePortRange())
+    assert lab.load(f"{SERVER}:80", 3).succeeded == 3  # closed: FIN both ways
+    assert lab.load(f"{SERVER}:53", 2, proto="udp").succeeded == 2
+    client = Client(lab, 8080)
+    try:
+        assert all(client.ask("open 2"))  # established, held open
+        now = int(time.clock_gettime(time.CLOCK_MONOTONIC))
+
+        def remaining() -> dict[str, int]:
+            counts = {e.remote_addr: n for e, n in dp.endpoint_counts().items()}
+            return dict(sorted(counts.items()))
+
+        assert remaining() == {f"{SERVER}:80": 3, f"{SERVER}:53": 2, f"{SERVER}:8080": 2}
+        # Cilium's lifetimes: both directions closing 10 s, non-TCP 60 s, TCP 8000 s.
+        assert dp.collect_garbage(now=now + 5) == 0
+        assert dp.collect_garbage(now=now + 12) == 6
+        assert remaining() == {f"{SERVER}:53": 2, f"{SERVER}:8080": 2}
+        assert dp.collect_garbage(now=now + 62) == 4
+        assert dp.collect_garbage(now=now + 7990) == 0
+        assert dp.collect_garbage(now=now + 8002) == 4
+        assert remaining() == {}
+    finally:
+        client.close()

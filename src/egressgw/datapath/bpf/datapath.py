@@ -12,7 +12,8 @@ import ipaddress
 import json
 import logging
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ from egressgw.net import Family, NatEndpoint
 from egressgw.policy.rules import EgressRule, RuleKind
 
 from . import layout
-from .gc import CtTimeouts, collect_garbage
+from .gc import CtTimeouts, GcSchedule, collect_garbage
 from .loader import (
     PinnedMaps,
     attach,
@@ -70,10 +71,13 @@ class BpfSettings:
 class BpfDatapath:
     """The tc program as the datapath of one gateway node (optionally in a netns)."""
 
-    def __init__(self, settings: BpfSettings, *, create: bool = True) -> None:
+    def __init__(self, settings: BpfSettings, *, create: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """``create=False``: only read what is pinned (never create or configure)."""
         self.settings = settings
         self.create = create
+        self._clock = clock
+        self.gc_schedule = GcSchedule(clock())
         self.pin_dir = settings.pin_dir
         self._maps: PinnedMaps | None = None
         self._signals: SignalReader | None = None
@@ -107,6 +111,9 @@ class BpfDatapath:
     def _uplink(self, rules: Sequence[EgressRule]) -> str:
         if self.settings.device:
             return self.settings.device
+        state = self._state_path()
+        if state.exists():  # attached before (rules without egress IPs say nothing)
+            return str(json.loads(state.read_text())["device"])
         for rule in rules:
             if rule.kind is RuleKind.MASQUERADE and rule.egress_ip is not None:
                 device = device_holding(rule.egress_ip, self.settings.netns)
@@ -172,8 +179,14 @@ class BpfDatapath:
                 NO_GATEWAY_REASON: totals.get(layout.DROP_NO_EGRESS_GW, 0)}
 
     def allocation_failures(self) -> Mapping[str, int]:
-        """Refused allocations (reason 167) and connections broken by an eviction."""
+        """Refused allocations (reason 167) and connections broken by an eviction.
+
+        The agent reads these every poll, so this is also where signals are handled and
+        where the periodic GC pass runs when due.
+        """
         self.handle_signals()
+        if self.create and self.gc_schedule.due(self._clock()):
+            self.collect_garbage()
         totals = per_cpu_sum(self.maps["drop_metrics"], layout.METRICS_VALUE.size)
         return {NO_MAPPING_REASON: totals.get(layout.DROP_NAT_NO_MAPPING, 0),
                 REMAPPED_REASON: totals.get(layout.EVENT_REMAPPED, 0)}
@@ -194,13 +207,17 @@ class BpfDatapath:
         return got
 
     def collect_garbage(self, *, purge_orphans: bool = False,
-                        timeouts: CtTimeouts | None = None) -> int:
+                        timeouts: CtTimeouts | None = None, now: int | None = None) -> int:
+        """One GC pass over both NAT maps (``now``: monotonic seconds, for tests)."""
         deleted = 0
         for name, family in (("snat_v4", Family.IPV4), ("snat_v6", Family.IPV6)):
             deleted += collect_garbage(self.maps[name], family, timeouts or CtTimeouts(),
-                                       purge_orphans=purge_orphans)
+                                       purge_orphans=purge_orphans, now=now)
         self.gc_runs += 1
         self.gc_deleted += deleted
+        self.gc_schedule.after_pass(self._clock(), deleted, self.settings.nat_global_max)
+        if deleted:
+            log.info("NAT GC: %d entries of expired connections deleted", deleted)
         return deleted
 
     def cleanup(self) -> None:

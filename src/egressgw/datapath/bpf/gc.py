@@ -83,3 +83,40 @@ def collect_garbage(nat_map: BpfMap, family: Family, timeouts: CtTimeouts, *,
         if nat_map.delete(key.tobytes()):
             deleted += 1
     return deleted
+
+
+GC_START = 300.0  # pkg/maps/ctmap: the first interval, 5 minutes
+GC_MIN = 10.0  # floor
+GC_MAX = 12 * 3600.0  # ConntrackGCMaxLRUInterval
+
+
+class GcSchedule:
+    """When the next GC pass is due: Cilium's adaptive interval (pkg/maps/ctmap/ctmap.go,
+    ``GetInterval`` and ``calculateInterval``, v1.16.2).
+
+    The deletion ratio is the entries a pass deleted over the map's capacity (Cilium
+    divides by the CT map's MaxEntries; here the NAT map is the CT state), scaled by
+    expected/actual when the pass came early (a signal-triggered one). Above 0.25 the
+    interval shrinks by that ratio (at most 0.9), floor 10 s; below 0.05 it grows by half,
+    cap 12 h; rounded to whole seconds.
+    """
+
+    def __init__(self, now: float) -> None:
+        self.interval = GC_START
+        self.last = now
+        self.next_at = now + self.interval
+
+    def due(self, now: float) -> bool:
+        return now >= self.next_at
+
+    def after_pass(self, now: float, deleted: int, capacity: int) -> None:
+        ratio = deleted / max(1, capacity)
+        actual = now - self.last
+        if 0 < actual < self.interval:
+            ratio *= self.interval / actual
+        if ratio > 0.25:
+            self.interval = max(GC_MIN, round(self.interval * (1 - min(ratio, 0.9))))
+        elif ratio < 0.05:
+            self.interval = min(GC_MAX, round(self.interval * 1.5))
+        self.last = now
+        self.next_at = now + self.interval

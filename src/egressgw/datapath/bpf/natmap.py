@@ -49,8 +49,10 @@ def read_nat_map(nat_map: BpfMap, family: Family) -> NatTable:
     """All entries, in BATCH-sized BPF_MAP_LOOKUP_BATCH calls."""
     key_t, value_t = dtypes(family)
     batch = BATCH
-    chunks_k: list[np.ndarray] = []
-    chunks_v: list[np.ndarray] = []
+    # Raw bytes, joined once: np.concatenate would turn the big-endian port fields into
+    # native ones, and the arrays must keep the map's own bytes (GC deletes by them).
+    chunks_k: list[bytes] = []
+    chunks_v: list[bytes] = []
     token_size = max(8, key_t.itemsize)
     token_in: ctypes.Array[ctypes.c_char] | None = None
     token_out = ctypes.create_string_buffer(token_size)
@@ -67,14 +69,13 @@ def read_nat_map(nat_map: BpfMap, family: Family) -> NatTable:
             values = ctypes.create_string_buffer(batch * value_t.itemsize)
             continue
         if n:
-            chunks_k.append(np.frombuffer(keys.raw[: n * key_t.itemsize], dtype=key_t))
-            chunks_v.append(np.frombuffer(values.raw[: n * value_t.itemsize], dtype=value_t))
+            chunks_k.append(keys.raw[: n * key_t.itemsize])
+            chunks_v.append(values.raw[: n * value_t.itemsize])
         if done:
             break
         token_in = ctypes.create_string_buffer(token_out.raw, token_size)
-    if not chunks_k:
-        return NatTable(family, np.zeros(0, key_t), np.zeros(0, value_t))
-    return NatTable(family, np.concatenate(chunks_k), np.concatenate(chunks_v))
+    return NatTable(family, np.frombuffer(b"".join(chunks_k), dtype=key_t),
+                    np.frombuffer(b"".join(chunks_v), dtype=value_t))
 
 
 def _ip(family: Family, raw: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
