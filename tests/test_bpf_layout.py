@@ -1,0 +1,87 @@
+"""The BPF datapath's user-space side without the kernel: layouts, listing, GC pacing."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import numpy as np
+import pytest
+
+from egressgw.datapath.bpf import layout
+from egressgw.datapath.bpf.gc import GcSchedule
+from egressgw.datapath.bpf.natmap import NatTable, endpoint_counts, iter_nat_list
+from egressgw.dumps import iter_entries
+from egressgw.errors import ConfigError
+from egressgw.net import Direction, Family, Proto
+
+
+def table4(rows: list[tuple[str, str, int, int, int, int, str, int, int]]) -> NatTable:
+    """Rows of (daddr, saddr, dport, sport, proto, flags, xlate addr, xlate port, created)."""
+    keys = np.zeros(len(rows), layout.KEY4)
+    values = np.zeros(len(rows), layout.VALUE4)
+    for i, (daddr, saddr, dport, sport, proto, flags, addr, port, created) in enumerate(rows):
+        keys[i] = (ipaddress.IPv4Address(daddr).packed, ipaddress.IPv4Address(saddr).packed,
+                   dport, sport, proto, flags)
+        values[i] = (created, 1, created, 0, ipaddress.IPv4Address(addr).packed, port, b"\0\0")
+    return NatTable(Family.IPV4, keys, values)
+
+
+def test_key_and_value_sizes_are_ciliums() -> None:
+    # pkg/maps/nat: TupleKey4 14 bytes, NatEntry4 40; TupleKey6 38, NatEntry6 56.
+    assert [d.itemsize for d in (layout.KEY4, layout.VALUE4, layout.KEY6, layout.VALUE6)] == [
+        14, 40, 38, 56]
+    key = np.zeros(1, layout.KEY4)
+    key["dport"] = 443
+    # Ports are in network order in the key, as the program writes them.
+    assert key.tobytes()[8:10] == b"\x01\xbb"
+
+
+def test_listing_is_read_back_by_the_cilium_dump_reader() -> None:
+    table = table4([
+        ("198.51.100.10", "192.0.2.10", 443, 51234, 6, 0, "203.0.113.10", 65472, 100),
+        ("203.0.113.10", "198.51.100.10", 65472, 443, 6, 1, "192.0.2.10", 51234, 100),
+        ("198.51.100.10", "192.0.2.10", 0, 7, 1, 0, "203.0.113.10", 65473, 90),
+        ("203.0.113.10", "198.51.100.10", 65473, 0, 1, 1, "192.0.2.10", 7, 90),
+    ])
+    text = "".join(iter_nat_list(table, now=112))
+    assert text.splitlines()[0] == ("TCP OUT 192.0.2.10:51234 -> 198.51.100.10:443 XLATE_SRC "
+                                    "203.0.113.10:65472 Created=12sec ago NeedsCT=1")
+    entries = list(iter_entries(text.encode(), source="-"))
+    assert [(e.direction, e.tuple.proto, e.created_ago) for e in entries] == [
+        (Direction.OUT, Proto.TCP, 12), (Direction.IN, Proto.TCP, 12),
+        (Direction.OUT, Proto.ICMP, 22), (Direction.IN, Proto.ICMP, 22)]
+    from_dump = {e.endpoint: 1 for e in entries if e.endpoint is not None}
+    assert endpoint_counts(table) == from_dump
+
+
+def test_versions_and_their_search_parameters() -> None:
+    assert [(v.clamp, v.retries, v.signal_thres) for v in layout.CILIUM_VERSIONS.values()] == [
+        (0, 128, 64), (1, 128, 64), (1, 32, 16)]
+    with pytest.raises(ConfigError, match="--cilium-version"):
+        layout.cilium_version("1.15")
+
+
+def test_policy_key_is_source_then_destination_prefix() -> None:
+    key, value = layout.policy_entry(ipaddress.ip_address("192.0.2.10"),
+                                     ipaddress.ip_network("198.51.100.0/25"),
+                                     layout.POLICY_MASQUERADE,
+                                     ipaddress.ip_address("203.0.113.10"))
+    assert key == (57).to_bytes(4, "little") + bytes([192, 0, 2, 10, 198, 51, 100, 0])
+    assert value == bytes([203, 0, 113, 10]) + (1).to_bytes(4, "little")
+
+
+def test_gc_interval_adapts_like_ciliums() -> None:
+    # calculateInterval: start 5 min; >25% deleted shrinks it, <5% grows it by half.
+    gc = GcSchedule(now=0)
+    assert gc.next_at == 300
+    gc.after_pass(300, deleted=0, capacity=1000)
+    assert gc.interval == 450
+    gc.after_pass(750, deleted=500, capacity=1000)  # 50%: x (1 - 0.5)
+    assert gc.interval == 225
+    gc.after_pass(975, deleted=950, capacity=1000)  # 95% is capped at 90%
+    assert gc.interval == 22
+    gc.after_pass(997, deleted=1000, capacity=1000)
+    assert gc.interval == 10  # floor
+    for _ in range(40):
+        gc.after_pass(gc.next_at, deleted=0, capacity=1000)
+    assert gc.interval == 12 * 3600  # cap
