@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent_support import AgentProcess, get_json, poll_until, sample_value, scrape
+from bpf_support import Client, server_out_rsts
 from egressgw.datapath.bpf.pins import BPFFS_DIR, ensure_bpffs
 from egressgw.lab import Lab
 from netns import lab, run_in  # noqa: F401  (module fixture)
@@ -37,10 +38,11 @@ def bpffs() -> None:
     ensure_bpffs()  # in the host's mount namespace, before `ip netns exec`
 
 
-def start_agent(lab: Lab, policies: Path, inventory: Path) -> AgentProcess:  # noqa: F811
+def start_agent(lab: Lab, policies: Path, inventory: Path, *extra: str,  # noqa: F811
+                node_ports: str = NODE_PORTS) -> AgentProcess:
     agent = AgentProcess(
         ["--datapath", "bpf", "--policies", str(policies), "--inventory", str(inventory),
-         "--node", lab.topology.gateway_node, "--node-port-range", NODE_PORTS,
+         "--node", lab.topology.gateway_node, "--node-port-range", node_ports, *extra,
          "--nat-map-stats-interval", "1s", "--poll-interval", "0.2s",
          "--listen", "127.0.0.1:0"],
         argv_prefix=["ip", "netns", "exec", lab.topology.gateway_ns],
@@ -107,3 +109,37 @@ def test_bpf_agent_counts_from_the_map_survives_a_restart_and_cleans_up(
     assert run_in(t.gateway_ns, ["tc", "filter", "show", "dev", "ext0", "egress"]).stdout == ""
     # Without the program the gateway only routes again: the server sees the pod.
     assert lab.load(f"{SERVER4}:80", 1).seen_as == {t.pods4[0]: 1}
+
+
+@pytest.mark.usefixtures("bpffs")
+def test_bpf_agent_counts_connections_broken_by_eviction(lab: Lab, tmp_path: Path) -> None:  # noqa: F811
+    """A 64-entry NAT map (32 connections): opening 48 evicts the oldest entries; the old
+    connections' next packets get new source ports, the server resets those unknown
+    tuples, and the agent's /metrics counts each re-mapped connection."""
+    policies, inventory = lab_files(tmp_path, lab, egress_ip=lab.topology.egress4[0])
+    # NAT ports above Linux's ephemeral range: a re-mapping never keeps the old port.
+    agent = start_agent(lab, policies, inventory, "--bpf-nat-global-max", "64",
+                        node_ports="30000,60999")
+    client = Client(lab, 8080)
+    try:
+        assert all(client.ask("open 8"))
+        assert all(client.ask("open 40"))
+        before = server_out_rsts(lab)
+        outcome = client.ask("poke 8")
+        resets = outcome.count("reset")
+        assert resets >= 1, outcome
+        assert server_out_rsts(lab) - before >= resets
+
+        def remaps_seen() -> float | None:
+            samples = in_gateway(lab, lambda: scrape(agent.url))
+            n = sample_value(samples, "egressgw_nat_allocation_failures_total",
+                             reason="NAT entry evicted, connection re-mapped")
+            return n if n is not None and n >= resets else None
+
+        poll_until(remaps_seen, what="re-mapped connections in /metrics")
+        agent.signal(signal.SIGTERM)
+        assert agent.wait() == 0
+    finally:
+        client.close()
+        agent.kill()
+        cleanup(lab)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from bpf_support import Client, server_out_rsts
 from egressgw.config import NodePortRange
 from egressgw.datapath.bpf import BpfDatapath, BpfSettings
 from egressgw.datapath.bpf.build import build
@@ -30,7 +31,7 @@ from egressgw.errors import DatapathError
 from egressgw.lab import Lab, lab_rules
 from egressgw.net import Family
 from egressgw.stats import compute_nat_stats, render_table
-from netns import lab, popen_in, run_in  # noqa: F401  (lab: module fixture)
+from netns import lab, run_in  # noqa: F401  (lab: module fixture)
 
 pytestmark = pytest.mark.kernel
 BPF_TOOLS = ("clang", "bpftool")
@@ -78,86 +79,28 @@ def bpf(lab: Lab) -> Iterator[BpfDatapath]:  # noqa: F811
     BpfDatapath(BpfSettings(netns=lab.topology.gateway_ns)).cleanup()
 
 
-# A client that holds connections and, when told, sends on them: it reports what the
-# server saw at open time (its greeting) and whether each held connection still echoes.
-CLIENT = r"""
-import json, socket, sys
-src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-conns = []
-def open_some(n):
-    seen = []
-    for _ in range(n):
-        s = socket.socket(); s.settimeout(2); s.bind((src, 0))
-        try:
-            s.connect((dst, port)); greeting = s.recv(100).decode().split()
-        except OSError as exc:
-            s.close(); seen.append(None); continue
-        conns.append(s); seen.append([s.getsockname()[1], int(greeting[1])])
-    return seen
-for line in sys.stdin:
-    cmd, _, arg = line.strip().partition(" ")
-    if cmd == "open":
-        print(json.dumps(open_some(int(arg))), flush=True)
-    elif cmd == "poke":
-        out = []
-        for s in conns[: int(arg)]:
-            try:
-                s.sendall(b"x"); out.append("ok" if s.recv(10) == b"x" else "closed")
-            except ConnectionResetError:
-                out.append("reset")
-            except OSError as exc:
-                out.append(type(exc).__name__)
-        print(json.dumps(out), flush=True)
-"""
-
-
-def server_out_rsts(lab: Lab) -> int:  # noqa: F811
-    """Resets the server's TCP stack sent (/proc/net/snmp Tcp: OutRsts)."""
-    snmp = run_in(lab.topology.server_ns, ["cat", "/proc/net/snmp"]).stdout.splitlines()
-    header, values = [line.split() for line in snmp if line.startswith("Tcp:")]
-    return int(values[header.index("OutRsts")])
-
-
-class Client:
-    def __init__(self, lab: Lab, port: int) -> None:  # noqa: F811
-        t = lab.topology
-        self.proc = popen_in(t.client_ns, [sys.executable, "-c", CLIENT, t.pods4[0], SERVER,
-                                           str(port)])
-
-    def ask(self, line: str) -> list[object]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        answer = self.proc.stdout.readline()
-        assert answer, "client died"
-        result = json.loads(answer)
-        assert isinstance(result, list)
-        return result
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        self.proc.wait(timeout=30)
-
-
+@pytest.mark.parametrize(("to", "family"), [(f"{SERVER}:443", Family.IPV4),
+                                            ("[2001:db8:100::10]:443", Family.IPV6)])
 def test_v116_exhaustion_refuses_the_64th_connection_with_reason_167(
-        lab: Lab, bpf) -> None:  # noqa: F811
+        lab: Lab, bpf, to: str, family: Family) -> None:  # noqa: F811
     dp = bpf(PORTS_64, cilium_version="1.16")
-    result = lab.load(f"{SERVER}:443", 70, parallel=1, timeout=1)
+    result = lab.load(to, 70, parallel=1, timeout=1)
     # 63 reachable ports: the 64th connection and every later one are refused.
     assert result.succeeded == 63
     assert result.failed == 7
-    assert result.seen_as == {lab.topology.egress4[0]: 63}
+    t = lab.topology
+    egress = t.egress4[0] if family is Family.IPV4 else t.egress6[0]
+    assert result.seen_as == {egress: 63}
     # Each refused SYN is one drop (a retransmission would add more, never fewer).
     assert dp.allocation_failures()[NO_MAPPING_REASON] >= 7
     counts = dp.endpoint_counts()
     assert list(counts.values()) == [63]
-    (table,) = [t for t in dp.nat_tables() if t.family is Family.IPV4]
+    (table,) = [tb for tb in dp.nat_tables() if tb.family is family]
     ports = sorted(int(p) for p in table.keys["dport"][table.keys["flags"] == 1])
     # v1.16's clamp never yields the top of the range.
     assert ports == list(range(65472, 65535))
     # Refused searches used every try (128), the others fewer.
-    hist = dp.retries_histogram(Family.IPV4)
+    hist = dp.retries_histogram(family)
     assert hist.get(128, 0) >= 7
     assert sum(n for tries, n in hist.items() if tries < 128) == 63
 
