@@ -19,11 +19,10 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from netns import built_lab  # noqa: E402
-
-from egressgw.config import NodePortRange  # noqa: E402
-from egressgw.datapath.bpf import BpfDatapath, BpfSettings  # noqa: E402
-from egressgw.lab import lab_rules  # noqa: E402
+from egressgw.config import NodePortRange
+from egressgw.datapath.bpf import BpfDatapath, BpfSettings
+from egressgw.lab import lab_rules
+from netns import built_lab
 
 
 def main() -> None:

@@ -312,3 +312,22 @@ def test_gc_applies_ciliums_ct_lifetimes(lab: Lab, bpf) -> None:  # noqa: F811
         assert remaining() == {}
     finally:
         client.close()
+
+
+def test_lab_cli_applies_and_counts_with_the_bpf_datapath(lab: Lab) -> None:  # noqa: F811
+    t = lab.topology
+    name = t.name
+    try:
+        applied = egressgw("lab", "apply", "--name", name, "--datapath", "bpf",
+                           "--node-port-range", str(PORTS_64), "--cilium-version", "1.16")
+        assert f"in {t.gateway_ns}" in applied.stdout
+        assert lab.load(f"{SERVER}:443", 65, parallel=1, timeout=1).succeeded == 63
+        stats = egressgw("lab", "nat-stats", "--name", name, "--datapath", "bpf",
+                         "--node-port-range", str(PORTS_64)).stdout
+        assert stats.splitlines()[1].split() == ["ipv4", "TCP", t.egress4[0],
+                                                 f"{SERVER}:443", "63"]
+        assert "saturation ipv4: 100.00% (63/63)" in stats
+        refused = re.search(r"No mapping for NAT masquerade (\d+)", stats)
+        assert refused is not None and int(refused[1]) >= 2  # retransmitted SYNs add more
+    finally:
+        BpfDatapath(BpfSettings(netns=t.gateway_ns)).cleanup()

@@ -22,7 +22,7 @@
  *    cilium_snat_v4_alloc_retries; here retries_v4 and retries_v6);
  *  - more than `signal_thres` tries: a nat_fill_up signal to the agent (ring buffer).
  * The clamp, retries and signal threshold differ between versions and come from the
- * config map (see config.h's description in egressgw/datapath/bpf/maps.py):
+ * config map (struct snat_config; its Python side is egressgw/datapath/bpf/layout.py):
  *  v1.16: clamp(v) = (v % (u16)(end - start)) + start, 128 tries, signal above 64;
  *  v1.17: clamp(v) = start + (((u32)v * (end - start + 1)) >> 16), 128 tries, above 64;
  *  v1.18: the v1.17 clamp, 32 tries, signal above 16.
