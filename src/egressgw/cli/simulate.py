@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from egressgw.cli.options import (
+    cilium_version_option,
     nat_map_stats_entries_option,
     nat_map_stats_interval_option,
     node_port_range_option,
@@ -37,9 +38,7 @@ def datapath_options(func: F) -> F:
         nat_map_stats_entries_option(),
         click.option("--conntrack-gc-interval", callback=parse_duration_flag, metavar="DURATION",
                      help="Fixed CT GC interval (default: Cilium's adaptive one)."),
-        click.option("--cilium-version", type=click.Choice(["1.16", "1.18"]), default="1.16",
-                     show_default=True,
-                     help="Port search retries: 128 in 1.16, 32 in 1.18."),
+        cilium_version_option(),
     ]
     for option in reversed(options):
         func = option(func)
