@@ -12,12 +12,14 @@ from egressgw.cli.options import (
     cilium_version_option,
     nat_map_stats_entries_option,
     nat_map_stats_interval_option,
+    nat_port_range_option,
     node_port_range_option,
     output_option,
     parse_duration_flag,
 )
 from egressgw.config import NodePortRange
 from egressgw.errors import ConfigError
+from egressgw.limits import NatPortRange
 from egressgw.policy.rules import EgressRule
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,6 +41,12 @@ def datapath_options(func: F) -> F:
         click.option("--conntrack-gc-interval", callback=parse_duration_flag, metavar="DURATION",
                      help="Fixed CT GC interval (default: Cilium's adaptive one)."),
         cilium_version_option(),
+        click.option("--datapath-model", type=click.Choice(["cilium", "netfilter"]),
+                     default="cilium", show_default=True,
+                     help="cilium: Cilium v1.16's BPF SNAT; netfilter: a Linux gateway's "
+                          "nf_nat and conntrack."),
+        nat_port_range_option("netfilter model: the SNAT rule's ports (default: egressgw's "
+                              "rule, MAX+1-65535 of --node-port-range)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -56,6 +64,8 @@ def settings_from_options(
     nat_map_stats_entries: int,
     cilium_version: str,
     conntrack_gc_interval: float | None,
+    datapath_model: str = "cilium",
+    nat_port_range: NatPortRange | None = None,
 ) -> Any:
     from egressgw.sim.simulate import DEFAULT_DURATION, SimSettings  # noqa: PLC0415
 
@@ -68,6 +78,8 @@ def settings_from_options(
         stats_entries=nat_map_stats_entries,
         cilium_version=cilium_version,
         conntrack_gc_interval=conntrack_gc_interval,
+        datapath_model=datapath_model,
+        nat_port_range=nat_port_range,
     )
 
 
