@@ -10,13 +10,18 @@ from egressgw.errors import ConfigError
 DATAPATHS = ("kernel", "model", "bpf")
 
 
-def make_datapath(kind: str, node_port_range: NodePortRange, *,
-                  nat_global_max: int = 524288, cilium_version: str = "1.16",
-                  device: str | None = None) -> Datapath:
+def make_datapath(
+    kind: str, node_port_range: NodePortRange, *, cilium_version: str = "1.16",
+    nat_global_max: int = 524288, device: str | None = None,
+) -> Datapath:
     """The kernel datapath (nftables + conntrack in this network namespace), the model,
-    or the BPF datapath (a tc program on ``device``, the uplink holding the egress IPs).
+    or the BPF datapath (a tc program on ``device``, by default the uplink holding the
+    egress IPs, with a NAT map of ``nat_global_max`` entries).
 
-    The model is imported only when asked for: it pulls in the compiled SNAT engine.
+    ``cilium_version`` picks the port search of the model (``datapath/model/ports.py``)
+    and of the BPF program (``datapath/bpf/layout.py``); the kernel datapath is Linux's
+    nf_nat and has none. The model is imported only when asked
+    for: it pulls in the compiled SNAT engine.
     """
     if kind == "bpf":
         from egressgw.datapath.bpf import BpfDatapath, BpfSettings  # noqa: PLC0415
@@ -28,5 +33,6 @@ def make_datapath(kind: str, node_port_range: NodePortRange, *,
     if kind == "model":
         from .modeldp import ModelAgentDatapath  # noqa: PLC0415 (slow to import)
 
-        return ModelAgentDatapath.for_node_ports(node_port_range)
+        return ModelAgentDatapath.for_node_ports(node_port_range,
+                                                 cilium_version=cilium_version)
     raise ConfigError(f"{kind!r}: expected one of {', '.join(DATAPATHS)}", field="--datapath")

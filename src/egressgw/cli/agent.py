@@ -55,7 +55,8 @@ every tracked connection) in place, so a restarted agent picks up where it left 
                    "bpf: Cilium's SNAT as a tc program on the uplink.")
 @node_port_range_option()
 @bpf_nat_global_max_option("With --datapath bpf: entries of the NAT map (2 per connection).")
-@cilium_version_option("With --datapath bpf: whose nat.h port search the program runs.")
+@cilium_version_option("Port search of --datapath model and bpf: 1.16 modulo clamp, 128 "
+                       "retries; 1.17 multiply-shift, 128; 1.18 multiply-shift, 32.")
 @click.option("--bpf-device", metavar="DEV",
               help="With --datapath bpf: the uplink (default: the device holding the egress "
                    "IPs).")

@@ -18,6 +18,7 @@ from egressgw.config import NodePortRange
 from egressgw.datapath.base import Datapath
 from egressgw.errors import ConfigError, DatapathError
 from egressgw.lab import Lab, LabSpec, lab_rules, remove_lab
+from egressgw.limits import cilium_limit, netfilter_rule_limit
 from egressgw.policy import compile_rules, load_inventory, load_policies, rules_for_gateway
 from egressgw.stats import compute_nat_stats, render_saturation, render_table
 
@@ -217,10 +218,10 @@ def nat_stats(*, name: str, node_port_range: NodePortRange, nat_map_stats_entrie
     """
     found = Lab.find(name)
     gateway = _gateway_datapath(found, datapath, node_port_range, create=False)
-    divisor = (node_port_range.nat_ports if datapath == "kernel"
-               else node_port_range.cilium_saturation_divisor)
+    limit = (netfilter_rule_limit(node_port_range=node_port_range) if datapath == "kernel"
+             else cilium_limit(node_port_range))
     stats = compute_nat_stats(gateway.endpoint_counts(),
-                              entries=nat_map_stats_entries, divisor=divisor)
+                              entries=nat_map_stats_entries, limit=limit)
     click.echo(render_table(stats.rows), nl=False)
     click.echo(render_saturation(stats), nl=False)
     failures = gateway.allocation_failures()
