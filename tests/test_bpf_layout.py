@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,3 +88,25 @@ def test_gc_interval_adapts_like_ciliums() -> None:
     for _ in range(40):
         gc.after_pass(gc.next_at, deleted=0, capacity=1000)
     assert gc.interval == 12 * 3600  # cap
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    main = "import sys; from egressgw.cli import main; main(sys.argv[1:])"
+    return subprocess.run([sys.executable, "-c", main, *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_bpf_nat_list_without_a_datapath_says_where_it_looked(tmp_path: Path) -> None:
+    done = run_cli("bpf", "nat", "list", "--bpffs", str(tmp_path), "--netns", "nothere")
+    assert done.returncode == 1
+    assert done.stderr.strip() == (f"egressgw: error: no BPF datapath pinned at {tmp_path}/"
+                                   "nothere (is the agent running with --datapath bpf?)")
+
+
+def test_bad_bpf_flags_are_one_line_errors_and_exit_2() -> None:
+    done = run_cli("bpf", "nat", "list", "--netns", "no such/ns")
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("egressgw: error: --netns: 'no such/ns': not a network "
+                                   "namespace name")
+    done = run_cli("agent", "--datapath", "bpf", "--bpf-nat-global-max", "0", "--cleanup")
+    assert done.returncode == 2 and "--bpf-nat-global-max" in done.stderr

@@ -10,6 +10,8 @@ import click
 from egressgw.datapath.bpf.loader import PinnedMaps
 from egressgw.datapath.bpf.natmap import iter_nat_list, read_nat_map
 from egressgw.datapath.bpf.pins import BPFFS_DIR, pin_name
+from egressgw.datapath.kernel.netns import NETNS_NAME
+from egressgw.errors import ConfigError
 from egressgw.net import Family
 
 PIN_OPTIONS = (
@@ -20,6 +22,8 @@ PIN_OPTIONS = (
 
 
 def _open(netns: str | None, bpffs: Path) -> PinnedMaps:
+    if netns is not None and not NETNS_NAME.fullmatch(netns):
+        raise ConfigError(f"{netns!r}: not a network namespace name", field="--netns")
     return PinnedMaps.open_existing(bpffs / pin_name(netns))
 
 
