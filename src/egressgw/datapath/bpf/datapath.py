@@ -36,6 +36,7 @@ from .loader import (
 from .natmap import NatTable, endpoint_counts, read_nat_map
 from .pins import BPFFS_DIR, ensure_bpffs, pin_name, uplink_state_path
 from .signals import SignalReader
+from .syscall import BpfMap, possible_cpus
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +112,14 @@ class BpfDatapath:
     def _uplink(self, rules: Sequence[EgressRule]) -> str:
         if self.settings.device:
             return self.settings.device
-        state = self._state_path()
-        if state.exists():  # attached before (rules without egress IPs say nothing)
-            return str(json.loads(state.read_text())["device"])
         for rule in rules:
             if rule.kind is RuleKind.MASQUERADE and rule.egress_ip is not None:
                 device = device_holding(rule.egress_ip, self.settings.netns)
                 if device:
                     return device
+        state = self._state_path()
+        if state.exists():  # attached before (rules without egress IPs say nothing)
+            return str(json.loads(state.read_text())["device"])
         raise DatapathError("cannot tell the uplink: no egress IP of the rules is on a "
                             "device here; name it with --bpf-device")
 
@@ -197,7 +198,13 @@ class BpfDatapath:
         return {k: v for k, v in per_cpu_sum(self.maps[name], 4).items() if v}
 
     def handle_signals(self) -> int:
-        """Read nat_fill_up signals; any signal runs one GC pass, as Cilium's agent does."""
+        """Read nat_fill_up signals; any signal runs one GC pass, as Cilium's agent does.
+
+        Only the datapath's owner (the agent) consumes them: a reader (``create=False``)
+        leaves the ring buffer to it.
+        """
+        if not self.create:
+            return 0
         if self._signals is None:
             self._signals = SignalReader(self.maps["signals"])
         got = len(self._signals.read())
@@ -243,11 +250,8 @@ class BpfDatapath:
             self._maps = None
 
 
-def per_cpu_sum(percpu: object, value_size: int) -> dict[int, int]:
+def per_cpu_sum(percpu: BpfMap, value_size: int) -> dict[int, int]:
     """Index -> the first u64/u32 field summed over possible CPUs, for a per-CPU array."""
-    from .syscall import BpfMap, possible_cpus  # noqa: PLC0415
-
-    assert isinstance(percpu, BpfMap)
     slot = (value_size + 7) // 8 * 8
     width = 8 if value_size >= 8 else 4
     cpus = possible_cpus()
