@@ -149,7 +149,6 @@ def output_option(*formats: str, help: str = "Output format.") -> Callable[[F], 
     )
 
 
-
 def bpf_nat_global_max_option(
     help: str = "Entries of the BPF NAT map (2 per connection), as Cilium's flag.",
 ) -> Callable[[F], F]:
