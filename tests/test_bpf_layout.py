@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from egressgw.datapath.bpf import layout
+from egressgw.datapath.bpf.build import build
 from egressgw.datapath.bpf.gc import GcSchedule
 from egressgw.datapath.bpf.natmap import NatTable, endpoint_counts, iter_nat_list
 from egressgw.dumps import iter_entries
-from egressgw.errors import ConfigError
+from egressgw.errors import ConfigError, DatapathError
 from egressgw.net import Direction, Family, Proto
 
 
@@ -110,3 +111,9 @@ def test_bad_bpf_flags_are_one_line_errors_and_exit_2() -> None:
                                    "namespace name")
     done = run_cli("agent", "--datapath", "bpf", "--bpf-nat-global-max", "0", "--cleanup")
     assert done.returncode == 2 and "--bpf-nat-global-max" in done.stderr
+
+
+def test_missing_clang_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(DatapathError, match="apt-get install clang"):
+        build(cache=tmp_path)
