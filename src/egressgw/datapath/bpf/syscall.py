@@ -305,3 +305,48 @@ class BpfMap:
             if exc.errno != errno.ENOENT:
                 raise DatapathError(f"{self.what}: delete batch: {exc.strerror}") from None
         return int(attr.count)
+
+
+PROG_TEST_RUN = 10
+
+
+class _TestRun(ctypes.Structure):
+    _fields_ = (
+        ("prog_fd", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("data_in", ctypes.c_uint64),
+        ("data_out", ctypes.c_uint64),
+        ("repeat", ctypes.c_uint32),
+        ("duration", ctypes.c_uint32),
+    )
+
+
+class BpfProgram:
+    """A pinned program, opened to run it on a packet (BPF_PROG_TEST_RUN)."""
+
+    def __init__(self, path: str) -> None:
+        buf = ctypes.create_string_buffer(os.fsencode(path))
+        try:
+            self.fd = _bpf(OBJ_GET, _ObjPath(_addr(buf), 0, 0))
+        except OSError as exc:
+            raise DatapathError(f"{path}: {exc.strerror}") from None
+        self.path = path
+
+    def run(self, packet: bytes) -> tuple[int, bytes]:
+        """The program's verdict and the packet as it left the program."""
+        data_in = ctypes.create_string_buffer(packet, len(packet))
+        data_out = ctypes.create_string_buffer(len(packet) + 256)
+        attr = _TestRun(self.fd, 0, len(packet), len(data_out), _addr(data_in),
+                        _addr(data_out), 1, 0)
+        try:
+            _bpf(PROG_TEST_RUN, attr)
+        except OSError as exc:
+            raise DatapathError(f"{self.path}: test run: {exc.strerror}") from None
+        return int(attr.retval), data_out.raw[: attr.data_size_out]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
