@@ -12,7 +12,7 @@ import pytest
 
 from egressgw.datapath.bpf import layout
 from egressgw.datapath.bpf.build import build
-from egressgw.datapath.bpf.gc import GcSchedule
+from egressgw.datapath.bpf.gc import GcSchedule, find_keys
 from egressgw.datapath.bpf.natmap import NatTable, endpoint_counts, iter_nat_list
 from egressgw.dumps import iter_entries
 from egressgw.errors import ConfigError, DatapathError
@@ -117,3 +117,18 @@ def test_missing_clang_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(DatapathError, match="apt-get install clang"):
         build(cache=tmp_path)
+
+
+def test_find_keys_agrees_with_a_dictionary() -> None:
+    rng = np.random.default_rng(7)
+    keys = np.frombuffer(rng.integers(0, 4, size=(3000, 14), dtype=np.uint8).tobytes(),
+                         layout.KEY4)
+    keys = np.unique(keys.view("V14")).view(layout.KEY4)  # a map's keys are unique
+    # Joined as bytes: np.concatenate would make the big-endian port fields native.
+    wanted = np.frombuffer(keys[rng.permutation(len(keys))[:500]].tobytes()
+                           + rng.integers(0, 4, size=(500, 14), dtype=np.uint8).tobytes(),
+                           layout.KEY4)
+    index = {k.tobytes(): i for i, k in enumerate(keys)}
+    expected = [index.get(w.tobytes(), -1) for w in wanted]
+    assert find_keys(keys, wanted).tolist() == expected
+    assert sum(e >= 0 for e in expected) >= 500

@@ -63,8 +63,7 @@ def collect_garbage(nat_map: BpfMap, family: Family, timeouts: CtTimeouts, *,
     partner["saddr"][inbound] = values["addr"][inbound]
     partner["dport"][inbound] = keys["sport"][inbound]
     partner["sport"][inbound] = values["port"][inbound]
-    index = {k.tobytes(): i for i, k in enumerate(keys)}
-    partner_at = np.array([index.get(p.tobytes(), -1) for p in partner], dtype=np.int64)
+    partner_at = find_keys(keys, partner)
     has = partner_at >= 0
     p_seen = np.where(has, values["seen"][np.maximum(partner_at, 0)], 0)
     p_last = np.where(has, values["last_used"][np.maximum(partner_at, 0)], 0)
@@ -78,11 +77,51 @@ def collect_garbage(nat_map: BpfMap, family: Family, timeouts: CtTimeouts, *,
                                       np.where(replied, timeouts.tcp, timeouts.tcp_syn)),
                         timeouts.any)
     expired = last + lifetime < now
+    doomed = keys[expired].tobytes()
     deleted = 0
-    for key in keys[expired]:
-        if nat_map.delete(key.tobytes()):
-            deleted += 1
+    step = DELETE_BATCH * keys.dtype.itemsize
+    for start in range(0, len(doomed), step):
+        chunk = doomed[start:start + step]
+        deleted += nat_map.delete_batch(chunk, len(chunk) // keys.dtype.itemsize)
     return deleted
+
+
+DELETE_BATCH = 8192
+
+
+def _words(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's bytes as two integers (first 8 bytes, the rest), for exact sorting."""
+    width = rows.dtype.itemsize
+    raw = np.frombuffer(np.ascontiguousarray(rows).tobytes(), np.uint8).reshape(-1, width)
+    padded = np.zeros((len(rows), 16), np.uint8)
+    padded[:, :width] = raw
+    pair = padded.view(">u8")
+    return pair[:, 0].copy(), pair[:, 1].copy()
+
+
+def find_keys(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """For each of ``wanted``, its index in ``keys`` (which are unique) or -1.
+
+    One sort of both together, keys before wanted rows of equal bytes: a wanted row is
+    found when its group of equal rows starts with a key.
+    """
+    n = len(keys)
+    key_hi, key_lo = _words(keys)
+    want_hi, want_lo = _words(wanted)
+    hi = np.concatenate([key_hi, want_hi])
+    lo = np.concatenate([key_lo, want_lo])
+    is_wanted = np.concatenate([np.zeros(n, np.uint8), np.ones(len(wanted), np.uint8)])
+    order = np.lexsort((is_wanted, lo, hi))
+    hi, lo, is_wanted = hi[order], lo[order], is_wanted[order]
+    starts = np.ones(len(order), bool)
+    starts[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
+    first = order[group_start]
+    hit = is_wanted[group_start] == 0
+    result = np.full(len(wanted), -1, np.int64)
+    sel = is_wanted == 1
+    result[order[sel] - n] = np.where(hit[sel], first[sel], -1)
+    return result
 
 
 GC_START = 300.0  # pkg/maps/ctmap: the first interval, 5 minutes
