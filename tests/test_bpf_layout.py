@@ -119,16 +119,21 @@ def test_missing_clang_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         build(cache=tmp_path)
 
 
-def test_find_keys_agrees_with_a_dictionary() -> None:
+@pytest.mark.parametrize("key_type", [layout.KEY4, layout.KEY6], ids=["v4", "v6"])
+def test_find_keys_agrees_with_a_dictionary(key_type: np.dtype[np.void]) -> None:
     rng = np.random.default_rng(7)
-    keys = np.frombuffer(rng.integers(0, 4, size=(3000, 14), dtype=np.uint8).tobytes(),
-                         layout.KEY4)
-    keys = np.unique(keys.view("V14")).view(layout.KEY4)  # a map's keys are unique
+    width = key_type.itemsize
+
+    def random_keys(n: int) -> bytes:
+        return rng.integers(0, 4, size=(n, width), dtype=np.uint8).tobytes()
+
+    keys = np.frombuffer(random_keys(3000), key_type)
+    keys = np.unique(keys.view(f"V{width}")).view(key_type)  # a map's keys are unique
     # Joined as bytes: np.concatenate would make the big-endian port fields native.
     wanted = np.frombuffer(keys[rng.permutation(len(keys))[:500]].tobytes()
-                           + rng.integers(0, 4, size=(500, 14), dtype=np.uint8).tobytes(),
-                           layout.KEY4)
+                           + random_keys(500), key_type)
     index = {k.tobytes(): i for i, k in enumerate(keys)}
     expected = [index.get(w.tobytes(), -1) for w in wanted]
     assert find_keys(keys, wanted).tolist() == expected
     assert sum(e >= 0 for e in expected) >= 500
+    assert find_keys(keys[:0], wanted).tolist() == [-1] * len(wanted)

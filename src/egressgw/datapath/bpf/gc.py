@@ -89,14 +89,14 @@ def collect_garbage(nat_map: BpfMap, family: Family, timeouts: CtTimeouts, *,
 DELETE_BATCH = 8192
 
 
-def _words(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's bytes as two integers (first 8 bytes, the rest), for exact sorting."""
+def _words(rows: np.ndarray) -> list[np.ndarray]:
+    """Each row's bytes as big-endian 64-bit integers (zero-padded), for exact sorting."""
     width = rows.dtype.itemsize
     raw = np.frombuffer(np.ascontiguousarray(rows).tobytes(), np.uint8).reshape(-1, width)
-    padded = np.zeros((len(rows), 16), np.uint8)
+    padded = np.zeros((len(rows), -(-width // 8) * 8), np.uint8)
     padded[:, :width] = raw
-    pair = padded.view(">u8")
-    return pair[:, 0].copy(), pair[:, 1].copy()
+    words = padded.view(">u8")
+    return [words[:, i].copy() for i in range(words.shape[1])]
 
 
 def find_keys(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -106,15 +106,19 @@ def find_keys(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     found when its group of equal rows starts with a key.
     """
     n = len(keys)
-    key_hi, key_lo = _words(keys)
-    want_hi, want_lo = _words(wanted)
-    hi = np.concatenate([key_hi, want_hi])
-    lo = np.concatenate([key_lo, want_lo])
+    if n == 0 or len(wanted) == 0:
+        return np.full(len(wanted), -1, np.int64)
+    columns = [np.concatenate([k, w]) for k, w in zip(_words(keys), _words(wanted),
+                                                       strict=True)]
     is_wanted = np.concatenate([np.zeros(n, np.uint8), np.ones(len(wanted), np.uint8)])
-    order = np.lexsort((is_wanted, lo, hi))
-    hi, lo, is_wanted = hi[order], lo[order], is_wanted[order]
-    starts = np.ones(len(order), bool)
-    starts[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+    # lexsort sorts by its last key first: the words from the first, then is_wanted.
+    order = np.lexsort((is_wanted, *reversed(columns)))
+    is_wanted = is_wanted[order]
+    differs = np.zeros(max(0, len(order) - 1), bool)
+    for column in columns:
+        ordered = column[order]
+        differs |= ordered[1:] != ordered[:-1]
+    starts = np.concatenate([[True], differs])
     group_start = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
     first = order[group_start]
     hit = is_wanted[group_start] == 0
