@@ -39,6 +39,19 @@ def datapath_options(func: F) -> F:
         click.option("--conntrack-gc-interval", callback=parse_duration_flag, metavar="DURATION",
                      help="Fixed CT GC interval (default: Cilium's adaptive one)."),
         cilium_version_option(),
+        click.option("--nat-lru", type=click.Choice(["exact", "kernel"]), default="exact",
+                     show_default=True,
+                     help="NAT map LRU: exact, or the kernel's BPF LRU (batch evictions, "
+                          "reference bits, per-CPU free lists; slower: Python engine)."),
+        click.option("--possible-cpus", type=click.IntRange(1, 8192), default=8,
+                     show_default=True, help="CPUs the kernel LRU spreads its free lists over."),
+        click.option("--flow-cpus", type=click.Choice(["hash", "one"]), default="hash",
+                     show_default=True,
+                     help="Which CPU runs a flow's packets: a hash of the tuple per direction, "
+                          "or all on one CPU."),
+        click.option("--bpf-distributed-lru", is_flag=True,
+                     help="Cilium 1.18's per-CPU LRU (BPF_F_NO_COMMON_LRU); needs "
+                          "--nat-lru kernel and --cilium-version 1.18."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -56,6 +69,10 @@ def settings_from_options(
     nat_map_stats_entries: int,
     cilium_version: str,
     conntrack_gc_interval: float | None,
+    nat_lru: str = "exact",
+    possible_cpus: int = 8,
+    flow_cpus: str = "hash",
+    bpf_distributed_lru: bool = False,
 ) -> Any:
     from egressgw.sim.simulate import DEFAULT_DURATION, SimSettings  # noqa: PLC0415
 
@@ -68,6 +85,10 @@ def settings_from_options(
         stats_entries=nat_map_stats_entries,
         cilium_version=cilium_version,
         conntrack_gc_interval=conntrack_gc_interval,
+        nat_lru=nat_lru,
+        possible_cpus=possible_cpus,
+        flow_cpus=flow_cpus,
+        bpf_distributed_lru=bpf_distributed_lru,
     )
 
 
