@@ -18,6 +18,7 @@ from egressgw.config import (
     check_stats_entries,
     parse_duration,
 )
+from egressgw.limits import NatPortRange
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,6 +36,19 @@ def parse_node_port_range(
 ) -> NodePortRange | None:
     """``MIN,MAX`` into a :class:`NodePortRange`."""
     return None if value is None else NodePortRange.parse(value)
+
+
+def parse_nat_port_range(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> NatPortRange | None:
+    """``MIN-MAX`` into a :class:`NatPortRange`."""
+    return None if value is None else NatPortRange.parse(value)
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether the user gave parameter ``name`` (not its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source is not click.core.ParameterSource.DEFAULT
 
 
 def parse_duration_flag(
@@ -58,6 +72,20 @@ def node_port_range_option(
         metavar="MIN,MAX",
         callback=parse_node_port_range,
         show_default=True,
+        help=help,
+    )
+
+
+def nat_port_range_option(
+    help: str = "Linux gateways: the ports the SNAT rule hands out (nft `snat to IP:MIN-MAX`); "
+    "the saturation limit. Default for conntrack dumps: Linux's masquerade range 1024-65535, "
+    "or egressgw's rule (MAX+1-65535) when --node-port-range is given.",
+) -> Callable[[F], F]:
+    return click.option(
+        "--nat-port-range",
+        default=None,
+        metavar="MIN-MAX",
+        callback=parse_nat_port_range,
         help=help,
     )
 

@@ -12,12 +12,14 @@ from egressgw.cli.options import (
     cilium_version_option,
     nat_map_stats_entries_option,
     nat_map_stats_interval_option,
+    nat_port_range_option,
     node_port_range_option,
     output_option,
     parse_duration_flag,
 )
 from egressgw.config import NodePortRange
 from egressgw.errors import ConfigError
+from egressgw.limits import NatPortRange
 from egressgw.policy.rules import EgressRule
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -52,6 +54,12 @@ def datapath_options(func: F) -> F:
         click.option("--bpf-distributed-lru", is_flag=True,
                      help="Cilium 1.18's per-CPU LRU (BPF_F_NO_COMMON_LRU); needs "
                           "--nat-lru kernel and --cilium-version 1.18."),
+        click.option("--datapath-model", type=click.Choice(["cilium", "netfilter"]),
+                     default="cilium", show_default=True,
+                     help="cilium: Cilium's BPF SNAT (--cilium-version); netfilter: a Linux "
+                          "gateway's nf_nat and conntrack."),
+        nat_port_range_option("netfilter model: the SNAT rule's ports (default: egressgw's "
+                              "rule, MAX+1-65535 of --node-port-range)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -73,6 +81,8 @@ def settings_from_options(
     possible_cpus: int = 8,
     flow_cpus: str = "hash",
     bpf_distributed_lru: bool = False,
+    datapath_model: str = "cilium",
+    nat_port_range: NatPortRange | None = None,
 ) -> Any:
     from egressgw.sim.simulate import DEFAULT_DURATION, SimSettings  # noqa: PLC0415
 
@@ -89,6 +99,8 @@ def settings_from_options(
         possible_cpus=possible_cpus,
         flow_cpus=flow_cpus,
         bpf_distributed_lru=bpf_distributed_lru,
+        datapath_model=datapath_model,
+        nat_port_range=nat_port_range,
     )
 
 

@@ -205,6 +205,8 @@ def result_document(result: SimulationResult) -> dict[str, Any]:
             "flowCPUs": s.flow_cpus,
             "bpfDistributedLRU": s.bpf_distributed_lru,
             "saturationDivisor": s.divisor,
+            "datapathModel": s.datapath_model,
+            "limit": s.limit.document(),
         },
         "gateways": result.gateways,
         "egressIPs": result.egress_ips,

@@ -25,6 +25,7 @@ import numpy.typing as npt
 from egressgw.config import NAT_MAP_STATS_ENTRIES_DEFAULT, NodePortRange, check_stats_entries
 from egressgw.datapath.model import ConnectionBatch, ModelConfig, ModelCounters, ModelDatapath
 from egressgw.errors import ConfigError
+from egressgw.limits import NatPortRange, PortLimit, datapath_limit
 from egressgw.net import NatEndpoint
 from egressgw.policy.rules import EgressRule
 from egressgw.sim.flows import AddressBook, Flows
@@ -57,6 +58,10 @@ class SimSettings:
     flow_cpus: str = "hash"
     bpf_distributed_lru: bool = False
     max_window: int = 250_000
+    # Which datapath the model reproduces: "cilium" (BPF SNAT) or "netfilter" (nf_nat).
+    datapath_model: str = "cilium"
+    # netfilter only: the SNAT rule's port range (default: egressgw's rule, MAX+1-65535).
+    nat_port_range: NatPortRange | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.duration) and self.duration > 0):
@@ -67,10 +72,17 @@ class SimSettings:
                 field="--nat-map-stats-interval",
             )
         check_stats_entries(self.stats_entries)
+        self.limit  # noqa: B018 - validates datapath_model and nat_port_range together
+
+    @property
+    def limit(self) -> PortLimit:
+        """The ports per tuple that saturation divides by (egressgw.limits decides)."""
+        return datapath_limit(self.datapath_model, node_port_range=self.node_port_range,
+                              nat_port_range=self.nat_port_range)
 
     @property
     def divisor(self) -> int:
-        return self.node_port_range.cilium_saturation_divisor
+        return self.limit.ports
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(
@@ -313,7 +325,7 @@ def _stats_pass(
     for gateway in gateways:
         for endpoint, n in gateway.datapath.endpoint_counts().items():
             counts[endpoint] = counts.get(endpoint, 0) + n
-    stats = compute_nat_stats(counts, entries=settings.stats_entries, divisor=settings.divisor)
+    stats = compute_nat_stats(counts, entries=settings.stats_entries, limit=settings.limit)
     record = IntervalRecord(now, stats, Totals.of([g.datapath.counters for g in gateways]))
     index = len(result.intervals)
     result.intervals.append(record)
