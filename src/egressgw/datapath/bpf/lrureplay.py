@@ -21,14 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from egressgw.datapath.bpf.syscall import (
+from egressgw.datapath.bpf.progrun import (
     BPF_F_NO_COMMON_LRU,
-    BPF_MAP_TYPE_LRU_HASH,
-    BPF_NOEXIST,
-    BpfMap,
-    possible_cpus,
+    XDP_PASS,
+    update_errno,
     xdp_lookup_program,
 )
+from egressgw.datapath.bpf.syscall import BPF_NOEXIST, MAP_TYPE_LRU_HASH, BpfMap, possible_cpus
 from egressgw.datapath.model import ConnectionBatch, EndKind, ModelConfig, ModelDatapath
 from egressgw.datapath.model.reference import ReferenceModel
 
@@ -110,8 +109,8 @@ def replay(ops: list[Op], max_entries: int, *, per_cpu: bool = False) -> ReplayR
 
     saved = os.sched_getaffinity(0)
     flags = BPF_F_NO_COMMON_LRU if per_cpu else 0
-    maps = [BpfMap.create(BPF_MAP_TYPE_LRU_HASH, 8, 8, max_entries, flags=flags)
-            for _ in range(2)]
+    maps = [BpfMap.create(f"replay_v{4 + 2 * family}", MAP_TYPE_LRU_HASH, 8, 8,
+                          max_entries=max_entries, flags=flags) for family in range(2)]
     programs = [xdp_lookup_program(m) for m in maps]
     result = ReplayResult()
     try:
@@ -122,9 +121,9 @@ def replay(ops: list[Op], max_entries: int, *, per_cpu: bool = False) -> ReplayR
                 cpu = op.cpu
             key = key_bytes(op.key)
             if op.kind == LOOKUP:
-                answer = programs[op.family].test_run(key + bytes(56)) == 2
+                answer = programs[op.family].test_run(key + bytes(56)) == XDP_PASS
             elif op.kind == CREATE:
-                answer = maps[op.family].update(key, key, BPF_NOEXIST) == 0
+                answer = update_errno(maps[op.family], key, key, BPF_NOEXIST) == 0
             else:
                 answer = maps[op.family].delete(key)
             if answer != op.answer:
@@ -134,7 +133,7 @@ def replay(ops: list[Op], max_entries: int, *, per_cpu: bool = False) -> ReplayR
         result.operations = len(ops)
         for family, bpf_map in enumerate(maps):
             result.real_keys[family] = {
-                names[struct.unpack("<Q", k)[0]] for k in bpf_map.dump_keys()
+                names[struct.unpack("<Q", k)[0]] for k in bpf_map.all_keys()
             }
     finally:
         for program in programs:

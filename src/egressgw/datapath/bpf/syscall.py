@@ -1,107 +1,191 @@
-"""bpf(2) through ctypes: create, read and change maps, load and test-run programs.
+"""The bpf(2) system call through ctypes: create, pin, open and walk maps.
 
-Only what the project uses, with the layouts of ``union bpf_attr`` from
-``include/uapi/linux/bpf.h``. Every call raises :class:`BpfError` (an ``OSError`` with the
-command's name) on failure; map operations that fail for an expected reason (a missing key,
-an existing key) return that errno instead, so callers can replay them.
+Only the commands egressgw needs, with the attribute layouts of ``union bpf_attr`` in
+include/uapi/linux/bpf.h. Every failure becomes a :class:`DatapathError` naming the
+command and the map or path.
 """
 
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import errno
 import os
 import platform
-import struct
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-# Commands
-BPF_MAP_CREATE = 0
-BPF_MAP_LOOKUP_ELEM = 1
-BPF_MAP_UPDATE_ELEM = 2
-BPF_MAP_DELETE_ELEM = 3
-BPF_MAP_GET_NEXT_KEY = 4
-BPF_PROG_LOAD = 5
-BPF_OBJ_GET = 7
-BPF_PROG_TEST_RUN = 10
+from egressgw.errors import DatapathError
 
-# Map types and flags
-BPF_MAP_TYPE_HASH = 1
-BPF_MAP_TYPE_LRU_HASH = 9
-BPF_F_NO_COMMON_LRU = 1 << 1
+# __NR_bpf
+_SYSCALL_NR = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
+
+# enum bpf_cmd
+MAP_CREATE = 0
+MAP_LOOKUP_ELEM = 1
+MAP_UPDATE_ELEM = 2
+MAP_DELETE_ELEM = 3
+MAP_GET_NEXT_KEY = 4
+OBJ_PIN = 6
+OBJ_GET = 7
+OBJ_GET_INFO_BY_FD = 15
+MAP_LOOKUP_BATCH = 24
+MAP_UPDATE_BATCH = 26
+MAP_DELETE_BATCH = 27
+
+# enum bpf_map_type
+MAP_TYPE_ARRAY = 2
+MAP_TYPE_PERCPU_ARRAY = 6
+MAP_TYPE_LRU_HASH = 9
+MAP_TYPE_LPM_TRIE = 11
+MAP_TYPE_RINGBUF = 27
+
+# map update flags
 BPF_ANY = 0
 BPF_NOEXIST = 1
-BPF_EXIST = 2
+BPF_F_NO_PREALLOC = 1
 
-# Program types
-BPF_PROG_TYPE_XDP = 6
-
-_SYSCALL_NR = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351}
-_ATTR_SIZE = 144
-
-_libc = ctypes.CDLL(None, use_errno=True)
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
-class BpfError(OSError):
-    """A bpf(2) command failed."""
+class _MapCreate(ctypes.Structure):
+    _fields_ = (
+        ("map_type", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("inner_map_fd", ctypes.c_uint32),
+        ("numa_node", ctypes.c_uint32),
+        ("map_name", ctypes.c_char * 16),
+    )
 
 
-def _nr() -> int:
-    machine = platform.machine()
-    if machine not in _SYSCALL_NR:
-        raise BpfError(errno.ENOSYS, f"bpf(2): no syscall number known for {machine}")
-    return _SYSCALL_NR[machine]
+class _MapElem(ctypes.Structure):
+    _fields_ = (
+        ("map_fd", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("key", ctypes.c_uint64),
+        ("value", ctypes.c_uint64),  # or next_key
+        ("flags", ctypes.c_uint64),
+    )
 
 
-def bpf(cmd: int, attr: bytes) -> int:
-    """The raw call: ``attr`` is the packed ``union bpf_attr``; returns the result or -errno."""
-    buf = ctypes.create_string_buffer(attr.ljust(_ATTR_SIZE, b"\0"), _ATTR_SIZE)
-    result = _libc.syscall(_nr(), ctypes.c_int(cmd), buf, ctypes.c_uint(_ATTR_SIZE))
-    if result < 0:
-        return -ctypes.get_errno()
-    return int(result)
+class _ObjPath(ctypes.Structure):
+    _fields_ = (
+        ("pathname", ctypes.c_uint64),
+        ("bpf_fd", ctypes.c_uint32),
+        ("file_flags", ctypes.c_uint32),
+    )
 
 
-def _checked(name: str, result: int) -> int:
-    if result < 0:
-        raise BpfError(-result, f"bpf({name}): {os.strerror(-result)}")
-    return result
+class _Batch(ctypes.Structure):
+    _fields_ = (
+        ("in_batch", ctypes.c_uint64),
+        ("out_batch", ctypes.c_uint64),
+        ("keys", ctypes.c_uint64),
+        ("values", ctypes.c_uint64),
+        ("count", ctypes.c_uint32),
+        ("map_fd", ctypes.c_uint32),
+        ("elem_flags", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+    )
 
 
-def _addr(buf: ctypes.Array[ctypes.c_char]) -> int:
-    return ctypes.addressof(buf)
+class _InfoByFd(ctypes.Structure):
+    _fields_ = (
+        ("bpf_fd", ctypes.c_uint32),
+        ("info_len", ctypes.c_uint32),
+        ("info", ctypes.c_uint64),
+    )
+
+
+class _MapInfo(ctypes.Structure):
+    _fields_ = (
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * 16),
+    )
+
+
+def _bpf(cmd: int, attr: ctypes.Structure) -> int:
+    nr = _SYSCALL_NR.get(platform.machine())
+    if nr is None:
+        raise DatapathError(f"bpf(2): unsupported architecture {platform.machine()}")
+    ret = _libc.syscall(nr, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(ret)
+
+
+def _addr(buf: ctypes.Array[ctypes.c_char] | None) -> int:
+    return 0 if buf is None else ctypes.addressof(buf)
 
 
 def possible_cpus() -> int:
-    """num_possible_cpus(): the count in /sys/devices/system/cpu/possible ("0-7,9")."""
-    with open("/sys/devices/system/cpu/possible", encoding="ascii") as f:
+    """Per-CPU map values hold one slot per possible CPU (not per online CPU)."""
+    with open("/sys/devices/system/cpu/possible") as f:
         text = f.read().strip()
-    count = 0
+    total = 0
     for part in text.split(","):
         low, _, high = part.partition("-")
-        count += int(high or low) - int(low) + 1
-    return count
+        total += (int(high) if high else int(low)) - int(low) + 1
+    return total
 
 
-@dataclass
-class BpfMap:
-    """A map file descriptor with fixed key and value sizes; close() when done."""
-
-    fd: int
+@dataclass(frozen=True, slots=True)
+class MapInfo:
+    type: int
+    id: int
     key_size: int
     value_size: int
+    max_entries: int
+    map_flags: int
+    name: str
+
+
+class BpfMap:
+    """An open BPF map (a file descriptor), closed with :meth:`close`."""
+
+    def __init__(self, fd: int, what: str) -> None:
+        self.fd = fd
+        self.what = what
+        self.info = self._info()
+
+    # -- opening ---------------------------------------------------------------------
 
     @classmethod
-    def create(
-        cls, map_type: int, key_size: int, value_size: int, max_entries: int, *,
-        flags: int = 0, name: str = "",
-    ) -> BpfMap:
-        attr = struct.pack("<IIIIIII16s", map_type, key_size, value_size, max_entries, flags,
-                           0, 0, name.encode()[:15])
-        fd = _checked("BPF_MAP_CREATE", bpf(BPF_MAP_CREATE, attr))
-        return cls(fd, key_size, value_size)
+    def create(cls, name: str, map_type: int, key_size: int, value_size: int, *,
+               max_entries: int, flags: int = 0) -> BpfMap:
+        attr = _MapCreate(map_type, key_size, value_size, max_entries, flags, 0, 0,
+                          name.encode()[:15])
+        try:
+            fd = _bpf(MAP_CREATE, attr)
+        except OSError as exc:
+            hint = " (needs root)" if exc.errno == errno.EPERM else ""
+            raise DatapathError(f"bpf map create {name}: {exc.strerror}{hint}") from None
+        return cls(fd, name)
+
+    @classmethod
+    def open_pinned(cls, path: str) -> BpfMap:
+        buf = ctypes.create_string_buffer(os.fsencode(path))
+        try:
+            fd = _bpf(OBJ_GET, _ObjPath(_addr(buf), 0, 0))
+        except OSError as exc:
+            raise DatapathError(f"{path}: {exc.strerror}") from None
+        return cls(fd, path)
+
+    def pin(self, path: str) -> None:
+        buf = ctypes.create_string_buffer(os.fsencode(path))
+        try:
+            _bpf(OBJ_PIN, _ObjPath(_addr(buf), self.fd, 0))
+        except OSError as exc:
+            raise DatapathError(f"pin {self.what} at {path}: {exc.strerror}") from None
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -114,136 +198,110 @@ class BpfMap:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _elem(self, cmd: int, key: bytes, value: ctypes.Array[ctypes.c_char] | None,
-              flags: int = 0) -> int:
-        kbuf = ctypes.create_string_buffer(key, self.key_size)
-        vaddr = _addr(value) if value is not None else 0
-        attr = struct.pack("<IIQQQ", self.fd, 0, _addr(kbuf), vaddr, flags)
-        return bpf(cmd, attr)
+    def _info(self) -> MapInfo:
+        info = _MapInfo()
+        try:
+            _bpf(OBJ_GET_INFO_BY_FD, _InfoByFd(self.fd, ctypes.sizeof(info),
+                                                ctypes.addressof(info)))
+        except OSError as exc:
+            raise DatapathError(f"{self.what}: map info: {exc.strerror}") from None
+        return MapInfo(info.type, info.id, info.key_size, info.value_size, info.max_entries,
+                       info.map_flags, info.name.decode(errors="replace"))
 
-    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> int:
-        """0, or -EEXIST / -ENOENT / -ENOMEM / -E2BIG as the kernel answers."""
-        vbuf = ctypes.create_string_buffer(value, self.value_size)
-        result = self._elem(BPF_MAP_UPDATE_ELEM, key, vbuf, flags)
-        if result < 0 and -result not in (errno.EEXIST, errno.ENOENT, errno.ENOMEM, errno.E2BIG):
-            _checked("BPF_MAP_UPDATE_ELEM", result)
-        return result
+    # -- elements --------------------------------------------------------------------
+
+    @property
+    def value_bytes(self) -> int:
+        """Bytes one lookup returns: per-CPU maps give one 8-byte-aligned slot per CPU."""
+        size = self.info.value_size
+        if self.info.type == MAP_TYPE_PERCPU_ARRAY:
+            return ((size + 7) // 8 * 8) * possible_cpus()
+        return size
 
     def lookup(self, key: bytes) -> bytes | None:
-        """A lookup from user space (for an LRU map it leaves the reference bit alone)."""
-        vbuf = ctypes.create_string_buffer(self.value_size)
-        result = self._elem(BPF_MAP_LOOKUP_ELEM, key, vbuf)
-        if result == -errno.ENOENT:
-            return None
-        _checked("BPF_MAP_LOOKUP_ELEM", result)
-        return vbuf.raw
+        k = ctypes.create_string_buffer(key, len(key))
+        v = ctypes.create_string_buffer(self.value_bytes)
+        try:
+            _bpf(MAP_LOOKUP_ELEM, _MapElem(self.fd, 0, _addr(k), _addr(v), 0))
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise DatapathError(f"{self.what}: lookup: {exc.strerror}") from None
+        return v.raw
+
+    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+        k = ctypes.create_string_buffer(key, len(key))
+        v = ctypes.create_string_buffer(value, len(value))
+        try:
+            _bpf(MAP_UPDATE_ELEM, _MapElem(self.fd, 0, _addr(k), _addr(v), flags))
+        except OSError as exc:
+            raise DatapathError(f"{self.what}: update: {exc.strerror}") from None
 
     def delete(self, key: bytes) -> bool:
-        result = self._elem(BPF_MAP_DELETE_ELEM, key, None)
-        if result == -errno.ENOENT:
-            return False
-        _checked("BPF_MAP_DELETE_ELEM", result)
+        """Delete ``key``; False when it was not there."""
+        k = ctypes.create_string_buffer(key, len(key))
+        try:
+            _bpf(MAP_DELETE_ELEM, _MapElem(self.fd, 0, _addr(k), 0, 0))
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise DatapathError(f"{self.what}: delete: {exc.strerror}") from None
         return True
 
-    def dump_keys(self) -> Iterator[bytes]:
-        """Every key, by BPF_MAP_GET_NEXT_KEY."""
-        key: bytes | None = None
-        nbuf = ctypes.create_string_buffer(self.key_size)
+    def all_keys(self) -> list[bytes]:
+        """Every key, walked with BPF_MAP_GET_NEXT_KEY (for small maps)."""
+        size = self.info.key_size
+        out: list[bytes] = []
+        nxt = ctypes.create_string_buffer(size)
+        cur: ctypes.Array[ctypes.c_char] | None = None
         while True:
-            if key is None:
-                attr = struct.pack("<IIQQ", self.fd, 0, 0, _addr(nbuf))
-            else:
-                kbuf = ctypes.create_string_buffer(key, self.key_size)
-                attr = struct.pack("<IIQQ", self.fd, 0, _addr(kbuf), _addr(nbuf))
-            result = bpf(BPF_MAP_GET_NEXT_KEY, attr)
-            if result == -errno.ENOENT:
-                return
-            _checked("BPF_MAP_GET_NEXT_KEY", result)
-            key = nbuf.raw
-            yield key
+            try:
+                _bpf(MAP_GET_NEXT_KEY, _MapElem(self.fd, 0, _addr(cur), _addr(nxt), 0))
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    return out
+                raise DatapathError(f"{self.what}: next key: {exc.strerror}") from None
+            out.append(nxt.raw)
+            cur = ctypes.create_string_buffer(nxt.raw, size)
 
+    def lookup_batch(self, keys: ctypes.Array[ctypes.c_char],
+                     values: ctypes.Array[ctypes.c_char], count: int,
+                     token_in: ctypes.Array[ctypes.c_char] | None,
+                     token_out: ctypes.Array[ctypes.c_char]) -> tuple[int, bool]:
+        """One BPF_MAP_LOOKUP_BATCH call: (entries copied, whether the walk is done).
 
-# -- programs -----------------------------------------------------------------------------
+        ENOSPC (a hash bucket holds more than ``count`` entries) is raised as an OSError
+        so the caller can retry with a bigger batch.
+        """
+        attr = _Batch(_addr(token_in), _addr(token_out), _addr(keys), _addr(values),
+                      count, self.fd, 0, 0)
+        try:
+            _bpf(MAP_LOOKUP_BATCH, attr)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return int(attr.count), True
+            if exc.errno == errno.ENOSPC:
+                raise
+            raise DatapathError(f"{self.what}: lookup batch: {exc.strerror}") from None
+        return int(attr.count), False
 
-def insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
-    """One ``struct bpf_insn``."""
-    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+    def update_batch(self, keys: bytes, values: bytes, count: int, flags: int = BPF_ANY
+                     ) -> int:
+        k = ctypes.create_string_buffer(keys, len(keys))
+        v = ctypes.create_string_buffer(values, len(values))
+        attr = _Batch(0, 0, _addr(k), _addr(v), count, self.fd, flags, 0)
+        try:
+            _bpf(MAP_UPDATE_BATCH, attr)
+        except OSError as exc:
+            raise DatapathError(f"{self.what}: update batch: {exc.strerror}") from None
+        return int(attr.count)
 
-
-@dataclass
-class BpfProgram:
-    fd: int
-
-    @classmethod
-    def load(cls, prog_type: int, insns: Sequence[bytes], license: str = "GPL") -> BpfProgram:
-        code = ctypes.create_string_buffer(b"".join(insns))
-        lic = ctypes.create_string_buffer(license.encode())
-        log = ctypes.create_string_buffer(65536)
-        attr = struct.pack("<IIQQIIQ", prog_type, len(insns), _addr(code), _addr(lic),
-                           1, len(log), _addr(log))
-        result = bpf(BPF_PROG_LOAD, attr)
-        if result < 0:
-            detail = log.value.decode(errors="replace").strip().splitlines()[-3:]
-            raise BpfError(-result, f"bpf(BPF_PROG_LOAD): {os.strerror(-result)}: "
-                                    + " | ".join(detail))
-        return cls(result)
-
-    def test_run(self, data: bytes) -> int:
-        """BPF_PROG_TEST_RUN once on ``data``, on the calling CPU; the program's return."""
-        dbuf = ctypes.create_string_buffer(data, len(data))
-        attr = struct.pack("<IIIIQQII", self.fd, 0, len(data), 0, _addr(dbuf), 0, 1, 0)
-        buf = ctypes.create_string_buffer(attr.ljust(_ATTR_SIZE, b"\0"), _ATTR_SIZE)
-        result = _libc.syscall(_nr(), ctypes.c_int(BPF_PROG_TEST_RUN), buf,
-                               ctypes.c_uint(_ATTR_SIZE))
-        if result < 0:
-            err = ctypes.get_errno()
-            raise BpfError(err, f"bpf(BPF_PROG_TEST_RUN): {os.strerror(err)}")
-        retval: int = struct.unpack_from("<I", buf.raw, 4)[0]
-        return retval
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> BpfProgram:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def xdp_lookup_program(bpf_map: BpfMap) -> BpfProgram:
-    """An XDP program that looks up the map key held in the packet's first bytes.
-
-    A lookup from a BPF program (``htab_lru_map_lookup_elem``) is what sets an LRU
-    element's reference bit; user-space lookups do not. Returns XDP_PASS (2) when the
-    key was found, XDP_DROP (1) when not. Keys of 8 bytes.
-    """
-    if bpf_map.key_size != 8:
-        raise ValueError("xdp_lookup_program handles 8-byte keys")
-    mov64_reg, mov64_imm, add64_imm = 0xBF, 0xB7, 0x07
-    ldx_w, ldx_dw, stx_dw = 0x61, 0x79, 0x7B
-    jgt_reg, jeq_imm, ld_imm64, call, exit_ = 0x2D, 0x15, 0x18, 0x85, 0x95
-    pseudo_map_fd, map_lookup_elem = 1, 1
-    program = [
-        insn(mov64_reg, 6, 1),  # r6 = ctx
-        insn(ldx_w, 2, 6, 0),  # r2 = ctx->data
-        insn(ldx_w, 3, 6, 4),  # r3 = ctx->data_end
-        insn(mov64_reg, 4, 2),
-        insn(add64_imm, 4, imm=8),
-        insn(jgt_reg, 4, 3, off=10),  # data + 8 > data_end: drop
-        insn(ldx_dw, 5, 2, 0),  # r5 = the key
-        insn(stx_dw, 10, 5, -8),  # on the stack
-        insn(ld_imm64, 1, pseudo_map_fd, imm=bpf_map.fd),
-        insn(0),
-        insn(mov64_reg, 2, 10),
-        insn(add64_imm, 2, imm=-8),
-        insn(call, imm=map_lookup_elem),
-        insn(jeq_imm, 0, off=2, imm=0),  # not found
-        insn(mov64_imm, 0, imm=2),  # XDP_PASS
-        insn(exit_),
-        insn(mov64_imm, 0, imm=1),  # XDP_DROP
-        insn(exit_),
-    ]
-    return BpfProgram.load(BPF_PROG_TYPE_XDP, program)
+    def delete_batch(self, keys: bytes, count: int) -> int:
+        k = ctypes.create_string_buffer(keys, len(keys))
+        attr = _Batch(0, 0, _addr(k), 0, count, self.fd, 0, 0)
+        try:
+            _bpf(MAP_DELETE_BATCH, attr)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise DatapathError(f"{self.what}: delete batch: {exc.strerror}") from None
+        return int(attr.count)
