@@ -107,3 +107,22 @@ def test_distributed_lru_evicts_within_the_cpus_share():
     dp.connect(conn(256), EGRESS)
     assert evictions(dp) == 4
     assert len(list(dp.nat_entries())) == 512 + 2 - 4
+
+
+@pytest.mark.parametrize("kind", ["exact", "kernel"])
+def test_nat_tables_take_dict_style_deletes(kind):
+    from egressgw.datapath.model.natmap import ExactLru, KernelLru  # noqa: PLC0415
+
+    evicted: list[int] = []
+    table = (ExactLru(4, lambda k, v: evicted.append(k)) if kind == "exact"
+             else KernelLru(4, 1, per_cpu=False, on_evict=lambda k, v: evicted.append(k)))
+    for key in range(3):
+        assert table.create(key, key * 10, 0)
+    assert not table.create(1, 99, 0)  # BPF_NOEXIST on an existing key
+    assert table.lookup(1, 0) == 10
+    assert sorted(table) == [0, 1, 2]
+    assert table.pop(1) == 10 and table.pop(1, -1) == -1
+    del table[0]
+    with pytest.raises(KeyError):
+        del table[0]
+    assert sorted(table) == [2] and len(table) == 1 and evicted == []

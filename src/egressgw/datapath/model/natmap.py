@@ -81,6 +81,18 @@ class ExactLru(Generic[K, V]):
     def items(self) -> Iterator[tuple[K, V]]:
         return iter(list(self.table.items()))
 
+    # dict-style aliases, for code written against the plain OrderedDict it replaced
+    def pop(self, key: K, default: V | None = None) -> V | None:
+        value = self.delete(key)
+        return default if value is None else value
+
+    def __delitem__(self, key: K) -> None:
+        if self.delete(key) is None:
+            raise KeyError(key)
+
+    def __iter__(self) -> Iterator[K]:
+        return iter([key for key, _ in self.items()])
+
 
 class KernelLru(Generic[K, V]):
     """The kernel's LRU hash map (``bpflru.BpfLruHash``) behind the NatTable interface."""
@@ -110,6 +122,18 @@ class KernelLru(Generic[K, V]):
 
     def items(self) -> Iterator[tuple[K, V]]:
         return self.map.items()
+
+    # dict-style aliases, for code written against the plain OrderedDict it replaced
+    def pop(self, key: K, default: V | None = None) -> V | None:
+        value = self.delete(key)
+        return default if value is None else value
+
+    def __delitem__(self, key: K) -> None:
+        if self.delete(key) is None:
+            raise KeyError(key)
+
+    def __iter__(self) -> Iterator[K]:
+        return iter([key for key, _ in self.items()])
 
 
 def flow_cpu(key: tuple[int, ...], reply: bool, cpus: int) -> int:
