@@ -10,6 +10,7 @@ import click
 
 from egressgw.cli.options import (
     cilium_version_option,
+    nat_lru_options,
     nat_map_stats_entries_option,
     nat_map_stats_interval_option,
     nat_port_range_option,
@@ -41,19 +42,6 @@ def datapath_options(func: F) -> F:
         click.option("--conntrack-gc-interval", callback=parse_duration_flag, metavar="DURATION",
                      help="Fixed CT GC interval (default: Cilium's adaptive one)."),
         cilium_version_option(),
-        click.option("--nat-lru", type=click.Choice(["exact", "kernel"]), default="exact",
-                     show_default=True,
-                     help="NAT map LRU: exact, or the kernel's BPF LRU (batch evictions, "
-                          "reference bits, per-CPU free lists; slower: Python engine)."),
-        click.option("--possible-cpus", type=click.IntRange(1, 8192), default=8,
-                     show_default=True, help="CPUs the kernel LRU spreads its free lists over."),
-        click.option("--flow-cpus", type=click.Choice(["hash", "one"]), default="hash",
-                     show_default=True,
-                     help="Which CPU runs a flow's packets: a hash of the tuple per direction, "
-                          "or all on one CPU."),
-        click.option("--bpf-distributed-lru", is_flag=True,
-                     help="Cilium 1.18's per-CPU LRU (BPF_F_NO_COMMON_LRU); needs "
-                          "--nat-lru kernel and --cilium-version 1.18."),
         click.option("--datapath-model", type=click.Choice(["cilium", "netfilter"]),
                      default="cilium", show_default=True,
                      help="cilium: Cilium's BPF SNAT (--cilium-version); netfilter: a Linux "
@@ -63,7 +51,7 @@ def datapath_options(func: F) -> F:
     ]
     for option in reversed(options):
         func = option(func)
-    return func
+    return nat_lru_options(func)
 
 
 def settings_from_options(
