@@ -4,7 +4,10 @@ cilium-dbg prints ``Source IP  Destination CIDR  Egress IP  Gateway IP`` with Go
 tabwriter (minwidth 5, tabwidth 0, padding 3, space padding), and the gateway column uses
 the map's sentinels: gateway 0.0.0.0 is printed as "Not Found" (no gateway node) and
 0.0.0.1 as "Excluded CIDR". The egress IP is only known on the gateway node itself; every
-other node's map holds 0.0.0.0 (``::`` for IPv6), which is also what a drop shows.
+other node's map holds 0.0.0.0 (``::`` for IPv6), which is also what a drop shows. An
+excluded CIDR is stored with the egress IP of the endpoint's gateway (Cilium's
+updateEgressRules4/6 write ``gwc.egressIP`` with gateway ``ExcludedCIDRIPv4``), so on the
+gateway node it shows that egress IP.
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ def egress_list(rules: Iterable[EgressRule], node: str | None = None) -> list[Eg
     for rule in sort_rules(rules):
         unspecified = "0.0.0.0" if rule.source_ip.version == 4 else "::"
         egress = unspecified
-        if rule.kind is RuleKind.MASQUERADE and (node is None or rule.gateway_node == node):
+        stored = rule.kind is not RuleKind.NO_GATEWAY and rule.egress_ip is not None
+        if stored and (node is None or rule.gateway_node == node):
             egress = str(rule.egress_ip)
         if rule.kind is RuleKind.EXCLUDED:
             gateway = EXCLUDED_CIDR
