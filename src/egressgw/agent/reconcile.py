@@ -17,7 +17,8 @@ from pathlib import Path
 
 from egressgw.datapath.base import Datapath
 from egressgw.errors import EgressgwError, InputError
-from egressgw.policy import compile_rules, load_inventory, load_policies
+from egressgw.policy import compile_rules, load_policies
+from egressgw.policy.kubernetes import load_inventories
 from egressgw.policy.rules import EgressRule, RuleKind, rules_for_gateway
 
 from .state import AgentState
@@ -61,7 +62,8 @@ class PolicySource:
     def load_rules(self) -> list[EgressRule]:
         """Read, validate and compile the files into this node's rules (no side effects)."""
         policies = load_policies(self.policies)
-        inventory = load_inventory(self.inventory)
+        # An egressgw inventory file or Kubernetes objects (kubectl get nodes,pods -o yaml).
+        inventory = load_inventories([self.inventory])
         if inventory.node(self.node) is None:
             # A typo in --node would otherwise apply no masquerade at all, silently.
             known = ", ".join(node.name for node in inventory.nodes()) or "none"

@@ -10,7 +10,7 @@ from egressgw.cli.options import cilium_version_option, output_option
 from egressgw.errors import InputError
 from egressgw.policy.cilium import CiliumVersion
 from egressgw.policy.compile import Compiled, compile_policies
-from egressgw.policy.inventory import load_inventory
+from egressgw.policy.kubernetes import load_inventories
 from egressgw.policy.listing import egress_list, format_egress_list
 from egressgw.policy.parse import load_policies
 from egressgw.policy.rules import RuleKind
@@ -32,10 +32,12 @@ def egress() -> None:
 )
 @click.option(
     "--inventory",
-    "inventory_path",
+    "inventory_paths",
     required=True,
-    type=click.Path(path_type=Path),
-    help="The nodes and endpoints file.",
+    multiple=True,
+    type=click.Path(path_type=Path, allow_dash=True),
+    help="Nodes and endpoints: an egressgw inventory file, or kubectl get nodes,pods "
+    "[,namespaces,ciliumendpoints] -o yaml output (- reads stdin); repeatable.",
 )
 @click.option(
     "--node",
@@ -46,7 +48,7 @@ def egress() -> None:
 @output_option("table", "json", "yaml", help="json and yaml carry every field of every rule.")
 def list_rules(
     policies_path: Path,
-    inventory_path: Path,
+    inventory_paths: tuple[Path, ...],
     node: str | None,
     cilium_version: CiliumVersion,
     output: str,
@@ -67,11 +69,15 @@ def list_rules(
     Examples:
       egressgw egress list --policies policies/ --inventory inventory.yaml
       egressgw egress list --policies p.yaml --inventory inv.yaml --node gateway-1 -o json
+      kubectl get cegp -o yaml > policies.yaml
+      kubectl get nodes,pods,namespaces -o yaml | \\
+        egressgw egress list --policies policies.yaml --inventory - --inventory ifaces.yaml
     """
     policies = load_policies(policies_path, cilium_version)
-    inventory = load_inventory(inventory_path)
+    inventory = load_inventories(inventory_paths)
     if node is not None and inventory.node(node) is None:
-        raise InputError(f"no node named {node!r} in the inventory", source=str(inventory_path))
+        raise InputError(f"no node named {node!r} in the inventory",
+                         source=", ".join(map(str, inventory_paths)))
     compiled = compile_policies(policies, inventory, cilium_version)
     for warning in compiled.warnings:
         click.echo(f"egressgw: warning: {warning}", err=True)

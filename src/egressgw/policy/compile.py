@@ -247,6 +247,8 @@ class _EgressIPs:
             return None
         where = f"policy {policy.name!r}: {spec.field}"
         family = f"IPv{version}"
+        if not node.interfaces_known:
+            return _unknown_interfaces(policy, spec, node, version, warnings)
         if spec.interface is not None:
             interface = node.interface(spec.interface)
             if interface is None:
@@ -327,6 +329,16 @@ class _CiliumEgressIPs:
     ) -> tuple[IPAddress | None, IPAddress | None]:
         spec = gateway.spec
         v6 = self.cilium.has_ipv6 and self.v6_needed
+        if not node.interfaces_known:
+            ip4 = _unknown_interfaces(self.policy, spec, node, 4, self.warnings)
+            if v6 and spec.egress_ip is not None:
+                self.warnings.append(
+                    f"policy {self.policy.name!r}: {spec.field}.egressIP: Cilium "
+                    f"v{self.cilium.value} stores :: as the IPv6 egress IP of an egressIP "
+                    f"gateway: its IPv6 traffic is dropped at {node.name!r}"
+                )
+                return ip4, None
+            return ip4, _unknown_interfaces(self.policy, spec, node, 6, self.warnings)
         if spec.interface is not None:
             interface = node.interface(spec.interface)
             if interface is None:
@@ -362,6 +374,23 @@ class _CiliumEgressIPs:
         if ip6 is None:
             return self._fail(gateway, node, f"no IPv6 address on {interface.name!r}")
         return ip4, ip6
+
+
+def _unknown_interfaces(
+    policy: EgressPolicy, spec: GatewaySpec, node: Node, version: int, warnings: list[str]
+) -> IPAddress | None:
+    """A node whose interfaces are unknown (read from Kubernetes without them): an egressIP
+    is taken as given; an interface or default-route address cannot be derived."""
+    if spec.egress_ip is not None:
+        return spec.egress_ip if spec.egress_ip.version == version else None
+    what = f"interface {spec.interface!r}" if spec.interface else "default-route interface"
+    warnings.append(
+        f"policy {policy.name!r}: {spec.field}: the interfaces of node {node.name!r} are "
+        f"unknown (Kubernetes input), so the address of its {what} is too: add "
+        "nodes: [{name, interfaces, defaultRouteInterface}] to the inventory "
+        "(docs/policies.md); shown as dropped"
+    )
+    return None
 
 
 def _unique(items: list[str]) -> list[str]:
