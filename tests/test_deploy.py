@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from egressgw.agent.endpoints import DEFAULT_PORT
+from egressgw.policy import load_policies
+from egressgw.policy.kubernetes import load_inventories
 from test_alerts import run_promtool
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -44,9 +46,6 @@ def test_core_objects_follow_the_kubernetes_schema(kind):
 
 
 def test_configmaps_follow_the_schema_and_hold_loadable_inputs(tmp_path):
-    from egressgw.policy import load_policies
-    from egressgw.policy.kubernetes import load_inventories
-
     maps = {o["metadata"]["name"]: o for o in objects() if o["kind"] == "ConfigMap"}
     for config_map in maps.values():
         kubernetes_validate.validate(config_map, KUBERNETES_VERSION, strict=True)
