@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from egressgw.net import format_addr
-from egressgw.policy.rules import RuleKind
+from egressgw.rules import RuleKind
 
 from .state import AgentState
 

@@ -19,7 +19,7 @@ from egressgw.datapath.base import Datapath
 from egressgw.errors import EgressgwError, InputError
 from egressgw.policy import compile_rules, load_policies
 from egressgw.policy.kubernetes import load_inventories
-from egressgw.policy.rules import EgressRule, RuleKind, rules_for_gateway
+from egressgw.rules import EgressRule, RuleKind, rules_for_gateway
 
 from .state import AgentState
 

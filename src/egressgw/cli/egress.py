@@ -13,8 +13,8 @@ from egressgw.policy.compile import Compiled, compile_policies
 from egressgw.policy.kubernetes import load_inventories
 from egressgw.policy.listing import egress_list, format_egress_list
 from egressgw.policy.parse import load_policies
-from egressgw.policy.rules import RuleKind
 from egressgw.render.documents import dump_document
+from egressgw.rules import RuleKind
 
 
 @click.group()

@@ -47,7 +47,7 @@ from egressgw.policy.model import (
     EndpointSelector,
     GatewaySpec,
 )
-from egressgw.policy.rules import EgressRule, RuleKind, sort_rules
+from egressgw.rules import EgressRule, RuleKind, sort_rules
 
 _FNV32_OFFSET = 0x811C9DC5
 _FNV32_PRIME = 0x01000193

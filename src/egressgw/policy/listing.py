@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from egressgw.policy.rules import EgressRule, RuleKind, sort_rules
 from egressgw.render.tabwriter import tabwrite
+from egressgw.rules import EgressRule, RuleKind, sort_rules
 
 HEADER = ("Source IP", "Destination CIDR", "Egress IP", "Gateway IP")
 NOT_FOUND = "Not Found"

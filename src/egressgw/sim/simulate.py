@@ -26,7 +26,7 @@ from egressgw.config import NAT_MAP_STATS_ENTRIES_DEFAULT, NodePortRange, check_
 from egressgw.datapath.model import ConnectionBatch, ModelConfig, ModelCounters, ModelDatapath
 from egressgw.errors import ConfigError
 from egressgw.net import NatEndpoint
-from egressgw.policy.rules import EgressRule
+from egressgw.rules import EgressRule
 from egressgw.sim.flows import AddressBook, Flows
 from egressgw.sim.generate import FlowSource, MergedFlows, WorkloadFlows
 from egressgw.sim.replay import ReplayFlows
