@@ -72,6 +72,7 @@ def test_json_and_yaml_carry_every_field(capsys):
         "gateway_node": "gateway-1",
         "gateway_ip": "192.0.2.1",
         "policy": "shop-clients",
+        "shown_destination_cidr": "198.51.100.0/24",
         "shown_egress_ip": "203.0.113.10",
         "shown_gateway_ip": "192.0.2.1",
     }
@@ -171,3 +172,18 @@ def test_v1_16_refuses_what_its_crd_lacks(capsys):
     code, out, err = run(shop, capsys)
     assert (code, out) == (2, "")
     assert "destinationCIDRs[1]: invalid CIDR '2001:db8:100::/64': the v1.16 CRD" in err
+
+
+def test_a_cidr_with_host_bits_is_shown_as_written(capsys, tmp_path):
+    """Cilium keys its map with netip.ParsePrefix's unmasked address and the kernel's LPM
+    trie keeps the key as given (tests/test_lpm_trie_keys.py), so cilium-dbg shows
+    198.51.100.7/24; egressgw's datapaths match the masked network either way."""
+    (tmp_path / "p.yaml").write_text(VIRTUAL.replace("egressIP: 203.0.113.99",
+                                                     "egressIP: 203.0.113.10")
+                                     .replace("[198.51.100.0/24]", "[198.51.100.7/24]"))
+    code, out, _ = run(["egress", "list", "--policies", str(tmp_path / "p.yaml"),
+                        "--inventory", str(EXAMPLES / "inventory.yaml"), "-o", "json"], capsys)
+    assert code == 0
+    first = json.loads(out)[0]
+    assert (first["destination_cidr"], first["shown_destination_cidr"]) == (
+        "198.51.100.0/24", "198.51.100.7/24")

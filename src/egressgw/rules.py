@@ -45,6 +45,9 @@ class EgressRule:
     gateway_node: str | None = None
     gateway_ip: IPAddress | None = None
     policy: str = ""
+    # The destination as the policy wrote it, when it has host bits (what cilium-dbg
+    # shows); "" means str(destination).
+    destination_text: str = ""
 
     def __post_init__(self) -> None:
         if self.source_ip.version != self.destination.version:

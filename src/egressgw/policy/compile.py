@@ -35,7 +35,7 @@ Cilium stores them (the datapaths ignore both: excluded traffic is not redirecte
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from egressgw.net import IPAddress, IPNetwork
@@ -210,6 +210,11 @@ def _endpoint_rules(
                 None if node is None else node.name, None if node is None else node.internal_ip,
                 policy.name,
             ))
+    if policy.cidr_spellings:
+        rules = [
+            replace(r, destination_text=policy.cidr_spellings.get(r.destination, ""))
+            for r in rules
+        ]
     return rules
 
 

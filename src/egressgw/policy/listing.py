@@ -43,6 +43,7 @@ class EgressListEntry:
         return {
             "source_ip": str(rule.source_ip),
             "destination_cidr": str(rule.destination),
+            "shown_destination_cidr": self.destination_cidr,
             "kind": rule.kind.value,
             "egress_ip": None if rule.egress_ip is None else str(rule.egress_ip),
             "gateway_node": rule.gateway_node,
@@ -71,9 +72,9 @@ def egress_list(rules: Iterable[EgressRule], node: str | None = None) -> list[Eg
             gateway = NOT_FOUND
         else:
             gateway = str(rule.gateway_ip)
-        entries.append(
-            EgressListEntry(str(rule.source_ip), str(rule.destination), egress, gateway, rule)
-        )
+        # Cilium shows the CIDR as the policy wrote it (host bits kept).
+        destination = rule.destination_text or str(rule.destination)
+        entries.append(EgressListEntry(str(rule.source_ip), destination, egress, gateway, rule))
     return entries
 
 

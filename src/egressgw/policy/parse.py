@@ -111,17 +111,20 @@ def parse_policy(
         raise spec_at.error("required")
     spec = as_mapping(body["spec"], spec_at)
     check_keys(spec, _SPEC_FIELDS, spec_at)
+    spellings: dict[IPNetwork, str] = {}
     policy = EgressPolicy(
         name=name,
         selectors=_parse_selectors(spec.get("selectors"), spec_at.key("selectors")),
         destination_cidrs=_parse_cidrs(
-            spec.get("destinationCIDRs"), spec_at.key("destinationCIDRs"), required=True
+            spec.get("destinationCIDRs"), spec_at.key("destinationCIDRs"), spellings,
+            required=True,
         ),
         excluded_cidrs=_parse_cidrs(
-            spec.get("excludedCIDRs"), spec_at.key("excludedCIDRs"), required=False
+            spec.get("excludedCIDRs"), spec_at.key("excludedCIDRs"), spellings, required=False
         ),
         gateways=_parse_gateways(spec, spec_at),
         source=_describe(where),
+        cidr_spellings={c: text for c, text in spellings.items() if text != str(c)},
     )
     validate_crd(body, where, version)
     return policy
@@ -187,7 +190,9 @@ def _optional_selector(body: Mapping[str, Any], key: str, where: Where) -> Label
     return parse_label_selector(body[key], where.key(key))
 
 
-def _parse_cidrs(value: Any, where: Where, *, required: bool) -> tuple[IPNetwork, ...]:
+def _parse_cidrs(
+    value: Any, where: Where, spellings: dict[IPNetwork, str], *, required: bool
+) -> tuple[IPNetwork, ...]:
     if value is None:
         if required:
             raise where.error("required: at least one CIDR")
@@ -198,6 +203,10 @@ def _parse_cidrs(value: Any, where: Where, *, required: bool) -> tuple[IPNetwork
     cidrs: list[IPNetwork] = []
     for index, item in enumerate(items):
         cidr = parse_cidr(item, where.item(index))
+        # Cilium keys its map with the address as written (netip.ParsePrefix keeps host
+        # bits, the kernel's LPM trie stores the key as given), so cilium-dbg shows it.
+        address = ipaddress.ip_address(str(item).partition("/")[0])
+        spellings[cidr] = f"{address}/{cidr.prefixlen}"
         if cidr not in cidrs:
             cidrs.append(cidr)
     return tuple(cidrs)
