@@ -134,3 +134,16 @@ def test_kubectl_get_output_with_status_and_server_metadata_loads(tmp_path):
     (loaded,) = load(tmp_path, {"apiVersion": "v1", "kind": "List", "items": [body],
                                 "metadata": {"resourceVersion": ""}})
     assert loaded.name == "p"
+
+
+def test_the_agent_validates_against_its_cilium_version():
+    from pathlib import Path  # noqa: PLC0415
+
+    from egressgw.agent.reconcile import PolicySource  # noqa: PLC0415
+
+    examples = Path(__file__).resolve().parents[1] / "src" / "egressgw" / "examples"
+    source = PolicySource(examples / "policies", examples / "inventory.yaml", "gateway-1")
+    assert source.load_rules()  # v1.18 by default
+    with pytest.raises(InputError, match="unknown field in the v1.16 CRD"):
+        PolicySource(examples / "policies", examples / "inventory.yaml", "gateway-1",
+                     V116).load_rules()

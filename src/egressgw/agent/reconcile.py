@@ -18,6 +18,7 @@ from pathlib import Path
 from egressgw.datapath.base import Datapath
 from egressgw.errors import EgressgwError, InputError
 from egressgw.policy import compile_rules, load_policies
+from egressgw.policy.cilium import DEFAULT_CILIUM_VERSION, CiliumVersion
 from egressgw.policy.kubernetes import load_inventories
 from egressgw.rules import EgressRule, RuleKind, rules_for_gateway
 
@@ -58,10 +59,11 @@ class PolicySource:
     policies: Path
     inventory: Path
     node: str
+    cilium_version: CiliumVersion = DEFAULT_CILIUM_VERSION
 
     def load_rules(self) -> list[EgressRule]:
         """Read, validate and compile the files into this node's rules (no side effects)."""
-        policies = load_policies(self.policies)
+        policies = load_policies(self.policies, self.cilium_version)
         # An egressgw inventory file or Kubernetes objects (kubectl get nodes,pods -o yaml).
         inventory = load_inventories([self.inventory])
         if inventory.node(self.node) is None:
