@@ -144,6 +144,6 @@ def test_the_agent_validates_against_its_cilium_version():
     examples = Path(__file__).resolve().parents[1] / "src" / "egressgw" / "examples"
     source = PolicySource(examples / "policies", examples / "inventory.yaml", "gateway-1")
     assert source.load_rules()  # v1.18 by default
-    with pytest.raises(InputError, match="unknown field in the v1.16 CRD"):
+    with pytest.raises(InputError, match=r"unknown field in the v1\.16 CRD"):
         PolicySource(examples / "policies", examples / "inventory.yaml", "gateway-1",
                      V116).load_rules()
