@@ -27,7 +27,6 @@ from egressgw import __version__
 from egressgw.config import NAT_MAP_STATS_ENTRIES_DEFAULT, NodePortRange, check_stats_entries
 from egressgw.datapath.base import Datapath
 from egressgw.errors import ConfigError, EgressgwError
-from egressgw.policy.cilium import DEFAULT_CILIUM_VERSION, CiliumVersion
 
 from .endpoints import DEFAULT_PORT
 from .metrics import AgentCollector
@@ -55,8 +54,6 @@ class AgentConfig:
                                                                         DEFAULT_PORT))
     # How often the policy files' mtimes and the failure counters are polled.
     poll_interval: float = 1.0
-    # The CRD schema policies are validated against (policy/crd.py).
-    cilium_version: CiliumVersion = DEFAULT_CILIUM_VERSION
 
     def __post_init__(self) -> None:
         check_stats_entries(self.stats_entries)
@@ -94,8 +91,7 @@ class Agent:
         self.state = AgentState()
         self._clock = clock
         self.reconciler = Reconciler(
-            PolicySource(config.policies, config.inventory, config.node,
-                         config.cilium_version),
+            PolicySource(config.policies, config.inventory, config.node),
             datapath,
             self.state,
             wall=wall,

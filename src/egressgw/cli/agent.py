@@ -11,14 +11,12 @@ import click
 from egressgw.agent import AgentConfig, ListenAddress, make_datapath, run_agent
 from egressgw.agent.datapaths import DATAPATHS
 from egressgw.cli.options import (
-    cilium_version_option,
     nat_map_stats_entries_option,
     nat_map_stats_interval_option,
     node_port_range_option,
     parse_duration_flag,
 )
 from egressgw.config import NodePortRange
-from egressgw.policy.cilium import CiliumVersion
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -58,7 +56,6 @@ every tracked connection) in place, so a restarted agent picks up where it left 
 @click.option("--poll-interval", default="1s", show_default=True, metavar="DURATION",
               callback=parse_duration_flag,
               help="How often file changes and failure counters are checked.")
-@cilium_version_option()
 @click.option("--cleanup", is_flag=True, help="Remove the installed rules and exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages too.")
 def agent(
@@ -72,7 +69,6 @@ def agent(
     nat_map_stats_entries: int,
     listen: str,
     poll_interval: float,
-    cilium_version: CiliumVersion,
     cleanup: bool,
     verbose: bool,
 ) -> None:
@@ -105,6 +101,5 @@ def agent(
         stats_entries=nat_map_stats_entries,
         listen=ListenAddress.parse(listen),
         poll_interval=poll_interval,
-        cilium_version=cilium_version,
     )
     run_agent(config, make_datapath(datapath_kind, ports))
