@@ -2,7 +2,7 @@
 """Compare egressgw's CRD schema (src/egressgw/policy/crd.py) with Cilium's published one.
 
 Usage: scripts/check-crd-schema.py VERSION CRD_YAML
-  VERSION   1.16 or 1.18
+  VERSION   1.16, 1.17 or 1.18
   CRD_YAML  pkg/k8s/apis/cilium.io/client/crds/v2/ciliumegressgatewaypolicies.yaml of a
             Cilium checkout at that release, e.g.
             git -C cilium show v1.16.2:pkg/k8s/.../ciliumegressgatewaypolicies.yaml > crd.yaml
@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from egressgw.policy.cilium import CiliumVersion
+from egressgw.policy.cilium import CILIUM_VERSIONS, CiliumVersion
 from egressgw.policy.crd import crd_cidr_syntax, crd_schema
 
 IGNORED = {"description", "x-kubernetes-list-type", "x-kubernetes-map-type"}
@@ -101,7 +101,7 @@ def netip_accepts(text: str) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[1] not in ("1.16", "1.18"):
+    if len(argv) != 3 or argv[1] not in CILIUM_VERSIONS:
         print(__doc__, file=sys.stderr)
         return 2
     version = CiliumVersion(argv[1])

@@ -16,7 +16,7 @@ from egressgw.policy import load_policies
 from egressgw.policy.cilium import CiliumVersion
 from egressgw.policy.crd import crd_cidr_syntax, kube_ipv4_format
 
-V116, V118 = CiliumVersion.V1_16, CiliumVersion.V1_18
+V116, V117, V118 = CiliumVersion.V1_16, CiliumVersion.V1_17, CiliumVersion.V1_18
 
 
 def policy(**spec_overrides):
@@ -147,3 +147,21 @@ def test_the_agent_validates_against_its_cilium_version():
     with pytest.raises(InputError, match=r"unknown field in the v1\.16 CRD"):
         PolicySource(examples / "policies", examples / "inventory.yaml", "gateway-1",
                      V116).load_rules()
+
+
+def test_v1_17_adds_selector_node_selectors_only(tmp_path):
+    selectors = [{"podSelector": {}, "nodeSelector": {"matchLabels": {"zone": "a"}}}]
+    (loaded,) = load(tmp_path, policy(selectors=selectors), V117)
+    assert loaded.selectors[0].node_selector is not None
+    rejects(tmp_path, policy(egressGateways=[{"nodeSelector": {}}]), "spec.egressGateways",
+            "added in Cilium v1.18", V117)
+    rejects(tmp_path, policy(destinationCIDRs=["2001:db8:100::/64"]),
+            "spec.destinationCIDRs[0]", "v1.17 CRD accepts an IPv4 CIDR", V117)
+
+
+def test_one_list_of_cilium_versions():
+    from egressgw.cli.options import CILIUM_VERSIONS as CLI  # noqa: PLC0415
+    from egressgw.datapath.model.ports import CILIUM_VERSIONS as MODEL  # noqa: PLC0415
+    from egressgw.policy.cilium import CILIUM_VERSIONS as POLICY  # noqa: PLC0415
+
+    assert tuple(CLI) == tuple(MODEL) == tuple(POLICY) == ("1.16", "1.17", "1.18")

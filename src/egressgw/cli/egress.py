@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from egressgw.cli.options import cilium_version_option, output_option
+from egressgw.cli.options import output_option, policy_cilium_version_option
 from egressgw.errors import InputError
 from egressgw.policy.cilium import CiliumVersion
 from egressgw.policy.compile import Compiled, compile_policies
@@ -44,7 +44,7 @@ def egress() -> None:
     default=None,
     help="Show the policy map as this node holds it (egress IPs only on its own gateways).",
 )
-@cilium_version_option()
+@policy_cilium_version_option()
 @output_option("table", "json", "yaml", help="json and yaml carry every field of every rule.")
 def list_rules(
     policies_path: Path,

@@ -298,7 +298,7 @@ class _EgressIPs:
 class _CiliumEgressIPs:
     """The egress IPs a Cilium version stores for a gateway (deriveFromPolicyGatewayConfig).
 
-    v1.16 derives the IPv4 one only, and keeps a configured egressIP even when no
+    v1.16 and v1.17 derive the IPv4 one only, and keep a configured egressIP even when no
     interface holds it. v1.18 derives both families at once and any failure leaves both
     unspecified; an egressIP gives IPv6 ``::``. An unspecified egress IP is returned as
     None (the rule becomes a drop at the gateway).
@@ -351,11 +351,12 @@ class _CiliumEgressIPs:
         elif spec.egress_ip is not None:
             if node.interface_with(spec.egress_ip) is None:
                 if not self.cilium.has_ipv6:
-                    # v1.16 assigns the egress IP before looking for its interface.
+                    # v1.16/v1.17 assign the egress IP before looking for its interface.
                     self.warnings.append(
                         f"policy {self.policy.name!r}: {spec.field}.egressIP: "
                         f"{spec.egress_ip} is on no interface of node {node.name!r}: "
-                        "Cilium v1.16 still uses it (replies must be routed to the node)"
+                        f"Cilium v{self.cilium.value} still uses it (replies must be routed "
+                        "to the node)"
                     )
                     return spec.egress_ip, None
                 return self._fail(gateway, node, f"no interface holding {spec.egress_ip}")

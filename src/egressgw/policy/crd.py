@@ -58,7 +58,7 @@ def crd_cidr_syntax(text: str, version: CiliumVersion) -> bool:
     match = _IPV4_CIDR.fullmatch(text)
     if match is not None:
         return all(int(octet) <= 255 for octet in text.split("/", maxsplit=1)[0].split("."))
-    if version is CiliumVersion.V1_16:
+    if not version.has_ipv6:
         return False
     match = _IPV6_CIDR.fullmatch(text)
     return match is not None and _hex_ipv6(match["addr"])
@@ -148,10 +148,10 @@ def crd_schema(version: CiliumVersion) -> dict[str, Any]:
         "excludedCIDRs": cidrs,
         "selectors": {"type": "array", "items": selector_fields},
     }
-    if version is not CiliumVersion.V1_16:
-        # v1.18: several gateways (no maxItems), and pods selected by their node.
-        spec_fields["egressGateways"] = {"type": "array", "items": _gateway(), "default": []}
+    if version.has_selector_node_selector:  # v1.17 on: pods selected by their node
         selector_fields["nodeSelector"] = _label_selector()
+    if version.has_ipv6:  # v1.18: several gateways (no maxItems)
+        spec_fields["egressGateways"] = {"type": "array", "items": _gateway(), "default": []}
     spec_fields["selectors"]["items"] = _object(selector_fields)
     return {
         "type": "object",
@@ -210,8 +210,10 @@ def _as_input_error(
         known = list(schema.get("properties", {}))
         extra = next(k for k in instance if k not in known)
         hint = ""
-        if version is CiliumVersion.V1_16 and extra in ("egressGateways", "nodeSelector"):
+        if extra == "egressGateways" and not version.has_ipv6:
             hint = " (added in Cilium v1.18: choose --cilium-version 1.18)"
+        elif extra == "nodeSelector" and not version.has_selector_node_selector:
+            hint = " (added in Cilium v1.17: choose --cilium-version 1.17 or later)"
         return at.key(str(extra)).error(
             f"unknown field in {against}{hint} (expected one of: {', '.join(known)})"
         )
@@ -222,7 +224,7 @@ def _as_input_error(
             hint = " (the CRD requires it even when egressGateways has entries)"
         return at.key(missing).error(f"required by {against}{hint}")
     if kind == "format" and schema.get("format") == "cidr":
-        family = "an IPv4" if version is CiliumVersion.V1_16 else "an IPv4 or IPv6"
+        family = "an IPv4 or IPv6" if version.has_ipv6 else "an IPv4"
         return at.error(f"invalid CIDR {instance!r}: {against} accepts {family} CIDR "
                         "written without spaces, such as 198.51.100.0/24")
     if kind == "format":

@@ -57,7 +57,7 @@ _METADATA_FIELDS = (
 
 
 def load_policies(
-    path: Path, version: CiliumVersion = DEFAULT_CILIUM_VERSION
+    path: str | Path, version: CiliumVersion = DEFAULT_CILIUM_VERSION
 ) -> list[EgressPolicy]:
     """All policies in a file or a directory (*.yaml, *.yml, in name order).
 
@@ -65,7 +65,7 @@ def load_policies(
     policies with the same name (cluster-scoped names are unique).
     """
     policies: list[EgressPolicy] = []
-    for file in yaml_files(path):
+    for file in yaml_files(Path(path)):
         policies.extend(parse_documents(load_documents(file), version))
     _check_unique_names(policies)
     return policies
