@@ -81,3 +81,37 @@ def test_the_lpm_trie_keeps_host_bits_and_equal_prefixes_replace() -> None:
         assert dump(fd) == [(24, "192.0.2.10", "198.51.100.0", b"B" * 8)]
     finally:
         os.close(fd)
+
+
+def test_a_dump_walks_the_trie_in_postorder() -> None:
+    """cilium-dbg bpf egress list prints the map in its iteration order, unsorted
+    (cilium-dbg/cmd/bpf_egress_list.go): the IPv4 map, then the IPv6 map, each as the
+    kernel's get_next_key walks the LPM trie. Inserted in a scrambled order here, the dump
+    comes out by source, and per source more specific prefixes before the ones holding
+    them, lower addresses first: the order egress list prints (policy/listing.py)."""
+    keys = [("192.0.2.10", "203.0.113.0", 24), ("192.0.2.10", "198.51.100.0", 24),
+            ("192.0.2.10", "198.51.100.200", 32), ("192.0.2.9", "198.51.100.0", 24),
+            ("192.0.2.10", "198.51.100.0", 30), ("192.0.2.10", "198.51.100.128", 25)]
+    fd = bpf(BPF_MAP_CREATE, struct.pack("=IIIII", BPF_MAP_TYPE_LPM_TRIE, KEY_SIZE, 8, 16,
+                                         BPF_F_NO_PREALLOC))
+    try:
+        for source, destination, prefix in keys:
+            update(fd, key(source, destination, prefix), b"\0" * 8)
+        dumped = [(source, f"{destination}/{prefix}") for prefix, source, destination, _ in
+                  dump(fd)]
+    finally:
+        os.close(fd)
+    assert dumped == [
+        ("192.0.2.9", "198.51.100.0/24"),
+        ("192.0.2.10", "198.51.100.0/30"),
+        ("192.0.2.10", "198.51.100.200/32"),
+        ("192.0.2.10", "198.51.100.128/25"),
+        ("192.0.2.10", "198.51.100.0/24"),
+        ("192.0.2.10", "203.0.113.0/24"),
+    ]
+    from egressgw.policy.listing import egress_list  # noqa: PLC0415
+    from egressgw.rules import EgressRule, RuleKind  # noqa: PLC0415
+
+    rules = [EgressRule(ipaddress.ip_address(s), ipaddress.ip_network(f"{d}/{p}"),
+                        RuleKind.EXCLUDED) for s, d, p in keys]
+    assert [(e.source_ip, e.destination_cidr) for e in egress_list(rules)] == dumped

@@ -54,13 +54,29 @@ class EgressListEntry:
         }
 
 
+def dump_order(rule: EgressRule) -> tuple[int, int, str]:
+    """Where ``rule`` comes in a dump of Cilium's policy map.
+
+    cilium-dbg prints the IPv4 map, then the IPv6 map, in the kernel's iteration order
+    (no sorting: cilium-dbg/cmd/bpf_egress_list.go). An LPM trie's get_next_key walks the
+    trie in postorder (kernel/bpf/lpm_trie.c; checked with bpf(2) in
+    tests/test_lpm_trie_keys.py): by the key's bits, a 0 bit before a 1 bit, and a prefix
+    after every longer prefix it holds. The key is {source IP, destination CIDR}, so: by
+    source, then the destination's bits with a terminator that sorts after 0 and 1.
+    """
+    destination = rule.destination
+    bits = format(int(destination.network_address), f"0{destination.max_prefixlen}b")
+    return (rule.source_ip.version, int(rule.source_ip), bits[: destination.prefixlen] + "2")
+
+
 def egress_list(rules: Iterable[EgressRule], node: str | None = None) -> list[EgressListEntry]:
-    """The entries in order; with ``node``, as that node's policy map holds them.
+    """The entries in cilium-dbg's order (dump_order); with ``node``, as that node's policy
+    map holds them.
 
     Without ``node`` each masquerade shows its egress IP (the gateway's view of it).
     """
     entries = []
-    for rule in sort_rules(rules):
+    for rule in sorted(sort_rules(rules), key=dump_order):
         unspecified = "0.0.0.0" if rule.source_ip.version == 4 else "::"
         egress = unspecified
         stored = rule.kind is not RuleKind.NO_GATEWAY and rule.egress_ip is not None
