@@ -278,3 +278,24 @@ def _apply_overlays(objects: _Objects) -> dict[str, Node]:
                                   default_route_interface=default, interfaces_known=True)
     return nodes
 
+
+
+def with_node_interfaces(
+    inventory: Inventory,
+    node: str,
+    interfaces: Sequence[tuple[str, Sequence[ipaddress.IPv4Interface | ipaddress.IPv6Interface]]],
+    default_route_interface: str | None,
+) -> Inventory:
+    """``inventory`` with ``node``'s interfaces filled in when they are unknown (a node read
+    from Kubernetes without an interfaces document); unchanged otherwise."""
+    found = inventory.node(node)
+    if found is None or found.interfaces_known:
+        return inventory
+    filled = replace(
+        found,
+        interfaces=tuple(Interface(name, tuple(addresses)) for name, addresses in interfaces),
+        default_route_interface=default_route_interface,
+        interfaces_known=True,
+    )
+    nodes = [filled if n.name == node else n for n in inventory.nodes()]
+    return Inventory(nodes, inventory.endpoints())
