@@ -47,7 +47,6 @@ from egressgw.policy.model import NAMESPACE_LABELS_PREFIX, POD_NAMESPACE_LABEL
 from egressgw.policy.yamlfiles import Where, as_list, as_mapping, as_string, load_documents
 
 STDIN = "-"
-KINDS = ("Node", "Pod", "Namespace", "CiliumEndpoint")
 # A pod in these phases has no endpoint left (Cilium removes it).
 _FINISHED = ("Succeeded", "Failed")
 
