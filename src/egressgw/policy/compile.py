@@ -117,6 +117,13 @@ def compile_policies(
             if not policy.selects(identity_labels, on_node_labels):
                 continue
             gateway = pick_gateway(gateways, endpoint)
+            if len(gateways) > 1 and endpoint.uid_from_pod:
+                warnings.append(
+                    f"policy {policy.name!r}: its {len(gateways)} gateways are assigned by "
+                    "CiliumEndpoint UID, and the inventory has only Pod UIDs: Cilium may "
+                    "pin pods to other gateways than shown (add ciliumendpoints to "
+                    "kubectl get)"
+                )
             for rule in _endpoint_rules(policy, endpoint, gateway, derive):
                 key = (rule.source_ip, rule.destination)
                 earlier = rules.get(key)

@@ -104,6 +104,9 @@ class Endpoint:
     namespace_labels: Mapping[str, str] = field(default_factory=dict)
     node: str | None = None
     uid: str = ""
+    # True when ``uid`` is a Pod's (Kubernetes input without CiliumEndpoints): Cilium pins
+    # an endpoint among several gateways by its CiliumEndpoint's UID, which differs.
+    uid_from_pod: bool = False
 
     @property
     def key(self) -> str:

@@ -194,6 +194,7 @@ def _pod(body: Mapping[str, Any], where: Where) -> Endpoint | None:
         parse_labels(meta.get("labels") or {}, meta_at.key("labels")), {},
         None if node is None else as_string(node, where.key("spec").key("nodeName")),
         as_string(meta.get("uid") or "", meta_at.key("uid")),
+        uid_from_pod=True,
     )
 
 
