@@ -12,6 +12,8 @@ DATAPATHS = ("kernel", "model", "bpf")
 
 def make_datapath(
     kind: str, node_port_range: NodePortRange, *, cilium_version: str = "1.16",
+    nat_lru: str = "exact", possible_cpus: int = 8, flow_cpus: str = "hash",
+    bpf_distributed_lru: bool = False,
     nat_global_max: int = 524288, device: str | None = None,
 ) -> Datapath:
     """The kernel datapath (nftables + conntrack in this network namespace), the model,
@@ -19,9 +21,10 @@ def make_datapath(
     egress IPs, with a NAT map of ``nat_global_max`` entries).
 
     ``cilium_version`` picks the port search of the model (``datapath/model/ports.py``)
-    and of the BPF program (``datapath/bpf/layout.py``); the kernel datapath is Linux's
-    nf_nat and has none. The model is imported only when asked
-    for: it pulls in the compiled SNAT engine.
+    and of the BPF program (``datapath/bpf/layout.py``); the ``nat_lru`` settings the
+    model's NAT map (``ModelConfig``); the kernel datapath is Linux's nf_nat and has
+    neither. The model is imported only when asked for: it pulls in the compiled SNAT
+    engine.
     """
     if kind == "bpf":
         from egressgw.datapath.bpf import BpfDatapath, BpfSettings  # noqa: PLC0415
@@ -33,6 +36,9 @@ def make_datapath(
     if kind == "model":
         from .modeldp import ModelAgentDatapath  # noqa: PLC0415 (slow to import)
 
-        return ModelAgentDatapath.for_node_ports(node_port_range,
-                                                 cilium_version=cilium_version)
+        return ModelAgentDatapath.for_node_ports(
+            node_port_range, cilium_version=cilium_version, nat_lru=nat_lru,
+            possible_cpus=possible_cpus, flow_cpus=flow_cpus,
+            bpf_distributed_lru=bpf_distributed_lru,
+        )
     raise ConfigError(f"{kind!r}: expected one of {', '.join(DATAPATHS)}", field="--datapath")

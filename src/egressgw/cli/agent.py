@@ -13,6 +13,7 @@ from egressgw.agent.datapaths import DATAPATHS
 from egressgw.cli.options import (
     bpf_nat_global_max_option,
     cilium_version_option,
+    nat_lru_options,
     nat_map_stats_entries_option,
     nat_map_stats_interval_option,
     node_port_range_option,
@@ -36,7 +37,7 @@ def configure_logging(verbose: bool) -> None:
     epilog="""\b
 Examples:
   egressgw agent --policies policies/ --inventory inventory.yaml --node gw1
-  egressgw agent ... --nat-map-stats-interval 5s --listen [::1]:9964
+  egressgw agent ... --nat-map-stats-interval 5s --listen [::1]:9967
   egressgw agent --cleanup            # remove the installed rules and exit
   egressgw agent --datapath bpf --node-port-range 30000,65471 ...   # tc program, 64 ports
 
@@ -57,12 +58,13 @@ every tracked connection) in place, so a restarted agent picks up where it left 
 @bpf_nat_global_max_option("With --datapath bpf: entries of the NAT map (2 per connection).")
 @cilium_version_option("Port search of --datapath model and bpf: 1.16 modulo clamp, 128 "
                        "retries; 1.17 multiply-shift, 128; 1.18 multiply-shift, 32.")
+@nat_lru_options
 @click.option("--bpf-device", metavar="DEV",
               help="With --datapath bpf: the uplink (default: the device holding the egress "
                    "IPs).")
 @nat_map_stats_interval_option("How often nat-stats are recounted (0 disables).")
 @nat_map_stats_entries_option("Top K tuples kept per family (1..4096).")
-@click.option("--listen", default="127.0.0.1:9964", show_default=True,
+@click.option("--listen", default="127.0.0.1:9967", show_default=True,
               help="HOST:PORT or [IPv6]:PORT of the HTTP API and /metrics.")
 @click.option("--poll-interval", default="1s", show_default=True, metavar="DURATION",
               callback=parse_duration_flag,
@@ -78,6 +80,10 @@ def agent(
     node_port_range: NodePortRange,
     bpf_nat_global_max: int,
     cilium_version: str,
+    nat_lru: str,
+    possible_cpus: int,
+    flow_cpus: str,
+    bpf_distributed_lru: bool,
     bpf_device: str | None,
     nat_map_stats_interval: float,
     nat_map_stats_entries: int,
@@ -96,8 +102,12 @@ def agent(
     ports = node_port_range
 
     def build() -> Datapath:
-        return make_datapath(datapath_kind, ports, nat_global_max=bpf_nat_global_max,
-                             cilium_version=cilium_version, device=bpf_device)
+        return make_datapath(
+            datapath_kind, ports, cilium_version=cilium_version, nat_lru=nat_lru,
+            possible_cpus=possible_cpus, flow_cpus=flow_cpus,
+            bpf_distributed_lru=bpf_distributed_lru, nat_global_max=bpf_nat_global_max,
+            device=bpf_device,
+        )
 
     if cleanup:
         build().cleanup()

@@ -1,4 +1,5 @@
-"""The BPF datapath: Cilium's egress-gateway SNAT as a tc program on real packets.
+"""Real BPF: the BPF datapath (Cilium's egress-gateway SNAT as a tc program on real
+packets) and the bpf(2) layer it shares with the model's LRU replay.
 
 Public API::
 
@@ -9,11 +10,35 @@ Public API::
         .nat_tables() / .retries_histogram(family) / .handle_signals()
         .collect_garbage() / .cleanup() / .close()
     build() -> Path                       # compile snat.bpf.c (cached)
+
+Modules: ``syscall`` (bpf(2) through ctypes), ``layout``, ``build``, ``loader``, ``natmap``,
+``gc``, ``signals``, ``pins``, ``datapath`` (the datapath); ``progrun`` and ``lrureplay``
+(the kernel LRU checked against the model's, tests/test_bpf_lru_kernel.py). Names are
+imported on first use, so those modules do not pay for the datapath's.
 """
 
 from __future__ import annotations
 
-from .build import build
-from .datapath import NAT_GLOBAL_MAX_DEFAULT, BpfDatapath, BpfSettings
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .build import build
+    from .datapath import NAT_GLOBAL_MAX_DEFAULT, BpfDatapath, BpfSettings
+
+_LAZY = {
+    "build": "build",
+    "NAT_GLOBAL_MAX_DEFAULT": "datapath",
+    "BpfDatapath": "datapath",
+    "BpfSettings": "datapath",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
 
 __all__ = ["NAT_GLOBAL_MAX_DEFAULT", "BpfDatapath", "BpfSettings", "build"]
