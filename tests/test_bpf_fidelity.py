@@ -29,6 +29,7 @@ from bpf_support import Client
 from egressgw.config import NodePortRange
 from egressgw.datapath.bpf import BpfDatapath, BpfSettings
 from egressgw.datapath.bpf.datapath import REMAPPED_REASON
+from egressgw.datapath.bpf.syscall import possible_cpus
 from egressgw.datapath.model import ModelConfig, ModelDatapath
 from egressgw.lab import Lab, lab_rules
 from egressgw.net import Endpoint, FiveTuple, Proto
@@ -114,12 +115,13 @@ FIRST, MORE = 64, 512  # connections opened first, then after (1152 entries in a
 LRU_BATCH = 128
 
 
-def model_evictions(seed: int) -> tuple[int, int, int]:
+def model_evictions(seed: int, nat_lru: str = "exact") -> tuple[int, int, int]:
     """(entries evicted while opening, connections broken while opening, of the first
     connections broken when each sends again), for the same packets the lab's client
     sends: SYN, SYN-ACK, ACK, greeting, ACK per connection."""
     model = ModelDatapath(
-        ModelConfig(node_port_range=NodePortRange(30000, 60999), bpf_nat_global_max=NAT_MAX),
+        ModelConfig(node_port_range=NodePortRange(30000, 60999), bpf_nat_global_max=NAT_MAX,
+                    nat_lru=nat_lru, possible_cpus=possible_cpus()),
         random.Random(seed), engine="reference")
     rng = random.Random(seed + 1)
     egress = IPv4Address("203.0.113.10")
@@ -149,6 +151,8 @@ def test_evictions_agree_with_the_model_within_one_lru_batch(lab: Lab) -> None: 
         pytest.skip("the BPF datapath needs clang and bpftool (scripts/test.sh installs them)")
     m_evicted, m_broken_open, m_broken_poke = model_evictions(0)
     assert (m_evicted, m_broken_open, m_broken_poke) == (128, 0, 64)  # exact LRU's answer
+    # The model of the kernel's LRU (--nat-lru kernel) frees whole batches.
+    k_evicted, k_broken_open, k_broken_poke = model_evictions(0, "kernel")
     t = lab.topology
     dp = BpfDatapath(BpfSettings(NodePortRange(30000, 60999), nat_global_max=NAT_MAX,
                                  netns=t.gateway_ns))
@@ -166,7 +170,9 @@ def test_evictions_agree_with_the_model_within_one_lru_batch(lab: Lab) -> None: 
         print(f"evicted entries: bpf {evicted}, model {m_evicted}; broken while opening: "
               f"bpf {broken_open}, model {m_broken_open}; first {FIRST} broken on their "
               f"next packet: bpf {broken_poke} ({outcome.count('reset')} reset), "
-              f"model {m_broken_poke}")
+              f"model {m_broken_poke}; model with the kernel's LRU: {k_evicted} evicted, "
+              f"{k_broken_open} and {k_broken_poke} broken")
+        assert m_evicted <= k_evicted <= m_evicted + LRU_BATCH
         assert m_evicted <= evicted <= m_evicted + LRU_BATCH
         assert abs(broken_open - m_broken_open) <= 0.05 * MORE
         assert abs(broken_poke - m_broken_poke) <= 0.05 * FIRST
