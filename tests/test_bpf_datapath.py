@@ -26,6 +26,7 @@ from egressgw.config import NodePortRange
 from egressgw.datapath.bpf import BpfDatapath, BpfSettings
 from egressgw.datapath.bpf.datapath import NO_MAPPING_REASON, REMAPPED_REASON
 from egressgw.datapath.bpf.natmap import iter_nat_list
+from egressgw.errors import ConfigError, DatapathError
 from egressgw.lab import Lab, lab_rules
 from egressgw.net import Family
 from egressgw.stats import compute_nat_stats, render_table
@@ -324,3 +325,18 @@ def test_lab_cli_applies_and_counts_with_the_bpf_datapath(lab: Lab) -> None:  # 
         assert refused is not None and int(refused[1]) >= 2  # retransmitted SYNs add more
     finally:
         BpfDatapath(BpfSettings(netns=t.gateway_ns)).cleanup()
+
+
+def test_distributed_lru_gives_the_nat_maps_one_lru_per_cpu(lab: Lab, bpf) -> None:  # noqa: F811
+    """Cilium 1.18's --bpf-distributed-lru creates the NAT maps with BPF_F_NO_COMMON_LRU."""
+    with pytest.raises(ConfigError, match="--bpf-distributed-lru"):
+        BpfSettings(distributed_lru=True)  # a 1.18 flag
+    dp = bpf(NodePortRange(), distributed_lru=True, cilium_version="1.18")
+    assert dp.maps["snat_v4"].info.map_flags == 2
+    assert dp.maps["snat_v6"].info.map_flags == 2
+    assert lab.load(f"{SERVER}:80", 3).seen_as == {lab.topology.egress4[0]: 3}
+    # A restart with the other setting refuses to reuse (or silently change) the maps.
+    other = BpfDatapath(BpfSettings(NodePortRange(), cilium_version="1.18",
+                                    netns=lab.topology.gateway_ns))
+    with pytest.raises(DatapathError, match="--bpf-distributed-lru"):
+        other.apply(lab_rules(lab.topology, [lab.topology.egress4[0]]))

@@ -30,7 +30,8 @@ def make_datapath(
         from egressgw.datapath.bpf import BpfDatapath, BpfSettings  # noqa: PLC0415
 
         return BpfDatapath(BpfSettings(node_port_range, nat_global_max=nat_global_max,
-                                       cilium_version=cilium_version, device=device))
+                                       cilium_version=cilium_version,
+                                       distributed_lru=bpf_distributed_lru, device=device))
     if kind == "kernel":
         return KernelDatapath(node_port_range, table="egressgw")
     if kind == "model":

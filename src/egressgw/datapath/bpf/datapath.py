@@ -54,12 +54,17 @@ class BpfSettings:
     node_port_range: NodePortRange = field(default_factory=NodePortRange)
     nat_global_max: int = NAT_GLOBAL_MAX_DEFAULT
     cilium_version: str = "1.16"
+    # Cilium 1.18's --bpf-distributed-lru: the NAT maps get BPF_F_NO_COMMON_LRU.
+    distributed_lru: bool = False
     device: str | None = None  # the uplink; None: the device holding the egress IPs
     netns: str | None = None  # run tc there (the lab); None: this process's namespace
     bpffs: Path = BPFFS_DIR
 
     def __post_init__(self) -> None:
         layout.cilium_version(self.cilium_version)
+        if self.distributed_lru and self.cilium_version != "1.18":
+            raise ConfigError("a Cilium 1.18 flag: needs --cilium-version 1.18",
+                              field="--bpf-distributed-lru")
         if not 1 <= self.nat_global_max <= 1 << 24:
             raise ConfigError(f"{self.nat_global_max}: must be between 1 and {1 << 24}",
                               field="--bpf-nat-global-max")
@@ -95,8 +100,9 @@ class BpfDatapath:
                 self._maps = PinnedMaps.open_existing(self.pin_dir)
             else:
                 ensure_bpffs(self.settings.bpffs)
-                self._maps = PinnedMaps.open_or_create(self.pin_dir,
-                                                       self.settings.nat_global_max)
+                self._maps = PinnedMaps.open_or_create(
+                    self.pin_dir, self.settings.nat_global_max,
+                    distributed_lru=self.settings.distributed_lru)
         return self._maps
 
     def configure(self) -> None:

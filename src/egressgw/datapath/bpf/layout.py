@@ -69,11 +69,13 @@ class MapSpec:
     flags: int = 0
 
 
-def map_specs(nat_max: int) -> tuple[MapSpec, ...]:
-    """Every map the program uses; the NAT maps hold ``--bpf-nat-global-max`` entries."""
+def map_specs(nat_max: int, *, distributed_lru: bool = False) -> tuple[MapSpec, ...]:
+    """Every map the program uses; the NAT maps hold ``--bpf-nat-global-max`` entries, in
+    one LRU shared by all CPUs or (``--bpf-distributed-lru``, Cilium 1.18) one per CPU."""
+    lru = sc.BPF_F_NO_COMMON_LRU if distributed_lru else 0
     return (
-        MapSpec("snat_v4", sc.MAP_TYPE_LRU_HASH, KEY4.itemsize, VALUE4.itemsize, nat_max),
-        MapSpec("snat_v6", sc.MAP_TYPE_LRU_HASH, KEY6.itemsize, VALUE6.itemsize, nat_max),
+        MapSpec("snat_v4", sc.MAP_TYPE_LRU_HASH, KEY4.itemsize, VALUE4.itemsize, nat_max, lru),
+        MapSpec("snat_v6", sc.MAP_TYPE_LRU_HASH, KEY6.itemsize, VALUE6.itemsize, nat_max, lru),
         MapSpec("egress_v4", sc.MAP_TYPE_LPM_TRIE, POLICY_KEY4.size, POLICY_VALUE4.size,
                 POLICY_MAX, sc.BPF_F_NO_PREALLOC),
         MapSpec("egress_v6", sc.MAP_TYPE_LPM_TRIE, POLICY_KEY6.size, POLICY_VALUE6.size,

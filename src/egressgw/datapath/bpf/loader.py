@@ -55,7 +55,8 @@ class PinnedMaps:
         return self.maps[name]
 
     @classmethod
-    def open_or_create(cls, pin_dir: Path, nat_max: int) -> PinnedMaps:
+    def open_or_create(cls, pin_dir: Path, nat_max: int, *, distributed_lru: bool = False
+                       ) -> PinnedMaps:
         """Open the pinned maps; create and pin the missing ones.
 
         A pinned NAT map of another size is an error: resizing means losing every
@@ -64,7 +65,7 @@ class PinnedMaps:
         pin_dir.mkdir(parents=True, exist_ok=True)
         maps: dict[str, BpfMap] = {}
         try:
-            for spec in map_specs(nat_max):
+            for spec in map_specs(nat_max, distributed_lru=distributed_lru):
                 maps[spec.name] = _open_or_create(pin_dir, spec)
         except BaseException:
             for m in maps.values():
@@ -95,14 +96,16 @@ def _open_or_create(pin_dir: Path, spec: MapSpec) -> BpfMap:
     if path.exists():
         m = BpfMap.open_pinned(str(path))
         info = m.info
-        shape = (info.type, info.key_size, info.value_size, info.max_entries)
-        want = (spec.type, spec.key_size, spec.value_size, spec.max_entries)
+        shape = (info.type, info.key_size, info.value_size, info.max_entries, info.map_flags)
+        want = (spec.type, spec.key_size, spec.value_size, spec.max_entries, spec.flags)
         if shape != want:
             m.close()
-            field = " (--bpf-nat-global-max)" if spec.name.startswith("snat_v") else ""
+            field = (" (--bpf-nat-global-max, --bpf-distributed-lru)"
+                     if spec.name.startswith("snat_v") else "")
             raise DatapathError(
                 f"{path}: pinned map has {info.max_entries} entries of {info.key_size}+"
-                f"{info.value_size} bytes, expected {spec.max_entries}{field}; "
+                f"{info.value_size} bytes, flags {info.map_flags}, expected "
+                f"{spec.max_entries}, flags {spec.flags}{field}; "
                 "`egressgw agent --datapath bpf --cleanup` removes it")
         return m
     m = BpfMap.create(spec.name, spec.type, spec.key_size, spec.value_size,

@@ -43,6 +43,7 @@ MAP_TYPE_RINGBUF = 27
 BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_F_NO_PREALLOC = 1
+BPF_F_NO_COMMON_LRU = 2
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.syscall.restype = ctypes.c_long
