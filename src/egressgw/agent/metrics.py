@@ -50,13 +50,22 @@ class AgentCollector(Collector):
             "egressgw_nat_endpoint_max_connection",
             "Connections of the busiest {egress IP, remote endpoint} tuple divided by the "
             "NAT source ports available to it, ratio 0..1, per family (as Cilium's "
-            "nat_endpoint_max_connection; absent for a family without rows).",
+            "nat_endpoint_max_connection; absent for a family without rows). On Linux only "
+            "entries that block a port count (not TIME_WAIT/CLOSE, which the kernel takes "
+            "over).",
             labels=["family"],
         )
         top = GaugeMetricFamily(
             "egressgw_nat_endpoint_connections",
             "Connections holding a NAT source port, for each tuple in the current top K "
             "of its family (the rows of egressgw statedb nat-stats).",
+            labels=["family", "proto", "egress_ip", "remote_addr"],
+        )
+        reusable = GaugeMetricFamily(
+            "egressgw_nat_endpoint_reusable_connections",
+            "Of egressgw_nat_endpoint_connections, entries whose port a new connection can "
+            "take over (Linux: TCP in TIME_WAIT, CLOSE or SYN_SENT2); they do not count in "
+            "the saturation ratio. Only for datapaths that report it (kernel).",
             labels=["family", "proto", "egress_ip", "remote_addr"],
         )
         entries = GaugeMetricFamily(
@@ -82,17 +91,17 @@ class AgentCollector(Collector):
                 if any(row.family == family for row in stats.rows):
                     saturation.add_metric([family.value], ratio)
             for row in stats.rows:
-                top.add_metric(
-                    [row.family.value, row.proto.label, str(row.egress_ip),
-                     format_addr(row.remote_ip, row.remote_port)],
-                    float(row.count),
-                )
+                labels = [row.family.value, row.proto.label, str(row.egress_ip),
+                          format_addr(row.remote_ip, row.remote_port)]
+                top.add_metric(labels, float(row.count))
+                if stats.takeover_known:
+                    reusable.add_metric(labels, float(row.reusable))
             for family, n in sorted(counts.entries.items()):
                 entries.add_metric([family.value], float(n))
             capacity.add_metric([], float(stats.divisor))
             duration.add_metric([], counts.duration)
             last.add_metric([], counts.taken_at)
-        yield from (saturation, top, entries, capacity, duration, last)
+        yield from (saturation, top, reusable, entries, capacity, duration, last)
 
     def _failures(self) -> Iterator[Metric]:
         failures = self._state.failures

@@ -58,6 +58,13 @@ class KernelDatapath:
     def endpoint_counts(self) -> Mapping[NatEndpoint, int]:
         return self._conntrack().snat_counts()
 
+    def endpoint_usage(self) -> tuple[Mapping[NatEndpoint, int], Mapping[NatEndpoint, int]]:
+        """Connections per key and, of them, the TCP entries in a state whose port the
+        kernel takes over when its search gets hard (TIME_WAIT, CLOSE, SYN_SENT2)."""
+        reusable: dict[NatEndpoint, int] = {}
+        counts = self._conntrack().snat_counts(reusable)
+        return counts, reusable
+
     def allocation_failures(self) -> Mapping[str, int]:
         return self._conntrack().allocation_failures()
 
