@@ -85,6 +85,15 @@ def duration_survival(duration: Duration, x: npt.NDArray[np.float64]) -> npt.NDA
 
 def _timeouts(proto: Proto, settings: SimSettings) -> dict[EndKind, float]:
     config = settings.model_config()
+    if config.datapath_model == "netfilter":
+        # Linux: a closed TCP connection's TIME_WAIT/CLOSE entry does not block its port
+        # (nf_nat takes it over); an idle one holds it for the established timeout; UDP
+        # entries live 30 s after the last packet (egressgw.datapath.model.netfilter).
+        if proto is Proto.TCP:
+            idle = config.nf_tcp_timeout_established
+            return {EndKind.FIN: 0.0, EndKind.RST: 0.0, EndKind.IDLE: idle}
+        udp = config.nf_udp_timeout
+        return {EndKind.FIN: udp, EndKind.RST: udp, EndKind.IDLE: udp}
     idle = config.ct_timeout_tcp if proto is Proto.TCP else config.ct_timeout_any
     close = config.ct_timeout_fin if proto is Proto.TCP else config.ct_timeout_any
     return {EndKind.FIN: close, EndKind.RST: close, EndKind.IDLE: idle}
@@ -96,6 +105,8 @@ def steady_gc_interval(ct_life: float, settings: SimSettings) -> float:
     Each pass deletes the entries that expired since the last one: a share of about
     I / (ct_life + I). Cilium shortens the interval above 25% and lengthens it below 5%.
     """
+    if settings.datapath_model == "netfilter":
+        return 0.0  # conntrack entries are gone for the port search when they expire
     if settings.conntrack_gc_interval is not None:
         return settings.conntrack_gc_interval
     interval = GC_START_INTERVAL
