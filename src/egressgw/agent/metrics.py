@@ -107,15 +107,20 @@ class AgentCollector(Collector):
         failures = self._state.failures
         allocation = CounterMetricFamily(
             "egressgw_nat_allocation_failures",
-            "New connections dropped because no NAT source port could be allocated, since "
-            "the agent started (kernel: conntrack insert_failed/drop; model: Cilium drops).",
+            "Failed connection attempts: connections whose first packet found no NAT source "
+            "port, each tuple counted once however often the client retransmits, since the "
+            "agent started (kernel: tuples refused and retried, from the nft table's failed "
+            "counters; model: Cilium's refused connections). Packets are in "
+            "egressgw_drop_count_total.",
             labels=["reason"],
         )
         for reason, n in sorted(failures.allocation_failures.items()):
             allocation.add_metric([reason], float(n))
         drops = CounterMetricFamily(
             "egressgw_drop_count",
-            "Packets the datapath dropped, by reason, since the agent started.",
+            "Packets the datapath dropped, by reason, since the agent started; each packet "
+            "once, retransmissions included (kernel: conntrack insert_failed, and the rest "
+            "of conntrack drop).",
             labels=["reason", "direction"],
         )
         for reason, n in sorted(failures.drops.items()):

@@ -26,8 +26,8 @@ class CountsDrops(Protocol):
 
 
 def drop_counts(datapath: Datapath) -> Mapping[str, int]:
-    """Drops by reason: all of them where the datapath counts them, else its allocation
-    failures (the kernel's conntrack drops are the gateway's only drop counters)."""
+    """Packets dropped by reason: where the datapath counts them (kernel: conntrack,
+    model: Cilium's reasons), else its allocation failures."""
     if isinstance(datapath, CountsDrops):
         return datapath.drop_counts()
     return datapath.allocation_failures()
