@@ -34,7 +34,6 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,6 +98,8 @@ class NetfilterModel:
         self.seq = 0
         # Flows the workload still drives: a packet of one whose entry is gone breaks it.
         self.open: set[ConnKey] = set()
+        # Per ports-in-use dict: how many of its entries are in a takeover state.
+        self.reusable: dict[Taken, int] = {}
 
     # -- lifetimes ----------------------------------------------------------------------
 
@@ -113,6 +114,10 @@ class NetfilterModel:
         return c.nf_icmp_timeout
 
     def _set_state(self, key: ConnKey, conn: Conn, state: int) -> None:
+        if (state in TAKEOVER_STATES) != (conn.state in TAKEOVER_STATES):
+            taken = self._taken_key(key, conn.egress)
+            step = 1 if state in TAKEOVER_STATES else -1
+            self.reusable[taken] = self.reusable.get(taken, 0) + step
         conn.state = state
         conn.expiry = self.now + self._timeout(key[4], state)
         self._push(conn.expiry, -1, key)
@@ -132,9 +137,12 @@ class NetfilterModel:
 
     def _remove(self, key: ConnKey, conn: Conn) -> None:
         del self.conns[key]
-        ports = self.taken.get(self._taken_key(key, conn.egress))
+        taken = self._taken_key(key, conn.egress)
+        ports = self.taken.get(taken)
         if ports is not None and ports.get(conn.port) == key:
             del ports[conn.port]
+        if conn.state in TAKEOVER_STATES:
+            self.reusable[taken] -= 1
 
     @staticmethod
     def _taken_key(key: ConnKey, egress: int) -> Taken:
@@ -307,6 +315,9 @@ class NetfilterModel:
                 self._start(batch, i)
                 i += 1
         self.now = until
+        # Entries that expire at ``until`` are gone for whoever looks at ``until``.
+        while heap and heap[0][0] <= until and heap[0][2] == -1:
+            self._event(heapq.heappop(heap))
 
     def _start(self, batch: ConnectionBatch, i: int) -> None:
         key = (int(batch.src[i]), int(batch.sport[i]), int(batch.dst[i]),
@@ -383,20 +394,20 @@ class NetfilterModel:
 
     def in_endpoint_counts(self) -> dict[tuple[int, int, int, int, int], int]:
         """Live connections per (family, proto, egress id, remote id, remote port)."""
-        return self._endpoint_counts(lambda conn: True)
+        return self._endpoint_counts({t: len(ports) for t, ports in self.taken.items()})
 
     def reusable_endpoint_counts(self) -> dict[tuple[int, int, int, int, int], int]:
         """Of those, the TCP entries in TIME_WAIT or CLOSE, whose port can be taken over."""
-        return self._endpoint_counts(lambda conn: conn.state in TAKEOVER_STATES)
+        return self._endpoint_counts(self.reusable)
 
     def _endpoint_counts(
-        self, keep: Callable[[Conn], bool]
+        self, per_taken: dict[Taken, int]
     ) -> dict[tuple[int, int, int, int, int], int]:
+        """Per nat-stats key. Expired entries are gone: run() removes them on time, and
+        every view is taken at the end of a run()."""
         counts: dict[tuple[int, int, int, int, int], int] = {}
-        for (src, _sport, dst, dport, proto), conn in self.live():
-            family = int(is_v6(src))
-            if proto not in COUNTED_PROTOS[family] or not keep(conn):
-                continue
-            endpoint = (family, proto, conn.egress, dst, dport if proto in PORT_PROTOS else 0)
-            counts[endpoint] = counts.get(endpoint, 0) + 1
+        for (egress, dst, dport, proto), n in per_taken.items():
+            family = int(is_v6(dst))
+            if n and proto in COUNTED_PROTOS[family]:
+                counts[(family, proto, egress, dst, dport)] = n
         return counts
