@@ -74,6 +74,23 @@ class Conn:
     broken: bool = False
 
 
+class _Ports:
+    """The ports in use for one {egress IP, remote, remote port, proto}: who holds each,
+    and as arrays (index = port - lowest port) which are busy and which can be taken over,
+    so a search round is checked in one numpy step."""
+
+    __slots__ = ("busy", "low", "owner", "reuse")
+
+    def __init__(self, low: int, size: int) -> None:
+        self.low = low
+        self.owner: dict[int, ConnKey] = {}
+        self.busy = np.zeros(size, dtype=bool)
+        self.reuse = np.zeros(size, dtype=bool)
+
+
+_OFFSETS = np.arange(MAX_ATTEMPTS, dtype=np.int64)
+
+
 def _advanced(new_isn: int, old_end: int) -> bool:
     """``nf_seq_has_advanced``: the new SYN's end is past the old entry's, as s32."""
     diff = (new_isn + 1 - old_end) & 0xFFFFFFFF
@@ -88,7 +105,7 @@ class NetfilterModel:
         self.rng = rng
         self.now = 0.0
         self.conns: dict[ConnKey, Conn] = {}
-        self.taken: dict[Taken, dict[int, ConnKey]] = {}
+        self.taken: dict[Taken, _Ports] = {}
         self.counters = ModelCounters(tries=np.zeros(SEARCH_MAX + 1, np.int64))
         port_range = config.snat_port_range
         self.port_min = port_range.min
@@ -118,6 +135,8 @@ class NetfilterModel:
             taken = self._taken_key(key, conn.egress)
             step = 1 if state in TAKEOVER_STATES else -1
             self.reusable[taken] = self.reusable.get(taken, 0) + step
+            slot = self.taken[taken]
+            slot.reuse[conn.port - slot.low] = step > 0
         conn.state = state
         conn.expiry = self.now + self._timeout(key[4], state)
         self._push(conn.expiry, -1, key)
@@ -138,9 +157,11 @@ class NetfilterModel:
     def _remove(self, key: ConnKey, conn: Conn) -> None:
         del self.conns[key]
         taken = self._taken_key(key, conn.egress)
-        ports = self.taken.get(taken)
-        if ports is not None and ports.get(conn.port) == key:
-            del ports[conn.port]
+        slot = self.taken[taken]
+        if slot.owner.get(conn.port) == key:
+            del slot.owner[conn.port]
+            slot.busy[conn.port - slot.low] = False
+            slot.reuse[conn.port - slot.low] = False
         if conn.state in TAKEOVER_STATES:
             self.reusable[taken] -= 1
 
@@ -151,56 +172,59 @@ class NetfilterModel:
 
     # -- the port search ----------------------------------------------------------------
 
-    def _holder(self, ports: dict[int, ConnKey], port: int) -> tuple[ConnKey, Conn] | None:
-        owner = ports.get(port)
-        if owner is None:
-            return None
-        conn = self.conns[owner]
-        if conn.expiry <= self.now:
-            self._remove(owner, conn)
-            return None
-        return owner, conn
+    def _slot(self, key: ConnKey, egress: int) -> _Ports:
+        taken = self._taken_key(key, egress)
+        slot = self.taken.get(taken)
+        if slot is None:
+            if key[4] in PORT_PROTOS:
+                slot = _Ports(self.port_min, self.port_size)
+            else:  # ICMP echo id: no range in the rule, every id
+                slot = _Ports(0, 65536)
+            self.taken[taken] = slot
+        return slot
 
     def _search(self, key: ConnKey, egress: int, isn: int) -> tuple[int | None, int]:
         """get_unique_tuple + nf_nat_l4proto_unique_tuple: (port or None, collisions).
 
         Collisions count like Cilium's retries: ports found taken before the one used
-        (0: the first was free), every port tried when the search failed.
+        (0: the first was free), every port tried when the search failed. Entries are
+        gone from ``busy`` the moment they expire (run() processes expiries in order).
         """
         proto = key[4]
-        ports = self.taken.setdefault(self._taken_key(key, egress), {})
-        if proto in PORT_PROTOS:
-            low, size = self.port_min, self.port_size
-        else:  # ICMP echo id: no range in the rule, every id
-            low, size = 0, 65536
+        slot = self._slot(key, egress)
+        low, size = slot.low, len(slot.busy)
+        busy = slot.busy
         original = key[1]
-        if low <= original < low + size and self._holder(ports, original) is None:
+        if low <= original < low + size and not busy[original - low]:
             return original, 0
         attempts = min(size, MAX_ATTEMPTS)
         off = self.rng.getrandbits(16)
+        if not busy[off % size]:  # the common case, without numpy
+            return low + off % size, 0
         tried = 0
         while True:
-            for i in range(attempts):
-                port = low + off % size
-                off = (off + 1) & 0xFFFF
-                tried += 1
-                holder = self._holder(ports, port)
-                if holder is None:
-                    return port, tried - 1
-                if attempts - i <= HARDER_THRESH and self._takes_over(proto, isn, holder[1]):
-                    self._remove(*holder)
-                    self.counters.takeovers += 1
-                    return port, tried - 1
+            index = ((off + _OFFSETS[:attempts]) & 0xFFFF) % size
+            free = np.flatnonzero(~busy[index])
+            first_free = int(free[0]) if free.size else attempts
+            harder = max(0, attempts - HARDER_THRESH)
+            if proto == TCP and harder < first_free:
+                # nf_nat_used_tuple_harder: the last 32 attempts may end a closed entry.
+                candidates = np.flatnonzero(slot.reuse[index[harder:first_free]]) + harder
+                for i in candidates.tolist():
+                    port = low + int(index[i])
+                    owner = slot.owner[port]
+                    old = self.conns[owner]
+                    if _advanced(isn, (old.isn + 2) & 0xFFFFFFFF):
+                        self._remove(owner, old)
+                        self.counters.takeovers += 1
+                        return port, tried + i
+            if first_free < attempts:
+                return low + int(index[first_free]), tried + first_free
+            tried += attempts
             if attempts >= size or attempts < MIN_HALVED_ROUND:
                 return None, tried
             attempts //= 2
             off = self.rng.getrandbits(16)
-
-    @staticmethod
-    def _takes_over(proto: int, isn: int, old: Conn) -> bool:
-        """nf_nat_used_tuple_harder: a TCP SYN ends a TIME_WAIT/CLOSE entry it passed."""
-        return (proto == TCP and old.state in TAKEOVER_STATES
-                and _advanced(isn, (old.isn + 2) & 0xFFFFFFFF))
 
     # -- packets ------------------------------------------------------------------------
 
@@ -219,7 +243,9 @@ class NetfilterModel:
         state = SYN_SENT if proto == TCP else UDP_NEW if proto == UDP else ICMP_STATE
         conn = Conn(egress, port, state, 0.0, float(math.floor(self.now)), isn)
         self.conns[key] = conn
-        self.taken[self._taken_key(key, egress)][port] = key
+        slot = self.taken[self._taken_key(key, egress)]
+        slot.owner[port] = key
+        slot.busy[port - slot.low] = True
         self._set_state(key, conn, state)
         self.counters.allocations += 1
         return port, 0, tried
@@ -394,7 +420,7 @@ class NetfilterModel:
 
     def in_endpoint_counts(self) -> dict[tuple[int, int, int, int, int], int]:
         """Live connections per (family, proto, egress id, remote id, remote port)."""
-        return self._endpoint_counts({t: len(ports) for t, ports in self.taken.items()})
+        return self._endpoint_counts({t: len(slot.owner) for t, slot in self.taken.items()})
 
     def reusable_endpoint_counts(self) -> dict[tuple[int, int, int, int, int], int]:
         """Of those, the TCP entries in TIME_WAIT or CLOSE, whose port can be taken over."""
