@@ -117,6 +117,25 @@ def nat_map_stats_interval_option(
     )
 
 
+# The versions whose port search the model reproduces (datapath/model/ports.py); kept as a
+# literal here so the CLI does not import the model to build its options.
+CILIUM_VERSIONS = ("1.16", "1.17", "1.18")
+
+
+def cilium_version_option(
+    help: str = "Cilium version of the model datapath: its port arithmetic, retries and "
+                "signal threshold (1.16: modulo clamp, 128 retries; 1.17: multiply-shift "
+                "clamp, 128; 1.18: multiply-shift, 32).",
+) -> Callable[[F], F]:
+    return click.option(
+        "--cilium-version",
+        type=click.Choice(CILIUM_VERSIONS),
+        default=CILIUM_VERSIONS[0],
+        show_default=True,
+        help=help,
+    )
+
+
 def output_option(*formats: str, help: str = "Output format.") -> Callable[[F], F]:
     """``-o/--output`` with the first format as the default."""
     return click.option(

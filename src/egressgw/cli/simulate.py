@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from egressgw.cli.options import (
+    cilium_version_option,
     nat_map_stats_entries_option,
     nat_map_stats_interval_option,
     nat_port_range_option,
@@ -39,9 +40,7 @@ def datapath_options(func: F) -> F:
         nat_map_stats_entries_option(),
         click.option("--conntrack-gc-interval", callback=parse_duration_flag, metavar="DURATION",
                      help="Fixed CT GC interval (default: Cilium's adaptive one)."),
-        click.option("--cilium-version", type=click.Choice(["1.16", "1.18"]), default="1.16",
-                     show_default=True,
-                     help="Port search retries: 128 in 1.16, 32 in 1.18."),
+        cilium_version_option(),
         click.option("--datapath-model", type=click.Choice(["cilium", "netfilter"]),
                      default="cilium", show_default=True,
                      help="cilium: Cilium v1.16's BPF SNAT; netfilter: a Linux gateway's "

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -79,14 +79,10 @@ class SimSettings:
         return self.limit.ports
 
     def model_config(self) -> ModelConfig:
-        version: Literal["1.16", "1.18"] = "1.18" if self.cilium_version == "1.18" else "1.16"
-        if self.cilium_version != version:
-            raise ConfigError(f"{self.cilium_version!r}: expected 1.16 or 1.18",
-                              field="--cilium-version")
         return ModelConfig(
             node_port_range=self.node_port_range,
             bpf_nat_global_max=self.bpf_nat_global_max,
-            cilium_version=version,
+            cilium_version=self.cilium_version,
             conntrack_gc_interval=self.conntrack_gc_interval,
             datapath_model=self.datapath_model,
             nat_port_range=self.nat_port_range,
