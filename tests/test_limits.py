@@ -115,3 +115,13 @@ def test_nat_stats_and_forecast_agree_on_one_conntrack_table(
         forecast = json.loads(out)
         assert forecast["limit"] == stats["divisor"] == 64512
         assert forecast["portLimit"] == stats["limit"]
+
+
+def test_plan_widens_the_range_by_the_datapath_limit() -> None:
+    from egressgw.sim.plan import suggest_node_port_range  # noqa: PLC0415
+
+    cilium = suggest_node_port_range(64)
+    netfilter = suggest_node_port_range(64, "netfilter")
+    assert cilium is not None and netfilter is not None
+    assert 65535 - (cilium.max + 1) == 64  # Cilium's divisor
+    assert len(range(netfilter.max + 1, 65535 + 1)) == 64  # the nft rule's ports

@@ -26,6 +26,7 @@ import numpy.typing as npt
 from egressgw.config import MAX_PORT, NodePortRange
 from egressgw.datapath.model.config import GC_MAX_INTERVAL, GC_MIN_INTERVAL, GC_START_INTERVAL
 from egressgw.errors import InputError
+from egressgw.limits import datapath_limit
 from egressgw.net import Family, IPAddress, NatEndpoint, Proto
 from egressgw.sim.distributions import Duration, DurationKind, EndKind
 from egressgw.sim.routing import route_workload
@@ -258,6 +259,8 @@ class Plan:
     node_port_range: NodePortRange | None
     node_port_estimate: list[TupleDemand]
     node_port_check: Check | None
+    # The ports per tuple ``node_port_range`` leaves, by the datapath's limit.
+    node_port_ports: int = 0
 
     @property
     def confirmed(self) -> Check | None:
@@ -275,10 +278,15 @@ def _check(label: str, workload: Workload, settings: SimSettings, *,
     return Check(label, result, refused, ok)
 
 
-def suggest_node_port_range(needed_ports: float) -> NodePortRange | None:
-    """A --node-port-range whose NAT range has ``needed_ports`` ports (None if impossible)."""
+def suggest_node_port_range(needed_ports: float, datapath: str = "cilium"
+                            ) -> NodePortRange | None:
+    """A --node-port-range whose NAT range has ``needed_ports`` ports (None if impossible).
+
+    The ports are the datapath's limit (egressgw.limits): Cilium's divisor
+    65535 - (MAX + 1), or for netfilter every port of egressgw's rule MAX+1..65535.
+    """
     ports = math.ceil(needed_ports)
-    high = MAX_PORT - 1 - ports  # Cilium's divisor is 65535 - (MAX + 1)
+    high = MAX_PORT - 1 - ports if datapath == "cilium" else MAX_PORT - ports
     if high < 2:
         return None
     return NodePortRange(max(1, high - _NODE_PORT_WIDTH), min(high, 65533))
@@ -320,7 +328,7 @@ def make_plan(
     # The alternative: keep the workload's own egress IPs and widen the NAT port range.
     own = estimate(workload, settings)
     ports_needed = own[0].needed / target if own else 0.0
-    npr = suggest_node_port_range(ports_needed) if own else None
+    npr = suggest_node_port_range(ports_needed, settings.datapath_model) if own else None
     npr_check = None
     if confirm and npr is not None:
         npr_settings = replace(settings, node_port_range=npr)
@@ -336,4 +344,6 @@ def make_plan(
         node_port_range=npr,
         node_port_estimate=own,
         node_port_check=npr_check,
+        node_port_ports=(datapath_limit(settings.datapath_model, node_port_range=npr).ports
+                         if npr is not None else 0),
     )
