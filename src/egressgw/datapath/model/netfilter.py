@@ -72,6 +72,8 @@ class Conn:
     # The SYN's sequence number and the highest sequence sent (conntrack's td_end).
     isn: int
     broken: bool = False
+    # When the pending expiry event of this entry fires (it re-checks ``expiry`` then).
+    scheduled: float = math.inf
 
 
 class _Ports:
@@ -139,7 +141,11 @@ class NetfilterModel:
             slot.reuse[conn.port - slot.low] = step > 0
         conn.state = state
         conn.expiry = self.now + self._timeout(key[4], state)
-        self._push(conn.expiry, -1, key)
+        if conn.expiry < conn.scheduled:
+            # Only an earlier expiry needs an event; a later one is found when the
+            # pending event fires and finds the entry still alive.
+            conn.scheduled = conn.expiry
+            self._push(conn.expiry, -1, key)
 
     def _push(self, when: float, kind: int, key: ConnKey, *,
               egress: int = 0, end: float = 0.0, keepalive: float = 0.0, end_kind: int = 0
@@ -375,10 +381,15 @@ class NetfilterModel:
 
     def _event(self, event: tuple[float, int, int, ConnKey, int, float, float, int]) -> None:
         _t, _seq, kind, key, egress, end, keepalive, end_kind = event
-        if kind == -1:  # an expiry: remove the entry if this is still its expiry
+        if kind == -1:  # an expiry: remove the entry, or wait for its later expiry
             conn = self.conns.get(key)
-            if conn is not None and conn.expiry <= self.now:
+            if conn is None or conn.scheduled != self.now:
+                return  # an event of an entry since removed, or superseded
+            if conn.expiry <= self.now:
                 self._remove(key, conn)
+            else:
+                conn.scheduled = conn.expiry
+                self._push(conn.expiry, -1, key)
             return
         if kind == 1:  # keepalive: a packet each way
             _port, drop, _broken, _tried = self._forward(key, egress, None)
