@@ -160,3 +160,22 @@ def test_conntrack_dumps_count_time_wait_and_close_apart(
     code, _out, err = run(capsys, "nat-stats", "--from", str(dump), "--nat-port-range", "1-4")
     assert ("saturation ipv4: 50.00% (2/4; top tuple 4 entries, 2 of them the kernel can "
             "take over)") in err
+
+
+def test_forecast_counts_what_blocks_like_nat_stats(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The same conntrack table: forecast's share of the limit is nat-stats' saturation."""
+    dump = tmp_path / "conntrack.txt"
+    dump.write_text(TAKEOVER_DUMP)
+    code, out, _err = run(capsys, "nat-stats", "--from", str(dump), "-o", "json",
+                          "--nat-port-range", "1-4")
+    stats = json.loads(out)
+    document = tmp_path / "stats.json"
+    document.write_text(out)
+    for snapshot in (dump, document):
+        code, out, _err = run(capsys, "forecast", f"{snapshot}@0", f"{snapshot}@60",
+                              "--nat-port-range", "1-4", "-o", "json")
+        assert code == 0, out
+        tcp = next(t for t in json.loads(out)["tuples"] if t["proto"] == "TCP")
+        assert tcp["count"] / 4 == stats["saturation"]["ipv4"] == 0.5
