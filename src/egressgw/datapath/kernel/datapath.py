@@ -18,7 +18,7 @@ from egressgw.datapath.kernel.ruleset import (
 )
 from egressgw.errors import DatapathError
 from egressgw.net import NatEndpoint
-from egressgw.policy.rules import EgressRule
+from egressgw.rules import EgressRule
 
 # The reason labels of the two failure counts (docs/kernel-datapath.md).
 FAILED_CONNECTIONS = "no free NAT port"
