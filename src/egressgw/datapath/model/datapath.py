@@ -45,7 +45,8 @@ class ModelDatapath:
     ``rng`` is the only source of randomness: each 16-bit value is drawn with
     ``rng.getrandbits(16)`` where nat.h calls ``get_prandom_u32``, so equal seeds give
     equal ports. ``engine="reference"`` runs the plain-Python reference implementation
-    (slow, readable); the default compiled kernel behaves identically.
+    (slow, readable); the default compiled kernel behaves identically. The compiled
+    kernel keeps an exact LRU only: with ``nat_lru="kernel"`` the reference engine runs.
     """
 
     def __init__(
@@ -57,7 +58,7 @@ class ModelDatapath:
         if config.datapath_model == "netfilter":
             # A Linux gateway: one plain-Python engine (netfilter.py), whatever ``engine``.
             self._engine = NetfilterModel(config, rng)
-        elif engine == "reference":
+        elif engine == "reference" or config.nat_lru != "exact":
             self._engine = ReferenceModel(config, rng)
         elif engine == "compiled":
             self._engine = CompiledModel(config, rng)
