@@ -25,8 +25,9 @@ net/netfilter, checked against this kernel in tests/test_netfilter_model_kernel.
   drops new connections (early drop only takes unassured entries, and every entry here
   is assured once answered).
 
-Plain Python: one dict of connections and, per {egress IP, remote, port, proto}, a dict
-of the ports in use. Randomness comes only from the injected ``random.Random``.
+Plain Python and numpy: one dict of connections and, per {egress IP, remote, port,
+proto}, the ports in use (who holds each, and busy/reusable arrays so that a search
+round is one numpy step). Randomness comes only from the injected ``random.Random``.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class Conn:
     state: int
     expiry: float
     created: float
-    # The SYN's sequence number and the highest sequence sent (conntrack's td_end).
+    # The SYN's sequence number; the old entry's td_end is taken as isn + 2 (SYN and FIN;
+    # the data sent does not change the coin flip between random ISNs).
     isn: int
     broken: bool = False
     # When the pending expiry event of this entry fires (it re-checks ``expiry`` then).
