@@ -217,13 +217,22 @@ def nat_stats(*, name: str, node_port_range: NodePortRange, nat_map_stats_entrie
     pinned NAT map, dividing like Cilium by the ports its clamp reaches.
     """
     found = Lab.find(name)
+    if datapath == "kernel":
+        kernel = found.datapath(node_port_range)
+        counts, reusable = kernel.endpoint_usage()
+        stats = compute_nat_stats(counts, entries=nat_map_stats_entries, reusable=reusable,
+                                  limit=netfilter_rule_limit(node_port_range=node_port_range))
+        click.echo(render_table(stats.rows), nl=False)
+        click.echo(render_saturation(stats), nl=False)
+        failed = sum(kernel.allocation_failures().values())
+        drops = kernel.drop_counts()
+        click.echo(f"failed connection attempts (once per tuple, seen when retried): {failed}")
+        click.echo("dropped packets: " + ", ".join(f"{k} {v}" for k, v in drops.items()))
+        return
     gateway = _gateway_datapath(found, datapath, node_port_range, create=False)
-    limit = (netfilter_rule_limit(node_port_range=node_port_range) if datapath == "kernel"
-             else cilium_limit(node_port_range))
-    stats = compute_nat_stats(gateway.endpoint_counts(),
-                              entries=nat_map_stats_entries, limit=limit)
+    stats = compute_nat_stats(gateway.endpoint_counts(), entries=nat_map_stats_entries,
+                              limit=cilium_limit(node_port_range))
     click.echo(render_table(stats.rows), nl=False)
     click.echo(render_saturation(stats), nl=False)
     failures = gateway.allocation_failures()
-    label = "conntrack" if datapath == "kernel" else "drops"
-    click.echo(f"{label}: " + ", ".join(f"{k} {v}" for k, v in failures.items()))
+    click.echo("drops: " + ", ".join(f"{k} {v}" for k, v in failures.items()))
