@@ -14,7 +14,9 @@ SERVER = "198.51.100.10"
 # A client that holds connections and, when told, sends on them: it reports what the
 # server saw at open time (its greeting) and whether each held connection still echoes.
 CLIENT = r"""
-import json, socket, sys
+import json, resource, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # hundreds of sockets
 src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 conns = []
 def open_some(n):

@@ -113,19 +113,20 @@ def test_bpf_agent_counts_from_the_map_survives_a_restart_and_cleans_up(
 
 @pytest.mark.usefixtures("bpffs")
 def test_bpf_agent_counts_connections_broken_by_eviction(lab: Lab, tmp_path: Path) -> None:  # noqa: F811
-    """A 64-entry NAT map (32 connections): opening 48 evicts the oldest entries; the old
+    """A 512-entry NAT map (256 connections): opening 512 evicts the oldest entries (churn
+    of twice the map, so that the kernel's approximate LRU surely takes them); the old
     connections' next packets get new source ports, the server resets those unknown
     tuples, and the agent's /metrics counts each re-mapped connection."""
     policies, inventory = lab_files(tmp_path, lab, egress_ip=lab.topology.egress4[0])
     # NAT ports above Linux's ephemeral range: a re-mapping never keeps the old port.
-    agent = start_agent(lab, policies, inventory, "--bpf-nat-global-max", "64",
+    agent = start_agent(lab, policies, inventory, "--bpf-nat-global-max", "512",
                         node_ports="30000,60999")
     client = Client(lab, 8080)
     try:
-        assert all(client.ask("open 8"))
-        assert all(client.ask("open 40"))
+        assert all(client.ask("open 32"))
+        assert all(client.ask("open 480"))
         before = server_out_rsts(lab)
-        outcome = client.ask("poke 8")
+        outcome = client.ask("poke 32")
         resets = outcome.count("reset")
         assert resets >= 1, outcome
         assert server_out_rsts(lab) - before >= resets
