@@ -89,7 +89,7 @@ def test_compiled_kernel_equals_reference(seed, n, version, gc_interval, holdoff
         bpf_nat_global_max=1024,
         cilium_version=version,
         conntrack_gc_interval=gc_interval,
-        nat_fill_up_holdoff=holdoff,
+        gc_pass_seconds=holdoff,
         ct_timeout_tcp=120.0,
     )
     dps = [
