@@ -59,7 +59,7 @@ def random_batch(dps: list[ModelDatapath], seed: int, n: int, t0: float, t1: flo
     return ConnectionBatch(
         start=start,
         duration=duration,
-        end=gen.integers(0, 3, n).astype(np.uint8),
+        end=gen.integers(0, 4, n).astype(np.uint8),
         src=src.astype(np.uint32),
         sport=np.where(gen.random(n) < 0.3, gen.integers(65472, 65536, n),
                        gen.integers(1024, 30000, n)).astype(np.uint16),
@@ -68,6 +68,8 @@ def random_batch(dps: list[ModelDatapath], seed: int, n: int, t0: float, t1: flo
         proto=gen.choice([6, 6, 17, 1], n).astype(np.uint8),
         egress=eg.astype(np.uint32),
         keepalive=np.where(gen.random(n) < 0.3, gen.uniform(1, 30, n), 0).astype(np.float32),
+        retries=np.where(gen.random(n) < 0.5, gen.integers(1, 7, n), 0).astype(np.uint8),
+        rto=gen.choice([1.0, 0.75, 5.0], n).astype(np.float32),
     )  # fmt: skip
 
 
