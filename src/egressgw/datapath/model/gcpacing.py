@@ -51,10 +51,8 @@ def get_interval(
             scaled = int(float(interval) * factor)
             rest = scaled % SECOND
             interval = scaled - rest if rest + rest < SECOND else scaled + (SECOND - rest)
-            if ratio > 0.25:
-                interval = max(interval, MIN_NS)  # ConntrackGCMinInterval
-            else:
-                interval = min(interval, MAX_LRU_NS)  # ConntrackGCMaxLRUInterval
+            # Floor ConntrackGCMinInterval when shrinking, cap ConntrackGCMaxLRUInterval.
+            interval = max(interval, MIN_NS) if ratio > 0.25 else min(interval, MAX_LRU_NS)
         cached = interval
     if max_interval_ns != 0 and interval > max_interval_ns:
         interval = max_interval_ns
@@ -63,4 +61,4 @@ def get_interval(
 
 def to_ns(seconds: float) -> int:
     """Virtual seconds as a Duration (nearest nanosecond)."""
-    return int(round(seconds * SECOND))
+    return round(seconds * SECOND)

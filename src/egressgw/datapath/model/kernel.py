@@ -739,7 +739,7 @@ def gc(SC, CR, CF, CB, NR, NB, families, signalled) -> None:
         ct_delete(st, cnt, CR, CB, NR, NB, o)
     tcp_max = np.float64(cfg[C_CT_TCP_MAX])
     any_max = np.float64(cfg[C_CT_ANY_MAX])
-    ratio = max(max(d_tcp4 / tcp_max, d_any4 / any_max), max(d_tcp6 / tcp_max, d_any6 / any_max))
+    ratio = max(d_tcp4 / tcp_max, d_any4 / any_max, d_tcp6 / tcp_max, d_any6 / any_max)
     purge = st[S_ORPHANS] & families if signalled else 0
     if purge:  # only a pass woken by nat_fill_up purges orphans; skip if none can exist
         st[S_ORPHANS] &= ~purge
