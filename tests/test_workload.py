@@ -64,7 +64,7 @@ def generate(doc, t1, seed=1, window=30.0):
          "w.yaml: clients[0].duration.distribution: 'pareto': expected one of"),
         ({"duration": {"distribution": "exponential"}},
          "w.yaml: clients[0].duration.mean: is required"),
-        ({"end": "close"}, "w.yaml: clients[0].end: 'close': expected fin, rst, idle"),
+        ({"end": "close"}, "w.yaml: clients[0].end: 'close': expected fin, rst, rst_server, idle"),
         ({"end": {"fin": 0, "rst": 0}}, "w.yaml: clients[0].end: the shares must not all be 0"),
         ({"destinations": ["nowhere"]},
          "w.yaml: clients[0].destinations[0]: 'nowhere' is not a destination (backend)"),
