@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from egressgw.config import MAX_PORT, NodePortRange
+from egressgw.datapath.model.config import CT_MAP_ANY_DEFAULT, CT_MAP_TCP_DEFAULT
 from egressgw.errors import InputError
 from egressgw.sim.plot import plot_saturation
 from egressgw.sim.report import format_seconds, markdown_section, reason_text
@@ -89,7 +90,8 @@ def demo_workload(scale: float = 1.0, *, split: bool = False) -> Workload:
 
 
 def demo_settings(scale: float = 1.0, seed: int = 0) -> SimSettings:
-    """Cilium's defaults, but ports and NAT map shrunk by ``scale``."""
+    """Cilium's defaults, but ports, NAT map and CT maps shrunk by ``scale`` (the CT maps'
+    sizes set the adaptive GC's pace, so they shrink with the rates)."""
     ports = max(8, round(NodePortRange().nat_ports * scale))
     nat_map = max(1024, round(DEMO_NAT_MAP * scale))
     return SimSettings(
@@ -98,6 +100,8 @@ def demo_settings(scale: float = 1.0, seed: int = 0) -> SimSettings:
         node_port_range=NodePortRange(min(30000, MAX_PORT - ports), MAX_PORT - ports),
         bpf_nat_global_max=nat_map,
         stats_interval=DEMO_INTERVAL,
+        bpf_ct_global_tcp_max=max(1024, round(CT_MAP_TCP_DEFAULT * scale)),
+        bpf_ct_global_any_max=max(1024, round(CT_MAP_ANY_DEFAULT * scale)),
     )
 
 

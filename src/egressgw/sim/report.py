@@ -260,6 +260,8 @@ def result_document(result: SimulationResult) -> dict[str, Any]:
             "natMapStatsInterval": s.stats_interval,
             "natMapStatsEntries": s.stats_entries,
             "conntrackGCInterval": s.conntrack_gc_interval,
+            "bpfCtGlobalTcpMax": s.bpf_ct_global_tcp_max,
+            "bpfCtGlobalAnyMax": s.bpf_ct_global_any_max,
             "ciliumVersion": s.cilium_version,
             "saturationDivisor": s.divisor,
         },

@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from egressgw.config import NAT_MAP_STATS_ENTRIES_DEFAULT, NodePortRange, check_stats_entries
 from egressgw.datapath.model import ConnectionBatch, ModelConfig, ModelCounters, ModelDatapath
+from egressgw.datapath.model.config import CT_MAP_ANY_DEFAULT, CT_MAP_TCP_DEFAULT
 from egressgw.datapath.model.types import LATENCY_BINS, LATENCY_STEP
 from egressgw.errors import ConfigError
 from egressgw.net import NatEndpoint
@@ -51,6 +52,8 @@ class SimSettings:
     stats_entries: int = NAT_MAP_STATS_ENTRIES_DEFAULT
     cilium_version: str = "1.16"
     conntrack_gc_interval: float | None = None
+    bpf_ct_global_tcp_max: int = CT_MAP_TCP_DEFAULT
+    bpf_ct_global_any_max: int = CT_MAP_ANY_DEFAULT
     max_window: int = 250_000
 
     def __post_init__(self) -> None:
@@ -77,6 +80,8 @@ class SimSettings:
             bpf_nat_global_max=self.bpf_nat_global_max,
             cilium_version=version,
             conntrack_gc_interval=self.conntrack_gc_interval,
+            bpf_ct_global_tcp_max=self.bpf_ct_global_tcp_max,
+            bpf_ct_global_any_max=self.bpf_ct_global_any_max,
         )
 
 
