@@ -67,7 +67,10 @@ def test_plan_picks_two_egress_ips_and_the_simulation_confirms():
     assert plan.estimate_ips == 2
     assert [str(t.endpoint.egress_ip) for t in plan.estimate] == ["10.1.0.0", "10.1.0.1"]
     confirmed = plan.confirmed
-    assert confirmed is not None and confirmed is plan.checks[0]
+    # The simulation tries one IP fewer than the estimate first: it fails, two pass.
+    assert [c.label for c in plan.checks] == ["1 egress IP", "2 egress IPs"]
+    assert not plan.checks[0].ok
+    assert confirmed is not None and confirmed is plan.checks[1]
     assert confirmed.result.peak_saturation <= 0.8
     assert confirmed.result.totals.refused == 0
     # The alternative: a NAT range of about 1304 / 0.8 = 1630 ports for one egress IP.

@@ -303,8 +303,12 @@ def make_plan(
             break
     checks: list[Check] = []
     start = chosen or max_egress_ips
+    # The estimate leaves out the GC passes that nat_fill_up signals wake (they free
+    # closed connections' ports early), so it can ask for one IP too many: the
+    # simulation tries one fewer first.
+    first = max(1, start - 1) if chosen else start
     if confirm:
-        for n in range(start, min(start + extra_tries, max_egress_ips) + 1):
+        for n in range(first, min(start + extra_tries, max_egress_ips) + 1):
             ips = candidate_egress_ips(workload, n)
             check = _check(f"{n} egress IP{'s' if n > 1 else ''}", workload, settings,
                            egress_ips=ips, target=target, max_drop_rate=max_drop_rate)
