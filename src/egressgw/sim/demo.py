@@ -154,8 +154,17 @@ def _verdict(result: SimulationResult) -> str:
             + (f"; reached {reached}" if reached else "") + ".\n"
         )
     reasons = ", ".join(f"{n} x {code} {reason_text(code)}" for code, n in totals.drops.items())
-    lines.append(f"New connections refused: {totals.refused}; packets dropped: "
-                 f"{reasons or 'none'}.\n")
+    lines.append(f"New connections whose first SYN was dropped: {totals.refused}; "
+                 f"packets dropped: {reasons or 'none'}.\n")
+    if totals.refused:
+        delayed = totals.delayed_count
+        latency = (f" (extra connect latency p50 {format_seconds(totals.latency_percentile(0.5))}"
+                   f", p99 {format_seconds(totals.latency_percentile(0.99))})" if delayed else "")
+        lines.append(
+            f"Clients retransmit a dropped SYN (1, 3, 7, 15, 31, 63 s later): {delayed} got "
+            f"a port that way{latency}, {totals.connect_failed} never got one, "
+            f"{totals.still_retrying} were still trying at the end.\n"
+        )
     lines.append(f"NAT entries evicted: {totals.evictions}; connections broken: "
                  f"{totals.broken}.\n")
     if totals.dropped and result.peak_saturation < 1.0:
@@ -232,7 +241,10 @@ def _markdown(before: SimulationResult, after: SimulationResult, plot_name: str)
         markdown_section("Act 2: split over two egress IPs", after, None),
         "## Effect of the remedy\n\n",
         f"- peak saturation: {before.peak_saturation:.1%} -> {after.peak_saturation:.1%}\n",
-        f"- new connections refused: {before.totals.refused} -> {after.totals.refused}\n",
+        f"- new connections whose first SYN was dropped: {before.totals.refused} -> "
+        f"{after.totals.refused}\n",
+        f"- connections that never got a port: {before.totals.connect_failed} -> "
+        f"{after.totals.connect_failed}\n",
         f"- packets dropped: {before.totals.dropped} -> {after.totals.dropped}\n",
         f"- NAT entries evicted: {before.totals.evictions} -> {after.totals.evictions}\n",
         f"- connections broken: {before.totals.broken} -> {after.totals.broken}\n",

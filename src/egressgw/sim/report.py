@@ -317,6 +317,15 @@ def markdown_section(title: str, result: SimulationResult, plot_name: str | None
         markdown_table(crossing_rows(result, 5)),
         "\n",
     ]
+    if totals.delayed_count:
+        parts += [
+            "Extra connect latency of the connections that got a port after "
+            "retransmitting:\n\n",
+            markdown_table([["latency", "connections"], *[
+                [label, str(n)] for label, n in latency_buckets(totals)
+            ]]),
+            "\n",
+        ]
     if result.intervals:
         last = result.intervals[-1]
         parts += [
