@@ -24,7 +24,11 @@ import numpy.typing as npt
 
 from egressgw.config import NAT_MAP_STATS_ENTRIES_DEFAULT, NodePortRange, check_stats_entries
 from egressgw.datapath.model import ConnectionBatch, ModelConfig, ModelCounters, ModelDatapath
-from egressgw.datapath.model.config import CT_MAP_ANY_DEFAULT, CT_MAP_TCP_DEFAULT
+from egressgw.datapath.model.config import (
+    CT_MAP_ANY_DEFAULT,
+    CT_MAP_TCP_DEFAULT,
+    GC_PASS_SECONDS,
+)
 from egressgw.datapath.model.types import LATENCY_BINS, LATENCY_STEP
 from egressgw.errors import ConfigError
 from egressgw.net import NatEndpoint
@@ -54,6 +58,7 @@ class SimSettings:
     conntrack_gc_interval: float | None = None
     bpf_ct_global_tcp_max: int = CT_MAP_TCP_DEFAULT
     bpf_ct_global_any_max: int = CT_MAP_ANY_DEFAULT
+    gc_pass_seconds: float = GC_PASS_SECONDS  # not a Cilium flag: see ModelConfig
     max_window: int = 250_000
 
     def __post_init__(self) -> None:
@@ -82,6 +87,7 @@ class SimSettings:
             conntrack_gc_interval=self.conntrack_gc_interval,
             bpf_ct_global_tcp_max=self.bpf_ct_global_tcp_max,
             bpf_ct_global_any_max=self.bpf_ct_global_any_max,
+            gc_pass_seconds=self.gc_pass_seconds,
         )
 
 

@@ -23,6 +23,9 @@ NAT_MAP_MAX = 1 << 24
 CT_MAP_TCP_DEFAULT = 524288
 CT_MAP_ANY_DEFAULT = 262144
 
+# Not a Cilium setting: how long the model takes a CT GC pass to be (see ModelConfig).
+GC_PASS_SECONDS = 1.0
+
 # Linux: TCP_TIMEOUT_INIT (1 s), net.ipv4.tcp_syn_retries (6).
 TCP_SYN_RTO = 1.0
 TCP_SYN_RETRIES = 6
@@ -57,7 +60,7 @@ class ModelConfig:
     # Not a Cilium flag: how long a CT GC pass takes. The GC goroutine mutes the
     # nat_fill_up signal from the moment it wakes until the pass is done (gc.go:
     # MuteSignals / UnmuteSignals); signals sent meanwhile are dropped.
-    gc_pass_seconds: float = 1.0
+    gc_pass_seconds: float = GC_PASS_SECONDS
 
     def __post_init__(self) -> None:
         if self.cilium_version not in _RETRIES:
