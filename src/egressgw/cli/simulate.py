@@ -9,8 +9,10 @@ from typing import Any, TypeVar
 import click
 
 from egressgw.cli.options import (
+    cilium_version_option,
     nat_map_stats_entries_option,
     nat_map_stats_interval_option,
+    nat_port_range_option,
     node_port_range_option,
     output_option,
     parse_duration_flag,
@@ -18,6 +20,7 @@ from egressgw.cli.options import (
 from egressgw.config import NodePortRange
 from egressgw.datapath.model.config import CT_MAP_ANY_DEFAULT, CT_MAP_TCP_DEFAULT
 from egressgw.errors import ConfigError
+from egressgw.limits import NatPortRange
 from egressgw.policy.rules import EgressRule
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -43,9 +46,13 @@ def datapath_options(func: F) -> F:
                      help="TCP CT map entries: the adaptive CT GC divides deletions by it."),
         click.option("--bpf-ct-global-any-max", type=int, default=CT_MAP_ANY_DEFAULT,
                      show_default=True, help="Non-TCP CT map entries, likewise."),
-        click.option("--cilium-version", type=click.Choice(["1.16", "1.18"]), default="1.16",
-                     show_default=True,
-                     help="Port search retries: 128 in 1.16, 32 in 1.18."),
+        cilium_version_option(),
+        click.option("--datapath-model", type=click.Choice(["cilium", "netfilter"]),
+                     default="cilium", show_default=True,
+                     help="cilium: Cilium v1.16's BPF SNAT; netfilter: a Linux gateway's "
+                          "nf_nat and conntrack."),
+        nat_port_range_option("netfilter model: the SNAT rule's ports (default: egressgw's "
+                              "rule, MAX+1-65535 of --node-port-range)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -65,6 +72,8 @@ def settings_from_options(
     conntrack_gc_interval: float | None,
     bpf_ct_global_tcp_max: int = CT_MAP_TCP_DEFAULT,
     bpf_ct_global_any_max: int = CT_MAP_ANY_DEFAULT,
+    datapath_model: str = "cilium",
+    nat_port_range: NatPortRange | None = None,
 ) -> Any:
     from egressgw.sim.simulate import DEFAULT_DURATION, SimSettings  # noqa: PLC0415
 
@@ -79,6 +88,8 @@ def settings_from_options(
         conntrack_gc_interval=conntrack_gc_interval,
         bpf_ct_global_tcp_max=bpf_ct_global_tcp_max,
         bpf_ct_global_any_max=bpf_ct_global_any_max,
+        datapath_model=datapath_model,
+        nat_port_range=nat_port_range,
     )
 
 

@@ -89,7 +89,8 @@ def demo_workload(scale: float = 1.0, *, split: bool = False) -> Workload:
     return parse_workload(doc, source="demo")
 
 
-def demo_settings(scale: float = 1.0, seed: int = 0) -> SimSettings:
+def demo_settings(scale: float = 1.0, seed: int = 0, cilium_version: str = "1.16"
+                  ) -> SimSettings:
     """Cilium's defaults, but ports, NAT map and CT maps shrunk by ``scale`` (the CT maps'
     sizes set the adaptive GC's pace, so they shrink with the rates)."""
     ports = max(8, round(NodePortRange().nat_ports * scale))
@@ -102,6 +103,7 @@ def demo_settings(scale: float = 1.0, seed: int = 0) -> SimSettings:
         stats_interval=DEMO_INTERVAL,
         bpf_ct_global_tcp_max=max(1024, round(CT_MAP_TCP_DEFAULT * scale)),
         bpf_ct_global_any_max=max(1024, round(CT_MAP_ANY_DEFAULT * scale)),
+        cilium_version=cilium_version,
     )
 
 
@@ -189,11 +191,12 @@ def run_demo(
     scale: float = 1.0,
     echo: Callable[[str], None] = print,
     tables: bool = True,
+    cilium_version: str = "1.16",
 ) -> DemoResult:
     """Run both acts, print as they go, and write report.md and saturation.png."""
     if not (0 < scale <= 1 and math.isfinite(scale)):
         raise InputError(f"{scale}: must be in (0, 1]", field="--scale")
-    settings = demo_settings(scale, seed)
+    settings = demo_settings(scale, seed, cilium_version)
     echo(
         "egressgw demo: Cilium's \"SNAT Connection Limits\" scenario on the model datapath.\n"
         f"Egress IP {EGRESS_IP} masquerades clients of a server at {SERVER} behind a "

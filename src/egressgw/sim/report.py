@@ -264,6 +264,8 @@ def result_document(result: SimulationResult) -> dict[str, Any]:
             "bpfCtGlobalAnyMax": s.bpf_ct_global_any_max,
             "ciliumVersion": s.cilium_version,
             "saturationDivisor": s.divisor,
+            "datapathModel": s.datapath_model,
+            "limit": s.limit.document(),
         },
         "gateways": result.gateways,
         "egressIPs": result.egress_ips,

@@ -63,6 +63,7 @@ class CompiledModel:
         self.cfg[k.C_PMAX] = config.port_max
         self.cfg[k.C_RETRIES] = config.retries
         self.cfg[k.C_THRES] = config.signal_thres
+        self.cfg[k.C_CLAMP] = int(config.clamp)
         self.cfg[k.C_FIXED_GC] = config.conntrack_gc_interval is not None
         self.cfg[k.C_CT_TCP_MAX] = config.bpf_ct_global_tcp_max
         self.cfg[k.C_CT_ANY_MAX] = config.bpf_ct_global_any_max

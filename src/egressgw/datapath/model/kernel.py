@@ -85,7 +85,8 @@ C_FIXED_GC = 5
 C_CT_TCP_MAX = 6
 C_CT_ANY_MAX = 7
 C_GC_MAX_NS = 8  # --conntrack-gc-max-interval in ns (0: none)
-CFG_SIZE = 9
+C_CLAMP = 9  # ports.Clamp: 0 modulo (v1.16), 1 multiply-shift (v1.17+)
+CFG_SIZE = 10
 T_TCP = 0
 T_SYN = 1
 T_FIN = 2
@@ -536,7 +537,10 @@ def _nat_insert(st, cnt, cfg, CR, CB, NR, NB, o, addr, port, is_in, fam, now) ->
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _clamp(start, end, value) -> int:
+def _clamp(start, end, value, kind) -> int:
+    """ports.clamp: __snat_clamp_port_range of ``kind`` (ports.Clamp), value as a u16."""
+    if kind:
+        return (start + (((value & 0xFFFF) * ((end - start) + 1)) >> 16)) & 0xFFFF
     return ((value & 0xFFFF) % ((end - start) & 0xFFFF) + start) & 0xFFFF
 
 
@@ -547,6 +551,7 @@ def _allocate(SC, CR, CB, NR, NB, o, egress, fam):
     start = cfg[C_PMIN]
     end = cfg[C_PMAX]
     retries_max = cfg[C_RETRIES]
+    kind = cfg[C_CLAMP]
     now = fs[F_NOW]
     ports = np.int64(CR[o, R_PORTS])
     sport = ports >> 16
@@ -554,7 +559,7 @@ def _allocate(SC, CR, CB, NR, NB, o, egress, fam):
     dst = np.int64(CR[o, R_DST])
     proto = np.int64((CR[o, R_MISC] >> 8) & 0xFF)
     np.int64(CR[o, R_SRC])
-    port = sport if start <= sport <= end else _clamp(start, end, mt_random16(st, mt))
+    port = sport if start <= sport <= end else _clamp(start, end, mt_random16(st, mt), kind)
     retries = 0
     found = False
     base = _in_base(NB, egress, dst, dport, proto)
@@ -567,7 +572,10 @@ def _allocate(SC, CR, CB, NR, NB, o, egress, fam):
             found = True
             break
         # A failed BPF_NOEXIST insert: an existence check, no LRU refresh of the entry.
-        port = _clamp(start, end, port + 1) if retries else _clamp(start, end, mt_random16(st, mt))
+        if retries:
+            port = _clamp(start, end, port + 1, kind)
+        else:
+            port = _clamp(start, end, mt_random16(st, mt), kind)
         retries += 1
     tries[retries] += 1
     if retries > cfg[C_THRES]:  # nat.h: strictly more than SNAT_SIGNAL_THRES
