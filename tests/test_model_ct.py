@@ -7,6 +7,7 @@ bpf/lib/conntrack.h (__ct_lookup, ct_update_timeout, ACTION_CLOSE), pkg/maps/ctm
 
 from __future__ import annotations
 
+import ipaddress
 import random
 
 import numpy as np
@@ -22,7 +23,7 @@ from egressgw.datapath.model import (
 )
 from egressgw.datapath.model.gcpacing import SECOND, get_interval
 from egressgw.datapath.model.ports import walk
-from egressgw.net import Direction
+from egressgw.net import Direction, Endpoint, FiveTuple, Proto
 from model_helpers import EGRESS, REMOTE, pod, small_config, tcp
 
 ENGINES = ["reference", "compiled"]
@@ -342,3 +343,20 @@ def test_a_connection_that_never_gets_a_port_is_counted_once(engine):
     assert (c.established, c.connect_failed, c.retransmits) == (63, 1, 2)
     assert c.drops.get(167, 0) == 3
     assert int(c.delayed.sum()) == 0
+
+
+def test_a_signalled_pass_covers_only_the_signalled_family(engine):
+    # gc.go: a nat_fill_up for IPv4 sets ipv4 = true, ipv6 = false for that pass, so an
+    # expired IPv6 entry waits for the next timer pass (both families).
+    config = small_config(conntrack_gc_interval=1000.0, snat_signal_thres=0)
+    dp = ModelDatapath(config, random.Random(1), engine=engine)
+    six = FiveTuple(Proto.TCP, Endpoint(ipaddress.ip_address("2001:db8::5"), 65500),
+                    Endpoint(ipaddress.ip_address("2001:db8:1::5"), 443))
+    assert dp.connect(six, ipaddress.ip_address("2001:db8::10")).ok  # SYN only: 60 s
+    assert dp.connect(tcp(1, sport=65500), EGRESS).ok  # SYN only: 60 s
+    dp.advance(100.0)
+    probe = tcp(2, sport=65500)
+    assert dp.connect(probe, EGRESS).tries >= 1  # collides with tcp(1): an IPv4 signal
+    assert dp.counters.gc_runs == 2  # the initial scan and the signalled pass
+    outs = {e.tuple for e in dp.nat_entries() if e.direction is Direction.OUT}
+    assert outs == {six, probe}  # tcp(1) expired and went; the expired IPv6 SYN stays

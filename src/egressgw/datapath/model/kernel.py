@@ -333,7 +333,7 @@ def _ct_create(cfgf, CR, CF, o, proto, egress, now) -> None:
     CF[o, CF_EXPIRY] = now + (cfgf[T_SYN] if proto == TCP else cfgf[T_ANY])
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _ct_update(cfgf, CR, CF, o, proto, flags, ingress, now) -> bool:
     """__ct_lookup on an existing entry (see reference.py); False: a SYN found it closing."""
     if proto != TCP:
@@ -589,6 +589,13 @@ def _allocate(SC, CR, CB, NR, NB, o, egress, fam):
 
 
 @njit(cache=True, _nrt=False)
+def forward(SC, CR, CF, CB, NR, NB, src, sport, dst, dport, proto, egress, flags):
+    """A packet from the pod, its record found by tuple (bench/bench_model.py drives this)."""
+    o = conn_find(CR, CB, src, sport, dst, dport, proto)
+    return forward_at(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, flags)
+
+
+@njit(cache=True, _nrt=False)
 def forward_at(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, flags):
     """A packet from the pod for the tuple's record ``o`` (-1: none yet), found by the
     caller: (record, port or -1, drop, broken, retries)."""
@@ -650,7 +657,7 @@ def reply_record(SC, CR, CF, NR, NB, o, flags):
     return port, 0
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def open_record(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress):
     """A connection's first exchange (TCP: SYN, SYN-ACK, ACK): (record, port, drop, retries)."""
     syn = P_SYN if proto == TCP else 0
@@ -665,7 +672,7 @@ def open_record(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress
     return o, port, drop, retries
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def end_record(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, kind):
     """The packets that end a connection (EndKind): the first one's (port, drop, broken,
     retries)."""
@@ -861,7 +868,7 @@ def _schedule(st, now, CR, CB, H, o, seq, end, ka, kind, egress) -> None:
         conn_maybe_free(st, CR, CB, o)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _attempt(SC, CR, CF, CB, NR, NB, H, o, seq, egress, start, duration, ka, kind, retries, rto):
     """A connection's first packet or a retransmission of it (see reference.py)."""
     st, fs, cnt, lat = SC[0], SC[1], SC[4], SC[7]
