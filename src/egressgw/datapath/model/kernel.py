@@ -5,7 +5,8 @@ State lives in a few flat arrays, so every function compiles once and is cached 
 
 - ``SC`` scalars: ``st`` (int64 scalars), ``fs`` (float64 clock and GC state), ``cfg``
   (int64 settings), ``cfgf`` (float64 settings), ``cnt`` (counters), ``tries``
-  (histogram) and ``mt`` (the MT19937 state of the injected ``random.Random``).
+  (histogram), ``mt`` (the MT19937 state of the injected ``random.Random``) and ``lat``
+  (the extra connect latency histogram, ModelCounters.delayed).
 - ``CR`` connection records, one uint32 row (48 bytes) per CT key, i.e. original tuple:
   the tuple, the egress address, the CT entry (flags, expiry as float64 in the last two
   words, read through the ``CF`` view), the port it last got, its OUT NAT entry (a flag,
@@ -21,8 +22,9 @@ State lives in a few flat arrays, so every function compiles once and is cached 
   ``NB`` is the IN hash index, bucket = hash(key without port) + port.
 - The per-family LRU list is doubly linked through both tables: a node is an NR row, or
   a record number with ``OUT_TAG`` set for an OUT entry.
-- ``H`` pending events: a binary heap of int64 rows (48 bytes, with a float64 view for the
-  times) ordered by (time, sequence number).
+- ``H`` pending events (keepalives, ends, retransmissions of a dropped first packet): a
+  binary heap of int64 rows (64 bytes, with a float64 view for the times) ordered by
+  (time, sequence number).
 
 Rows rather than columns: a lookup touches one cache line per record instead of one per
 field. Every function is compiled with ``_nrt=False``: none allocates, and without numba's
