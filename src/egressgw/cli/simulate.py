@@ -10,6 +10,7 @@ import click
 
 from egressgw.cli.options import (
     cilium_version_option,
+    nat_lru_options,
     nat_map_stats_entries_option,
     nat_map_stats_interval_option,
     nat_port_range_option,
@@ -21,7 +22,7 @@ from egressgw.config import NodePortRange
 from egressgw.datapath.model.config import CT_MAP_ANY_DEFAULT, CT_MAP_TCP_DEFAULT
 from egressgw.errors import ConfigError
 from egressgw.limits import NatPortRange
-from egressgw.policy.rules import EgressRule
+from egressgw.rules import EgressRule
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,14 +50,14 @@ def datapath_options(func: F) -> F:
         cilium_version_option(),
         click.option("--datapath-model", type=click.Choice(["cilium", "netfilter"]),
                      default="cilium", show_default=True,
-                     help="cilium: Cilium v1.16's BPF SNAT; netfilter: a Linux gateway's "
-                          "nf_nat and conntrack."),
+                     help="cilium: Cilium's BPF SNAT (--cilium-version); netfilter: a Linux "
+                          "gateway's nf_nat and conntrack."),
         nat_port_range_option("netfilter model: the SNAT rule's ports (default: egressgw's "
                               "rule, MAX+1-65535 of --node-port-range)."),
     ]
     for option in reversed(options):
         func = option(func)
-    return func
+    return nat_lru_options(func)
 
 
 def settings_from_options(
@@ -72,6 +73,10 @@ def settings_from_options(
     conntrack_gc_interval: float | None,
     bpf_ct_global_tcp_max: int = CT_MAP_TCP_DEFAULT,
     bpf_ct_global_any_max: int = CT_MAP_ANY_DEFAULT,
+    nat_lru: str = "exact",
+    possible_cpus: int = 8,
+    flow_cpus: str = "hash",
+    bpf_distributed_lru: bool = False,
     datapath_model: str = "cilium",
     nat_port_range: NatPortRange | None = None,
 ) -> Any:
@@ -88,6 +93,10 @@ def settings_from_options(
         conntrack_gc_interval=conntrack_gc_interval,
         bpf_ct_global_tcp_max=bpf_ct_global_tcp_max,
         bpf_ct_global_any_max=bpf_ct_global_any_max,
+        nat_lru=nat_lru,
+        possible_cpus=possible_cpus,
+        flow_cpus=flow_cpus,
+        bpf_distributed_lru=bpf_distributed_lru,
         datapath_model=datapath_model,
         nat_port_range=nat_port_range,
     )
