@@ -106,6 +106,8 @@ class SimSettings:
             bpf_ct_global_tcp_max=self.bpf_ct_global_tcp_max,
             bpf_ct_global_any_max=self.bpf_ct_global_any_max,
             gc_pass_seconds=self.gc_pass_seconds,
+            datapath_model=self.datapath_model,
+            nat_port_range=self.nat_port_range,
         )
 
 
@@ -370,10 +372,17 @@ def _stats_pass(
     result: SimulationResult, gateways: Sequence[_Gateway], now: float, settings: SimSettings
 ) -> IntervalRecord:
     counts: dict[NatEndpoint, int] = {}
+    reusable: dict[NatEndpoint, int] | None = None
     for gateway in gateways:
         for endpoint, n in gateway.datapath.endpoint_counts().items():
             counts[endpoint] = counts.get(endpoint, 0) + n
-    stats = compute_nat_stats(counts, entries=settings.stats_entries, limit=settings.limit)
+        taken_over = gateway.datapath.reusable_counts()
+        if taken_over is not None:
+            reusable = reusable if reusable is not None else {}
+            for endpoint, n in taken_over.items():
+                reusable[endpoint] = reusable.get(endpoint, 0) + n
+    stats = compute_nat_stats(counts, entries=settings.stats_entries, limit=settings.limit,
+                              reusable=reusable)
     record = IntervalRecord(now, stats, Totals.of([g.datapath.counters for g in gateways]))
     index = len(result.intervals)
     result.intervals.append(record)

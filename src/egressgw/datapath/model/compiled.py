@@ -197,7 +197,7 @@ class CompiledModel:
         port, drop, _broken, retries = self._send(key, egress, 1)
         return port, drop, retries
 
-    def open(self, key: ConnKey, egress: int) -> tuple[int, int, int]:
+    def first_exchange(self, key: ConnKey, egress: int) -> tuple[int, int, int]:
         port, drop, _broken, retries = self._send(key, egress, 2)
         return port, drop, retries
 

@@ -10,6 +10,7 @@ from egressgw.datapath.model.addresses import AddressTable
 from egressgw.datapath.model.compiled import CompiledModel
 from egressgw.datapath.model.config import ModelConfig
 from egressgw.datapath.model.engine import Engine
+from egressgw.datapath.model.netfilter import NetfilterModel
 from egressgw.datapath.model.reference import OUT, ConnKey, ReferenceModel
 from egressgw.datapath.model.types import (
     ConnectionBatch,
@@ -55,7 +56,10 @@ class ModelDatapath:
         self.config = config
         self.addresses = AddressTable()
         self._engine: Engine
-        if engine == "reference" or config.nat_lru != "exact":
+        if config.datapath_model == "netfilter":
+            # A Linux gateway: one plain-Python engine (netfilter.py), whatever ``engine``.
+            self._engine = NetfilterModel(config, rng)
+        elif engine == "reference" or config.nat_lru != "exact":
             self._engine = ReferenceModel(config, rng)
         elif engine == "compiled":
             self._engine = CompiledModel(config, rng)
@@ -94,7 +98,7 @@ class ModelDatapath:
         """A connection's first exchange, as the bulk engine starts one: TCP's handshake
         (SYN, SYN-ACK, ACK: the CT entry is then established), else a packet and its reply."""
         key, egress = self._key(tup, egress_ip)
-        port, drop, retries = self._engine.open(key, egress)
+        port, drop, retries = self._engine.first_exchange(key, egress)
         return ConnectResult(port if port >= 0 else None, _drop(drop), retries)
 
     def send(
@@ -178,6 +182,18 @@ class ModelDatapath:
 
     def endpoint_counts(self) -> dict[NatEndpoint, int]:
         """IN entries per {family, proto, egress IP, remote IP, remote port}: nat-stats."""
+        return self._endpoints(self._engine.in_endpoint_counts())
+
+    def reusable_counts(self) -> dict[NatEndpoint, int] | None:
+        """netfilter: per key, the entries whose port a new connection can take over
+        (TIME_WAIT, CLOSE); None for Cilium, which never takes a port over."""
+        if isinstance(self._engine, NetfilterModel):
+            return self._endpoints(self._engine.reusable_endpoint_counts())
+        return None
+
+    def _endpoints(
+        self, counts: dict[tuple[int, int, int, int, int], int]
+    ) -> dict[NatEndpoint, int]:
         address = self.addresses.address
         return {
             NatEndpoint(
@@ -187,7 +203,5 @@ class ModelDatapath:
                 address(remote),
                 rport,
             ): count
-            for (family, proto, egress, remote, rport), count in (
-                self._engine.in_endpoint_counts().items()
-            )
+            for (family, proto, egress, remote, rport), count in counts.items()
         }

@@ -20,7 +20,7 @@ class Engine(Protocol):
     def connect(self, key: ConnKey, egress: int) -> tuple[int, int, int]:
         """A first packet (TCP: a SYN): (port or -1, drop code or 0, retries)."""
 
-    def open(self, key: ConnKey, egress: int) -> tuple[int, int, int]:
+    def first_exchange(self, key: ConnKey, egress: int) -> tuple[int, int, int]:
         """A first exchange (TCP: SYN, SYN-ACK, ACK), like connect."""
 
     def send(self, key: ConnKey, egress: int, flags: int) -> tuple[int, int, bool, int]:

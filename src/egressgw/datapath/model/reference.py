@@ -326,7 +326,7 @@ class ReferenceModel:
         self._after_operation()
         return port, drop, retries
 
-    def open(self, key: ConnKey, egress: int) -> tuple[int, int, int]:
+    def first_exchange(self, key: ConnKey, egress: int) -> tuple[int, int, int]:
         self.counters.attempted += 1
         port, drop, retries = self._open(key, egress)
         if not drop:
