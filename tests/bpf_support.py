@@ -14,7 +14,7 @@ SERVER = "198.51.100.10"
 # A client that holds connections and, when told, sends on them: it reports what the
 # server saw at open time (its greeting) and whether each held connection still echoes.
 CLIENT = r"""
-import json, resource, socket, sys
+import json, resource, socket, struct, sys
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # hundreds of sockets
 src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -43,6 +43,13 @@ for line in sys.stdin:
             except OSError as exc:
                 out.append(type(exc).__name__)
         print(json.dumps(out), flush=True)
+    elif cmd == "reset":
+        # Close with RST, not FIN: nothing lingers retransmitting into the next test.
+        for s in conns:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        conns.clear()
+        print("[]", flush=True)
 """
 
 
@@ -70,6 +77,8 @@ class Client:
         return result
 
     def close(self) -> None:
+        if self.proc.poll() is None:
+            self.ask("reset")
         if self.proc.stdin is not None:
             self.proc.stdin.close()
         self.proc.wait(timeout=30)
