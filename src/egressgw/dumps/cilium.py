@@ -49,6 +49,7 @@ from egressgw.net import (
     NatEndpoint,
     NatEntry,
     Proto,
+    is_counted,
     parse_ip,
 )
 
@@ -133,7 +134,6 @@ _ENTRY = re.compile(
     r"Created=(?:(?P<ago>-?\d+)sec ago|\? \(raw \d+\)) "
     r"(?:NeedsCT=(?P<ct>\d+)|HostLocal=\d+)"
 )
-_PROTO_FAMILY = {Proto.ICMP: Family.IPV4, Proto.ICMPV6: Family.IPV6}
 
 
 def parse_key(key: str) -> NatEndpoint:
@@ -147,7 +147,7 @@ def parse_key(key: str) -> NatEndpoint:
     family = Family.of(egress)
     if remote.ip.version != egress.version:
         raise ValueError("remote and egress addresses are of different families")
-    if _PROTO_FAMILY.get(proto, family) is not family:
+    if not is_counted(family, proto):
         raise ValueError(f"{proto.label} in the {family} map")
     return NatEndpoint(family, proto, egress, remote.ip, remote.port)
 
@@ -434,7 +434,7 @@ def parse_entry(line: str) -> NatEntry | None:
     xlate = Endpoint.parse(match["xlate"])
     if xlate.family is not tuple_.family:
         raise ValueError("translated address of another family")
-    if _PROTO_FAMILY.get(proto, tuple_.family) is not tuple_.family:
+    if not is_counted(tuple_.family, proto):
         raise ValueError(f"{proto.label} in the {tuple_.family} map")
     ago = match["ago"]
     ct = match["ct"]

@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from egressgw.datapath.kernel.netns import call_in
 from egressgw.errors import DatapathError
-from egressgw.net import Family, NatEndpoint, Proto
+from egressgw.net import COUNTED_PROTOS, Family, NatEndpoint, Proto
 
 NETLINK_NETFILTER = 12
 NLMSG_ERROR = 2
@@ -76,10 +76,10 @@ _NLA = struct.Struct("=HH")
 _BE32 = struct.Struct(">I")
 _NFGEN = struct.Struct("=BBH")
 
-# The protocols nat-stats counts, per family (Cilium keeps the same ones).
-_COUNTED: dict[int, tuple[Proto, ...]] = {
-    socket.AF_INET: (Proto.TCP, Proto.UDP, Proto.ICMP),
-    socket.AF_INET6: (Proto.TCP, Proto.UDP, Proto.ICMPV6),
+# The protocols nat-stats counts, per address family (net.COUNTED_PROTOS).
+_COUNTED: dict[int, tuple[int, ...]] = {
+    socket.AF_INET: tuple(sorted(COUNTED_PROTOS[Family.IPV4])),
+    socket.AF_INET6: tuple(sorted(COUNTED_PROTOS[Family.IPV6])),
 }
 
 RECV_BATCH = 8 << 20  # bytes of messages gathered before numpy processes them
@@ -474,14 +474,13 @@ def _count_batch(
     port_ok = (_u16(h, r + layout.port_hdr) == 6) & (
         _u16(h, r + layout.port_hdr + 2) == CTA_PROTO_SRC_PORT
     )
-    icmp = Proto.ICMP if family == socket.AF_INET else Proto.ICMPV6
     ok &= ~has_ports | port_ok
     width = layout.addr_len
     orig_src = _gather(a, o + 12, width)
     reply_src = _gather(a, r + 12, width)
     reply_dst = _gather(a, r + layout.dst_hdr + 4, width)
     masqueraded = np.any(orig_src != reply_dst, axis=1)
-    take = ok & masqueraded & (has_ports | (proto == icmp))
+    take = ok & masqueraded & np.isin(proto, _COUNTED[family])
     port = np.where(has_ports, a[r + layout.port_hdr + 4].astype(np.int64) * 256
                     + a[r + layout.port_hdr + 5], 0)
 
