@@ -6,8 +6,9 @@ conntrack accounting and timestamps in the gateway (``nf_conntrack_acct=1``,
 ``nf_conntrack_timestamp=1``: every line then carries ``packets= bytes=`` per direction
 and ``delta-time=``), makes real connections from the client, adds entries of the kinds
 real traffic here does not make over ctnetlink (``conntrack -I``: the kernel creates them
-and prints them like any other), and writes what ``conntrack -L`` prints in the gateway's namespace with each output
-option (see OUTPUTS) and the summary conntrack prints on stderr, conntrack-L.stderr.txt.
+and prints them like any other), and writes what ``conntrack -L`` prints in the gateway's
+namespace with each output option (see OUTPUTS) and the summary conntrack prints on stderr,
+conntrack-L.stderr.txt.
 Needs root, ip, nft and conntrack. Everything it creates is deleted again, also on failure.
 
 Traffic (egress 198.51.100.1 / 2001:db8:2::1, server 198.51.100.2 / 2001:db8:2::2):
