@@ -397,58 +397,55 @@ def _chunk_is_valid(chunk: bytes, end: int, skeleton: bytes, skeleton_end: int,
     return True
 
 
-# The 17 digit runs of a line of a common shape, in order: three addresses of four octets
-# and a port, then Created and NeedsCT (any number).
-_OCTET_RUN, _PORT_RUN, _FREE_RUN = 0, 1, 2
-_RUN_KINDS = np.array(([_OCTET_RUN] * 4 + [_PORT_RUN]) * 3 + [_FREE_RUN] * 2, dtype=np.int8)
-_RUNS_PER_LINE = len(_RUN_KINDS)
-
-
-def _lookup(allowed: bytes) -> npt.NDArray[np.bool_]:
-    table = np.zeros(256, dtype=np.bool_)
-    table[np.frombuffer(allowed, dtype=np.uint8)] = True
-    return table
-
-
-# In a common shape a digit run follows " " or "." (octets), ":" (ports) or "=" and ends
-# before ".", ":" (octets), " " (ports), "sec" or the newline: nowhere else.
-_BEFORE_RUN = _lookup(b" .:=")
-_AFTER_RUN = _lookup(b".: s\n")
+# A line of a common shape has 17 digit runs: three addresses of four octets and a port,
+# then Created and NeedsCT (any number). What a run is follows from the character before
+# it: " " or "." an octet, ":" a port, "=" Created or NeedsCT; it ends before ".", ":",
+# " ", "sec" or the newline. The shape has no other place where such neighbours meet.
+_RUNS_PER_LINE = 17
+_OCTET_RUN, _PORT_RUN, _FREE_RUN = 1, 2, 3
+_RUN_AFTER = np.zeros(256, dtype=np.int8)  # 0: no run may start after this character
+_RUN_AFTER[[ord(" "), ord(".")]] = _OCTET_RUN
+_RUN_AFTER[ord(":")] = _PORT_RUN
+_RUN_AFTER[ord("=")] = _FREE_RUN
+_RUN_BEFORE = np.zeros(256, dtype=np.bool_)
+_RUN_BEFORE[[ord("."), ord(":"), ord(" "), ord("s"), ord("\n")]] = True
+_ZERO = ord("0")
 
 
 def _common_digits_are_valid(chunk: bytes, end: int, lines: int) -> bool:
-    """The digits of a chunk whose lines all have a common shape: each line has its 17 runs
-    where the shape puts them, octets 0..255 and ports 0..65535 without leading zeros."""
+    """The digits of a chunk whose lines all have a common shape: 17 runs per line, each
+    where the shape puts them (so every field has exactly one), octets 0..255 and ports
+    0..65535 without leading zeros. numpy on the runs' edges, no Python loop."""
     text = np.frombuffer(chunk, dtype=np.uint8, count=end)
-    digit = (text - 48) < 10  # uint8 arithmetic wraps below "0"
-    edges = np.diff(digit.view(np.int8), prepend=np.int8(0), append=np.int8(0))
-    starts = np.flatnonzero(edges == 1)
-    ends = np.flatnonzero(edges == -1)
-    if len(starts) != _RUNS_PER_LINE * lines:
+    digit = (text - _ZERO) < 10  # uint8 arithmetic wraps below "0"
+    if digit[0]:
         return False
-    # A line starts with its protocol, so a run never starts at 0 or ends at ``end``.
-    if not (_BEFORE_RUN[text[starts - 1]].all() and _AFTER_RUN[text[ends]].all()):
+    edges = np.flatnonzero(digit[1:] != digit[:-1]) + 1  # run starts and ends, alternating
+    if len(edges) != 2 * _RUNS_PER_LINE * lines:
         return False
-    kinds = np.tile(_RUN_KINDS, lines)
+    starts, ends = edges[0::2], edges[1::2]
+    kind = np.take(_RUN_AFTER, np.take(text, starts - 1))
+    if not (kind.all() and np.take(_RUN_BEFORE, np.take(text, ends)).all()):
+        return False
     length = ends - starts
-    first = text[starts]
-    numbers = kinds != _FREE_RUN
-    if ((length > 1) & (first == 48) & numbers).any():  # a leading zero
+    numbered = kind != _FREE_RUN
+    if (numbered & (length > 1) & (np.take(text, starts) == _ZERO)).any():  # leading zero
         return False
-    octets = kinds == _OCTET_RUN
-    ports = kinds == _PORT_RUN
+    octets, ports = kind == _OCTET_RUN, kind == _PORT_RUN
     if (octets & (length > 3)).any() or (ports & (length > 5)).any():
         return False
-    return bool(_values_fit(text, starts[octets & (length == 3)], 3, 255)
-                and _values_fit(text, starts[ports & (length == 5)], 5, 65535))
+    return (_fit(text, starts[octets & (length == 3)], 3, 255)
+            and _fit(text, starts[ports & (length == 5)], 5, 65535))
 
 
-def _values_fit(text: npt.NDArray[np.uint8], starts: npt.NDArray[np.intp], width: int,
-                limit: int) -> bool:
+def _fit(text: npt.NDArray[np.uint8], starts: npt.NDArray[np.intp], width: int,
+         limit: int) -> bool:
     """Whether the ``width``-digit numbers at ``starts`` are at most ``limit``."""
-    value = np.zeros(len(starts), dtype=np.int64)
+    first = np.take(text, starts)
+    starts = starts[first >= ord(str(limit)[0])]  # only these can be above the limit
+    value = np.zeros(len(starts), dtype=np.int32)
     for offset in range(width):
-        value = value * 10 + (text[starts + offset].astype(np.int64) - 48)
+        value = value * 10 + (np.take(text, starts + offset).astype(np.int32) - _ZERO)
     return bool((value <= limit).all())
 
 
