@@ -220,12 +220,7 @@ class ConntrackReader:
             for buffer, _used, offsets in self._dump(
                 IPCTNL_MSG_CT_GET_STATS_CPU, socket.AF_UNSPEC, b""
             ):
-                for offset in offsets.tolist():
-                    length = _NLMSG.unpack_from(buffer, offset)[0]
-                    for attr_type, start, end in _attrs(buffer, offset + 20, offset + length):
-                        name = STATS_CPU_COUNTERS.get(attr_type)
-                        if name is not None and end - start == 4:
-                            totals[name] += _BE32.unpack_from(buffer, start)[0]
+                _add_stats(buffer, offsets, totals)
         except _KernelRefused as exc:
             raise DatapathError(f"conntrack statistics: {os.strerror(exc.errno)}") from None
         return totals
@@ -287,6 +282,18 @@ class ConntrackReader:
             pass
         finally:
             self._sock.settimeout(RECV_TIMEOUT)
+
+
+def _add_stats(
+    buffer: bytearray, offsets: npt.NDArray[np.int64], totals: dict[str, int]
+) -> None:
+    """Add the counters of the per-CPU statistics messages at ``offsets`` to ``totals``."""
+    for offset in offsets.tolist():
+        length = _NLMSG.unpack_from(buffer, offset)[0]
+        for attr_type, start, end in _attrs(buffer, offset + 20, offset + length):
+            name = STATS_CPU_COUNTERS.get(attr_type)
+            if name is not None and end - start == 4:
+                totals[name] += _BE32.unpack_from(buffer, start)[0]
 
 
 class _KernelRefused(Exception):
