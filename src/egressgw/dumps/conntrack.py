@@ -30,7 +30,7 @@ Every line is one of:
 
 Every field is checked: names against numbers, the TCP state, which port fields the
 protocol prints, addresses (one family per line, no zones), ports and ICMP ids in
-0..65535, ASCII digits only.
+0..65535; conntrack-tools prints ASCII, so any other byte makes the line invalid.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ _ADDR = r"[0-9a-fA-F:.]+"
 def _fields(d: str) -> str:
     """The protocol fields of one tuple; the one-letter marker groups say which were there."""
     return (
-        rf"(?: (?P<{d}p>s)port=(?P<{d}sport>{_U16}) dport=(?P<{d}dport>{_U16})(?: vtag={_NUM})?"
+        rf"(?: (?P<{d}p>s)port=(?P<{d}sport>{_U16}) dport=(?P<{d}dport>{_U16})"
         rf"| (?P<{d}i>t)ype=(?P<{d}type>{_U8}) code={_U8} id=(?P<{d}id>{_U16})"
         rf"| (?P<{d}g>s)rckey=0x[0-9a-f]{{1,4}} dstkey=0x[0-9a-f]{{1,4}})?"
     )
@@ -197,7 +197,7 @@ def count_conntrack(data: bytes, *, source: str, skip_invalid: bool = False) -> 
     text = normalize(data).decode("utf-8", "replace")
     lines = text.count("\n")
     # Without the final newline, so that "^$" cannot match once more at the very end.
-    rows = _LINES.findall(text, 0, len(text) - 1)
+    rows = _LINES.findall(text, 0, len(text) - 1) if text.isascii() else []
     if len(rows) != lines:
         return _count_line_by_line(text, source=source, skip_invalid=skip_invalid)
     # Summary and blank lines have no protocol name; they count nothing.
@@ -215,7 +215,7 @@ def count_conntrack(data: bytes, *, source: str, skip_invalid: bool = False) -> 
 
 def _parse_line(line: str) -> Connection | None:
     """One line: its Connection, None for a summary line; ValueError when invalid."""
-    match = _ONE.fullmatch(line)
+    match = _ONE.fullmatch(line) if line.isascii() else None
     if match is None:
         raise ValueError("not a conntrack -L line")
     if match["name"] is None:
