@@ -397,56 +397,66 @@ def _chunk_is_valid(chunk: bytes, end: int, skeleton: bytes, skeleton_end: int,
     return True
 
 
-# A line of a common shape has 17 digit runs: three addresses of four octets and a port,
-# then Created and NeedsCT (any number). What a run is follows from the character before
-# it: " " or "." an octet, ":" a port, "=" Created or NeedsCT; it ends before ".", ":",
-# " ", "sec" or the newline. The shape has no other place where such neighbours meet.
-_RUNS_PER_LINE = 17
-_OCTET_RUN, _PORT_RUN, _FREE_RUN = 1, 2, 3
-_RUN_AFTER = np.zeros(256, dtype=np.int8)  # 0: no run may start after this character
-_RUN_AFTER[[ord(" "), ord(".")]] = _OCTET_RUN
-_RUN_AFTER[ord(":")] = _PORT_RUN
-_RUN_AFTER[ord("=")] = _FREE_RUN
-_RUN_BEFORE = np.zeros(256, dtype=np.bool_)
-_RUN_BEFORE[[ord("."), ord(":"), ord(" "), ord("s"), ord("\n")]] = True
+# A line of a common shape has 17 digit runs, always in the same places: three addresses
+# of four octets and a port, then Created and NeedsCT (any number). Per run: the character
+# before it, the one after it, and its longest length.
+_RUNS = [(" ", ".", 3), (".", ".", 3), (".", ".", 3), (".", ":", 3), (":", " ", 5)] * 3 + [
+    ("=", "s", 1 << 30), ("=", "\n", 1 << 30)]
+_RUN_BEFORE = np.array([ord(before) for before, _, _ in _RUNS], dtype=np.uint8)
+_RUN_AFTER = np.array([ord(after) for _, after, _ in _RUNS], dtype=np.uint8)
+_RUN_MAX = np.array([longest for _, _, longest in _RUNS], dtype=np.int64)
+_RUN_OCTET = _RUN_MAX == 3
+_RUN_PORT = _RUN_MAX == 5
+_RUN_NUMBER = _RUN_OCTET | _RUN_PORT
+_OCTET_COLUMNS = np.flatnonzero(_RUN_OCTET)
+_PORT_COLUMNS = np.flatnonzero(_RUN_PORT)
 _ZERO = ord("0")
 
 
 def _common_digits_are_valid(chunk: bytes, end: int, lines: int) -> bool:
     """The digits of a chunk whose lines all have a common shape: 17 runs per line, each
-    where the shape puts them (so every field has exactly one), octets 0..255 and ports
-    0..65535 without leading zeros. numpy on the runs' edges, no Python loop."""
+    where the shape puts it, octets 0..255 and ports 0..65535 without leading zeros.
+
+    A run in the wrong place has neighbours no field has (a digit inside ``TCP IN`` or
+    ``->``), and an empty field shifts the line's later runs onto neighbours that are not
+    theirs, up to the last one, the only run before a newline: so with 17 runs per line
+    and every run's neighbours those of its field, every field has exactly one run.
+    numpy on the runs' edges, no Python loop over lines.
+    """
     text = np.frombuffer(chunk, dtype=np.uint8, count=end)
     digit = (text - _ZERO) < 10  # uint8 arithmetic wraps below "0"
     if digit[0]:
         return False
     edges = np.flatnonzero(digit[1:] != digit[:-1]) + 1  # run starts and ends, alternating
-    if len(edges) != 2 * _RUNS_PER_LINE * lines:
+    if len(edges) != 2 * len(_RUNS) * lines:
         return False
-    starts, ends = edges[0::2], edges[1::2]
-    kind = np.take(_RUN_AFTER, np.take(text, starts - 1))
-    if not (kind.all() and np.take(_RUN_BEFORE, np.take(text, ends)).all()):
+    starts = np.ascontiguousarray(edges[0::2]).reshape(lines, len(_RUNS))
+    ends = np.ascontiguousarray(edges[1::2]).reshape(lines, len(_RUNS))
+    if not ((np.take(text, starts - 1) == _RUN_BEFORE).all()
+            and (np.take(text, ends) == _RUN_AFTER).all()):
         return False
     length = ends - starts
-    numbered = kind != _FREE_RUN
-    if (numbered & (length > 1) & (np.take(text, starts) == _ZERO)).any():  # leading zero
+    if (length > _RUN_MAX).any():
         return False
-    octets, ports = kind == _OCTET_RUN, kind == _PORT_RUN
-    if (octets & (length > 3)).any() or (ports & (length > 5)).any():
-        return False
-    return (_fit(text, starts[octets & (length == 3)], 3, 255)
-            and _fit(text, starts[ports & (length == 5)], 5, 65535))
-
-
-def _fit(text: npt.NDArray[np.uint8], starts: npt.NDArray[np.intp], width: int,
-         limit: int) -> bool:
-    """Whether the ``width``-digit numbers at ``starts`` are at most ``limit``."""
     first = np.take(text, starts)
-    starts = starts[first >= ord(str(limit)[0])]  # only these can be above the limit
-    value = np.zeros(len(starts), dtype=np.int32)
-    for offset in range(width):
-        value = value * 10 + (np.take(text, starts + offset).astype(np.int32) - _ZERO)
-    return bool((value <= limit).all())
+    if ((first == _ZERO) & (length > 1) & _RUN_NUMBER).any():  # a leading zero
+        return False
+    # Octets of three digits above 255, ports of five above 65535: digit by digit.
+    return not (_above(text, starts[:, _OCTET_COLUMNS], first[:, _OCTET_COLUMNS], b"255")
+                & (length[:, _OCTET_COLUMNS] == 3)).any() and not (
+        _above(text, starts[:, _PORT_COLUMNS], first[:, _PORT_COLUMNS], b"65535")
+        & (length[:, _PORT_COLUMNS] == 5)).any()
+
+
+def _above(text: npt.NDArray[np.uint8], starts: npt.NDArray[np.intp],
+           first: npt.NDArray[np.uint8], limit: bytes) -> npt.NDArray[np.bool_]:
+    """Whether the number of ``len(limit)`` digits at each of ``starts`` (whose first
+    digits are ``first``) is above ``limit``, compared as strings of equal length."""
+    digits = [first, *(np.take(text, starts + offset) for offset in range(1, len(limit)))]
+    above = digits[-1] > limit[-1]
+    for digit, highest in zip(digits[-2::-1], limit[-2::-1], strict=True):
+        above = (digit > highest) | ((digit == highest) & above)
+    return above
 
 
 def _read_slowly(chunk: bytes, end: int) -> tuple[list[bytes], int]:
