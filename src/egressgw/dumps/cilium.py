@@ -55,6 +55,7 @@ import logging
 import marshal
 import os
 import re
+import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -389,11 +390,19 @@ def _chunk_is_valid(chunk: bytes, end: int, skeleton: bytes, skeleton_end: int,
     if counted_in != keys:
         return False
     if b"[" in skeleton:
-        try:
-            for inner in set(_BRACKETED.findall(chunk, 0, end)):
-                parse_address(f"[{inner.decode('ascii')}]")
-        except ValueError:
-            return False
+        return all(map(_bracketed_is_valid, set(_BRACKETED.findall(chunk, 0, end))))
+    return True
+
+
+def _bracketed_is_valid(inner: bytes) -> bool:
+    """What :func:`parse_address` accepts in brackets, at C speed: inet_pton agrees with
+    ``ipaddress`` on text of the characters the strict regex lets through (lowercase hex,
+    colons, dots; leading zeros refused by both), which the fuzz tests check."""
+    try:
+        text = inner.decode("ascii")
+        socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+    except (OSError, ValueError):
+        return False
     return True
 
 
