@@ -61,9 +61,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-import numpy as np
-import numpy.typing as npt
-
 from egressgw.dumps.base import DumpCounts, bad_line, normalize
 from egressgw.net import (
     Direction,
@@ -406,66 +403,12 @@ def _bracketed_is_valid(inner: bytes) -> bool:
     return True
 
 
-# A line of a common shape has 17 digit runs, always in the same places: three addresses
-# of four octets and a port, then Created and NeedsCT (any number). Per run: the character
-# before it, the one after it, and its longest length.
-_RUNS = [(" ", ".", 3), (".", ".", 3), (".", ".", 3), (".", ":", 3), (":", " ", 5)] * 3 + [
-    ("=", "s", 1 << 30), ("=", "\n", 1 << 30)]
-_RUN_BEFORE = np.array([ord(before) for before, _, _ in _RUNS], dtype=np.uint8)
-_RUN_AFTER = np.array([ord(after) for _, after, _ in _RUNS], dtype=np.uint8)
-_RUN_MAX = np.array([longest for _, _, longest in _RUNS], dtype=np.int64)
-_RUN_OCTET = _RUN_MAX == 3
-_RUN_PORT = _RUN_MAX == 5
-_RUN_NUMBER = _RUN_OCTET | _RUN_PORT
-_OCTET_COLUMNS = np.flatnonzero(_RUN_OCTET)
-_PORT_COLUMNS = np.flatnonzero(_RUN_PORT)
-_ZERO = ord("0")
-
-
 def _common_digits_are_valid(chunk: bytes, end: int, lines: int) -> bool:
-    """The digits of a chunk whose lines all have a common shape: 17 runs per line, each
-    where the shape puts it, octets 0..255 and ports 0..65535 without leading zeros.
+    """See :mod:`egressgw.dumps.digits`; imported on first use, so nat-stats on other
+    input (conntrack -L, only uncommon shapes) does not pay for loading numpy."""
+    from egressgw.dumps import digits  # noqa: PLC0415 - numpy is slow to import
 
-    A run in the wrong place has neighbours no field has (a digit inside ``TCP IN`` or
-    ``->``), and an empty field shifts the line's later runs onto neighbours that are not
-    theirs, up to the last one, the only run before a newline: so with 17 runs per line
-    and every run's neighbours those of its field, every field has exactly one run.
-    numpy on the runs' edges, no Python loop over lines.
-    """
-    text = np.frombuffer(chunk, dtype=np.uint8, count=end)
-    digit = (text - _ZERO) < 10  # uint8 arithmetic wraps below "0"
-    if digit[0]:
-        return False
-    edges = np.flatnonzero(digit[1:] != digit[:-1]) + 1  # run starts and ends, alternating
-    if len(edges) != 2 * len(_RUNS) * lines:
-        return False
-    starts = np.ascontiguousarray(edges[0::2]).reshape(lines, len(_RUNS))
-    ends = np.ascontiguousarray(edges[1::2]).reshape(lines, len(_RUNS))
-    if not ((np.take(text, starts - 1) == _RUN_BEFORE).all()
-            and (np.take(text, ends) == _RUN_AFTER).all()):
-        return False
-    length = ends - starts
-    if (length > _RUN_MAX).any():
-        return False
-    first = np.take(text, starts)
-    if ((first == _ZERO) & (length > 1) & _RUN_NUMBER).any():  # a leading zero
-        return False
-    # Octets of three digits above 255, ports of five above 65535: digit by digit.
-    return not (_above(text, starts[:, _OCTET_COLUMNS], first[:, _OCTET_COLUMNS], b"255")
-                & (length[:, _OCTET_COLUMNS] == 3)).any() and not (
-        _above(text, starts[:, _PORT_COLUMNS], first[:, _PORT_COLUMNS], b"65535")
-        & (length[:, _PORT_COLUMNS] == 5)).any()
-
-
-def _above(text: npt.NDArray[np.uint8], starts: npt.NDArray[np.intp],
-           first: npt.NDArray[np.uint8], limit: bytes) -> npt.NDArray[np.bool_]:
-    """Whether the number of ``len(limit)`` digits at each of ``starts`` (whose first
-    digits are ``first``) is above ``limit``, compared as strings of equal length."""
-    digits = [first, *(np.take(text, starts + offset) for offset in range(1, len(limit)))]
-    above = digits[-1] > limit[-1]
-    for digit, highest in zip(digits[-2::-1], limit[-2::-1], strict=True):
-        above = (digit > highest) | ((digit == highest) & above)
-    return above
+    return digits.common_digits_are_valid(chunk, end, lines)
 
 
 def _read_slowly(chunk: bytes, end: int) -> tuple[list[bytes], int]:
