@@ -406,9 +406,14 @@ def _bracketed_is_valid(inner: bytes) -> bool:
 def _common_digits_are_valid(chunk: bytes, end: int, lines: int) -> bool:
     """See :mod:`egressgw.dumps.digits`; imported on first use, so nat-stats on other
     input (conntrack -L, only uncommon shapes) does not pay for loading numpy."""
+    return _digits_check()(chunk, end, lines)
+
+
+@functools.cache
+def _digits_check() -> Callable[[bytes, int, int], bool]:
     from egressgw.dumps import digits  # noqa: PLC0415 - numpy is slow to import
 
-    return digits.common_digits_are_valid(chunk, end, lines)
+    return digits.common_digits_are_valid
 
 
 def _read_slowly(chunk: bytes, end: int) -> tuple[list[bytes], int]:
