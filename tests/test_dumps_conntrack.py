@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -250,3 +252,33 @@ def test_the_first_bad_line_is_named_when_a_later_one_is_bad_too() -> None:
     data = "\n".join([REAL, REAL, earlier, *[REAL] * 600, later]).encode()
     with pytest.raises(InputError, match=r"^ct\.txt:3: "):
         count_endpoints(data, source="ct.txt")
+
+
+def _nat_stats(tmp_path: Path, text: str, *args: str) -> subprocess.CompletedProcess[str]:
+    dump = tmp_path / "ct.txt"
+    dump.write_text(text)
+    program = "import sys; from egressgw.cli import main; main(sys.argv[1:])"
+    return subprocess.run([sys.executable, "-c", program, "nat-stats", "--from", str(dump),
+                           *args], capture_output=True, text=True, check=False)
+
+
+def test_an_empty_table_with_exit_0_means_nothing_was_masqueraded(tmp_path: Path) -> None:
+    not_nated = "\n".join(
+        line for line in (GOLDEN / "conntrack-L-all.txt").read_text().splitlines()
+        if "dst=192.0.2.1 " in line or " sctp " in line or " gre " in line)
+    done = _nat_stats(tmp_path, not_nated + "\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1:] == []  # the header only
+    garbage = not_nated + "\nipv4     2 tcp      6 garbage\n"
+    done = _nat_stats(tmp_path, garbage)
+    assert done.returncode == 2
+    assert done.stderr.startswith("egressgw: error: ") and done.stderr.count("\n") == 1
+    assert f"ct.txt:{not_nated.count(chr(10)) + 2}: not a conntrack -L line" in done.stderr
+
+
+@pytest.mark.parametrize("output", ["table", "json"])
+def test_skipped_lines_are_always_counted_on_stderr(tmp_path: Path, output: str) -> None:
+    text = (GOLDEN / "conntrack-L.txt").read_text() + "ipv4     2 tcp      6 garbage\n"
+    done = _nat_stats(tmp_path, text, "--skip-invalid", "-o", output)
+    assert done.returncode == 0, done.stderr
+    assert "skipped 1 invalid line(s)" in done.stderr
