@@ -65,6 +65,9 @@ L3_NAMES = {"ipv4": 2, "ipv6": 10}
 # The TCP states it prints (SYN_SENT2 was printed LISTEN by older versions).
 TCP_STATES = frozenset(("NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT",
                         "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2", "LISTEN"))
+# The protocols egressgw knows, by the names conntrack prints (which of them count, per
+# family, is net.COUNTED_PROTOS's answer).
+_PROTOS = {proto.name.lower(): proto for proto in Proto}
 # Which fields each protocol's tuples carry.
 _PORTS, _ICMP, _GRE, _NONE = "ports", "icmp", "gre", "none"
 _FIELDS = {"tcp": _PORTS, "udp": _PORTS, "udplite": _PORTS, "sctp": _PORTS, "dccp": _PORTS,
@@ -180,10 +183,12 @@ def classify(key: _Key) -> Connection:
         if key.l3 != family:
             raise ValueError(f"{key.l3} entry with {family} addresses")
     orig_src, _orig_dst, reply_src, reply_dst = addresses
-    if name not in ("tcp", "udp", "icmp", "icmpv6"):
+    proto = _PROTOS.get(name)
+    if proto is None:
         return Connection(None, orig_src, reply_src, reply_dst, None)
-    proto = Proto.parse(name)
-    if proto in (Proto.ICMP, Proto.ICMPV6) and not is_counted(family, proto):
+    other = Family.IPV6 if family is Family.IPV4 else Family.IPV4
+    if not is_counted(family, proto) and is_counted(other, proto):
+        # icmp with IPv6 addresses or icmpv6 with IPv4 ones: the kernel has no such entry
         raise ValueError(f"{name} entry with {family} addresses")
     endpoint = None
     if reply_dst != orig_src and is_counted(family, proto):
