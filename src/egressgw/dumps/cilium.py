@@ -461,6 +461,7 @@ def scan_in_parallel(read: Read, size: int, *, skip_invalid: bool = False) -> Sc
     middle = _line_start_after(read, size // 2, size)
     if middle >= size:
         return scan_range(read, 0, size, skip_invalid=skip_invalid)
+    _digits_check()  # load numpy once, before the fork, rather than in both processes
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: scan the second half, report, exit without cleanup handlers

@@ -8,6 +8,8 @@ needs it.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import numpy.typing as npt
 
@@ -40,22 +42,27 @@ def common_digits_are_valid(chunk: bytes, end: int, lines: int) -> bool:
     reference parser.
     """
     text = np.frombuffer(chunk, dtype=np.uint8, count=end)
-    digit = (text - _ZERO) < 10  # uint8 arithmetic wraps below "0"
+    shifted, digit, change = (buffer[:end] for buffer in _scratch(end))
+    np.subtract(text, _ZERO, out=shifted)  # uint8 arithmetic wraps below "0"
+    np.less(shifted, 10, out=digit)
     if digit[0]:
         return False
-    edges = np.flatnonzero(digit[1:] != digit[:-1]) + 1  # run starts and ends, alternating
+    np.not_equal(digit[1:], digit[:-1], out=change[: end - 1])
+    # Index i: a run starts (or ends) at i + 1; starts and ends alternate.
+    edges = np.flatnonzero(change[: end - 1])
     if len(edges) != 2 * len(_RUNS) * lines:
         return False
     runs = edges.reshape(lines, len(_RUNS), 2)
-    starts, ends = runs[:, :, 0], runs[:, :, 1]
-    if not (starts[:, 1:] - ends[:, :-1] == _GAPS).all():
+    before_start, before_end = runs[:, :, 0], runs[:, :, 1]
+    if not (before_start[:, 1:] - before_end[:, :-1] == _GAPS).all():
         return False
-    if not ((text[starts[:, 0] - 1] == ord(" ")).all()
-            and (text[ends[:, -1]] == ord("\n")).all()):
+    if not ((text[before_start[:, 0]] == ord(" ")).all()
+            and (text[before_end[:, -1] + 1] == ord("\n")).all()):
         return False
-    length = ends - starts
+    length = before_end - before_start
     if (length > _LONGEST).any():
         return False
+    starts = before_start + 1
     first = text[starts]
     if ((first == _ZERO) & (length > 1) & _NUMBERED).any():  # a leading zero
         return False
@@ -64,6 +71,22 @@ def common_digits_are_valid(chunk: bytes, end: int, lines: int) -> bool:
     ports = (length == 5) & _PORT & (first >= _SIX)
     return (_at_most(text, starts[octets], first[octets], b"255")
             and _at_most(text, starts[ports], first[ports], b"65535"))
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(size: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_],
+                                 npt.NDArray[np.bool_]]:
+    """Work arrays of at least ``size`` bytes, kept per thread: allocating them for every
+    chunk cost more system time (fresh pages) than the checks themselves."""
+    buffers: tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_], npt.NDArray[np.bool_]] | None
+    buffers = getattr(_SCRATCH, "buffers", None)
+    if buffers is None or len(buffers[0]) < size:
+        buffers = (np.empty(size, dtype=np.uint8), np.empty(size, dtype=np.bool_),
+                   np.empty(size, dtype=np.bool_))
+        _SCRATCH.buffers = buffers
+    return buffers
 
 
 def _at_most(text: npt.NDArray[np.uint8], starts: npt.NDArray[np.intp],
