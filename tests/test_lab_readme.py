@@ -57,6 +57,18 @@ def named(command: str, name: str) -> str:
     return re.sub(r"\begressgw lab (\w+)", rf"egressgw lab \1 --name {name}", command)
 
 
+def wait_for_rules(netns: str, agent: subprocess.Popen[str], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listed = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "table", "inet",
+                                 "egressgw"], capture_output=True, text=True, check=False)
+        if listed.returncode == 0 and "chain snat4_" in listed.stdout:
+            return
+        assert agent.poll() is None, f"the agent ended: {agent.communicate()[1]}"
+        time.sleep(0.5)
+    raise AssertionError("the agent applied no rules")
+
+
 @pytest.mark.kernel
 def test_the_readme_lab_commands_run_as_written() -> None:
     name = unique_name()
@@ -71,6 +83,10 @@ def test_the_readme_lab_commands_run_as_written() -> None:
                 background.append(subprocess.Popen(
                     ["bash", "-c", command[:-1]], cwd=ROOT, env=env, text=True,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+                if " agent " in command:
+                    # As a reader would: go on once the agent has put its rules in place
+                    # (connections opened before would not be masqueraded).
+                    wait_for_rules(f"egw-{name}-gw", background[-1])
                 continue
             if "lab down" in command:
                 break
