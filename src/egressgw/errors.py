@@ -62,3 +62,35 @@ class DatapathError(EgressgwError):
 
 class AgentError(EgressgwError):
     """The agent or its HTTP API could not be reached or answered badly."""
+
+
+EXCERPT_CHARS = 40
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """A short, escaped quotation of an input value for an error message.
+
+    Only strings and numbers are quoted, and only their first ``limit`` characters are
+    formatted: a value read from a file can be megabytes long (or, from YAML with
+    aliases, a structure that would take gigabytes to print), so it is never passed to
+    ``repr`` or ``str`` whole. Control characters come out escaped, so the message stays
+    one line.
+    """
+    if isinstance(value, str):
+        head = value[:limit]
+        more = "..." if len(value) > limit else ""
+        return repr(head) + more
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if value is not None else "null"
+    if isinstance(value, int):
+        digits = value.bit_length() * 0.30103  # about the decimal digits, without formatting
+        return str(value) if digits < limit else f"a {int(digits) + 1}-digit number"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, bytes):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)} items"
+    if isinstance(value, dict):
+        return f"a mapping of {len(value)} keys"
+    return f"a {type(value).__name__}"
