@@ -8,13 +8,15 @@ API server would reject a document (unknown fields, bad label selectors) so does
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from egressgw.errors import InputError
+from egressgw.errors import excerpt
 from egressgw.net import IPAddress, IPNetwork
+from egressgw.net import parse_cidr as parse_cidr_text
+from egressgw.net import parse_ip as parse_ip_text
 from egressgw.policy.labels import LabelSelector, is_dns_subdomain, parse_label_selector
 from egressgw.policy.model import EgressPolicy, EndpointSelector, GatewaySpec
 from egressgw.policy.yamlfiles import (
@@ -90,10 +92,10 @@ def parse_policy(value: Any, where: Where) -> EgressPolicy:
     check_keys(body, ("apiVersion", "kind", "metadata", "spec", "status"), where)
     api_version = body.get("apiVersion")
     if api_version != API_VERSION:
-        raise where.key("apiVersion").error(f"must be {API_VERSION}, not {api_version!r}")
+        raise where.key("apiVersion").error(f"must be {API_VERSION}, not {excerpt(api_version)}")
     kind = body.get("kind")
     if kind != KIND:
-        raise where.key("kind").error(f"must be {KIND}, not {kind!r}")
+        raise where.key("kind").error(f"must be {KIND}, not {excerpt(kind)}")
     name = _parse_metadata(body.get("metadata"), where.key("metadata"))
     spec_at = where.key("spec")
     if body.get("spec") is None:
@@ -139,7 +141,7 @@ def _parse_metadata(value: Any, where: Where) -> str:
     name = as_string(metadata["name"], name_at)
     if not is_dns_subdomain(name):
         raise name_at.error(
-            f"invalid name {name!r}: lowercase letters, digits, '-' and '.', "
+            f"invalid name {excerpt(name)}: lowercase letters, digits, '-' and '.', "
             "starting and ending alphanumeric, at most 253 characters"
         )
     return name
@@ -192,21 +194,17 @@ def _parse_cidrs(value: Any, where: Where, *, required: bool) -> tuple[IPNetwork
 
 def parse_cidr(value: Any, where: Where) -> IPNetwork:
     """A CIDR like Go's net.ParseCIDR: a prefix length is required, host bits are masked."""
-    text = as_string(value, where).strip()
-    if "/" not in text:
-        raise where.error(f"invalid CIDR {text!r}: missing the /prefix length")
     try:
-        return ipaddress.ip_network(text, strict=False)
+        return parse_cidr_text(as_string(value, where).strip())
     except ValueError as exc:
-        raise where.error(f"invalid CIDR {text!r}: {exc}") from None
+        raise where.error(f"invalid CIDR {exc}") from None
 
 
 def parse_ip(value: Any, where: Where) -> IPAddress:
-    text = as_string(value, where).strip()
     try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        raise where.error(f"invalid IP address {text!r}") from None
+        return parse_ip_text(as_string(value, where).strip())
+    except ValueError as exc:
+        raise where.error(f"invalid IP address {exc}") from None
 
 
 def _parse_gateways(spec: Mapping[str, Any], where: Where) -> tuple[GatewaySpec, ...]:
@@ -253,6 +251,6 @@ def _check_unique_names(policies: list[EgressPolicy]) -> None:
         first = seen.setdefault(policy.name, policy)
         if first is not policy:
             raise InputError(
-                f"duplicate policy name {policy.name!r} (first defined at {first.source})",
+                f"duplicate policy name {excerpt(policy.name)} (first defined at {first.source})",
                 source=policy.source,
             )
