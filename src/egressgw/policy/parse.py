@@ -12,8 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from egressgw.errors import InputError
-from egressgw.errors import excerpt
+from egressgw.errors import InputError, excerpt
 from egressgw.net import IPAddress, IPNetwork
 from egressgw.net import parse_cidr as parse_cidr_text
 from egressgw.net import parse_ip as parse_ip_text

@@ -19,7 +19,6 @@ from typing import Any
 from egressgw.config import MAX_DURATION, parse_duration
 from egressgw.errors import ConfigError, InputError, excerpt
 from egressgw.net import Endpoint, IPAddress, Proto, parse_cidr, parse_ip
-from egressgw.yamlload import load_yaml_documents, read_text
 from egressgw.sim.arrivals import (
     Arrivals,
     ConstantRate,
@@ -29,6 +28,7 @@ from egressgw.sim.arrivals import (
     RateProfile,
 )
 from egressgw.sim.distributions import Duration, DurationKind, EndKind, Ends
+from egressgw.yamlload import load_yaml_documents, read_text
 
 
 class SourcePorts:
