@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from egressgw.cli.options import nat_map_stats_entries_option, node_port_range_option, output_option
 from egressgw.config import NodePortRange
 from egressgw.dumps import count_endpoints, count_file, read_source
+from egressgw.errors import InputError
 from egressgw.render.documents import dump_document
 from egressgw.stats import compute_nat_stats, render_saturation, render_table, stats_document
 
@@ -70,6 +73,8 @@ def nat_stats(
     by the NAT ports Cilium counts with) goes to stderr, and into json/yaml output.
     """
     if source == "-":
+        if sys.stdin is None or sys.stdin.closed:
+            raise InputError("standard input is closed: nothing to read", source="<stdin>")
         data, name = read_source(source)
         dump = count_endpoints(data, source=name, fmt=fmt, skip_invalid=skip_invalid)
     else:

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from egressgw.agent.client import fetch_nat_stats, fetch_nat_stats_rows
+from egressgw.agent.client import check_server, fetch_nat_stats, fetch_nat_stats_rows
 from egressgw.agent.endpoints import DEFAULT_SERVER
 from egressgw.agent.watch import watch
 from egressgw.cli.options import output_option, parse_duration_flag
@@ -15,6 +15,7 @@ from egressgw.render.documents import dump_document
 from egressgw.stats import render_table
 
 SERVER_HELP = "The agent's API (its --listen address)."
+MIN_WATCH_INTERVAL = 0.1
 
 
 @click.group("statedb")
@@ -41,12 +42,15 @@ def nat_stats(*, watch_interval: float | None, output: str, server: str) -> None
     Prints `# IPFamily Proto EgressIP RemoteAddr Count`, IPv4 before IPv6 and ascending
     count within a family, exactly as `cilium-dbg statedb nat-stats` does.
     """
+    check_server(server)
     if watch_interval is not None:
         if output != "table":
             raise click.UsageError(f"--watch is not supported with {output} output")
         interval = watch_interval
-        if interval <= 0:
-            raise click.UsageError("--watch needs an interval above 0, such as 5s")
+        if interval < MIN_WATCH_INTERVAL:
+            raise click.UsageError(
+                f"--watch needs an interval of at least {MIN_WATCH_INTERVAL:g} s, such as 5s"
+            )
         watch(lambda: fetch_nat_stats_rows(server), sys.stdout, interval=interval,
               sleep=time.sleep)
         return

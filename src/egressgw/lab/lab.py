@@ -8,6 +8,7 @@ it), so a lab is always removable even when its state file is gone.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from egressgw.config import NodePortRange
 from egressgw.datapath.kernel import KernelDatapath
 from egressgw.datapath.kernel.netns import NETNS_DIR, netns_argv
 from egressgw.errors import DatapathError, InputError
-from egressgw.lab.load import LoadResult
+from egressgw.lab.load import LoadResult, check_load
 from egressgw.lab.topology import (
     EGRESS_NET4,
     EGRESS_NET6,
@@ -42,12 +43,32 @@ EXT4, EXT6 = "198.51.100.1", "2001:db8:100::1"  # ... and towards the servers
 SERVER_READY_TIMEOUT = 10.0
 
 
-def _run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True) -> str:
+# prctl resolved once in the parent, so the child only makes the call (no dlopen, no
+# allocation between fork and exec, which is what makes preexec_fn unsafe with threads).
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child before exec: receive SIGTERM when the process that started it dies.
+
+    Linux's PR_SET_PDEATHSIG (prctl(2)) survives execve (``ip netns exec`` execs the
+    command in place), so a load generator never outlives a killed ``egressgw lab load``,
+    even after ``kill -9``.
+    """
+    _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+
+def _run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True,
+         timeout: float = 60) -> str:
     try:
         done = subprocess.run(list(argv), input=stdin, capture_output=True, text=True,
-                              timeout=60, check=False)
+                              timeout=timeout, check=False,
+                              preexec_fn=die_with_parent)
     except FileNotFoundError as exc:
         raise DatapathError(f"{exc.filename}: not installed") from None
+    except subprocess.TimeoutExpired:
+        raise DatapathError(f"{' '.join(argv[:6])}: no answer in {timeout:g} s") from None
     if check and done.returncode != 0:
         raise DatapathError(f"{' '.join(argv[:6])}: {done.stderr.strip() or 'failed'}")
     return done.stdout
@@ -220,6 +241,11 @@ class Lab:
     def _load_argv(self, to: str, connections: int, *, proto: str, hold: float,
                    pod: str | None, timeout: float, parallel: int) -> list[str]:
         try:
+            check_load(connections, parallel, hold, timeout)
+        except ValueError as exc:
+            flag, _, message = str(exc).partition(": ")
+            raise InputError(message, field=flag) from None
+        try:
             endpoint = Endpoint.parse(to)
         except ValueError as exc:
             raise InputError(str(exc), field="--to") from None
@@ -246,7 +272,8 @@ class Lab:
         """Open connections from a pod through the gateway; wait until they are closed."""
         argv = self._load_argv(to, connections, proto=proto, hold=hold, pod=pod,
                                timeout=timeout, parallel=parallel)
-        out = _run(argv)
+        # The child ends after the connections settle and the hold: wait that long.
+        out = _run(argv, timeout=60 + hold + timeout * connections / max(1, parallel))
         return LoadResult.from_json(out.strip().splitlines()[0])
 
     def start_load(self, to: str, connections: int, *, proto: str = "tcp",
@@ -256,7 +283,8 @@ class Lab:
         argv = self._load_argv(to, connections, proto=proto, hold=hold, pod=pod,
                                timeout=timeout, parallel=parallel)
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   stdin=subprocess.DEVNULL, text=True)
+                                   stdin=subprocess.DEVNULL, text=True,
+                                   preexec_fn=die_with_parent)  # noqa: PLW1509
         assert process.stdout is not None
         line = process.stdout.readline()
         if not line:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import selectors
 import signal
 import socket
@@ -200,6 +201,28 @@ def _progress(
     settle(attempt, None, peer)
 
 
+# Bounds on a load run. One pod address to one server port has at most 64,512 source
+# ports through a masquerading gateway (1024-65535), so more connections cannot succeed;
+# each connection in flight holds a socket, and the hold and timeout bound how long the
+# child lives.
+MAX_CONNECTIONS = 65_536
+MAX_PARALLEL = 4_096
+MAX_HOLD = 86_400.0
+MIN_TIMEOUT, MAX_TIMEOUT = 0.01, 600.0
+
+
+def check_load(connections: int, parallel: int, hold: float, timeout: float) -> None:
+    """Raise ValueError naming the flag when a load setting is out of its bounds."""
+    if not 1 <= connections <= MAX_CONNECTIONS:
+        raise ValueError(f"--connections: {connections}: must be 1..{MAX_CONNECTIONS}")
+    if not 1 <= parallel <= MAX_PARALLEL:
+        raise ValueError(f"--parallel: {parallel}: must be 1..{MAX_PARALLEL}")
+    if not (math.isfinite(hold) and 0 <= hold <= MAX_HOLD):
+        raise ValueError(f"--hold: {hold:g}: must be 0..{MAX_HOLD:g} seconds")
+    if not (math.isfinite(timeout) and MIN_TIMEOUT <= timeout <= MAX_TIMEOUT):
+        raise ValueError(f"--timeout: {timeout:g}: must be {MIN_TIMEOUT:g}..{MAX_TIMEOUT:g} s")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m egressgw.lab.load")
     parser.add_argument("--to", required=True, help="server IP:PORT ([v6]:PORT; ICMP: IP)")
@@ -210,6 +233,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=2.0)
     parser.add_argument("--parallel", type=int, default=256)
     args = parser.parse_args(argv)
+    try:
+        check_load(args.connections, args.parallel, args.hold, args.timeout)
+    except ValueError as exc:
+        parser.error(str(exc))
     raise_nofile()
     to = Endpoint.parse(args.to)
     stopping = False
