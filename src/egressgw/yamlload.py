@@ -12,14 +12,13 @@ expand into gigabytes (the "billion laughs") or into a list that contains itself
 - a file larger than :data:`MAX_YAML_BYTES`, nesting deeper than :data:`MAX_DEPTH`, an
   integer longer than :data:`MAX_NUMBER_CHARS` and a date that does not exist are
   errors with a line, never a traceback;
-- invalid UTF-8 is an error naming the byte offset.
+- invalid UTF-8 is an error naming the line and byte offset (``inputfiles``).
 
 Every error is an :class:`InputError` naming the file (and the line when known).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -27,11 +26,8 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from egressgw.errors import InputError, excerpt
+from egressgw.inputfiles import MAX_YAML_BYTES, read_text
 
-# Largest YAML file read (bytes). An inventory of 100,000 endpoints is about 12 MB; the
-# objects built from YAML take about 30 times the text, so this keeps a reader under
-# roughly a gigabyte whatever the file holds (docs/reliability.md).
-MAX_YAML_BYTES = 32 * 1024 * 1024
 # Deepest nesting of mappings and lists. A CiliumEgressGatewayPolicy is 7 levels deep,
 # kubectl's managedFields about 12; libyaml itself stops at 1000.
 MAX_DEPTH = 64
@@ -69,36 +65,6 @@ class _Loader(_Base):  # type: ignore[misc]
 
 _Loader.add_constructor(_INT_TAG, _Loader.construct_yaml_int)
 _Loader.add_constructor(_TIMESTAMP_TAG, _Loader.construct_yaml_timestamp)
-
-
-def read_text(path: Path, *, limit: int = MAX_YAML_BYTES, expected: str = "a YAML file") -> str:
-    """The UTF-8 text of ``path``, refusing files over ``limit`` bytes."""
-    source = str(path)
-    try:
-        with path.open("rb") as file:
-            data = file.read(limit + 1)
-    except FileNotFoundError:
-        raise InputError("no such file or directory", source=source) from None
-    except IsADirectoryError:
-        raise InputError(f"is a directory, expected {expected}", source=source) from None
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror or exc}", source=source) from None
-    if len(data) > limit:
-        raise InputError(f"larger than {limit // (1024 * 1024)} MiB", source=source)
-    return decode_utf8(data, source)
-
-
-def decode_utf8(data: bytes, source: str) -> str:
-    """``data`` as UTF-8; an invalid byte is an error naming its line and offset."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise InputError(
-            f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})",
-            source=source,
-            line=line,
-        ) from None
 
 
 def load_yaml_documents(text: str, source: str) -> list[Any]:
@@ -179,3 +145,6 @@ def _check_tree(root: Node, source: str) -> None:
                 key_line = key.start_mark.line + 1
                 stack.append((value, depth + 1, key_line))
                 stack.append((key, depth + 1, key_line))
+
+
+__all__ = ["MAX_DEPTH", "MAX_NUMBER_CHARS", "MAX_YAML_BYTES", "load_yaml_documents", "read_text"]
