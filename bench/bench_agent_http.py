@@ -32,7 +32,7 @@ import os
 import re
 import resource
 import shutil
-import statistics
+import socket
 import subprocess
 import sys
 import tempfile
@@ -54,12 +54,11 @@ def egressgw() -> str:
 
 
 class Agent:
-    """The agent as a child process with 1,024 open files; its log kept in memory."""
+    """The agent as a child process with a fixed open-files limit; its log kept in memory."""
 
-    def __init__(self, policies: Path) -> None:
+    def __init__(self, policies: Path, open_files: int) -> None:
         def limit() -> None:
-            _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
 
         self.process = subprocess.Popen(
             [egressgw(), "agent", "--datapath", "model", "--policies", str(policies),
@@ -67,7 +66,7 @@ class Agent:
              "--listen", "127.0.0.1:0", "--nat-map-stats-interval", "1s",
              "--poll-interval", "0.5s"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, preexec_fn=limit,
+            text=True, preexec_fn=limit,  # noqa: PLW1509 (no other thread runs yet)
         )
         self.lines: list[str] = []
         self._ready = threading.Event()
@@ -172,23 +171,24 @@ async def load_phase(agent: Agent, clients: int, seconds: float,
     return summary("load", latencies, errors)
 
 
-async def slow_phase(agent: Agent, policies: Path, slow: int, seconds: float) -> dict[str, float]:
-    stop = asyncio.Event()
-    opened = 0
-    closed_by_agent = 0
+async def slow_clients(host: str, port: int, slow: int, seconds: float) -> None:
+    """``slow`` clients sending a request head one byte a second, reconnecting when closed;
+    run in a process of its own so that their churn does not delay the probe's clock."""
+    end = time.monotonic() + seconds
+    opened = closed_by_agent = 0
 
     async def slow_client() -> None:
         nonlocal opened, closed_by_agent
-        while not stop.is_set():
+        while time.monotonic() < end:
             try:
-                reader, writer = await asyncio.open_connection(agent.host, agent.port)
+                reader, writer = await asyncio.open_connection(host, port)
             except OSError:
                 await asyncio.sleep(0.5)
                 continue
             opened += 1
             try:
                 writer.write(b"GET /healthz HTTP/1.0\r\n")
-                while not stop.is_set():
+                while time.monotonic() < end:
                     writer.write(b"X")
                     await writer.drain()
                     try:
@@ -203,37 +203,60 @@ async def slow_phase(agent: Agent, policies: Path, slow: int, seconds: float) ->
             finally:
                 writer.close()
 
-    async def probe() -> tuple[list[float], dict[str, int], set[float]]:
-        latencies: list[float] = []
-        errors: dict[str, int] = {}
-        reconciles: set[float] = set()
-        end = time.monotonic() + seconds
-        next_touch = time.monotonic() + 2.0
-        while time.monotonic() < end:
-            if time.monotonic() >= next_touch:
-                with policies.open("a") as file:  # a new version of the file
-                    file.write(f"# edited at {time.time()}\n")
-                next_touch += 2.0
-            elapsed, error, body = await request(agent.host, agent.port, "/healthz")
-            if error:
-                errors[error] = errors.get(error, 0) + 1
-            else:
-                latencies.append(elapsed)
-                reconciles.add(json.loads(body)["last_reconcile_success"])
-            await asyncio.sleep(0.2)
-        return latencies, errors, reconciles
+    await asyncio.gather(*(slow_client() for _ in range(slow)), return_exceptions=True)
+    print(json.dumps({"opened": opened, "closed_by_agent": closed_by_agent}), flush=True)
 
-    tasks = [asyncio.create_task(slow_client()) for _ in range(slow)]
-    await asyncio.sleep(3.0)  # let them all connect
-    latencies, errors, reconciles = await probe()
-    stop.set()
-    await asyncio.gather(*tasks, return_exceptions=True)
+
+def get(host: str, port: int, path: str) -> tuple[float, str | None, bytes]:
+    """One blocking GET over a new connection (the probe): (seconds, error, body)."""
+    start = time.perf_counter()
+    try:
+        with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    except TimeoutError:
+        return time.perf_counter() - start, "timeout", b""
+    except OSError as exc:
+        return time.perf_counter() - start, type(exc).__name__, b""
+    data = b"".join(chunks)
+    elapsed = time.perf_counter() - start
+    if b" 200 " not in data.split(b"\r\n", 1)[0]:
+        return elapsed, f"status {data[:40]!r}", b""
+    return elapsed, None, data.partition(b"\r\n\r\n")[2]
+
+
+def slow_phase(agent: Agent, policies: Path, slow: int, seconds: float) -> dict[str, float]:
+    """The probe and the file edits here; the slow clients in a child process."""
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--slow-worker", agent.host, str(agent.port), str(slow),
+         str(seconds + 3.0)], stdout=subprocess.PIPE, text=True)
+    time.sleep(3.0)  # let them all connect
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    reconciles: set[float] = set()
+    end = time.monotonic() + seconds
+    next_touch = time.monotonic() + 2.0
+    while time.monotonic() < end:
+        if time.monotonic() >= next_touch:
+            with policies.open("a") as file:  # a new version of the file
+                file.write(f"# edited at {time.time()}\n")
+            next_touch += 2.0
+        elapsed, error, body = get(agent.host, agent.port, "/healthz")
+        if error:
+            errors[error] = errors.get(error, 0) + 1
+        else:
+            latencies.append(elapsed)
+            reconciles.add(json.loads(body)["last_reconcile_success"])
+        time.sleep(0.2)
+    out, _ = child.communicate(timeout=60)
+    counts = json.loads(out.strip().splitlines()[-1])
     row = summary("slow", latencies, errors)
     row["reconciles"] = len(reconciles) - 1
-    row["slow_connections"] = opened
-    print(f"        {slow} slow clients opened {opened:,} connections, the agent closed "
-          f"{closed_by_agent:,}; reconciles seen meanwhile: {row['reconciles']} "
-          f"(files touched every 2 s)", flush=True)
+    print(f"        {slow} slow clients opened {counts['opened']:,} connections, the agent "
+          f"closed {counts['closed_by_agent']:,}; reconciles seen by /healthz meanwhile: "
+          f"{row['reconciles']} (the policy file edited every 2 s)", flush=True)
     return row
 
 
@@ -244,22 +267,31 @@ def main() -> None:
     parser.add_argument("--period", type=float, default=1.0)
     parser.add_argument("--slow", type=int, default=2000)
     parser.add_argument("--slow-seconds", type=float, default=20.0)
+    parser.add_argument("--open-files", type=int, default=OPEN_FILES,
+                        help="the agent's open-files limit (soft and hard)")
+    parser.add_argument("--slow-worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.slow_worker:
+        host, port, slow, seconds = args.slow_worker
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        asyncio.run(slow_clients(host, int(port), int(slow), float(seconds)))
+        return
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         policies = Path(tmp) / "policies"
         shutil.copytree(EXAMPLES / "policies", policies)
-        agent = Agent(policies / "shop-clients.yaml")
+        agent = Agent(policies / "shop-clients.yaml", args.open_files)
         try:
             idle = asyncio.run(idle_phase(agent))
             load = asyncio.run(load_phase(agent, args.clients, args.seconds, args.period))
             print(f"        {args.clients} clients, one request each every {args.period} s; "
                   f"p99 loaded / idle: {load['p99_ms'] / max(idle['p99_ms'], 1e-9):.1f}x",
                   flush=True)
-            slow = asyncio.run(slow_phase(agent, policies / "shop-clients.yaml", args.slow,
-                                          args.slow_seconds))
+            slow = slow_phase(agent, policies / "shop-clients.yaml", args.slow,
+                              args.slow_seconds)
             print(f"        /healthz p99 with slow clients / idle p99: "
                   f"{slow['p99_ms'] / max(idle['p99_ms'], 1e-9):.1f}x", flush=True)
             emfile = [line for line in agent.lines if "Too many open files" in line]
