@@ -84,7 +84,7 @@ def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
         return str(value).lower() if value is not None else "null"
     if isinstance(value, int):
         digits = value.bit_length() * 0.30103  # about the decimal digits, without formatting
-        return str(value) if digits < limit else f"a {int(digits) + 1}-digit number"
+        return str(value) if digits < limit else f"a number of about {round(digits)} digits"
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, bytes):

@@ -131,6 +131,7 @@ def _check_tree(root: Node, source: str) -> None:
             )
         elif isinstance(node, MappingNode):
             keys: set[tuple[str, str]] = set()
+            children: list[tuple[Node, int, int]] = []
             for key, value in node.value:
                 if isinstance(key, ScalarNode) and key.tag != _MERGE_TAG:
                     identity = (key.tag, key.value)
@@ -143,8 +144,9 @@ def _check_tree(root: Node, source: str) -> None:
                         )
                     keys.add(identity)
                 key_line = key.start_mark.line + 1
-                stack.append((value, depth + 1, key_line))
-                stack.append((key, depth + 1, key_line))
+                children += [(key, depth + 1, key_line), (value, depth + 1, key_line)]
+            # Visited in document order, so the second use of a node is the alias.
+            stack.extend(reversed(children))
 
 
 __all__ = ["MAX_DEPTH", "MAX_NUMBER_CHARS", "MAX_YAML_BYTES", "load_yaml_documents", "read_text"]

@@ -105,8 +105,9 @@ def _quiet_stdout() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI; every failure ends in one line on stderr and an exit code.
 
-    Usage errors and bad input exit 2, Ctrl-C 130, a closed pipe on stdout 0 (like
-    ``head`` closing it), any other failure to write the output (a full disk) 2.
+    Usage errors and bad input exit 2, Ctrl-C 130, any failure to write the output (a
+    full disk) 2; a pipe on stdout closed by its reader (``| head``) ends quietly, with
+    click's exit 1 (or 0 when the pipe breaks only at the final flush).
     """
     try:
         status = cli.main(args=argv, prog_name="egressgw", standalone_mode=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -11,6 +12,8 @@ from egressgw.cli.options import nat_map_stats_entries_option, node_port_range_o
 from egressgw.config import NodePortRange
 from egressgw.errors import ConfigError
 from egressgw.lab import Lab, LabSpec, lab_rules, remove_lab
+from egressgw.lab.load import check_load
+from egressgw.net import parse_cidr, parse_ip
 from egressgw.policy import compile_rules, load_inventory, load_policies, rules_for_gateway
 from egressgw.stats import compute_nat_stats, render_saturation, render_table
 
@@ -109,6 +112,10 @@ def apply(*, name: str, egress_ips: tuple[str, ...], excluded: tuple[str, ...],
     Without --policies every pod is masqueraded towards the server networks; with
     --policies and --inventory, the policies are compiled and this node's rules applied.
     """
+    # Every flag is checked before anything is looked up or changed.
+    _check_addresses(parse_ip, egress_ips, "--egress-ip")
+    _check_addresses(parse_cidr, excluded, "--exclude")
+    _check_addresses(parse_cidr, destinations, "--destination")
     found = Lab.find(name)
     t = found.topology
     if policies is not None:
@@ -144,6 +151,11 @@ def apply(*, name: str, egress_ips: tuple[str, ...], excluded: tuple[str, ...],
 def load(*, name: str, to: str, connections: int, proto: str, hold: float, pod: str | None,
          timeout: float, parallel: int) -> None:
     """Open real connections from a pod through the gateway; report how many succeeded."""
+    try:
+        check_load(connections, parallel, hold, timeout)
+    except ValueError as exc:
+        flag, _, message = str(exc).partition(": ")
+        raise ConfigError(message, field=flag) from None
     found = Lab.find(name)
     result = found.load(to, connections, proto=proto, hold=hold, pod=pod, timeout=timeout,
                         parallel=parallel)
@@ -175,3 +187,11 @@ def nat_stats(*, name: str, node_port_range: NodePortRange, nat_map_stats_entrie
     click.echo(render_saturation(stats), nl=False)
     failures = datapath.allocation_failures()
     click.echo("conntrack: " + ", ".join(f"{k} {v}" for k, v in failures.items()))
+
+
+def _check_addresses(parse: Callable[[str], object], texts: Sequence[str], flag: str) -> None:
+    for text in texts:
+        try:
+            parse(text)
+        except ValueError as exc:
+            raise ConfigError(str(exc), field=flag) from None
