@@ -183,11 +183,11 @@ def _parse_cidrs(value: Any, where: Where, *, required: bool) -> tuple[IPNetwork
     items = as_list(value, where)
     if required and not items:
         raise where.error("must not be empty: at least one CIDR")
-    cidrs: list[IPNetwork] = []
+    # A dict keeps the first occurrence's order and drops repeats in O(1) each (a list
+    # membership test made 20,000 CIDRs take 19 s).
+    cidrs: dict[IPNetwork, None] = {}
     for index, item in enumerate(items):
-        cidr = parse_cidr(item, where.item(index))
-        if cidr not in cidrs:
-            cidrs.append(cidr)
+        cidrs.setdefault(parse_cidr(item, where.item(index)), None)
     return tuple(cidrs)
 
 

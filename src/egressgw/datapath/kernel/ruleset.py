@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from egressgw.config import NodePortRange
@@ -120,19 +120,45 @@ def _check_ports(ports: NodePortRange) -> None:
                              field="--node-port-range")
 
 
-def _pieces(network: IPNetwork, inner: Iterable[IPNetwork]) -> list[IPNetwork]:
-    """``network`` minus every network in ``inner`` (each a strict subnet of it)."""
-    pieces: list[IPNetwork] = [network]
-    for hole in inner:
-        next_pieces: list[IPNetwork] = []
-        for piece in pieces:
-            if piece.subnet_of(hole):  # type: ignore[arg-type]
-                continue
-            if hole.subnet_of(piece):  # type: ignore[arg-type]
-                next_pieces.extend(piece.address_exclude(hole))  # type: ignore[arg-type]
-            else:
-                next_pieces.append(piece)
-        pieces = next_pieces
+def _maximal_inner(ordered: Sequence[IPNetwork], index: int) -> list[IPNetwork]:
+    """The largest networks strictly inside ``ordered[index]``, disjoint, in order.
+
+    ``ordered`` is sorted by (network address, prefix length), so every network inside
+    ``ordered[index]`` follows it directly (CIDRs either nest or are disjoint); the scan
+    stops at the first network past its end. The work is the number of networks inside.
+    """
+    outer = ordered[index]
+    end = int(outer.broadcast_address)
+    inner: list[IPNetwork] = []
+    last_end = -1
+    for position in range(index + 1, len(ordered)):  # no slice: that would copy the tail
+        other = ordered[position]
+        start = int(other.network_address)
+        if start > end:
+            break
+        if start > last_end:  # not inside the previous maximal one
+            inner.append(other)
+            last_end = int(other.broadcast_address)
+    return inner
+
+
+def _pieces(network: IPNetwork, holes: Sequence[IPNetwork]) -> list[IPNetwork]:
+    """``network`` minus ``holes`` (disjoint, sorted, inside it) as CIDRs.
+
+    The gaps between holes are summarized as address ranges, so the work grows with the
+    number of holes (times the address width), not with holes times pieces.
+    """
+    address = ipaddress.IPv4Address if network.version == 4 else ipaddress.IPv6Address
+    pieces: list[IPNetwork] = []
+    cursor = int(network.network_address)
+    for hole in holes:
+        start = int(hole.network_address)
+        if start > cursor:
+            pieces.extend(ipaddress.summarize_address_range(address(cursor), address(start - 1)))
+        cursor = int(hole.broadcast_address) + 1
+    end = int(network.broadcast_address)
+    if cursor <= end:
+        pieces.extend(ipaddress.summarize_address_range(address(cursor), address(end)))
     return pieces
 
 
@@ -141,7 +167,9 @@ def resolve_elements(rules: Sequence[EgressRule]) -> list[Element]:
 
     For each source, each destination CIDR keeps the part of it not covered by a more
     specific CIDR of the same source; equal CIDRs are settled by kind priority, then by
-    the lowest egress IP, so the result never depends on the input order.
+    the lowest egress IP, so the result never depends on the input order. Near-linear in
+    the number of rules: destinations are sorted once per source, and each one is cut
+    only by the networks directly inside it.
     """
     by_source: dict[IPAddress, dict[IPNetwork, Action]] = defaultdict(dict)
     for index, rule in enumerate(rules):
@@ -153,14 +181,11 @@ def resolve_elements(rules: Sequence[EgressRule]) -> list[Element]:
 
     elements: list[Element] = []
     for source, destinations in by_source.items():
+        ordered = sorted(destinations, key=lambda n: (int(n.network_address), n.prefixlen))
         by_action: dict[Action, list[IPNetwork]] = defaultdict(list)
-        for destination, action in destinations.items():
-            inner = [
-                other
-                for other in destinations
-                if other != destination and other.subnet_of(destination)  # type: ignore[arg-type]
-            ]
-            by_action[action].extend(_pieces(destination, inner))
+        for index, destination in enumerate(ordered):
+            pieces = _pieces(destination, _maximal_inner(ordered, index))
+            by_action[destinations[destination]].extend(pieces)
         for (kind, egress), pieces in by_action.items():
             if kind is RuleKind.EXCLUDED:
                 continue  # a hole: neither masqueraded nor dropped
