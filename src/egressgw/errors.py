@@ -77,9 +77,7 @@ def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
     one line.
     """
     if isinstance(value, str):
-        head = value[:limit]
-        more = "..." if len(value) > limit else ""
-        return repr(head) + more
+        return _quote(value, limit)
     if isinstance(value, bool) or value is None:
         return str(value).lower() if value is not None else "null"
     if isinstance(value, int):
@@ -94,3 +92,22 @@ def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
     if isinstance(value, dict):
         return f"a mapping of {len(value)} keys"
     return f"a {type(value).__name__}"
+
+
+def _quote(text: str, limit: int) -> str:
+    """``text`` in single quotes, non-printable characters escaped as repr escapes them,
+    cut so that the quoted part holds at most ``limit`` characters (escapes included)."""
+    pieces: list[str] = []
+    used = 0
+    for char in text:
+        if char in "'\\":
+            piece = "\\" + char
+        elif char.isprintable():
+            piece = char
+        else:
+            piece = repr(char)[1:-1]
+        if used + len(piece) > limit:
+            return "'" + "".join(pieces) + "'..."
+        pieces.append(piece)
+        used += len(piece)
+    return "'" + "".join(pieces) + "'"

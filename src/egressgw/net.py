@@ -11,6 +11,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from egressgw.errors import excerpt
+
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface: TypeAlias = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -64,7 +66,9 @@ class Proto(enum.IntEnum):
                 return cls[aliases.get(key, key)]
             except KeyError:
                 pass
-        raise ValueError(f"unknown protocol {text!r} (expected TCP, UDP, ICMP or ICMPv6)")
+        raise ValueError(
+            f"unknown protocol {excerpt(text)} (expected TCP, UDP, ICMP or ICMPv6)"
+        )
 
 
 def _address_text(text: object, what: str) -> str:
@@ -82,10 +86,10 @@ def _address_text(text: object, what: str) -> str:
         raise ValueError(f"expected {what} as a string, not {type(text).__name__}")
     if len(text) > MAX_ADDRESS_CHARS:
         raise ValueError(
-            f"{text[:MAX_ADDRESS_CHARS]!r}...: too long for {what} ({len(text)} characters)"
+            f"{excerpt(text, MAX_ADDRESS_CHARS)}: too long for {what} ({len(text)} characters)"
         )
     if "%" in text:
-        raise ValueError(f"{text!r}: IPv6 zones (%...) are not accepted")
+        raise ValueError(f"{excerpt(text, MAX_ADDRESS_CHARS)}: IPv6 zones (%...) are not accepted")
     return text
 
 
@@ -102,7 +106,7 @@ def parse_ip(text: str) -> IPAddress:
     try:
         return ipaddress.ip_address(bare)
     except ValueError:
-        raise ValueError(f"{text!r}: not an IP address") from None
+        raise ValueError(f"{excerpt(text, MAX_ADDRESS_CHARS)}: not an IP address") from None
 
 
 def parse_cidr(text: str, *, strict: bool = False) -> IPNetwork:
@@ -112,30 +116,32 @@ def parse_cidr(text: str, *, strict: bool = False) -> IPNetwork:
     """
     text = _address_text(text, "a CIDR")
     if "/" not in text:
-        raise ValueError(f"{text!r}: missing the /prefix length")
+        raise ValueError(f"{excerpt(text, MAX_ADDRESS_CHARS)}: missing the /prefix length")
     network = ipaddress.IPv6Network if ":" in text else ipaddress.IPv4Network
     try:
         return network(text, strict=strict)
     except ValueError as exc:
-        raise ValueError(f"{text!r}: {_reason(exc)}") from None
+        raise ValueError(f"{excerpt(text, MAX_ADDRESS_CHARS)}: {_reason(exc)}") from None
 
 
 def parse_ip_interface(text: str) -> IPInterface:
     """Parse an interface address with its prefix (``203.0.113.10/24``)."""
     text = _address_text(text, "an interface address")
     if "/" not in text:
-        raise ValueError(f"{text!r}: give it with its prefix, e.g. {text}/24")
+        example = f", e.g. {text}/24" if text.isprintable() else ""
+        raise ValueError(f"{excerpt(text, MAX_ADDRESS_CHARS)}: give it with its prefix{example}")
     interface = ipaddress.IPv6Interface if ":" in text else ipaddress.IPv4Interface
     try:
         return interface(text)
     except ValueError as exc:
-        raise ValueError(f"{text!r}: {_reason(exc)}") from None
+        raise ValueError(f"{excerpt(text, MAX_ADDRESS_CHARS)}: {_reason(exc)}") from None
 
 
 def _reason(exc: ValueError) -> str:
     # ipaddress's per-family messages quote only the offending part (at most the
     # already length-checked input); keep the first line.
-    return str(exc).splitlines()[0] if str(exc) else "invalid"
+    reason = str(exc).splitlines()[0] if str(exc) else "invalid"
+    return reason if len(reason) <= 80 else reason[:77] + "..."
 
 
 def format_ip(ip: IPAddress) -> str:
@@ -172,7 +178,7 @@ class Endpoint:
                 return cls(parse_ip(host), int(port[1:]))
             if sep and not port:
                 return cls(parse_ip(host), 0)
-            raise ValueError(f"bad endpoint {text!r}")
+            raise ValueError(f"bad endpoint {excerpt(text)}")
         if text.count(":") == 1:
             host, _, port = text.partition(":")
             return cls(parse_ip(host), int(port))

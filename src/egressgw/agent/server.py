@@ -61,8 +61,8 @@ class ListenAddress:
             raise ConfigError(expected, field="--listen")
         try:
             ip = parse_ip(host)
-        except ValueError as exc:
-            raise ConfigError(f"{expected} ({exc})", field="--listen") from None
+        except ValueError:
+            raise ConfigError(expected, field="--listen") from None
         if ip.version == 6 and not bracketed:
             raise ConfigError(expected, field="--listen")
         return cls(str(ip), int(port))
