@@ -359,3 +359,16 @@ def test_usage_errors_never_print_more_than_one_line() -> None:
     done = run("simulate")
     line = assert_one_line(done, "Missing argument")
     assert re.search(r"see 'egressgw simulate --help'", line)
+
+
+def test_plan_refuses_more_client_groups_than_it_can_estimate() -> None:
+    from egressgw.sim.plan import MAX_PLAN_FLOWS, estimate  # noqa: PLC0415
+    from egressgw.sim.simulate import SimSettings  # noqa: PLC0415
+
+    doc = workload()
+    doc["clients"] = [dict(doc["clients"][0], cidr=f"10.{i // 256}.{i % 256}.0/24")  # type: ignore[index]
+                      for i in range(MAX_PLAN_FLOWS + 1)]
+    parsed = parse_workload(doc, source="w.yaml")
+    with pytest.raises(InputError, match=r"w.yaml: clients: 201 \(client group, destination\) "
+                                         r"pairs: plan estimates at most 200"):
+        estimate(parsed, SimSettings(duration=60.0))
