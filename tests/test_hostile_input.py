@@ -298,6 +298,8 @@ def test_a_yaml_5000_digit_number_in_a_workload_is_one_line(tmp_path: Path) -> N
       "--inventory", "i", "--node", "n", "--datapath", "model"],
      ["--nat-map-stats-interval", "at least 1 s"]),
     (["nat-stats", "-o", "xml"], ["--output", "see 'egressgw nat-stats --help'"]),
+    (["demo", "--seed", "-1"], ["--seed"]),
+    (["plan", str(SEED_WORKLOAD), "--max-egress-ips", "0"], ["--max-egress-ips"]),
     (["no-such-command"], ["No such command"]),
     (["egress", "list", "--policies"], ["requires an argument"]),
 ])
