@@ -23,6 +23,7 @@ from egressgw.agent.server import ListenAddress
 from egressgw.config import NodePortRange, parse_duration
 from egressgw.dumps import count_endpoints
 from egressgw.errors import EgressgwError
+from egressgw.limits import NatPortRange
 from egressgw.net import Endpoint, parse_cidr, parse_ip, parse_ip_interface
 from egressgw.policy import load_inventory, load_policies
 from egressgw.sim.flows import AddressBook
@@ -99,7 +100,7 @@ def agent_answer(data: bytes) -> None:
 def flags(data: bytes) -> None:
     """Every flag and address parser, on the same text."""
     text = data.decode("utf-8", errors="surrogateescape")
-    for parse in (NodePortRange.parse, ListenAddress.parse, check_server,
+    for parse in (NodePortRange.parse, NatPortRange.parse, ListenAddress.parse, check_server,
                   lambda t: parse_duration(t, field="--duration"),
                   lambda t: parse_time(t, source="--at")):
         contract(lambda parse=parse: parse(text))  # type: ignore[misc]
@@ -145,7 +146,9 @@ SEED_TEXTS: dict[str, list[bytes]] = {
                  b"ipv4 TCP 10.1.0.0 10.2.0.0:8080 100\n",
                  json.dumps({"rows": [{"egressIP": "10.1.0.0", "proto": "TCP",
                                        "remoteIP": "10.2.0.0", "remotePort": 8080,
-                                       "count": 3}], "updatedAt": 10}).encode()],
+                                       "count": 3}], "updatedAt": 10,
+                             "limit": {"datapath": "netfilter", "ports": 64512,
+                                       "portRange": "1024-65535", "source": "x"}}).encode()],
 }
 
 

@@ -22,6 +22,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from egressgw.errors import ConfigError, excerpt
+from egressgw.limits import PortLimit
 from egressgw.net import parse_ip
 
 from .document import nat_stats_document
@@ -128,7 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, encoder(api.registry), content_type)
         elif path == NAT_STATS_PATH:
             self._send_json(HTTPStatus.OK, nat_stats_document(
-                api.state.counts, entries=api.entries, divisor=api.divisor))
+                api.state.counts, entries=api.entries, limit=api.limit))
         elif path == HEALTH_PATH:
             status, body = api.health()
             self._send_json(status, body)
@@ -158,7 +159,7 @@ class AgentAPI:
     state: AgentState
     registry: CollectorRegistry
     entries: int
-    divisor: int
+    limit: PortLimit
 
     def health(self) -> tuple[HTTPStatus, dict[str, Any]]:
         """Healthy once a reconcile has succeeded: the node enforces some policy version.

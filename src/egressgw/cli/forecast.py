@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
-from egressgw.cli.options import node_port_range_option, output_option
+from egressgw.cli.options import given, nat_port_range_option, node_port_range_option, output_option
 from egressgw.config import NodePortRange
+from egressgw.limits import NatPortRange, PortLimit, resolve_limit
 
 # Times above this are taken for Unix timestamps and also printed as dates.
 _UNIX_TIME = 1e9
@@ -57,9 +58,11 @@ def render_forecast(results: Any, *, limit: float, last_time: float, confidence:
     return tabwrite(rows)
 
 
-def forecast_document(results: Any, *, limit: float, last_time: float) -> dict[str, Any]:
+def forecast_document(results: Any, *, limit: float, last_time: float,
+                      port_limit: PortLimit | None = None) -> dict[str, Any]:
     return {
         "limit": limit,
+        **({"portLimit": port_limit.document()} if port_limit is not None else {}),
         "lastSnapshot": last_time,
         "tuples": [
             {
@@ -122,7 +125,10 @@ Examples:
 @click.option("--at", "at", multiple=True, metavar="TIME",
               help="The time of each snapshot in order (seconds or ISO 8601); "
                    "instead of FILE@TIME.")
-@node_port_range_option("Sets the limit: Cilium's saturation divisor, 65535-(MAX+1).")
+@node_port_range_option("Cilium: the limit is 65535-(MAX+1); Linux (conntrack dumps): "
+                        "egressgw's rule, MAX+1-65535. Default: what the snapshots say.")
+@nat_port_range_option("Linux gateways: the SNAT rule's ports, the limit (default for "
+                       "conntrack dumps: 1024-65535, Linux's masquerade range).")
 @click.option("--threshold", type=float, default=1.0, show_default=True,
               help="Forecast the time until this share of the limit (e.g. 0.8).")
 @click.option("--confidence", type=float, default=0.9, show_default=True,
@@ -136,6 +142,7 @@ def forecast_command(
     every_text: str,
     at: tuple[str, ...],
     node_port_range: NodePortRange,
+    nat_port_range: NatPortRange | None,
     threshold: float,
     confidence: float,
     output: str,
@@ -160,7 +167,7 @@ def forecast_command(
         raise ConfigError(f"{threshold}: must be in (0, 1]", field="--threshold")
     if not 0 < confidence < 1:
         raise ConfigError(f"{confidence}: must be in (0, 1)", field="--confidence")
-    limit = node_port_range.cilium_saturation_divisor * threshold
+    ctx = click.get_current_context()
     if server is not None:
         if snapshots:
             raise click.UsageError("give SNAPSHOT files or --server, not both")
@@ -172,14 +179,23 @@ def forecast_command(
     if len(loaded) < 2:
         raise ConfigError(f"{len(loaded)} distinct snapshot(s): a trend needs at least 2",
                           field="--samples" if server else "SNAPSHOT")
+    # One rule for the limit (egressgw.limits): the flags, else what the latest snapshot
+    # says (a document's limit, a dump's datapath), else Cilium's divisor.
+    port_limit = resolve_limit(
+        documented=loaded[-1].limit,
+        datapath=loaded[-1].datapath,
+        node_port_range=node_port_range if given(ctx, "node_port_range") else None,
+        nat_port_range=nat_port_range,
+    )
+    limit = port_limit.ports * threshold
     results = forecast_snapshots(loaded, limit=limit, confidence=confidence)
     last = loaded[-1].time
     if output == "table":
         span = f"{len(loaded)} snapshots over {loaded[-1].time - loaded[0].time:.0f}s"
         click.echo(f"Limit {limit:.0f} connections per tuple ({threshold:.0%} of "
-                   f"--node-port-range {node_port_range}); {span}; times from the last one.")
+                   f"{port_limit.describe()}); {span}; times from the last one.")
         click.echo(render_forecast(results, limit=limit, last_time=last,
                                    confidence=confidence), nl=False)
     else:
-        click.echo(dump_document(forecast_document(results, limit=limit, last_time=last),
-                                 output), nl=False)
+        click.echo(dump_document(forecast_document(results, limit=limit, last_time=last,
+                                                   port_limit=port_limit), output), nl=False)

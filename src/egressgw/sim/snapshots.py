@@ -23,6 +23,7 @@ from typing import Any
 
 from egressgw.dumps import count_endpoints
 from egressgw.errors import InputError, excerpt
+from egressgw.limits import PortLimit, dump_datapath, limit_from_document
 from egressgw.net import Endpoint, Family, NatEndpoint, Proto, parse_ip
 
 TABLE_HEADER = "# IPFamily"
@@ -35,6 +36,9 @@ class Snapshot:
     source: str
     time: float
     counts: Mapping[NatEndpoint, int]
+    # Who made the counts, when the file says: a dump's format, or a document's limit.
+    datapath: str | None = None
+    limit: PortLimit | None = None
 
 
 # Snapshot times: seconds (Unix time or relative) up to the end of year 9999, the last
@@ -179,8 +183,9 @@ def parse_json(doc: Any, *, source: str) -> tuple[dict[NatEndpoint, int], float 
     return counts, parse_time(str(when), source=source)
 
 
-def _count_dump(data: bytes, source: str) -> dict[NatEndpoint, int]:
-    return dict(count_endpoints(data, source=source).counts)
+def _count_dump(data: bytes, source: str) -> tuple[dict[NatEndpoint, int], str]:
+    dump = count_endpoints(data, source=source)
+    return dict(dump.counts), dump_datapath(dump.format)
 
 
 def load_snapshot(spec: str, *, at: str | None = None) -> Snapshot:
@@ -194,6 +199,8 @@ def load_snapshot(spec: str, *, at: str | None = None) -> Snapshot:
     text = data.decode("utf-8", errors="replace")
     stripped = text.lstrip()
     doc_time: float | None = None
+    datapath: str | None = None
+    limit: PortLimit | None = None
     if stripped.startswith(("{", "[")):
         try:
             doc = json.loads(text)
@@ -203,10 +210,11 @@ def load_snapshot(spec: str, *, at: str | None = None) -> Snapshot:
         except RecursionError:
             raise InputError("not valid JSON: nested too deep", source=path_text) from None
         counts, doc_time = parse_json(doc, source=path_text)
+        limit = limit_from_document(doc)
     elif stripped.startswith(TABLE_HEADER):
         counts = parse_table(text, source=path_text)
     else:
-        counts = _count_dump(data, path_text)
+        counts, datapath = _count_dump(data, path_text)
     if when is not None:
         time = parse_time(when, source=path_text)
     elif doc_time is not None:
@@ -216,7 +224,7 @@ def load_snapshot(spec: str, *, at: str | None = None) -> Snapshot:
             "no time for this snapshot: write FILE@TIME (seconds or ISO 8601) or use --at",
             source=path_text,
         )
-    return Snapshot(path_text, time, counts)
+    return Snapshot(path_text, time, counts, datapath, limit)
 
 
 def load_snapshots(specs: Sequence[str], at: Sequence[str] = ()) -> list[Snapshot]:
@@ -249,11 +257,12 @@ def poll_snapshots(
     for attempt in range(3 * samples):
         if attempt:
             sleep(every)
-        counts, when = parse_json(fetch(), source=source)
+        doc = fetch()
+        counts, when = parse_json(doc, source=source)
         time = clock() if when is None else when
         if taken and time <= taken[-1].time:
             continue
-        taken.append(Snapshot(source, time, counts))
+        taken.append(Snapshot(source, time, counts, limit=limit_from_document(doc)))
         if len(taken) == samples:
             break
     return taken
