@@ -374,3 +374,34 @@ def test_plan_refuses_more_client_groups_than_it_can_estimate() -> None:
     with pytest.raises(InputError, match=r"w.yaml: clients: 201 \(client group, destination\) "
                                          r"pairs: plan estimates at most 200"):
         estimate(parsed, SimSettings(duration=60.0))
+
+
+def test_a_lab_child_dies_with_the_cli_even_after_kill_9() -> None:
+    """lab load's generator runs with PR_SET_PDEATHSIG: it outlives no killed CLI."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys, time\n"
+         "from egressgw.lab.lab import die_with_parent\n"
+         "child = subprocess.Popen(['sleep', '60'], preexec_fn=die_with_parent)\n"
+         "print(child.pid, flush=True)\n"
+         "time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    parent.kill()  # SIGKILL: no handler of the parent runs
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        try:
+            status = Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[0]
+        except FileNotFoundError:
+            return
+        if status == "Z":  # dead, waiting for init to reap it
+            return
+        time.sleep(0.05)
+    os.kill(child, 9)
+    pytest.fail("the child outlived its killed parent")
