@@ -11,7 +11,7 @@ findings, to be recorded in docs/reliability.md.
 ``--hypothesis N`` runs the Hypothesis suite (tests/test_fuzz_readers.py) with N
 examples per target instead, for machines without atheris.
 
-    .venv/bin/pip install 'atheris>=2.3'       # on demand; not a test dependency
+    .venv/bin/pip install -e '.[fuzz]'          # atheris, on demand; not a test dependency
     .venv/bin/python scripts/fuzz.py [--seconds 120] [--targets policies workload ...]
     .venv/bin/python scripts/fuzz.py --hypothesis 5000
 """
