@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from egressgw.errors import excerpt
 from egressgw.net import IPAddress, IPNetwork
 from egressgw.policy.inventory import Endpoint, InventorySource, Node
 from egressgw.policy.model import (
@@ -217,14 +218,14 @@ def _egress_ip(
         interface = node.interface(spec.interface)
         if interface is None:
             warnings.append(
-                f"{where}.interface: node {node.name!r} has no interface {spec.interface!r}: "
-                "its traffic is dropped at the gateway"
+                f"{where}.interface: node {node.name!r} has no interface "
+                f"{excerpt(spec.interface)}: its traffic is dropped at the gateway"
             )
             return None
         found = interface.first_address(version)
         if found is None:
             warnings.append(
-                f"{where}.interface: {spec.interface!r} on node {node.name!r} has no "
+                f"{where}.interface: {excerpt(spec.interface)} on node {node.name!r} has no "
                 f"{family} address: its {family} traffic is dropped at the gateway"
             )
         return found
@@ -248,7 +249,7 @@ def _egress_ip(
     found = interface.first_address(version)
     if found is None:
         warnings.append(
-            f"{where}: interface {interface.name!r} on node {node.name!r} has no {family} "
+            f"{where}: interface {excerpt(interface.name)} on node {node.name!r} has no {family} "
             f"address: its {family} traffic is dropped at the gateway"
         )
     return found
