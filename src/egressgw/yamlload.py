@@ -7,8 +7,8 @@ expand into gigabytes (the "billion laughs") or into a list that contains itself
 - an alias (``*name``) is an error naming its line: Kubernetes objects never carry
   them (the API server stores JSON, which has none);
 - a duplicate key in a mapping is an error, as kubectl's strict field validation
-  (``--validate=strict``, the default since Kubernetes 1.27) makes it, instead of YAML's
-  "the last one wins";
+  (``--validate=strict``, kubectl's default; KEP-2885) makes it, instead of YAML's "the
+  last one wins";
 - a file larger than :data:`MAX_YAML_BYTES`, nesting deeper than :data:`MAX_DEPTH`, an
   integer longer than :data:`MAX_NUMBER_CHARS` and a date that does not exist are
   errors with a line, never a traceback;
