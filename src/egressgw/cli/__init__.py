@@ -28,7 +28,12 @@ COMMANDS: dict[str, str] = {
     "demo": "egressgw.cli.demo:demo",
     "plan": "egressgw.cli.plan:plan_command",
     "forecast": "egressgw.cli.forecast:forecast_command",
+    "assets": "egressgw.cli.assets:assets",
 }
+
+# Modules of the simulation extra: a command that needs one says how to install it.
+SIM_MODULES = frozenset({"numba", "llvmlite", "matplotlib", "tqdm"})
+SIM_HINT = "needs the simulation extra: pip install 'egressgw[sim]'"
 
 
 class LazyGroup(click.Group):
@@ -57,6 +62,10 @@ def cli() -> None:
       egressgw demo
       egressgw nat-stats --from nat-list.txt
       egressgw <command> --help
+
+    \b
+    Shell completion (bash; zsh and fish likewise):
+      eval "$(_EGRESSGW_COMPLETE=bash_source egressgw)"
     """
 
 
@@ -123,6 +132,11 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         _quiet_stdout()
         sys.exit(0)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in SIM_MODULES:
+            raise
+        command = next((a for a in (argv or sys.argv[1:]) if a in COMMANDS), "this command")
+        _fail(f"{command} {SIM_HINT} ({exc.name} is not installed)", USAGE_EXIT)
     except OSError as exc:
         if exc.filename is None and exc.errno in (
             errno.ENOSPC, errno.EIO, errno.EBADF, errno.EDQUOT, errno.EFBIG

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from egressgw.errors import InputError
 from egressgw.net import IPAddress, IPNetwork, parse_cidr, parse_ip
-from egressgw.policy.rules import EgressRule, RuleKind
+from egressgw.rules import EgressRule, RuleKind
 
 _T = TypeVar("_T")
 
