@@ -174,7 +174,7 @@ def test_policies_refuse_zones_everywhere(tmp_path: Path, old: str, new: str) ->
     path = tmp_path / "p.yaml"
     assert old in POLICY
     path.write_text(POLICY.replace(old, new))
-    with pytest.raises(InputError, match="IPv6 zones"):
+    with pytest.raises(InputError, match="IPv6 zone"):
         load_policies(path)
 
 
