@@ -74,7 +74,8 @@ def render_plan(plan: Any, divisor: int, limit: Any = None) -> str:
                    "any --node-port-range leaves.\n")
     else:
         npr = plan.node_port_range
-        out.append(f"  --node-port-range {npr} leaves {npr.cilium_saturation_divisor} NAT ports "
+        ports = plan.node_port_ports
+        out.append(f"  --node-port-range {npr} leaves {ports} NAT ports "
                    "per tuple (NodePorts move below it).\n")
         if plan.node_port_check is not None:
             out.append(_check_line(plan.node_port_check, plan.target, plan.max_drop_rate))

@@ -26,6 +26,7 @@ import numpy.typing as npt
 from egressgw.config import MAX_PORT, NodePortRange
 from egressgw.datapath.model.config import GC_MAX_INTERVAL, GC_MIN_INTERVAL, GC_START_INTERVAL
 from egressgw.errors import InputError
+from egressgw.limits import datapath_limit
 from egressgw.net import Family, IPAddress, NatEndpoint, Proto
 from egressgw.sim.distributions import Duration, DurationKind, EndKind
 from egressgw.sim.routing import route_workload
@@ -85,6 +86,15 @@ def duration_survival(duration: Duration, x: npt.NDArray[np.float64]) -> npt.NDA
 
 def _timeouts(proto: Proto, settings: SimSettings) -> dict[EndKind, float]:
     config = settings.model_config()
+    if config.datapath_model == "netfilter":
+        # Linux: a closed TCP connection's TIME_WAIT/CLOSE entry does not block its port
+        # (nf_nat takes it over); an idle one holds it for the established timeout; UDP
+        # entries live 30 s after the last packet (egressgw.datapath.model.netfilter).
+        if proto is Proto.TCP:
+            idle = config.nf_tcp_timeout_established
+            return {EndKind.FIN: 0.0, EndKind.RST: 0.0, EndKind.IDLE: idle}
+        udp = config.nf_udp_timeout
+        return {EndKind.FIN: udp, EndKind.RST: udp, EndKind.IDLE: udp}
     idle = config.ct_timeout_tcp if proto is Proto.TCP else config.ct_timeout_any
     close = config.ct_timeout_fin if proto is Proto.TCP else config.ct_timeout_any
     return {EndKind.FIN: close, EndKind.RST: close, EndKind.IDLE: idle}
@@ -96,6 +106,8 @@ def steady_gc_interval(ct_life: float, settings: SimSettings) -> float:
     Each pass deletes the entries that expired since the last one: a share of about
     I / (ct_life + I). Cilium shortens the interval above 25% and lengthens it below 5%.
     """
+    if settings.datapath_model == "netfilter":
+        return 0.0  # conntrack entries are gone for the port search when they expire
     if settings.conntrack_gc_interval is not None:
         return settings.conntrack_gc_interval
     interval = GC_START_INTERVAL
@@ -267,6 +279,8 @@ class Plan:
     node_port_range: NodePortRange | None
     node_port_estimate: list[TupleDemand]
     node_port_check: Check | None
+    # The ports per tuple ``node_port_range`` leaves, by the datapath's limit.
+    node_port_ports: int = 0
 
     @property
     def confirmed(self) -> Check | None:
@@ -284,10 +298,15 @@ def _check(label: str, workload: Workload, settings: SimSettings, *,
     return Check(label, result, refused, ok)
 
 
-def suggest_node_port_range(needed_ports: float) -> NodePortRange | None:
-    """A --node-port-range whose NAT range has ``needed_ports`` ports (None if impossible)."""
+def suggest_node_port_range(needed_ports: float, datapath: str = "cilium"
+                            ) -> NodePortRange | None:
+    """A --node-port-range whose NAT range has ``needed_ports`` ports (None if impossible).
+
+    The ports are the datapath's limit (egressgw.limits): Cilium's divisor
+    65535 - (MAX + 1), or for netfilter every port of egressgw's rule MAX+1..65535.
+    """
     ports = math.ceil(needed_ports)
-    high = MAX_PORT - 1 - ports  # Cilium's divisor is 65535 - (MAX + 1)
+    high = MAX_PORT - 1 - ports if datapath == "cilium" else MAX_PORT - ports
     if high < 2:
         return None
     return NodePortRange(max(1, high - _NODE_PORT_WIDTH), min(high, 65533))
@@ -330,7 +349,7 @@ def make_plan(
     # The alternative: keep the workload's own egress IPs and widen the NAT port range.
     own = estimate(workload, settings, cache=cache)
     ports_needed = own[0].needed / target if own else 0.0
-    npr = suggest_node_port_range(ports_needed) if own else None
+    npr = suggest_node_port_range(ports_needed, settings.datapath_model) if own else None
     npr_check = None
     if confirm and npr is not None:
         npr_settings = replace(settings, node_port_range=npr)
@@ -346,4 +365,6 @@ def make_plan(
         node_port_range=npr,
         node_port_estimate=own,
         node_port_check=npr_check,
+        node_port_ports=(datapath_limit(settings.datapath_model, node_port_range=npr).ports
+                         if npr is not None else 0),
     )

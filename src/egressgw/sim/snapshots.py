@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from egressgw.dumps import count_endpoints
+from egressgw.dumps.takeover import takeover_counts
 from egressgw.errors import InputError, excerpt
 from egressgw.limits import PortLimit, dump_datapath, limit_from_document
 from egressgw.net import Endpoint, Family, NatEndpoint, Proto, parse_ip
@@ -129,7 +130,9 @@ def _row(doc: object, where: str, source: str) -> tuple[NatEndpoint, int]:
             parse_ip(_field(doc, "remoteIP", "remote_ip")),
             _whole(_field(doc, "remotePort", "remote_port", 0), 0xFFFF),
         )
-        return key, _whole(doc["count"], MAX_COUNT)
+        # Linux rows say which entries block a port (TIME_WAIT/CLOSE do not): the count
+        # that runs out is that one (egressgw.limits).
+        return key, _whole(doc["blocking"] if "blocking" in doc else doc["count"], MAX_COUNT)
     except KeyError as exc:
         raise InputError(f"missing field {excerpt(exc.args[0])}", source=source,
                          field=where) from None
@@ -184,8 +187,15 @@ def parse_json(doc: Any, *, source: str) -> tuple[dict[NatEndpoint, int], float 
 
 
 def _count_dump(data: bytes, source: str) -> tuple[dict[NatEndpoint, int], str]:
+    """Connections per tuple; for a conntrack dump only those that block a port (the
+    kernel takes TIME_WAIT/CLOSE ports over), as nat-stats' saturation counts them."""
     dump = count_endpoints(data, source=source)
-    return dict(dump.counts), dump_datapath(dump.format)
+    counts = dict(dump.counts)
+    if dump.format == "conntrack":
+        reusable = takeover_counts(data, source=source)
+        counts = {ep: n - reusable.get(ep, 0) for ep, n in counts.items()
+                  if n > reusable.get(ep, 0)}
+    return counts, dump_datapath(dump.format)
 
 
 def load_snapshot(spec: str, *, at: str | None = None) -> Snapshot:
