@@ -21,11 +21,13 @@ from egressgw.agent.client import check_server
 from egressgw.agent.document import rows_from_document
 from egressgw.agent.server import ListenAddress
 from egressgw.config import NodePortRange, parse_duration
-from egressgw.dumps import count_endpoints
+from egressgw.dumps import count_endpoints, iter_entries
+from egressgw.dumps.takeover import takeover_counts
 from egressgw.errors import EgressgwError
 from egressgw.limits import NatPortRange
 from egressgw.net import Endpoint, parse_cidr, parse_ip, parse_ip_interface
 from egressgw.policy import load_inventory, load_policies
+from egressgw.policy.kubernetes import load_inventories
 from egressgw.sim.flows import AddressBook
 from egressgw.sim.replay import ReplayFlows
 from egressgw.sim.routing import EgressTable, Routes
@@ -67,6 +69,12 @@ def inventory(data: bytes) -> None:
     contract(lambda: load_inventory(path))
 
 
+def kubernetes(data: bytes) -> None:
+    """kubectl get nodes,pods -o yaml output (and CiliumEndpoints) as an inventory."""
+    path = _file("kubectl.yaml", data)
+    contract(lambda: load_inventories([path]))
+
+
 def workload(data: bytes) -> None:
     path = _file("workload.yaml", data)
     contract(lambda: load_workload(path))
@@ -85,7 +93,14 @@ def snapshot(data: bytes) -> None:
 
 
 def nat_dump(data: bytes) -> None:
+    """The bulk path nat-stats counts with, and the TIME_WAIT/CLOSE takeover count."""
     contract(lambda: count_endpoints(data, source="dump.txt"))
+    contract(lambda: takeover_counts(data, source="dump.txt"))
+
+
+def nat_entries(data: bytes) -> None:
+    """The entry path: every field of every entry parsed."""
+    contract(lambda: sum(1 for _ in iter_entries(data, source="dump.txt")))
 
 
 def agent_answer(data: bytes) -> None:
@@ -115,10 +130,12 @@ def flags(data: bytes) -> None:
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "policies": policies,
     "inventory": inventory,
+    "kubernetes": kubernetes,
     "workload": workload,
     "flows_csv": flows_csv,
     "snapshot": snapshot,
     "nat_dump": nat_dump,
+    "nat_entries": nat_entries,
     "agent_answer": agent_answer,
     "flags": flags,
 }
@@ -128,10 +145,12 @@ SEEDS: dict[str, list[Path]] = {
     "policies": sorted((EXAMPLES / "policies").glob("*.yaml"))
     + sorted((ROOT / "tests" / "fixtures" / "policies" / "good").glob("*.yaml")),
     "inventory": [EXAMPLES / "inventory.yaml"],
+    "kubernetes": sorted((EXAMPLES / "kubernetes").glob("*.yaml")),
     "workload": sorted((EXAMPLES / "workloads").glob("*.yaml")),
     "flows_csv": [EXAMPLES / "workloads" / "recorded-flows.csv"],
     "snapshot": [EXAMPLES / "seed-node-nat-list.txt"],
     "nat_dump": [EXAMPLES / "seed-node-nat-list.txt", EXAMPLES / "gateway-conntrack-L.txt"],
+    "nat_entries": [EXAMPLES / "seed-node-nat-list.txt", EXAMPLES / "gateway-conntrack-L.txt"],
     "agent_answer": [],
     "flags": [],
 }
