@@ -377,17 +377,23 @@ def test_plan_refuses_more_client_groups_than_it_can_estimate() -> None:
 
 
 def test_a_lab_child_dies_with_the_cli_even_after_kill_9() -> None:
-    """lab load's generator runs with PR_SET_PDEATHSIG: it outlives no killed CLI."""
+    """lab load's generator asks for PR_SET_PDEATHSIG: it outlives no killed CLI."""
     parent = subprocess.Popen(
         [sys.executable, "-c",
-         "import subprocess, sys, time\n"
-         "from egressgw.lab.lab import die_with_parent\n"
-         "child = subprocess.Popen(['sleep', '60'], preexec_fn=die_with_parent)\n"
+         # lab load's generator as the lab starts it (--parent), on loopback only: one
+         # refused connection to 127.0.0.1:1, then a 60 s hold.
+         "import os, subprocess, sys, time\n"
+         "child = subprocess.Popen([sys.executable, '-m', 'egressgw.lab.load', '--to',\n"
+         "    '127.0.0.1:1', '--from', '127.0.0.1', '--hold', '60', '--progress', '0',\n"
+         "    '--parent', str(os.getpid())], stdout=subprocess.DEVNULL)\n"
          "print(child.pid, flush=True)\n"
          "time.sleep(60)\n"],
         stdout=subprocess.PIPE, text=True)
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
+    time.sleep(1.0)  # its connection refused, the child is holding
+    os.kill(child, 0)  # alive
+    assert Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[0] != "Z"
     parent.kill()  # SIGKILL: no handler of the parent runs
     parent.wait()
     deadline = time.monotonic() + 5
