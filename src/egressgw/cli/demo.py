@@ -20,7 +20,7 @@ Examples:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               default=Path("egressgw-demo"), show_default=True,
               help="Directory for report.md and saturation.png.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
               help="Seed of every random draw: equal seeds, equal output.")
 @click.option("--scale", type=float, default=1.0, show_default=True,
               help="Shrink ports, NAT map and rates together (0 < SCALE <= 1) for a "

@@ -18,7 +18,10 @@ _UNIX_TIME = 1e9
 def _when(base: float, eta: float | None) -> str:
     if eta is None or base < _UNIX_TIME:
         return ""
-    moment = datetime.fromtimestamp(base + eta, tz=UTC)
+    try:
+        moment = datetime.fromtimestamp(base + eta, tz=UTC)
+    except (OverflowError, ValueError, OSError):
+        return " (after the year 9999)"
     return moment.strftime(" (%Y-%m-%d %H:%M UTC)")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -13,6 +14,7 @@ from egressgw.errors import ConfigError
 from egressgw.lab import Lab, LabSpec, lab_rules, remove_lab
 from egressgw.lab.load import MAX_CONNECTIONS, LoadResult, check_load_flags
 from egressgw.limits import netfilter_rule_limit
+from egressgw.net import parse_cidr, parse_ip
 from egressgw.policy import compile_rules, load_inventory, load_policies, rules_for_gateway
 from egressgw.stats import compute_nat_stats, render_saturation, render_table
 
@@ -111,6 +113,10 @@ def apply(*, name: str, egress_ips: tuple[str, ...], excluded: tuple[str, ...],
     Without --policies every pod is masqueraded towards the server networks; with
     --policies and --inventory, the policies are compiled and this node's rules applied.
     """
+    # Every flag is checked before anything is looked up or changed.
+    _check_addresses(parse_ip, egress_ips, "--egress-ip")
+    _check_addresses(parse_cidr, excluded, "--exclude")
+    _check_addresses(parse_cidr, destinations, "--destination")
     found = Lab.find(name)
     t = found.topology
     if policies is not None:
@@ -198,3 +204,11 @@ def nat_stats(*, name: str, node_port_range: NodePortRange, nat_map_stats_entrie
     drops = datapath.drop_counts()
     click.echo(f"failed connection attempts (once per tuple, seen when retried): {failed}")
     click.echo("dropped packets: " + ", ".join(f"{k} {v}" for k, v in drops.items()))
+
+
+def _check_addresses(parse: Callable[[str], object], texts: Sequence[str], flag: str) -> None:
+    for text in texts:
+        try:
+            parse(text)
+        except ValueError as exc:
+            raise ConfigError(str(exc), field=flag) from None

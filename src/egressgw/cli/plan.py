@@ -95,7 +95,7 @@ Examples:
               help="Highest share of a tuple's ports any tuple may use.")
 @click.option("--max-drop-rate", type=float, default=1e-4, show_default=True,
               help="Highest share of new connections the simulation may refuse.")
-@click.option("--max-egress-ips", type=int, default=64, show_default=True)
+@click.option("--max-egress-ips", type=click.IntRange(1, 1024), default=64, show_default=True)
 @click.option("--estimate-only", is_flag=True, help="Skip the confirming simulations.")
 @datapath_options
 def plan_command(

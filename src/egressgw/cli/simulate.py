@@ -30,13 +30,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 def datapath_options(func: F) -> F:
     """The Cilium flags a simulation takes (shared by simulate and plan)."""
     options = [
-        click.option("--seed", type=int, default=0, show_default=True,
+        click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
                      help="Seed of every random draw: equal seeds, equal results."),
         click.option("--duration", callback=parse_duration_flag, metavar="DURATION",
                      help="Virtual time to simulate, e.g. 30m or 2h "
                           "(default: the workload's duration, else 1h)."),
         node_port_range_option(),
-        click.option("--bpf-nat-global-max", type=int, default=524288, show_default=True,
+        click.option("--bpf-nat-global-max", type=click.IntRange(1 << 10, 1 << 24),
+                     default=524288, show_default=True,
                      help="NAT map entries (2 per connection), LRU when full."),
         nat_map_stats_interval_option("Virtual time between nat-stats passes."),
         nat_map_stats_entries_option(),

@@ -175,37 +175,57 @@ def _occupancy(flow: _Flow, until: float) -> tuple[float, float, npt.NDArray[np.
     return arrivals.peak_rate(until) * flow.share, mean_hold, curve
 
 
+# Occupancy curves of one (client group, destination): (mean-case, peak-case) results of
+# _occupancy. They do not depend on the egress IPs, so make_plan computes them once for
+# all the egress IP counts it tries.
+OccupancyCache = dict[tuple[int, int], tuple[tuple[float, float, npt.NDArray[np.float64]],
+                                             npt.NDArray[np.float64]]]
+# The analytic estimate costs about 0.15 s per (client group, destination) on this 2-core
+# machine; a plan is refused above this many (docs/reliability.md).
+MAX_PLAN_FLOWS = 200
+
+
 def estimate(workload: Workload, settings: SimSettings,
-             egress_ips: Sequence[IPAddress] | None = None) -> list[TupleDemand]:
+             egress_ips: Sequence[IPAddress] | None = None, *,
+             cache: OccupancyCache | None = None) -> list[TupleDemand]:
     """The analytic demand per tuple, largest first."""
+    cache = {} if cache is None else cache
     if not workload.groups:
         raise InputError("plan needs client groups (replayed flows carry no rates)",
                          source=workload.source, field="clients")
     routes = route_workload(workload, egress_override=egress_ips)
     until = settings.duration
-    flows: list[tuple[_Flow, int, npt.NDArray[np.int32]]] = []
+    flows: list[tuple[_Flow, int, npt.NDArray[np.int32], int]] = []
     for g, group in enumerate(workload.groups):
         weights = np.array([workload.destinations[d].weight for d in group.destinations])
         for d, weight in zip(group.destinations, weights / weights.sum(), strict=True):
             proto = workload.destinations[d].proto
-            flows.append((_Flow(group, float(weight), proto, {}), d, routes.per_group[g][:, d]))
+            flows.append((_Flow(group, float(weight), proto, {}), d, routes.per_group[g][:, d],
+                          g))
+    if len(flows) > MAX_PLAN_FLOWS:
+        raise InputError(
+            f"{len(flows):,} (client group, destination) pairs: plan estimates at most "
+            f"{MAX_PLAN_FLOWS} (merge alike groups, or use simulate)",
+            source=workload.source, field="clients")
     deletes = _deletes_per_second(
-        [(f, Family.of(workload.destinations[d].ip)) for f, d, _ in flows], until
+        [(f, Family.of(workload.destinations[d].ip)) for f, d, _, _ in flows], until
     )
     gc_interval = steady_gc_interval(deletes, settings)
     rates: dict[NatEndpoint, float] = {}
     weighted_holds: dict[NatEndpoint, float] = {}
     curves: dict[NatEndpoint, npt.NDArray[np.float64]] = {}
     peaks: dict[NatEndpoint, npt.NDArray[np.float64]] = {}
-    for flow, d, egress_of_client in flows:
-        timeouts = _timeouts(flow.proto, settings)
-        # On average a closed connection waits half a GC interval for its entries to go;
-        # just before a pass, the ones closed a whole interval ago are still there.
-        mean_extra = {k: v + gc_interval / 2 for k, v in timeouts.items()}
-        peak_extra = {k: v + gc_interval for k, v in timeouts.items()}
-        # Occupancy is linear in the rate: compute it once, scale it per egress IP.
-        rate, hold, curve = _occupancy(replace(flow, extra=mean_extra), until)
-        _, _, peak_curve = _occupancy(replace(flow, extra=peak_extra), until)
+    for flow, d, egress_of_client, g in flows:
+        if (g, d) not in cache:
+            timeouts = _timeouts(flow.proto, settings)
+            # On average a closed connection waits half a GC interval for its entries to
+            # go; just before a pass, the ones closed a whole interval ago are still there.
+            mean_extra = {k: v + gc_interval / 2 for k, v in timeouts.items()}
+            peak_extra = {k: v + gc_interval for k, v in timeouts.items()}
+            # Occupancy is linear in the rate: compute it once, scale it per egress IP.
+            cache[g, d] = (_occupancy(replace(flow, extra=mean_extra), until),
+                           _occupancy(replace(flow, extra=peak_extra), until)[2])
+        (rate, hold, curve), peak_curve = cache[g, d]
         destination = workload.destinations[d]
         for e in np.unique(egress_of_client[egress_of_client >= 0]):
             on_e = float(np.mean(egress_of_client == e))
@@ -315,8 +335,9 @@ def make_plan(
     limit = target * settings.divisor
     chosen: int | None = None
     demand: list[TupleDemand] = []
+    cache: OccupancyCache = {}
     for n in range(1, max_egress_ips + 1):
-        demand = estimate(workload, settings, candidate_egress_ips(workload, n))
+        demand = estimate(workload, settings, candidate_egress_ips(workload, n), cache=cache)
         if demand and demand[0].needed <= limit:
             chosen = n
             break
@@ -335,7 +356,7 @@ def make_plan(
             if check.ok:
                 break
     # The alternative: keep the workload's own egress IPs and widen the NAT port range.
-    own = estimate(workload, settings)
+    own = estimate(workload, settings, cache=cache)
     ports_needed = own[0].needed / target if own else 0.0
     npr = suggest_node_port_range(ports_needed, settings.datapath_model) if own else None
     npr_check = None
