@@ -331,6 +331,19 @@ def test_a_bad_address_is_named_by_its_first_line() -> None:
     assert "bad address '999.0.113" in str(caught.value)
 
 
+def test_a_huge_bad_address_is_quoted_short() -> None:
+    """A field of megabytes still makes a one-line error of a few hundred characters,
+    on the bulk path and on the entry path."""
+    line = f"TCP IN 192.0.2.1:80 -> {'9' * 100_000}:4000 XLATE_DST 10.0.0.1:5 Created=1sec ago"
+    data = f"{line} NeedsCT=1\n".encode()
+    for read in (count_endpoints, lambda d, source: list(iter_entries(d, source=source))):
+        with pytest.raises(InputError) as caught:
+            read(data, source="huge")
+        message = str(caught.value)
+        assert caught.value.line == 1 and "9999" in message
+        assert "\n" not in message and len(message) < 300, len(message)
+
+
 def test_a_bad_line_deep_in_a_big_dump_is_found() -> None:
     lines = "".join(bench_lines(6000, seed=5)).splitlines()  # several scan chunks
     number = random.Random(9).randrange(len(lines)) + 1

@@ -62,6 +62,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from egressgw.dumps.base import DumpCounts, bad_line, normalize
+from egressgw.errors import excerpt
 from egressgw.net import (
     Direction,
     Endpoint,
@@ -614,6 +615,9 @@ _LOOSE_ENTRY = re.compile(
 )
 
 
+_REASON_CHARS = 80
+
+
 def _diagnose(line: str) -> str:
     """Why a line _ENTRY refused is wrong: the first bad address or port, if that is it."""
     loose = _LOOSE_ENTRY.fullmatch(line)
@@ -622,7 +626,9 @@ def _diagnose(line: str) -> str:
             try:
                 parse_endpoint(text)
             except ValueError as exc:
-                return f"bad address {text!r} ({exc})"
+                # Both the field and the parser's message quote input: keep them short.
+                why = str(exc) if len(str(exc)) <= _REASON_CHARS else "malformed"
+                return f"bad address {excerpt(text)} ({why})"
     return "not a cilium-dbg bpf nat list entry"
 
 
