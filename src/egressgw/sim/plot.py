@@ -89,3 +89,47 @@ def _panel(ax: Any, label: str, result: SimulationResult, top: int, events_max: 
     handles, labels = ax.get_legend_handles_labels()
     more_handles, more_labels = events.get_legend_handles_labels()
     ax.legend(handles + more_handles, labels + more_labels, loc="upper left", fontsize=8)
+
+
+def plot_refusal(curves: Any, path: str | Path) -> Path:
+    """Write a PNG of the refusal curves: share of new connections refused (log) against
+    saturation, with the 0.01%..10% rates marked."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    from egressgw.sim.refusal import CURVE_TEXT, RATES, search_text  # noqa: PLC0415
+
+    figure, ax = plt.subplots(figsize=(10, 5.5))
+    colours = {"growth": "tab:red", "steady": "tab:orange", "uniform": "tab:blue"}
+    for name, curve in curves.by_name().items():
+        sat = curve.saturation * 100
+        shown = curve.refused > 0
+        ax.plot(sat[shown], curve.refused[shown] * 100, color=colours[name],
+                label=f"{name}: {CURVE_TEXT[name]}")
+        if curve.kind.endswith("(measured)"):
+            ax.fill_between(sat, np.maximum(curve.low, 1e-7) * 100, curve.high * 100,
+                            color=colours[name], alpha=0.15, linewidth=0)
+    for rate in RATES:
+        ax.axhline(rate * 100, color="grey", linestyle=":", linewidth=0.8)
+        ax.annotate(f"{rate * 100:g}%", (1, rate * 100), xycoords=("axes fraction", "data"),
+                    xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylim(1e-3, 100)
+    ax.set_xlim(30, 101)
+    ax.set_xlabel(f"saturation (% of {curves.growth.divisor} ports)")
+    ax.set_ylabel("new connections refused (%)")
+    g = curves.growth
+    ax.set_title(f"{search_text(g.search)}\nclients' source ports {g.sources}", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(True, which="major", alpha=0.3)
+    figure.tight_layout()
+    out = Path(path)
+    try:
+        figure.savefig(out, dpi=100)
+    except OSError as exc:
+        raise InputError(f"cannot write the plot: {exc.strerror}", source=str(out)) from None
+    finally:
+        plt.close(figure)
+    return out

@@ -1,0 +1,566 @@
+"""The refusal curve: how likely a new connection is refused, given a tuple's occupancy.
+
+nat.h's ``snat_v4_new_mapping`` (Cilium v1.16.2, bpf/lib/nat.h) tries at most
+``SNAT_COLLISION_RETRIES`` ports for a new connection: the client's own source port when
+it lies in the NAT range (``__snat_try_keep_port``), else a random one; after the first
+collision a random port ``p1 = clamp(random16)``; then ``clamp(port + 1)`` per try. The
+search is a deterministic walk from a random start, so a connection is refused exactly
+when the kept port and every port of the walk are taken.
+
+Two curves answer "what share of new connections is refused at this occupancy":
+
+- :func:`uniform_curve`, exact: the occupied ports are a uniformly random set of k of
+  the ports the tuple can use. Then P(refusal) = sum over walks of
+  P(walk) * P(all ports of {kept} + walk are taken), and P(j given ports all taken) is
+  the hypergeometric product prod_{i<j} (k-i)/(M-i). No clustering: a lower bound.
+- :func:`steady_curve`, measured: the occupied set a churning tuple really has. Ports
+  are taken by walks (the first free port after a run of taken ones), which grows runs
+  of taken ports like linear probing in a hash table; long runs swallow whole walks.
+  At 95% occupancy this refuses about a hundred times more connections than the
+  uniform set does. It is measured by running the search (the same arithmetic) on a
+  tuple held at k connections: each new connection that gets a port ends a random
+  held one, as with exponentially distributed connection lengths.
+
+Alerts and forecasts use the steady curve: it is what the model datapath shows in a
+simulation (tests/test_refusal.py compares both curves with the model datapath).
+
+The clamp (``__snat_clamp_port_range``) differs by version: v1.16
+``(v % (u16)(end - start)) + start``; v1.17 on (commit 3621830f87)
+``start + (((u32)v * (end - start + 1)) >> 16)``. Retries: 128 up to v1.17, 32 from
+v1.18. Both clamps are parameters here (:class:`PortSearch`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+from egressgw.config import MAX_PORT, NodePortRange
+from egressgw.datapath.model.ports import clamp as clamp_v116
+from egressgw.errors import ConfigError
+from egressgw.sim.workload import EPHEMERAL_MAX, EPHEMERAL_MIN
+
+U16 = 0xFFFF
+VALUES = 1 << 16
+
+# The refusal rates the limits table, the alerts and forecast name.
+RATES = (1e-4, 1e-3, 1e-2, 1e-1)
+
+# Cilium version -> (clamp, SNAT_COLLISION_RETRIES).
+MOD_CLAMP = "mod"  # v1.16
+MUL_CLAMP = "mul"  # v1.17 on
+VERSIONS: dict[str, tuple[str, int]] = {
+    "1.16": (MOD_CLAMP, 128),
+    "1.17": (MUL_CLAMP, 128),
+    "1.18": (MUL_CLAMP, 32),
+}
+
+
+def clamp_v117(start: int, end: int, value: int) -> int:
+    """v1.17+ ``__snat_clamp_port_range``: ``start + (((u32)v * (end - start + 1)) >> 16)``."""
+    return (start + (((value & U16) * (end - start + 1)) >> 16)) & U16
+
+
+@dataclass(frozen=True, slots=True)
+class PortSearch:
+    """nat.h's port search for one tuple: NAT range, clamp and retries."""
+
+    start: int
+    end: int
+    clamp_kind: str = MOD_CLAMP
+    retries: int = 128
+    version: str = "1.16"
+
+    @classmethod
+    def for_version(cls, version: str, node_port_range: NodePortRange) -> PortSearch:
+        if version not in VERSIONS:
+            raise ConfigError(f"{version!r}: expected one of {', '.join(VERSIONS)}",
+                              field="--cilium-version")
+        kind, retries = VERSIONS[version]
+        return cls(node_port_range.nat_min, node_port_range.nat_max, kind, retries, version)
+
+    def clamp(self, value: int) -> int:
+        if self.clamp_kind == MOD_CLAMP:
+            return clamp_v116(self.start, self.end, value)
+        return clamp_v117(self.start, self.end, value)
+
+    def clamp_table(self) -> npt.NDArray[np.int64]:
+        """clamp(v) for every 16-bit v."""
+        return np.array([self.clamp(v) for v in range(VALUES)], dtype=np.int64)
+
+    def walk_from(self, first: int) -> list[int]:
+        """The ports tried after the kept one collided, starting at ``first`` = clamp(random)."""
+        ports = [first]
+        while len(ports) < self.retries - 1:
+            ports.append(self.clamp(ports[-1] + 1))
+        return ports
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePorts:
+    """The clients' source ports: uniform over ``low..high`` (Linux: 32768-60999)."""
+
+    low: int = EPHEMERAL_MIN
+    high: int = EPHEMERAL_MAX
+    # Sequential clients (each walks its ports one by one, from a random start, as the
+    # workload generator's ``source_ports: sequential``); 0: every port drawn at random.
+    clients: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> SourcePorts:
+        """``linux`` (32768-60999), ``uniform`` (1-65535), or ``LOW-HIGH``."""
+        if text == "linux":
+            return cls()
+        if text == "uniform":
+            return cls(1, MAX_PORT)
+        low, sep, high = text.partition("-")
+        try:
+            result = cls(int(low), int(high)) if sep else None
+        except ValueError:
+            result = None
+        if result is None or not 0 <= result.low <= result.high <= MAX_PORT:
+            raise ConfigError(f"{text!r}: expected linux, uniform or LOW-HIGH such as "
+                              "32768-60999", field="--source-ports")
+        return result
+
+    def weights(self) -> npt.NDArray[np.float64]:
+        """P(source port = p) for every p."""
+        w = np.zeros(VALUES)
+        w[self.low : self.high + 1] = 1.0 / (self.high - self.low + 1)
+        return w
+
+    def with_clients(self, clients: int) -> SourcePorts:
+        if clients < 0:
+            raise ConfigError(f"{clients}: must not be negative", field="--clients")
+        return SourcePorts(self.low, self.high, clients)
+
+    def __str__(self) -> str:
+        how = f"{self.clients} sequential clients" if self.clients else "random"
+        return f"{self.low}-{self.high}, {how}"
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalCurve:
+    """P(refusal) at occupancies ``held`` (connections on the tuple).
+
+    ``saturation`` is ``held / divisor``, the ratio nat-stats and the metric show.
+    ``low``/``high`` bound a measured curve (binomial 95%); equal to ``refused`` when exact.
+    """
+
+    kind: str  # "uniform (exact)" or "steady (measured)"
+    search: PortSearch
+    sources: SourcePorts
+    divisor: int
+    ports: int  # ports a connection can hold (the universe M)
+    held: npt.NDArray[np.int64]
+    refused: npt.NDArray[np.float64]
+    low: npt.NDArray[np.float64]
+    high: npt.NDArray[np.float64]
+
+    @property
+    def saturation(self) -> npt.NDArray[np.float64]:
+        out: npt.NDArray[np.float64] = self.held / self.divisor
+        return out
+
+    def held_at(self, rate: float) -> float | None:
+        """The fewest connections at which ``rate`` of new ones are refused (None: never).
+
+        Between two points the curve is interpolated in log(rate).
+        """
+        refused = np.maximum.accumulate(self.refused)
+        above = np.nonzero(refused >= rate)[0]
+        if not len(above):
+            return None
+        i = int(above[0])
+        if i == 0 or refused[i - 1] <= 0:
+            return float(self.held[i])
+        x0, x1 = float(self.held[i - 1]), float(self.held[i])
+        y0, y1 = math.log(refused[i - 1]), math.log(refused[i])
+        return x0 + (math.log(rate) - y0) / (y1 - y0) * (x1 - x0) if y1 > y0 else x1
+
+    def saturation_at(self, rate: float) -> float | None:
+        held = self.held_at(rate)
+        return None if held is None else held / self.divisor
+
+    def rate_at(self, held: float) -> float:
+        """P(refusal) at ``held`` connections (log-linear between points)."""
+        refused = np.maximum.accumulate(self.refused)
+        if held <= self.held[0]:
+            return float(refused[0])
+        if held >= self.held[-1]:
+            return float(refused[-1])
+        i = int(np.searchsorted(self.held, held))
+        x0, x1 = float(self.held[i - 1]), float(self.held[i])
+        y0, y1 = float(refused[i - 1]), float(refused[i])
+        if y0 <= 0 or y1 <= 0:
+            return y0 + (held - x0) / (x1 - x0) * (y1 - y0)
+        return math.exp(math.log(y0) + (held - x0) / (x1 - x0) * (math.log(y1) - math.log(y0)))
+
+
+def _universe(search: PortSearch, sources: SourcePorts) -> npt.NDArray[np.bool_]:
+    """Ports a connection of the tuple can hold: the clamp's image and the kept ports."""
+    table = search.clamp_table()
+    usable = np.zeros(VALUES, dtype=bool)
+    usable[table] = True
+    low, high = max(search.start, sources.low), min(search.end, sources.high)
+    if low <= high:
+        usable[low : high + 1] = True
+    return usable
+
+
+def tried_set_sizes(search: PortSearch, sources: SourcePorts) -> npt.NDArray[np.float64]:
+    """w[j] = P(a refused connection would have tried exactly j distinct ports).
+
+    The kept port p0 (the client's own, or clamp(random16) when it is outside the NAT
+    range) and the walk from p1 = clamp(random16) are independent draws. The walk
+    depends on p1 only; p0 adds one more distinct port unless the walk visits it.
+    """
+    table = search.clamp_table()
+    clamp_weight = np.bincount(table, minlength=VALUES) / VALUES
+    source = sources.weights()
+    in_range = np.zeros(VALUES, dtype=bool)
+    in_range[search.start : search.end + 1] = True
+    p0 = np.where(in_range, source, 0.0) + float(source[~in_range].sum()) * clamp_weight
+    firsts = np.nonzero(clamp_weight)[0]
+    w = np.zeros(search.retries + 2)
+    if search.retries == 1:
+        w[1] = 1.0
+        return w
+    walks = np.empty((len(firsts), search.retries - 1), dtype=np.int64)
+    walks[:, 0] = firsts
+    step = np.array([search.clamp(v) for v in range(VALUES)], dtype=np.int64)
+    for col in range(1, search.retries - 1):
+        walks[:, col] = step[(walks[:, col - 1] + 1) & U16]
+    ordered = np.sort(walks, axis=1)
+    first_seen = np.ones_like(ordered, dtype=bool)
+    first_seen[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    distinct = first_seen.sum(axis=1)
+    covered = (p0[ordered] * first_seen).sum(axis=1)  # P(p0 is on the walk)
+    weight = clamp_weight[firsts]
+    np.add.at(w, distinct + 1, weight * (1.0 - covered))
+    np.add.at(w, distinct, weight * covered)
+    return w
+
+
+def uniform_curve(
+    search: PortSearch, sources: SourcePorts, divisor: int, held: Sequence[int] | None = None
+) -> RefusalCurve:
+    """The exact curve for a uniformly random occupied set of k ports, for every k.
+
+    P(k) = sum_j w[j] * prod_{i<j} (k - i) / (M - i), M the ports the tuple can use.
+    """
+    universe = int(_universe(search, sources).sum())
+    ks = np.arange(universe + 1, dtype=np.int64) if held is None else np.asarray(held)
+    w = tried_set_sizes(search, sources)
+    refused = np.zeros(len(ks))
+    for j in np.nonzero(w)[0]:
+        i = np.arange(j, dtype=np.float64)
+        # log prod (k-i)/(M-i); zero when fewer than j ports are taken.
+        ok = ks >= j
+        logs = np.log(np.maximum(ks[ok, None] - i[None, :], 1e-300)) - np.log(universe - i)
+        refused[ok] += w[j] * np.exp(logs.sum(axis=1))
+    return RefusalCurve("uniform (exact)", search, sources, divisor, universe,
+                        ks.astype(np.int64), refused, refused, refused)
+
+
+# -- the steady curve: the search run on a churning tuple -------------------------------
+
+
+@njit(cache=True)
+def _seed(seed: int) -> None:  # pragma: no cover - compiled
+    np.random.seed(seed)
+
+
+@njit(cache=True)
+def _attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, advance=True) -> int:  # type: ignore[no-untyped-def]  # noqa: E501  # pragma: no cover
+    """One new connection: the port it gets, or -1 (refused).
+
+    ``nxt`` holds each client's next source port offset (sequential clients, as
+    egressgw's workload generator walks them); empty: every port drawn at random.
+    """
+    span = (end - start) & 0xFFFF
+    if len(nxt):
+        c = np.random.randint(0, len(nxt))
+        sport = sport_lo + nxt[c] % (sport_hi - sport_lo + 1)
+        if advance:
+            nxt[c] += 1
+    else:
+        sport = np.random.randint(sport_lo, sport_hi + 1)
+    if start <= sport <= end:
+        port = sport
+    else:
+        r = np.random.randint(0, 65536)
+        port = (start + ((r * (end - start + 1)) >> 16)) if mul else (r % span + start)
+    for attempt in range(retries):
+        if not taken[port]:
+            return port
+        v = np.random.randint(0, 65536) if attempt == 0 else (port + 1) & 0xFFFF
+        port = (start + ((v * (end - start + 1)) >> 16)) if mul else (v % span + start)
+        port &= 0xFFFF
+    return -1
+
+
+@njit(cache=True)
+def _steady(taken, held, count, levels, warm, steps, start, end, mul, retries,  # type: ignore[no-untyped-def]  # noqa: E501
+            sport_lo, sport_hi, nxt, fifo, out):  # pragma: no cover - compiled
+    """Hold the tuple at each level in turn; count refusals over ``steps`` attempts."""
+    n = count
+    for li in range(len(levels)):
+        k = levels[li]
+        # Grow to k (new connections only), then churn until the runs settle.
+        guard = 0
+        while n < k and guard < 1000 * k + 1000:
+            guard += 1
+            port = _attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt)
+            if port >= 0:
+                taken[port] = True
+                held[n] = port
+                n += 1
+        if n < k:
+            out[li] = -1
+            continue
+        refused = 0
+        for phase in range(2):
+            budget = warm if phase == 0 else steps
+            done = 0
+            tries = 0
+            while done < budget and tries < 20 * budget + 1000:
+                tries += 1
+                port = _attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt)
+                if phase == 0:
+                    if port < 0:
+                        continue
+                    done += 1
+                else:
+                    done += 1
+                    if port < 0:
+                        refused += 1
+                        continue
+                # The new connection holds a port; one of the k + 1 ends: the oldest
+                # (fifo, connections of equal length) or a random one (exponential).
+                taken[port] = True
+                if fifo:
+                    # held is a ring in arrival order: oldest at held[n + 1 - ...]; keep
+                    # it as a queue by shifting the start index kept in held[-1].
+                    h = held[len(held) - 1]
+                    taken[held[h]] = False
+                    held[h] = port
+                    held[len(held) - 1] = (h + 1) % n
+                else:
+                    held[n] = port
+                    j = np.random.randint(0, n + 1)
+                    taken[held[j]] = False
+                    held[j] = held[n]
+        out[li] = refused
+    return n
+
+
+@njit(cache=True)
+def _growth(taken, levels, steps, start, end, mul, retries,  # type: ignore[no-untyped-def]
+            sport_lo, sport_hi, nxt, out):  # pragma: no cover - compiled
+    """Fill the tuple with new connections only; at each level probe ``steps`` times."""
+    n = 0
+    for li in range(len(levels)):
+        k = levels[li]
+        guard = 0
+        while n < k and guard < 1000 * k + 1000:
+            guard += 1
+            port = _attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt)
+            if port >= 0:
+                taken[port] = True
+                n += 1
+        if n < k:
+            out[li] = -1
+            continue
+        refused = 0
+        for _ in range(steps):
+            if _attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, False) < 0:
+                refused += 1
+        out[li] = refused
+
+
+def _levels(saturations: Sequence[float] | None, divisor: int,
+            universe: int) -> npt.NDArray[np.int64]:
+    sat = (np.round(np.arange(0.30, 1.0001, 0.01), 2) if saturations is None
+           else np.asarray(saturations, dtype=np.float64))
+    return np.unique(np.minimum(np.round(sat * divisor), universe).astype(np.int64))
+
+
+def _clients(sources: SourcePorts, seed: int) -> npt.NDArray[np.int64]:
+    span = sources.high - sources.low + 1
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, span, sources.clients).astype(np.int64) if sources.clients
+            else np.zeros(0, dtype=np.int64))
+
+
+def _measured(kind: str, search: PortSearch, sources: SourcePorts, divisor: int,
+              universe: int, levels: npt.NDArray[np.int64], counts: npt.NDArray[np.int64],
+              steps: int) -> RefusalCurve:
+    reached = counts >= 0
+    levels, counts = levels[reached], counts[reached]
+    p = counts / steps
+    z = 1.96  # Wilson score interval, 95%
+    centre = (p + z * z / (2 * steps)) / (1 + z * z / steps)
+    half = z * np.sqrt(p * (1 - p) / steps + z * z / (4 * steps * steps)) / (1 + z * z / steps)
+    return RefusalCurve(kind, search, sources, divisor, universe, levels,
+                        p.astype(np.float64), np.maximum(centre - half, 0.0), centre + half)
+
+
+def growth_curve(
+    search: PortSearch,
+    sources: SourcePorts,
+    divisor: int,
+    *,
+    saturations: Sequence[float] | None = None,
+    steps: int = 100_000,
+    seed: int = 0,
+) -> RefusalCurve:
+    """The curve of a tuple filled by new connections with none ending yet (a ramp
+    faster than connections live): each level probed ``steps`` times without taking a
+    port. Sequential clients' runs of ports meet and merge here, so refusals start at
+    the lowest occupancy of the measured curves."""
+    universe = int(_universe(search, sources).sum())
+    levels = _levels(saturations, divisor, universe)
+    taken = np.zeros(VALUES, dtype=np.bool_)
+    counts = np.zeros(len(levels), dtype=np.int64)
+    _seed(seed)
+    _growth(taken, levels, steps, search.start, search.end, search.clamp_kind == MUL_CLAMP,
+            search.retries, sources.low, sources.high, _clients(sources, seed), counts)
+    return _measured("growth (measured)", search, sources, divisor, universe, levels,
+                     counts, steps)
+
+
+def steady_curve(
+    search: PortSearch,
+    sources: SourcePorts,
+    divisor: int,
+    *,
+    saturations: Sequence[float] | None = None,
+    steps: int = 200_000,
+    warm_factor: float = 3.0,
+    seed: int = 0,
+    fifo: bool = True,
+) -> RefusalCurve:
+    """The curve measured on a tuple held at each occupancy (see the module's doc).
+
+    ``steps`` new connections are tried at each level after ``warm_factor`` x k
+    connections have come and gone there; ``low``/``high`` are Wilson 95% bounds.
+    """
+    universe = int(_universe(search, sources).sum())
+    levels_sat = (np.round(np.arange(0.30, 1.0001, 0.01), 2) if saturations is None
+                  else np.asarray(saturations, dtype=np.float64))
+    levels = np.unique(np.minimum(np.round(levels_sat * divisor), universe).astype(np.int64))
+    taken = np.zeros(VALUES, dtype=np.bool_)
+    held = np.zeros(universe + 2, dtype=np.int64)
+    out = np.zeros(len(levels), dtype=np.int64)
+    _seed(seed)
+    span = sources.high - sources.low + 1
+    rng = np.random.default_rng(seed)
+    nxt = (rng.integers(0, span, sources.clients).astype(np.int64) if sources.clients
+           else np.zeros(0, dtype=np.int64))
+    # Warm each level for warm_factor x k replacements (fewer after the first level:
+    # the previous level's state is already close).
+    warm = int(warm_factor * levels[0]) if len(levels) else 0
+    n = 0
+    counts = np.zeros(len(levels), dtype=np.int64)
+    for i, level in enumerate(levels):
+        one = np.array([level], dtype=np.int64)
+        res = np.zeros(1, dtype=np.int64)
+        w = warm if i == 0 else max(int(warm_factor * level / 3), 1000)
+        if fifo and n:  # the ring back in arrival order from index 0, so growth appends
+            head = int(held[-1])
+            held[:n] = np.roll(held[:n], -head)
+            held[-1] = 0
+        n = _steady(taken, held, n, one, w, steps, search.start, search.end,
+                    search.clamp_kind == MUL_CLAMP, search.retries, sources.low,
+                    sources.high, nxt, fifo, res)
+        counts[i] = res[0]
+    out = counts
+    reached = out >= 0
+    levels, out = levels[reached], out[reached]
+    p = out / steps
+    z = 1.96
+    centre = (p + z * z / (2 * steps)) / (1 + z * z / steps)
+    half = z * np.sqrt(p * (1 - p) / steps + z * z / (4 * steps * steps)) / (1 + z * z / steps)
+    return RefusalCurve("steady (measured)", search, sources, divisor, universe, levels,
+                        p.astype(np.float64), np.maximum(centre - half, 0.0), centre + half)
+
+
+__all__ = [
+    "RATES",
+    "VERSIONS",
+    "PortSearch",
+    "RefusalCurve",
+    "SourcePorts",
+    "clamp_v117",
+    "growth_curve",
+    "steady_curve",
+    "tried_set_sizes",
+    "uniform_curve",
+]
+
+
+# -- the curves together -----------------------------------------------------------------
+
+GROWTH, STEADY, UNIFORM = "growth", "steady", "uniform"
+CURVE_TEXT = {
+    GROWTH: "filling up: new connections only, none ended yet (measured)",
+    STEADY: "held steady: each new connection ends the oldest (measured)",
+    UNIFORM: "ports taken at random, no runs (exact)",
+}
+# Clients the default curve assumes: the seed scenario's 400, each walking its ephemeral
+# ports one by one (the workload default, ``source_ports: sequential``).
+DEFAULT_CLIENTS = 400
+
+
+@dataclass(frozen=True, slots=True)
+class Curves:
+    """The three curves for one port search and client population.
+
+    ``planning`` is the growth curve: the lowest occupancy at which refusals start, so
+    a warning derived from it comes before the first refusal in any of the three.
+    """
+
+    growth: RefusalCurve
+    steady: RefusalCurve
+    uniform: RefusalCurve
+
+    @property
+    def planning(self) -> RefusalCurve:
+        return self.growth
+
+    def by_name(self) -> dict[str, RefusalCurve]:
+        return {GROWTH: self.growth, STEADY: self.steady, UNIFORM: self.uniform}
+
+
+def compute_curves(
+    search: PortSearch,
+    sources: SourcePorts,
+    divisor: int,
+    *,
+    steps: int = 100_000,
+    seed: int = 0,
+) -> Curves:
+    return Curves(
+        growth_curve(search, sources, divisor, steps=steps, seed=seed),
+        steady_curve(search, sources, divisor, steps=steps, seed=seed),
+        uniform_curve(search, sources, divisor),
+    )
+
+
+def planning_curve(search: PortSearch, sources: SourcePorts, divisor: int, *,
+                   steps: int = 50_000, seed: int = 0) -> RefusalCurve:
+    """The curve forecasts and alerts use (see :class:`Curves`)."""
+    return growth_curve(search, sources, divisor, steps=steps, seed=seed)
+
+
+def search_text(search: PortSearch) -> str:
+    clamp = ("(v % (end - start)) + start" if search.clamp_kind == MOD_CLAMP
+             else "start + ((v * (end - start + 1)) >> 16)")
+    return (f"Cilium {search.version} port search: NAT ports {search.start}-{search.end}, "
+            f"{search.retries} tries, clamp {clamp}")
