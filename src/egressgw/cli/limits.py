@@ -83,7 +83,8 @@ def render_limits(curves: Any, divisor: int) -> str:
     lines.append(tabwrite(rows))
     lines.append("\n")
     lines += [f"  {name}: {text}\n" for name, text in CURVE_TEXT.items()]
-    lines.append("Alerts and forecasts use the growth curve: refusals start lowest there.\n")
+    lines.append("Alerts and forecasts use the higher of growth and steady at each "
+                 "occupancy.\n")
     return "".join(lines)
 
 

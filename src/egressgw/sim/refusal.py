@@ -522,8 +522,9 @@ DEFAULT_CLIENTS = 400
 class Curves:
     """The three curves for one port search and client population.
 
-    ``planning`` is the growth curve: the lowest occupancy at which refusals start, so
-    a warning derived from it comes before the first refusal in any of the three.
+    ``planning`` is the higher of the two measured curves at each occupancy: a warning
+    derived from it comes before the first refusal of either history (filling up with
+    sequential clients refuses first in v1.16; staying full refuses first in v1.18).
     """
 
     growth: RefusalCurve
@@ -532,7 +533,7 @@ class Curves:
 
     @property
     def planning(self) -> RefusalCurve:
-        return self.growth
+        return worst_of(self.growth, self.steady)
 
     def by_name(self) -> dict[str, RefusalCurve]:
         return {GROWTH: self.growth, STEADY: self.steady, UNIFORM: self.uniform}
@@ -553,10 +554,23 @@ def compute_curves(
     )
 
 
+def worst_of(a: RefusalCurve, b: RefusalCurve) -> RefusalCurve:
+    """The higher refusal rate of two measured curves at each occupancy both reached."""
+    held = np.intersect1d(a.held, b.held)
+    ia, ib = np.searchsorted(a.held, held), np.searchsorted(b.held, held)
+    pick_a = a.refused[ia] >= b.refused[ib]
+    return RefusalCurve(
+        "worst of growth and steady", a.search, a.sources, a.divisor, a.ports, held,
+        np.where(pick_a, a.refused[ia], b.refused[ib]),
+        np.where(pick_a, a.low[ia], b.low[ib]), np.where(pick_a, a.high[ia], b.high[ib]),
+    )
+
+
 def planning_curve(search: PortSearch, sources: SourcePorts, divisor: int, *,
                    steps: int = 50_000, seed: int = 0) -> RefusalCurve:
     """The curve forecasts and alerts use (see :class:`Curves`)."""
-    return growth_curve(search, sources, divisor, steps=steps, seed=seed)
+    return worst_of(growth_curve(search, sources, divisor, steps=steps, seed=seed),
+                    steady_curve(search, sources, divisor, steps=steps, seed=seed))
 
 
 def search_text(search: PortSearch) -> str:
