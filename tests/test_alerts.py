@@ -20,8 +20,12 @@ import yaml
 from agent_support import GATEWAY, break_policy, copy_examples, scrape
 from egressgw.agent import Agent, AgentConfig, AgentHTTPServer, ListenAddress
 from egressgw.agent.modeldp import ModelAgentDatapath
+from egressgw.cli import main
+from egressgw.cli.alerts import rules_text
 from egressgw.config import NodePortRange
 from egressgw.net import Endpoint, FiveTuple, Proto
+from egressgw.sim.alerts import thresholds
+from egressgw.sim.refusal import PortSearch, SourcePorts, planning_curve, steady_curve
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 RULES = DEPLOY / "prometheus" / "egressgw-rules.yaml"
@@ -85,17 +89,11 @@ def test_rule_unit_tests_catch_a_changed_rule(tmp_path: Path, original: str, wea
 
 def test_shipped_rules_are_the_alerts_commands_output() -> None:
     """deploy/'s rules are `egressgw alerts` for Cilium 1.16 defaults, regenerated."""
-    from egressgw.cli.alerts import rules_text
-
     assert RULES.read_text() == rules_text(), "run: egressgw alerts --out " + str(RULES)
 
 
 def test_warning_comes_before_the_first_refusals_the_curve_expects() -> None:
-    from egressgw.config import NodePortRange as Range
-    from egressgw.sim.alerts import thresholds
-    from egressgw.sim.refusal import PortSearch, SourcePorts, planning_curve, steady_curve
-
-    search = PortSearch.for_version("1.16", Range())
+    search = PortSearch.for_version("1.16", NodePortRange())
     sources = SourcePorts(clients=400)
     growth = planning_curve(search, sources, 32767)
     t = thresholds(growth)
@@ -108,8 +106,6 @@ def test_warning_comes_before_the_first_refusals_the_curve_expects() -> None:
 
 
 def test_alerts_command_writes_rules_for_another_version(tmp_path: Path) -> None:
-    from egressgw.cli import main
-
     out = tmp_path / "rules.yaml"
     main(["alerts", "--cilium-version", "1.18", "--clients", "0", "--out", str(out)])
     text = out.read_text()
@@ -119,8 +115,6 @@ def test_alerts_command_writes_rules_for_another_version(tmp_path: Path) -> None
     # 32 tries of a 16-port cycle: with clients drawing random ports, refusals start
     # far lower than with 1.16's 127-port walk (cilium-snat.md 11: first drop at 44-47%
     # against 64-73% for 32 tries).
-    from egressgw.cli.alerts import rules_text
-
     v116 = yaml.safe_load(rules_text(clients=0))["groups"][0]["rules"][0]["expr"]
     v118 = yaml.safe_load(text)["groups"][0]["rules"][0]["expr"]
     assert float(v118.split(">")[-1]) + 0.1 < float(v116.split(">")[-1])

@@ -9,6 +9,7 @@ curve is compared with tuples filled connection by connection on the model datap
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import random
 
@@ -161,8 +162,6 @@ def test_growth_curve_matches_tuples_filled_on_the_model_datapath() -> None:
 
 def test_limits_command_prints_the_rates_in_order(capsys: pytest.CaptureFixture[str]) -> None:
     main(["limits", "--node-port-range", "30000,63487", "--clients", "0", "-o", "json"])
-    import json
-
     doc = json.loads(capsys.readouterr().out)
     assert doc["divisor"] == 65535 - 63488
     for curve in doc["curves"].values():

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from egressgw.cli.options import node_port_range_option, output_option
+from egressgw.cli.limits import curve_options, search_and_sources
+from egressgw.cli.options import output_option, parse_node_port_range
 from egressgw.config import NodePortRange
 
 # Times above this are taken for Unix timestamps and also printed as dates.
@@ -21,42 +22,56 @@ def _when(base: float, eta: float | None) -> str:
     return moment.strftime(" (%Y-%m-%d %H:%M UTC)")
 
 
-def render_forecast(results: Any, *, limit: float, last_time: float, confidence: float) -> str:
-    from egressgw.net import format_ip  # noqa: PLC0415
-    from egressgw.render.tabwriter import tabwrite  # noqa: PLC0415
+def _cell(trend: Any, last_time: float) -> str:
     from egressgw.sim.forecast import Outlook  # noqa: PLC0415
     from egressgw.sim.report import format_seconds  # noqa: PLC0415
 
-    rows = [["EgressIP", "RemoteAddr", "Proto", "Count", "Of limit", "Growth/min",
-             "Reaches limit", f"{confidence:.0%} band"]]
+    if trend.outlook is Outlook.AT_LIMIT:
+        return "now"
+    if trend.outlook is Outlook.NOT_GROWING:
+        return "not growing"
+    if trend.outlook is Outlook.TOO_FEW:
+        return "too few snapshots"
+    if trend.eta is None:
+        return "beyond 100 years"
+    text = f"in {format_seconds(trend.eta)}{_when(last_time, trend.eta)}"
+    if trend.has_band:
+        latest = "never" if trend.latest is None else format_seconds(trend.latest)
+        text += f" [{format_seconds(trend.earliest or 0.0)} .. {latest}]"
+    return text
+
+
+def render_forecast(results: Any, *, marks: Any, divisor: int, last_time: float,
+                    span: float = 0.0) -> str:
+    from egressgw.net import format_ip  # noqa: PLC0415
+    from egressgw.render.tabwriter import tabwrite  # noqa: PLC0415
+
+    # Growth per minute, or per day when the snapshots span days.
+    unit, per = ("day", 86400.0) if span >= 86400 else ("min", 60.0)
+    rows = [["EgressIP", "RemoteAddr", "Proto", "Count", "Saturation", f"Growth/{unit}",
+             *(m.name for m in marks)]]
     for item in results:
-        t = item.trend
-        if t.outlook is Outlook.GROWING:
-            reaches = ("beyond 100 years" if t.eta is None
-                       else f"in {format_seconds(t.eta)}{_when(last_time, t.eta)}")
-            if t.has_band:
-                latest = "never" if t.latest is None else format_seconds(t.latest)
-                band = f"{format_seconds(t.earliest or 0.0)} .. {latest}"
-            else:
-                band = "- (3+ snapshots give a band)"
-        elif t.outlook is Outlook.AT_LIMIT:
-            reaches, band = "now: at the limit", "-"
-        elif t.outlook is Outlook.NOT_GROWING:
-            reaches, band = "not growing", "-"
-        else:
-            reaches, band = "too few snapshots", "-"
-        growth = f"{t.slope * 60:+.1f}" if t.samples >= 2 else "-"
+        any_trend = item.trends[marks[0].name]
+        growth = f"{any_trend.slope * per:+.1f}" if any_trend.samples >= 2 else "-"
         rows.append([
             format_ip(item.endpoint.egress_ip), item.endpoint.remote_addr,
-            item.endpoint.proto.label, f"{t.last_count:.0f}", f"{t.last_count / limit:.1%}",
-            growth, reaches, band,
+            item.endpoint.proto.label, f"{any_trend.last_count:.0f}",
+            f"{any_trend.last_count / divisor:.1%}", growth,
+            *(_cell(item.trends[m.name], last_time) for m in marks),
         ])
     return tabwrite(rows)
 
 
-def forecast_document(results: Any, *, limit: float, last_time: float) -> dict[str, Any]:
+def forecast_document(results: Any, *, marks: Any, divisor: int, divisor_source: str,
+                      scale: float, last_time: float) -> dict[str, Any]:
+    keys = ["firstRefusals", "refusalRate", "limit"]
     return {
-        "limit": limit,
+        "divisor": divisor,
+        "divisorFrom": divisor_source,
+        "scale": scale,
+        "marks": {key: {"name": m.name, "count": m.count} for key, m in zip(keys, marks,
+                                                                           strict=True)},
+        "limit": marks[-1].count,
         "lastSnapshot": last_time,
         "tuples": [
             {
@@ -66,18 +81,46 @@ def forecast_document(results: Any, *, limit: float, last_time: float) -> dict[s
                 "remoteIP": str(r.endpoint.remote_ip),
                 "remotePort": r.endpoint.remote_port,
                 "remoteAddr": r.endpoint.remote_addr,
-                "outlook": r.trend.outlook.value,
-                "samples": r.trend.samples,
-                "count": r.trend.last_count,
-                "growthPerSecond": r.trend.slope,
-                "secondsToLimit": r.trend.eta,
-                "earliest": r.trend.earliest,
-                "latest": r.trend.latest,
-                "confidence": r.trend.confidence,
+                "outlook": r.trends[marks[-1].name].outlook.value,
+                "samples": r.trends[marks[-1].name].samples,
+                "count": r.trends[marks[-1].name].last_count,
+                "growthPerSecond": r.trends[marks[-1].name].slope,
+                "secondsToLimit": r.trends[marks[-1].name].eta,
+                "earliest": r.trends[marks[-1].name].earliest,
+                "latest": r.trends[marks[-1].name].latest,
+                "confidence": r.trends[marks[-1].name].confidence,
+                **{
+                    key: {"seconds": t.eta, "earliest": t.earliest, "latest": t.latest,
+                          "outlook": t.outlook.value}
+                    for key, m in zip(keys, marks, strict=True)
+                    for t in [r.trends[m.name]]
+                },
             }
             for r in results
         ],
     }
+
+
+def _divisor(loaded: Any, flag: NodePortRange | None) -> tuple[int, str]:
+    """The divisor to use and where it came from: the flag, the source, or the default."""
+    reported = {s.divisor for s in loaded if s.divisor is not None}
+    if flag is not None:
+        if reported and reported != {flag.cilium_saturation_divisor}:
+            click.echo(f"egressgw: warning: the source reports divisor "
+                       f"{', '.join(map(str, sorted(reported)))}; using --node-port-range "
+                       f"{flag} ({flag.cilium_saturation_divisor})", err=True)
+        return flag.cilium_saturation_divisor, f"--node-port-range {flag}"
+    if len(reported) > 1:
+        from egressgw.errors import InputError  # noqa: PLC0415
+
+        listed = ", ".join(map(str, sorted(reported)))
+        raise InputError(f"snapshots report different divisors ({listed}); "
+                         "give --node-port-range", field="divisor")
+    if reported:
+        return reported.pop(), "reported by the source"
+    return NodePortRange().cilium_saturation_divisor, (
+        "Cilium's default --node-port-range 30000,32767; the source does not say"
+    )
 
 
 def _poll(server: str, samples: int, every_text: str) -> Any:
@@ -119,9 +162,18 @@ Examples:
 @click.option("--at", "at", multiple=True, metavar="TIME",
               help="The time of each snapshot in order (seconds or ISO 8601); "
                    "instead of FILE@TIME.")
-@node_port_range_option("Sets the limit: Cilium's saturation divisor, 65535-(MAX+1).")
+@click.option("--node-port-range", default=None, metavar="MIN,MAX",
+              callback=parse_node_port_range,
+              help="Sets the limit, 65535-(MAX+1) (default: the divisor the source "
+                   "reports, else 32767).")
 @click.option("--threshold", type=float, default=1.0, show_default=True,
-              help="Forecast the time until this share of the limit (e.g. 0.8).")
+              help="The last column: time until this share of the limit (e.g. 0.8).")
+@click.option("--refusal-rate", type=float, default=0.001, show_default=True,
+              help="A column: time until this share of new connections is refused "
+                   "(from the refusal curve, see egressgw limits).")
+@click.option("--scale", type=float, default=1.0, show_default=True, metavar="FACTOR",
+              help="Traffic multiplied by FACTOR (e.g. 3 for 3x): counts and growth scale.")
+@curve_options
 @click.option("--confidence", type=float, default=0.9, show_default=True,
               help="Coverage of the prediction band.")
 @output_option("table", "json", "yaml")
@@ -132,8 +184,13 @@ def forecast_command(
     samples: int,
     every_text: str,
     at: tuple[str, ...],
-    node_port_range: NodePortRange,
+    node_port_range: NodePortRange | None,
     threshold: float,
+    refusal_rate: float,
+    scale: float,
+    cilium_version: str,
+    source_ports: str,
+    clients: int,
     confidence: float,
     output: str,
 ) -> None:
@@ -150,14 +207,18 @@ def forecast_command(
     """
     from egressgw.errors import ConfigError  # noqa: PLC0415
     from egressgw.render.documents import dump_document  # noqa: PLC0415
-    from egressgw.sim.forecast import forecast_snapshots  # noqa: PLC0415
+    from egressgw.sim.forecast import Mark, forecast_marks  # noqa: PLC0415
+    from egressgw.sim.refusal import planning_curve  # noqa: PLC0415
     from egressgw.sim.snapshots import load_snapshots  # noqa: PLC0415
 
     if not 0 < threshold <= 1:
         raise ConfigError(f"{threshold}: must be in (0, 1]", field="--threshold")
     if not 0 < confidence < 1:
         raise ConfigError(f"{confidence}: must be in (0, 1)", field="--confidence")
-    limit = node_port_range.cilium_saturation_divisor * threshold
+    if not 0 < refusal_rate < 1:
+        raise ConfigError(f"{refusal_rate}: must be in (0, 1)", field="--refusal-rate")
+    if not (0 < scale < 1e6):
+        raise ConfigError(f"{scale}: must be a positive factor", field="--scale")
     if server is not None:
         if snapshots:
             raise click.UsageError("give SNAPSHOT files or --server, not both")
@@ -169,14 +230,36 @@ def forecast_command(
     if len(loaded) < 2:
         raise ConfigError(f"{len(loaded)} distinct snapshot(s): a trend needs at least 2",
                           field="--samples" if server else "SNAPSHOT")
-    results = forecast_snapshots(loaded, limit=limit, confidence=confidence)
+    divisor, divisor_source = _divisor(loaded, node_port_range)
+    # The curve of the Cilium port search whose NAT range this divisor implies.
+    nat_max = 65534 - divisor
+    curve_range = node_port_range or NodePortRange(min(30000, max(1, nat_max)), max(1, nat_max))
+    search, sources = search_and_sources(cilium_version, curve_range, source_ports, clients)
+    curve = planning_curve(search, sources, divisor)
+    first = curve.held_at(1e-4)
+    at_rate = curve.held_at(refusal_rate)
+    marks = [
+        Mark("First refusals (0.01%)", first if first is not None else float(divisor)),
+        Mark(f"{refusal_rate * 100:g}% refused",
+             at_rate if at_rate is not None else float(divisor)),
+        Mark(f"{threshold:.0%} of ports" if threshold < 1 else "Full (100%)",
+             divisor * threshold),
+    ]
+    results = forecast_marks(loaded, marks, scale=scale, confidence=confidence)
     last = loaded[-1].time
     if output == "table":
         span = f"{len(loaded)} snapshots over {loaded[-1].time - loaded[0].time:.0f}s"
-        click.echo(f"Limit {limit:.0f} connections per tuple ({threshold:.0%} of "
-                   f"--node-port-range {node_port_range}); {span}; times from the last one.")
-        click.echo(render_forecast(results, limit=limit, last_time=last,
-                                   confidence=confidence), nl=False)
+        traffic = f"; traffic x{scale:g}" if scale != 1 else ""
+        click.echo(
+            f"Divisor {divisor} ports per tuple ({divisor_source}); {span}{traffic}; "
+            f"times from the last one, [{confidence:.0%} band].\n"
+            f"Refusals from the refusal curve (egressgw limits, Cilium {cilium_version}, "
+            f"clients {sources}): 0.01% at {marks[0].count / divisor:.1%}, "
+            f"{refusal_rate * 100:g}% at {marks[1].count / divisor:.1%} of the ports."
+        )
+        click.echo(render_forecast(results, marks=marks, divisor=divisor, last_time=last,
+                                   span=loaded[-1].time - loaded[0].time), nl=False)
     else:
-        click.echo(dump_document(forecast_document(results, limit=limit, last_time=last),
-                                 output), nl=False)
+        click.echo(dump_document(forecast_document(
+            results, marks=marks, divisor=divisor, divisor_source=divisor_source,
+            scale=scale, last_time=last), output), nl=False)

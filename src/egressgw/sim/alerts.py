@@ -5,6 +5,8 @@ of new connections (the first refusals), the critical saturation alert where it 
 1%, and the failure alert as soon as refusals are measured.
 """
 
+# ruff: noqa: E501 - the rules template holds Prometheus annotations on one line each
+
 from __future__ import annotations
 
 import math

@@ -13,16 +13,20 @@ Two curves answer "what share of new connections is refused at this occupancy":
   the ports the tuple can use. Then P(refusal) = sum over walks of
   P(walk) * P(all ports of {kept} + walk are taken), and P(j given ports all taken) is
   the hypergeometric product prod_{i<j} (k-i)/(M-i). No clustering: a lower bound.
-- :func:`steady_curve`, measured: the occupied set a churning tuple really has. Ports
-  are taken by walks (the first free port after a run of taken ones), which grows runs
-  of taken ports like linear probing in a hash table; long runs swallow whole walks.
-  At 95% occupancy this refuses about a hundred times more connections than the
-  uniform set does. It is measured by running the search (the same arithmetic) on a
-  tuple held at k connections: each new connection that gets a port ends a random
-  held one, as with exponentially distributed connection lengths.
+- :func:`growth_curve` and :func:`steady_curve`, measured: the occupied set a real
+  tuple has. Ports are taken by walks (the first free port after a run of taken ones),
+  which grows runs of taken ports like linear probing in a hash table, and clients that
+  walk their own source ports one by one (Linux's ephemeral ports, the workload
+  generator's ``sequential``) lay down runs of their own; long runs swallow whole walks.
+  ``growth``: the tuple fills up with no connection ending (a ramp faster than the
+  connections live). ``steady``: the tuple is held at k connections, each new one that
+  gets a port ending the oldest (connections of about equal length; ``fifo=False``
+  ends a random one, as exponential lengths would). Both run the same search on a
+  bitmap of the tuple's ports (refusal_kernel.py) and count refusals.
 
-Alerts and forecasts use the steady curve: it is what the model datapath shows in a
-simulation (tests/test_refusal.py compares both curves with the model datapath).
+Alerts and forecasts use the higher of the two measured curves at each occupancy
+(:func:`planning_curve`). tests/test_refusal.py checks the exact curve and the growth
+curve against the model datapath itself.
 
 The clamp (``__snat_clamp_port_range``) differs by version: v1.16
 ``(v % (u16)(end - start)) + start``; v1.17 on (commit 3621830f87)
@@ -38,11 +42,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from numba import njit
 
 from egressgw.config import MAX_PORT, NodePortRange
 from egressgw.datapath.model.ports import clamp as clamp_v116
 from egressgw.errors import ConfigError
+from egressgw.sim import refusal_kernel as kernel
 from egressgw.sim.workload import EPHEMERAL_MAX, EPHEMERAL_MIN
 
 U16 = 0xFFFF
@@ -271,119 +275,6 @@ def uniform_curve(
 # -- the steady curve: the search run on a churning tuple -------------------------------
 
 
-@njit(cache=True)
-def _seed(seed: int) -> None:  # pragma: no cover - compiled
-    np.random.seed(seed)
-
-
-@njit(cache=True)
-def _attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, advance=True) -> int:  # type: ignore[no-untyped-def]  # noqa: E501  # pragma: no cover
-    """One new connection: the port it gets, or -1 (refused).
-
-    ``nxt`` holds each client's next source port offset (sequential clients, as
-    egressgw's workload generator walks them); empty: every port drawn at random.
-    """
-    span = (end - start) & 0xFFFF
-    if len(nxt):
-        c = np.random.randint(0, len(nxt))
-        sport = sport_lo + nxt[c] % (sport_hi - sport_lo + 1)
-        if advance:
-            nxt[c] += 1
-    else:
-        sport = np.random.randint(sport_lo, sport_hi + 1)
-    if start <= sport <= end:
-        port = sport
-    else:
-        r = np.random.randint(0, 65536)
-        port = (start + ((r * (end - start + 1)) >> 16)) if mul else (r % span + start)
-    for attempt in range(retries):
-        if not taken[port]:
-            return port
-        v = np.random.randint(0, 65536) if attempt == 0 else (port + 1) & 0xFFFF
-        port = (start + ((v * (end - start + 1)) >> 16)) if mul else (v % span + start)
-        port &= 0xFFFF
-    return -1
-
-
-@njit(cache=True)
-def _steady(taken, held, count, levels, warm, steps, start, end, mul, retries,  # type: ignore[no-untyped-def]  # noqa: E501
-            sport_lo, sport_hi, nxt, fifo, out):  # pragma: no cover - compiled
-    """Hold the tuple at each level in turn; count refusals over ``steps`` attempts."""
-    n = count
-    for li in range(len(levels)):
-        k = levels[li]
-        # Grow to k (new connections only), then churn until the runs settle.
-        guard = 0
-        while n < k and guard < 1000 * k + 1000:
-            guard += 1
-            port = _attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt)
-            if port >= 0:
-                taken[port] = True
-                held[n] = port
-                n += 1
-        if n < k:
-            out[li] = -1
-            continue
-        refused = 0
-        for phase in range(2):
-            budget = warm if phase == 0 else steps
-            done = 0
-            tries = 0
-            while done < budget and tries < 20 * budget + 1000:
-                tries += 1
-                port = _attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt)
-                if phase == 0:
-                    if port < 0:
-                        continue
-                    done += 1
-                else:
-                    done += 1
-                    if port < 0:
-                        refused += 1
-                        continue
-                # The new connection holds a port; one of the k + 1 ends: the oldest
-                # (fifo, connections of equal length) or a random one (exponential).
-                taken[port] = True
-                if fifo:
-                    # held is a ring in arrival order: oldest at held[n + 1 - ...]; keep
-                    # it as a queue by shifting the start index kept in held[-1].
-                    h = held[len(held) - 1]
-                    taken[held[h]] = False
-                    held[h] = port
-                    held[len(held) - 1] = (h + 1) % n
-                else:
-                    held[n] = port
-                    j = np.random.randint(0, n + 1)
-                    taken[held[j]] = False
-                    held[j] = held[n]
-        out[li] = refused
-    return n
-
-
-@njit(cache=True)
-def _growth(taken, levels, steps, start, end, mul, retries,  # type: ignore[no-untyped-def]
-            sport_lo, sport_hi, nxt, out):  # pragma: no cover - compiled
-    """Fill the tuple with new connections only; at each level probe ``steps`` times."""
-    n = 0
-    for li in range(len(levels)):
-        k = levels[li]
-        guard = 0
-        while n < k and guard < 1000 * k + 1000:
-            guard += 1
-            port = _attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt)
-            if port >= 0:
-                taken[port] = True
-                n += 1
-        if n < k:
-            out[li] = -1
-            continue
-        refused = 0
-        for _ in range(steps):
-            if _attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, False) < 0:
-                refused += 1
-        out[li] = refused
-
-
 def _levels(saturations: Sequence[float] | None, divisor: int,
             universe: int) -> npt.NDArray[np.int64]:
     sat = (np.round(np.arange(0.30, 1.0001, 0.01), 2) if saturations is None
@@ -398,7 +289,7 @@ def _clients(sources: SourcePorts, seed: int) -> npt.NDArray[np.int64]:
             else np.zeros(0, dtype=np.int64))
 
 
-def _measured(kind: str, search: PortSearch, sources: SourcePorts, divisor: int,
+def _measured(kind: str, search: PortSearch, *, sources: SourcePorts, divisor: int,
               universe: int, levels: npt.NDArray[np.int64], counts: npt.NDArray[np.int64],
               steps: int) -> RefusalCurve:
     reached = counts >= 0
@@ -428,11 +319,11 @@ def growth_curve(
     levels = _levels(saturations, divisor, universe)
     taken = np.zeros(VALUES, dtype=np.bool_)
     counts = np.zeros(len(levels), dtype=np.int64)
-    _seed(seed)
-    _growth(taken, levels, steps, search.start, search.end, search.clamp_kind == MUL_CLAMP,
+    kernel.seed(seed)
+    kernel.growth(taken, levels, steps, search.start, search.end, search.clamp_kind == MUL_CLAMP,
             search.retries, sources.low, sources.high, _clients(sources, seed), counts)
-    return _measured("growth (measured)", search, sources, divisor, universe, levels,
-                     counts, steps)
+    return _measured("growth (measured)", search, sources=sources, divisor=divisor,
+                     universe=universe, levels=levels, counts=counts, steps=steps)
 
 
 def steady_curve(
@@ -452,19 +343,14 @@ def steady_curve(
     connections have come and gone there; ``low``/``high`` are Wilson 95% bounds.
     """
     universe = int(_universe(search, sources).sum())
-    levels_sat = (np.round(np.arange(0.30, 1.0001, 0.01), 2) if saturations is None
-                  else np.asarray(saturations, dtype=np.float64))
-    levels = np.unique(np.minimum(np.round(levels_sat * divisor), universe).astype(np.int64))
+    levels = _levels(saturations, divisor, universe)
     taken = np.zeros(VALUES, dtype=np.bool_)
+    # Held ports; in arrival order (a ring whose start is kept in the last slot) for fifo.
     held = np.zeros(universe + 2, dtype=np.int64)
-    out = np.zeros(len(levels), dtype=np.int64)
-    _seed(seed)
-    span = sources.high - sources.low + 1
-    rng = np.random.default_rng(seed)
-    nxt = (rng.integers(0, span, sources.clients).astype(np.int64) if sources.clients
-           else np.zeros(0, dtype=np.int64))
-    # Warm each level for warm_factor x k replacements (fewer after the first level:
-    # the previous level's state is already close).
+    kernel.seed(seed)
+    nxt = _clients(sources, seed)
+    # Warm the first level for warm_factor x k replacements, later ones for k: the
+    # previous level's state is already close.
     warm = int(warm_factor * levels[0]) if len(levels) else 0
     n = 0
     counts = np.zeros(len(levels), dtype=np.int64)
@@ -476,19 +362,12 @@ def steady_curve(
             head = int(held[-1])
             held[:n] = np.roll(held[:n], -head)
             held[-1] = 0
-        n = _steady(taken, held, n, one, w, steps, search.start, search.end,
-                    search.clamp_kind == MUL_CLAMP, search.retries, sources.low,
-                    sources.high, nxt, fifo, res)
+        n = kernel.steady(taken, held, n, one, w, steps, search.start, search.end,
+                          search.clamp_kind == MUL_CLAMP, search.retries, sources.low,
+                          sources.high, nxt, fifo, res)
         counts[i] = res[0]
-    out = counts
-    reached = out >= 0
-    levels, out = levels[reached], out[reached]
-    p = out / steps
-    z = 1.96
-    centre = (p + z * z / (2 * steps)) / (1 + z * z / steps)
-    half = z * np.sqrt(p * (1 - p) / steps + z * z / (4 * steps * steps)) / (1 + z * z / steps)
-    return RefusalCurve("steady (measured)", search, sources, divisor, universe, levels,
-                        p.astype(np.float64), np.maximum(centre - half, 0.0), centre + half)
+    return _measured("steady (measured)", search, sources=sources, divisor=divisor,
+                     universe=universe, levels=levels, counts=counts, steps=steps)
 
 
 __all__ = [

@@ -35,6 +35,8 @@ class Snapshot:
     source: str
     time: float
     counts: Mapping[NatEndpoint, int]
+    # The saturation divisor the source reported (nat-stats JSON, the agent), if any.
+    divisor: int | None = None
 
 
 def parse_time(text: str, *, source: str) -> float:
@@ -120,6 +122,17 @@ def _row(doc: object, where: str, source: str) -> tuple[NatEndpoint, int]:
         raise InputError(f"bad value: {exc}", source=source, field=where) from None
 
 
+def json_divisor(doc: Any, *, source: str) -> int | None:
+    """The ``divisor`` a nat-stats document carries (egressgw and the agent write it)."""
+    value = doc.get("divisor") if isinstance(doc, Mapping) else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{value!r}: expected a positive whole number", source=source,
+                         field="divisor")
+    return value
+
+
 def parse_json(doc: Any, *, source: str) -> tuple[dict[NatEndpoint, int], float | None]:
     """Rows and the ``updatedAt`` time (if any) of a nat-stats JSON document."""
     rows = doc.get("rows") if isinstance(doc, Mapping) else doc
@@ -152,6 +165,7 @@ def load_snapshot(spec: str, *, at: str | None = None) -> Snapshot:
     text = data.decode("utf-8", errors="replace")
     stripped = text.lstrip()
     doc_time: float | None = None
+    divisor: int | None = None
     if stripped.startswith(("{", "[")):
         try:
             doc = json.loads(text)
@@ -159,6 +173,7 @@ def load_snapshot(spec: str, *, at: str | None = None) -> Snapshot:
             raise InputError(f"not valid JSON: {exc.msg}", source=path_text,
                              line=exc.lineno) from None
         counts, doc_time = parse_json(doc, source=path_text)
+        divisor = json_divisor(doc, source=path_text)
     elif stripped.startswith(TABLE_HEADER):
         counts = parse_table(text, source=path_text)
     else:
@@ -172,7 +187,7 @@ def load_snapshot(spec: str, *, at: str | None = None) -> Snapshot:
             "no time for this snapshot: write FILE@TIME (seconds or ISO 8601) or use --at",
             source=path_text,
         )
-    return Snapshot(path_text, time, counts)
+    return Snapshot(path_text, time, counts, divisor)
 
 
 def load_snapshots(specs: Sequence[str], at: Sequence[str] = ()) -> list[Snapshot]:
@@ -205,11 +220,12 @@ def poll_snapshots(
     for attempt in range(3 * samples):
         if attempt:
             sleep(every)
-        counts, when = parse_json(fetch(), source=source)
+        doc = fetch()
+        counts, when = parse_json(doc, source=source)
         time = clock() if when is None else when
         if taken and time <= taken[-1].time:
             continue
-        taken.append(Snapshot(source, time, counts))
+        taken.append(Snapshot(source, time, counts, json_divisor(doc, source=source)))
         if len(taken) == samples:
             break
     return taken
