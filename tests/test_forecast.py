@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from egressgw.cli import main
+from egressgw.config import NodePortRange
 from egressgw.errors import InputError
+from egressgw.limits import cilium_limit
 from egressgw.net import Family, NatEndpoint, Proto, parse_ip
 from egressgw.sim.forecast import (
     Outlook,
@@ -124,8 +126,8 @@ def test_dumps_are_counted_and_the_cli_prints_each_outlook(tmp_path, capsys):
     line = next(line for line in out.splitlines() if line.startswith("10.1.0.0"))
     assert line.split()[:6] == ["10.1.0.0", "10.2.0.0:8080", "TCP", "300", "0.9%", "+100.0"]
     assert line.endswith("in 5h24m40s [5h24m40s .. 5h24m40s]")
-    # A dump carries no divisor: the forecast says which one it assumed.
-    assert "Divisor 32767 ports per tuple (Cilium's default" in out
+    # The forecast says which limit it used (a Cilium dump: Cilium's divisor).
+    assert out.startswith("Limit 32767 ports (cilium: --node-port-range 30000,32767)")
     main(["forecast", *specs, "--at", "0", "--at", "60", "--at", "120", "-o", "json"])
     (tuple_doc,) = json.loads(capsys.readouterr().out)["tuples"]
     assert tuple_doc["secondsToLimit"] == pytest.approx((LIMIT - 300) / 100 * 60)
@@ -195,12 +197,13 @@ def test_forecast_uses_the_divisor_the_source_reports(tmp_path, capsys):
     for i, count in enumerate([10, 20, 30]):
         doc = _pass(i * 60, count)
         doc["divisor"] = 63
+        doc["limit"] = cilium_limit(NodePortRange(30000, 65471)).document()
         path = tmp_path / f"a{i}.json"
         path.write_text(json.dumps(doc))
         specs.append(str(path))
     main(["forecast", *specs, "-o", "json"])
     doc = json.loads(capsys.readouterr().out)
-    assert doc["divisor"] == 63 and doc["divisorFrom"] == "reported by the source"
+    assert doc["limit"] == 63 and doc["portLimit"]["ports"] == 63
     (t,) = doc["tuples"]
     # +10 a minute from 30: 33 more to 63 take 3.3 minutes.
     assert t["secondsToLimit"] == pytest.approx(33 / 10 * 60)

@@ -79,7 +79,7 @@ def _rows(dp: ModelDatapath):
 @given(
     seed=st.integers(0, 2**31),
     n=st.integers(50, 1500),
-    version=st.sampled_from(["1.16", "1.18"]),
+    version=st.sampled_from(["1.16", "1.17", "1.18"]),
     gc_interval=st.sampled_from([None, 7.0]),
     holdoff=st.sampled_from([0.0, 1.0]),
 )

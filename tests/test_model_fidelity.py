@@ -15,7 +15,8 @@ from egressgw.net import Endpoint, FiveTuple, Proto
 from model_helpers import EGRESS, REMOTE, pod
 
 # 1023 ports the clamp reaches (64512..65534); a collision steps by (64512 + 1) % 1023 = 64,
-# coprime to 1023, so the walk never revisits a port within the v1.18 bound of 32 tries.
+# coprime to 1023, so the walk never revisits a port within 32 tries. v1.16's modulo clamp
+# with v1.18's bound of 32 tries.
 WIDE_RANGE = NodePortRange(30000, 64511)
 P_MIN, P_MOD = 64512, 1023
 
@@ -42,7 +43,9 @@ def exact_failure_probability(occupied: np.ndarray, retries: int) -> float:
 def test_bounded_search_failure_rate_matches_exact_probability(occupancy):
     config = ModelConfig(
         node_port_range=WIDE_RANGE,
-        cilium_version="1.18",
+        cilium_version="1.16",
+        snat_collision_retries=32,
+        snat_signal_thres=16,
         conntrack_gc_interval=1.0,
         bpf_nat_global_max=8192,
     )

@@ -10,15 +10,20 @@ from egressgw.errors import ConfigError
 DATAPATHS = ("kernel", "model")
 
 
-def make_datapath(kind: str, node_port_range: NodePortRange) -> Datapath:
+def make_datapath(
+    kind: str, node_port_range: NodePortRange, *, cilium_version: str = "1.16"
+) -> Datapath:
     """The kernel datapath (nftables + conntrack in this network namespace) or the model.
 
-    The model is imported only when asked for: it pulls in the compiled SNAT engine.
+    ``cilium_version`` picks the model's port search (``datapath/model/ports.py``); the
+    kernel datapath is Linux's nf_nat and has none. The model is imported only when asked
+    for: it pulls in the compiled SNAT engine.
     """
     if kind == "kernel":
         return KernelDatapath(node_port_range, table="egressgw")
     if kind == "model":
         from .modeldp import ModelAgentDatapath  # noqa: PLC0415 (slow to import)
 
-        return ModelAgentDatapath.for_node_ports(node_port_range)
+        return ModelAgentDatapath.for_node_ports(node_port_range,
+                                                 cilium_version=cilium_version)
     raise ConfigError(f"{kind!r}: expected one of {', '.join(DATAPATHS)}", field="--datapath")

@@ -2,7 +2,8 @@
 
 The body is ``egressgw nat-stats -o json``'s document (every row field: family, proto,
 egressIP, remoteIP, remotePort, remoteAddr, count, rank; saturation per family; the
-divisor) plus when the pass ran, so scripts read one format whichever command they use.
+divisor and the limit it is) plus when the pass ran, so scripts read one format
+whichever command they use.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from egressgw.errors import AgentError
+from egressgw.limits import PortLimit
 from egressgw.net import Family, Proto, parse_ip
 from egressgw.stats import NatStats, NatStatsRow, stats_document
 
@@ -18,16 +20,31 @@ from .state import CountSnapshot
 
 
 def nat_stats_document(
-    counts: CountSnapshot | None, *, entries: int, divisor: int
+    counts: CountSnapshot | None, *, entries: int, limit: PortLimit
 ) -> dict[str, Any]:
     """The body of ``GET /v1/statedb/nat-stats``.
 
     Before the first pass (or with the interval 0) there are no rows and no timestamp.
     """
-    doc = stats_document(counts.stats if counts is not None else NatStats((), {}, divisor))
+    empty = NatStats((), {}, limit.ports, limit)
+    doc = stats_document(counts.stats if counts is not None else empty)
     doc["updatedAt"] = counts.taken_at if counts is not None else None
     doc["entries"] = entries
     return doc
+
+
+def saturation_lines(doc: Mapping[str, Any]) -> str:
+    """``saturation ipv4: 100.00% (64/64)`` per family and the limit, as nat-stats prints."""
+    lines = []
+    top = doc.get("topCount") or {}
+    for family, ratio in (doc.get("saturation") or {}).items():
+        lines.append(f"saturation {family}: {float(ratio):.2%} "
+                     f"({top.get(family, 0)}/{doc.get('divisor')})\n")
+    limit = doc.get("limit")
+    if isinstance(limit, Mapping):
+        lines.append(f"limit: {limit.get('ports')} ports ({limit.get('datapath')}: "
+                     f"{limit.get('source')})\n")
+    return "".join(lines)
 
 
 def row_from_document(doc: Mapping[str, Any], where: str) -> NatStatsRow:

@@ -27,6 +27,7 @@ from egressgw import __version__
 from egressgw.config import NAT_MAP_STATS_ENTRIES_DEFAULT, NodePortRange, check_stats_entries
 from egressgw.datapath.base import Datapath
 from egressgw.errors import ConfigError, EgressgwError
+from egressgw.limits import PortLimit, cilium_limit, netfilter_rule_limit
 
 from .endpoints import DEFAULT_PORT
 from .metrics import AgentCollector
@@ -63,16 +64,20 @@ class AgentConfig:
             raise ConfigError("must be positive", field="--poll-interval")
 
     @property
-    def saturation_divisor(self) -> int:
-        """The ports one tuple can use, which saturation is a fraction of.
+    def limit(self) -> PortLimit:
+        """The ports one tuple can use, which saturation is a fraction of (egressgw.limits).
 
-        nftables' ``snat to IP:MIN-MAX`` can hand out every port of the NAT range; the
-        model reproduces Cilium, whose clamp reaches one port fewer and whose metric
-        divides by that (32767 by default).
+        The kernel datapath's nft rule ``snat to IP:MAX+1-65535`` can hand out every port
+        of that range; the model reproduces Cilium, whose metric divides by
+        65535 - (NodePortMax + 1) (32767 by default).
         """
         if self.datapath == "kernel":
-            return self.node_port_range.nat_ports
-        return self.node_port_range.cilium_saturation_divisor
+            return netfilter_rule_limit(node_port_range=self.node_port_range)
+        return cilium_limit(self.node_port_range)
+
+    @property
+    def saturation_divisor(self) -> int:
+        return self.limit.ports
 
 
 class Agent:
@@ -100,7 +105,7 @@ class Agent:
             datapath,
             self.state,
             entries=config.stats_entries,
-            divisor=config.saturation_divisor,
+            limit=config.limit,
             clock=clock,
             wall=wall,
         )
@@ -111,8 +116,7 @@ class Agent:
                 {"node": config.node, "datapath": config.datapath, "version": __version__},
             )
         )
-        self.api = AgentAPI(self.state, self.registry, config.stats_entries,
-                            config.saturation_divisor)
+        self.api = AgentAPI(self.state, self.registry, config.stats_entries, config.limit)
         self._wake = threading.Event()
         self._reload = False
         self._stopping = False

@@ -38,14 +38,15 @@ class ModelAgentDatapath:
         self._no_gateway_drops = 0
 
     @classmethod
-    def for_node_ports(cls, node_port_range: NodePortRange, *, seed: int = 0
-                       ) -> ModelAgentDatapath:
-        """A fresh model with Cilium's defaults and ``node_port_range``.
+    def for_node_ports(cls, node_port_range: NodePortRange, *, seed: int = 0,
+                       cilium_version: str = "1.16") -> ModelAgentDatapath:
+        """A fresh model with Cilium's defaults, ``node_port_range`` and the port search of
+        ``cilium_version``.
 
         It runs the reference engine: the agent drives connections one at a time, where
         the compiled engine's speed does not show but its load time (seconds) would.
         """
-        config = ModelConfig(node_port_range=node_port_range)
+        config = ModelConfig(node_port_range=node_port_range, cilium_version=cilium_version)
         return cls(ModelDatapath(config, random.Random(seed), engine="reference"))
 
     # -- the Datapath interface ----------------------------------------------------------

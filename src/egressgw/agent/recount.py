@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
 from egressgw.datapath.base import Datapath
+from egressgw.limits import PortLimit
 from egressgw.net import Family
 from egressgw.stats import compute_nat_stats
 
@@ -41,14 +42,14 @@ class Recounter:
         state: AgentState,
         *,
         entries: int,
-        divisor: int,
+        limit: PortLimit,
         clock: Callable[[], float],
         wall: Callable[[], float],
     ) -> None:
         self._datapath = datapath
         self._state = state
         self._entries = entries
-        self._divisor = divisor
+        self._limit = limit
         self._clock = clock
         self._wall = wall
         self._failures = CounterDeltas()
@@ -58,7 +59,7 @@ class Recounter:
         """Walk the NAT table once, compute the top K per family, and publish it."""
         started = self._clock()
         counts = self._datapath.endpoint_counts()
-        stats = compute_nat_stats(counts, entries=self._entries, divisor=self._divisor)
+        stats = compute_nat_stats(counts, entries=self._entries, limit=self._limit)
         entries: Counter[Family] = Counter()
         for endpoint, n in counts.items():
             entries[endpoint.family] += n

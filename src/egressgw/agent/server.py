@@ -21,6 +21,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from egressgw.errors import ConfigError
+from egressgw.limits import PortLimit
 
 from .document import nat_stats_document
 from .endpoints import DEFAULT_PORT, HEALTH_PATH, METRICS_PATH, NAT_STATS_PATH
@@ -93,7 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, encoder(api.registry), content_type)
         elif path == NAT_STATS_PATH:
             self._send_json(HTTPStatus.OK, nat_stats_document(
-                api.state.counts, entries=api.entries, divisor=api.divisor))
+                api.state.counts, entries=api.entries, limit=api.limit))
         elif path == HEALTH_PATH:
             status, body = api.health()
             self._send_json(status, body)
@@ -122,7 +123,7 @@ class AgentAPI:
     state: AgentState
     registry: CollectorRegistry
     entries: int
-    divisor: int
+    limit: PortLimit
 
     def health(self) -> tuple[HTTPStatus, dict[str, Any]]:
         """Healthy once a reconcile has succeeded: the node enforces some policy version.

@@ -11,6 +11,7 @@ import click
 from egressgw.agent import AgentConfig, ListenAddress, make_datapath, run_agent
 from egressgw.agent.datapaths import DATAPATHS
 from egressgw.cli.options import (
+    cilium_version_option,
     nat_map_stats_entries_option,
     nat_map_stats_interval_option,
     node_port_range_option,
@@ -49,6 +50,8 @@ every tracked connection) in place, so a restarted agent picks up where it left 
               default="kernel", show_default=True,
               help="kernel: nftables + conntrack here; model: Cilium's BPF SNAT in memory.")
 @node_port_range_option()
+@cilium_version_option("Port search of the model datapath (--datapath model): 1.16 modulo "
+                       "clamp, 128 retries; 1.17 multiply-shift, 128; 1.18 multiply-shift, 32.")
 @nat_map_stats_interval_option("How often nat-stats are recounted (0 disables).")
 @nat_map_stats_entries_option("Top K tuples kept per family (1..4096).")
 @click.option("--listen", default="127.0.0.1:9964", show_default=True,
@@ -65,6 +68,7 @@ def agent(
     node: str | None,
     datapath_kind: str,
     node_port_range: NodePortRange,
+    cilium_version: str,
     nat_map_stats_interval: float,
     nat_map_stats_entries: int,
     listen: str,
@@ -81,7 +85,7 @@ def agent(
     configure_logging(verbose)
     ports = node_port_range
     if cleanup:
-        make_datapath(datapath_kind, ports).cleanup()
+        make_datapath(datapath_kind, ports, cilium_version=cilium_version).cleanup()
         logging.getLogger("egressgw.agent").info("removed the %s datapath's rules",
                                                  datapath_kind)
         return
@@ -102,4 +106,4 @@ def agent(
         listen=ListenAddress.parse(listen),
         poll_interval=poll_interval,
     )
-    run_agent(config, make_datapath(datapath_kind, ports))
+    run_agent(config, make_datapath(datapath_kind, ports, cilium_version=cilium_version))

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from egressgw.cli.options import cilium_version_option
+
 
 @click.command(
     "demo",
@@ -25,7 +27,8 @@ Examples:
                    "quicker run of the same shape.")
 @click.option("--quiet", is_flag=True,
               help="Print only the verdicts, not the nat-stats table of every interval.")
-def demo(*, out_dir: Path, seed: int, scale: float, quiet: bool) -> None:
+@cilium_version_option()
+def demo(*, out_dir: Path, seed: int, scale: float, quiet: bool, cilium_version: str) -> None:
     """Show SNAT port exhaustion on one egress IP, then fix it with a second one.
 
     \b
@@ -39,5 +42,5 @@ def demo(*, out_dir: Path, seed: int, scale: float, quiet: bool) -> None:
     """
     from egressgw.sim.demo import run_demo  # noqa: PLC0415 - loads the model and plotting
 
-    run_demo(out_dir, seed=seed, scale=scale, tables=not quiet,
+    run_demo(out_dir, seed=seed, scale=scale, tables=not quiet, cilium_version=cilium_version,
              echo=lambda text: click.echo(text, nl=False))

@@ -8,8 +8,9 @@ from typing import Any
 import click
 
 from egressgw.cli.limits import curve_options, search_and_sources
-from egressgw.cli.options import output_option, parse_node_port_range
+from egressgw.cli.options import given, nat_port_range_option, node_port_range_option, output_option
 from egressgw.config import NodePortRange
+from egressgw.limits import NatPortRange, PortLimit, resolve_limit
 
 # Times above this are taken for Unix timestamps and also printed as dates.
 _UNIX_TIME = 1e9
@@ -62,12 +63,11 @@ def render_forecast(results: Any, *, marks: Any, divisor: int, last_time: float,
     return tabwrite(rows)
 
 
-def forecast_document(results: Any, *, marks: Any, divisor: int, divisor_source: str,
-                      scale: float, last_time: float) -> dict[str, Any]:
-    keys = ["firstRefusals", "refusalRate", "limit"]
+def forecast_document(results: Any, *, marks: Any, port_limit: PortLimit, scale: float,
+                      last_time: float) -> dict[str, Any]:
+    keys = ["firstRefusals", "refusalRate", "limit"][-len(marks):]
     return {
-        "divisor": divisor,
-        "divisorFrom": divisor_source,
+        "portLimit": port_limit.document(),
         "scale": scale,
         "marks": {key: {"name": m.name, "count": m.count} for key, m in zip(keys, marks,
                                                                            strict=True)},
@@ -99,28 +99,6 @@ def forecast_document(results: Any, *, marks: Any, divisor: int, divisor_source:
             for r in results
         ],
     }
-
-
-def _divisor(loaded: Any, flag: NodePortRange | None) -> tuple[int, str]:
-    """The divisor to use and where it came from: the flag, the source, or the default."""
-    reported = {s.divisor for s in loaded if s.divisor is not None}
-    if flag is not None:
-        if reported and reported != {flag.cilium_saturation_divisor}:
-            click.echo(f"egressgw: warning: the source reports divisor "
-                       f"{', '.join(map(str, sorted(reported)))}; using --node-port-range "
-                       f"{flag} ({flag.cilium_saturation_divisor})", err=True)
-        return flag.cilium_saturation_divisor, f"--node-port-range {flag}"
-    if len(reported) > 1:
-        from egressgw.errors import InputError  # noqa: PLC0415
-
-        listed = ", ".join(map(str, sorted(reported)))
-        raise InputError(f"snapshots report different divisors ({listed}); "
-                         "give --node-port-range", field="divisor")
-    if reported:
-        return reported.pop(), "reported by the source"
-    return NodePortRange().cilium_saturation_divisor, (
-        "Cilium's default --node-port-range 30000,32767; the source does not say"
-    )
 
 
 def _poll(server: str, samples: int, every_text: str) -> Any:
@@ -162,10 +140,10 @@ Examples:
 @click.option("--at", "at", multiple=True, metavar="TIME",
               help="The time of each snapshot in order (seconds or ISO 8601); "
                    "instead of FILE@TIME.")
-@click.option("--node-port-range", default=None, metavar="MIN,MAX",
-              callback=parse_node_port_range,
-              help="Sets the limit, 65535-(MAX+1) (default: the divisor the source "
-                   "reports, else 32767).")
+@node_port_range_option("Cilium: the limit is 65535-(MAX+1); Linux (conntrack dumps): "
+                        "egressgw's rule, MAX+1-65535. Default: what the snapshots say.")
+@nat_port_range_option("Linux gateways: the SNAT rule's ports, the limit (default for "
+                       "conntrack dumps: 1024-65535, Linux's masquerade range).")
 @click.option("--threshold", type=float, default=1.0, show_default=True,
               help="The last column: time until this share of the limit (e.g. 0.8).")
 @click.option("--refusal-rate", type=float, default=0.001, show_default=True,
@@ -184,7 +162,8 @@ def forecast_command(
     samples: int,
     every_text: str,
     at: tuple[str, ...],
-    node_port_range: NodePortRange | None,
+    node_port_range: NodePortRange,
+    nat_port_range: NatPortRange | None,
     threshold: float,
     refusal_rate: float,
     scale: float,
@@ -230,36 +209,51 @@ def forecast_command(
     if len(loaded) < 2:
         raise ConfigError(f"{len(loaded)} distinct snapshot(s): a trend needs at least 2",
                           field="--samples" if server else "SNAPSHOT")
-    divisor, divisor_source = _divisor(loaded, node_port_range)
-    # The curve of the Cilium port search whose NAT range this divisor implies.
-    nat_max = 65534 - divisor
-    curve_range = node_port_range or NodePortRange(min(30000, max(1, nat_max)), max(1, nat_max))
-    search, sources = search_and_sources(cilium_version, curve_range, source_ports, clients)
-    curve = planning_curve(search, sources, divisor)
-    first = curve.held_at(1e-4)
-    at_rate = curve.held_at(refusal_rate)
-    marks = [
-        Mark("First refusals (0.01%)", first if first is not None else float(divisor)),
-        Mark(f"{refusal_rate * 100:g}% refused",
-             at_rate if at_rate is not None else float(divisor)),
-        Mark(f"{threshold:.0%} of ports" if threshold < 1 else "Full (100%)",
-             divisor * threshold),
-    ]
+    # One rule for the limit (egressgw.limits): the flags, else what the latest snapshot
+    # says (a document's limit, a dump's datapath), else Cilium's divisor.
+    port_limit = resolve_limit(
+        documented=loaded[-1].limit,
+        datapath=loaded[-1].datapath,
+        node_port_range=node_port_range if given(click.get_current_context(),
+                                                 "node_port_range") else None,
+        nat_port_range=nat_port_range,
+    )
+    divisor = port_limit.ports
+    marks = [Mark(f"{threshold:.0%} of ports" if threshold < 1 else "Full (100%)",
+                  divisor * threshold)]
+    curve_note = (f"No refusal curve for {port_limit.datapath} (nf_nat's search is not "
+                  "modelled here): only the limit is forecast.")
+    if port_limit.datapath == "cilium":
+        # The refusal curve of the Cilium search over this limit's NAT range.
+        nat = port_limit.port_range
+        curve_range = NodePortRange(min(30000, nat.min - 1), nat.min - 1)
+        search, sources = search_and_sources(cilium_version, curve_range, source_ports, clients)
+        curve = planning_curve(search, sources, divisor)
+        first = curve.held_at(1e-4)
+        at_rate = curve.held_at(refusal_rate)
+        marks = [
+            Mark("First refusals (0.01%)", first if first is not None else float(divisor)),
+            Mark(f"{refusal_rate * 100:g}% refused",
+                 at_rate if at_rate is not None else float(divisor)),
+            *marks,
+        ]
+        curve_note = (
+            f"Refusals from the refusal curve (egressgw limits, Cilium {cilium_version}, "
+            f"clients {sources}): 0.01% at {marks[0].count / divisor:.1%}, "
+            f"{refusal_rate * 100:g}% at {marks[1].count / divisor:.1%} of the ports."
+        )
     results = forecast_marks(loaded, marks, scale=scale, confidence=confidence)
     last = loaded[-1].time
     if output == "table":
         span = f"{len(loaded)} snapshots over {loaded[-1].time - loaded[0].time:.0f}s"
         traffic = f"; traffic x{scale:g}" if scale != 1 else ""
         click.echo(
-            f"Divisor {divisor} ports per tuple ({divisor_source}); {span}{traffic}; "
-            f"times from the last one, [{confidence:.0%} band].\n"
-            f"Refusals from the refusal curve (egressgw limits, Cilium {cilium_version}, "
-            f"clients {sources}): 0.01% at {marks[0].count / divisor:.1%}, "
-            f"{refusal_rate * 100:g}% at {marks[1].count / divisor:.1%} of the ports."
+            f"Limit {port_limit.describe()}; {span}{traffic}; "
+            f"times from the last one, [{confidence:.0%} band].\n{curve_note}"
         )
         click.echo(render_forecast(results, marks=marks, divisor=divisor, last_time=last,
                                    span=loaded[-1].time - loaded[0].time), nl=False)
     else:
         click.echo(dump_document(forecast_document(
-            results, marks=marks, divisor=divisor, divisor_source=divisor_source,
-            scale=scale, last_time=last), output), nl=False)
+            results, marks=marks, port_limit=port_limit, scale=scale, last_time=last),
+            output), nl=False)

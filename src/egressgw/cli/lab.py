@@ -11,6 +11,7 @@ from egressgw.cli.options import nat_map_stats_entries_option, node_port_range_o
 from egressgw.config import NodePortRange
 from egressgw.errors import ConfigError
 from egressgw.lab import Lab, LabSpec, lab_rules, remove_lab
+from egressgw.limits import netfilter_rule_limit
 from egressgw.policy import compile_rules, load_inventory, load_policies, rules_for_gateway
 from egressgw.stats import compute_nat_stats, render_saturation, render_table
 
@@ -170,7 +171,7 @@ def nat_stats(*, name: str, node_port_range: NodePortRange, nat_map_stats_entrie
     datapath = found.datapath(node_port_range)
     stats = compute_nat_stats(datapath.endpoint_counts(),
                               entries=nat_map_stats_entries,
-                              divisor=node_port_range.nat_ports)
+                              limit=netfilter_rule_limit(node_port_range=node_port_range))
     click.echo(render_table(stats.rows), nl=False)
     click.echo(render_saturation(stats), nl=False)
     failures = datapath.allocation_failures()

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import click
 
-from egressgw.cli.options import nat_map_stats_entries_option, node_port_range_option, output_option
+from egressgw.cli.options import (
+    given,
+    nat_map_stats_entries_option,
+    nat_port_range_option,
+    node_port_range_option,
+    output_option,
+)
 from egressgw.config import NodePortRange
 from egressgw.dumps import count_endpoints, count_file, read_source
+from egressgw.limits import NatPortRange, dump_limit
 from egressgw.render.documents import dump_document
 from egressgw.stats import compute_nat_stats, render_saturation, render_table, stats_document
 
@@ -38,8 +45,10 @@ Examples:
     help="Dump format; auto looks at the first line.",
 )
 @node_port_range_option(
-    "NodePort range; NAT ports are MAX+1..65535, saturation divides by 65535-(MAX+1)."
+    "NodePort range. Cilium dumps: saturation divides by 65535-(MAX+1) (Cilium's "
+    "divisor). conntrack dumps: egressgw's nft rule, ports MAX+1-65535."
 )
+@nat_port_range_option()
 @nat_map_stats_entries_option("Rows kept per address family (1..4096), the top K by count.")
 @output_option(
     "table",
@@ -57,6 +66,7 @@ def nat_stats(
     source: str,
     fmt: str,
     node_port_range: NodePortRange,
+    nat_port_range: NatPortRange | None,
     nat_map_stats_entries: int,
     output: str,
     skip_invalid: bool,
@@ -67,24 +77,30 @@ def nat_stats(
     Reads a NAT table dump, counts the connections that share each {protocol, egress IP,
     remote IP, remote port} (each needs its own source port), and prints the top K per
     family in ascending order of count. The saturation of each family (top count divided
-    by the NAT ports Cilium counts with) goes to stderr, and into json/yaml output.
+    by the ports the datapath that made the dump can hand out: Cilium's divisor for
+    `bpf nat list`, the SNAT rule's range for `conntrack -L`) goes to stderr, and into
+    json/yaml output with the limit used and where it came from.
     """
+    ctx = click.get_current_context()
     if source == "-":
         data, name = read_source(source)
         dump = count_endpoints(data, source=name, fmt=fmt, skip_invalid=skip_invalid)
     else:
         name = source
         dump = count_file(source, fmt=fmt, skip_invalid=skip_invalid)
-    stats = compute_nat_stats(
-        dump.counts,
-        entries=nat_map_stats_entries,
-        divisor=node_port_range.cilium_saturation_divisor,
+    limit = dump_limit(
+        dump.format,
+        node_port_range=node_port_range if given(ctx, "node_port_range") else None,
+        nat_port_range=nat_port_range,
     )
+    stats = compute_nat_stats(dump.counts, entries=nat_map_stats_entries, limit=limit)
     if dump.skipped:
         click.echo(f"{name}: skipped {dump.skipped} invalid line(s)", err=True)
     if output == "table":
         click.echo(render_table(stats.rows), nl=False)
         click.echo(render_saturation(stats), nl=False, err=True)
+        if stats.saturation:
+            click.echo(f"limit: {limit.describe()}", err=True)
         return
     document = stats_document(stats)
     document["source"] = {

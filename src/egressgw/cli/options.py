@@ -18,6 +18,7 @@ from egressgw.config import (
     check_stats_entries,
     parse_duration,
 )
+from egressgw.limits import NatPortRange
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,6 +36,19 @@ def parse_node_port_range(
 ) -> NodePortRange | None:
     """``MIN,MAX`` into a :class:`NodePortRange`."""
     return None if value is None else NodePortRange.parse(value)
+
+
+def parse_nat_port_range(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> NatPortRange | None:
+    """``MIN-MAX`` into a :class:`NatPortRange`."""
+    return None if value is None else NatPortRange.parse(value)
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether the user gave parameter ``name`` (not its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source is not click.core.ParameterSource.DEFAULT
 
 
 def parse_duration_flag(
@@ -62,6 +76,20 @@ def node_port_range_option(
     )
 
 
+def nat_port_range_option(
+    help: str = "Linux gateways: the ports the SNAT rule hands out (nft `snat to IP:MIN-MAX`); "
+    "the saturation limit. Default for conntrack dumps: Linux's masquerade range 1024-65535, "
+    "or egressgw's rule (MAX+1-65535) when --node-port-range is given.",
+) -> Callable[[F], F]:
+    return click.option(
+        "--nat-port-range",
+        default=None,
+        metavar="MIN-MAX",
+        callback=parse_nat_port_range,
+        help=help,
+    )
+
+
 def nat_map_stats_entries_option(
     help: str = "Top tuples kept per family (1..4096).",
 ) -> Callable[[F], F]:
@@ -84,6 +112,25 @@ def nat_map_stats_interval_option(
         default="30s",
         metavar="DURATION",
         callback=parse_duration_flag,
+        show_default=True,
+        help=help,
+    )
+
+
+# The versions whose port search the model reproduces (datapath/model/ports.py); kept as a
+# literal here so the CLI does not import the model to build its options.
+CILIUM_VERSIONS = ("1.16", "1.17", "1.18")
+
+
+def cilium_version_option(
+    help: str = "Cilium version of the model datapath: its port arithmetic, retries and "
+                "signal threshold (1.16: modulo clamp, 128 retries; 1.17: multiply-shift "
+                "clamp, 128; 1.18: multiply-shift, 32).",
+) -> Callable[[F], F]:
+    return click.option(
+        "--cilium-version",
+        type=click.Choice(CILIUM_VERSIONS),
+        default=CILIUM_VERSIONS[0],
         show_default=True,
         help=help,
     )

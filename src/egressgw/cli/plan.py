@@ -40,10 +40,10 @@ def _check_line(check: Any, target: float, max_drop_rate: float) -> str:
     )
 
 
-def render_plan(plan: Any, divisor: int) -> str:
+def render_plan(plan: Any, divisor: int, limit: Any = None) -> str:
     from egressgw.render.tabwriter import tabwrite  # noqa: PLC0415
 
-    out = []
+    out = [f"Limit: {limit.describe()} per tuple.\n"] if limit is not None else []
     if plan.estimate_ips is None:
         out.append(f"Estimate: no count of egress IPs up to {len(plan.egress_ips)} keeps every "
                    f"tuple under {plan.target:.0%}.\n")
@@ -120,4 +120,4 @@ def plan_command(
     settings = settings_from_options(workload_duration=workload.duration, **options)
     plan = make_plan(workload, settings, target=target, max_drop_rate=max_drop_rate,
                      max_egress_ips=max_egress_ips, confirm=not estimate_only)
-    click.echo(render_plan(plan, settings.divisor), nl=False)
+    click.echo(render_plan(plan, settings.divisor, settings.limit), nl=False)

@@ -9,14 +9,17 @@ from typing import Any, TypeVar
 import click
 
 from egressgw.cli.options import (
+    cilium_version_option,
     nat_map_stats_entries_option,
     nat_map_stats_interval_option,
+    nat_port_range_option,
     node_port_range_option,
     output_option,
     parse_duration_flag,
 )
 from egressgw.config import NodePortRange
 from egressgw.errors import ConfigError
+from egressgw.limits import NatPortRange
 from egressgw.policy.rules import EgressRule
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,9 +40,13 @@ def datapath_options(func: F) -> F:
         nat_map_stats_entries_option(),
         click.option("--conntrack-gc-interval", callback=parse_duration_flag, metavar="DURATION",
                      help="Fixed CT GC interval (default: Cilium's adaptive one)."),
-        click.option("--cilium-version", type=click.Choice(["1.16", "1.18"]), default="1.16",
-                     show_default=True,
-                     help="Port search retries: 128 in 1.16, 32 in 1.18."),
+        cilium_version_option(),
+        click.option("--datapath-model", type=click.Choice(["cilium", "netfilter"]),
+                     default="cilium", show_default=True,
+                     help="cilium: Cilium v1.16's BPF SNAT; netfilter: a Linux gateway's "
+                          "nf_nat and conntrack."),
+        nat_port_range_option("netfilter model: the SNAT rule's ports (default: egressgw's "
+                              "rule, MAX+1-65535 of --node-port-range)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -57,6 +64,8 @@ def settings_from_options(
     nat_map_stats_entries: int,
     cilium_version: str,
     conntrack_gc_interval: float | None,
+    datapath_model: str = "cilium",
+    nat_port_range: NatPortRange | None = None,
 ) -> Any:
     from egressgw.sim.simulate import DEFAULT_DURATION, SimSettings  # noqa: PLC0415
 
@@ -69,6 +78,8 @@ def settings_from_options(
         stats_entries=nat_map_stats_entries,
         cilium_version=cilium_version,
         conntrack_gc_interval=conntrack_gc_interval,
+        datapath_model=datapath_model,
+        nat_port_range=nat_port_range,
     )
 
 

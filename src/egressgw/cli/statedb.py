@@ -7,7 +7,8 @@ import time
 
 import click
 
-from egressgw.agent.client import fetch_nat_stats, fetch_nat_stats_rows
+from egressgw.agent.client import fetch_nat_stats, fetch_nat_stats_rows, nat_stats_url
+from egressgw.agent.document import rows_from_document, saturation_lines
 from egressgw.agent.endpoints import DEFAULT_SERVER
 from egressgw.agent.watch import watch
 from egressgw.cli.options import output_option, parse_duration_flag
@@ -39,7 +40,8 @@ def nat_stats(*, watch_interval: float | None, output: str, server: str) -> None
     """Top SNAT tuples per family: connections per {egress IP, remote endpoint}.
 
     Prints `# IPFamily Proto EgressIP RemoteAddr Count`, IPv4 before IPv6 and ascending
-    count within a family, exactly as `cilium-dbg statedb nat-stats` does.
+    count within a family, exactly as `cilium-dbg statedb nat-stats` does; the
+    saturation per family and the port limit the agent divides by go to stderr.
     """
     if watch_interval is not None:
         if output != "table":
@@ -51,6 +53,9 @@ def nat_stats(*, watch_interval: float | None, output: str, server: str) -> None
               sleep=time.sleep)
         return
     if output == "table":
-        click.echo(render_table(fetch_nat_stats_rows(server)), nl=False)
+        doc = fetch_nat_stats(server)
+        click.echo(render_table(rows_from_document(doc, nat_stats_url(server))), nl=False)
+        # Like `egressgw nat-stats`: the saturation and the limit it divides by, on stderr.
+        click.echo(saturation_lines(doc), nl=False, err=True)
         return
     click.echo(dump_document(fetch_nat_stats(server), output), nl=False)

@@ -88,7 +88,8 @@ def demo_workload(scale: float = 1.0, *, split: bool = False) -> Workload:
     return parse_workload(doc, source="demo")
 
 
-def demo_settings(scale: float = 1.0, seed: int = 0) -> SimSettings:
+def demo_settings(scale: float = 1.0, seed: int = 0, cilium_version: str = "1.16"
+                  ) -> SimSettings:
     """Cilium's defaults, but ports and NAT map shrunk by ``scale``."""
     ports = max(8, round(NodePortRange().nat_ports * scale))
     nat_map = max(1024, round(DEMO_NAT_MAP * scale))
@@ -98,6 +99,7 @@ def demo_settings(scale: float = 1.0, seed: int = 0) -> SimSettings:
         node_port_range=NodePortRange(min(30000, MAX_PORT - ports), MAX_PORT - ports),
         bpf_nat_global_max=nat_map,
         stats_interval=DEMO_INTERVAL,
+        cilium_version=cilium_version,
     )
 
 
@@ -176,11 +178,12 @@ def run_demo(
     scale: float = 1.0,
     echo: Callable[[str], None] = print,
     tables: bool = True,
+    cilium_version: str = "1.16",
 ) -> DemoResult:
     """Run both acts, print as they go, and write report.md and saturation.png."""
     if not (0 < scale <= 1 and math.isfinite(scale)):
         raise InputError(f"{scale}: must be in (0, 1]", field="--scale")
-    settings = demo_settings(scale, seed)
+    settings = demo_settings(scale, seed, cilium_version)
     echo(
         "egressgw demo: Cilium's \"SNAT Connection Limits\" scenario on the model datapath.\n"
         f"Egress IP {EGRESS_IP} masquerades clients of a server at {SERVER} behind a "

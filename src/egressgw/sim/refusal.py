@@ -44,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from egressgw.config import MAX_PORT, NodePortRange
-from egressgw.datapath.model.ports import clamp as clamp_v116
+from egressgw.datapath.model.ports import PORT_SEARCH, Clamp, clamp_modulo, clamp_multiply_shift
 from egressgw.errors import ConfigError
 from egressgw.sim import refusal_kernel as kernel
 from egressgw.sim.workload import EPHEMERAL_MAX, EPHEMERAL_MIN
@@ -55,19 +55,14 @@ VALUES = 1 << 16
 # The refusal rates the limits table, the alerts and forecast name.
 RATES = (1e-4, 1e-3, 1e-2, 1e-1)
 
-# Cilium version -> (clamp, SNAT_COLLISION_RETRIES).
+# Cilium version -> (clamp, SNAT_COLLISION_RETRIES), from the model's per-version table.
 MOD_CLAMP = "mod"  # v1.16
 MUL_CLAMP = "mul"  # v1.17 on
 VERSIONS: dict[str, tuple[str, int]] = {
-    "1.16": (MOD_CLAMP, 128),
-    "1.17": (MUL_CLAMP, 128),
-    "1.18": (MUL_CLAMP, 32),
+    version: (MUL_CLAMP if search.clamp == Clamp.MULTIPLY_SHIFT else MOD_CLAMP, search.retries)
+    for version, search in PORT_SEARCH.items()
 }
-
-
-def clamp_v117(start: int, end: int, value: int) -> int:
-    """v1.17+ ``__snat_clamp_port_range``: ``start + (((u32)v * (end - start + 1)) >> 16)``."""
-    return (start + (((value & U16) * (end - start + 1)) >> 16)) & U16
+clamp_v117 = clamp_multiply_shift
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +85,8 @@ class PortSearch:
 
     def clamp(self, value: int) -> int:
         if self.clamp_kind == MOD_CLAMP:
-            return clamp_v116(self.start, self.end, value)
-        return clamp_v117(self.start, self.end, value)
+            return clamp_modulo(self.start, self.end, value)
+        return clamp_multiply_shift(self.start, self.end, value)
 
     def clamp_table(self) -> npt.NDArray[np.int64]:
         """clamp(v) for every 16-bit v."""

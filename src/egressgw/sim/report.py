@@ -201,6 +201,8 @@ def result_document(result: SimulationResult) -> dict[str, Any]:
             "conntrackGCInterval": s.conntrack_gc_interval,
             "ciliumVersion": s.cilium_version,
             "saturationDivisor": s.divisor,
+            "datapathModel": s.datapath_model,
+            "limit": s.limit.document(),
         },
         "gateways": result.gateways,
         "egressIPs": result.egress_ips,

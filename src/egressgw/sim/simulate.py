@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +25,7 @@ import numpy.typing as npt
 from egressgw.config import NAT_MAP_STATS_ENTRIES_DEFAULT, NodePortRange, check_stats_entries
 from egressgw.datapath.model import ConnectionBatch, ModelConfig, ModelCounters, ModelDatapath
 from egressgw.errors import ConfigError
+from egressgw.limits import NatPortRange, PortLimit, datapath_limit
 from egressgw.net import NatEndpoint
 from egressgw.policy.rules import EgressRule
 from egressgw.sim.flows import AddressBook, Flows
@@ -51,6 +52,10 @@ class SimSettings:
     cilium_version: str = "1.16"
     conntrack_gc_interval: float | None = None
     max_window: int = 250_000
+    # Which datapath the model reproduces: "cilium" (BPF SNAT) or "netfilter" (nf_nat).
+    datapath_model: str = "cilium"
+    # netfilter only: the SNAT rule's port range (default: egressgw's rule, MAX+1-65535).
+    nat_port_range: NatPortRange | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.duration) and self.duration > 0):
@@ -61,20 +66,23 @@ class SimSettings:
                 field="--nat-map-stats-interval",
             )
         check_stats_entries(self.stats_entries)
+        self.limit  # noqa: B018 - validates datapath_model and nat_port_range together
+
+    @property
+    def limit(self) -> PortLimit:
+        """The ports per tuple that saturation divides by (egressgw.limits decides)."""
+        return datapath_limit(self.datapath_model, node_port_range=self.node_port_range,
+                              nat_port_range=self.nat_port_range)
 
     @property
     def divisor(self) -> int:
-        return self.node_port_range.cilium_saturation_divisor
+        return self.limit.ports
 
     def model_config(self) -> ModelConfig:
-        version: Literal["1.16", "1.18"] = "1.18" if self.cilium_version == "1.18" else "1.16"
-        if self.cilium_version != version:
-            raise ConfigError(f"{self.cilium_version!r}: expected 1.16 or 1.18",
-                              field="--cilium-version")
         return ModelConfig(
             node_port_range=self.node_port_range,
             bpf_nat_global_max=self.bpf_nat_global_max,
-            cilium_version=version,
+            cilium_version=self.cilium_version,
             conntrack_gc_interval=self.conntrack_gc_interval,
         )
 
@@ -307,7 +315,7 @@ def _stats_pass(
     for gateway in gateways:
         for endpoint, n in gateway.datapath.endpoint_counts().items():
             counts[endpoint] = counts.get(endpoint, 0) + n
-    stats = compute_nat_stats(counts, entries=settings.stats_entries, divisor=settings.divisor)
+    stats = compute_nat_stats(counts, entries=settings.stats_entries, limit=settings.limit)
     record = IntervalRecord(now, stats, Totals.of([g.datapath.counters for g in gateways]))
     index = len(result.intervals)
     result.intervals.append(record)

@@ -23,6 +23,7 @@ from typing import Any
 
 from egressgw.dumps import count_endpoints
 from egressgw.errors import InputError
+from egressgw.limits import PortLimit, dump_datapath, limit_from_document
 from egressgw.net import Endpoint, Family, NatEndpoint, Proto, parse_ip
 
 TABLE_HEADER = "# IPFamily"
@@ -35,8 +36,9 @@ class Snapshot:
     source: str
     time: float
     counts: Mapping[NatEndpoint, int]
-    # The saturation divisor the source reported (nat-stats JSON, the agent), if any.
-    divisor: int | None = None
+    # Who made the counts, when the file says: a dump's format, or a document's limit.
+    datapath: str | None = None
+    limit: PortLimit | None = None
 
 
 def parse_time(text: str, *, source: str) -> float:
@@ -122,17 +124,6 @@ def _row(doc: object, where: str, source: str) -> tuple[NatEndpoint, int]:
         raise InputError(f"bad value: {exc}", source=source, field=where) from None
 
 
-def json_divisor(doc: Any, *, source: str) -> int | None:
-    """The ``divisor`` a nat-stats document carries (egressgw and the agent write it)."""
-    value = doc.get("divisor") if isinstance(doc, Mapping) else None
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{value!r}: expected a positive whole number", source=source,
-                         field="divisor")
-    return value
-
-
 def parse_json(doc: Any, *, source: str) -> tuple[dict[NatEndpoint, int], float | None]:
     """Rows and the ``updatedAt`` time (if any) of a nat-stats JSON document."""
     rows = doc.get("rows") if isinstance(doc, Mapping) else doc
@@ -150,8 +141,9 @@ def parse_json(doc: Any, *, source: str) -> tuple[dict[NatEndpoint, int], float 
     return counts, parse_time(str(when), source=source)
 
 
-def _count_dump(data: bytes, source: str) -> dict[NatEndpoint, int]:
-    return dict(count_endpoints(data, source=source).counts)
+def _count_dump(data: bytes, source: str) -> tuple[dict[NatEndpoint, int], str]:
+    dump = count_endpoints(data, source=source)
+    return dict(dump.counts), dump_datapath(dump.format)
 
 
 def load_snapshot(spec: str, *, at: str | None = None) -> Snapshot:
@@ -165,7 +157,8 @@ def load_snapshot(spec: str, *, at: str | None = None) -> Snapshot:
     text = data.decode("utf-8", errors="replace")
     stripped = text.lstrip()
     doc_time: float | None = None
-    divisor: int | None = None
+    datapath: str | None = None
+    limit: PortLimit | None = None
     if stripped.startswith(("{", "[")):
         try:
             doc = json.loads(text)
@@ -173,11 +166,11 @@ def load_snapshot(spec: str, *, at: str | None = None) -> Snapshot:
             raise InputError(f"not valid JSON: {exc.msg}", source=path_text,
                              line=exc.lineno) from None
         counts, doc_time = parse_json(doc, source=path_text)
-        divisor = json_divisor(doc, source=path_text)
+        limit = limit_from_document(doc)
     elif stripped.startswith(TABLE_HEADER):
         counts = parse_table(text, source=path_text)
     else:
-        counts = _count_dump(data, path_text)
+        counts, datapath = _count_dump(data, path_text)
     if when is not None:
         time = parse_time(when, source=path_text)
     elif doc_time is not None:
@@ -187,7 +180,7 @@ def load_snapshot(spec: str, *, at: str | None = None) -> Snapshot:
             "no time for this snapshot: write FILE@TIME (seconds or ISO 8601) or use --at",
             source=path_text,
         )
-    return Snapshot(path_text, time, counts, divisor)
+    return Snapshot(path_text, time, counts, datapath, limit)
 
 
 def load_snapshots(specs: Sequence[str], at: Sequence[str] = ()) -> list[Snapshot]:
@@ -225,7 +218,7 @@ def poll_snapshots(
         time = clock() if when is None else when
         if taken and time <= taken[-1].time:
             continue
-        taken.append(Snapshot(source, time, counts, json_divisor(doc, source=source)))
+        taken.append(Snapshot(source, time, counts, limit=limit_from_document(doc)))
         if len(taken) == samples:
             break
     return taken

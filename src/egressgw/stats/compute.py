@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from egressgw.config import NAT_MAP_STATS_ENTRIES_DEFAULT, NodePortRange, check_stats_entries
 from egressgw.errors import ConfigError
+from egressgw.limits import PortLimit
 from egressgw.net import Family, IPAddress, NatEndpoint, Proto, format_addr, format_ip
 
 DEFAULT_DIVISOR = NodePortRange().cilium_saturation_divisor
@@ -48,6 +49,8 @@ class NatStats:
     rows: tuple[NatStatsRow, ...]
     saturation: dict[Family, float] = field(default_factory=dict)
     divisor: int = DEFAULT_DIVISOR
+    # Which limit ``divisor`` is and where it came from (egressgw.limits), when known.
+    limit: PortLimit | None = None
 
     def top(self, family: Family) -> NatStatsRow | None:
         """The rank-1 row of a family, or None when the family has no rows."""
@@ -84,14 +87,18 @@ def compute_nat_stats(
     *,
     entries: int = NAT_MAP_STATS_ENTRIES_DEFAULT,
     divisor: int = DEFAULT_DIVISOR,
+    limit: PortLimit | None = None,
 ) -> NatStats:
     """Keep the top ``entries`` endpoints per family and compute each family's saturation.
 
     ``entries`` is ``--nat-map-stats-entries`` (1..4096). ``divisor`` is what Cilium divides
     the top count by, ``NodePortRange.cilium_saturation_divisor`` (32767 by default).
-    Endpoints with a count below 1 are ignored.
+    ``limit`` (from :mod:`egressgw.limits`, the one rule for it) overrides ``divisor``
+    with its ports and is kept in the result. Endpoints with a count below 1 are ignored.
     """
     check_stats_entries(entries)
+    if limit is not None:
+        divisor = limit.ports
     if divisor < 1:
         raise ConfigError(f"{divisor}: the saturation divisor must be positive", field="divisor")
     by_family: dict[Family, list[tuple[NatEndpoint, int]]] = {}
@@ -110,4 +117,4 @@ def compute_nat_stats(
         # Display order: ascending count; equal counts keep the tie order.
         family_rows.sort(key=lambda row: (row.count, *tie_key(row.endpoint)))
         rows.extend(family_rows)
-    return NatStats(tuple(rows), saturation, divisor)
+    return NatStats(tuple(rows), saturation, divisor, limit)

@@ -22,7 +22,8 @@ def row_document(row: NatStatsRow) -> dict[str, Any]:
 
 
 def stats_document(stats: NatStats) -> dict[str, Any]:
-    """Rows in display order, saturation per family (ratio 0..1) and the divisor used."""
+    """Rows in display order, saturation per family (ratio 0..1), the divisor used and,
+    when known, ``limit``: which limit that divisor is and where it came from."""
     return {
         "rows": [row_document(row) for row in stats.rows],
         "saturation": {str(family): ratio for family, ratio in stats.saturation.items()},
@@ -32,6 +33,7 @@ def stats_document(stats: NatStats) -> dict[str, Any]:
             if (top := stats.top(family)) is not None
         },
         "divisor": stats.divisor,
+        **({"limit": stats.limit.document()} if stats.limit is not None else {}),
     }
 
 

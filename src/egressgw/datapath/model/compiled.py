@@ -61,6 +61,7 @@ class CompiledModel:
         self.cfg[k.C_PMAX] = config.port_max
         self.cfg[k.C_RETRIES] = config.retries
         self.cfg[k.C_THRES] = config.signal_thres
+        self.cfg[k.C_CLAMP] = int(config.clamp)
         self.cfg[k.C_FIXED_GC] = config.conntrack_gc_interval is not None
         self.cfgf[k.T_TCP] = config.ct_timeout_tcp
         self.cfgf[k.T_SYN] = config.ct_timeout_syn

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 from egressgw.config import NodePortRange
+from egressgw.datapath.model.ports import CILIUM_VERSIONS, Clamp, PortSearch, port_search
 from egressgw.errors import ConfigError
-
-CiliumVersion = Literal["1.16", "1.18"]
-
-# nat.h: SNAT_COLLISION_RETRIES / SNAT_SIGNAL_THRES. v1.16 builds with
-# HAVE_LARGE_INSN_LIMIT (128 / 64); v1.18 lowered them to 32 / 16.
-_RETRIES = {"1.16": (128, 64), "1.18": (32, 16)}
 
 # pkg/option: LimitTableMin / LimitTableMax bound --bpf-nat-global-max.
 NAT_MAP_MIN = 1 << 10
@@ -41,7 +35,7 @@ class ModelConfig:
 
     node_port_range: NodePortRange = field(default_factory=NodePortRange)
     bpf_nat_global_max: int = 524288
-    cilium_version: str = "1.16"  # "1.16" or "1.18"
+    cilium_version: str = "1.16"  # one of ports.CILIUM_VERSIONS
     snat_collision_retries: int | None = None
     snat_signal_thres: int | None = None
     ct_timeout_tcp: float = 8000.0
@@ -55,10 +49,10 @@ class ModelConfig:
     nat_fill_up_holdoff: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.cilium_version not in _RETRIES:
+        if self.cilium_version not in CILIUM_VERSIONS:
             raise ConfigError(
-                f"{self.cilium_version!r}: expected one of {', '.join(_RETRIES)}",
-                field="cilium-version",
+                f"{self.cilium_version!r}: expected one of {', '.join(CILIUM_VERSIONS)}",
+                field="--cilium-version",
             )
         if self.node_port_range.max > 65533:
             raise ConfigError(
@@ -93,18 +87,28 @@ class ModelConfig:
             )
 
     @property
+    def port_search(self) -> PortSearch:
+        """The version's port arithmetic, retries and signal threshold (``ports.py``)."""
+        return port_search(self.cilium_version)
+
+    @property
+    def clamp(self) -> Clamp:
+        """The version's ``__snat_clamp_port_range``."""
+        return self.port_search.clamp
+
+    @property
     def retries(self) -> int:
         """SNAT_COLLISION_RETRIES in force."""
         if self.snat_collision_retries is not None:
             return self.snat_collision_retries
-        return _RETRIES[self.cilium_version][0]
+        return self.port_search.retries
 
     @property
     def signal_thres(self) -> int:
         """SNAT_SIGNAL_THRES in force."""
         if self.snat_signal_thres is not None:
             return self.snat_signal_thres
-        return _RETRIES[self.cilium_version][1]
+        return self.port_search.signal_thres
 
     @property
     def port_min(self) -> int:

@@ -77,7 +77,8 @@ C_PMAX = 2
 C_RETRIES = 3
 C_THRES = 4
 C_FIXED_GC = 5
-CFG_SIZE = 6
+C_CLAMP = 6  # ports.Clamp: 0 modulo (v1.16), 1 multiply-shift (v1.17+)
+CFG_SIZE = 7
 T_TCP = 0
 T_SYN = 1
 T_FIN = 2
@@ -486,7 +487,10 @@ def _nat_insert(st, cnt, cfg, CR, CB, NR, NB, o, addr, port, is_in, fam, now) ->
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _clamp(start, end, value) -> int:
+def _clamp(start, end, value, kind) -> int:
+    """ports.clamp: __snat_clamp_port_range of ``kind`` (ports.Clamp), value as a u16."""
+    if kind:
+        return (start + (((value & 0xFFFF) * ((end - start) + 1)) >> 16)) & 0xFFFF
     return ((value & 0xFFFF) % ((end - start) & 0xFFFF) + start) & 0xFFFF
 
 
@@ -497,6 +501,7 @@ def _allocate(SC, CR, CB, NR, NB, o, egress, fam):
     start = cfg[C_PMIN]
     end = cfg[C_PMAX]
     retries_max = cfg[C_RETRIES]
+    kind = cfg[C_CLAMP]
     now = fs[F_NOW]
     ports = np.int64(CR[o, R_PORTS])
     sport = ports >> 16
@@ -504,7 +509,7 @@ def _allocate(SC, CR, CB, NR, NB, o, egress, fam):
     dst = np.int64(CR[o, R_DST])
     proto = np.int64((CR[o, R_MISC] >> 8) & 0xFF)
     np.int64(CR[o, R_SRC])
-    port = sport if start <= sport <= end else _clamp(start, end, mt_random16(st, mt))
+    port = sport if start <= sport <= end else _clamp(start, end, mt_random16(st, mt), kind)
     retries = 0
     found = False
     base = _in_base(NB, egress, dst, dport, proto)
@@ -517,7 +522,10 @@ def _allocate(SC, CR, CB, NR, NB, o, egress, fam):
             found = True
             break
         # A failed BPF_NOEXIST insert: an existence check, no LRU refresh of the entry.
-        port = _clamp(start, end, port + 1) if retries else _clamp(start, end, mt_random16(st, mt))
+        if retries:
+            port = _clamp(start, end, port + 1, kind)
+        else:
+            port = _clamp(start, end, mt_random16(st, mt), kind)
         retries += 1
     tries[retries] += 1
     if retries > cfg[C_THRES]:

@@ -25,7 +25,7 @@ from egressgw.datapath.model.config import (
     GC_START_INTERVAL,
     ModelConfig,
 )
-from egressgw.datapath.model.ports import clamp, keep
+from egressgw.datapath.model.ports import keep, next_port
 from egressgw.datapath.model.types import ConnectionBatch, DropReason, EndKind, ModelCounters
 
 TCP = 6
@@ -89,7 +89,7 @@ def next_gc_interval(interval: float, ratio: float) -> float:
 
 
 class ReferenceModel:
-    """Cilium v1.16 BPF SNAT, CT and CT GC on a virtual clock, keyed by address ids."""
+    """Cilium's BPF SNAT (``config.cilium_version``), CT and CT GC on a virtual clock."""
 
     def __init__(self, config: ModelConfig, rng: random.Random) -> None:
         self.config = config
@@ -164,7 +164,8 @@ class ReferenceModel:
         config = self.config
         start, end = config.port_min, config.port_max
         family = int(is_v6(key[0]))
-        port = keep(start, end, key[1], self._random16)
+        kind = config.clamp  # ports.py: the version's __snat_clamp_port_range
+        port = keep(start, end, key[1], self._random16, kind)
         retries = 0
         found = False
         while retries < config.retries:
@@ -177,7 +178,7 @@ class ReferenceModel:
                 self._insert(family, out_key(key), NatValue(key, egress, port, created))
                 found = True
                 break
-            port = clamp(start, end, port + 1 if retries else self._random16())
+            port = next_port(start, end, port, retries, self._random16, kind=kind)
             retries += 1
         self.counters.tries[retries] += 1
         if retries > config.signal_thres:

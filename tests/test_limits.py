@@ -1,0 +1,117 @@
+"""One rule for the saturation limit: the datapath decides (egressgw.limits).
+
+Expected values are the ports counted from the ranges themselves: Cilium v1.16.2's
+nat-stats divides by 65535 - (NodePortMax + 1); a netfilter SNAT rule hands out every
+port of MIN-MAX; a plain masquerade uses 1024-65535.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from egressgw.cli import main
+from egressgw.config import NodePortRange
+from egressgw.errors import ConfigError
+from egressgw.limits import (
+    NatPortRange,
+    cilium_limit,
+    datapath_limit,
+    dump_limit,
+    limit_from_document,
+    resolve_limit,
+)
+
+ROOT = Path(__file__).parents[1]
+CONNTRACK = ROOT / "tests/golden/conntrack-L.txt"  # real `conntrack -L` output
+CILIUM = ROOT / "src/egressgw/examples/seed-node-nat-list.txt"
+# The busiest tuple of the conntrack table: 3 TCP connections to 198.51.100.2:8080.
+TOP = 3
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cilium_divides_by_65535_minus_node_port_max_plus_one() -> None:
+    assert cilium_limit(NodePortRange()).ports == 65535 - 32768
+    assert cilium_limit(NodePortRange(30000, 65471)).ports == 65535 - 65472
+    assert datapath_limit("cilium").ports == 32767
+
+
+def test_netfilter_counts_every_port_of_the_rule() -> None:
+    assert len(range(1024, 65535 + 1)) == 64512
+    assert dump_limit("conntrack").ports == 64512
+    assert dump_limit("conntrack").source.startswith("Linux masquerade default")
+    assert dump_limit("conntrack", nat_port_range=NatPortRange.parse("40000-40063")).ports == 64
+    # An explicit --node-port-range on a Linux dump: egressgw's own rule, MAX+1..65535.
+    assert dump_limit("conntrack", node_port_range=NodePortRange(30000, 65471)).ports == 64
+    assert dump_limit("cilium", node_port_range=NodePortRange(30000, 65471)).ports == 63
+
+
+def test_bad_ranges_and_cilium_with_a_nat_port_range_are_refused() -> None:
+    for text in ("1024", "0-10", "70000-70001", "a-b"):
+        with pytest.raises(ConfigError, match="--nat-port-range"):
+            NatPortRange.parse(text)
+    assert NatPortRange.parse("1000-2000").ports == 1001
+    with pytest.raises(ConfigError, match="--nat-port-range"):
+        dump_limit("cilium", nat_port_range=NatPortRange(1024, 65535))
+
+
+def test_documents_round_trip_the_limit() -> None:
+    limit = dump_limit("conntrack", nat_port_range=NatPortRange(1024, 2047))
+    assert limit_from_document({"limit": limit.document()}) == limit
+    assert limit_from_document({"divisor": 5}) is None
+    # Flags win over what a document says; the document wins over defaults.
+    assert resolve_limit(documented=limit) == limit
+    assert resolve_limit(documented=limit, nat_port_range=NatPortRange(1, 10)).ports == 10
+    assert resolve_limit(datapath="netfilter").ports == 64512
+    assert resolve_limit().ports == 32767
+
+
+def test_nat_stats_on_dumps_uses_the_datapath_of_the_dump(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _out, err = run(capsys, "nat-stats", "--from", str(CONNTRACK))
+    assert code == 0
+    assert f"saturation ipv4: {TOP / 64512:.2%} ({TOP}/64512)" in err
+    assert "limit: 64512 ports (netfilter: Linux masquerade default" in err
+    code, out, _err = run(capsys, "nat-stats", "--from", str(CONNTRACK), "-o", "json",
+                          "--nat-port-range", "40000-40063")
+    doc = json.loads(out)
+    assert doc["divisor"] == 64 and doc["saturation"]["ipv4"] == TOP / 64
+    assert doc["limit"]["datapath"] == "netfilter" and doc["limit"]["portRange"] == "40000-40063"
+    assert doc["limit"]["source"] == "--nat-port-range 40000-40063"
+    code, out, _err = run(capsys, "nat-stats", "--from", str(CILIUM), "-o", "yaml")
+    doc = yaml.safe_load(out)
+    assert doc["divisor"] == 32767 and doc["limit"]["datapath"] == "cilium"
+    code, _out, err = run(capsys, "nat-stats", "--from", str(CILIUM),
+                          "--nat-port-range", "1024-65535")
+    assert code == 2 and err.count("\n") == 1 and "--nat-port-range" in err
+
+
+def test_nat_stats_and_forecast_agree_on_one_conntrack_table(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The dump itself, and nat-stats' JSON of it, give forecast the same limit."""
+    code, out, _err = run(capsys, "nat-stats", "--from", str(CONNTRACK), "-o", "json")
+    assert code == 0
+    stats = json.loads(out)
+    document = tmp_path / "stats.json"
+    document.write_text(out)
+    for snapshots in ([f"{CONNTRACK}@0", f"{CONNTRACK}@60"],
+                      [f"{document}@0", f"{document}@60"]):
+        code, out, _err = run(capsys, "forecast", *snapshots, "-o", "json")
+        assert code == 0, out
+        forecast = json.loads(out)
+        assert forecast["limit"] == stats["divisor"] == 64512
+        assert forecast["portLimit"] == stats["limit"]
