@@ -37,3 +37,16 @@ def _check_directory(directory: Path, *, field: str, what: Path) -> None:
         raise ConfigError(f"{what}: directory {directory} does not exist", field=field)
     if not os.access(directory, os.W_OK | os.X_OK):
         raise ConfigError(f"{what}: directory {directory} is not writable", field=field)
+
+
+def notice_model_compile() -> None:
+    """Say on stderr that the first run compiles the model (so a pause is expected)."""
+    import click  # noqa: PLC0415
+
+    from egressgw.datapath.model.warmup import (  # noqa: PLC0415
+        COMPILE_NOTICE,
+        model_needs_compiling,
+    )
+
+    if model_needs_compiling():
+        click.echo(COMPILE_NOTICE, err=True)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from egressgw.datapath.model import DropReason
+from egressgw.errors import InputError
 from egressgw.net import NatEndpoint, format_ip
 from egressgw.render.tabwriter import tabwrite
 from egressgw.sim.simulate import THRESHOLDS, SimulationResult, Totals
@@ -267,3 +269,32 @@ def markdown_section(title: str, result: SimulationResult, plot_name: str | None
     if plot_name:
         parts.append(f"![saturation over time]({plot_name})\n\n")
     return "".join(parts)
+
+
+def write_report(result: SimulationResult, out_dir: Path, *, title: str) -> tuple[Path, Path]:
+    """``out_dir``/report.md and saturation.png, as the demo writes them, for one run."""
+    from egressgw.sim.plot import plot_saturation  # noqa: PLC0415 - loads matplotlib
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create: {exc.strerror}", source=str(out_dir)) from None
+    plot = plot_saturation(result, out_dir / "saturation.png", title=title)
+    s = result.settings
+    text = "".join([
+        f"# {title}\n\n",
+        f"Model datapath: Cilium v{s.cilium_version} semantics, limit "
+        f"{s.limit.describe()}, --bpf-nat-global-max "
+        f"{s.bpf_nat_global_max}, nat-stats every {format_seconds(s.stats_interval)}, "
+        f"seed {s.seed}.\n\n",
+        f"![saturation over time]({plot.name})\n\n",
+        markdown_section("Run", result, None),
+        "## Per nat-stats pass\n\n",
+        markdown_table(interval_rows(result)),
+    ])
+    report = out_dir / "report.md"
+    try:
+        report.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write: {exc.strerror}", source=str(report)) from None
+    return report, plot

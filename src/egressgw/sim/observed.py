@@ -1,0 +1,96 @@
+"""A workload made from what an operator has: nat-stats counts and a hold time.
+
+A tuple holding N ports whose connections hold a port for H on average sees new
+connections at N / H per second (Little's law). Each tuple of a snapshot becomes a
+client group: Poisson arrivals at that rate, lognormal durations (sigma 0.5, as the
+seed scenario's) with median ``hold``, closed with FIN, from ``clients`` clients that
+walk their ephemeral ports one by one. The rates are then set so that the planner's own
+estimate of the ports held (duration + close timeout + the wait for CT GC) equals the
+observed count: the simulation starts from the occupancy that was measured.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from egressgw.errors import InputError
+from egressgw.net import Family, NatEndpoint, Proto
+from egressgw.sim.simulate import SimSettings
+from egressgw.sim.workload import Workload, parse_workload
+
+# Tuples below this share of the largest one are left out: they do not decide the plan.
+MIN_SHARE = 0.01
+# Runs cover this many holds, so the occupancy settles (at least 30 minutes).
+HOLDS_SIMULATED = 4.0
+MIN_DURATION = 1800.0
+SIGMA = 0.5
+
+
+def _client_cidr(index: int, family: Family) -> str:
+    if family is Family.IPV4:
+        return str(ipaddress.ip_network((int(ipaddress.ip_address("10.64.0.0")) + (index << 16),
+                                         16)))
+    return f"fd00:e9e:{index:x}::/64"
+
+
+def workload_from_counts(
+    counts: Mapping[NatEndpoint, int],
+    *,
+    hold: float,
+    settings: SimSettings,
+    clients: int = 400,
+    source: str = "nat-stats",
+) -> Workload:
+    """One client group per tuple, at the rate that holds its observed count."""
+    from egressgw.sim.plan import estimate  # noqa: PLC0415 - plan builds on this module
+
+    if not (math.isfinite(hold) and hold > 0):
+        raise InputError(f"{hold}: must be a positive duration", field="--hold")
+    if clients < 1:
+        raise InputError(f"{clients}: must be at least 1", field="--clients")
+    if not counts:
+        raise InputError("no tuples to plan for", source=source)
+    top = max(counts.values())
+    tuples = sorted((e for e, n in counts.items() if n >= MIN_SHARE * top and n > 0),
+                    key=lambda e: -counts[e])
+    mean_hold = hold * math.exp(SIGMA * SIGMA / 2)
+    doc: dict[str, Any] = {
+        "name": f"observed {source}",
+        "duration": max(MIN_DURATION, HOLDS_SIMULATED * mean_hold),
+        "egress_ips": sorted({str(e.egress_ip) for e in tuples}),
+        "destinations": [],
+        "clients": [],
+    }
+    for i, endpoint in enumerate(tuples):
+        doc["destinations"].append({
+            "name": f"tuple-{i}", "address": endpoint.remote_addr,
+            "protocol": endpoint.proto.label.lower() if endpoint.proto is not Proto.ICMPV6
+            else "icmp",
+        })
+        doc["clients"].append({
+            "name": f"{endpoint.egress_ip} -> {endpoint.remote_addr}",
+            "count": clients,
+            "cidr": _client_cidr(i, endpoint.family),
+            "destinations": [f"tuple-{i}"],
+            "egress_ips": [str(endpoint.egress_ip)],
+            "arrivals": {"process": "poisson", "rate": counts[endpoint] / mean_hold},
+            "duration": {"distribution": "lognormal", "median": hold, "sigma": SIGMA},
+            "end": "fin",
+        })
+    workload = parse_workload(doc, source=source)
+    # Calibrate: the planner's steady occupancy per tuple equals the observed count.
+    run = replace(settings, duration=float(doc["duration"]))
+    held = {d.endpoint: d.concurrent for d in estimate(workload, run)}
+    groups = []
+    for group, endpoint in zip(workload.groups, tuples, strict=True):
+        key = next((k for k in held if k.remote_ip == endpoint.remote_ip
+                    and k.remote_port == endpoint.remote_port
+                    and k.egress_ip == endpoint.egress_ip and k.proto == endpoint.proto), None)
+        factor = counts[endpoint] / held[key] if key is not None and held[key] > 0 else 1.0
+        groups.append(replace(group, arrivals=replace(
+            group.arrivals, per_connection=group.arrivals.per_connection / factor)))
+    return replace(workload, groups=tuple(groups))
