@@ -53,7 +53,7 @@ def render_forecast(results: Any, *, marks: Any, divisor: int, last_time: float,
              *(m.name for m in marks)]]
     for item in results:
         any_trend = item.trends[marks[0].name]
-        growth = f"{any_trend.slope * per:+.1f}" if any_trend.samples >= 2 else "-"
+        growth = f"{item.slope * per:+.1f}" if any_trend.samples >= 2 else "-"
         rows.append([
             format_ip(item.endpoint.egress_ip), item.endpoint.remote_addr,
             item.endpoint.proto.label, f"{any_trend.last_count:.0f}",
@@ -84,7 +84,7 @@ def forecast_document(results: Any, *, marks: Any, port_limit: PortLimit, scale:
                 "outlook": r.trends[marks[-1].name].outlook.value,
                 "samples": r.trends[marks[-1].name].samples,
                 "count": r.trends[marks[-1].name].last_count,
-                "growthPerSecond": r.trends[marks[-1].name].slope,
+                "growthPerSecond": r.slope,
                 "secondsToLimit": r.trends[marks[-1].name].eta,
                 "earliest": r.trends[marks[-1].name].earliest,
                 "latest": r.trends[marks[-1].name].latest,
@@ -149,6 +149,11 @@ Examples:
 @click.option("--refusal-rate", type=float, default=0.001, show_default=True,
               help="A column: time until this share of new connections is refused "
                    "(from the refusal curve, see egressgw limits).")
+@click.option("--curve", type=click.Choice(["steady", "growth", "worst"]), default="steady",
+              show_default=True,
+              help="Refusal curve: steady (the tuple grows slower than its connections "
+                   "turn over, a trend over days), growth (a ramp faster than connections "
+                   "live), worst (the higher of the two).")
 @click.option("--scale", type=float, default=1.0, show_default=True, metavar="FACTOR",
               help="Traffic multiplied by FACTOR (e.g. 3 for 3x): counts and growth scale.")
 @curve_options
@@ -166,6 +171,7 @@ def forecast_command(
     nat_port_range: NatPortRange | None,
     threshold: float,
     refusal_rate: float,
+    curve: str,
     scale: float,
     cilium_version: str,
     source_ports: str,
@@ -187,7 +193,7 @@ def forecast_command(
     from egressgw.errors import ConfigError  # noqa: PLC0415
     from egressgw.render.documents import dump_document  # noqa: PLC0415
     from egressgw.sim.forecast import Mark, forecast_marks  # noqa: PLC0415
-    from egressgw.sim.refusal import planning_curve  # noqa: PLC0415
+    from egressgw.sim.refusal import named_curve  # noqa: PLC0415
     from egressgw.sim.snapshots import load_snapshots  # noqa: PLC0415
 
     if not 0 < threshold <= 1:
@@ -228,9 +234,9 @@ def forecast_command(
         nat = port_limit.port_range
         curve_range = NodePortRange(min(30000, nat.min - 1), nat.min - 1)
         search, sources = search_and_sources(cilium_version, curve_range, source_ports, clients)
-        curve = planning_curve(search, sources, divisor)
-        first = curve.held_at(1e-4)
-        at_rate = curve.held_at(refusal_rate)
+        refusals = named_curve(curve, search, sources, divisor)
+        first = refusals.held_at(1e-4)
+        at_rate = refusals.held_at(refusal_rate)
         marks = [
             Mark("First refusals (0.01%)", first if first is not None else float(divisor)),
             Mark(f"{refusal_rate * 100:g}% refused",
@@ -238,8 +244,8 @@ def forecast_command(
             *marks,
         ]
         curve_note = (
-            f"Refusals from the refusal curve (egressgw limits, Cilium {cilium_version}, "
-            f"clients {sources}): 0.01% at {marks[0].count / divisor:.1%}, "
+            f"Refusals from the {curve} refusal curve (egressgw limits, Cilium "
+            f"{cilium_version}, clients {sources}): 0.01% at {marks[0].count / divisor:.1%}, "
             f"{refusal_rate * 100:g}% at {marks[1].count / divisor:.1%} of the ports."
         )
     results = forecast_marks(loaded, marks, scale=scale, confidence=confidence)

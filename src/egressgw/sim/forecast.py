@@ -203,6 +203,8 @@ class TupleOutlook:
 
     endpoint: NatEndpoint
     trends: dict[str, Trend]
+    # Connections per second, least squares over every snapshot (also when at a mark).
+    slope: float = 0.0
 
 
 def forecast_marks(
@@ -226,7 +228,7 @@ def forecast_marks(
     results = [
         TupleOutlook(endpoint, {
             m.name: fit_trend(times, counts, m.count, confidence=confidence) for m in marks
-        })
+        }, _slope(times, counts))
         for endpoint, (times, counts) in series.items()
     ]
     first = marks[0].name
@@ -239,3 +241,11 @@ def forecast_marks(
         return rank, eta, -trend.last_count
 
     return sorted(results, key=urgency)
+
+
+def _slope(times: Sequence[float], counts: Sequence[float]) -> float:
+    t = np.asarray(times, dtype=np.float64)
+    y = np.asarray(counts, dtype=np.float64)
+    if len(t) < 2 or np.ptp(t) == 0:
+        return 0.0
+    return float(((t - t.mean()) * (y - y.mean())).sum() / ((t - t.mean()) ** 2).sum())

@@ -60,7 +60,7 @@ def workload_from_counts(
     mean_hold = hold * math.exp(SIGMA * SIGMA / 2)
     doc: dict[str, Any] = {
         "name": f"observed {source}",
-        "duration": max(MIN_DURATION, HOLDS_SIMULATED * mean_hold),
+        "duration": max(MIN_DURATION, 60.0 * math.ceil(HOLDS_SIMULATED * mean_hold / 60)),
         "egress_ips": sorted({str(e.egress_ip) for e in tuples}),
         "destinations": [],
         "clients": [],

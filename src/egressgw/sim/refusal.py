@@ -447,6 +447,22 @@ def planning_curve(search: PortSearch, sources: SourcePorts, divisor: int, *,
                     steady_curve(search, sources, divisor, steps=steps, seed=seed))
 
 
+WORST = "worst"
+CURVE_CHOICES = (STEADY, GROWTH, WORST)
+
+
+def named_curve(name: str, search: PortSearch, sources: SourcePorts, divisor: int, *,
+                steps: int = 50_000, seed: int = 0) -> RefusalCurve:
+    """``steady``, ``growth`` or ``worst`` (of the two) for forecasts and alerts."""
+    if name == STEADY:
+        return steady_curve(search, sources, divisor, steps=steps, seed=seed)
+    if name == GROWTH:
+        return growth_curve(search, sources, divisor, steps=steps, seed=seed)
+    if name == WORST:
+        return planning_curve(search, sources, divisor, steps=steps, seed=seed)
+    raise ConfigError(f"{name!r}: expected one of {', '.join(CURVE_CHOICES)}", field="--curve")
+
+
 def search_text(search: PortSearch) -> str:
     clamp = ("(v % (end - start)) + start" if search.clamp_kind == MOD_CLAMP
              else "start + ((v * (end - start + 1)) >> 16)")
