@@ -5,7 +5,7 @@ per connection, map iteration order (here: a seeded shuffle), a blank line after
 the IPv4 and IPv6 listings. Source ports are kept when they fall in the NAT range and are
 free, as nat.h does, and drawn at random otherwise.
 
-    python -m egressgw.dumps.synthetic seed    # the bundled example of the seed's node
+    python -m egressgw.dumps.synthetic seed    # the bundled example: the seed's table, synthetic
     python -m egressgw.dumps.synthetic bench N # N lines for the benchmark
 """
 
@@ -141,7 +141,10 @@ def seed_node_flows() -> list[Flow]:
 
 
 def seed_node_dump(seed: int = 2016) -> str:
-    """The bundled example ``src/egressgw/examples/seed-node-nat-list.txt``."""
+    """The bundled example ``src/egressgw/examples/seed-node-nat-list.txt``.
+
+    Synthetic, not captured on a node: the connections behind the seed document's table.
+    """
     return format_dump(flow_entries(seed_node_flows(), random.Random(seed)))
 
 

@@ -157,9 +157,9 @@ class Inventory:
         return self._by_name.get(name)
 
 
-def load_inventory(path: Path) -> Inventory:
+def load_inventory(path: str | Path) -> Inventory:
     """Read and validate an inventory file (errors name the file and the field)."""
-    where, body = load_single_document(path)
+    where, body = load_single_document(Path(path))
     return parse_inventory(body, where)
 
 

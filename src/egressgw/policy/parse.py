@@ -55,14 +55,14 @@ _METADATA_FIELDS = (
 )
 
 
-def load_policies(path: Path) -> list[EgressPolicy]:
+def load_policies(path: str | Path) -> list[EgressPolicy]:
     """All policies in a file or a directory (*.yaml, *.yml, in name order).
 
     Raises InputError naming file, document and field on the first problem, and on two
     policies with the same name (cluster-scoped names are unique).
     """
     policies: list[EgressPolicy] = []
-    for file in yaml_files(path):
+    for file in yaml_files(Path(path)):
         policies.extend(parse_documents(load_documents(file)))
     _check_unique_names(policies)
     return policies
