@@ -35,8 +35,12 @@ CLIENT = ipaddress.ip_address("192.0.2.1")
 PROBE = ipaddress.ip_address("192.0.2.2")
 SERVER = ipaddress.ip_address("198.51.100.1")
 EGRESS = ipaddress.ip_address("203.0.113.1")
-# NAT ports 65471..65535; the v1.16 clamp reaches 65471..65534 (64 ports).
+# NAT ports 65471..65535; the v1.16 clamp reaches 65471..65534 (64 ports). Its walk
+# step, (start + 1) mod (end - start), is 0 here: the walk stays on its random port.
 SMALL = NodePortRange(30000, 65470)
+# NAT ports 65472..65535, 63 reachable; the walk steps by 65536 mod 63 = 16 and visits
+# every port (16 and 63 are coprime), like the default range's step of 2.
+STEPPING = NodePortRange(30000, 65471)
 
 
 def test_v117_walk_matches_the_reference_figures() -> None:
@@ -84,14 +88,14 @@ def test_exact_curve_by_hand_for_a_tiny_range() -> None:
     assert curve.refused[0] == pytest.approx(expected, rel=1e-3)
 
 
-def _refused_on_model(retries: int, k: int, trials: int, sources: SourcePorts,
-                      seed: int) -> int:
+def _refused_on_model(npr: NodePortRange, retries: int, k: int, trials: int,
+                      sources: SourcePorts, seed: int) -> int:
     """Trials on the model datapath: k random reachable ports taken, then one probe."""
-    config = ModelConfig(node_port_range=SMALL, snat_collision_retries=retries,
+    config = ModelConfig(node_port_range=npr, snat_collision_retries=retries,
                          bpf_nat_global_max=1 << 22)
     datapath = ModelDatapath(config, random.Random(seed), engine="reference")
     rng = np.random.default_rng(seed)
-    reachable = np.arange(SMALL.nat_min, SMALL.nat_max)  # the v1.16 clamp's image
+    reachable = np.arange(npr.nat_min, npr.nat_max)  # the v1.16 clamp's image
     refused = 0
     for trial in range(trials):
         server = Endpoint(SERVER, 1 + trial)  # a fresh tuple per trial
@@ -106,16 +110,19 @@ def _refused_on_model(retries: int, k: int, trials: int, sources: SourcePorts,
 
 
 @pytest.mark.parametrize(
-    ("retries", "k", "sources"),
-    [(4, 48, SourcePorts(65471, 65534)), (8, 56, SourcePorts(1024, 32767))],
-    ids=["kept-port-in-range", "clients-outside-the-range"],
+    ("npr", "retries", "k", "sources"),
+    [(SMALL, 4, 48, SourcePorts(65471, 65534)), (SMALL, 8, 56, SourcePorts(1024, 32767)),
+     (STEPPING, 8, 56, SourcePorts(65472, 65534)), (STEPPING, 16, 58, SourcePorts())],
+    ids=["kept-port-in-range", "clients-outside-the-range", "walking-kept-in-range",
+         "walking-linux-clients"],
 )
-def test_exact_curve_matches_the_model_datapath(retries: int, k: int,
+def test_exact_curve_matches_the_model_datapath(npr: NodePortRange, retries: int, k: int,
                                                  sources: SourcePorts) -> None:
-    search = PortSearch(SMALL.nat_min, SMALL.nat_max, MOD_CLAMP, retries)
-    exact = float(uniform_curve(search, sources, divisor=64, held=[k]).refused[0])
+    search = PortSearch(npr.nat_min, npr.nat_max, MOD_CLAMP, retries)
+    exact = float(uniform_curve(search, sources, divisor=npr.cilium_saturation_divisor,
+                                held=[k]).refused[0])
     trials = 2500
-    refused = _refused_on_model(retries, k, trials, sources, seed=retries)
+    refused = _refused_on_model(npr, retries, k, trials, sources, seed=retries + k)
     # Binomial tolerance: 4 standard deviations of the Monte Carlo estimate.
     tolerance = 4 * math.sqrt(exact * (1 - exact) / trials)
     assert 0.05 < exact < 0.95
