@@ -88,7 +88,7 @@ def test_exact_curve_by_hand_for_a_tiny_range() -> None:
     assert curve.refused[0] == pytest.approx(expected, rel=1e-3)
 
 
-def _refused_on_model(npr: NodePortRange, retries: int, k: int, trials: int,
+def _refused_on_model(npr: NodePortRange, retries: int, k: int, *, trials: int,
                       sources: SourcePorts, seed: int) -> int:
     """Trials on the model datapath: k random reachable ports taken, then one probe."""
     config = ModelConfig(node_port_range=npr, snat_collision_retries=retries,
@@ -122,7 +122,8 @@ def test_exact_curve_matches_the_model_datapath(npr: NodePortRange, retries: int
     exact = float(uniform_curve(search, sources, divisor=npr.cilium_saturation_divisor,
                                 held=[k]).refused[0])
     trials = 2500
-    refused = _refused_on_model(npr, retries, k, trials, sources, seed=retries + k)
+    refused = _refused_on_model(npr, retries, k, trials=trials, sources=sources,
+                                seed=retries + k)
     # Binomial tolerance: 4 standard deviations of the Monte Carlo estimate.
     tolerance = 4 * math.sqrt(exact * (1 - exact) / trials)
     assert 0.05 < exact < 0.95
