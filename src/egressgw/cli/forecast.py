@@ -14,6 +14,8 @@ from egressgw.limits import NatPortRange, PortLimit, resolve_limit
 
 # Times above this are taken for Unix timestamps and also printed as dates.
 _UNIX_TIME = 1e9
+# Beyond this a linear trend says nothing useful; the table says so instead of a date.
+_FAR = 10 * 365 * 86400.0
 
 
 def _when(base: float, eta: float | None) -> str:
@@ -33,8 +35,8 @@ def _cell(trend: Any, last_time: float) -> str:
         return "not growing"
     if trend.outlook is Outlook.TOO_FEW:
         return "too few snapshots"
-    if trend.eta is None:
-        return "beyond 100 years"
+    if trend.eta is None or trend.eta > _FAR:
+        return "beyond 10 years"
     text = f"in {format_seconds(trend.eta)}{_when(last_time, trend.eta)}"
     if trend.has_band:
         latest = "never" if trend.latest is None else format_seconds(trend.latest)

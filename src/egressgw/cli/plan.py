@@ -80,7 +80,8 @@ def render_plan(plan: Any, divisor: int, limit: Any = None, policies: str | None
         confirmed = plan.confirmed
         if confirmed is not None:
             ips = ", ".join(str(ip) for ip in confirmed.result.egress_ips)
-            out.append(f"\nPlan: {confirmed.label} ({ips}), clients spread over them.\n")
+            spread = ", clients spread over them" if confirmed.egress_ips > 1 else ""
+            out.append(f"\nPlan: {confirmed.label} ({ips}){spread}.\n")
         else:
             out.append("\nPlan: none of the simulated counts meets the targets; see the "
                        "lines above (try --max-egress-ips, or more time with --duration).\n")

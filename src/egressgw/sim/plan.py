@@ -408,10 +408,15 @@ def make_plan(
               if confirm else [])
     # The alternative: keep the workload's own egress IPs and widen the NAT port range.
     own = estimate(workload, settings)
+    own_ips = len({d.endpoint.egress_ip for d in own})
+    confirmed = next((c for c in checks if c.ok), None)
     alternative: PortRangeAlternative | None = None
     npr: NodePortRange | None = None
     npr_check = None
-    if own and settings.datapath_model == "cilium":
+    if confirmed is not None and confirmed.egress_ips <= own_ips:
+        alternative = PortRangeAlternative(
+            None, "not needed: the workload's own egress IPs meet the targets")
+    elif own and settings.datapath_model == "cilium":
         npr, reason = suggest_node_port_range(own[0].needed / target, settings.node_port_range)
         if confirm and npr is not None:
             say(f"simulating --node-port-range {npr}...")
@@ -421,7 +426,6 @@ def make_plan(
             if not npr_check.ok:
                 reason = "the simulation of it misses the targets"
         alternative = PortRangeAlternative(npr, reason, npr_check)
-    confirmed = next((c for c in checks if c.ok), None)
     return Plan(
         target=target,
         max_drop_rate=max_drop_rate,
