@@ -1,8 +1,10 @@
 """Prometheus alert rules whose thresholds come from the refusal curve.
 
-The warning fires a margin below the saturation at which the growth curve refuses 0.01%
-of new connections (the first refusals), the critical saturation alert where it refuses
-1%, and the failure alert as soon as refusals are measured.
+The warning fires per tuple a margin below the saturation at which the planning curve
+(the higher of growth and steady) refuses 0.01% of new connections: before the first
+refusals, however fast the tuple fills. The critical alert fires when refusals are
+measured (allocation failures): saturation alone cannot say that refusals happen, since
+a slowly growing tuple refuses nothing until well above where a fast-filling one starts.
 """
 
 # ruff: noqa: E501 - the rules template holds Prometheus annotations on one line each
@@ -15,7 +17,8 @@ from dataclasses import dataclass
 from egressgw.sim.refusal import RefusalCurve, search_text
 
 # Percentage points between the warning and the first expected refusals: the alert
-# waits 5 minutes, and the curve is one measurement.
+# waits a minute, and the curve is one measurement. The seed scenario's ramp climbs 5
+# points a minute near there (tests/test_alerts.py checks the warning comes first).
 WARNING_MARGIN = 0.05
 FIRST_REFUSALS = 1e-4
 REFUSING = 1e-2
@@ -23,21 +26,19 @@ REFUSING = 1e-2
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    """Saturation ratios for the two saturation alerts, and where they came from."""
+    """The warning's saturation ratio, and the curve's marks it came from."""
 
     warning: float
-    critical: float
     first_refusals_at: float
     refusing_at: float
 
 
 def thresholds(curve: RefusalCurve) -> Thresholds:
-    """Rounded down to whole percent, so the rules fire no later than the curve says."""
+    """Rounded down to whole percent, so the warning fires no later than the curve says."""
     first = curve.saturation_at(FIRST_REFUSALS) or 1.0
     refusing = curve.saturation_at(REFUSING) or 1.0
     warning = math.floor(round((first - WARNING_MARGIN) * 100, 6)) / 100
-    critical = math.floor(round(refusing * 100, 6)) / 100
-    return Thresholds(max(warning, 0.01), max(critical, warning + 0.01), first, refusing)
+    return Thresholds(max(warning, 0.01), first, refusing)
 
 
 _TEMPLATE = """# Prometheus alerting rules for the egressgw agent (load with rule_files:, see docs/alerts.md).
@@ -50,16 +51,18 @@ _TEMPLATE = """# Prometheus alerting rules for the egressgw agent (load with rul
 #   clients' source ports {sources}.
 # Taking the worse of a tuple filling up and one staying full, {warn_rate} of new
 # connections are refused from {warn_at} of its ports on, 1% from {crit_at}: nat.h tries
-# a bounded walk of ports per connection, so refusals start long before 100%.
+# a bounded walk of ports per connection, so refusals start long before 100%. The
+# warning comes first; refusals themselves are counted, and critical.
 groups:
   - name: egressgw-snat
     rules:
       - alert: EgressgwNatEndpointRefusalsExpected
-        # {margin} points below where refusals start, held for 5 minutes: room to act.
+        # {margin} points below where refusals start, for a minute (two nat-stats passes):
+        # before the first refusal even on a ramp of 5 points a minute.
         expr: >-
           egressgw_nat_endpoint_connections
           / on (instance) group_left () egressgw_nat_endpoint_port_capacity > {warning}
-        for: 5m
+        for: 1m
         labels:
           severity: warning
         annotations:
@@ -70,21 +73,6 @@ groups:
             ports; new connections to it are expected to be refused from {warn_at} on
             ({limits_command}). Spread its clients over more egress IPs
             (`egressgw plan`), reuse connections, or add remote endpoints.
-      - alert: EgressgwNatEndpointRefusing
-        # Where the model refuses 1% of new connections to the tuple.
-        expr: >-
-          egressgw_nat_endpoint_connections
-          / on (instance) group_left () egressgw_nat_endpoint_port_capacity > {critical}
-        for: 1m
-        labels:
-          severity: critical
-        annotations:
-          summary: "{{{{ $labels.egress_ip }}}} -> {{{{ $labels.remote_addr }}}} ({{{{ $labels.proto }}}}) is refusing new connections ({{{{ $value | humanizePercentage }}}} of its SNAT ports)"
-          description: >-
-            The tuple {{{{ $labels.egress_ip }}}} -> {{{{ $labels.remote_addr }}}} ({{{{ $labels.proto }}}})
-            on {{{{ $labels.instance }}}} holds {{{{ $value | humanizePercentage }}}} of its NAT source
-            ports: at this occupancy about 1% of its new connections are refused. Move
-            clients to another egress IP now (`egressgw plan` says how many).
       - alert: EgressgwNatAllocationFailures
         # No "for": a failed allocation is a connection a user saw fail.
         expr: sum by (instance) (increase(egressgw_nat_allocation_failures_total[5m])) > 0
@@ -151,5 +139,4 @@ def render_rules(curve: RefusalCurve, *, command: str, limits_command: str) -> s
         crit_at=f"{math.floor(t.refusing_at * 100)}%",
         margin=f"{WARNING_MARGIN * 100:.0f}",
         warning=f"{t.warning:.2f}",
-        critical=f"{t.critical:.2f}",
     )
