@@ -103,9 +103,9 @@ def test_suggested_ranges_only_widen_and_keep_node_ports_clear():
     # 60000: NodePorts 2767-5534 would cover cilium-health's 4240 and hubble's 4244.
     npr, reason = suggest_node_port_range(60000, default)
     assert npr is None and "4240 (cilium-health)" in reason
-    # The seed scenario on one egress IP (about 62858 ports): below 1024.
-    npr, reason = suggest_node_port_range(62858, default)
-    assert npr is None and "below 1024" in reason
+    # The seed scenario on one egress IP (62514 ports): NodePorts 253-3020, below 1024.
+    npr, reason = suggest_node_port_range(62514, default)
+    assert npr is None and "below 1024 (253-3020)" in reason
     assert suggest_node_port_range(70000, default)[0] is None
 
 
