@@ -142,3 +142,13 @@ def test_compile_notice_when_numba_has_no_cache(tmp_path: Path,
     os.utime(index, (1_000_000, 1_000_000))
     assert model_needs_compiling()
     assert "about 20 s" in COMPILE_NOTICE
+
+
+def test_demo_checks_its_output_directory_before_running(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", str(tmp_path / "missing" / "demo"), "--quiet"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # neither act ran
+    assert captured.err.count("\n") == 1 and "does not exist" in captured.err
