@@ -29,6 +29,7 @@ from egressgw.sim.refusal import (
     growth_curve,
     tried_set_sizes,
     uniform_curve,
+    usable_ports,
 )
 
 CLIENT = ipaddress.ip_address("192.0.2.1")
@@ -88,14 +89,14 @@ def test_exact_curve_by_hand_for_a_tiny_range() -> None:
     assert curve.refused[0] == pytest.approx(expected, rel=1e-3)
 
 
-def _refused_on_model(npr: NodePortRange, retries: int, k: int, *, trials: int,
+def _refused_on_model(search: PortSearch, npr: NodePortRange, k: int, *, trials: int,
                       sources: SourcePorts, seed: int) -> int:
-    """Trials on the model datapath: k random reachable ports taken, then one probe."""
-    config = ModelConfig(node_port_range=npr, snat_collision_retries=retries,
-                         bpf_nat_global_max=1 << 22)
+    """Trials on the model datapath: k random usable ports taken, then one probe."""
+    config = ModelConfig(node_port_range=npr, cilium_version=search.version,
+                         snat_collision_retries=search.retries, bpf_nat_global_max=1 << 22)
     datapath = ModelDatapath(config, random.Random(seed), engine="reference")
     rng = np.random.default_rng(seed)
-    reachable = np.arange(npr.nat_min, npr.nat_max)  # the v1.16 clamp's image
+    reachable = np.nonzero(usable_ports(search, sources))[0]
     refused = 0
     for trial in range(trials):
         server = Endpoint(SERVER, 1 + trial)  # a fresh tuple per trial
@@ -110,19 +111,24 @@ def _refused_on_model(npr: NodePortRange, retries: int, k: int, *, trials: int,
 
 
 @pytest.mark.parametrize(
-    ("npr", "retries", "k", "sources"),
-    [(SMALL, 4, 48, SourcePorts(65471, 65534)), (SMALL, 8, 56, SourcePorts(1024, 32767)),
-     (STEPPING, 8, 56, SourcePorts(65472, 65534)), (STEPPING, 16, 58, SourcePorts())],
+    ("version", "npr", "retries", "k", "sources"),
+    [("1.16", SMALL, 4, 48, SourcePorts(65471, 65534)),
+     ("1.16", SMALL, 8, 56, SourcePorts(1024, 32767)),
+     ("1.16", STEPPING, 8, 56, SourcePorts(65472, 65534)),
+     ("1.16", STEPPING, 16, 58, SourcePorts()),
+     ("1.17", STEPPING, 128, 50, SourcePorts(1024, 32767)),
+     ("1.18", STEPPING, 32, 40, SourcePorts(65472, 65535))],
     ids=["kept-port-in-range", "clients-outside-the-range", "walking-kept-in-range",
-         "walking-linux-clients"],
+         "walking-linux-clients", "v1.17-multiply-shift", "v1.18-32-tries"],
 )
-def test_exact_curve_matches_the_model_datapath(npr: NodePortRange, retries: int, k: int,
-                                                 sources: SourcePorts) -> None:
-    search = PortSearch(npr.nat_min, npr.nat_max, MOD_CLAMP, retries)
+def test_exact_curve_matches_the_model_datapath(version: str, npr: NodePortRange, retries: int,
+                                                 k: int, sources: SourcePorts) -> None:
+    base = PortSearch.for_version(version, npr)
+    search = PortSearch(base.start, base.end, base.clamp_kind, retries, version)
     exact = float(uniform_curve(search, sources, divisor=npr.cilium_saturation_divisor,
                                 held=[k]).refused[0])
     trials = 2500
-    refused = _refused_on_model(npr, retries, k, trials=trials, sources=sources,
+    refused = _refused_on_model(search, npr, k, trials=trials, sources=sources,
                                 seed=retries + k)
     # Binomial tolerance: 4 standard deviations of the Monte Carlo estimate.
     tolerance = 4 * math.sqrt(exact * (1 - exact) / trials)
@@ -130,18 +136,23 @@ def test_exact_curve_matches_the_model_datapath(npr: NodePortRange, retries: int
     assert abs(refused / trials - exact) <= tolerance, (refused / trials, exact, tolerance)
 
 
-def test_growth_curve_matches_tuples_filled_on_the_model_datapath() -> None:
-    # 1024 NAT ports (65535-1023..65535 less one), 8 clients walking their ports inside
-    # the range, 16 tries: refusals start well before the tuple is full.
+@pytest.mark.parametrize(("version", "retries"), [("1.16", 16), ("1.18", None)])
+def test_growth_curve_matches_tuples_filled_on_the_model_datapath(
+        version: str, retries: int | None) -> None:
+    # 1024 NAT ports, 8 clients walking their ports inside the range; v1.16's search cut
+    # to 16 tries, v1.18's own 32 over its multiply-shift clamp: refusals start well
+    # before the tuple is full.
     npr = NodePortRange(30000, 64511)
-    search = PortSearch(npr.nat_min, npr.nat_max, MOD_CLAMP, 16)
+    search = PortSearch.for_version(version, npr)
+    if retries is not None:
+        search = PortSearch(search.start, search.end, search.clamp_kind, retries, version)
     sources = SourcePorts(npr.nat_min, npr.nat_max, clients=8)
     divisor = npr.cilium_saturation_divisor
-    band = (0.70, 0.90)
-    curve = growth_curve(search, sources, divisor, saturations=np.arange(0.5, 0.95, 0.01),
-                         steps=20000, seed=3)
-    config = ModelConfig(node_port_range=npr, snat_collision_retries=16,
-                         bpf_nat_global_max=1 << 22)
+    band = (0.70, 0.90) if version == "1.16" else (0.40, 0.80)
+    curve = growth_curve(search, sources, divisor, saturations=np.arange(0.3, 0.95, 0.01),
+                         steps=5000, seed=3, repeats=8)
+    config = ModelConfig(node_port_range=npr, cilium_version=version,
+                         snat_collision_retries=retries, bpf_nat_global_max=1 << 22)
     datapath = ModelDatapath(config, random.Random(7), engine="reference")
     rng = np.random.default_rng(7)
     expected = observed = 0.0
@@ -161,8 +172,8 @@ def test_growth_curve_matches_tuples_filled_on_the_model_datapath() -> None:
                 expected += curve.rate_at(held)
                 observed += result.port is None
             held += result.port is not None
-    # The curve is one measurement and each fill one history: a loose tolerance, 25%
-    # of the expectation plus 4 Poisson standard deviations.
+    # The curve is 8 fills and the model 12 histories: a loose tolerance, 25% of the
+    # expectation plus 4 Poisson standard deviations.
     assert expected > 50
     assert abs(observed - expected) <= 0.25 * expected + 4 * math.sqrt(expected), (
         observed, expected)

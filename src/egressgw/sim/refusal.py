@@ -201,7 +201,7 @@ class RefusalCurve:
         return math.exp(math.log(y0) + (held - x0) / (x1 - x0) * (math.log(y1) - math.log(y0)))
 
 
-def _universe(search: PortSearch, sources: SourcePorts) -> npt.NDArray[np.bool_]:
+def usable_ports(search: PortSearch, sources: SourcePorts) -> npt.NDArray[np.bool_]:
     """Ports a connection of the tuple can hold: the clamp's image and the kept ports."""
     table = search.clamp_table()
     usable = np.zeros(VALUES, dtype=bool)
@@ -253,7 +253,7 @@ def uniform_curve(
 
     P(k) = sum_j w[j] * prod_{i<j} (k - i) / (M - i), M the ports the tuple can use.
     """
-    universe = int(_universe(search, sources).sum())
+    universe = int(usable_ports(search, sources).sum())
     ks = np.arange(universe + 1, dtype=np.int64) if held is None else np.asarray(held)
     w = tried_set_sizes(search, sources)
     refused = np.zeros(len(ks))
@@ -305,20 +305,26 @@ def growth_curve(
     saturations: Sequence[float] | None = None,
     steps: int = 100_000,
     seed: int = 0,
+    repeats: int = 1,
 ) -> RefusalCurve:
     """The curve of a tuple filled by new connections with none ending yet (a ramp
     faster than connections live): each level probed ``steps`` times without taking a
     port. Sequential clients' runs of ports meet and merge here, so refusals start at
-    the lowest occupancy of the measured curves."""
-    universe = int(_universe(search, sources).sum())
+    the lowest occupancy of the measured curves. ``repeats`` independent fills are
+    added up (a small range's single fill is one history among many)."""
+    universe = int(usable_ports(search, sources).sum())
     levels = _levels(saturations, divisor, universe)
-    taken = np.zeros(VALUES, dtype=np.bool_)
-    counts = np.zeros(len(levels), dtype=np.int64)
-    kernel.seed(seed)
-    kernel.growth(taken, levels, steps, search.start, search.end, search.clamp_kind == MUL_CLAMP,
-            search.retries, sources.low, sources.high, _clients(sources, seed), counts)
+    total = np.zeros(len(levels), dtype=np.int64)
+    for repeat in range(repeats):
+        taken = np.zeros(VALUES, dtype=np.bool_)
+        counts = np.zeros(len(levels), dtype=np.int64)
+        kernel.seed(seed + repeat)
+        kernel.growth(taken, levels, steps, search.start, search.end,
+                      search.clamp_kind == MUL_CLAMP, search.retries, sources.low,
+                      sources.high, _clients(sources, seed + repeat), counts)
+        total = np.where((total < 0) | (counts < 0), -1, total + counts)
     return _measured("growth (measured)", search, sources=sources, divisor=divisor,
-                     universe=universe, levels=levels, counts=counts, steps=steps)
+                     universe=universe, levels=levels, counts=total, steps=steps * repeats)
 
 
 def steady_curve(
@@ -337,7 +343,7 @@ def steady_curve(
     ``steps`` new connections are tried at each level after ``warm_factor`` x k
     connections have come and gone there; ``low``/``high`` are Wilson 95% bounds.
     """
-    universe = int(_universe(search, sources).sum())
+    universe = int(usable_ports(search, sources).sum())
     levels = _levels(saturations, divisor, universe)
     taken = np.zeros(VALUES, dtype=np.bool_)
     # Held ports; in arrival order (a ring whose start is kept in the last slot) for fifo.
@@ -376,6 +382,7 @@ __all__ = [
     "steady_curve",
     "tried_set_sizes",
     "uniform_curve",
+    "usable_ports",
 ]
 
 
