@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import math
+import threading
 from dataclasses import replace
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ import yaml
 from egressgw.cli import main
 from egressgw.config import NodePortRange
 from egressgw.errors import InputError
+from egressgw.limits import cilium_limit
 from egressgw.net import Family, NatEndpoint, Proto, parse_ip
 from egressgw.policy import load_policies
 from egressgw.sim.observed import workload_from_counts
@@ -240,3 +244,48 @@ def test_plan_cli_needs_a_hold_time_with_stats(tmp_path, capsys):
 def test_plan_rejects_a_bad_target():
     with pytest.raises(InputError, match="--target-saturation"):
         make_plan(parse_workload(DOC, source="w"), settings(), target=1.5)
+
+
+class _Agent(http.server.BaseHTTPRequestHandler):
+    """An agent stand-in over real HTTP: one nat-stats document."""
+
+    document: ClassVar[dict] = {}
+
+    def do_GET(self):
+        body = json.dumps(type(self).document).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_plan_from_the_agents_url_uses_the_agents_limit(capsys):
+    # An agent with --node-port-range 30000,64534 (1000 ports per tuple) holding 700.
+    _Agent.document = {
+        "updatedAt": 0, "entries": 30, "divisor": 1000,
+        "limit": cilium_limit(RANGE).document(),
+        "rows": [{"family": "ipv4", "proto": "TCP", "egressIP": "10.1.0.0",
+                  "remoteIP": "10.2.0.0", "remotePort": 8080,
+                  "remoteAddr": "10.2.0.0:8080", "count": 700, "rank": 1}],
+    }
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Agent)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        main(["plan", "--stats", f"http://127.0.0.1:{server.server_address[1]}",
+              "--hold", "100s", "--clients", "50", "--estimate-only", "-o", "json"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    doc = json.loads(capsys.readouterr().out)
+    # The limit is the agent's 1000 ports, not the default 32767: the 700 held, with the
+    # estimate's headroom, need more than 800 (80%), so 2 egress IPs; against 32767 one
+    # would do.
+    assert doc["portLimit"]["ports"] == 1000
+    assert doc["estimateEgressIPs"] == 2
+    assert sum(t["expected"] for t in doc["estimate"]) == pytest.approx(700, rel=0.02)
+    assert all(t["saturation"] == pytest.approx(t["needed"] / 1000) for t in doc["estimate"])
