@@ -189,6 +189,11 @@ def test_limits_command_prints_the_rates_in_order(capsys: pytest.CaptureFixture[
     # Runs make the measured curves refuse earlier than random ports do.
     at = {name: c["saturationAt"]["0.001"] for name, c in doc["curves"].items()}
     assert at["growth"] <= at["uniform"] and at["steady"] <= at["uniform"]
+    # Every measured level is in the document, with its bounds around the estimate.
+    assert [p["held"] for p in doc["points"]] == sorted(p["held"] for p in doc["points"])
+    for point in doc["points"]:
+        low, high = point["growthBounds"]
+        assert low <= point["growth"] <= high
 
 
 def test_limits_rejects_a_bad_plot_path_before_computing(tmp_path, capsys) -> None:

@@ -62,7 +62,29 @@ def limits_document(curves: Any, divisor: int) -> dict[str, Any]:
             }
             for name, curve in curves.by_name().items()
         },
+        # Each measured level: the share refused on each curve (bounds: Wilson 95%).
+        "points": [
+            {
+                "held": int(held),
+                "saturation": float(held) / divisor,
+                "growth": float(curves.growth.refused[i]),
+                "growthBounds": [float(curves.growth.low[i]), float(curves.growth.high[i])],
+                **_steady_point(curves, int(held)),
+                "uniform": float(curves.uniform.rate_at(float(held))),
+            }
+            for i, held in enumerate(curves.growth.held)
+        ],
     }
+
+
+def _steady_point(curves: Any, held: int) -> dict[str, Any]:
+    steady = curves.steady
+    at = [i for i, h in enumerate(steady.held) if int(h) == held]
+    if not at:
+        return {"steady": None, "steadyBounds": None}
+    i = at[0]
+    return {"steady": float(steady.refused[i]),
+            "steadyBounds": [float(steady.low[i]), float(steady.high[i])]}
 
 
 def render_limits(curves: Any, divisor: int) -> str:
