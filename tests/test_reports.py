@@ -14,7 +14,8 @@ from egressgw.cli import main
 from egressgw.config import NodePortRange
 from egressgw.datapath.model import kernel
 from egressgw.datapath.model.warmup import COMPILE_NOTICE, model_needs_compiling
-from egressgw.sim.plot import _first_refusal, _tuple_colours
+from egressgw.sim.plot import _tuple_colours
+from egressgw.sim.report import first_refusal
 from egressgw.sim.simulate import SimSettings, simulate
 from egressgw.sim.workload import parse_workload
 
@@ -82,6 +83,10 @@ def test_report_dir_gets_the_markdown_and_the_plot(workload_file: Path, tmp_path
     # 20 attempts, 9 ports: 11 refused, in the counters and the per-pass table.
     assert "| refused (first packet dropped) | 11 (55.00%) |" in report
     assert "## Per nat-stats pass" in report
+    # 9 ports taken in the first 5 s pass (2 a second from t=0.25 s), the 10th connection
+    # at 4.75 s is refused: the interval ending at 5s, the tuple full.
+    assert ("First refused connections: 1 in the nat-stats interval ending at 5s, when the "
+            "busiest tuple held 100.0% of its ports.") in report
     assert (out / "saturation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -102,7 +107,7 @@ def test_first_refusal_is_the_first_pass_with_refused_connections() -> None:
     result = _run(["10.1.0.0"], 2.0)
     # 20 connections over two tuples of 9 ports each, none ending: some are refused, and
     # the mark is the first pass whose counters grew, with the busiest tuple full then.
-    time, saturation, refused = _first_refusal(result)  # type: ignore[misc]
+    time, saturation, refused = first_refusal(result)  # type: ignore[misc]
     assert result.totals.refused >= 2
     first = [r.totals.refused > 0 for r in result.intervals].index(True)
     before = result.intervals[first - 1].totals.refused if first else 0

@@ -13,6 +13,7 @@ import numpy as np
 
 from egressgw.errors import InputError
 from egressgw.net import NatEndpoint, format_ip
+from egressgw.sim.report import first_refusal, per_interval
 from egressgw.sim.simulate import THRESHOLDS, SimulationResult
 
 
@@ -85,19 +86,7 @@ def _tuple_colours(results: Sequence[SimulationResult], top: int) -> dict[NatEnd
 
 
 def _per_interval(result: SimulationResult, counter: str) -> np.ndarray:
-    cumulative = [0] + [getattr(r.totals, counter) for r in result.intervals]
-    return np.diff(np.array(cumulative, dtype=np.int64))
-
-
-def _first_refusal(result: SimulationResult) -> tuple[float, float, int] | None:
-    """(time, busiest tuple's saturation, refused) at the first pass that saw refusals."""
-    refused = _per_interval(result, "refused")
-    hits = np.nonzero(refused > 0)[0]
-    if not len(hits):
-        return None
-    record = result.intervals[int(hits[0])]
-    top = max((row.count for row in record.stats.rows), default=0)
-    return record.time, top / result.settings.divisor, int(refused[hits[0]])
+    return per_interval(result, counter)
 
 
 def _panel(ax: Any, label: str, result: SimulationResult, *, top: int, events_max: float,
@@ -117,7 +106,7 @@ def _panel(ax: Any, label: str, result: SimulationResult, *, top: int, events_ma
         ax.axhline(mark * 100, color="grey", linestyle=":", linewidth=0.8)
         ax.annotate(f"{mark:.0%}", (0.005, mark * 100), xycoords=("axes fraction", "data"),
                     xytext=(0, 2), textcoords="offset points", fontsize=8, color="grey")
-    first = _first_refusal(result)
+    first = first_refusal(result)
     if first is not None:
         when, saturation, count = first
         ax.axvline(when / 60.0, color="tab:red", linestyle="-.", linewidth=1)

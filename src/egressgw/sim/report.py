@@ -54,6 +54,35 @@ def tries_buckets(tries: npt.NDArray[np.int64]) -> list[tuple[str, int]]:
     return buckets
 
 
+def per_interval(result: SimulationResult, counter: str) -> npt.NDArray[np.int64]:
+    """A counter of ``Totals`` per nat-stats interval (the increase since the pass before)."""
+    cumulative = np.array([0] + [getattr(r.totals, counter) for r in result.intervals],
+                          dtype=np.int64)
+    return cumulative[1:] - cumulative[:-1]
+
+
+def first_refusal(result: SimulationResult) -> tuple[float, float, int] | None:
+    """(time, busiest tuple's saturation, refused) at the first pass that saw refusals."""
+    refused = per_interval(result, "refused")
+    hits = np.nonzero(refused > 0)[0]
+    if not len(hits):
+        return None
+    record = result.intervals[int(hits[0])]
+    top = max((row.count for row in record.stats.rows), default=0)
+    return record.time, top / result.settings.divisor, int(refused[hits[0]])
+
+
+def first_refusal_text(result: SimulationResult) -> str:
+    """One sentence for reports: when connections were first refused, and how full."""
+    first = first_refusal(result)
+    if first is None:
+        return "No connection was refused."
+    when, saturation, count = first
+    return (f"First refused connections: {count} in the nat-stats interval ending at "
+            f"{format_seconds(when)}, when the busiest tuple held {saturation:.1%} of its "
+            "ports.")
+
+
 def _percent(part: int, whole: int) -> str:
     return f"{part / whole:.2%}" if whole else "0.00%"
 
@@ -141,6 +170,7 @@ def render_summary(result: SimulationResult) -> str:
         "Connections\n",
         tabwrite([["  " + k, v] for k, v in counter_lines(
             totals, not_masqueraded=result.not_masqueraded)]),
+        f"  {first_refusal_text(result)}\n",
         "\nPort search: collisions before a free port (tries histogram)\n",
         tabwrite([["  " + label, str(n)] for label, n in tries_buckets(totals.tries)]),
         "\nTuples: peak count and first nat-stats pass at or above each mark\n",
@@ -255,6 +285,7 @@ def markdown_section(title: str, result: SimulationResult, plot_name: str | None
             [k.strip(), v] for k, v in counter_lines(totals)
         ]]),
         "\n",
+        f"{first_refusal_text(result)}\n\n",
         markdown_table(crossing_rows(result, 5)),
         "\n",
     ]
