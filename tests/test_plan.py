@@ -7,6 +7,7 @@ import json
 import math
 import threading
 from dataclasses import replace
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -289,3 +290,17 @@ def test_plan_from_the_agents_url_uses_the_agents_limit(capsys):
     assert doc["estimateEgressIPs"] == 2
     assert sum(t["expected"] for t in doc["estimate"]) == pytest.approx(700, rel=0.02)
     assert all(t["saturation"] == pytest.approx(t["needed"] / 1000) for t in doc["estimate"])
+
+
+def test_plan_from_a_cilium_dump_and_not_from_a_linux_one(capsys):
+    examples = Path(__file__).parents[1] / "src" / "egressgw" / "examples"
+    main(["plan", "--stats", str(examples / "seed-node-nat-list.txt"), "--hold", "1m",
+          "--estimate-only", "-o", "json"])
+    doc = json.loads(capsys.readouterr().out)
+    # The bundled node's dump: 294 connections to 104.198.14.52:443 (nat-stats' table).
+    (saas,) = [t for t in doc["estimate"] if t["remoteAddr"] == "104.198.14.52:443"]
+    assert saas["expected"] == pytest.approx(294, rel=0.02)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plan", "--stats", str(examples / "gateway-conntrack-L.txt"), "--hold", "1m"])
+    assert exit_info.value.code == 2
+    assert "netfilter" in capsys.readouterr().err

@@ -146,8 +146,9 @@ def plan_document(plan: Any, divisor: int, limit: Any = None,
     }
 
 
-def _observed_counts(source: str) -> tuple[Any, Any]:
-    """Counts (and the limit they say) from an agent URL or a nat-stats file or dump."""
+def _observed_counts(source: str) -> tuple[Any, Any, str | None]:
+    """Counts, the limit they say and the datapath that made them (a dump's format),
+    from an agent URL or a nat-stats file or dump."""
     if source.startswith(("http://", "https://")):
         from egressgw.agent.client import fetch_nat_stats  # noqa: PLC0415
         from egressgw.limits import limit_from_document  # noqa: PLC0415
@@ -155,11 +156,13 @@ def _observed_counts(source: str) -> tuple[Any, Any]:
 
         doc = fetch_nat_stats(source)
         counts, _when = parse_json(doc, source=source)
-        return counts, limit_from_document(doc)
+        limit = limit_from_document(doc)
+        return counts, limit, limit.datapath if limit is not None else None
     from egressgw.sim.snapshots import load_snapshot  # noqa: PLC0415
 
     snapshot = load_snapshot(source, at="0")
-    return snapshot.counts, snapshot.limit
+    datapath = snapshot.datapath or (snapshot.limit.datapath if snapshot.limit else None)
+    return snapshot.counts, snapshot.limit, datapath
 
 
 def _announcer(enabled: bool | None) -> Any:
@@ -245,7 +248,10 @@ def plan_command(
         from egressgw.config import NodePortRange  # noqa: PLC0415
         from egressgw.sim.observed import workload_from_counts  # noqa: PLC0415
 
-        counts, limit = _observed_counts(stats_source)
+        counts, limit, datapath = _observed_counts(stats_source)
+        if datapath not in (None, "cilium"):
+            raise ConfigError(f"{stats_source}: counts of a Linux (netfilter) gateway; plan "
+                              "simulates Cilium's port search only", field="--stats")
         if (limit is not None and limit.datapath == "cilium"
                 and not given(ctx, "node_port_range")):
             nat_min = limit.port_range.min

@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from egressgw.errors import InputError
-from egressgw.net import Family, NatEndpoint, Proto
+from egressgw.net import Family, NatEndpoint
 from egressgw.sim.simulate import SimSettings
 from egressgw.sim.workload import Workload, parse_workload
 
@@ -68,8 +68,7 @@ def workload_from_counts(
     for i, endpoint in enumerate(tuples):
         doc["destinations"].append({
             "name": f"tuple-{i}", "address": endpoint.remote_addr,
-            "protocol": endpoint.proto.label.lower() if endpoint.proto is not Proto.ICMPV6
-            else "icmp",
+            "protocol": endpoint.proto.label.lower(),
         })
         doc["clients"].append({
             "name": f"{endpoint.egress_ip} -> {endpoint.remote_addr}",
