@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from egressgw.cli import main
+from egressgw.cli.limits import workload_clients
 from egressgw.config import NodePortRange
 from egressgw.datapath.model import ModelConfig, ModelDatapath
 from egressgw.datapath.model.ports import walk
@@ -202,3 +203,16 @@ def test_limits_rejects_a_bad_plot_path_before_computing(tmp_path, capsys) -> No
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "expected a .png file" in err
+
+
+def test_limits_takes_the_clients_from_a_workload(tmp_path) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text(
+        "destinations: [{address: '10.2.0.0:8080'}]\n"
+        "clients:\n"
+        "  - {count: 300, cidr: 10.244.0.0/16, arrivals: {rate: 1}, duration: 1s}\n"
+        "  - {count: 50, cidr: 10.245.0.0/16, arrivals: {rate: 1}, duration: 1s,"
+        " source_ports: random}\n"
+    )
+    # Only the sequential group walks its ports; the random one draws them.
+    assert workload_clients(path) == 300

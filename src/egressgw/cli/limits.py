@@ -39,6 +39,18 @@ def search_and_sources(cilium_version: str, node_port_range: NodePortRange,
     return search, SourcePorts.parse(source_ports).with_clients(clients)
 
 
+def workload_clients(path: Path) -> int:
+    """Clients that walk their ports one by one in a workload (0 when all draw at random).
+
+    A client's counter moves for every connection it makes, to any destination, so for
+    one tuple its ports are in order but not always adjacent: an approximation.
+    """
+    from egressgw.sim.workload import SourcePorts, load_workload  # noqa: PLC0415
+
+    workload = load_workload(path)
+    return sum(g.count for g in workload.groups if g.source_ports == SourcePorts.SEQUENTIAL)
+
+
 def _percent(value: float | None) -> str:
     return "never" if value is None else f"{value:.1%}"
 
@@ -126,11 +138,16 @@ Examples:
               help="Also draw the curves: refused share against saturation.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the measured curves.")
+@click.option("--workload", "workload_path", type=click.Path(path_type=Path),
+              metavar="WORKLOAD.yaml",
+              help="Take the clients from a workload: its sequential clients (random "
+                   "ones draw every port); instead of --clients.")
 def limits_command(
     *,
     cilium_version: str,
     source_ports: str,
     clients: int,
+    workload_path: Path | None,
     node_port_range: NodePortRange,
     output: str,
     plot_path: Path | None,
@@ -151,6 +168,8 @@ def limits_command(
 
     if plot_path is not None:
         check_output_path(plot_path, (".png",), field="--plot")
+    if workload_path is not None:
+        clients = workload_clients(workload_path)
     search, sources = search_and_sources(cilium_version, node_port_range, source_ports, clients)
     divisor = node_port_range.cilium_saturation_divisor
     curves = compute_curves(search, sources, divisor, seed=seed)
