@@ -117,8 +117,8 @@ def render_limits(curves: Any, divisor: int) -> str:
     lines.append(tabwrite(rows))
     lines.append("\n")
     lines += [f"  {name}: {text}\n" for name, text in CURVE_TEXT.items()]
-    lines.append("Alerts and forecasts use the higher of growth and steady at each "
-                 "occupancy.\n")
+    lines.append("egressgw alerts uses the higher of growth and steady at each occupancy; "
+                 "forecast the steady one (--curve).\n")
     return "".join(lines)
 
 

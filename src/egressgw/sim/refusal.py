@@ -24,8 +24,8 @@ Two curves answer "what share of new connections is refused at this occupancy":
   ends a random one, as exponential lengths would). Both run the same search on a
   bitmap of the tuple's ports (refusal_kernel.py) and count refusals.
 
-Alerts and forecasts use the higher of the two measured curves at each occupancy
-(:func:`planning_curve`). tests/test_refusal.py checks the exact curve and the growth
+Alerts use the higher of the two measured curves at each occupancy
+(:func:`planning_curve`); forecasts the steady one unless told otherwise. tests/test_refusal.py checks the exact curve and the growth
 curve against the model datapath itself.
 
 The clamp (``__snat_clamp_port_range``) differs by version: v1.16
