@@ -25,7 +25,8 @@ Two curves answer "what share of new connections is refused at this occupancy":
   bitmap of the tuple's ports (refusal_kernel.py) and count refusals.
 
 Alerts use the higher of the two measured curves at each occupancy
-(:func:`planning_curve`); forecasts the steady one unless told otherwise. tests/test_refusal.py checks the exact curve and the growth
+(:func:`planning_curve`); forecasts the steady one unless told otherwise.
+tests/test_refusal.py checks the exact curve and the growth
 curve against the model datapath itself.
 
 The clamp (``__snat_clamp_port_range``) differs by version: v1.16
