@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install egressgw into it (with test tools when given "test").
+# Create .venv and install egressgw into it with the simulation extra (and the test tools
+# when given "test"). The core alone is `pip install egressgw` (docs/install.md).
 # Sourced by demo.sh and test.sh; safe to run again (pip only installs what is missing).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -17,6 +18,7 @@ if [ ! -x .venv/bin/python ]; then
         fi
     fi
 fi
-extra=""
-[ "${1:-}" = test ] && extra="[test]"
-.venv/bin/pip install -q --disable-pip-version-check -e ".${extra}"
+# The demo needs the simulation extra (numba, matplotlib); the tests need everything.
+extras="sim"
+[ "${1:-}" = test ] && extras="sim,test"
+.venv/bin/pip install -q --disable-pip-version-check -e ".[${extras}]"

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from egressgw.errors import DatapathError
 from egressgw.net import Family, NatEndpoint, Proto
-from egressgw.policy.rules import EgressRule
+from egressgw.rules import EgressRule
 
 T = TypeVar("T")
 EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "egressgw" / "examples"

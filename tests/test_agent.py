@@ -254,10 +254,10 @@ def test_counter_deltas_start_at_zero_and_survive_resets() -> None:
 
 
 def test_listen_addresses() -> None:
-    assert ListenAddress.parse("127.0.0.1:9964") == ListenAddress("127.0.0.1", 9964)
+    assert ListenAddress.parse("127.0.0.1:9967") == ListenAddress("127.0.0.1", 9967)
     assert ListenAddress.parse("[::1]:0") == ListenAddress("::1", 0)
-    assert ListenAddress.parse("[::1]:9964").url() == "http://[::1]:9964"
-    for bad in ("127.0.0.1", "::1:9964", "host:port", ":9964", "127.0.0.1:70000"):
+    assert ListenAddress.parse("[::1]:9967").url() == "http://[::1]:9967"
+    for bad in ("127.0.0.1", "::1:9967", "host:port", ":9967", "127.0.0.1:70000"):
         with pytest.raises(ConfigError, match="--listen"):
             ListenAddress.parse(bad)
 

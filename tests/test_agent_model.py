@@ -178,4 +178,4 @@ def test_agent_needs_its_files_unless_cleaning_up() -> None:
     assert bad_listen.returncode == 2
     assert bad_listen.stderr.strip() == (
         "egressgw: error: --listen: 'nowhere': expected HOST:PORT such as "
-        "127.0.0.1:9964 or [::1]:9964")
+        "127.0.0.1:9967 or [::1]:9967")

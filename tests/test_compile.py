@@ -57,6 +57,8 @@ def policy(name="p", *, selectors=None, destinations=("198.51.100.0/24",), exclu
     }
     if gateways is not None:
         spec["egressGateways"] = gateways
+        if gateways:  # the v1.18 CRD requires egressGateway too (then ignored)
+            spec["egressGateway"] = gateways[0]
     else:
         spec["egressGateway"] = gateway or {"nodeSelector": {"matchLabels": {"egress": "yes"}}}
     return {"apiVersion": "cilium.io/v2", "kind": "CiliumEgressGatewayPolicy",

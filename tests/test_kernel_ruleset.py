@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from egressgw.config import NodePortRange
 from egressgw.datapath.kernel import render_delete, render_ruleset, resolve_elements
 from egressgw.errors import InputError
-from egressgw.policy.rules import EgressRule, RuleKind
+from egressgw.rules import EgressRule, RuleKind
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network

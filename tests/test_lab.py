@@ -13,7 +13,7 @@ import pytest
 from egressgw.errors import InputError
 from egressgw.lab import Lab, LabSpec, Topology, lab_rules, remove_lab
 from egressgw.lab.topology import EGRESS_NET4, POD_NET6, SERVER_NET4
-from egressgw.policy.rules import RuleKind
+from egressgw.rules import RuleKind
 from netns import built_lab, lab, unique_name  # noqa: F401  (lab: module fixture)
 
 # -- pure --------------------------------------------------------------------------------

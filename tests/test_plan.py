@@ -20,6 +20,7 @@ from egressgw.errors import InputError
 from egressgw.limits import cilium_limit
 from egressgw.net import Family, NatEndpoint, Proto, parse_ip
 from egressgw.policy import load_policies
+from egressgw.policy.cilium import CiliumVersion
 from egressgw.sim.observed import workload_from_counts
 from egressgw.sim.plan import (
     estimate,
@@ -179,7 +180,7 @@ def test_plan_cli_prints_the_evidence_and_the_policies(tmp_path, capsys):
     # The policies that implement the plan parse with egressgw's own parser.
     policy_text = out.split("CiliumEgressGatewayPolicy for the plan:\n\n", 1)[1]
     (tmp_path / "plan.yaml").write_text(policy_text)
-    policies = load_policies(tmp_path / "plan.yaml")
+    policies = load_policies(tmp_path / "plan.yaml", CiliumVersion.V1_16)
     assert [str(g.egress_ip) for p in policies for g in p.gateways] == ["10.1.0.0", "10.1.0.1"]
 
 
@@ -189,7 +190,8 @@ def test_remedy_policies_parse_and_carry_every_egress_ip(tmp_path, version):
     text = remedy_policies(ips, ["gw-1", "gw-1", "gw-2"], [parse_ip("198.51.100.7")],
                            cilium_version=version)
     (tmp_path / "p.yaml").write_text(text)
-    policies = load_policies(tmp_path / "p.yaml")
+    # Parsed and checked against that version's CRD.
+    policies = load_policies(tmp_path / "p.yaml", CiliumVersion(version))
     # 1.18: one policy with egressGateways[]; 1.16: one policy per egress IP.
     assert len(policies) == (1 if version == "1.18" else 3)
     gateways = [g for p in policies for g in p.gateways]

@@ -26,6 +26,7 @@ from prometheus_client.registry import CollectorRegistry
 from egressgw import __version__
 from egressgw.config import NAT_MAP_STATS_ENTRIES_DEFAULT, NodePortRange, check_stats_entries
 from egressgw.datapath.base import Datapath
+from egressgw.datapath.kernel.interfaces import host_interfaces
 from egressgw.errors import ConfigError, EgressgwError
 from egressgw.limits import PortLimit, cilium_limit, netfilter_rule_limit
 
@@ -96,7 +97,9 @@ class Agent:
         self.state = AgentState()
         self._clock = clock
         self.reconciler = Reconciler(
-            PolicySource(config.policies, config.inventory, config.node),
+            PolicySource(config.policies, config.inventory, config.node,
+                         host_interfaces=host_interfaces if config.datapath == "kernel"
+                         else None),
             datapath,
             self.state,
             wall=wall,

@@ -4,6 +4,11 @@ Every scrape reads the state the loop last published; nothing is computed on scr
 scrape costs the same however big the NAT table is. The top-K gauges are rebuilt from the
 snapshot each time, so a tuple that leaves the top K leaves /metrics with it, and the
 label set stays bounded by 2 * --nat-map-stats-entries.
+
+Every series carries a ``node`` label (the agent's --node), so a fleet of gateways can be
+aggregated and alerted on by node and tuple without relying on scrape addresses (which
+change when a pod is rescheduled). Scrape with ``honor_labels: true`` so a target label
+``node`` (for ``up``) does not rename it to ``exported_node``; see docs/alerts.md.
 """
 
 from __future__ import annotations
@@ -12,14 +17,17 @@ from collections.abc import Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from egressgw.net import format_addr
-from egressgw.policy.rules import RuleKind
+from egressgw.rules import RuleKind
 
 from .state import AgentState
 
 # The direction label of Cilium's drop metric: every drop the gateway makes is egress.
 EGRESS = "EGRESS"
+# The label naming the gateway node on every series.
+NODE_LABEL = "node"
 
 
 class AgentCollector(Collector):
@@ -30,18 +38,25 @@ class AgentCollector(Collector):
         self._info = dict(info)
 
     def collect(self) -> Iterator[Metric]:
+        node = self._info.get(NODE_LABEL, "")
+        for family in self._families():
+            yield with_label(family, NODE_LABEL, node)
+
+    def _families(self) -> Iterator[Metric]:
         yield from self._info_metric()
         yield from self._nat_stats()
         yield from self._failures()
         yield from self._reconcile()
 
     def _info_metric(self) -> Iterator[Metric]:
+        # node is added to every series by collect(), this one included.
+        names = sorted(k for k in self._info if k != NODE_LABEL)
         info = GaugeMetricFamily(
             "egressgw_agent_info",
             "The agent's node, datapath and version (value always 1).",
-            labels=sorted(self._info),
+            labels=names,
         )
-        info.add_metric([self._info[k] for k in sorted(self._info)], 1.0)
+        info.add_metric([self._info[k] for k in names], 1.0)
         yield info
 
     def _nat_stats(self) -> Iterator[Metric]:
@@ -144,3 +159,12 @@ class AgentCollector(Collector):
         for kind in RuleKind:
             rules.add_metric([kind.value], float(status.rules.get(kind, 0)))
         yield rules
+
+
+def with_label(family: Metric, name: str, value: str) -> Metric:
+    """``family`` with ``name=value`` added to every sample (a label it set itself wins)."""
+    family.samples = [
+        Sample(s.name, {name: value, **s.labels}, s.value, s.timestamp, s.exemplar)
+        for s in family.samples
+    ]
+    return family

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 
 from egressgw.config import NodePortRange
 from egressgw.datapath.model import ConnectResult, DropReason, ModelConfig, ModelDatapath
-from egressgw.net import FiveTuple, IPAddress, NatEndpoint
-from egressgw.policy.rules import EgressRule, RuleKind
+from egressgw.net import FiveTuple, NatEndpoint
+from egressgw.rules import EgressRule, RuleKind, RuleLookup
 
 # Cilium's drop reason 194 (pkg/monitor/api), for traffic whose policy has no gateway.
 NO_GATEWAY_REASON = "No egress gateway found"
@@ -34,7 +34,7 @@ class ModelAgentDatapath:
 
     def __init__(self, model: ModelDatapath) -> None:
         self.model = model
-        self._rules: dict[IPAddress, list[EgressRule]] = {}
+        self._rules = RuleLookup(())
         self._no_gateway_drops = 0
 
     @classmethod
@@ -52,13 +52,8 @@ class ModelAgentDatapath:
     # -- the Datapath interface ----------------------------------------------------------
 
     def apply(self, rules: Sequence[EgressRule]) -> None:
-        by_source: dict[IPAddress, list[EgressRule]] = {}
-        for rule in rules:
-            by_source.setdefault(rule.source_ip, []).append(rule)
-        for source_rules in by_source.values():
-            # Longest prefix first: an excluded CIDR inside a destination CIDR wins.
-            source_rules.sort(key=lambda r: -r.destination.prefixlen)
-        self._rules = by_source
+        # Longest prefix first: an excluded CIDR inside a destination CIDR wins.
+        self._rules = RuleLookup(rules)
 
     def endpoint_counts(self) -> Mapping[NatEndpoint, int]:
         return self.model.endpoint_counts()
@@ -76,16 +71,13 @@ class ModelAgentDatapath:
         return drops
 
     def cleanup(self) -> None:
-        self._rules = {}
+        self._rules = RuleLookup(())
 
     # -- driving traffic -----------------------------------------------------------------
 
     def rule_for(self, tup: FiveTuple) -> EgressRule | None:
         """The applied rule that decides ``tup``'s fate, or None (not egress traffic)."""
-        for rule in self._rules.get(tup.src.ip, ()):
-            if tup.dst.ip in rule.destination:
-                return rule
-        return None
+        return self._rules.lookup(tup.src.ip, tup.dst.ip)
 
     def connect(self, tup: FiveTuple) -> ConnectResult | Verdict:
         """Open a connection from a pod through the gateway.

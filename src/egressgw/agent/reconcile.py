@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from egressgw.datapath.base import Datapath
+from egressgw.datapath.kernel.interfaces import HostInterfaces
 from egressgw.errors import EgressgwError, InputError
-from egressgw.policy import compile_rules, load_inventory, load_policies
-from egressgw.policy.rules import EgressRule, RuleKind, rules_for_gateway
+from egressgw.policy import compile_rules, load_policies
+from egressgw.policy.cilium import DEFAULT_CILIUM_VERSION, CiliumVersion
+from egressgw.policy.kubernetes import load_inventories, with_node_interfaces
+from egressgw.rules import EgressRule, RuleKind, rules_for_gateway
 
 from .state import AgentState
 
@@ -57,16 +60,26 @@ class PolicySource:
     policies: Path
     inventory: Path
     node: str
+    cilium_version: CiliumVersion = DEFAULT_CILIUM_VERSION
+    # Where this node's interfaces come from when the inventory does not say (Kubernetes
+    # input): the kernel's, for an agent running on the node (kernel datapath).
+    host_interfaces: Callable[[], HostInterfaces] | None = None
 
     def load_rules(self) -> list[EgressRule]:
         """Read, validate and compile the files into this node's rules (no side effects)."""
-        policies = load_policies(self.policies)
-        inventory = load_inventory(self.inventory)
+        policies = load_policies(self.policies, self.cilium_version)
+        # An egressgw inventory file or Kubernetes objects (kubectl get nodes,pods -o yaml).
+        inventory = load_inventories([self.inventory])
         if inventory.node(self.node) is None:
             # A typo in --node would otherwise apply no masquerade at all, silently.
             known = ", ".join(node.name for node in inventory.nodes()) or "none"
             raise InputError(f"node {self.node!r} is not in the inventory (nodes: {known})",
                              source=str(self.inventory), field="--node")
+        own = inventory.node(self.node)
+        if own is not None and not own.interfaces_known and self.host_interfaces is not None:
+            host = self.host_interfaces()
+            inventory = with_node_interfaces(inventory, self.node, host.interfaces,
+                                             host.default_route_interface)
         return rules_for_gateway(compile_rules(policies, inventory), self.node)
 
 

@@ -16,7 +16,7 @@ from egressgw.net import Family
 from egressgw.stats import NatStats
 
 if TYPE_CHECKING:  # importing the policy package would slow down API clients
-    from egressgw.policy.rules import RuleKind
+    from egressgw.rules import RuleKind
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,12 @@ COMMANDS: dict[str, str] = {
     "forecast": "egressgw.cli.forecast:forecast_command",
     "limits": "egressgw.cli.limits:limits_command",
     "alerts": "egressgw.cli.alerts:alerts_command",
+    "assets": "egressgw.cli.assets:assets",
 }
+
+# Modules of the simulation extra: a command that needs one says how to install it.
+SIM_MODULES = frozenset({"numba", "llvmlite", "matplotlib", "tqdm"})
+SIM_HINT = "needs the simulation extra: pip install 'egressgw[sim]'"
 
 
 class LazyGroup(click.Group):
@@ -56,6 +61,10 @@ def cli() -> None:
       egressgw demo
       egressgw nat-stats --from nat-list.txt
       egressgw <command> --help
+
+    \b
+    Shell completion (bash; zsh and fish likewise):
+      eval "$(_EGRESSGW_COMPLETE=bash_source egressgw)"
     """
 
 
@@ -74,5 +83,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except BrokenPipeError:
         sys.exit(0)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in SIM_MODULES:
+            raise
+        command = next((a for a in (argv or sys.argv[1:]) if a in COMMANDS), "this command")
+        click.echo(f"egressgw: error: {command} {SIM_HINT} ({exc.name} is not installed)",
+                   err=True)
+        sys.exit(2)
     if isinstance(status, int) and status:
         sys.exit(status)

@@ -34,7 +34,7 @@ def configure_logging(verbose: bool) -> None:
     epilog="""\b
 Examples:
   egressgw agent --policies policies/ --inventory inventory.yaml --node gw1
-  egressgw agent ... --nat-map-stats-interval 5s --listen [::1]:9964
+  egressgw agent ... --nat-map-stats-interval 5s --listen [::1]:9967
   egressgw agent --cleanup            # remove the installed rules and exit
 
 \b
@@ -54,7 +54,7 @@ every tracked connection) in place, so a restarted agent picks up where it left 
                        "clamp, 128 retries; 1.17 multiply-shift, 128; 1.18 multiply-shift, 32.")
 @nat_map_stats_interval_option("How often nat-stats are recounted (0 disables).")
 @nat_map_stats_entries_option("Top K tuples kept per family (1..4096).")
-@click.option("--listen", default="127.0.0.1:9964", show_default=True,
+@click.option("--listen", default="127.0.0.1:9967", show_default=True,
               help="HOST:PORT or [IPv6]:PORT of the HTTP API and /metrics.")
 @click.option("--poll-interval", default="1s", show_default=True, metavar="DURATION",
               callback=parse_duration_flag,

@@ -129,12 +129,12 @@ Examples:
   egressgw forecast a.json b.json c.json          # JSON from the agent carries updatedAt
   egressgw forecast nat-1.txt nat-2.txt nat-3.txt --at 0 --at 600 --at 1200
   egressgw forecast s*.txt --at ... --threshold 0.8  # time until 80% instead
-  egressgw forecast --server http://127.0.0.1:9964 --samples 10 --every 30s""",
+  egressgw forecast --server http://127.0.0.1:9967 --samples 10 --every 30s""",
 )
 @click.argument("snapshots", nargs=-1, metavar="SNAPSHOT...")
 @click.option("--server", metavar="URL",
               help="Poll the agent's nat-stats instead of reading files, e.g. "
-                   "http://127.0.0.1:9964.")
+                   "http://127.0.0.1:9967.")
 @click.option("--samples", type=int, default=5, show_default=True,
               help="With --server: how many distinct nat-stats passes to take.")
 @click.option("--every", "every_text", default="30s", show_default=True, metavar="D",

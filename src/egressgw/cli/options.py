@@ -146,3 +146,24 @@ def output_option(*formats: str, help: str = "Output format.") -> Callable[[F], 
         show_default=True,
         help=help,
     )
+
+
+def policy_cilium_version_option() -> Callable[[F], F]:
+    """``--cilium-version`` of ``egress list``: the CRD schema policies are checked against
+    and the Cilium whose policy map is predicted (newest by default: a cluster's map)."""
+    from egressgw.policy.cilium import (  # noqa: PLC0415 (keeps this module light)
+        DEFAULT_CILIUM_VERSION,
+        CiliumVersion,
+    )
+
+    def convert(_ctx: click.Context, _param: click.Parameter, value: str) -> CiliumVersion:
+        return CiliumVersion(value)
+
+    return click.option(
+        "--cilium-version",
+        type=click.Choice(CILIUM_VERSIONS),
+        default=DEFAULT_CILIUM_VERSION.value,
+        show_default=True,
+        callback=convert,
+        help="Cilium version whose CRD schema and egress gateway to follow.",
+    )

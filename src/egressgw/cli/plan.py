@@ -184,7 +184,7 @@ Examples:
   egressgw plan workload.yaml
   egressgw plan workload.yaml --scale 3 -o yaml          # next quarter's 3x traffic
   egressgw plan --stats nat-stats.json --hold 10m --scale 3
-  egressgw plan --stats http://127.0.0.1:9964 --hold 10m  # the running agent
+  egressgw plan --stats http://127.0.0.1:9967 --hold 10m  # the running agent
   egressgw plan workload.yaml --target-saturation 0.7 --max-drop-rate 0""",
 )
 @click.argument("workload_path", metavar="[WORKLOAD.yaml]", required=False,

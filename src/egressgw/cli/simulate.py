@@ -20,7 +20,7 @@ from egressgw.cli.options import (
 from egressgw.config import NodePortRange
 from egressgw.errors import ConfigError
 from egressgw.limits import NatPortRange
-from egressgw.policy.rules import EgressRule
+from egressgw.rules import EgressRule
 
 F = TypeVar("F", bound=Callable[..., Any])
 

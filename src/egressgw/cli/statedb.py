@@ -29,7 +29,7 @@ def statedb() -> None:
 Examples:
   egressgw statedb nat-stats
   egressgw statedb nat-stats -w 5s
-  egressgw statedb nat-stats -o json --server http://[::1]:9964""",
+  egressgw statedb nat-stats -o json --server http://[::1]:9967""",
 )
 @click.option("-w", "--watch", "watch_interval", metavar="INTERVAL",
               callback=parse_duration_flag,

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from egressgw.net import NatEndpoint
-from egressgw.policy.rules import EgressRule
+from egressgw.rules import EgressRule
 
 
 class Datapath(Protocol):

@@ -22,7 +22,7 @@ from typing import Any
 
 from egressgw.errors import InputError
 from egressgw.net import IPAddress, IPNetwork
-from egressgw.policy.rules import EgressRule, RuleKind
+from egressgw.rules import EgressRule, RuleKind
 
 PREFIX = "egw"
 LAB_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")

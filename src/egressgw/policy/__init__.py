@@ -22,7 +22,7 @@ from egressgw.policy.inventory import (
 from egressgw.policy.labels import LabelSelector, Operator, Requirement, parse_label_selector
 from egressgw.policy.model import EgressPolicy, EndpointSelector, GatewaySpec
 from egressgw.policy.parse import load_policies, parse_documents, parse_policy
-from egressgw.policy.rules import EgressRule, RuleKind, rules_for_gateway, sort_rules
+from egressgw.rules import EgressRule, RuleKind, rules_for_gateway, sort_rules
 
 __all__ = [
     "Compiled",

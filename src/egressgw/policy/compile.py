@@ -23,14 +23,23 @@ The gateway, as Cilium's regenerateGatewayConfig derives it:
 
 Two policies giving the same {source IP, destination CIDR} conflict in Cilium's map (the
 last writer wins); here the policy whose name sorts first wins and a warning says so.
+
+Excluded CIDRs carry the endpoint's gateway and its egress IP for the rule's family, as
+Cilium stores them (the datapaths ignore both: excluded traffic is not redirected).
+
+``cilium=None`` gives egressgw's own semantics (what its datapaths enforce). With a
+:class:`CiliumVersion` the egress IPs are derived as that version of Cilium derives them
+(see policy/cilium.py): what ``egress list`` predicts for ``cilium-dbg bpf egress list``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from egressgw.net import IPAddress, IPNetwork
+from egressgw.policy.cilium import CiliumVersion
 from egressgw.policy.inventory import Endpoint, InventorySource, Node
 from egressgw.policy.model import (
     NAMESPACE_LABELS_PREFIX,
@@ -38,7 +47,7 @@ from egressgw.policy.model import (
     EndpointSelector,
     GatewaySpec,
 )
-from egressgw.policy.rules import EgressRule, RuleKind, sort_rules
+from egressgw.rules import EgressRule, RuleKind, sort_rules
 
 _FNV32_OFFSET = 0x811C9DC5
 _FNV32_PRIME = 0x01000193
@@ -79,8 +88,15 @@ def compile_rules(policies: Sequence[EgressPolicy], inventory: InventorySource) 
     return compile_policies(policies, inventory).rules
 
 
-def compile_policies(policies: Sequence[EgressPolicy], inventory: InventorySource) -> Compiled:
-    """Rules and warnings (unmatched gateways, egress IPs not found, conflicts)."""
+def compile_policies(
+    policies: Sequence[EgressPolicy],
+    inventory: InventorySource,
+    cilium: CiliumVersion | None = None,
+) -> Compiled:
+    """Rules and warnings (unmatched gateways, egress IPs not found, conflicts).
+
+    ``cilium``: derive egress IPs as that Cilium version does instead of as egressgw does.
+    """
     nodes = sorted(inventory.nodes(), key=lambda n: n.name)
     node_labels = {node.name: node.labels for node in nodes}
     endpoints = sorted(inventory.endpoints(), key=lambda e: (e.namespace, e.name))
@@ -94,12 +110,21 @@ def compile_policies(policies: Sequence[EgressPolicy], inventory: InventorySourc
     rules: dict[tuple[IPAddress, IPNetwork], EgressRule] = {}
     for policy in sorted(policies, key=lambda p: p.name):
         gateways = _resolve_gateways(policy, nodes, warnings)
+        derive = _CiliumEgressIPs(policy, cilium, warnings) if cilium else _EgressIPs(
+            policy, warnings)
         for position in index.candidates(policy.selectors):
             endpoint, identity_labels, on_node_labels = endpoint_labels[position]
             if not policy.selects(identity_labels, on_node_labels):
                 continue
             gateway = pick_gateway(gateways, endpoint)
-            for rule in _endpoint_rules(policy, endpoint, gateway, warnings):
+            if len(gateways) > 1 and endpoint.uid_from_pod:
+                warnings.append(
+                    f"policy {policy.name!r}: its {len(gateways)} gateways are assigned by "
+                    "CiliumEndpoint UID, and the inventory has only Pod UIDs: Cilium may "
+                    "pin pods to other gateways than shown (add ciliumendpoints to "
+                    "kubectl get)"
+                )
+            for rule in _endpoint_rules(policy, endpoint, gateway, derive):
                 key = (rule.source_ip, rule.destination)
                 earlier = rules.get(key)
                 if earlier is None or (
@@ -172,20 +197,31 @@ def _resolve_gateways(
 
 
 def _endpoint_rules(
-    policy: EgressPolicy, endpoint: Endpoint, gateway: ResolvedGateway, warnings: list[str]
+    policy: EgressPolicy, endpoint: Endpoint, gateway: ResolvedGateway, derive: _Derivation
 ) -> list[EgressRule]:
     rules: list[EgressRule] = []
+    node = gateway.node
     for source_ip in endpoint.ips:
-        destinations = [c for c in policy.destination_cidrs if c.version == source_ip.version]
-        if destinations:
-            egress_ip = _egress_ip(policy, gateway, source_ip.version, warnings)
+        version = source_ip.version
+        destinations = [c for c in policy.destination_cidrs if c.version == version]
+        excluded = [c for c in policy.excluded_cidrs if c.version == version]
+        if not destinations and not excluded:
+            continue
+        egress_ip = derive(gateway, version)
         for destination in destinations:
             rules.append(_rule(policy, source_ip, destination, gateway, egress_ip))
-        for excluded in policy.excluded_cidrs:
-            if excluded.version == source_ip.version:
-                rules.append(
-                    EgressRule(source_ip, excluded, RuleKind.EXCLUDED, policy=policy.name)
-                )
+        for cidr in excluded:
+            # Cilium stores the gateway config's egress IP and gateway "0.0.0.1" here.
+            rules.append(EgressRule(
+                source_ip, cidr, RuleKind.EXCLUDED, egress_ip,
+                None if node is None else node.name, None if node is None else node.internal_ip,
+                policy.name,
+            ))
+    if policy.cidr_spellings:
+        rules = [
+            replace(r, destination_text=policy.cidr_spellings.get(r.destination, ""))
+            for r in rules
+        ]
     return rules
 
 
@@ -205,53 +241,169 @@ def _rule(
     )
 
 
-def _egress_ip(
-    policy: EgressPolicy, gateway: ResolvedGateway, version: int, warnings: list[str]
-) -> IPAddress | None:
-    node, spec = gateway.node, gateway.spec
-    if node is None:
-        return None
-    where = f"policy {policy.name!r}: {spec.field}"
-    family = f"IPv{version}"
-    if spec.interface is not None:
-        interface = node.interface(spec.interface)
+class _Derivation(Protocol):
+    def __call__(self, gateway: ResolvedGateway, version: int) -> IPAddress | None: ...
+
+
+class _EgressIPs:
+    """egressgw's egress IP for a gateway and a family (what its datapaths enforce)."""
+
+    def __init__(self, policy: EgressPolicy, warnings: list[str]) -> None:
+        self.policy = policy
+        self.warnings = warnings
+
+    def __call__(self, gateway: ResolvedGateway, version: int) -> IPAddress | None:
+        policy, warnings = self.policy, self.warnings
+        node, spec = gateway.node, gateway.spec
+        if node is None:
+            return None
+        where = f"policy {policy.name!r}: {spec.field}"
+        family = f"IPv{version}"
+        if not node.interfaces_known:
+            return _unknown_interfaces(policy, spec, node, version, warnings)
+        if spec.interface is not None:
+            interface = node.interface(spec.interface)
+            if interface is None:
+                warnings.append(
+                    f"{where}.interface: node {node.name!r} has no interface "
+                    f"{spec.interface!r}: its traffic is dropped at the gateway"
+                )
+                return None
+            found = interface.first_address(version)
+            if found is None:
+                warnings.append(
+                    f"{where}.interface: {spec.interface!r} on node {node.name!r} has no "
+                    f"{family} address: its {family} traffic is dropped at the gateway"
+                )
+            return found
+        holder = None
+        if spec.egress_ip is not None:
+            holder = node.interface_with(spec.egress_ip)
+            if holder is None:
+                warnings.append(
+                    f"{where}.egressIP: {spec.egress_ip} is on no interface of node "
+                    f"{node.name!r}: used as a virtual IP (replies must be routed to the node)"
+                )
+            if spec.egress_ip.version == version:
+                return spec.egress_ip
+        interface = holder or node.default_interface
         if interface is None:
             warnings.append(
-                f"{where}.interface: node {node.name!r} has no interface {spec.interface!r}: "
-                "its traffic is dropped at the gateway"
+                f"{where}: node {node.name!r} has no default-route interface: its {family} "
+                "traffic is dropped at the gateway"
             )
             return None
         found = interface.first_address(version)
         if found is None:
             warnings.append(
-                f"{where}.interface: {spec.interface!r} on node {node.name!r} has no "
+                f"{where}: interface {interface.name!r} on node {node.name!r} has no "
                 f"{family} address: its {family} traffic is dropped at the gateway"
             )
         return found
-    holder = None
+
+
+class _CiliumEgressIPs:
+    """The egress IPs a Cilium version stores for a gateway (deriveFromPolicyGatewayConfig).
+
+    v1.16 and v1.17 derive the IPv4 one only, and keep a configured egressIP even when no
+    interface holds it. v1.18 derives both families at once and any failure leaves both
+    unspecified; an egressIP gives IPv6 ``::``. An unspecified egress IP is returned as
+    None (the rule becomes a drop at the gateway).
+    """
+
+    def __init__(self, policy: EgressPolicy, cilium: CiliumVersion, warnings: list[str]) -> None:
+        self.policy = policy
+        self.cilium = cilium
+        self.warnings = warnings
+        self.v6_needed = any(c.version == 6 for c in policy.destination_cidrs)
+        self._cache: dict[int, tuple[IPAddress | None, IPAddress | None]] = {}
+
+    def __call__(self, gateway: ResolvedGateway, version: int) -> IPAddress | None:
+        if gateway.node is None:
+            return None
+        key = id(gateway)
+        if key not in self._cache:
+            self._cache[key] = self._derive(gateway, gateway.node)
+        ip4, ip6 = self._cache[key]
+        return ip4 if version == 4 else ip6
+
+    def _fail(self, gateway: ResolvedGateway, node: Node, why: str) -> tuple[None, None]:
+        self.warnings.append(
+            f"policy {self.policy.name!r}: {gateway.spec.field}: on node {node.name!r} "
+            f"Cilium v{self.cilium.value} finds {why}: it stores egress IP "
+            f"{'0.0.0.0 and ::' if self.cilium.has_ipv6 else '0.0.0.0'} and drops this "
+            "policy's traffic at the gateway"
+        )
+        return None, None
+
+    def _derive(
+        self, gateway: ResolvedGateway, node: Node
+    ) -> tuple[IPAddress | None, IPAddress | None]:
+        spec = gateway.spec
+        v6 = self.cilium.has_ipv6 and self.v6_needed
+        if not node.interfaces_known:
+            ip4 = _unknown_interfaces(self.policy, spec, node, 4, self.warnings)
+            if v6 and spec.egress_ip is not None:
+                self.warnings.append(
+                    f"policy {self.policy.name!r}: {spec.field}.egressIP: Cilium "
+                    f"v{self.cilium.value} stores :: as the IPv6 egress IP of an egressIP "
+                    f"gateway: its IPv6 traffic is dropped at {node.name!r}"
+                )
+                return ip4, None
+            return ip4, _unknown_interfaces(self.policy, spec, node, 6, self.warnings)
+        if spec.interface is not None:
+            interface = node.interface(spec.interface)
+            if interface is None:
+                return self._fail(gateway, node, f"no interface {spec.interface!r}")
+        elif spec.egress_ip is not None:
+            if node.interface_with(spec.egress_ip) is None:
+                if not self.cilium.has_ipv6:
+                    # v1.16/v1.17 assign the egress IP before looking for its interface.
+                    self.warnings.append(
+                        f"policy {self.policy.name!r}: {spec.field}.egressIP: "
+                        f"{spec.egress_ip} is on no interface of node {node.name!r}: "
+                        f"Cilium v{self.cilium.value} still uses it (replies must be routed "
+                        "to the node)"
+                    )
+                    return spec.egress_ip, None
+                return self._fail(gateway, node, f"no interface holding {spec.egress_ip}")
+            if v6:
+                self.warnings.append(
+                    f"policy {self.policy.name!r}: {spec.field}.egressIP: Cilium "
+                    f"v{self.cilium.value} stores :: as the IPv6 egress IP of an egressIP "
+                    f"gateway: its IPv6 traffic is dropped at {node.name!r}"
+                )
+            return spec.egress_ip, None
+        else:
+            interface = node.default_interface
+            if interface is None:
+                return self._fail(gateway, node, "no interface with the default route")
+        ip4 = interface.first_address(4)
+        if ip4 is None:
+            return self._fail(gateway, node, f"no IPv4 address on {interface.name!r}")
+        if not v6:
+            return ip4, None
+        ip6 = interface.first_address(6)
+        if ip6 is None:
+            return self._fail(gateway, node, f"no IPv6 address on {interface.name!r}")
+        return ip4, ip6
+
+
+def _unknown_interfaces(
+    policy: EgressPolicy, spec: GatewaySpec, node: Node, version: int, warnings: list[str]
+) -> IPAddress | None:
+    """A node whose interfaces are unknown (read from Kubernetes without them): an egressIP
+    is taken as given; an interface or default-route address cannot be derived."""
     if spec.egress_ip is not None:
-        holder = node.interface_with(spec.egress_ip)
-        if holder is None:
-            warnings.append(
-                f"{where}.egressIP: {spec.egress_ip} is on no interface of node "
-                f"{node.name!r}: used as a virtual IP (replies must be routed to the node)"
-            )
-        if spec.egress_ip.version == version:
-            return spec.egress_ip
-    interface = holder or node.default_interface
-    if interface is None:
-        warnings.append(
-            f"{where}: node {node.name!r} has no default-route interface: its {family} "
-            "traffic is dropped at the gateway"
-        )
-        return None
-    found = interface.first_address(version)
-    if found is None:
-        warnings.append(
-            f"{where}: interface {interface.name!r} on node {node.name!r} has no {family} "
-            f"address: its {family} traffic is dropped at the gateway"
-        )
-    return found
+        return spec.egress_ip if spec.egress_ip.version == version else None
+    what = f"interface {spec.interface!r}" if spec.interface else "default-route interface"
+    warnings.append(
+        f"policy {policy.name!r}: {spec.field}: the interfaces of node {node.name!r} are "
+        f"unknown (Kubernetes input), so the address of its {what} is too: add "
+        "nodes: [{name, interfaces, defaultRouteInterface}] to the inventory "
+        "(docs/policies.md); shown as dropped"
+    )
+    return None
 
 
 def _unique(items: list[str]) -> list[str]:

@@ -76,6 +76,9 @@ class Node:
     labels: Mapping[str, str] = field(default_factory=dict)
     interfaces: tuple[Interface, ...] = ()
     default_route_interface: str | None = None
+    # False for a node read from Kubernetes without its interfaces: an egressIP is then
+    # taken as given, and an interface or default-route egress IP cannot be derived.
+    interfaces_known: bool = True
 
     def interface(self, name: str) -> Interface | None:
         return next((i for i in self.interfaces if i.name == name), None)
@@ -101,6 +104,9 @@ class Endpoint:
     namespace_labels: Mapping[str, str] = field(default_factory=dict)
     node: str | None = None
     uid: str = ""
+    # True when ``uid`` is a Pod's (Kubernetes input without CiliumEndpoints): Cilium pins
+    # an endpoint among several gateways by its CiliumEndpoint's UID, which differs.
+    uid_from_pod: bool = False
 
     @property
     def key(self) -> str:
@@ -205,7 +211,7 @@ def _parse_nodes(value: Any, where: Where) -> list[Node]:
             raise at.key("internalIP").error("required: the node's InternalIP")
         internal_ip = _ip(body["internalIP"], at.key("internalIP"))
         labels = parse_labels(body.get("labels") or {}, at.key("labels"))
-        interfaces = _parse_interfaces(body.get("interfaces"), at.key("interfaces"))
+        interfaces = parse_interfaces(body.get("interfaces"), at.key("interfaces"))
         default = body.get("defaultRouteInterface")
         if default is not None:
             default = as_string(default, at.key("defaultRouteInterface"))
@@ -217,7 +223,8 @@ def _parse_nodes(value: Any, where: Where) -> list[Node]:
     return nodes
 
 
-def _parse_interfaces(value: Any, where: Where) -> tuple[Interface, ...]:
+def parse_interfaces(value: Any, where: Where) -> tuple[Interface, ...]:
+    """A node's ``interfaces`` list (names unique, addresses with their prefix)."""
     interfaces: list[Interface] = []
     for index, item in enumerate(_items(value, where)):
         at = where.item(index)
@@ -326,5 +333,6 @@ __all__ = [
     "InventorySource",
     "Node",
     "load_inventory",
+    "parse_interfaces",
     "parse_inventory",
 ]

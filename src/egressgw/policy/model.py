@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from egressgw.net import IPAddress, IPNetwork
 from egressgw.policy.labels import LabelSelector, Operator, Requirement
@@ -72,6 +72,9 @@ class EgressPolicy:
     excluded_cidrs: tuple[IPNetwork, ...]
     gateways: tuple[GatewaySpec, ...]
     source: str = ""
+    # CIDRs written with host bits (198.51.100.7/24), as Cilium shows them; the datapaths
+    # match the masked network.
+    cidr_spellings: Mapping[IPNetwork, str] = field(default_factory=dict)
 
     def selects(
         self, identity_labels: Mapping[str, str], node_labels: Mapping[str, str] | None = None

@@ -15,6 +15,8 @@ from typing import Any
 
 from egressgw.errors import InputError
 from egressgw.net import IPAddress, IPNetwork
+from egressgw.policy.cilium import DEFAULT_CILIUM_VERSION, CiliumVersion
+from egressgw.policy.crd import validate_crd
 from egressgw.policy.labels import LabelSelector, is_dns_subdomain, parse_label_selector
 from egressgw.policy.model import EgressPolicy, EndpointSelector, GatewaySpec
 from egressgw.policy.yamlfiles import (
@@ -29,7 +31,6 @@ from egressgw.policy.yamlfiles import (
 
 API_VERSION = "cilium.io/v2"
 KIND = "CiliumEgressGatewayPolicy"
-MAX_EGRESS_GATEWAYS = 64  # the CRD's maxItems for spec.egressGateways
 
 _SPEC_FIELDS = (
     "selectors",
@@ -55,7 +56,9 @@ _METADATA_FIELDS = (
 )
 
 
-def load_policies(path: str | Path) -> list[EgressPolicy]:
+def load_policies(
+    path: str | Path, version: CiliumVersion = DEFAULT_CILIUM_VERSION
+) -> list[EgressPolicy]:
     """All policies in a file or a directory (*.yaml, *.yml, in name order).
 
     Raises InputError naming file, document and field on the first problem, and on two
@@ -63,12 +66,14 @@ def load_policies(path: str | Path) -> list[EgressPolicy]:
     """
     policies: list[EgressPolicy] = []
     for file in yaml_files(Path(path)):
-        policies.extend(parse_documents(load_documents(file)))
+        policies.extend(parse_documents(load_documents(file), version))
     _check_unique_names(policies)
     return policies
 
 
-def parse_documents(documents: Iterable[tuple[Where, Any]]) -> list[EgressPolicy]:
+def parse_documents(
+    documents: Iterable[tuple[Where, Any]], version: CiliumVersion = DEFAULT_CILIUM_VERSION
+) -> list[EgressPolicy]:
     """Policies from YAML documents (each a policy or a ``kind: List`` of policies)."""
     policies: list[EgressPolicy] = []
     for where, body in documents:
@@ -78,14 +83,20 @@ def parse_documents(documents: Iterable[tuple[Where, Any]]) -> list[EgressPolicy
             items_at = where.key("items")
             items = mapping.get("items")
             for index, item in enumerate([] if items is None else as_list(items, items_at)):
-                policies.append(parse_policy(item, items_at.item(index)))
+                policies.append(parse_policy(item, items_at.item(index), version))
         else:
-            policies.append(parse_policy(mapping, where))
+            policies.append(parse_policy(mapping, where, version))
     return policies
 
 
-def parse_policy(value: Any, where: Where) -> EgressPolicy:
-    """One CiliumEgressGatewayPolicy object."""
+def parse_policy(
+    value: Any, where: Where, version: CiliumVersion = DEFAULT_CILIUM_VERSION
+) -> EgressPolicy:
+    """One CiliumEgressGatewayPolicy object, valid for the CRD of Cilium ``version``.
+
+    egressgw's own checks come first (their messages name Cilium's reasons), then the
+    CRD's schema as ``kubectl apply`` applies it (policy/crd.py).
+    """
     body = as_mapping(value, where)
     check_keys(body, ("apiVersion", "kind", "metadata", "spec", "status"), where)
     api_version = body.get("apiVersion")
@@ -100,18 +111,23 @@ def parse_policy(value: Any, where: Where) -> EgressPolicy:
         raise spec_at.error("required")
     spec = as_mapping(body["spec"], spec_at)
     check_keys(spec, _SPEC_FIELDS, spec_at)
-    return EgressPolicy(
+    spellings: dict[IPNetwork, str] = {}
+    policy = EgressPolicy(
         name=name,
         selectors=_parse_selectors(spec.get("selectors"), spec_at.key("selectors")),
         destination_cidrs=_parse_cidrs(
-            spec.get("destinationCIDRs"), spec_at.key("destinationCIDRs"), required=True
+            spec.get("destinationCIDRs"), spec_at.key("destinationCIDRs"), spellings,
+            required=True,
         ),
         excluded_cidrs=_parse_cidrs(
-            spec.get("excludedCIDRs"), spec_at.key("excludedCIDRs"), required=False
+            spec.get("excludedCIDRs"), spec_at.key("excludedCIDRs"), spellings, required=False
         ),
         gateways=_parse_gateways(spec, spec_at),
         source=_describe(where),
+        cidr_spellings={c: text for c, text in spellings.items() if text != str(c)},
     )
+    validate_crd(body, where, version)
+    return policy
 
 
 def _describe(where: Where) -> str:
@@ -174,7 +190,9 @@ def _optional_selector(body: Mapping[str, Any], key: str, where: Where) -> Label
     return parse_label_selector(body[key], where.key(key))
 
 
-def _parse_cidrs(value: Any, where: Where, *, required: bool) -> tuple[IPNetwork, ...]:
+def _parse_cidrs(
+    value: Any, where: Where, spellings: dict[IPNetwork, str], *, required: bool
+) -> tuple[IPNetwork, ...]:
     if value is None:
         if required:
             raise where.error("required: at least one CIDR")
@@ -185,16 +203,29 @@ def _parse_cidrs(value: Any, where: Where, *, required: bool) -> tuple[IPNetwork
     cidrs: list[IPNetwork] = []
     for index, item in enumerate(items):
         cidr = parse_cidr(item, where.item(index))
+        # Cilium keys its map with the address as written (netip.ParsePrefix keeps host
+        # bits, the kernel's LPM trie stores the key as given), so cilium-dbg shows it.
+        address = ipaddress.ip_address(str(item).partition("/")[0])
+        spellings[cidr] = f"{address}/{cidr.prefixlen}"
         if cidr not in cidrs:
             cidrs.append(cidr)
     return tuple(cidrs)
 
 
 def parse_cidr(value: Any, where: Where) -> IPNetwork:
-    """A CIDR like Go's net.ParseCIDR: a prefix length is required, host bits are masked."""
-    text = as_string(value, where).strip()
+    """A CIDR as Cilium's netip.ParsePrefix reads it: a prefix length is required, no zone,
+    no leading zeros; host bits are masked (the datapath matches the prefix only).
+
+    No spaces are stripped: the CRD's pattern refuses them, so ``kubectl apply`` would.
+    """
+    text = as_string(value, where)
     if "/" not in text:
         raise where.error(f"invalid CIDR {text!r}: missing the /prefix length")
+    if "%" in text:
+        raise where.error(
+            f"invalid CIDR {text!r}: an IPv6 zone index is not allowed in a prefix "
+            "(Cilium's netip.ParsePrefix rejects it)"
+        )
     try:
         return ipaddress.ip_network(text, strict=False)
     except ValueError as exc:
@@ -213,9 +244,8 @@ def _parse_gateways(spec: Mapping[str, Any], where: Where) -> tuple[GatewaySpec,
     many = spec.get("egressGateways")
     if many is not None:
         many_at = where.key("egressGateways")
+        # No upper bound: the CRD sets no maxItems on egressGateways.
         items = as_list(many, many_at)
-        if len(items) > MAX_EGRESS_GATEWAYS:
-            raise many_at.error(f"at most {MAX_EGRESS_GATEWAYS} gateways, found {len(items)}")
         gateways = [_parse_gateway(item, many_at.item(i)) for i, item in enumerate(items)]
         if spec.get("egressGateway") is not None:
             # Still validated: a broken egressGateway would be rejected by the API server.

@@ -290,8 +290,9 @@ def _check(label: str, workload: Workload, settings: SimSettings, *,
 RESERVED_PORTS: dict[int, str] = {
     2379: "etcd client", 2380: "etcd peer", 4240: "cilium-health", 4244: "hubble",
     6081: "geneve", 6443: "kube-apiserver", 8472: "vxlan", 9962: "cilium metrics",
-    9963: "cilium-operator metrics", 9964: "egressgw agent / envoy metrics",
-    9965: "hubble metrics", 10250: "kubelet", 10256: "kube-proxy health",
+    9963: "cilium-operator metrics", 9964: "cilium-envoy metrics", 9965: "hubble metrics",
+    9966: "hubble-relay metrics", 9967: "egressgw agent", 10250: "kubelet",
+    10256: "kube-proxy health",
     10257: "kube-controller-manager", 10259: "kube-scheduler", 51871: "wireguard",
 }
 # NodePorts stay at or above this (below 1024 are privileged, well-known services).

@@ -54,12 +54,15 @@ def remedy_policies(
         header = (f"# Cilium {cilium_version}: one policy, {len(egress_ips)} gateways; each "
                   "client pod uses one of them.\n"
                   f"# Label the client pods {CLIENT_LABEL}=\"true\" (or put their own "
-                  "labels in podSelector).\n")
+                  "labels in podSelector).\n"
+                  "# egressGateway repeats the first gateway: the v1.18 CRD requires it "
+                  "even when egressGateways has entries, which Cilium then uses.\n")
         doc = {
             "apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name},
             "spec": {
                 "selectors": [{"podSelector": {"matchLabels": {CLIENT_LABEL: "true"}}}],
                 "destinationCIDRs": cidrs,
+                "egressGateway": _gateway(egress_ips[0], nodes[0]),
                 "egressGateways": [_gateway(ip, node)
                                    for ip, node in zip(egress_ips, nodes, strict=True)],
             },

@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from egressgw.errors import InputError
 from egressgw.net import IPAddress
-from egressgw.policy.rules import EgressRule, RuleKind
+from egressgw.rules import EgressRule, RuleKind, RuleLookup
 from egressgw.sim.workload import ClientGroup, Workload
 
 NOT_MASQUERADED = -1
@@ -39,26 +39,8 @@ class EgressTable:
         return self._index[ip]
 
 
-class PolicyRouter:
-    """Looks up compiled rules by (source IP, destination IP)."""
-
-    def __init__(self, rules: Sequence[EgressRule]) -> None:
-        self._by_source: dict[IPAddress, list[EgressRule]] = {}
-        for rule in rules:
-            self._by_source.setdefault(rule.source_ip, []).append(rule)
-        for candidates in self._by_source.values():
-            # Longest prefix first; an exclusion wins a tie, as in Cilium.
-            candidates.sort(
-                key=lambda r: (-r.destination.prefixlen, r.kind is not RuleKind.EXCLUDED)
-            )
-
-    def lookup(self, source: IPAddress, destination: IPAddress) -> EgressRule | None:
-        for rule in self._by_source.get(source, ()):
-            if destination.version == rule.destination.version and (
-                destination in rule.destination
-            ):
-                return rule
-        return None
+class PolicyRouter(RuleLookup):
+    """Looks up compiled rules by (source IP, destination IP): egressgw.rules' resolver."""
 
 
 @dataclass(slots=True)

@@ -27,7 +27,7 @@ from egressgw.datapath.model import ConnectionBatch, ModelConfig, ModelCounters,
 from egressgw.errors import ConfigError
 from egressgw.limits import NatPortRange, PortLimit, datapath_limit
 from egressgw.net import NatEndpoint
-from egressgw.policy.rules import EgressRule
+from egressgw.rules import EgressRule
 from egressgw.sim.flows import AddressBook, Flows
 from egressgw.sim.generate import FlowSource, MergedFlows, WorkloadFlows
 from egressgw.sim.replay import ReplayFlows

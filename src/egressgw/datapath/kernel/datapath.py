@@ -11,7 +11,7 @@ from egressgw.datapath.kernel.netns import check_netns_name
 from egressgw.datapath.kernel.nft import list_table, run_nft
 from egressgw.datapath.kernel.ruleset import check_table_name, render_delete, render_ruleset
 from egressgw.net import NatEndpoint
-from egressgw.policy.rules import EgressRule
+from egressgw.rules import EgressRule
 
 
 class KernelDatapath:

@@ -28,12 +28,9 @@ from dataclasses import dataclass
 from egressgw.config import NodePortRange
 from egressgw.errors import InputError
 from egressgw.net import IPAddress, IPNetwork
-from egressgw.policy.rules import EgressRule, RuleKind
+from egressgw.rules import EgressRule, RuleKind, precedence
 
 TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
-
-# At equal prefix length, an exclusion beats a masquerade, which beats a drop.
-_KIND_PRIORITY = {RuleKind.EXCLUDED: 0, RuleKind.MASQUERADE: 1, RuleKind.NO_GATEWAY: 2}
 
 # What a piece of destination space resolves to: a kind and, for masquerade, the egress IP.
 Action = tuple[RuleKind, IPAddress | None]
@@ -100,16 +97,22 @@ def resolve_elements(rules: Sequence[EgressRule]) -> list[Element]:
     """Disjoint elements that give every (source, destination) its longest-prefix action.
 
     For each source, each destination CIDR keeps the part of it not covered by a more
-    specific CIDR of the same source; equal CIDRs are settled by kind priority, then by
-    the lowest egress IP, so the result never depends on the input order.
+    specific CIDR of the same source; equal CIDRs are settled by egressgw.rules.precedence
+    (the resolver every datapath shares), so the result never depends on the input order.
     """
-    by_source: dict[IPAddress, dict[IPNetwork, Action]] = defaultdict(dict)
+    winners: dict[IPAddress, dict[IPNetwork, EgressRule]] = defaultdict(dict)
     for index, rule in enumerate(rules):
         _checked(rule, index)
-        action: Action = (rule.kind, rule.egress_ip if rule.kind is RuleKind.MASQUERADE else None)
-        current = by_source[rule.source_ip].get(rule.destination)
-        if current is None or _rank(action) < _rank(current):
-            by_source[rule.source_ip][rule.destination] = action
+        current = winners[rule.source_ip].get(rule.destination)
+        if current is None or precedence(rule) < precedence(current):
+            winners[rule.source_ip][rule.destination] = rule
+    by_source: dict[IPAddress, dict[IPNetwork, Action]] = {
+        source: {
+            destination: (r.kind, r.egress_ip if r.kind is RuleKind.MASQUERADE else None)
+            for destination, r in rules_by_destination.items()
+        }
+        for source, rules_by_destination in winners.items()
+    }
 
     elements: list[Element] = []
     for source, destinations in by_source.items():
@@ -127,13 +130,6 @@ def resolve_elements(rules: Sequence[EgressRule]) -> list[Element]:
             for piece in ipaddress.collapse_addresses(pieces):  # type: ignore[type-var]
                 elements.append(Element(source, piece, kind, egress))
     return sorted(elements, key=_element_key)
-
-
-def _rank(action: Action) -> tuple[int, int, int]:
-    kind, egress = action
-    if egress is None:
-        return (_KIND_PRIORITY[kind], 0, 0)
-    return (_KIND_PRIORITY[kind], egress.version, int(egress))
 
 
 def _element_key(element: Element) -> tuple[int, int, int, int]:
