@@ -38,15 +38,20 @@ class ModelAgentDatapath:
         self._no_gateway_drops = 0
 
     @classmethod
-    def for_node_ports(cls, node_port_range: NodePortRange, *, seed: int = 0,
-                       cilium_version: str = "1.16") -> ModelAgentDatapath:
+    def for_node_ports(
+        cls, node_port_range: NodePortRange, *, seed: int = 0, cilium_version: str = "1.16",
+        nat_lru: str = "exact", possible_cpus: int = 8, flow_cpus: str = "hash",
+        bpf_distributed_lru: bool = False,
+    ) -> ModelAgentDatapath:
         """A fresh model with Cilium's defaults, ``node_port_range`` and the port search of
         ``cilium_version``.
 
         It runs the reference engine: the agent drives connections one at a time, where
         the compiled engine's speed does not show but its load time (seconds) would.
         """
-        config = ModelConfig(node_port_range=node_port_range, cilium_version=cilium_version)
+        config = ModelConfig(node_port_range=node_port_range, cilium_version=cilium_version,
+                             nat_lru=nat_lru, possible_cpus=possible_cpus, flow_cpus=flow_cpus,
+                             bpf_distributed_lru=bpf_distributed_lru)
         return cls(ModelDatapath(config, random.Random(seed), engine="reference"))
 
     # -- the Datapath interface ----------------------------------------------------------

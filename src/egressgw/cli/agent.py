@@ -12,6 +12,7 @@ from egressgw.agent import AgentConfig, ListenAddress, make_datapath, run_agent
 from egressgw.agent.datapaths import DATAPATHS
 from egressgw.cli.options import (
     cilium_version_option,
+    nat_lru_options,
     nat_map_stats_entries_option,
     nat_map_stats_interval_option,
     node_port_range_option,
@@ -52,6 +53,7 @@ every tracked connection) in place, so a restarted agent picks up where it left 
 @node_port_range_option()
 @cilium_version_option("Port search of the model datapath (--datapath model): 1.16 modulo "
                        "clamp, 128 retries; 1.17 multiply-shift, 128; 1.18 multiply-shift, 32.")
+@nat_lru_options
 @nat_map_stats_interval_option("How often nat-stats are recounted (0 disables).")
 @nat_map_stats_entries_option("Top K tuples kept per family (1..4096).")
 @click.option("--listen", default="127.0.0.1:9967", show_default=True,
@@ -69,6 +71,10 @@ def agent(
     datapath_kind: str,
     node_port_range: NodePortRange,
     cilium_version: str,
+    nat_lru: str,
+    possible_cpus: int,
+    flow_cpus: str,
+    bpf_distributed_lru: bool,
     nat_map_stats_interval: float,
     nat_map_stats_entries: int,
     listen: str,
@@ -85,7 +91,7 @@ def agent(
     configure_logging(verbose)
     ports = node_port_range
     if cleanup:
-        make_datapath(datapath_kind, ports, cilium_version=cilium_version).cleanup()
+        make_datapath(datapath_kind, ports).cleanup()
         logging.getLogger("egressgw.agent").info("removed the %s datapath's rules",
                                                  datapath_kind)
         return
@@ -106,4 +112,7 @@ def agent(
         listen=ListenAddress.parse(listen),
         poll_interval=poll_interval,
     )
-    run_agent(config, make_datapath(datapath_kind, ports, cilium_version=cilium_version))
+    run_agent(config, make_datapath(
+        datapath_kind, ports, cilium_version=cilium_version, nat_lru=nat_lru,
+        possible_cpus=possible_cpus, flow_cpus=flow_cpus, bpf_distributed_lru=bpf_distributed_lru,
+    ))

@@ -136,6 +136,29 @@ def cilium_version_option(
     )
 
 
+def nat_lru_options(func: F) -> F:
+    """The model datapath's NAT map LRU: ``--nat-lru``, ``--possible-cpus``,
+    ``--flow-cpus`` and Cilium 1.18's ``--bpf-distributed-lru`` (ModelConfig checks them)."""
+    options = [
+        click.option("--nat-lru", type=click.Choice(["exact", "kernel"]), default="exact",
+                     show_default=True,
+                     help="NAT map LRU: exact, or the kernel's BPF LRU (batch evictions, "
+                          "reference bits, per-CPU free lists; slower: Python engine)."),
+        click.option("--possible-cpus", type=click.IntRange(1, 8192), default=8,
+                     show_default=True, help="CPUs the kernel LRU spreads its free lists over."),
+        click.option("--flow-cpus", type=click.Choice(["hash", "one"]), default="hash",
+                     show_default=True,
+                     help="Which CPU runs a flow's packets: a hash of the tuple per direction, "
+                          "or all on one CPU."),
+        click.option("--bpf-distributed-lru", is_flag=True,
+                     help="Cilium 1.18's per-CPU LRU (BPF_F_NO_COMMON_LRU); needs "
+                          "--nat-lru kernel and --cilium-version 1.18."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def output_option(*formats: str, help: str = "Output format.") -> Callable[[F], F]:
     """``-o/--output`` with the first format as the default."""
     return click.option(

@@ -10,6 +10,7 @@ import click
 
 from egressgw.cli.options import (
     cilium_version_option,
+    nat_lru_options,
     nat_map_stats_entries_option,
     nat_map_stats_interval_option,
     nat_port_range_option,
@@ -43,14 +44,14 @@ def datapath_options(func: F) -> F:
         cilium_version_option(),
         click.option("--datapath-model", type=click.Choice(["cilium", "netfilter"]),
                      default="cilium", show_default=True,
-                     help="cilium: Cilium v1.16's BPF SNAT; netfilter: a Linux gateway's "
-                          "nf_nat and conntrack."),
+                     help="cilium: Cilium's BPF SNAT (--cilium-version); netfilter: a Linux "
+                          "gateway's nf_nat and conntrack."),
         nat_port_range_option("netfilter model: the SNAT rule's ports (default: egressgw's "
                               "rule, MAX+1-65535 of --node-port-range)."),
     ]
     for option in reversed(options):
         func = option(func)
-    return func
+    return nat_lru_options(func)
 
 
 def settings_from_options(
@@ -64,6 +65,10 @@ def settings_from_options(
     nat_map_stats_entries: int,
     cilium_version: str,
     conntrack_gc_interval: float | None,
+    nat_lru: str = "exact",
+    possible_cpus: int = 8,
+    flow_cpus: str = "hash",
+    bpf_distributed_lru: bool = False,
     datapath_model: str = "cilium",
     nat_port_range: NatPortRange | None = None,
 ) -> Any:
@@ -78,6 +83,10 @@ def settings_from_options(
         stats_entries=nat_map_stats_entries,
         cilium_version=cilium_version,
         conntrack_gc_interval=conntrack_gc_interval,
+        nat_lru=nat_lru,
+        possible_cpus=possible_cpus,
+        flow_cpus=flow_cpus,
+        bpf_distributed_lru=bpf_distributed_lru,
         datapath_model=datapath_model,
         nat_port_range=nat_port_range,
     )

@@ -51,6 +51,12 @@ class SimSettings:
     stats_entries: int = NAT_MAP_STATS_ENTRIES_DEFAULT
     cilium_version: str = "1.16"
     conntrack_gc_interval: float | None = None
+    # The NAT map's LRU (ModelConfig.nat_lru): "exact", or "kernel" (runs the reference
+    # engine), with the CPUs that LRU depends on.
+    nat_lru: str = "exact"
+    possible_cpus: int = 8
+    flow_cpus: str = "hash"
+    bpf_distributed_lru: bool = False
     max_window: int = 250_000
     # Which datapath the model reproduces: "cilium" (BPF SNAT) or "netfilter" (nf_nat).
     datapath_model: str = "cilium"
@@ -83,6 +89,10 @@ class SimSettings:
             node_port_range=self.node_port_range,
             bpf_nat_global_max=self.bpf_nat_global_max,
             cilium_version=self.cilium_version,
+            nat_lru=self.nat_lru,
+            possible_cpus=self.possible_cpus,
+            flow_cpus=self.flow_cpus,
+            bpf_distributed_lru=self.bpf_distributed_lru,
             conntrack_gc_interval=self.conntrack_gc_interval,
         )
 

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from egressgw.config import NodePortRange
+from egressgw.datapath.model.natmap import FLOW_CPU_KINDS, NAT_LRU_KINDS
 from egressgw.datapath.model.ports import CILIUM_VERSIONS, Clamp, PortSearch, port_search
 from egressgw.errors import ConfigError
 
@@ -43,6 +44,15 @@ class ModelConfig:
     ct_timeout_fin: float = 10.0
     ct_timeout_any: float = 60.0
     conntrack_gc_interval: float | None = None
+    # The NAT map's LRU (natmap.py): "exact", or "kernel" for BPF_MAP_TYPE_LRU_HASH as the
+    # kernel implements it, which depends on the CPUs the datapath runs on: the number of
+    # possible CPUs, and how packets map to CPUs ("hash": each direction of a flow on a CPU
+    # chosen by a hash of its tuple, as receive-side scaling does; "one": all on CPU 0).
+    nat_lru: str = "exact"
+    possible_cpus: int = 8
+    flow_cpus: str = "hash"
+    # Cilium 1.18's --bpf-distributed-lru: BPF_F_NO_COMMON_LRU, one LRU per CPU.
+    bpf_distributed_lru: bool = False
     # Not a Cilium flag: nat_fill_up signals that arrive within this many seconds of the
     # last signal-triggered GC pass are coalesced into it, standing for the time a GC pass
     # takes while the agent does not listen for further signals.
@@ -54,6 +64,24 @@ class ModelConfig:
                 f"{self.cilium_version!r}: expected one of {', '.join(CILIUM_VERSIONS)}",
                 field="--cilium-version",
             )
+        if self.nat_lru not in NAT_LRU_KINDS:
+            raise ConfigError(
+                f"{self.nat_lru!r}: expected one of {', '.join(NAT_LRU_KINDS)}", field="--nat-lru"
+            )
+        if self.flow_cpus not in FLOW_CPU_KINDS:
+            raise ConfigError(
+                f"{self.flow_cpus!r}: expected one of {', '.join(FLOW_CPU_KINDS)}",
+                field="--flow-cpus",
+            )
+        if not 1 <= self.possible_cpus <= 8192:
+            raise ConfigError(f"{self.possible_cpus}: must be between 1 and 8192",
+                              field="--possible-cpus")
+        if self.bpf_distributed_lru and self.nat_lru != "kernel":
+            raise ConfigError("needs --nat-lru kernel (the exact LRU has no per-CPU form)",
+                              field="--bpf-distributed-lru")
+        if self.bpf_distributed_lru and self.cilium_version in ("1.16", "1.17"):
+            raise ConfigError(f"Cilium {self.cilium_version} has no such flag (1.18 added it)",
+                              field="--bpf-distributed-lru")
         if self.node_port_range.max > 65533:
             raise ConfigError(
                 f"{self.node_port_range}: the NAT range above it needs at least 2 ports "

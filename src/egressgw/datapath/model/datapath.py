@@ -44,7 +44,8 @@ class ModelDatapath:
     ``rng`` is the only source of randomness: each 16-bit value is drawn with
     ``rng.getrandbits(16)`` where nat.h calls ``get_prandom_u32``, so equal seeds give
     equal ports. ``engine="reference"`` runs the plain-Python reference implementation
-    (slow, readable); the default compiled kernel behaves identically.
+    (slow, readable); the default compiled kernel behaves identically. The compiled
+    kernel keeps an exact LRU only: with ``nat_lru="kernel"`` the reference engine runs.
     """
 
     def __init__(
@@ -53,7 +54,7 @@ class ModelDatapath:
         self.config = config
         self.addresses = AddressTable()
         self._engine: Engine
-        if engine == "reference":
+        if engine == "reference" or config.nat_lru != "exact":
             self._engine = ReferenceModel(config, rng)
         elif engine == "compiled":
             self._engine = CompiledModel(config, rng)

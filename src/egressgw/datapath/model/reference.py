@@ -13,7 +13,6 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +24,7 @@ from egressgw.datapath.model.config import (
     GC_START_INTERVAL,
     ModelConfig,
 )
+from egressgw.datapath.model.natmap import ExactLru, KernelLru, NatTable, flow_cpu
 from egressgw.datapath.model.ports import keep, next_port
 from egressgw.datapath.model.types import ConnectionBatch, DropReason, EndKind, ModelCounters
 
@@ -96,10 +96,7 @@ class ReferenceModel:
         self.rng = rng
         self.now = 0.0
         self.conns: dict[ConnKey, CtEntry] = {}
-        self.nat: tuple[OrderedDict[NatKey, NatValue], OrderedDict[NatKey, NatValue]] = (
-            OrderedDict(),
-            OrderedDict(),
-        )
+        self.nat = (self._nat_table(), self._nat_table())  # per family
         self.counters = ModelCounters(tries=np.zeros(config.retries + 1, np.int64))
         self.gc_interval = config.conntrack_gc_interval or GC_START_INTERVAL
         self.next_gc = self.gc_interval
@@ -142,41 +139,51 @@ class ReferenceModel:
 
     # -- the NAT map (LRU) --------------------------------------------------------------
 
-    def _lookup(self, family: int, key: NatKey) -> NatValue | None:
-        table = self.nat[family]
-        value = table.get(key)
-        if value is not None:
-            table.move_to_end(key)  # a BPF lookup marks the entry as recently used
-        return value
+    def _nat_table(self) -> NatTable[NatKey, NatValue]:
+        """One family's NAT map, of the LRU kind ``config.nat_lru`` names (natmap.py)."""
+        config = self.config
+        if config.nat_lru == "kernel":
+            return KernelLru(config.bpf_nat_global_max, config.possible_cpus,
+                             per_cpu=config.bpf_distributed_lru, on_evict=self._evicted)
+        return ExactLru(config.bpf_nat_global_max, self._evicted)
 
-    def _insert(self, family: int, key: NatKey, value: NatValue) -> None:
-        table = self.nat[family]
-        if len(table) >= self.config.bpf_nat_global_max:
-            victim, _ = table.popitem(last=False)
-            if victim[0] == OUT:
-                self.counters.evictions_out += 1
-            else:
-                self.counters.evictions_in += 1
-        table[key] = value
+    def _evicted(self, key: NatKey, _value: NatValue) -> None:
+        if key[0] == OUT:
+            self.counters.evictions_out += 1
+        else:
+            self.counters.evictions_in += 1
+
+    def _cpu(self, key: ConnKey, reply: bool) -> int:
+        """The CPU a packet of connection ``key`` (or its reply) is processed on."""
+        if self.config.flow_cpus == "one":
+            return 0
+        return flow_cpu(key, reply, self.config.possible_cpus)
+
+    def _lookup(self, family: int, key: NatKey, cpu: int) -> NatValue | None:
+        """A BPF lookup: marks the entry as used (LRU recency, or the reference bit)."""
+        return self.nat[family].lookup(key, cpu)
 
     def _allocate(self, key: ConnKey, egress: int) -> tuple[int | None, int]:
         """snat_v4_new_mapping: the bounded port search; (port or None, retries)."""
         config = self.config
         start, end = config.port_min, config.port_max
         family = int(is_v6(key[0]))
+        cpu = self._cpu(key, False)
         kind = config.clamp  # ports.py: the version's __snat_clamp_port_range
         port = keep(start, end, key[1], self._random16, kind)
         retries = 0
         found = False
         while retries < config.retries:
             reverse = in_key(key, egress, port)
-            # nat.h inserts the IN entry with BPF_NOEXIST: a failed insert only checks that
-            # the key exists and does not refresh that entry's LRU recency.
-            if reverse not in self.nat[family]:
-                created = float(math.floor(self.now))  # whole seconds, as Cilium keeps it
-                self._insert(family, reverse, NatValue(key, key[0], key[1], created))
-                self._insert(family, out_key(key), NatValue(key, egress, port, created))
-                found = True
+            # nat.h __snat_create: the IN entry with BPF_NOEXIST. A failed insert does not
+            # refresh the entry it found (and, in the kernel's LRU, may evict others).
+            created = float(math.floor(self.now))  # whole seconds, as Cilium keeps it
+            table = self.nat[family]
+            if table.create(reverse, NatValue(key, key[0], key[1], created), cpu):
+                if table.create(out_key(key), NatValue(key, egress, port, created), cpu):
+                    found = True
+                else:  # nat.h rolls the IN entry back and drops
+                    table.delete(reverse)
                 break
             port = next_port(start, end, port, retries, self._random16, kind=kind)
             retries += 1
@@ -204,7 +211,7 @@ class ReferenceModel:
     def _forward(self, key: ConnKey, egress: int, closing: bool) -> tuple[int, int, bool, int]:
         """A packet from the pod: (port or -1, drop code or 0, broken, retries)."""
         family = int(is_v6(key[0]))
-        out = self._lookup(family, out_key(key))
+        out = self._lookup(family, out_key(key), self._cpu(key, False))
         ct = self._track_forward(key, egress, closing)
         if out is not None:
             return out.port, 0, False, 0
@@ -229,7 +236,8 @@ class ReferenceModel:
         if ct is None or ct.port == 0:
             self.counters.reply_drops += 1
             return -1, int(DropReason.NAT_NO_MAPPING)
-        entry = self._lookup(int(is_v6(key[0])), in_key(key, ct.egress, ct.port))
+        entry = self._lookup(int(is_v6(key[0])), in_key(key, ct.egress, ct.port),
+                             self._cpu(key, True))
         if entry is None:
             self.counters.reply_drops += 1
             return -1, int(DropReason.NAT_NO_MAPPING)
@@ -272,9 +280,9 @@ class ReferenceModel:
         """Delete a CT entry with its OUT entry and the IN entry that OUT entry names."""
         del self.conns[key]
         table = self.nat[int(is_v6(key[0]))]
-        out = table.pop(out_key(key), None)
+        out = table.delete(out_key(key))
         if out is not None:  # nat DeleteMapping: whoever owns that IN entry now
-            table.pop(in_key(key, out.egress, out.port), None)
+            table.delete(in_key(key, out.egress, out.port))
 
     def gc(self) -> None:
         """One CT GC pass at ``now``: expire CT entries, their NAT mappings, then orphans."""
@@ -287,7 +295,7 @@ class ReferenceModel:
             self.ct_delete(key)
         for table in self.nat:
             for nat_key in [k for k, v in table.items() if v.owner not in self.conns]:
-                del table[nat_key]
+                table.delete(nat_key)
         ratio = deleted / (deleted + alive) if deleted + alive else 0.0
         if self.config.conntrack_gc_interval is None:
             self.gc_interval = next_gc_interval(self.gc_interval, ratio)
@@ -374,7 +382,7 @@ class ReferenceModel:
     # -- views --------------------------------------------------------------------------
 
     def nat_rows(self) -> list[NatRow]:
-        """Every NAT entry, per family in LRU order (least recently used first)."""
+        """Every NAT entry, per family; an exact LRU's in LRU order (least recent first)."""
         rows: list[NatRow] = []
         for family, table in enumerate(self.nat):
             for key, value in table.items():
@@ -390,7 +398,7 @@ class ReferenceModel:
         """IN entries per (family, proto, egress id, remote id, remote port): nat-stats."""
         counts: dict[tuple[int, int, int, int, int], int] = {}
         for family, table in enumerate(self.nat):
-            for key in table:
+            for key, _value in table.items():
                 if key[0] != IN or key[5] not in COUNTED_PROTOS[family]:
                     continue
                 _dir, dst, dport, egress, _port, proto = key

@@ -1,0 +1,1 @@
+"""Real BPF objects through the bpf(2) system call."""
