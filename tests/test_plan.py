@@ -306,3 +306,18 @@ def test_plan_from_a_cilium_dump_and_not_from_a_linux_one(capsys):
         main(["plan", "--stats", str(examples / "gateway-conntrack-L.txt"), "--hold", "1m"])
     assert exit_info.value.code == 2
     assert "netfilter" in capsys.readouterr().err
+
+
+def test_plan_says_what_it_simulates_with_progress(tmp_path, capsys):
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(DOC))
+    args = ["plan", str(path), "--duration", "5m", "--node-port-range", str(RANGE),
+            "--conntrack-gc-interval", "10s"]
+    main([*args, "--progress"])
+    err = capsys.readouterr().err
+    steps = [line for line in err.splitlines() if line.startswith("plan: ")]
+    assert steps == ["plan: estimating...", "plan: simulating 2 egress IPs...",
+                     "plan: simulating 1 egress IP..."]
+    # Not a terminal and no --progress: nothing on stderr.
+    main(args)
+    assert capsys.readouterr().err == ""
