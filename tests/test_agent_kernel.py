@@ -19,6 +19,7 @@ import pytest
 
 from agent_support import AgentProcess, get_json, poll_until, sample_value, scrape
 from egressgw.datapath.kernel.netns import call_in
+from egressgw.datapath.kernel.ruleset import without_tracking_state
 from egressgw.lab import Lab
 from netns import lab, run_in  # noqa: F401  (module fixture)
 
@@ -96,7 +97,7 @@ def in_gateway(lab: Lab, fn: Callable[[], T]) -> T:  # noqa: F811
 def ruleset(lab: Lab) -> str:  # noqa: F811
     """The agent's nft table, without the packet counters (they move with traffic)."""
     text = run_in(lab.topology.gateway_ns, ["nft", "list", "table", "inet", "egressgw"]).stdout
-    return re.sub(r"counter packets \d+ bytes \d+", "counter", text)
+    return re.sub(r"counter packets \d+ bytes \d+", "counter", without_tracking_state(text))
 
 
 @pytest.fixture
@@ -139,7 +140,8 @@ def test_exhaustion_shows_in_nat_stats_and_metrics(lab: Lab, tmp_path: Path) -> 
         with lab.start_load(f"{SERVER4}:443", 64, parallel=1, timeout=2) as held:
             assert held.result.succeeded == 64
             assert held.result.seen_as == {egress: 64}
-            extra = lab.load(f"{SERVER4}:443", 3, parallel=3, timeout=1)
+            # 2 s: each client retransmits its SYN once (at 1 s): 3 failed attempts.
+            extra = lab.load(f"{SERVER4}:443", 3, parallel=3, timeout=2)
             assert extra.succeeded == 0
 
             def top_count() -> dict[str, object] | None:
@@ -153,10 +155,14 @@ def test_exhaustion_shows_in_nat_stats_and_metrics(lab: Lab, tmp_path: Path) -> 
             def failures_seen() -> dict[str, list[tuple[dict[str, str], float]]] | None:
                 samples = in_gateway(lab, lambda: scrape(agent.url))
                 failed = sample_value(samples, "egressgw_nat_allocation_failures_total",
-                                      reason="insert_failed")
+                                      reason="no free NAT port")
                 return samples if failed is not None and failed >= 3 else None
 
             samples = poll_until(failures_seen, what="allocation failures in /metrics")
+            assert sample_value(samples, "egressgw_nat_allocation_failures_total",
+                                reason="no free NAT port") == 3
+            assert sample_value(samples, "egressgw_drop_count_total",
+                                reason="conntrack insert_failed") >= 6
             assert sample_value(samples, "egressgw_nat_endpoint_max_connection",
                                 family="ipv4") == 1.0
             assert sample_value(samples, "egressgw_nat_endpoint_connections", family="ipv4",

@@ -217,7 +217,9 @@ def test_prometheus_sees_the_fleet_by_node_and_tuple() -> None:
             lab_b.start_load(f"{SERVER4}:443", HELD_B, parallel=1, timeout=2))
         assert held_a.result.succeeded == HELD_A and held_b.result.succeeded == HELD_B
         # Gateway A is full: more connections fail there (allocation failures on node A).
-        assert lab_a.load(f"{SERVER4}:443", 3, parallel=3, timeout=1).succeeded == 0
+        # 2 s: each client retransmits its SYN once, which is how the kernel datapath
+        # sees a failed attempt (docs/kernel-datapath.md, "Counting failures").
+        assert lab_a.load(f"{SERVER4}:443", 3, parallel=3, timeout=2).succeeded == 0
 
         def worst_per_node() -> dict[str, tuple[dict[str, str], float]] | None:
             found = series(api, "node:egressgw_nat_endpoint_saturation:max")

@@ -51,7 +51,7 @@ def endpoint(egress: str, remote: str, port: int, proto: Proto = Proto.TCP) -> N
 def test_64_ports_give_64_connections_then_failures(lab: Lab, datapath: KernelDatapath):  # noqa: F811
     egress = lab.topology.egress4[0]
     datapath.apply(lab_rules(lab.topology, [egress]))
-    before = datapath.allocation_failures()
+    before = datapath.conntrack_stats()
     with lab.start_load(f"{SERVER4}:443", 64, parallel=1, timeout=2) as held:
         assert held.result.succeeded == 64
         assert held.result.seen_as == {egress: 64}
@@ -61,7 +61,7 @@ def test_64_ports_give_64_connections_then_failures(lab: Lab, datapath: KernelDa
 
         counts = datapath.endpoint_counts()
         assert counts[endpoint(egress, SERVER4, 443)] == 64
-        after = datapath.allocation_failures()
+        after = datapath.conntrack_stats()
         assert after["insert_failed"] - before["insert_failed"] >= 3
         assert after["drop"] - before["drop"] >= 3
         stats = compute_nat_stats(counts, divisor=PORTS_64.nat_ports)
@@ -196,3 +196,29 @@ def test_reapplying_or_moving_the_egress_ip_keeps_open_connections(
     finally:
         client.kill()
         client.wait()
+
+
+@pytest.mark.parametrize("extra", [1, 5])
+def test_failures_count_attempts_once_and_dropped_packets_apart(
+    lab: Lab, datapath: KernelDatapath, extra: int  # noqa: F811
+) -> None:
+    """N connections beyond the limit are N failed attempts, however often each client
+    retransmits its SYN (at 1 s and 3 s within a 3.5 s timeout); every retransmission is a
+    dropped packet."""
+    egress = lab.topology.egress4[0]
+    datapath.apply(lab_rules(lab.topology, [egress]))
+    failed_before = datapath.allocation_failures()
+    drops_before = datapath.drop_counts()
+    with lab.start_load(f"{SERVER4}:443", 64, parallel=1, timeout=2) as held:
+        assert held.result.succeeded == 64
+        refused = lab.load(f"{SERVER4}:443", extra, parallel=extra, timeout=3.5)
+        assert refused.succeeded == 0
+        failed = datapath.allocation_failures()
+        drops = datapath.drop_counts()
+    (reason,) = failed
+    assert failed[reason] - failed_before.get(reason, 0) == extra
+    dropped = drops["conntrack insert_failed"] - drops_before["conntrack insert_failed"]
+    print(f"{extra} refused connections: {failed[reason]} failed attempts, {dropped} "
+          "dropped packets")
+    assert dropped >= 2 * extra  # the SYN and at least one retransmission each
+    assert drops["conntrack drop (other)"] == drops_before["conntrack drop (other)"]

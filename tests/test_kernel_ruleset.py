@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -38,61 +39,8 @@ GOLDEN_RULES = [
     masq("2001:db8:1::10", "2001:db8:100::/64", "2001:db8:203::10"),
 ]
 
-GOLDEN = """\
-add table inet egressgw
-delete table inet egressgw
-table inet egressgw {
-\tcomment "egress gateway SNAT; replaced as a whole by egressgw"
-\tmap snat4 {
-\t\ttype ipv4_addr . ipv4_addr : verdict
-\t\tflags interval
-\t\telements = {
-\t\t\t192.0.2.10 . 198.51.100.0/25 : goto snat4_203_0_113_10,
-\t\t\t192.0.2.11 . 198.51.100.0/24 : goto snat4_203_0_113_11,
-\t\t}
-\t}
-\tmap snat6 {
-\t\ttype ipv6_addr . ipv6_addr : verdict
-\t\tflags interval
-\t\telements = {
-\t\t\t2001:db8:1::10 . 2001:db8:100::/64 : goto snat6_2001_db8_203__10,
-\t\t}
-\t}
-\tset nogw4 {
-\t\ttype ipv4_addr . ipv4_addr
-\t\tflags interval
-\t\telements = {
-\t\t\t192.0.2.12 . 198.51.100.0/24,
-\t\t}
-\t}
-\tset nogw6 {
-\t\ttype ipv6_addr . ipv6_addr
-\t\tflags interval
-\t}
-\tchain snat4_203_0_113_10 {
-\t\tmeta l4proto { tcp, udp } snat ip to 203.0.113.10:32768-65535
-\t\tsnat ip to 203.0.113.10
-\t}
-\tchain snat4_203_0_113_11 {
-\t\tmeta l4proto { tcp, udp } snat ip to 203.0.113.11:32768-65535
-\t\tsnat ip to 203.0.113.11
-\t}
-\tchain snat6_2001_db8_203__10 {
-\t\tmeta l4proto { tcp, udp } snat ip6 to [2001:db8:203::10]:32768-65535
-\t\tsnat ip6 to 2001:db8:203::10
-\t}
-\tchain postrouting {
-\t\ttype nat hook postrouting priority srcnat; policy accept;
-\t\tip saddr . ip daddr vmap @snat4
-\t\tip6 saddr . ip6 daddr vmap @snat6
-\t}
-\tchain forward {
-\t\ttype filter hook forward priority filter; policy accept;
-\t\tip saddr . ip daddr @nogw4 counter drop comment "no egress gateway found"
-\t\tip6 saddr . ip6 daddr @nogw6 counter drop comment "no egress gateway found"
-\t}
-}
-"""
+# The rendered table, also shown in docs/kernel-datapath.md.
+GOLDEN = (Path(__file__).parent / "golden" / "ruleset.nft").read_text()
 
 
 def test_golden_ruleset() -> None:

@@ -140,7 +140,11 @@ def test_cli_up_apply_load_nat_stats_down() -> None:
         stats = egressgw("lab", "nat-stats", "--name", name, "--node-port-range", "30000,65471")
         assert stats.returncode == 0, stats.stderr
         assert "ipv4         TCP     203.0.113.10   198.51.100.10:443   64" in stats.stdout
-        assert "saturation ipv4: 100.00% (64/64)" in stats.stdout
+        # The 64 connections were closed: their TIME_WAIT entries are listed and counted,
+        # but the kernel takes their ports over, so none blocks.
+        assert ("saturation ipv4: 0.00% (0/64; top tuple 64 entries, 64 of them the kernel "
+                "can take over)") in stats.stdout
+        assert "dropped packets: conntrack insert_failed 2," in stats.stdout
         status = egressgw("lab", "status", "--name", name, "-o", "json")
         assert json.loads(status.stdout)["pods"][2].startswith(str(POD_NET6.network_address)[:-1])
         bad = egressgw("lab", "load", "--name", name, "--to", "8.8.8.8:53")

@@ -115,3 +115,70 @@ def test_nat_stats_and_forecast_agree_on_one_conntrack_table(
         forecast = json.loads(out)
         assert forecast["limit"] == stats["divisor"] == 64512
         assert forecast["portLimit"] == stats["limit"]
+
+
+def test_plan_widens_the_range_by_the_datapath_limit() -> None:
+    from egressgw.sim.plan import suggest_node_port_range  # noqa: PLC0415
+
+    # The range only widens (64 ports fit already: nothing to suggest), by each limit.
+    assert suggest_node_port_range(64)[0] is None
+    assert suggest_node_port_range(64, datapath="netfilter")[0] is None
+    cilium, _ = suggest_node_port_range(40000)
+    netfilter, _ = suggest_node_port_range(40000, datapath="netfilter")
+    assert cilium is not None and netfilter is not None
+    assert 65535 - (cilium.max + 1) == 40000  # Cilium's divisor
+    assert len(range(netfilter.max + 1, 65535 + 1)) == 40000  # the nft rule's ports
+
+
+TAKEOVER_DUMP = """\
+tcp      6 431998 ESTABLISHED src=192.0.2.2 dst=198.51.100.2 sport=42322 dport=8080 \
+src=198.51.100.2 dst=198.51.100.1 sport=8080 dport=42322 [ASSURED] mark=0 use=1
+tcp      6 118 TIME_WAIT src=192.0.2.2 dst=198.51.100.2 sport=42323 dport=8080 \
+src=198.51.100.2 dst=198.51.100.1 sport=8080 dport=42323 [ASSURED] mark=0 use=1
+tcp      6 8 CLOSE src=192.0.2.2 dst=198.51.100.2 sport=42324 dport=8080 \
+src=198.51.100.2 dst=198.51.100.1 sport=8080 dport=42324 [ASSURED] mark=0 use=1
+tcp      6 100 FIN_WAIT src=192.0.2.2 dst=198.51.100.2 sport=42325 dport=8080 \
+src=198.51.100.2 dst=198.51.100.1 sport=8080 dport=42325 [ASSURED] mark=0 use=1
+udp      17 29 src=192.0.2.2 dst=198.51.100.2 sport=36202 dport=8080 \
+src=198.51.100.2 dst=198.51.100.1 sport=8080 dport=36202 mark=0 use=1
+"""
+
+
+@pytest.mark.parametrize("prefix", ["", "ipv4     2 "])
+def test_conntrack_dumps_count_time_wait_and_close_apart(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, prefix: str
+) -> None:
+    """4 TCP entries of which TIME_WAIT and CLOSE can be taken over: 2 of 4 ports block."""
+    dump = tmp_path / "conntrack.txt"
+    dump.write_text("".join(prefix + line + "\n" for line in TAKEOVER_DUMP.splitlines()))
+    code, out, _err = run(capsys, "nat-stats", "--from", str(dump), "-o", "json",
+                          "--nat-port-range", "1-4")
+    assert code == 0
+    doc = json.loads(out)
+    tcp = next(row for row in doc["rows"] if row["proto"] == "TCP")
+    udp = next(row for row in doc["rows"] if row["proto"] == "UDP")
+    assert (tcp["count"], tcp["reusable"], tcp["blocking"]) == (4, 2, 2)
+    assert (udp["count"], udp["reusable"]) == (1, 0)
+    assert doc["topBlocking"]["ipv4"] == 2 and doc["saturation"]["ipv4"] == 2 / 4
+    code, _out, err = run(capsys, "nat-stats", "--from", str(dump), "--nat-port-range", "1-4")
+    assert ("saturation ipv4: 50.00% (2/4; top tuple 4 entries, 2 of them the kernel can "
+            "take over)") in err
+
+
+def test_forecast_counts_what_blocks_like_nat_stats(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The same conntrack table: forecast's share of the limit is nat-stats' saturation."""
+    dump = tmp_path / "conntrack.txt"
+    dump.write_text(TAKEOVER_DUMP)
+    code, out, _err = run(capsys, "nat-stats", "--from", str(dump), "-o", "json",
+                          "--nat-port-range", "1-4")
+    stats = json.loads(out)
+    document = tmp_path / "stats.json"
+    document.write_text(out)
+    for snapshot in (dump, document):
+        code, out, _err = run(capsys, "forecast", f"{snapshot}@0", f"{snapshot}@60",
+                              "--nat-port-range", "1-4", "-o", "json")
+        assert code == 0, out
+        tcp = next(t for t in json.loads(out)["tuples"] if t["proto"] == "TCP")
+        assert tcp["count"] / 4 == stats["saturation"]["ipv4"] == 0.5

@@ -36,6 +36,14 @@ DATAPATH_KINDS: tuple[DatapathKind, ...] = ("cilium", "netfilter")
 NAT_PORT_RANGE_FLAG = "--nat-port-range"
 NODE_PORT_RANGE_FLAG = "--node-port-range"
 
+# TCP conntrack states (enum tcp_conntrack) whose port nf_nat takes over for a new
+# connection when its port search gets hard: nf_nat_used_tuple_harder lets
+# nf_nat_may_kill end a source-NATed entry from TCP_CONNTRACK_TIME_WAIT on. Measured on
+# this kernel (tests/test_takeover_kernel.py): TIME_WAIT, CLOSE and SYN_SENT2 entries are
+# taken over; SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSE_WAIT, LAST_ACK and UDP
+# entries never are. Such entries still count in Cilium's columns, but do not block.
+TAKEOVER_TCP_STATES: dict[int, str] = {7: "TIME_WAIT", 8: "CLOSE", 9: "SYN_SENT2"}
+
 # Linux's nf_nat_l4proto_unique_tuple without a port range in the rule (a plain
 # `masquerade` or `snat to IP`): ports 1024-65535 for a source port of 1024 or more.
 LINUX_DEFAULT_MIN = 1024
@@ -247,6 +255,7 @@ def limit_from_document(doc: object) -> PortLimit | None:
 __all__ = [
     "DATAPATH_KINDS",
     "LINUX_MASQUERADE_RANGE",
+    "TAKEOVER_TCP_STATES",
     "DatapathKind",
     "NatPortRange",
     "PortLimit",

@@ -36,7 +36,8 @@ def nat_stats_document(
 def saturation_lines(doc: Mapping[str, Any]) -> str:
     """``saturation ipv4: 100.00% (64/64)`` per family and the limit, as nat-stats prints."""
     lines = []
-    top = doc.get("topCount") or {}
+    # Linux: the entries that block a port (TIME_WAIT/CLOSE can be taken over).
+    top = doc.get("topBlocking") or doc.get("topCount") or {}
     for family, ratio in (doc.get("saturation") or {}).items():
         lines.append(f"saturation {family}: {float(ratio):.2%} "
                      f"({top.get(family, 0)}/{doc.get('divisor')})\n")

@@ -65,13 +65,22 @@ class AgentCollector(Collector):
             "egressgw_nat_endpoint_max_connection",
             "Connections of the busiest {egress IP, remote endpoint} tuple divided by the "
             "NAT source ports available to it, ratio 0..1, per family (as Cilium's "
-            "nat_endpoint_max_connection; absent for a family without rows).",
+            "nat_endpoint_max_connection; absent for a family without rows). On Linux only "
+            "entries that block a port count (not TIME_WAIT/CLOSE, which the kernel takes "
+            "over).",
             labels=["family"],
         )
         top = GaugeMetricFamily(
             "egressgw_nat_endpoint_connections",
             "Connections holding a NAT source port, for each tuple in the current top K "
             "of its family (the rows of egressgw statedb nat-stats).",
+            labels=["family", "proto", "egress_ip", "remote_addr"],
+        )
+        reusable = GaugeMetricFamily(
+            "egressgw_nat_endpoint_reusable_connections",
+            "Of egressgw_nat_endpoint_connections, entries whose port a new connection can "
+            "take over (Linux: TCP in TIME_WAIT, CLOSE or SYN_SENT2); they do not count in "
+            "the saturation ratio. Only for datapaths that report it (kernel).",
             labels=["family", "proto", "egress_ip", "remote_addr"],
         )
         entries = GaugeMetricFamily(
@@ -97,31 +106,36 @@ class AgentCollector(Collector):
                 if any(row.family == family for row in stats.rows):
                     saturation.add_metric([family.value], ratio)
             for row in stats.rows:
-                top.add_metric(
-                    [row.family.value, row.proto.label, str(row.egress_ip),
-                     format_addr(row.remote_ip, row.remote_port)],
-                    float(row.count),
-                )
+                labels = [row.family.value, row.proto.label, str(row.egress_ip),
+                          format_addr(row.remote_ip, row.remote_port)]
+                top.add_metric(labels, float(row.count))
+                if stats.takeover_known:
+                    reusable.add_metric(labels, float(row.reusable))
             for family, n in sorted(counts.entries.items()):
                 entries.add_metric([family.value], float(n))
             capacity.add_metric([], float(stats.divisor))
             duration.add_metric([], counts.duration)
             last.add_metric([], counts.taken_at)
-        yield from (saturation, top, entries, capacity, duration, last)
+        yield from (saturation, top, reusable, entries, capacity, duration, last)
 
     def _failures(self) -> Iterator[Metric]:
         failures = self._state.failures
         allocation = CounterMetricFamily(
             "egressgw_nat_allocation_failures",
-            "New connections dropped because no NAT source port could be allocated, since "
-            "the agent started (kernel: conntrack insert_failed/drop; model: Cilium drops).",
+            "Failed connection attempts: connections whose first packet found no NAT source "
+            "port, each tuple counted once however often the client retransmits, since the "
+            "agent started (kernel: tuples refused and retried, from the nft table's failed "
+            "counters; model: Cilium's refused connections). Packets are in "
+            "egressgw_drop_count_total.",
             labels=["reason"],
         )
         for reason, n in sorted(failures.allocation_failures.items()):
             allocation.add_metric([reason], float(n))
         drops = CounterMetricFamily(
             "egressgw_drop_count",
-            "Packets the datapath dropped, by reason, since the agent started.",
+            "Packets the datapath dropped, by reason, since the agent started; each packet "
+            "once, retransmissions included (kernel: conntrack insert_failed, and the rest "
+            "of conntrack drop).",
             labels=["reason", "direction"],
         )
         for reason, n in sorted(failures.drops.items()):

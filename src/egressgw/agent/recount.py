@@ -7,9 +7,9 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
-from egressgw.datapath.base import Datapath
+from egressgw.datapath.base import Datapath, ReportsTakeover
 from egressgw.limits import PortLimit
-from egressgw.net import Family
+from egressgw.net import Family, NatEndpoint
 from egressgw.stats import compute_nat_stats
 
 from .counters import CounterDeltas
@@ -26,8 +26,8 @@ class CountsDrops(Protocol):
 
 
 def drop_counts(datapath: Datapath) -> Mapping[str, int]:
-    """Drops by reason: all of them where the datapath counts them, else its allocation
-    failures (the kernel's conntrack drops are the gateway's only drop counters)."""
+    """Packets dropped by reason: where the datapath counts them (kernel: conntrack,
+    model: Cilium's reasons), else its allocation failures."""
     if isinstance(datapath, CountsDrops):
         return datapath.drop_counts()
     return datapath.allocation_failures()
@@ -58,8 +58,13 @@ class Recounter:
     def count(self) -> CountSnapshot:
         """Walk the NAT table once, compute the top K per family, and publish it."""
         started = self._clock()
-        counts = self._datapath.endpoint_counts()
-        stats = compute_nat_stats(counts, entries=self._entries, limit=self._limit)
+        reusable: Mapping[NatEndpoint, int] | None = None
+        if isinstance(self._datapath, ReportsTakeover):
+            counts, reusable = self._datapath.endpoint_usage()
+        else:
+            counts = self._datapath.endpoint_counts()
+        stats = compute_nat_stats(counts, entries=self._entries, limit=self._limit,
+                                  reusable=reusable)
         entries: Counter[Family] = Counter()
         for endpoint, n in counts.items():
             entries[endpoint.family] += n

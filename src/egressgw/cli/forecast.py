@@ -146,6 +146,9 @@ Examples:
                         "egressgw's rule, MAX+1-65535. Default: what the snapshots say.")
 @nat_port_range_option("Linux gateways: the SNAT rule's ports, the limit (default for "
                        "conntrack dumps: 1024-65535, Linux's masquerade range).")
+@click.option("--datapath-model", type=click.Choice(["cilium", "netfilter"]), default=None,
+              help="Whose limit: cilium (Cilium's divisor) or netfilter (a Linux gateway's "
+                   "SNAT range). Default: what the snapshots say (a conntrack dump: netfilter).")
 @click.option("--threshold", type=float, default=1.0, show_default=True,
               help="The last column: time until this share of the limit (e.g. 0.8).")
 @click.option("--refusal-rate", type=float, default=0.001, show_default=True,
@@ -171,6 +174,7 @@ def forecast_command(
     at: tuple[str, ...],
     node_port_range: NodePortRange,
     nat_port_range: NatPortRange | None,
+    datapath_model: str | None,
     threshold: float,
     refusal_rate: float,
     curve: str,
@@ -221,7 +225,7 @@ def forecast_command(
     # says (a document's limit, a dump's datapath), else Cilium's divisor.
     port_limit = resolve_limit(
         documented=loaded[-1].limit,
-        datapath=loaded[-1].datapath,
+        datapath=datapath_model or loaded[-1].datapath,
         node_port_range=node_port_range if given(click.get_current_context(),
                                                  "node_port_range") else None,
         nat_port_range=nat_port_range,

@@ -169,10 +169,12 @@ def nat_stats(*, name: str, node_port_range: NodePortRange, nat_map_stats_entrie
     """
     found = Lab.find(name)
     datapath = found.datapath(node_port_range)
-    stats = compute_nat_stats(datapath.endpoint_counts(),
-                              entries=nat_map_stats_entries,
+    counts, reusable = datapath.endpoint_usage()
+    stats = compute_nat_stats(counts, entries=nat_map_stats_entries, reusable=reusable,
                               limit=netfilter_rule_limit(node_port_range=node_port_range))
     click.echo(render_table(stats.rows), nl=False)
     click.echo(render_saturation(stats), nl=False)
-    failures = datapath.allocation_failures()
-    click.echo("conntrack: " + ", ".join(f"{k} {v}" for k, v in failures.items()))
+    failed = sum(datapath.allocation_failures().values())
+    drops = datapath.drop_counts()
+    click.echo(f"failed connection attempts (once per tuple, seen when retried): {failed}")
+    click.echo("dropped packets: " + ", ".join(f"{k} {v}" for k, v in drops.items()))

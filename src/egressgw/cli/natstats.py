@@ -13,6 +13,7 @@ from egressgw.cli.options import (
 )
 from egressgw.config import NodePortRange
 from egressgw.dumps import count_endpoints, count_file, read_source
+from egressgw.dumps.takeover import takeover_counts
 from egressgw.limits import NatPortRange, dump_limit
 from egressgw.render.documents import dump_document
 from egressgw.stats import compute_nat_stats, render_saturation, render_table, stats_document
@@ -82,18 +83,26 @@ def nat_stats(
     json/yaml output with the limit used and where it came from.
     """
     ctx = click.get_current_context()
+    data: bytes | None = None
     if source == "-":
         data, name = read_source(source)
         dump = count_endpoints(data, source=name, fmt=fmt, skip_invalid=skip_invalid)
     else:
         name = source
         dump = count_file(source, fmt=fmt, skip_invalid=skip_invalid)
+    reusable = None
+    if dump.format == "conntrack":
+        # Linux takes over TIME_WAIT/CLOSE ports: count them apart (egressgw.limits).
+        if data is None:
+            data, _name = read_source(source)
+        reusable = takeover_counts(data, source=name)
     limit = dump_limit(
         dump.format,
         node_port_range=node_port_range if given(ctx, "node_port_range") else None,
         nat_port_range=nat_port_range,
     )
-    stats = compute_nat_stats(dump.counts, entries=nat_map_stats_entries, limit=limit)
+    stats = compute_nat_stats(dump.counts, entries=nat_map_stats_entries, limit=limit,
+                              reusable=reusable)
     if dump.skipped:
         click.echo(f"{name}: skipped {dump.skipped} invalid line(s)", err=True)
     if output == "table":

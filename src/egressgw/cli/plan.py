@@ -89,7 +89,7 @@ def render_plan(plan: Any, divisor: int, limit: Any = None, policies: str | None
     if alternative is not None and alternative.offered:
         npr = alternative.node_port_range
         out.append("\nAlternative: keep the workload's egress IPs and widen the NAT port range\n")
-        out.append(f"  --node-port-range {npr} leaves {npr.cilium_saturation_divisor} NAT ports "
+        out.append(f"  --node-port-range {npr} leaves {plan.node_port_ports} NAT ports "
                    "per tuple.\n")
         out.append(_check_line(alternative.check, plan.target, plan.max_drop_rate))
         out.append(NODE_PORT_WARNING)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from egressgw.net import NatEndpoint
 from egressgw.rules import EgressRule
@@ -26,3 +26,15 @@ class Datapath(Protocol):
 
     def cleanup(self) -> None:
         """Remove everything this datapath installed."""
+
+
+@runtime_checkable
+class ReportsTakeover(Protocol):
+    """A datapath that can say which entries' ports a new connection may take over.
+
+    Linux's nf_nat takes over ports held by TCP entries in TIME_WAIT, CLOSE or SYN_SENT2
+    (egressgw.limits.TAKEOVER_TCP_STATES); those entries do not block a port.
+    """
+
+    def endpoint_usage(self) -> tuple[Mapping[NatEndpoint, int], Mapping[NatEndpoint, int]]:
+        """(connections per nat-stats key, how many of them can be taken over), one pass."""

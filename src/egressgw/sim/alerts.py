@@ -81,10 +81,12 @@ groups:
         annotations:
           summary: "The egress gateway on {{{{ $labels.instance }}}} refused new connections"
           description: >-
-            {{{{ $value | humanize }}}} new connections through {{{{ $labels.instance }}}} could not
-            get a NAT source port in the last 5 minutes and were dropped. Find the tuple
-            with `egressgw statedb nat-stats` (the largest count) and move its clients to
-            another egress IP.
+            {{{{ $value | humanize }}}} connection attempts (distinct tuples; retransmissions of
+            the same attempt count once) through {{{{ $labels.instance }}}} could not get a NAT
+            source port in the last 5 minutes; their dropped packets, retransmissions
+            included, are in egressgw_drop_count_total. Find the tuple with
+            `egressgw statedb nat-stats` (the largest count) and move its clients to another
+            egress IP.
   - name: egressgw-agent
     rules:
       - alert: EgressgwAgentDown

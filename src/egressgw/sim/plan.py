@@ -26,6 +26,7 @@ import numpy.typing as npt
 from egressgw.config import MAX_PORT, NodePortRange
 from egressgw.datapath.model.config import GC_MAX_INTERVAL, GC_MIN_INTERVAL, GC_START_INTERVAL
 from egressgw.errors import InputError
+from egressgw.limits import datapath_limit
 from egressgw.net import Family, IPAddress, NatEndpoint, Proto
 from egressgw.sim.distributions import Duration, DurationKind, EndKind
 from egressgw.sim.routing import route_workload
@@ -36,8 +37,6 @@ from egressgw.sim.workload import ClientGroup, Workload
 HEADROOM_SIGMAS = 3.0
 _TIME_GRID = 241
 _AGE_GRID = 801
-# The default NodePort range is 2768 ports wide; a suggested range keeps that width.
-_NODE_PORT_WIDTH = 2767
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +84,15 @@ def duration_survival(duration: Duration, x: npt.NDArray[np.float64]) -> npt.NDA
 
 def _timeouts(proto: Proto, settings: SimSettings) -> dict[EndKind, float]:
     config = settings.model_config()
+    if config.datapath_model == "netfilter":
+        # Linux: a closed TCP connection's TIME_WAIT/CLOSE entry does not block its port
+        # (nf_nat takes it over); an idle one holds it for the established timeout; UDP
+        # entries live 30 s after the last packet (egressgw.datapath.model.netfilter).
+        if proto is Proto.TCP:
+            idle = config.nf_tcp_timeout_established
+            return {EndKind.FIN: 0.0, EndKind.RST: 0.0, EndKind.IDLE: idle}
+        udp = config.nf_udp_timeout
+        return {EndKind.FIN: udp, EndKind.RST: udp, EndKind.IDLE: udp}
     idle = config.ct_timeout_tcp if proto is Proto.TCP else config.ct_timeout_any
     close = config.ct_timeout_fin if proto is Proto.TCP else config.ct_timeout_any
     return {EndKind.FIN: close, EndKind.RST: close, EndKind.IDLE: idle}
@@ -96,6 +104,8 @@ def steady_gc_interval(ct_life: float, settings: SimSettings) -> float:
     Each pass deletes the entries that expired since the last one: a share of about
     I / (ct_life + I). Cilium shortens the interval above 25% and lengthens it below 5%.
     """
+    if settings.datapath_model == "netfilter":
+        return 0.0  # conntrack entries are gone for the port search when they expire
     if settings.conntrack_gc_interval is not None:
         return settings.conntrack_gc_interval
     interval = GC_START_INTERVAL
@@ -265,6 +275,8 @@ class Plan:
     node_port_check: Check | None
     alternative: PortRangeAlternative | None = None
     scale: float = 1.0
+    # The ports per tuple ``node_port_range`` leaves, by the datapath's limit.
+    node_port_ports: int = 0
 
     @property
     def confirmed(self) -> Check | None:
@@ -300,19 +312,21 @@ NODE_PORT_FLOOR = 1024
 
 
 def suggest_node_port_range(
-    needed_ports: float, current: NodePortRange | None = None
+    needed_ports: float, current: NodePortRange | None = None, datapath: str = "cilium"
 ) -> tuple[NodePortRange | None, str]:
     """A --node-port-range whose NAT range has ``needed_ports`` ports, and why (not).
 
-    The NodePort range keeps its width and moves down; it is offered only if that widens
-    the NAT range, keeps NodePorts at or above 1024 and off the ports nodes listen on.
+    The ports are the datapath's limit (egressgw.limits): Cilium's divisor
+    65535 - (MAX + 1), or for netfilter every port of egressgw's rule MAX+1..65535. The
+    NodePort range keeps its width and moves down; it is offered only if that widens the
+    NAT range, keeps NodePorts at or above 1024 and off the ports nodes listen on.
     """
     current = current or NodePortRange()
     ports = math.ceil(needed_ports)
-    if ports <= current.cilium_saturation_divisor:
-        return None, (f"not needed: {ports} ports fit in the {current.cilium_saturation_divisor} "
-                      f"of --node-port-range {current}")
-    high = MAX_PORT - 1 - ports  # Cilium's divisor is 65535 - (MAX + 1)
+    have = datapath_limit(datapath, node_port_range=current).ports
+    if ports <= have:
+        return None, f"not needed: {ports} ports fit in the {have} of --node-port-range {current}"
+    high = MAX_PORT - 1 - ports if datapath == "cilium" else MAX_PORT - ports
     low = high - (current.max - current.min)
     if low < NODE_PORT_FLOOR:
         return None, (f"{ports} NAT ports would put NodePorts below {NODE_PORT_FLOOR} "
@@ -417,8 +431,9 @@ def make_plan(
     if confirmed is not None and confirmed.egress_ips <= own_ips:
         alternative = PortRangeAlternative(
             None, "not needed: the workload's own egress IPs meet the targets")
-    elif own and settings.datapath_model == "cilium":
-        npr, reason = suggest_node_port_range(own[0].needed / target, settings.node_port_range)
+    elif own:
+        npr, reason = suggest_node_port_range(own[0].needed / target, settings.node_port_range,
+                                              settings.datapath_model)
         if confirm and npr is not None:
             say(f"simulating --node-port-range {npr}...")
             npr_check = _check(f"--node-port-range {npr}", workload,
@@ -440,4 +455,6 @@ def make_plan(
         node_port_check=npr_check,
         alternative=alternative,
         scale=scale,
+        node_port_ports=(datapath_limit(settings.datapath_model, node_port_range=npr).ports
+                         if npr is not None else 0),
     )

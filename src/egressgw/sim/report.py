@@ -164,6 +164,7 @@ def render_summary(result: SimulationResult) -> str:
         f"Simulated {result.name}: {format_seconds(s.duration)} of virtual time in "
         f"{result.wall_seconds:.1f}s ({totals.attempted} connections, {rate:,.0f}/s)\n",
         f"Gateways: {', '.join(result.gateways)}; egress IPs: {', '.join(result.egress_ips)}\n",
+        f"Datapath model: {s.datapath_model}; limit {s.limit.describe()}\n",
         f"--node-port-range {s.node_port_range} ({s.node_port_range.nat_ports} NAT ports, "
         f"saturation divides by {s.divisor}), --bpf-nat-global-max {s.bpf_nat_global_max}, "
         f"--nat-map-stats-interval {format_seconds(s.stats_interval)}, seed {s.seed}\n\n",

@@ -94,6 +94,8 @@ class SimSettings:
             flow_cpus=self.flow_cpus,
             bpf_distributed_lru=self.bpf_distributed_lru,
             conntrack_gc_interval=self.conntrack_gc_interval,
+            datapath_model=self.datapath_model,
+            nat_port_range=self.nat_port_range,
         )
 
 
@@ -322,10 +324,17 @@ def _stats_pass(
     result: SimulationResult, gateways: Sequence[_Gateway], now: float, settings: SimSettings
 ) -> IntervalRecord:
     counts: dict[NatEndpoint, int] = {}
+    reusable: dict[NatEndpoint, int] | None = None
     for gateway in gateways:
         for endpoint, n in gateway.datapath.endpoint_counts().items():
             counts[endpoint] = counts.get(endpoint, 0) + n
-    stats = compute_nat_stats(counts, entries=settings.stats_entries, limit=settings.limit)
+        taken_over = gateway.datapath.reusable_counts()
+        if taken_over is not None:
+            reusable = reusable if reusable is not None else {}
+            for endpoint, n in taken_over.items():
+                reusable[endpoint] = reusable.get(endpoint, 0) + n
+    stats = compute_nat_stats(counts, entries=settings.stats_entries, limit=settings.limit,
+                              reusable=reusable)
     record = IntervalRecord(now, stats, Totals.of([g.datapath.counters for g in gateways]))
     index = len(result.intervals)
     result.intervals.append(record)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from egressgw.dumps import count_endpoints
+from egressgw.dumps.takeover import takeover_counts
 from egressgw.errors import InputError
 from egressgw.limits import PortLimit, dump_datapath, limit_from_document
 from egressgw.net import Endpoint, Family, NatEndpoint, Proto, parse_ip
@@ -117,7 +118,9 @@ def _row(doc: object, where: str, source: str) -> tuple[NatEndpoint, int]:
             parse_ip(str(_field(doc, "remoteIP", "remote_ip"))),
             int(_field(doc, "remotePort", "remote_port", 0)),
         )
-        return key, int(doc["count"])
+        # Linux rows say which entries block a port (TIME_WAIT/CLOSE do not): the count
+        # that runs out is that one (egressgw.limits).
+        return key, int(doc["blocking"] if "blocking" in doc else doc["count"])
     except KeyError as exc:
         raise InputError(f"missing field {exc.args[0]!r}", source=source, field=where) from None
     except (TypeError, ValueError) as exc:
@@ -142,8 +145,15 @@ def parse_json(doc: Any, *, source: str) -> tuple[dict[NatEndpoint, int], float 
 
 
 def _count_dump(data: bytes, source: str) -> tuple[dict[NatEndpoint, int], str]:
+    """Connections per tuple; for a conntrack dump only those that block a port (the
+    kernel takes TIME_WAIT/CLOSE ports over), as nat-stats' saturation counts them."""
     dump = count_endpoints(data, source=source)
-    return dict(dump.counts), dump_datapath(dump.format)
+    counts = dict(dump.counts)
+    if dump.format == "conntrack":
+        reusable = takeover_counts(data, source=source)
+        counts = {ep: n - reusable.get(ep, 0) for ep, n in counts.items()
+                  if n > reusable.get(ep, 0)}
+    return counts, dump_datapath(dump.format)
 
 
 def load_snapshot(spec: str, *, at: str | None = None) -> Snapshot:

@@ -25,6 +25,14 @@ class NatStatsRow:
     remote_port: int
     count: int
     rank: int
+    # Of ``count``, entries whose port the datapath can take over for a new connection
+    # (Linux: TCP in TIME_WAIT, CLOSE, SYN_SENT2); 0 for Cilium, which never does.
+    reusable: int = 0
+
+    @property
+    def blocking(self) -> int:
+        """Entries that really hold their port: a new connection cannot have it."""
+        return self.count - self.reusable
 
     @property
     def remote_addr(self) -> str:
@@ -43,7 +51,9 @@ class NatStats:
     """The result of one nat-stats pass.
 
     ``rows`` are in display order (IPv4 then IPv6, ascending count within a family).
-    ``saturation`` holds, per family that has rows, the top count divided by ``divisor``.
+    ``saturation`` holds, per family that has rows, the largest count of entries that
+    block a port (``blocking``; all entries unless the datapath reports which it can take
+    over) divided by ``divisor``.
     """
 
     rows: tuple[NatStatsRow, ...]
@@ -51,6 +61,10 @@ class NatStats:
     divisor: int = DEFAULT_DIVISOR
     # Which limit ``divisor`` is and where it came from (egressgw.limits), when known.
     limit: PortLimit | None = None
+    # Per family, the most entries that block a port on one tuple (the saturation's count).
+    blocking: dict[Family, int] = field(default_factory=dict)
+    # Whether the counts said which entries can be taken over (Linux gateways).
+    takeover_known: bool = False
 
     def top(self, family: Family) -> NatStatsRow | None:
         """The rank-1 row of a family, or None when the family has no rows."""
@@ -88,13 +102,17 @@ def compute_nat_stats(
     entries: int = NAT_MAP_STATS_ENTRIES_DEFAULT,
     divisor: int = DEFAULT_DIVISOR,
     limit: PortLimit | None = None,
+    reusable: Mapping[NatEndpoint, int] | None = None,
 ) -> NatStats:
     """Keep the top ``entries`` endpoints per family and compute each family's saturation.
 
     ``entries`` is ``--nat-map-stats-entries`` (1..4096). ``divisor`` is what Cilium divides
     the top count by, ``NodePortRange.cilium_saturation_divisor`` (32767 by default).
     ``limit`` (from :mod:`egressgw.limits`, the one rule for it) overrides ``divisor``
-    with its ports and is kept in the result. Endpoints with a count below 1 are ignored.
+    with its ports and is kept in the result. ``reusable`` (Linux gateways) holds, per
+    endpoint, the entries among ``counts`` whose port the kernel can take over: rows keep
+    Cilium's count and carry it, and saturation uses the entries that really block a
+    port. Endpoints with a count below 1 are ignored.
     """
     check_stats_entries(entries)
     if limit is not None:
@@ -107,14 +125,20 @@ def compute_nat_stats(
             by_family.setdefault(endpoint.family, []).append((endpoint, count))
     rows: list[NatStatsRow] = []
     saturation: dict[Family, float] = {}
+    blocking: dict[Family, int] = {}
+    taken = reusable or {}
     for family in sorted(by_family, key=_FAMILY_ORDER.__getitem__):
         ranked = top_k(by_family[family], entries)
-        saturation[family] = ranked[0][1] / divisor
+        blocking[family] = max(
+            count - min(count, taken.get(ep, 0)) for ep, count in by_family[family]
+        )
+        saturation[family] = blocking[family] / divisor
         family_rows = [
-            NatStatsRow(family, ep.proto, ep.egress_ip, ep.remote_ip, ep.remote_port, count, rank)
+            NatStatsRow(family, ep.proto, ep.egress_ip, ep.remote_ip, ep.remote_port, count, rank,
+                        min(count, taken.get(ep, 0)))
             for rank, (ep, count) in enumerate(ranked, start=1)
         ]
         # Display order: ascending count; equal counts keep the tie order.
         family_rows.sort(key=lambda row: (row.count, *tie_key(row.endpoint)))
         rows.extend(family_rows)
-    return NatStats(tuple(rows), saturation, divisor, limit)
+    return NatStats(tuple(rows), saturation, divisor, limit, blocking, reusable is not None)

@@ -28,10 +28,18 @@ def render_table(rows: Iterable[NatStatsRow]) -> str:
 
 
 def render_saturation(stats: NatStats) -> str:
-    """One line per family: ``saturation ipv4: 0.90% (294/32767)``."""
+    """One line per family: ``saturation ipv4: 0.90% (294/32767)``.
+
+    When the kernel can take over some entries (Linux: TIME_WAIT, CLOSE), the count is
+    of the entries that block a port, and the line says how many more there are.
+    """
     lines = []
     for family, ratio in stats.saturation.items():
         top = stats.top(family)
-        count = top.count if top is not None else 0
-        lines.append(f"saturation {family}: {ratio:.2%} ({count}/{stats.divisor})\n")
+        count = stats.blocking.get(family, top.count if top is not None else 0)
+        more = ""
+        if stats.takeover_known and top is not None and top.reusable:
+            more = (f"; top tuple {top.count} entries, {top.reusable} of them the kernel "
+                    "can take over")
+        lines.append(f"saturation {family}: {ratio:.2%} ({count}/{stats.divisor}{more})\n")
     return "".join(lines)

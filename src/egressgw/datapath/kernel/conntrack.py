@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from egressgw.datapath.kernel.netns import call_in
 from egressgw.errors import DatapathError
+from egressgw.limits import TAKEOVER_TCP_STATES as TAKEOVER_STATE_NAMES
 from egressgw.net import Family, NatEndpoint, Proto
 
 NETLINK_NETFILTER = 12
@@ -46,7 +47,14 @@ CT_NEW = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
 CTA_TUPLE_ORIG = 1
 CTA_TUPLE_REPLY = 2
 CTA_STATUS = 3
+CTA_PROTOINFO = 4
 CTA_STATUS_MASK = 26
+CTA_PROTOINFO_TCP = 1
+CTA_PROTOINFO_TCP_STATE = 1
+# TCP states whose port nf_nat can take over (egressgw.limits, measured on this kernel).
+TAKEOVER_TCP_STATES = tuple(TAKEOVER_STATE_NAMES)
+# How many top-level attributes to step over looking for CTA_PROTOINFO on the fast path.
+_MAX_TOP_ATTRS = 24
 CTA_TUPLE_IP = 1
 CTA_TUPLE_PROTO = 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
@@ -182,33 +190,48 @@ class ConntrackReader:
 
     # -- nat-stats ---------------------------------------------------------------------
 
-    def snat_counts(self) -> dict[NatEndpoint, int]:
-        """Source-NATed connections per nat-stats key, IPv4 and IPv6."""
+    def snat_counts(
+        self, reusable: dict[NatEndpoint, int] | None = None
+    ) -> dict[NatEndpoint, int]:
+        """Source-NATed connections per nat-stats key, IPv4 and IPv6.
+
+        ``reusable``, when given, receives per key the entries among them whose port the
+        kernel can take over for a new connection (TCP in TAKEOVER_TCP_STATES).
+        """
         counts: dict[NatEndpoint, int] = {}
         for family in (socket.AF_INET, socket.AF_INET6):
-            for (rsrc, rdst, proto, port), n in self._family_counts(family).items():
+            family_reusable: dict[_Key, int] = {}
+            for (rsrc, rdst, proto, port), n in self._family_counts(
+                family, family_reusable
+            ).items():
                 endpoint = _endpoint(family, rsrc, rdst, proto, port)
                 counts[endpoint] = counts.get(endpoint, 0) + n
+            if reusable is not None:
+                for (rsrc, rdst, proto, port), n in family_reusable.items():
+                    endpoint = _endpoint(family, rsrc, rdst, proto, port)
+                    reusable[endpoint] = reusable.get(endpoint, 0) + n
         return counts
 
-    def _family_counts(self, family: int) -> dict[_Key, int]:
+    def _family_counts(self, family: int, reusable: dict[_Key, int]) -> dict[_Key, int]:
         if self._kernel_filter:
             attrs = _be32_attr(CTA_STATUS, IPS_SRC_NAT) + _be32_attr(CTA_STATUS_MASK, IPS_SRC_NAT)
             try:
-                return self._dump_counts(family, attrs)
+                return self._dump_counts(family, attrs, reusable)
             except _KernelRefused as exc:
                 if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
                     raise DatapathError(f"conntrack dump: {os.strerror(exc.errno)}") from None
                 self._kernel_filter = False  # an old kernel: filter on our side only
+                reusable.clear()
         try:
-            return self._dump_counts(family, b"")
+            return self._dump_counts(family, b"", reusable)
         except _KernelRefused as exc:
             raise DatapathError(f"conntrack dump: {os.strerror(exc.errno)}") from None
 
-    def _dump_counts(self, family: int, attrs: bytes) -> dict[_Key, int]:
+    def _dump_counts(self, family: int, attrs: bytes, reusable: dict[_Key, int] | None = None
+                     ) -> dict[_Key, int]:
         counts: dict[_Key, int] = {}
         for buffer, used, offsets in self._dump(IPCTNL_MSG_CT_GET, family, attrs):
-            _count_batch(buffer, used, offsets, family, counts)
+            _count_batch(buffer, used, offsets, family, counts, reusable=reusable)
         return counts
 
     # -- statistics --------------------------------------------------------------------
@@ -399,6 +422,52 @@ def _tuple_fields(buffer: bytearray, start: int, end: int) -> tuple[bytes, bytes
     return src, dst, proto, port
 
 
+def _slow_tcp_state(buffer: bytearray, offset: int) -> int:
+    """The CTA_PROTOINFO_TCP_STATE of one entry by walking its attributes (-1: none)."""
+    length = _NLMSG.unpack_from(buffer, offset)[0]
+    for attr_type, start, end in _attrs(buffer, offset + 20, offset + length):
+        if attr_type != CTA_PROTOINFO:
+            continue
+        for info_type, i_start, i_end in _attrs(buffer, start, end):
+            if info_type != CTA_PROTOINFO_TCP:
+                continue
+            for tcp_type, t_start, t_end in _attrs(buffer, i_start, i_end):
+                if tcp_type == CTA_PROTOINFO_TCP_STATE and t_end > t_start:
+                    return buffer[t_start]
+    return -1
+
+
+def _tcp_states(
+    a: npt.NDArray[np.uint8],
+    h: npt.NDArray[np.uint16],
+    r: npt.NDArray[np.int64],
+    msg_end: npt.NDArray[np.int64],
+) -> npt.NDArray[np.int64]:
+    """The TCP state of each entry, stepping over the top-level attributes after the
+    reply tuple (at ``r``) to CTA_PROTOINFO; -1 where the expected layout is not found."""
+    top = len(a) - 16
+    state = np.full(len(r), -1, dtype=np.int64)
+    cur = np.minimum(r + ((_u16(h, r) + 3) & ~3), top)
+    active = cur + 4 <= msg_end
+    for _ in range(_MAX_TOP_ATTRS):
+        if not active.any():
+            break
+        length = _u16(h, cur)
+        found = active & ((_u16(h, cur + 2) & NLA_TYPE_MASK) == CTA_PROTOINFO)
+        laid_out = (
+            found
+            & (cur + 13 <= msg_end)
+            & ((_u16(h, cur + 6) & NLA_TYPE_MASK) == CTA_PROTOINFO_TCP)
+            & (_u16(h, cur + 8) == 5)
+            & ((_u16(h, cur + 10) & NLA_TYPE_MASK) == CTA_PROTOINFO_TCP_STATE)
+        )
+        state[laid_out] = a[cur[laid_out] + 12]
+        active &= ~found & (length >= 4)
+        cur = np.minimum(np.where(active, cur + ((length + 3) & ~3), cur), top)
+        active &= cur + 4 <= msg_end
+    return state
+
+
 def _slow_key(buffer: bytearray, offset: int, family: int) -> _Key | None:
     """The key of one entry found by walking its attributes (any layout)."""
     length = _NLMSG.unpack_from(buffer, offset)[0]
@@ -439,8 +508,11 @@ def _count_batch(
     offsets: npt.NDArray[np.int64],
     family: int,
     counts: dict[_Key, int],
+    *,
+    reusable: dict[_Key, int] | None = None,
 ) -> None:
-    """Add the masqueraded entries among the messages at ``offsets`` to ``counts``."""
+    """Add the masqueraded entries among the messages at ``offsets`` to ``counts``, and
+    those whose port the kernel can take over (TAKEOVER_TCP_STATES) to ``reusable``."""
     if not offsets.size:
         return
     layout = _LAYOUTS[family]
@@ -485,14 +557,14 @@ def _count_batch(
     port = np.where(has_ports, a[r + layout.port_hdr + 4].astype(np.int64) * 256
                     + a[r + layout.port_hdr + 5], 0)
 
-    if take.any():
+    def add(mask: npt.NDArray[np.bool_], into: dict[_Key, int]) -> None:
         rows = np.hstack(
             [
-                reply_src[take],
-                reply_dst[take],
-                proto[take, None].astype(np.uint8),
-                (port[take, None] >> 8).astype(np.uint8),
-                (port[take, None] & 0xFF).astype(np.uint8),
+                reply_src[mask],
+                reply_dst[mask],
+                proto[mask, None].astype(np.uint8),
+                (port[mask, None] >> 8).astype(np.uint8),
+                (port[mask, None] & 0xFF).astype(np.uint8),
             ]
         )
         key_len = rows.shape[1]
@@ -505,11 +577,26 @@ def _count_batch(
                 raw[2 * width],
                 (raw[2 * width + 1] << 8) | raw[2 * width + 2],
             )
-            counts[key] = counts.get(key, 0) + count
+            into[key] = into.get(key, 0) + count
+
+    if take.any():
+        add(take, counts)
+    tcp = take & (proto == Proto.TCP)
+    if reusable is not None and tcp.any():
+        state = np.full(len(offs), -1, dtype=np.int64)
+        state[tcp] = _tcp_states(a, h, r[tcp], msg_end[tcp])
+        for index in np.flatnonzero(tcp & (state < 0)).tolist():
+            state[index] = _slow_tcp_state(buffer, int(offsets[index]))
+        takeover = tcp & np.isin(state, TAKEOVER_TCP_STATES)
+        if takeover.any():
+            add(takeover, reusable)
     for index in np.flatnonzero(~ok).tolist():
         slow = _slow_key(buffer, int(offsets[index]), family)
         if slow is not None:
             counts[slow] = counts.get(slow, 0) + 1
+            if (reusable is not None and slow[2] == Proto.TCP
+                    and _slow_tcp_state(buffer, int(offsets[index])) in TAKEOVER_TCP_STATES):
+                reusable[slow] = reusable.get(slow, 0) + 1
 
 
 def _endpoint(family: int, rsrc: bytes, rdst: bytes, proto: int, port: int) -> NatEndpoint:

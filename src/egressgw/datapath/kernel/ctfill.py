@@ -36,7 +36,6 @@ CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
 CTA_PROTO_ICMP_ID, CTA_PROTO_ICMP_TYPE, CTA_PROTO_ICMP_CODE = 4, 5, 6
 CTA_PROTO_ICMPV6_ID, CTA_PROTO_ICMPV6_TYPE, CTA_PROTO_ICMPV6_CODE = 7, 8, 9
 CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 1, 1
-TCP_CONNTRACK_ESTABLISHED = 3
 CTA_NAT_V4_MINIP, CTA_NAT_V4_MAXIP, CTA_NAT_PROTO = 1, 2, 3
 CTA_NAT_V6_MINIP, CTA_NAT_V6_MAXIP = 4, 5
 CTA_PROTONAT_PORT_MIN, CTA_PROTONAT_PORT_MAX = 1, 2
@@ -57,6 +56,8 @@ class SnatEntry:
     dport: int
     egress: IPAddress | None
     egress_port: int = 0
+    # TCP only: the conntrack state to create it in (TCP_CONNTRACK_*, ESTABLISHED = 3).
+    tcp_state: int = 3
 
 
 def _attr(attr_type: int, payload: bytes) -> bytes:
@@ -99,7 +100,7 @@ def new_message(entry: SnatEntry, seq: int, *, timeout: int = 3600) -> bytes:
     ]
     if entry.proto is Proto.TCP:
         attrs.append(_nest(CTA_PROTOINFO, _nest(
-            CTA_PROTOINFO_TCP, _attr(CTA_PROTOINFO_TCP_STATE, bytes([TCP_CONNTRACK_ESTABLISHED])))))
+            CTA_PROTOINFO_TCP, _attr(CTA_PROTOINFO_TCP_STATE, bytes([entry.tcp_state])))))
     if entry.egress is not None:
         v6 = entry.egress.version == 6
         nat = [_attr(CTA_NAT_V6_MINIP if v6 else CTA_NAT_V4_MINIP, entry.egress.packed),

@@ -8,10 +8,22 @@ from typing import TYPE_CHECKING
 from egressgw.config import NodePortRange
 from egressgw.datapath.kernel.conntrack import ConntrackReader
 from egressgw.datapath.kernel.netns import check_netns_name
-from egressgw.datapath.kernel.nft import list_table, run_nft
-from egressgw.datapath.kernel.ruleset import check_table_name, render_delete, render_ruleset
+from egressgw.datapath.kernel.nft import list_counters, list_table, run_nft
+from egressgw.datapath.kernel.ruleset import (
+    check_table_name,
+    failed_counter_names,
+    render_delete,
+    render_ruleset,
+    without_tracking_state,
+)
+from egressgw.errors import DatapathError
 from egressgw.net import NatEndpoint
 from egressgw.rules import EgressRule
+
+# The reason labels of the two failure counts (docs/kernel-datapath.md).
+FAILED_CONNECTIONS = "no free NAT port"
+DROP_INSERT_FAILED = "conntrack insert_failed"
+DROP_OTHER = "conntrack drop (other)"
 
 
 class KernelDatapath:
@@ -47,8 +59,9 @@ class KernelDatapath:
         run_nft(script, netns=self.netns)
 
     def ruleset(self) -> str:
-        """The table as the kernel holds it now."""
-        return list_table(self.table, netns=self.netns)
+        """The table's rules as the kernel holds them now (without the failure-tracking
+        sets' elements and counter values, which every new connection changes)."""
+        return without_tracking_state(list_table(self.table, netns=self.netns))
 
     def _conntrack(self) -> ConntrackReader:
         if self._reader is None:
@@ -58,8 +71,43 @@ class KernelDatapath:
     def endpoint_counts(self) -> Mapping[NatEndpoint, int]:
         return self._conntrack().snat_counts()
 
+    def endpoint_usage(self) -> tuple[Mapping[NatEndpoint, int], Mapping[NatEndpoint, int]]:
+        """Connections per key and, of them, the TCP entries in a state whose port the
+        kernel takes over when its search gets hard (TIME_WAIT, CLOSE, SYN_SENT2)."""
+        reusable: dict[NatEndpoint, int] = {}
+        counts = self._conntrack().snat_counts(reusable)
+        return counts, reusable
+
     def allocation_failures(self) -> Mapping[str, int]:
-        return self._conntrack().allocation_failures()
+        """Failed connection attempts, once per tuple however often the client retries:
+        the table's ``failed4``/``failed6`` counters (0 before the first apply)."""
+        try:
+            counters = list_counters(self.table, netns=self.netns)
+        except DatapathError:
+            if self._table_exists():
+                raise
+            counters = {}
+        return {FAILED_CONNECTIONS: sum(counters.get(n, 0) for n in failed_counter_names())}
+
+    def drop_counts(self) -> Mapping[str, int]:
+        """Packets conntrack dropped, each once: refused at confirm (``insert_failed``,
+        a new connection's packet that found no free NAT port, retransmissions included)
+        and the rest of ``drop`` (which also counts every insert_failed packet)."""
+        stats = self._conntrack().stats()
+        insert_failed = stats["insert_failed"]
+        return {DROP_INSERT_FAILED: insert_failed,
+                DROP_OTHER: max(0, stats["drop"] - insert_failed)}
+
+    def conntrack_stats(self) -> Mapping[str, int]:
+        """The kernel's per-CPU conntrack counters, summed (insert_failed, drop, ...)."""
+        return self._conntrack().stats()
+
+    def _table_exists(self) -> bool:
+        try:
+            self.ruleset()
+        except DatapathError:
+            return False
+        return True
 
     def cleanup(self) -> None:
         """Delete our table (and only it); close the conntrack socket."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 from egressgw.datapath.kernel.netns import netns_argv
@@ -16,6 +17,19 @@ def run_nft(script: str, *, netns: str | None = None, timeout: float = 30.0) -> 
 def list_table(table: str, *, netns: str | None = None, family: str = "inet") -> str:
     """The table as nft lists it (raises DatapathError when it does not exist)."""
     return _run(["nft", "list", "table", family, table], "", netns=netns, timeout=30.0)
+
+
+def list_counters(table: str, *, netns: str | None = None, family: str = "inet"
+                  ) -> dict[str, int]:
+    """The packets each named counter of the table has counted, by counter name."""
+    out = _run(["nft", "-j", "list", "counters", "table", family, table], "", netns=netns,
+               timeout=30.0)
+    try:
+        items = json.loads(out)["nftables"]
+        return {c["counter"]["name"]: int(c["counter"]["packets"])
+                for c in items if "counter" in c}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatapathError(f"nft -j list counters: unexpected output ({exc})") from None
 
 
 def _run(argv: list[str], stdin: str, *, netns: str | None, timeout: float) -> str:

@@ -147,11 +147,50 @@ def snat_chain_name(egress_ip: IPAddress) -> str:
     return f"snat{egress_ip.version}_{digits}"
 
 
+# Failed connection attempts, counted once per tuple (docs/kernel-datapath.md). Only the
+# first packet of a connection goes through nat chains, and a packet whose connection was
+# refused at conntrack confirm (no free NAT port) leaves no entry behind, so the client's
+# retransmission comes through again: a tuple seen before (``tried``) that comes through
+# again has failed. ``failed`` keeps it for longer than TCP's SYN retries last (63 s) so
+# its later retransmissions are not counted again; ``tried`` must outlive the longest gap
+# between two retransmissions (32 s) and stay below a client's TIME_WAIT (60 s), after
+# which the same tuple may be a new connection.
+FAILED_COUNTER = "failed{v}"
+TRIED_TIMEOUT = "40s"
+FAILED_TIMEOUT = "2m"
+TRACK_SET_SIZE = 262144  # nf_conntrack_max's default: one element per tracked connection
+
+
+def _flow_key(version: int) -> str:
+    family = "ip" if version == 4 else "ip6"
+    return f"{family} saddr . meta l4proto . th sport . {family} daddr . th dport"
+
+
+def _failure_sets(version: int) -> list[str]:
+    addr = "ipv4_addr" if version == 4 else "ipv6_addr"
+    lines = [f'	counter {FAILED_COUNTER.format(v=version)} {{', "	}"]
+    for name, timeout in (("tried", TRIED_TIMEOUT), ("failed", FAILED_TIMEOUT)):
+        lines += [
+            f"	set {name}{version} {{",
+            f"		type {addr} . inet_proto . inet_service . {addr} . inet_service",
+            f"		size {TRACK_SET_SIZE}",
+            "		flags dynamic,timeout",
+            f"		timeout {timeout}",
+            "	}",
+        ]
+    return lines
+
+
 def _snat_chain(egress_ip: IPAddress, ports: NodePortRange) -> list[str]:
     family = "ip" if egress_ip.version == 4 else "ip6"
     bracketed = str(egress_ip) if egress_ip.version == 4 else f"[{egress_ip}]"
+    v = egress_ip.version
+    key = _flow_key(v)
     return [
         f"\tchain {snat_chain_name(egress_ip)} {{",
+        f"\t\tmeta l4proto {{ tcp, udp }} {key} @tried{v} {key} != @failed{v} "
+        f'add @failed{v} {{ {key} }} counter name "{FAILED_COUNTER.format(v=v)}"',
+        f"\t\tmeta l4proto {{ tcp, udp }} update @tried{v} {{ {key} }}",
         # Port ranges need a protocol with ports; nf_nat keeps the source port when it is
         # free in the range, otherwise searches the range.
         f"\t\tmeta l4proto {{ tcp, udp }} snat {family} to "
@@ -211,6 +250,7 @@ def render_ruleset(
     lines += _map_block("snat6", 6, masq[6], verdicts=True)
     lines += _map_block("nogw4", 4, drop[4], verdicts=False)
     lines += _map_block("nogw6", 6, drop[6], verdicts=False)
+    lines += _failure_sets(4) + _failure_sets(6)
     for egress_ip in egress_ips:
         lines += _snat_chain(egress_ip, ports)
     lines += [
@@ -228,6 +268,22 @@ def render_ruleset(
         "}",
     ]
     return "\n".join(lines) + "\n"
+
+
+_TRACKING_ELEMENTS = re.compile(
+    r"(\tset (?:tried|failed)[46] \{\n(?:\t\t[^\n]*\n)*?)\t\telements = \{[^}]*\}\n")
+_NAMED_COUNTER_VALUES = re.compile(r"(\tcounter failed[46] \{\n)\t\tpackets \d+ bytes \d+\n")
+
+
+def without_tracking_state(listing: str) -> str:
+    """``nft list table`` output without what traffic changes in it: the elements of the
+    failure-tracking sets and the failed counters' values (the rules stay)."""
+    return _NAMED_COUNTER_VALUES.sub(r"\1", _TRACKING_ELEMENTS.sub(r"\1", listing))
+
+
+def failed_counter_names() -> tuple[str, ...]:
+    """The named counters of failed connection attempts (IPv4, IPv6)."""
+    return tuple(FAILED_COUNTER.format(v=v) for v in (4, 6))
 
 
 def render_delete(*, table: str = "egressgw") -> str:

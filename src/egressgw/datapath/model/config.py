@@ -9,6 +9,7 @@ from egressgw.config import NodePortRange
 from egressgw.datapath.model.natmap import FLOW_CPU_KINDS, NAT_LRU_KINDS
 from egressgw.datapath.model.ports import CILIUM_VERSIONS, Clamp, PortSearch, port_search
 from egressgw.errors import ConfigError
+from egressgw.limits import DATAPATH_KINDS, NatPortRange
 
 # pkg/option: LimitTableMin / LimitTableMax bound --bpf-nat-global-max.
 NAT_MAP_MIN = 1 << 10
@@ -57,8 +58,45 @@ class ModelConfig:
     # last signal-triggered GC pass are coalesced into it, standing for the time a GC pass
     # takes while the agent does not listen for further signals.
     nat_fill_up_holdoff: float = 1.0
+    # Which datapath the model reproduces: "cilium" (the engines above, Cilium v1.16's
+    # BPF SNAT) or "netfilter" (a Linux gateway: nf_nat and conntrack, netfilter.py).
+    datapath_model: str = "cilium"
+    # netfilter: the SNAT rule's ports (default: egressgw's rule, NodePortMax+1..65535).
+    nat_port_range: NatPortRange | None = None
+    # netfilter: Linux's defaults (sysctl net.netfilter.nf_conntrack_*).
+    nf_conntrack_max: int = 262144
+    nf_tcp_timeout_syn_sent: float = 120.0
+    nf_tcp_timeout_established: float = 432000.0
+    nf_tcp_timeout_time_wait: float = 120.0
+    nf_tcp_timeout_close: float = 10.0
+    nf_udp_timeout: float = 30.0
+    nf_udp_timeout_stream: float = 120.0
+    nf_icmp_timeout: float = 30.0
 
     def __post_init__(self) -> None:
+        if self.datapath_model not in DATAPATH_KINDS:
+            raise ConfigError(
+                f"{self.datapath_model!r}: expected one of {', '.join(DATAPATH_KINDS)}",
+                field="--datapath-model",
+            )
+        if self.nat_port_range is not None and self.datapath_model != "netfilter":
+            raise ConfigError(f"{self.nat_port_range}: only the netfilter model has an "
+                              "SNAT rule range", field="--nat-port-range")
+        if self.nf_conntrack_max < 1:
+            raise ConfigError(f"{self.nf_conntrack_max}: must be at least 1",
+                              field="nf_conntrack_max")
+        for name in ("nf_tcp_timeout_syn_sent", "nf_tcp_timeout_established",
+                     "nf_tcp_timeout_time_wait", "nf_tcp_timeout_close", "nf_udp_timeout",
+                     "nf_udp_timeout_stream", "nf_icmp_timeout"):
+            _positive(getattr(self, name), name)
+        self._check_cilium()
+
+    @property
+    def snat_port_range(self) -> NatPortRange:
+        """netfilter: the ports the SNAT rule hands out."""
+        return self.nat_port_range or NatPortRange.of_node_ports(self.node_port_range)
+
+    def _check_cilium(self) -> None:
         if self.cilium_version not in CILIUM_VERSIONS:
             raise ConfigError(
                 f"{self.cilium_version!r}: expected one of {', '.join(CILIUM_VERSIONS)}",

@@ -10,6 +10,7 @@ from egressgw.datapath.model.addresses import AddressTable
 from egressgw.datapath.model.compiled import CompiledModel
 from egressgw.datapath.model.config import ModelConfig
 from egressgw.datapath.model.engine import Engine
+from egressgw.datapath.model.netfilter import NetfilterModel
 from egressgw.datapath.model.reference import OUT, ConnKey, ReferenceModel
 from egressgw.datapath.model.types import (
     ConnectionBatch,
@@ -54,7 +55,10 @@ class ModelDatapath:
         self.config = config
         self.addresses = AddressTable()
         self._engine: Engine
-        if engine == "reference" or config.nat_lru != "exact":
+        if config.datapath_model == "netfilter":
+            # A Linux gateway: one plain-Python engine (netfilter.py), whatever ``engine``.
+            self._engine = NetfilterModel(config, rng)
+        elif engine == "reference" or config.nat_lru != "exact":
             self._engine = ReferenceModel(config, rng)
         elif engine == "compiled":
             self._engine = CompiledModel(config, rng)
@@ -159,6 +163,18 @@ class ModelDatapath:
 
     def endpoint_counts(self) -> dict[NatEndpoint, int]:
         """IN entries per {family, proto, egress IP, remote IP, remote port}: nat-stats."""
+        return self._endpoints(self._engine.in_endpoint_counts())
+
+    def reusable_counts(self) -> dict[NatEndpoint, int] | None:
+        """netfilter: per key, the entries whose port a new connection can take over
+        (TIME_WAIT, CLOSE); None for Cilium, which never takes a port over."""
+        if isinstance(self._engine, NetfilterModel):
+            return self._endpoints(self._engine.reusable_endpoint_counts())
+        return None
+
+    def _endpoints(
+        self, counts: dict[tuple[int, int, int, int, int], int]
+    ) -> dict[NatEndpoint, int]:
         address = self.addresses.address
         return {
             NatEndpoint(
@@ -168,7 +184,5 @@ class ModelDatapath:
                 address(remote),
                 rport,
             ): count
-            for (family, proto, egress, remote, rport), count in (
-                self._engine.in_endpoint_counts().items()
-            )
+            for (family, proto, egress, remote, rport), count in counts.items()
         }

@@ -13,6 +13,9 @@ class DropReason(enum.IntEnum):
     """Cilium drop reasons the model produces (bpf/lib/common.h, pkg/monitor/api)."""
 
     NAT_NO_MAPPING = 167
+    # The netfilter model's drops (not Cilium codes; conntrack -S names them).
+    NF_INSERT_FAILED = 1001
+    NF_TABLE_FULL = 1002
 
     @property
     def text(self) -> str:
@@ -20,7 +23,11 @@ class DropReason(enum.IntEnum):
         return _DROP_TEXT[self]
 
 
-_DROP_TEXT = {DropReason.NAT_NO_MAPPING: "No mapping for NAT masquerade"}
+_DROP_TEXT = {
+    DropReason.NAT_NO_MAPPING: "No mapping for NAT masquerade",
+    DropReason.NF_INSERT_FAILED: "conntrack insert_failed (no free NAT port)",
+    DropReason.NF_TABLE_FULL: "conntrack table full",
+}
 
 
 class EndKind(enum.IntEnum):
@@ -78,6 +85,8 @@ class ModelCounters:
     reply_drops: int = 0
     signals: int = 0
     gc_runs: int = 0
+    # netfilter: ports taken over from TIME_WAIT/CLOSE entries.
+    takeovers: int = 0
     tries: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(1, np.int64))
 
     @staticmethod
@@ -99,6 +108,7 @@ class ModelCounters:
             "reply_drops": self.reply_drops,
             "signals": self.signals,
             "gc_runs": self.gc_runs,
+            "takeovers": self.takeovers,
             "tries": [int(x) for x in self.tries],
         }
 
