@@ -233,8 +233,8 @@ def forecast_command(
     divisor = port_limit.ports
     marks = [Mark(f"{threshold:.0%} of ports" if threshold < 1 else "Full (100%)",
                   divisor * threshold)]
-    curve_note = (f"No refusal curve for {port_limit.datapath} (nf_nat's search is not "
-                  "modelled here): only the limit is forecast.")
+    curve_note = (f"No refusal curve for {port_limit.datapath} yet (egressgw limits "
+                  "covers Cilium's search): only the limit is forecast.")
     if port_limit.datapath == "cilium":
         # The refusal curve of the Cilium search over this limit's NAT range.
         nat = port_limit.port_range

@@ -249,10 +249,15 @@ def plan_command(
         from egressgw.sim.observed import workload_from_counts  # noqa: PLC0415
 
         counts, limit, datapath = _observed_counts(stats_source)
-        if datapath not in (None, "cilium"):
-            raise ConfigError(f"{stats_source}: counts of a Linux (netfilter) gateway; plan "
-                              "simulates Cilium's port search only", field="--stats")
-        if (limit is not None and limit.datapath == "cilium"
+        # Whose counts these are decides the model and its limit, unless the flags say.
+        if datapath == "netfilter" and not given(ctx, "datapath_model"):
+            from egressgw.limits import LINUX_MASQUERADE_RANGE  # noqa: PLC0415
+
+            options["datapath_model"] = "netfilter"
+            if options.get("nat_port_range") is None:
+                options["nat_port_range"] = (limit.port_range if limit is not None
+                                             else LINUX_MASQUERADE_RANGE)
+        elif (limit is not None and limit.datapath == "cilium"
                 and not given(ctx, "node_port_range")):
             nat_min = limit.port_range.min
             options["node_port_range"] = NodePortRange(min(30000, nat_min - 1), nat_min - 1)

@@ -1,5 +1,7 @@
 """A workload made from what an operator has: nat-stats counts and a hold time.
 
+Tuples of the busiest tuple's family with at least 1% of its count are kept.
+
 A tuple holding N ports whose connections hold a port for H on average sees new
 connections at N / H per second (Little's law). Each tuple of a snapshot becomes a
 client group: Poisson arrivals at that rate, lognormal durations (sigma 0.5, as the
@@ -55,7 +57,11 @@ def workload_from_counts(
     if not counts:
         raise InputError("no tuples to plan for", source=source)
     top = max(counts.values())
-    tuples = sorted((e for e, n in counts.items() if n >= MIN_SHARE * top and n > 0),
+    # The planner spreads every client over one list of candidate egress IPs, so one
+    # family is planned: the busiest tuple's.
+    family = max(counts, key=lambda e: counts[e]).family
+    tuples = sorted((e for e, n in counts.items()
+                     if n >= MIN_SHARE * top and n > 0 and e.family is family),
                     key=lambda e: -counts[e])
     mean_hold = hold * math.exp(SIGMA * SIGMA / 2)
     doc: dict[str, Any] = {
