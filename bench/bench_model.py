@@ -101,7 +101,7 @@ def _churn(SC, T, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, olde
             pos[0], pos[1], pos[2] = i, head, tail
             return opened, dropped
         o, _p, drop, _b, _r = k.forward(
-            SC, CR, CF, CB, NR, NB, src[i], sport[i], hot_dst, 443, 6, egress, False
+            SC, CR, CF, CB, NR, NB, src[i], sport[i], hot_dst, 443, 6, egress, 0
         )
         if drop:
             dropped += 1
@@ -113,7 +113,7 @@ def _churn(SC, T, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, olde
             o = fifo[head]
             head += 1
         k.ct_delete(SC[0], SC[4], CR, CB, NR, NB, o)
-        k.forward(SC, CR, CF, CB, NR, NB, f_src, f_sport[i], f_dst[i], 443, 6, egress, False)
+        k.forward(SC, CR, CF, CB, NR, NB, f_src, f_sport[i], f_dst[i], 443, 6, egress, 0)
     pos[0] = src.shape[0]
     return opened, dropped
 
@@ -198,7 +198,7 @@ def pressure_reference(config: ModelConfig, steps: int, oldest: bool) -> float:
     t0 = time.perf_counter()
     for i in range(steps):
         key = (src[i], sport[i], fx.hot_dst, 443, 6)
-        _port, drop, _broken, _retries = ref._forward(key, fx.egress, False)
+        _port, drop, _broken, _retries = ref._forward(key, fx.egress, 0)
         if drop:
             continue
         opened += 1
@@ -207,7 +207,7 @@ def pressure_reference(config: ModelConfig, steps: int, oldest: bool) -> float:
             key = fifo[head]
             head += 1
         ref.ct_delete(key)
-        ref._forward((fx.filler_pod, f_sport[i], f_dst[i], 443, 6), fx.egress, False)
+        ref._forward((fx.filler_pod, f_sport[i], f_dst[i], 443, 6), fx.egress, 0)
     return steps / (time.perf_counter() - t0)
 
 

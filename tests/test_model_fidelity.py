@@ -71,11 +71,13 @@ def test_bounded_search_failure_rate_matches_exact_probability(occupancy):
     assert dp.counters.allocations == k
     trials = 1500
     # One trial every 20 s with a source port below the range (a random first port); each
-    # resets right away and the GC (every second) frees its port before the next trial.
+    # closes right away with FIN from both sides (10 s close timeout; an RST after the
+    # handshake would hold the port 8000 s) and the GC (every second) frees its port
+    # before the next trial.
     probe = ConnectionBatch(
         start=10.0 + 20.0 * np.arange(trials),
         duration=np.zeros(trials),
-        end=np.full(trials, EndKind.RST, np.uint8),
+        end=np.full(trials, EndKind.FIN, np.uint8),
         src=np.full(trials, src, np.uint32),
         sport=(2000 + np.arange(trials)).astype(np.uint16),
         dst=np.full(trials, dst, np.uint32),

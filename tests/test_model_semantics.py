@@ -24,7 +24,6 @@ from egressgw.datapath.model import (
     ModelDatapath,
 )
 from egressgw.datapath.model.ports import clamp, walk
-from egressgw.datapath.model.reference import next_gc_interval
 from egressgw.datapath.model.types import BATCH_DTYPES
 from egressgw.errors import ConfigError
 from egressgw.net import Direction, Endpoint, Family, FiveTuple, NatEndpoint, Proto
@@ -209,10 +208,14 @@ def test_collision_probe_does_not_refresh_the_entry_it_hits(engine):
     assert all(dp.reply(t, EGRESS).ok for t in fillers)
 
 
-def test_gc_purges_the_in_entry_a_broken_connection_left_behind(engine):
-    dp = ModelDatapath(small_config(conntrack_gc_interval=5.0), random.Random(6), engine=engine)
+def test_orphan_in_entry_is_purged_only_by_a_pass_a_signal_woke(engine):
+    # gc.go runGC: PurgeOrphanNATEntries runs only when triggeredBySignal. A broken
+    # connection leaves its old IN entry behind; timer passes keep it, the pass that a
+    # nat_fill_up wakes removes it. (SNAT_SIGNAL_THRES 0: any collision signals.)
+    config = small_config(conntrack_gc_interval=5.0, snat_signal_thres=0)
+    dp = ModelDatapath(config, random.Random(6), engine=engine)
     first = tcp(0, sport=65500)
-    assert dp.connect(first, EGRESS).port == 65500
+    assert dp.open(first, EGRESS).port == 65500
     fillers = [tcp(i, sport=65500, dport=1000 + i) for i in range(1, 512)]
     for t in fillers[:-1]:
         assert dp.connect(t, EGRESS).ok
@@ -224,25 +227,32 @@ def test_gc_purges_the_in_entry_a_broken_connection_left_behind(engine):
     assert again.broken and again.port != 65500
     mine = [e for e in dp.nat_entries() if pod(0) in (e.tuple.src.ip, e.xlate.ip)]
     assert sorted(e.direction.name for e in mine) == ["IN", "IN", "OUT"]
-    assert dp.close(first, EndKind.FIN).ok
-    dp.advance(20.0)  # the close timeout (10 s) ends; a GC pass deletes the CT entry
+    assert dp.close(first, EndKind.FIN).ok  # both FINs: the close timeout, 10 s
+    runs = dp.counters.gc_runs
+    dp.advance(20.0)  # the CT entry expires at 10; the timer pass at 15 deletes it
+    assert dp.counters.gc_runs == runs + 3  # 5, 10, 15
+    left = [e for e in dp.nat_entries() if pod(0) in (e.tuple.src.ip, e.xlate.ip)]
+    assert [(e.direction.name, e.tuple.dst.port) for e in left] == [("IN", 65500)]
+    # A new connection's search collides with that orphan: the signal's pass purges it.
+    probe = dp.connect(tcp(700, sport=65500), EGRESS)
+    assert probe.ok and probe.tries == 1
+    assert dp.counters.gc_runs == runs + 4
     assert [e for e in dp.nat_entries() if pod(0) in (e.tuple.src.ip, e.xlate.ip)] == []
-    assert len(list(dp.nat_entries())) == 1024 - 3  # only first's three entries went
 
 
 def test_fin_close_frees_the_port_after_ct_timeout_and_gc(engine):
     config = small_config(conntrack_gc_interval=5.0)
     dp = ModelDatapath(config, random.Random(1), engine=engine)
     t = tcp(1, sport=65500)
-    assert dp.connect(t, EGRESS).port == 65500
-    assert dp.reply(t, EGRESS).ok
+    assert dp.open(t, EGRESS).port == 65500
     dp.advance(100)
-    dp.close(t, EndKind.FIN)
+    dp.close(t, EndKind.FIN)  # the pod's FIN, the remote's FIN, the last ACK
     dp.advance(105)  # GC at 105 is not run yet (events before `until` only)
     assert len(list(dp.nat_entries())) == 2
     dp.advance(115.1)  # CT expires at 110, GC at 110 sees it alive, GC at 115 deletes
     assert list(dp.nat_entries()) == []
-    assert dp.counters.gc_runs == 23
+    # The agent's initial pass at 0, then every 5 s up to 115: 24 passes.
+    assert dp.counters.gc_runs == 24
     assert dp.counters.closed == 1
 
 
@@ -250,9 +260,8 @@ def test_established_tcp_lives_8000_seconds_and_syn_only_60(engine):
     config = small_config(conntrack_gc_interval=10.0)
     dp = ModelDatapath(config, random.Random(1), engine=engine)
     answered, unanswered = tcp(1, sport=65500), tcp(2, sport=65501)
-    dp.connect(answered, EGRESS)
-    dp.reply(answered, EGRESS)
-    dp.connect(unanswered, EGRESS)
+    dp.open(answered, EGRESS)  # SYN, SYN-ACK, ACK
+    dp.connect(unanswered, EGRESS)  # a SYN only
     dp.advance(75)
     ports = {e.xlate.port for e in dp.nat_entries() if e.direction is Direction.OUT}
     assert ports == {65500}
@@ -260,16 +269,6 @@ def test_established_tcp_lives_8000_seconds_and_syn_only_60(engine):
     assert len(list(dp.nat_entries())) == 2
     dp.advance(8015)
     assert list(dp.nat_entries()) == []
-
-
-def test_gc_interval_adapts_like_cilium():
-    assert next_gc_interval(300, 0.0) == 300
-    assert next_gc_interval(300, 0.5) == 150
-    assert next_gc_interval(300, 0.95) == 30  # ratio capped at 0.9
-    assert next_gc_interval(20, 0.9) == 10  # floor
-    assert next_gc_interval(300, 0.01) == 450
-    assert next_gc_interval(40000, 0.01) == 43200  # cap 12 h
-    assert next_gc_interval(300, 0.1) == 300
 
 
 def test_nat_entries_and_endpoint_counts(engine):

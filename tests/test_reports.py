@@ -81,7 +81,7 @@ def test_report_dir_gets_the_markdown_and_the_plot(workload_file: Path, tmp_path
     report = (out / "report.md").read_text()
     assert "![saturation over time](saturation.png)" in report
     # 20 attempts, 9 ports: 11 refused, in the counters and the per-pass table.
-    assert "| refused (first packet dropped) | 11 (55.00%) |" in report
+    assert "| first packet dropped | 11 (55.00%) |" in report
     assert "## Per nat-stats pass" in report
     # 9 ports taken in the first 5 s pass (2 a second from t=0.25 s), the 10th connection
     # at 4.75 s is refused: the interval ending at 5s, the tuple full.

@@ -28,8 +28,8 @@ def workload(*, rate=10.0, duration="forever", count=20, egress=("10.1.0.0",), *
         "cidr": "10.244.0.0/24",
         "arrivals": {"process": "constant", "rate": rate},
         "duration": duration,
-        **extra,
     }
+    client.update(extra)
     return parse_workload(
         {
             "egress_ips": list(egress),
@@ -41,9 +41,11 @@ def workload(*, rate=10.0, duration="forever", count=20, egress=("10.1.0.0",), *
 
 
 def test_long_lived_connections_beyond_the_ports_give_exactly_that_many_drops():
-    # 2 connections a second for 10 s: 20 held-open connections for 9 ports.
+    # 2 connections a second for 10 s: 20 held-open connections for 9 ports; clients that
+    # do not retransmit (tcp_syn_retries 0).
     result = simulate(
-        workload(rate=2.0), SimSettings(duration=10.0, node_port_range=TINY_RANGE, seed=3)
+        workload(rate=2.0, syn_retries=0),
+        SimSettings(duration=10.0, node_port_range=TINY_RANGE, seed=3),
     )
     totals = result.totals
     assert totals.attempted == 20
@@ -58,9 +60,51 @@ def test_long_lived_connections_beyond_the_ports_give_exactly_that_many_drops():
     assert result.intervals[-1].stats.saturation  # the last pass saw the tuple
 
 
+def test_refused_syns_are_retransmitted_and_counted_apart():
+    # As above with Linux's clients: the 11 refused connections start at 4.75, 5.25, ...,
+    # 9.75 s (constant arrivals at (k + 0.5) / 2 s) and retransmit 1, 3, 7, ... s later.
+    # Before 10 s: +1 for the 9 starting before 9 s, +3 for the 5 before 7 s, +7 for none.
+    # The ports stay held, so every SYN is dropped: 11 + 14 packets.
+    result = simulate(
+        workload(rate=2.0), SimSettings(duration=10.0, node_port_range=TINY_RANGE, seed=3)
+    )
+    totals = result.totals
+    assert (totals.attempted, totals.established) == (20, TINY_PORTS)
+    assert totals.retransmits == 14
+    assert totals.drops == {int(DropReason.NAT_NO_MAPPING): 11 + 14}
+    assert (totals.refused, totals.connect_failed, totals.still_retrying) == (11, 0, 11)
+    assert totals.delayed_count == 0
+    document = result_document(result)["totals"]
+    assert (document["neverGotAPort"], document["stillRetrying"]) == (0, 11)
+    assert "still retransmitting at the end" in render_summary(result)
+
+
+def test_a_delayed_connection_reports_its_extra_latency():
+    # 10 connections at 0.05, 0.15, ..., 0.95 s; 9 hold the 9 ports for 20 s and close
+    # with FIN (lifetime until 30.05-30.85 s). The 10th is refused at 0.95 and retransmits
+    # at 1.95, 3.95, 7.95, 15.95, 31.95. Each refusal signals nat_fill_up, whose pass
+    # restarts the 5 s GC timer (gc.go waits a fresh interval after every pass): after the
+    # pass at 15.95 they run at 20.95, 25.95, 30.95, and the one at 30.95 frees the ports.
+    # The retransmission at 31.95 gets one: 31 s late.
+    burst = {"process": "constant", "ramp": {"from": 10, "to": 0, "start": 1, "over": 0.001}}
+    result = simulate(
+        workload(count=10, duration="20s", end="fin", arrivals=burst),
+        SimSettings(duration=70.0, node_port_range=TINY_RANGE, seed=3,
+                    conntrack_gc_interval=5.0),
+    )
+    totals = result.totals
+    assert (totals.attempted, totals.established, totals.retransmits) == (10, 10, 5)
+    assert totals.delayed_count == 1
+    assert totals.latency_percentile(0.5) == pytest.approx(31.0)
+    assert totals.latency_percentile(0.5, all_established=True) == 0.0
+    assert result_document(result)["totals"]["connectLatency"]["p99"] == pytest.approx(31.0)
+    assert "p50 31s, p99 31s" in render_summary(result)
+
+
 def test_counters_are_consistent_and_the_marks_are_ordered():
     result = simulate(
-        workload(rate=3.0, duration={"distribution": "exponential", "mean": "4s"}),
+        workload(rate=3.0, duration={"distribution": "exponential", "mean": "4s"},
+                 syn_retries=0),
         SimSettings(duration=120.0, node_port_range=TINY_RANGE, stats_interval=5.0, seed=1),
     )
     totals = result.totals
@@ -138,7 +182,10 @@ def test_cli_json_and_table_and_plot(tmp_path, capsys):
           "--nat-map-stats-interval", "5s", "-o", "json"])
     doc = json.loads(capsys.readouterr().out)
     assert doc["totals"]["attempted"] == 20
-    assert doc["totals"]["drops"] == {"167": 11}
+    # 11 refused connections and 14 retransmissions of their SYNs (worked out in
+    # test_refused_syns_are_retransmitted_and_counted_apart).
+    assert doc["totals"]["drops"] == {"167": 11 + 14}
+    assert doc["totals"]["refused"] == 11 and doc["totals"]["retransmits"] == 14
     assert doc["tuples"][0]["crossed"]["1"] == 5.0
     assert [i["time"] for i in doc["intervals"]] == [5.0, 10.0]
     # Each pass's nat-stats is the document egressgw nat-stats -o json prints.
@@ -165,7 +212,7 @@ def test_summary_names_the_drop_reason():
     result = simulate(workload(rate=2.0),
                       SimSettings(duration=10.0, node_port_range=TINY_RANGE))
     text = render_summary(result)
-    assert "167 No mapping for NAT masquerade   11" in text
+    assert "167 No mapping for NAT masquerade   25" in text  # 11 SYNs, 14 retransmitted
     assert "saturation ipv4: 100.00% (9/9)" in text
     assert "10s    10.1.0.0 -> 10.2.0.0:8080   9       100.0%       +11" in text
 
@@ -177,3 +224,18 @@ def test_per_pass_rows_thin_out_long_runs_but_keep_the_last():
     assert len(rows) - 1 <= 25 and rows[-1][0] == "1m40s"
     # The refusals of the thinned rows still add up to all of them.
     assert sum(int(r[4]) for r in rows[1:]) == result.totals.refused == 100 - TINY_PORTS
+
+
+def test_random_source_ports_never_reuse_an_open_tuple():
+    # One client, one destination, 5000 connections held open. Drawn uniformly from the
+    # 28232 ephemeral ports, about 5000**2 / (2 * 28232) = 440 would repeat a 5-tuple that
+    # is still open; the kernel refuses such a tuple and connect() picks another port. So
+    # every connection holds its own NAT mapping: the tuple counts all 5000.
+    result = simulate(
+        workload(rate=500.0, count=1, source_ports="random", syn_retries=0),
+        SimSettings(duration=10.0, seed=1),
+    )
+    totals = result.totals
+    assert totals.attempted == totals.established == 5000
+    (endpoint,) = result.series
+    assert result.peak(endpoint) == 5000

@@ -16,7 +16,7 @@ from egressgw.errors import ConfigError
 from egressgw.net import Family, NatEndpoint, Proto, parse_ip
 from egressgw.render.documents import dump_document
 from egressgw.stats import compute_nat_stats, render_saturation, render_table, stats_document
-from egressgw.stats.compute import tie_key, top_k
+from egressgw.stats.compute import top_k
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -148,13 +148,63 @@ _endpoints6 = st.builds(
 _counts = st.dictionaries(st.one_of(_endpoints4, _endpoints6), st.integers(1, 5), max_size=60)
 
 
+def printed_order(endpoint: NatEndpoint) -> tuple[str, str, str]:
+    """The tie order, written from the seed's table rather than from the code: rows with
+    equal counts sort by the EgressIP cell, then the RemoteAddr cell, then Proto, as
+    strings; IPv6 addresses are bracketed, a port follows after ':' unless it is 0."""
+    def cell(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+        return f"[{ip}]" if ip.version == 6 else str(ip)
+
+    remote = cell(endpoint.remote_ip)
+    if endpoint.remote_port:
+        remote += f":{endpoint.remote_port}"
+    names = {Proto.TCP: "TCP", Proto.UDP: "UDP", Proto.ICMP: "ICMP", Proto.ICMPV6: "ICMPv6"}
+    return (cell(endpoint.egress_ip), remote, names[endpoint.proto])
+
+
+def test_tie_order_oracle_matches_the_seed_table() -> None:
+    # The seed's rows with count 1: 10.244.1.160 before 172.18.0.2; for 172.18.0.2,
+    # "172.18.0.3" (ICMP) before "172.18.0.3:4240"; "[fd00:10:244:3::730c]:4240" before
+    # "[fd00:10:244::915]:4240" (':' < '3' is false: '3' (0x33) < ':' (0x3a)).
+    ip = ipaddress.ip_address
+    v4 = [
+        NatEndpoint(Family.IPV4, Proto.TCP, ip("172.18.0.2"), ip("172.18.0.3"), 4240),
+        NatEndpoint(Family.IPV4, Proto.ICMP, ip("172.18.0.2"), ip("172.18.0.3"), 0),
+        NatEndpoint(Family.IPV4, Proto.TCP, ip("10.244.1.160"), ip("10.244.3.174"), 4240),
+    ]
+    assert [printed_order(e)[1] for e in sorted(v4, key=printed_order)] == [
+        "10.244.3.174:4240", "172.18.0.3", "172.18.0.3:4240",
+    ]
+    v6 = [
+        NatEndpoint(Family.IPV6, Proto.TCP, ip("fd00:10:244:1::ec5d"), ip("fd00:10:244::915"),
+                    4240),
+        NatEndpoint(Family.IPV6, Proto.TCP, ip("fd00:10:244:1::ec5d"),
+                    ip("fd00:10:244:3::730c"), 4240),
+    ]
+    assert [printed_order(e)[1] for e in sorted(v6, key=printed_order)] == [
+        "[fd00:10:244:3::730c]:4240", "[fd00:10:244::915]:4240",
+    ]
+
+
+def test_top_k_default_is_ciliums_32() -> None:
+    # pkg/maps/nat/stats/cell.go: NatMapStatKStoredEntries: 32 (the guide says 30).
+    counts = {
+        NatEndpoint(Family.IPV4, Proto.TCP, ipaddress.ip_address("192.0.2.1"),
+                    ipaddress.ip_address("198.51.100.1"), 1000 + i): i + 1
+        for i in range(40)
+    }
+    stats = compute_nat_stats(counts)
+    assert len(stats.rows) == 32
+    assert min(r.count for r in stats.rows) == 40 - 32 + 1
+
+
 @settings(max_examples=150, deadline=None)
 @given(_counts, st.integers(1, 70))
 def test_top_k_equals_a_full_sort(counts: dict[NatEndpoint, int], k: int) -> None:
     stats = compute_nat_stats(counts, entries=k)
     for family in Family:
         items = [(ep, n) for ep, n in counts.items() if ep.family is family]
-        full = sorted(items, key=lambda item: (-item[1], *tie_key(item[0])))[:k]
+        full = sorted(items, key=lambda item: (-item[1], *printed_order(item[0])))[:k]
         assert top_k(items, k) == full
         rows = [r for r in stats.rows if r.family is family]
         by_rank = sorted(rows, key=lambda r: r.rank)

@@ -64,7 +64,7 @@ def generate(doc, t1, seed=1, window=30.0):
          "w.yaml: clients[0].duration.distribution: 'pareto': expected one of"),
         ({"duration": {"distribution": "exponential"}},
          "w.yaml: clients[0].duration.mean: is required"),
-        ({"end": "close"}, "w.yaml: clients[0].end: 'close': expected fin, rst, idle"),
+        ({"end": "close"}, "w.yaml: clients[0].end: 'close': expected fin, rst, rst_server, idle"),
         ({"end": {"fin": 0, "rst": 0}}, "w.yaml: clients[0].end: the shares must not all be 0"),
         ({"destinations": ["nowhere"]},
          "w.yaml: clients[0].destinations[0]: 'nowhere' is not a destination (backend)"),
@@ -72,6 +72,11 @@ def generate(doc, t1, seed=1, window=30.0):
          "w.yaml: clients[0].requests_per_connection: must be at least 1"),
         ({"colour": "red"}, "w.yaml: clients[0].colour: unknown field"),
         ({"source_ports": "odd"}, "w.yaml: clients[0].source_ports: 'odd': expected"),
+        ({"syn_retries": -1}, "w.yaml: clients[0].syn_retries: must be an integer from 0 to 255"),
+        ({"udp_retries": {"count": 2, "every": "5s"}},
+         "w.yaml: clients[0].udp_retries.every: unknown field"),
+        ({"udp_retries": {"count": 1, "timeout": 0}},
+         "w.yaml: clients[0].udp_retries.timeout: must be a positive duration"),
     ],
 )
 def test_bad_client_fields_are_named(change, message):
@@ -169,11 +174,27 @@ def test_connection_reuse_divides_connections_and_lengthens_them():
 
 
 def test_ends_follow_their_shares():
-    doc = base(end={"fin": 0.5, "rst": 0.25, "idle": 0.25})
+    doc = base(end={"fin": 0.4, "rst": 0.2, "idle": 0.2, "rst_server": 0.2})
     _, parts = generate(doc, 300.0)
     ends = np.concatenate([p.end for p in parts])
-    shares = np.bincount(ends, minlength=3) / len(ends)
-    assert shares == pytest.approx([0.5, 0.25, 0.25], abs=0.02)
+    shares = np.bincount(ends, minlength=4) / len(ends)
+    # The model's EndKind codes: FIN 0, RST (client) 1, IDLE 2, RST_SERVER 3.
+    assert shares == pytest.approx([0.4, 0.2, 0.2, 0.2], abs=0.02)
+    (only,) = generate(base(end="rst_server"), 10.0)[1]
+    assert set(only.end.tolist()) == {3}
+
+
+def test_retransmission_settings_go_into_every_row():
+    doc = base(syn_retries=3)
+    doc["destinations"].append({"name": "dns", "address": "10.96.0.10:53", "protocol": "udp"})
+    doc["destinations"].append({"name": "ping", "address": "10.2.0.9", "protocol": "icmp"})
+    doc["clients"][0]["udp_retries"] = {"count": 2, "timeout": "5s"}
+    _, parts = generate(doc, 60.0)
+    rows = list(zip(*(np.concatenate([getattr(p, c) for p in parts]).tolist()
+                      for c in ("proto", "retries", "rto")), strict=True))
+    assert set(rows) == {(6, 3, 1.0), (17, 2, 5.0), (1, 0, 5.0)}
+    default = generate(base(), 10.0)[1][0]
+    assert set(default.retries.tolist()) == {6} and set(default.rto.tolist()) == {1.0}
 
 
 def test_sequential_source_ports_walk_the_ephemeral_range_per_client():

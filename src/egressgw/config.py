@@ -65,7 +65,9 @@ class NodePortRange:
         return f"{self.min},{self.max}"
 
 
-NAT_MAP_STATS_ENTRIES_DEFAULT = 30
+# pkg/maps/nat/stats/cell.go (v1.16.2): NatMapStatKStoredEntries defaults to 32 (the
+# troubleshooting guide says "top 30"; the code is what runs).
+NAT_MAP_STATS_ENTRIES_DEFAULT = 32
 NAT_MAP_STATS_ENTRIES_MAX = 4096
 
 

@@ -3,7 +3,7 @@
 Public API::
 
     AgentConfig(policies, inventory, node, datapath="kernel", node_port_range=...,
-                stats_interval=30.0, stats_entries=30, listen=ListenAddress(...),
+                stats_interval=30.0, stats_entries=32, listen=ListenAddress(...),
                 poll_interval=1.0)
     Agent(config, datapath, *, clock=time.monotonic, wall=time.time)
         .start() / .tick() -> float / .run(wait=None) / .request_reload() / .request_stop()

@@ -19,6 +19,7 @@ from egressgw.cli.options import (
     parse_duration_flag,
 )
 from egressgw.config import NodePortRange
+from egressgw.datapath.model.config import CT_MAP_ANY_DEFAULT, CT_MAP_TCP_DEFAULT
 from egressgw.errors import ConfigError
 from egressgw.limits import NatPortRange
 from egressgw.rules import EgressRule
@@ -41,6 +42,11 @@ def datapath_options(func: F) -> F:
         nat_map_stats_entries_option(),
         click.option("--conntrack-gc-interval", callback=parse_duration_flag, metavar="DURATION",
                      help="Fixed CT GC interval (default: Cilium's adaptive one)."),
+        click.option("--bpf-ct-global-tcp-max", type=int, default=CT_MAP_TCP_DEFAULT,
+                     show_default=True,
+                     help="TCP CT map entries: the adaptive CT GC divides deletions by it."),
+        click.option("--bpf-ct-global-any-max", type=int, default=CT_MAP_ANY_DEFAULT,
+                     show_default=True, help="Non-TCP CT map entries, likewise."),
         cilium_version_option(),
         click.option("--datapath-model", type=click.Choice(["cilium", "netfilter"]),
                      default="cilium", show_default=True,
@@ -65,6 +71,8 @@ def settings_from_options(
     nat_map_stats_entries: int,
     cilium_version: str,
     conntrack_gc_interval: float | None,
+    bpf_ct_global_tcp_max: int = CT_MAP_TCP_DEFAULT,
+    bpf_ct_global_any_max: int = CT_MAP_ANY_DEFAULT,
     nat_lru: str = "exact",
     possible_cpus: int = 8,
     flow_cpus: str = "hash",
@@ -83,6 +91,8 @@ def settings_from_options(
         stats_entries=nat_map_stats_entries,
         cilium_version=cilium_version,
         conntrack_gc_interval=conntrack_gc_interval,
+        bpf_ct_global_tcp_max=bpf_ct_global_tcp_max,
+        bpf_ct_global_any_max=bpf_ct_global_any_max,
         nat_lru=nat_lru,
         possible_cpus=possible_cpus,
         flow_cpus=flow_cpus,

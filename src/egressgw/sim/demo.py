@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from egressgw.config import MAX_PORT, NodePortRange
+from egressgw.datapath.model.config import CT_MAP_ANY_DEFAULT, CT_MAP_TCP_DEFAULT
 from egressgw.errors import InputError
 from egressgw.sim.plot import plot_saturation
 from egressgw.sim.report import format_seconds, markdown_section, reason_text
@@ -90,7 +91,8 @@ def demo_workload(scale: float = 1.0, *, split: bool = False) -> Workload:
 
 def demo_settings(scale: float = 1.0, seed: int = 0, cilium_version: str = "1.16"
                   ) -> SimSettings:
-    """Cilium's defaults, but ports and NAT map shrunk by ``scale``."""
+    """Cilium's defaults, but ports, NAT map and CT maps shrunk by ``scale`` (the CT maps'
+    sizes set the adaptive GC's pace, so they shrink with the rates)."""
     ports = max(8, round(NodePortRange().nat_ports * scale))
     nat_map = max(1024, round(DEMO_NAT_MAP * scale))
     return SimSettings(
@@ -99,6 +101,8 @@ def demo_settings(scale: float = 1.0, seed: int = 0, cilium_version: str = "1.16
         node_port_range=NodePortRange(min(30000, MAX_PORT - ports), MAX_PORT - ports),
         bpf_nat_global_max=nat_map,
         stats_interval=DEMO_INTERVAL,
+        bpf_ct_global_tcp_max=max(1024, round(CT_MAP_TCP_DEFAULT * scale)),
+        bpf_ct_global_any_max=max(1024, round(CT_MAP_ANY_DEFAULT * scale)),
         cilium_version=cilium_version,
     )
 
@@ -152,8 +156,17 @@ def _verdict(result: SimulationResult) -> str:
             + (f"; reached {reached}" if reached else "") + ".\n"
         )
     reasons = ", ".join(f"{n} x {code} {reason_text(code)}" for code, n in totals.drops.items())
-    lines.append(f"New connections refused: {totals.refused}; packets dropped: "
-                 f"{reasons or 'none'}.\n")
+    lines.append(f"New connections whose first SYN was dropped: {totals.refused}; "
+                 f"packets dropped: {reasons or 'none'}.\n")
+    if totals.refused:
+        delayed = totals.delayed_count
+        latency = (f" (extra connect latency p50 {format_seconds(totals.latency_percentile(0.5))}"
+                   f", p99 {format_seconds(totals.latency_percentile(0.99))})" if delayed else "")
+        lines.append(
+            f"Clients retransmit a dropped SYN (1, 3, 7, 15, 31, 63 s later): {delayed} got "
+            f"a port that way{latency}, {totals.connect_failed} never got one, "
+            f"{totals.still_retrying} were still trying at the end.\n"
+        )
     lines.append(f"NAT entries evicted: {totals.evictions}; connections broken: "
                  f"{totals.broken}.\n")
     if totals.dropped and result.peak_saturation < 1.0:
@@ -231,7 +244,10 @@ def _markdown(before: SimulationResult, after: SimulationResult, plot_name: str)
         markdown_section("Act 2: split over two egress IPs", after, None),
         "## Effect of the remedy\n\n",
         f"- peak saturation: {before.peak_saturation:.1%} -> {after.peak_saturation:.1%}\n",
-        f"- new connections refused: {before.totals.refused} -> {after.totals.refused}\n",
+        f"- new connections whose first SYN was dropped: {before.totals.refused} -> "
+        f"{after.totals.refused}\n",
+        f"- connections that never got a port: {before.totals.connect_failed} -> "
+        f"{after.totals.connect_failed}\n",
         f"- packets dropped: {before.totals.dropped} -> {after.totals.dropped}\n",
         f"- NAT entries evicted: {before.totals.evictions} -> {after.totals.evictions}\n",
         f"- connections broken: {before.totals.broken} -> {after.totals.broken}\n",

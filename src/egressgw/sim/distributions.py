@@ -48,23 +48,35 @@ class Duration:
 
 
 class EndKind(enum.IntEnum):
-    """How a connection ends; the values are the model datapath's EndKind codes."""
+    """How a connection ends; the values are the model datapath's EndKind codes.
+
+    FIN: both sides close; RST: the client aborts; RST_SERVER: the server resets;
+    IDLE: nothing more is sent."""
 
     FIN = 0
     RST = 1
     IDLE = 2
+    RST_SERVER = 3
 
 
 @dataclass(frozen=True, slots=True)
 class Ends:
-    """The share of connections ending with FIN, RST, or going idle until timeout."""
+    """The share of connections ending each way (see EndKind)."""
 
     fin: float = 1.0
     rst: float = 0.0
     idle: float = 0.0
+    rst_server: float = 0.0
+
+    def shares(self) -> dict[EndKind, float]:
+        """Each end kind's share of connections (they sum to 1)."""
+        values = {EndKind.FIN: self.fin, EndKind.RST: self.rst, EndKind.IDLE: self.idle,
+                  EndKind.RST_SERVER: self.rst_server}
+        total = sum(values.values())
+        return {kind: share / total for kind, share in values.items()}
 
     def draw(self, rng: np.random.Generator, n: int) -> npt.NDArray[np.uint8]:
-        shares = np.array([self.fin, self.rst, self.idle])
+        shares = np.array([self.fin, self.rst, self.idle, self.rst_server])
         if np.count_nonzero(shares) == 1:
             return np.full(n, int(np.argmax(shares)), dtype=np.uint8)
-        return rng.choice(3, size=n, p=shares / shares.sum()).astype(np.uint8)
+        return rng.choice(4, size=n, p=shares / shares.sum()).astype(np.uint8)

@@ -53,6 +53,8 @@ class Flows:
     proto: npt.NDArray[np.uint8]
     egress: npt.NDArray[np.uint32]
     keepalive: npt.NDArray[np.float32]
+    retries: npt.NDArray[np.uint8]
+    rto: npt.NDArray[np.float32]
 
     def __len__(self) -> int:
         return len(self.start)

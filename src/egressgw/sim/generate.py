@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from egressgw.datapath.model.config import TCP_SYN_RTO
 from egressgw.sim.flows import AddressBook, Flows
 from egressgw.sim.routing import Routes
 from egressgw.sim.workload import (
@@ -79,6 +80,8 @@ class _GroupFlows:
         weights = np.array([d.weight for d in dests])
         self.weights = weights / weights.sum()
         self.next_port = rng.integers(0, EPHEMERAL_SPAN, group.count).astype(np.int64)
+        # random source ports: (client, destination, port) keys still open -> their end
+        self.live: dict[int, float] = {}
         self.unrouted = 0
 
     def expected(self, t0: float, t1: float) -> float:
@@ -95,7 +98,8 @@ class _GroupFlows:
             which = rng.choice(len(self.dst_ids), size=n, p=self.weights)
         duration = group.duration.draw(rng, n)
         end = group.ends.draw(rng, n)
-        sport = self._source_ports(clients)
+        proto = self.protos[which]
+        sport = self._source_ports(clients, which, start, duration)
         egress = self.routes[clients, self.dest_index[which]]
         routed = egress >= 0
         self.unrouted += int(n - np.count_nonzero(routed))
@@ -107,20 +111,70 @@ class _GroupFlows:
             sport=sport,
             dst=self.dst_ids[which],
             dport=self.dports[which],
-            proto=self.protos[which],
+            proto=proto,
             egress=egress.astype(np.uint32),
             keepalive=np.full(n, group.keepalive, dtype=np.float32),
+            retries=np.select(
+                [proto == 6, proto == 17], [group.syn_retries, group.udp_retries], 0
+            ).astype(np.uint8),
+            rto=np.where(proto == 6, TCP_SYN_RTO, group.udp_retry_timeout).astype(np.float32),
         )
         return flows if routed.all() else flows.take(routed)
 
-    def _source_ports(self, clients: npt.NDArray[np.int64]) -> npt.NDArray[np.uint16]:
+    def _source_ports(
+        self,
+        clients: npt.NDArray[np.int64],
+        which: npt.NDArray[np.int64],
+        start: npt.NDArray[np.float64],
+        duration: npt.NDArray[np.float64],
+    ) -> npt.NDArray[np.uint16]:
         if self.group.source_ports == SourcePorts.RANDOM:
-            return self.rng.integers(EPHEMERAL_MIN, EPHEMERAL_MAX + 1, len(clients)).astype(
-                np.uint16
-            )
+            return self._random_ports(clients, which, start, duration)
         offset = self.next_port[clients] + occurrence_rank(clients)
         self.next_port += np.bincount(clients, minlength=self.group.count)
         return (EPHEMERAL_MIN + offset % EPHEMERAL_SPAN).astype(np.uint16)
+
+
+    def _random_ports(
+        self,
+        clients: npt.NDArray[np.int64],
+        which: npt.NDArray[np.int64],
+        start: npt.NDArray[np.float64],
+        duration: npt.NDArray[np.float64],
+    ) -> npt.NDArray[np.uint16]:
+        """A uniform port per connection, never one its client holds open to the same
+        destination: the kernel refuses a 5-tuple in use (connect() picks another).
+
+        Vectorized for the common case; only rows whose key (client, destination, port)
+        repeats in the window or is still open from an earlier window are walked in Python.
+        """
+        n = len(clients)
+        ports = self.rng.integers(EPHEMERAL_MIN, EPHEMERAL_MAX + 1, n).astype(np.int64)
+        base = (clients * len(self.dst_ids) + which) << 16
+        keys = base | ports
+        end = start + duration
+        live = self.live
+        _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+        suspect = np.ones(n, dtype=bool)
+        suspect[first[counts == 1]] = False
+        if live:
+            suspect |= np.isin(keys, np.fromiter(live, np.int64, len(live)))
+        if suspect.any():
+            taken = set(keys[~suspect].tolist())
+            busy = dict(live)
+            for i in np.flatnonzero(suspect).tolist():
+                key = int(keys[i])
+                t = float(start[i])
+                while busy.get(key, -np.inf) > t or (key != int(keys[i]) and key in taken):
+                    port = int(self.rng.integers(EPHEMERAL_MIN, EPHEMERAL_MAX + 1))
+                    key = int(base[i]) | port
+                busy[key] = float(end[i])
+                keys[i] = key
+        t1 = float(start[-1]) if n else -np.inf
+        still = end > t1
+        self.live = {k: e for k, e in live.items() if e > t1}
+        self.live.update(zip(keys[still].tolist(), end[still].tolist(), strict=True))
+        return (keys & 0xFFFF).astype(np.uint16)
 
 
 class WorkloadFlows:

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from egressgw.config import MAX_PORT, NodePortRange
-from egressgw.datapath.model.config import GC_MAX_INTERVAL, GC_MIN_INTERVAL, GC_START_INTERVAL
+from egressgw.datapath.model.gcpacing import SECOND, get_interval, to_ns
 from egressgw.errors import InputError
 from egressgw.limits import datapath_limit
 from egressgw.net import Family, IPAddress, NatEndpoint, Proto
@@ -83,6 +83,11 @@ def duration_survival(duration: Duration, x: npt.NDArray[np.float64]) -> npt.NDA
 
 
 def _timeouts(proto: Proto, settings: SimSettings) -> dict[EndKind, float]:
+    """How long a CT entry outlives the connection's last packet, per end kind.
+
+    conntrack.h: only both directions closing (FIN from both sides) gets the close
+    timeout; an RST after the handshake marks one direction and keeps the TCP lifetime.
+    """
     config = settings.model_config()
     if config.datapath_model == "netfilter":
         # Linux: a closed TCP connection's TIME_WAIT/CLOSE entry does not block its port
@@ -90,34 +95,38 @@ def _timeouts(proto: Proto, settings: SimSettings) -> dict[EndKind, float]:
         # entries live 30 s after the last packet (egressgw.datapath.model.netfilter).
         if proto is Proto.TCP:
             idle = config.nf_tcp_timeout_established
-            return {EndKind.FIN: 0.0, EndKind.RST: 0.0, EndKind.IDLE: idle}
-        udp = config.nf_udp_timeout
-        return {EndKind.FIN: udp, EndKind.RST: udp, EndKind.IDLE: udp}
-    idle = config.ct_timeout_tcp if proto is Proto.TCP else config.ct_timeout_any
-    close = config.ct_timeout_fin if proto is Proto.TCP else config.ct_timeout_any
-    return {EndKind.FIN: close, EndKind.RST: close, EndKind.IDLE: idle}
+            return {EndKind.FIN: 0.0, EndKind.RST: 0.0, EndKind.IDLE: idle,
+                    EndKind.RST_SERVER: 0.0}
+        return dict.fromkeys(EndKind, config.nf_udp_timeout)
+    if proto is not Proto.TCP:
+        return dict.fromkeys(EndKind, config.ct_timeout_any)
+    held = config.ct_timeout_tcp
+    return {EndKind.FIN: config.ct_timeout_fin, EndKind.RST: held, EndKind.IDLE: held,
+            EndKind.RST_SERVER: held}
 
 
-def steady_gc_interval(ct_life: float, settings: SimSettings) -> float:
-    """The CT GC interval the adaptive controller settles on for entries living ct_life s.
+def steady_gc_interval(deletes_per_second: dict[tuple[int, bool], float],
+                       settings: SimSettings) -> float:
+    """The CT GC interval the adaptive controller settles on.
 
-    Each pass deletes the entries that expired since the last one: a share of about
-    I / (ct_life + I). Cilium shortens the interval above 25% and lengthens it below 5%.
+    ``deletes_per_second``: CT entries each map (family, TCP or not) loses per second. A
+    pass I seconds after the last deletes about rate * I entries of a map; GetInterval
+    (gcpacing.py, the function the model runs) takes the largest share of MaxEntries.
     """
     if settings.datapath_model == "netfilter":
         return 0.0  # conntrack entries are gone for the port search when they expire
     if settings.conntrack_gc_interval is not None:
         return settings.conntrack_gc_interval
-    interval = GC_START_INTERVAL
+    config = settings.model_config()
+    limit = to_ns(config.conntrack_gc_max_interval or 0.0)
+    cached, interval = 0, to_ns(300.0)
     history = []
     for _ in range(200):
-        ratio = interval / (ct_life + interval) if math.isfinite(ct_life) else 0.0
-        if ratio > 0.25:
-            ratio = min(ratio, 0.9)
-            interval = max(GC_MIN_INTERVAL, math.floor(interval * (1.0 - ratio) + 0.5))
-        elif 0 < ratio < 0.05:
-            interval = min(GC_MAX_INTERVAL, math.floor(interval * 1.5 + 0.5))
-        history.append(interval)
+        ratio = max((rate * interval / SECOND / (
+            config.bpf_ct_global_tcp_max if tcp else config.bpf_ct_global_any_max)
+            for (_family, tcp), rate in deletes_per_second.items()), default=0.0)
+        interval, cached = get_interval(cached, interval, ratio, limit)
+        history.append(interval / SECOND)
     return float(np.mean(history[-20:]))
 
 
@@ -131,30 +140,24 @@ class _Flow:
     extra: dict[EndKind, float]  # seconds held after the duration, per end kind
 
 
-def _ct_life(flows: Sequence[_Flow], until: float, settings: SimSettings) -> float:
-    """The rate-weighted mean time a CT entry lives (duration + timeout)."""
-    weights, lives = [], []
-    for f in flows:
-        ends = f.group.ends
-        timeouts = _timeouts(f.proto, settings)
-        shares = {EndKind.FIN: ends.fin, EndKind.RST: ends.rst, EndKind.IDLE: ends.idle}
-        total = sum(shares.values())
-        mean = min(f.group.duration.mean, until)
-        life = mean + sum(shares[k] / total * timeouts[k] for k in shares)
-        weights.append(f.group.arrivals.peak_rate(until) * f.share)
-        lives.append(life)
-    if not weights or sum(weights) == 0:
-        return math.inf
-    return float(np.average(lives, weights=weights))
+def _deletes_per_second(flows: Sequence[tuple[_Flow, Family]],
+                        until: float) -> dict[tuple[int, bool], float]:
+    """CT entries each CT map loses per second: the mean connection rate of its flows
+    (every connection's entry is deleted once, after its timeout)."""
+    rates: dict[tuple[int, bool], float] = {}
+    for f, family in flows:
+        key = (int(family is Family.IPV6), f.proto is Proto.TCP)
+        rate = f.group.arrivals.expected(0.0, until) / until * f.share
+        rates[key] = rates.get(key, 0.0) + rate
+    return rates
 
 
 def _occupancy(flow: _Flow, until: float) -> tuple[float, float, npt.NDArray[np.float64]]:
     """(peak rate, mean hold, expected ports held at each time of the grid)."""
     arrivals = flow.group.arrivals
     times = np.linspace(0.0, until, _TIME_GRID)[1:]
-    ends = flow.group.ends
-    shares = {EndKind.FIN: ends.fin, EndKind.RST: ends.rst, EndKind.IDLE: ends.idle}
-    total = sum(shares.values())
+    shares = flow.group.ends.shares()
+    total = 1.0
     curve = np.empty(len(times))
     for i, t in enumerate(times):
         ages = np.linspace(0.0, t, _AGE_GRID)
@@ -184,8 +187,10 @@ def estimate(workload: Workload, settings: SimSettings,
         for d, weight in zip(group.destinations, weights / weights.sum(), strict=True):
             proto = workload.destinations[d].proto
             flows.append((_Flow(group, float(weight), proto, {}), d, routes.per_group[g][:, d]))
-    life = _ct_life([f for f, _, _ in flows], until, settings)
-    gc_interval = steady_gc_interval(life, settings)
+    deletes = _deletes_per_second(
+        [(f, Family.of(workload.destinations[d].ip)) for f, d, _ in flows], until
+    )
+    gc_interval = steady_gc_interval(deletes, settings)
     rates: dict[NatEndpoint, float] = {}
     weighted_holds: dict[NatEndpoint, float] = {}
     curves: dict[NatEndpoint, npt.NDArray[np.float64]] = {}

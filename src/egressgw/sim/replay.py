@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from egressgw.datapath.model.config import TCP_SYN_RETRIES, TCP_SYN_RTO
 from egressgw.errors import InputError
 from egressgw.net import IPAddress, Proto, parse_ip
 from egressgw.sim.distributions import EndKind
@@ -85,6 +86,9 @@ class ReplayFlows:
             proto=data[:, 7].astype(np.uint8),
             egress=data[:, 8].astype(np.uint32),
             keepalive=np.zeros(n, dtype=np.float32),
+            # A recorded TCP client retransmits its SYN as Linux does; UDP is not retried.
+            retries=np.where(data[:, 7] == 6, TCP_SYN_RETRIES, 0).astype(np.uint8),
+            rto=np.full(n, TCP_SYN_RTO, dtype=np.float32),
         )
 
     @classmethod
@@ -143,8 +147,8 @@ class ReplayFlows:
             raise fail("port", f"{port_text!r} is not a port number")
         port = int(port_text) if proto.has_ports else 0
         end_text = (cell("end") or "fin").lower()
-        if end_text not in ("fin", "rst", "idle"):
-            raise fail("end", f"{end_text!r}: expected fin, rst or idle")
+        if end_text not in ("fin", "rst", "idle", "rst_server"):
+            raise fail("end", f"{end_text!r}: expected fin, rst, rst_server or idle")
         end = EndKind[end_text.upper()]
         src, dst = book.add(src_ip), book.add(dst_ip)
         sport_text = cell("sport")

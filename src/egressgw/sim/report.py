@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from egressgw.datapath.model import DropReason
+from egressgw.datapath.model.types import LATENCY_STEP
 from egressgw.errors import InputError
 from egressgw.net import NatEndpoint, format_ip
 from egressgw.render.tabwriter import tabwrite
@@ -87,12 +88,53 @@ def _percent(part: int, whole: int) -> str:
     return f"{part / whole:.2%}" if whole else "0.00%"
 
 
-def counter_lines(totals: Totals, *, not_masqueraded: int = 0) -> list[tuple[str, str]]:
+def latency_buckets(totals: Totals) -> list[tuple[str, int]]:
+    """Delayed connections by extra connect latency, in power-of-two second buckets."""
+    values = np.flatnonzero(totals.delayed) * LATENCY_STEP
+    counts = totals.delayed[np.flatnonzero(totals.delayed)]
+    buckets: list[tuple[str, int]] = []
+    low, high = 0.0, 1.0
+    while len(values):
+        inside = values <= high
+        if inside.any():
+            label = f"<= {format_seconds(high)}" if low == 0 else (
+                f"{format_seconds(low)}-{format_seconds(high)}")
+            buckets.append((label, int(counts[inside].sum())))
+        values, counts = values[~inside], counts[~inside]
+        low, high = high, high * 2
+    return buckets
+
+
+def connection_lines(totals: Totals) -> list[tuple[str, str]]:
+    """What the clients saw: refusals, retransmissions, the extra connect latency."""
+    delayed = totals.delayed_count
     lines = [
         ("attempted", f"{totals.attempted}"),
-        ("established", f"{totals.established}"),
-        ("refused (first packet dropped)",
+        ("got a port (established)", f"{totals.established}"),
+        ("first packet dropped",
          f"{totals.refused} ({_percent(totals.refused, totals.attempted)})"),
+        ("  got a port after retransmitting", f"{delayed}"),
+        ("  never got a port (gave up)", f"{totals.connect_failed}"),
+        ("  still retransmitting at the end", f"{totals.still_retrying}"),
+        ("retransmissions sent", f"{totals.retransmits}"),
+    ]
+    if delayed:
+        lines.append((
+            "extra connect latency of the delayed",
+            f"p50 {format_seconds(totals.latency_percentile(0.5))}, "
+            f"p99 {format_seconds(totals.latency_percentile(0.99))}",
+        ))
+        lines.append((
+            "extra connect latency of all established",
+            f"p50 {format_seconds(totals.latency_percentile(0.5, all_established=True))}, "
+            f"p99 {format_seconds(totals.latency_percentile(0.99, all_established=True))}",
+        ))
+    return lines
+
+
+def counter_lines(totals: Totals, *, not_masqueraded: int = 0) -> list[tuple[str, str]]:
+    lines = [
+        *connection_lines(totals),
         ("packets dropped, by reason", f"{totals.dropped}"),
     ]
     lines += [(f"  {code} {reason_text(code)}", f"{n}") for code, n in totals.drops.items()]
@@ -172,6 +214,10 @@ def render_summary(result: SimulationResult) -> str:
         tabwrite([["  " + k, v] for k, v in counter_lines(
             totals, not_masqueraded=result.not_masqueraded)]),
         f"  {first_refusal_text(result)}\n",
+        *([
+            "\nExtra connect latency (connections that got a port after retransmitting)\n",
+            tabwrite([["  " + label, str(n)] for label, n in latency_buckets(totals)]),
+        ] if totals.delayed_count else []),
         "\nPort search: collisions before a free port (tries histogram)\n",
         tabwrite([["  " + label, str(n)] for label, n in tries_buckets(totals.tries)]),
         "\nTuples: peak count and first nat-stats pass at or above each mark\n",
@@ -216,6 +262,21 @@ def totals_document(totals: Totals) -> dict[str, Any]:
         "signals": totals.signals,
         "gcRuns": totals.gc_runs,
         "tries": [int(x) for x in totals.tries],
+        "retransmits": totals.retransmits,
+        "neverGotAPort": totals.connect_failed,
+        "stillRetrying": totals.still_retrying,
+        "delayed": totals.delayed_count,
+        "connectLatency": {
+            "binSeconds": LATENCY_STEP,
+            "histogram": {
+                f"{i * LATENCY_STEP:g}": int(totals.delayed[i])
+                for i in np.flatnonzero(totals.delayed)
+            },
+            "p50": totals.latency_percentile(0.5),
+            "p99": totals.latency_percentile(0.99),
+            "p50AllEstablished": totals.latency_percentile(0.5, all_established=True),
+            "p99AllEstablished": totals.latency_percentile(0.99, all_established=True),
+        },
     }
 
 
@@ -232,6 +293,8 @@ def result_document(result: SimulationResult) -> dict[str, Any]:
             "natMapStatsInterval": s.stats_interval,
             "natMapStatsEntries": s.stats_entries,
             "conntrackGCInterval": s.conntrack_gc_interval,
+            "bpfCtGlobalTcpMax": s.bpf_ct_global_tcp_max,
+            "bpfCtGlobalAnyMax": s.bpf_ct_global_any_max,
             "ciliumVersion": s.cilium_version,
             "natLru": s.nat_lru,
             "possibleCPUs": s.possible_cpus,
@@ -294,6 +357,15 @@ def markdown_section(title: str, result: SimulationResult, plot_name: str | None
         markdown_table(crossing_rows(result, 5)),
         "\n",
     ]
+    if totals.delayed_count:
+        parts += [
+            "Extra connect latency of the connections that got a port after "
+            "retransmitting:\n\n",
+            markdown_table([["latency", "connections"], *[
+                [label, str(n)] for label, n in latency_buckets(totals)
+            ]]),
+            "\n",
+        ]
     if result.intervals:
         last = result.intervals[-1]
         parts += [

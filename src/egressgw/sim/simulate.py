@@ -24,6 +24,12 @@ import numpy.typing as npt
 
 from egressgw.config import NAT_MAP_STATS_ENTRIES_DEFAULT, NodePortRange, check_stats_entries
 from egressgw.datapath.model import ConnectionBatch, ModelConfig, ModelCounters, ModelDatapath
+from egressgw.datapath.model.config import (
+    CT_MAP_ANY_DEFAULT,
+    CT_MAP_TCP_DEFAULT,
+    GC_PASS_SECONDS,
+)
+from egressgw.datapath.model.types import LATENCY_BINS, LATENCY_STEP
 from egressgw.errors import ConfigError
 from egressgw.limits import NatPortRange, PortLimit, datapath_limit
 from egressgw.net import NatEndpoint
@@ -51,6 +57,9 @@ class SimSettings:
     stats_entries: int = NAT_MAP_STATS_ENTRIES_DEFAULT
     cilium_version: str = "1.16"
     conntrack_gc_interval: float | None = None
+    bpf_ct_global_tcp_max: int = CT_MAP_TCP_DEFAULT
+    bpf_ct_global_any_max: int = CT_MAP_ANY_DEFAULT
+    gc_pass_seconds: float = GC_PASS_SECONDS  # not a Cilium flag: see ModelConfig
     # The NAT map's LRU (ModelConfig.nat_lru): "exact", or "kernel" (runs the reference
     # engine), with the CPUs that LRU depends on.
     nat_lru: str = "exact"
@@ -94,6 +103,9 @@ class SimSettings:
             flow_cpus=self.flow_cpus,
             bpf_distributed_lru=self.bpf_distributed_lru,
             conntrack_gc_interval=self.conntrack_gc_interval,
+            bpf_ct_global_tcp_max=self.bpf_ct_global_tcp_max,
+            bpf_ct_global_any_max=self.bpf_ct_global_any_max,
+            gc_pass_seconds=self.gc_pass_seconds,
             datapath_model=self.datapath_model,
             nat_port_range=self.nat_port_range,
         )
@@ -113,16 +125,47 @@ class Totals:
     signals: int = 0
     gc_runs: int = 0
     tries: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(1, np.int64))
+    retransmits: int = 0
+    connect_failed: int = 0
+    delayed: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros(LATENCY_BINS, np.int64)
+    )
 
     @property
     def dropped(self) -> int:
-        """Packets dropped, every reason: first packets, and later ones of broken flows."""
+        """Packets dropped, every reason: first packets and their retransmissions, and
+        later packets of broken flows."""
         return sum(self.drops.values())
 
     @property
+    def delayed_count(self) -> int:
+        """Connections that got a port only after retransmitting their first packet."""
+        return int(self.delayed.sum())
+
+    @property
+    def still_retrying(self) -> int:
+        """Connections still retransmitting their first packet when the run ended."""
+        return self.attempted - self.established - self.connect_failed
+
+    @property
     def refused(self) -> int:
-        """New connections whose first packet was dropped (no source port found)."""
-        return self.attempted - self.established
+        """New connections whose first packet was dropped (no source port found), whether
+        a retransmission later got a port, none did, or the run ended first."""
+        return self.attempted - self.established + self.delayed_count
+
+    def latency_percentile(self, q: float, *, all_established: bool = False) -> float:
+        """The q-quantile (nearest rank) of the extra connect latency in seconds, over the
+        delayed connections, or over every established one (0 for the undelayed)."""
+        counts = self.delayed
+        immediate = self.established - self.delayed_count if all_established else 0
+        total = immediate + self.delayed_count
+        if total == 0:
+            return 0.0
+        rank = max(1, math.ceil(q * total))
+        if rank <= immediate:
+            return 0.0
+        index = int(np.searchsorted(np.cumsum(counts), rank - immediate))
+        return index * LATENCY_STEP
 
     @classmethod
     def of(cls, counters: Sequence[ModelCounters]) -> Totals:
@@ -145,6 +188,9 @@ class Totals:
             signals=sum(c.signals for c in counters),
             gc_runs=sum(c.gc_runs for c in counters),
             tries=tries,
+            retransmits=sum(c.retransmits for c in counters),
+            connect_failed=sum(c.connect_failed for c in counters),
+            delayed=sum((c.delayed for c in counters), np.zeros(LATENCY_BINS, np.int64)),
         )
 
 
@@ -213,6 +259,8 @@ def _batch(flows: Flows, gateway: _Gateway) -> ConnectionBatch:
         proto=flows.proto,
         egress=gateway.egress_ids[flows.egress],
         keepalive=flows.keepalive,
+        retries=flows.retries,
+        rto=flows.rto,
     )
 
 

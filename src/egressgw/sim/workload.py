@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from egressgw.config import parse_duration
+from egressgw.datapath.model.config import TCP_SYN_RETRIES
 from egressgw.errors import ConfigError, InputError
 from egressgw.net import Endpoint, IPAddress, Proto, parse_ip
 from egressgw.sim.arrivals import (
@@ -68,6 +69,11 @@ class ClientGroup:
     egress_ips: tuple[IPAddress, ...] = ()
     keepalive: float = 0.0
     source_ports: str = SourcePorts.SEQUENTIAL
+    # Retransmissions of a dropped first packet: TCP as Linux (net.ipv4.tcp_syn_retries,
+    # 1 s initial timeout, doubling); UDP as the application retries (a fixed timeout).
+    syn_retries: int = TCP_SYN_RETRIES
+    udp_retries: int = 0
+    udp_retry_timeout: float = 5.0
 
     @property
     def count(self) -> int:
@@ -289,7 +295,9 @@ def _parse_ends(value: object, where: _Fields, key: str) -> Ends:
     names = [k.name.lower() for k in EndKind]
     if isinstance(value, str):
         if value not in names:
-            raise where.error(key, f"{value!r}: expected fin, rst, idle or a mapping of shares")
+            raise where.error(
+                key, f"{value!r}: expected fin, rst, rst_server, idle or a mapping of shares"
+            )
         return Ends(**{name: float(name == value) for name in names})
     f = _Fields(value, where.name(key), where.source)
     f.check_keys(names)
@@ -348,6 +356,7 @@ def _parse_destination(f: _Fields) -> Destination:
 _GROUP_KEYS = [
     "name", "count", "addresses", "cidr", "destinations", "egress_ips", "arrivals",
     "duration", "end", "requests_per_connection", "keepalive", "source_ports",
+    "syn_retries", "udp_retries",
 ]
 
 
@@ -382,6 +391,13 @@ def _parse_group(
     ports = str(f.get("source_ports", SourcePorts.SEQUENTIAL))
     if ports not in SourcePorts.CHOICES:
         raise f.error("source_ports", f"{ports!r}: expected sequential or random")
+    syn_retries = _retry_count(f, "syn_retries", TCP_SYN_RETRIES)
+    udp_retries, udp_timeout = 0, 5.0
+    if f.has("udp_retries"):
+        u = f.sub("udp_retries")
+        u.check_keys(["count", "timeout"])
+        udp_retries = _retry_count(u, "count", 0)
+        udp_timeout = u.seconds("timeout", 5.0, positive=True)
     return ClientGroup(
         name=str(f.get("name", f"clients[{index}]")),
         addresses=addresses,
@@ -392,7 +408,17 @@ def _parse_group(
         egress_ips=f.ip_list("egress_ips"),
         keepalive=f.seconds("keepalive", 0.0),
         source_ports=ports,
+        syn_retries=syn_retries,
+        udp_retries=udp_retries,
+        udp_retry_timeout=udp_timeout,
     )
+
+
+def _retry_count(f: _Fields, key: str, default: int) -> int:
+    value = f.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        raise f.error(key, f"must be an integer from 0 to 255, got {value!r}")
+    return value
 
 
 def _parse_gateways(f: _Fields) -> dict[IPAddress, str]:

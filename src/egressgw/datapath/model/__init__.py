@@ -14,6 +14,7 @@ from egressgw.datapath.model.types import (
     EndKind,
     ModelCounters,
     PacketResult,
+    TcpFlags,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "ModelCounters",
     "ModelDatapath",
     "PacketResult",
+    "TcpFlags",
 ]

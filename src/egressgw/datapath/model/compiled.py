@@ -9,9 +9,10 @@ import numpy as np
 import numpy.typing as npt
 
 from egressgw.datapath.model import kernel as _kernel
-from egressgw.datapath.model.config import GC_START_INTERVAL, ModelConfig
+from egressgw.datapath.model.config import ModelConfig
+from egressgw.datapath.model.gcpacing import to_ns
 from egressgw.datapath.model.reference import ConnKey, NatRow
-from egressgw.datapath.model.types import ConnectionBatch, DropReason, EndKind, ModelCounters
+from egressgw.datapath.model.types import LATENCY_BINS, ConnectionBatch, DropReason, ModelCounters
 
 # numba dispatchers accept whatever numba can type; to mypy they are opaque.
 k: Any = _kernel
@@ -56,6 +57,7 @@ class CompiledModel:
         self.cnt = np.zeros(k.CNT_SIZE, np.int64)
         self.tries = np.zeros(config.retries + 1, np.int64)
         self.mt = np.zeros(624, np.uint32)
+        self.delayed = np.zeros(LATENCY_BINS, np.int64)
         self.cfg[k.C_CAP] = config.bpf_nat_global_max
         self.cfg[k.C_PMIN] = config.port_min
         self.cfg[k.C_PMAX] = config.port_max
@@ -63,15 +65,17 @@ class CompiledModel:
         self.cfg[k.C_THRES] = config.signal_thres
         self.cfg[k.C_CLAMP] = int(config.clamp)
         self.cfg[k.C_FIXED_GC] = config.conntrack_gc_interval is not None
+        self.cfg[k.C_CT_TCP_MAX] = config.bpf_ct_global_tcp_max
+        self.cfg[k.C_CT_ANY_MAX] = config.bpf_ct_global_any_max
+        self.cfg[k.C_GC_MAX_NS] = to_ns(config.conntrack_gc_max_interval or 0.0)
         self.cfgf[k.T_TCP] = config.ct_timeout_tcp
         self.cfgf[k.T_SYN] = config.ct_timeout_syn
         self.cfgf[k.T_FIN] = config.ct_timeout_fin
         self.cfgf[k.T_ANY] = config.ct_timeout_any
-        self.cfgf[k.T_HOLDOFF] = config.nat_fill_up_holdoff
-        interval = config.conntrack_gc_interval or GC_START_INTERVAL
-        self.fs[k.F_GC_INTERVAL] = interval
-        self.fs[k.F_NEXT_GC] = interval
-        self.fs[k.F_LAST_SIGNAL_GC] = -np.inf
+        self.cfgf[k.T_GC_PASS] = config.gc_pass_seconds
+        self.fs[k.F_GC_INTERVAL] = config.conntrack_gc_interval or 0.0
+        self.fs[k.F_MUTED_UNTIL] = -np.inf
+        self.fs[k.F_LAST_GC] = -np.inf
         for i in (k.S_NAT_FREE, k.S_HEAD, k.S_HEAD + 1, k.S_TAIL, k.S_TAIL + 1, k.S_CONN_FREE):
             self.st[i] = -1
         self.cr = np.zeros((0, k.CR_WORDS), np.uint32)
@@ -81,11 +85,13 @@ class CompiledModel:
         self.heap_rows = np.zeros((INITIAL_ROWS, k.H_WORDS), np.int64)
         self._grow_conns(INITIAL_ROWS)
         self._grow_nat(min(INITIAL_ROWS, 2 * config.bpf_nat_global_max))
+        k.gc(self._sc(), *self._tables(), 3, False)  # the agent's initial scan (gc.go Enable)
 
     # -- state tuples -------------------------------------------------------------------
 
     def _sc(self) -> tuple[npt.NDArray[Any], ...]:
-        return (self.st, self.fs, self.cfg, self.cfgf, self.cnt, self.tries, self.mt)
+        return (self.st, self.fs, self.cfg, self.cfgf, self.cnt, self.tries, self.mt,
+                self.delayed)
 
     def _tables(self) -> tuple[npt.NDArray[Any], ...]:
         """CR, CF, CB, NR, NB: records, their float view, their index; IN entries, index."""
@@ -171,12 +177,19 @@ class CompiledModel:
             signals=int(c[k.K_SIGNALS]),
             gc_runs=int(c[k.K_GC_RUNS]),
             tries=self.tries.copy(),
+            retransmits=int(c[k.K_RETRANSMITS]),
+            connect_failed=int(c[k.K_CONNECT_FAILED]),
+            delayed=self.delayed.copy(),
         )
 
-    def _send(self, key: ConnKey, egress: int, mode: int) -> tuple[int, int, bool, int]:
+    def _send(
+        self, key: ConnKey, egress: int, mode: int, flags: int = 0
+    ) -> tuple[int, int, bool, int]:
         self._room_for_one(key[0])
         state = self._load_rng()
-        port, drop, broken, retries = k.op_send(self._sc(), *self._tables(), *key, egress, mode)
+        port, drop, broken, retries = k.op_send(
+            self._sc(), *self._tables(), *key, egress, mode, flags
+        )
         self._store_rng(state)
         return int(port), int(drop), bool(broken), int(retries)
 
@@ -184,25 +197,29 @@ class CompiledModel:
         port, drop, _broken, retries = self._send(key, egress, 1)
         return port, drop, retries
 
-    def send(self, key: ConnKey, egress: int) -> tuple[int, int, bool, int]:
-        return self._send(key, egress, 0)
+    def first_exchange(self, key: ConnKey, egress: int) -> tuple[int, int, int]:
+        port, drop, _broken, retries = self._send(key, egress, 2)
+        return port, drop, retries
 
-    def reply(self, key: ConnKey) -> tuple[int, int]:
+    def send(self, key: ConnKey, egress: int, flags: int) -> tuple[int, int, bool, int]:
+        return self._send(key, egress, 0, flags)
+
+    def reply(self, key: ConnKey, flags: int) -> tuple[int, int]:
         cr, cf, cb, nr, nb = self._tables()
-        port, drop = k.op_reply(self._sc(), cr, cf, cb, nr, nb, *key)
+        port, drop = k.op_reply(self._sc(), cr, cf, cb, nr, nb, *key, flags)
         return int(port), int(drop)
 
     def close(self, key: ConnKey, kind: int) -> tuple[int, int, bool, int]:
         o = k.conn_find(self.cr, self.cb, *key)
-        if kind == EndKind.IDLE or o < 0 or not self.cr[o, k.R_MISC] & k.CF_CT:
+        if o < 0 or not self.cr[o, k.R_MISC] & k.CF_CT:
             return -1, 0, False, 0
-        return self._send(key, int(self.cr[o, k.R_EGRESS]), 2)
+        return self._send(key, int(self.cr[o, k.R_EGRESS]), 3, kind)
 
     def run(self, batch: ConnectionBatch, until: float) -> None:
         columns = (
             batch.start, batch.duration, batch.end, batch.src, batch.sport,
             batch.dst, batch.dport, batch.proto, batch.egress, batch.keepalive,
-        )  # fmt: skip
+        ), (batch.retries, batch.rto)  # fmt: skip
         self.st[k.S_BATCH_POS] = 0
         state = self._load_rng()
         try:

@@ -15,11 +15,16 @@ from egressgw.limits import DATAPATH_KINDS, NatPortRange
 NAT_MAP_MIN = 1 << 10
 NAT_MAP_MAX = 1 << 24
 
-# pkg/defaults: ConntrackGCStartingInterval, ConntrackGCMinInterval,
-# ConntrackGCMaxLRUInterval.
-GC_START_INTERVAL = 300.0
-GC_MIN_INTERVAL = 10.0
-GC_MAX_INTERVAL = 12 * 3600.0
+# pkg/option: CTMapEntriesGlobalTCPDefault (2 << 18), CTMapEntriesGlobalAnyDefault (2 << 17).
+CT_MAP_TCP_DEFAULT = 524288
+CT_MAP_ANY_DEFAULT = 262144
+
+# Not a Cilium setting: how long the model takes a CT GC pass to be (see ModelConfig).
+GC_PASS_SECONDS = 1.0
+
+# Linux: TCP_TIMEOUT_INIT (1 s), net.ipv4.tcp_syn_retries (6).
+TCP_SYN_RTO = 1.0
+TCP_SYN_RETRIES = 6
 
 
 def _positive(value: float, flag: str) -> None:
@@ -45,6 +50,13 @@ class ModelConfig:
     ct_timeout_fin: float = 10.0
     ct_timeout_any: float = 60.0
     conntrack_gc_interval: float | None = None
+    conntrack_gc_max_interval: float | None = None
+    bpf_ct_global_tcp_max: int = CT_MAP_TCP_DEFAULT
+    bpf_ct_global_any_max: int = CT_MAP_ANY_DEFAULT
+    # Not a Cilium flag: how long a CT GC pass takes. The GC goroutine mutes the
+    # nat_fill_up signal from the moment it wakes until the pass is done (gc.go:
+    # MuteSignals / UnmuteSignals); signals sent meanwhile are dropped.
+    gc_pass_seconds: float = GC_PASS_SECONDS
     # The NAT map's LRU (natmap.py): "exact", or "kernel" for BPF_MAP_TYPE_LRU_HASH as the
     # kernel implements it, which depends on the CPUs the datapath runs on: the number of
     # possible CPUs, and how packets map to CPUs ("hash": each direction of a flow on a CPU
@@ -54,10 +66,6 @@ class ModelConfig:
     flow_cpus: str = "hash"
     # Cilium 1.18's --bpf-distributed-lru: BPF_F_NO_COMMON_LRU, one LRU per CPU.
     bpf_distributed_lru: bool = False
-    # Not a Cilium flag: nat_fill_up signals that arrive within this many seconds of the
-    # last signal-triggered GC pass are coalesced into it, standing for the time a GC pass
-    # takes while the agent does not listen for further signals.
-    nat_fill_up_holdoff: float = 1.0
     # Which datapath the model reproduces: "cilium" (the engines above, Cilium v1.16's
     # BPF SNAT) or "netfilter" (a Linux gateway: nf_nat and conntrack, netfilter.py).
     datapath_model: str = "cilium"
@@ -146,10 +154,18 @@ class ModelConfig:
         _positive(self.ct_timeout_any, "--bpf-ct-timeout-regular-any")
         if self.conntrack_gc_interval is not None:
             _positive(self.conntrack_gc_interval, "--conntrack-gc-interval")
-        if not (math.isfinite(self.nat_fill_up_holdoff) and self.nat_fill_up_holdoff >= 0):
+        if self.conntrack_gc_max_interval is not None:
+            _positive(self.conntrack_gc_max_interval, "--conntrack-gc-max-interval")
+        for value, flag in ((self.bpf_ct_global_tcp_max, "--bpf-ct-global-tcp-max"),
+                            (self.bpf_ct_global_any_max, "--bpf-ct-global-any-max")):
+            if not NAT_MAP_MIN <= value <= NAT_MAP_MAX:  # LimitTableMin..LimitTableMax
+                raise ConfigError(
+                    f"{value}: must be between {NAT_MAP_MIN} and {NAT_MAP_MAX}", field=flag
+                )
+        if not (math.isfinite(self.gc_pass_seconds) and self.gc_pass_seconds >= 0):
             raise ConfigError(
-                f"{self.nat_fill_up_holdoff}: must be a non-negative number of seconds",
-                field="nat-fill-up-holdoff",
+                f"{self.gc_pass_seconds}: must be a non-negative number of seconds",
+                field="gc-pass-seconds",
             )
 
     @property

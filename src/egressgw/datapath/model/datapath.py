@@ -19,6 +19,7 @@ from egressgw.datapath.model.types import (
     EndKind,
     ModelCounters,
     PacketResult,
+    TcpFlags,
 )
 from egressgw.errors import DatapathError
 from egressgw.net import (
@@ -87,25 +88,43 @@ class ModelDatapath:
     # -- per connection -----------------------------------------------------------------
 
     def connect(self, tup: FiveTuple, egress_ip: IPAddress) -> ConnectResult:
-        """The first packet of a connection (for ICMP echo, the echo id is the port)."""
+        """The first packet of a connection (TCP: a SYN; for ICMP echo, the echo id is the
+        port). Only this packet: ``open`` is the whole handshake."""
         key, egress = self._key(tup, egress_ip)
         port, drop, retries = self._engine.connect(key, egress)
         return ConnectResult(port if port >= 0 else None, _drop(drop), retries)
 
-    def send(self, tup: FiveTuple, egress_ip: IPAddress) -> PacketResult:
-        """A later packet from the pod: takes a new port (broken) if the OUT entry is gone."""
+    def open(self, tup: FiveTuple, egress_ip: IPAddress) -> ConnectResult:
+        """A connection's first exchange, as the bulk engine starts one: TCP's handshake
+        (SYN, SYN-ACK, ACK: the CT entry is then established), else a packet and its reply."""
         key, egress = self._key(tup, egress_ip)
-        port, drop, broken, retries = self._engine.send(key, egress)
+        port, drop, retries = self._engine.first_exchange(key, egress)
+        return ConnectResult(port if port >= 0 else None, _drop(drop), retries)
+
+    def send(
+        self, tup: FiveTuple, egress_ip: IPAddress, flags: TcpFlags = TcpFlags.NONE
+    ) -> PacketResult:
+        """A later packet from the pod: takes a new port (broken) if the OUT entry is gone.
+
+        ``flags``: SYN for a retransmitted SYN, FIN or RST."""
+        key, egress = self._key(tup, egress_ip)
+        port, drop, broken, retries = self._engine.send(key, egress, int(flags))
         return PacketResult(port if port >= 0 else None, _drop(drop), broken, retries)
 
-    def reply(self, tup: FiveTuple, egress_ip: IPAddress) -> PacketResult:
-        """A packet from the remote back to the port the connection last had."""
+    def reply(
+        self, tup: FiveTuple, egress_ip: IPAddress, flags: TcpFlags = TcpFlags.NONE
+    ) -> PacketResult:
+        """A packet from the remote back to the port the connection last had.
+
+        ``flags``: SYN for the SYN-ACK, FIN or RST."""
         key, _egress = self._key(tup, egress_ip)
-        port, drop = self._engine.reply(key)
+        port, drop = self._engine.reply(key, int(flags))
         return PacketResult(port if port >= 0 else None, _drop(drop))
 
     def close(self, tup: FiveTuple, kind: EndKind = EndKind.FIN) -> PacketResult:
-        """A FIN or RST from the pod (CT moves to the close timeout); IDLE sends nothing.
+        """The packets that end a connection, as the bulk engine sends them: FIN (the pod's
+        FIN, the remote's FIN, the pod's last ACK), RST (the pod's RST), RST_SERVER (the
+        remote's RST), IDLE (a last packet and its reply). The first packet's result.
 
         Nothing happens for a connection without a CT entry.
         """

@@ -18,16 +18,19 @@ class Engine(Protocol):
     def counters(self) -> ModelCounters: ...
 
     def connect(self, key: ConnKey, egress: int) -> tuple[int, int, int]:
-        """(port or -1, drop code or 0, retries)."""
+        """A first packet (TCP: a SYN): (port or -1, drop code or 0, retries)."""
 
-    def send(self, key: ConnKey, egress: int) -> tuple[int, int, bool, int]:
-        """(port or -1, drop code or 0, broken, retries)."""
+    def first_exchange(self, key: ConnKey, egress: int) -> tuple[int, int, int]:
+        """A first exchange (TCP: SYN, SYN-ACK, ACK), like connect."""
 
-    def reply(self, key: ConnKey) -> tuple[int, int]:
-        """(port or -1, drop code or 0)."""
+    def send(self, key: ConnKey, egress: int, flags: int) -> tuple[int, int, bool, int]:
+        """A packet from the pod with TcpFlags: (port or -1, drop code or 0, broken, retries)."""
+
+    def reply(self, key: ConnKey, flags: int) -> tuple[int, int]:
+        """A packet from the remote with TcpFlags: (port or -1, drop code or 0)."""
 
     def close(self, key: ConnKey, kind: int) -> tuple[int, int, bool, int]:
-        """Like send, with a FIN or RST, via the connection's egress; nothing for IDLE."""
+        """The packets of an EndKind via the connection's egress; the first one's result."""
 
     def run(self, batch: ConnectionBatch, until: float) -> None: ...
 

@@ -5,7 +5,8 @@ State lives in a few flat arrays, so every function compiles once and is cached 
 
 - ``SC`` scalars: ``st`` (int64 scalars), ``fs`` (float64 clock and GC state), ``cfg``
   (int64 settings), ``cfgf`` (float64 settings), ``cnt`` (counters), ``tries``
-  (histogram) and ``mt`` (the MT19937 state of the injected ``random.Random``).
+  (histogram), ``mt`` (the MT19937 state of the injected ``random.Random``) and ``lat``
+  (the extra connect latency histogram, ModelCounters.delayed).
 - ``CR`` connection records, one uint32 row (48 bytes) per CT key, i.e. original tuple:
   the tuple, the egress address, the CT entry (flags, expiry as float64 in the last two
   words, read through the ``CF`` view), the port it last got, its OUT NAT entry (a flag,
@@ -21,8 +22,9 @@ State lives in a few flat arrays, so every function compiles once and is cached 
   ``NB`` is the IN hash index, bucket = hash(key without port) + port.
 - The per-family LRU list is doubly linked through both tables: a node is an NR row, or
   a record number with ``OUT_TAG`` set for an OUT entry.
-- ``H`` pending events: a binary heap of int64 rows (48 bytes, with a float64 view for the
-  times) ordered by (time, sequence number).
+- ``H`` pending events (keepalives, ends, retransmissions of a dropped first packet): a
+  binary heap of int64 rows (64 bytes, with a float64 view for the times) ordered by
+  (time, sequence number).
 
 Rows rather than columns: a lookup touches one cache line per record instead of one per
 field. Every function is compiled with ``_nrt=False``: none allocates, and without numba's
@@ -45,6 +47,9 @@ import math
 import numpy as np
 from numba import njit
 
+from egressgw.datapath.model import gcpacing
+from egressgw.datapath.model.types import LATENCY_STEP
+
 # -- indices into st ------------------------------------------------------------------------
 S_NAT_FREE = 0
 S_NAT_NFREE = 1
@@ -58,17 +63,19 @@ S_HEAP_SIZE = 11
 S_SEQ = 12
 S_MT_INDEX = 13
 S_BATCH_POS = 14
-S_SIGNAL_DUE = 15
+S_SIGNAL_DUE = 15  # a bit per family whose nat_fill_up woke the GC
 S_CT_COUNT = 16
-S_ORPHANS = 17  # 1: some IN entry may have an owner without a CT entry
-ST_SIZE = 18
+S_ORPHANS = 17  # a bit per family: some IN entry may have an owner without a CT entry
+S_GC_CACHED = 18  # ctmap's cachedGCInterval, ns (0: unset)
+ST_SIZE = 19
 
 # -- indices into fs ------------------------------------------------------------------------
 F_NOW = 0
 F_NEXT_GC = 1
 F_GC_INTERVAL = 2
-F_LAST_SIGNAL_GC = 3
-FS_SIZE = 4
+F_MUTED_UNTIL = 3  # nat_fill_up is muted while a GC pass runs
+F_LAST_GC = 4  # when the previous pass started (-inf: none yet)
+FS_SIZE = 5
 
 # -- indices into cfg / cfgf ----------------------------------------------------------------
 C_CAP = 0
@@ -77,13 +84,16 @@ C_PMAX = 2
 C_RETRIES = 3
 C_THRES = 4
 C_FIXED_GC = 5
-C_CLAMP = 6  # ports.Clamp: 0 modulo (v1.16), 1 multiply-shift (v1.17+)
-CFG_SIZE = 7
+C_CT_TCP_MAX = 6
+C_CT_ANY_MAX = 7
+C_GC_MAX_NS = 8  # --conntrack-gc-max-interval in ns (0: none)
+C_CLAMP = 9  # ports.Clamp: 0 modulo (v1.16), 1 multiply-shift (v1.17+)
+CFG_SIZE = 10
 T_TCP = 0
 T_SYN = 1
 T_FIN = 2
 T_ANY = 3
-T_HOLDOFF = 4
+T_GC_PASS = 4
 CFGF_SIZE = 5
 
 # -- indices into cnt -----------------------------------------------------------------------
@@ -98,7 +108,9 @@ K_BROKEN = 7
 K_REPLY_DROPS = 8
 K_SIGNALS = 9
 K_GC_RUNS = 10
-CNT_SIZE = 11
+K_RETRANSMITS = 11
+K_CONNECT_FAILED = 12
+CNT_SIZE = 13
 
 # -- connection record words (CR) -----------------------------------------------------------
 R_SRC = 0
@@ -136,26 +148,40 @@ H_END = 1  # float
 H_KA = 2  # float
 H_SEQ = 3
 H_CONN = 4
-H_EGRESS_KIND = 5  # egress << 8 | h_kind
-H_WORDS = 6
+H_EGRESS_KIND = 5  # egress << 16 | retransmissions left << 8 | h_kind
+H_RTO = 6  # float: a retransmission's next timeout
+H_START = 7  # float: when a retransmitting connection started
+H_WORDS = 8
 
 # -- flags ----------------------------------------------------------------------------------
 CF_USED = 1
 CF_CT = 2
 CF_BROKEN = 4
-CF_STATE_SHIFT = 3  # two bits: CT_SYN, CT_ESTABLISHED, CT_CLOSING
-CF_STATE_CLEAR = 0xFFFFFFE7
+# The CT entry's TCP state (see reference.py): the reply direction's SYN, seen_non_syn,
+# and each direction's closing flag.
+CF_RX_SYN = 8
+CF_NON_SYN = 16
 CF_OUT = 32  # the record holds the connection's OUT NAT entry
+CF_TX_CLOSING = 64
+CF_RX_CLOSING = 128
+CF_CLOSED = CF_TX_CLOSING | CF_RX_CLOSING
+CF_TCP_STATE = CF_RX_SYN | CF_NON_SYN | CF_CLOSED
 NF_USED = 1
 NF_IN = 2
 NF_V6 = 4
 HK_KEEPALIVE = 4  # h_kind: low two bits are the EndKind
+HK_RETRY = 8
 
-CT_SYN = 0
-CT_ESTABLISHED = 1
-CT_CLOSING = 2
+# packet flags (types.TcpFlags)
+P_SYN = 1
+P_FIN = 2
+P_RST = 4
+
 TCP = 6
+FIN_END = 0
+RST_END = 1
 IDLE = 2
+RST_SERVER_END = 3
 DROP_NO_MAPPING = 167
 V6_BIT = 0x8000_0000
 
@@ -302,14 +328,40 @@ def conn_maybe_free(st, CR, CB, o) -> None:
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _lifetime(cfgf, proto, state) -> float:
+def _ct_create(cfgf, CR, CF, o, proto, egress, now) -> None:
+    """ct_create4: a new CT entry; TCP gets the SYN lifetime whatever the packet was."""
+    CR[o, R_MISC] = (CR[o, R_MISC] & ~np.uint32(CF_TCP_STATE | CF_BROKEN)) | CF_CT
+    CR[o, R_EGRESS] = egress
+    CF[o, CF_EXPIRY] = now + (cfgf[T_SYN] if proto == TCP else cfgf[T_ANY])
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _ct_update(cfgf, CR, CF, o, proto, flags, ingress, now) -> bool:
+    """__ct_lookup on an existing entry (see reference.py); False: a SYN found it closing."""
     if proto != TCP:
-        return cfgf[T_ANY]
-    if state == CT_ESTABLISHED:
-        return cfgf[T_TCP]
-    if state == CT_CLOSING:
-        return cfgf[T_FIN]
-    return cfgf[T_SYN]
+        CF[o, CF_EXPIRY] = now + cfgf[T_ANY]
+        return True
+    misc = CR[o, R_MISC]
+    if misc & CF_CLOSED != CF_CLOSED:
+        if not flags & P_SYN:
+            misc |= np.uint32(CF_NON_SYN)
+        elif ingress:
+            misc |= np.uint32(CF_RX_SYN)
+        CF[o, CF_EXPIRY] = now + (cfgf[T_TCP] if misc & CF_NON_SYN else cfgf[T_SYN])
+    if flags & (P_FIN | P_RST):
+        if flags & P_RST and not misc & CF_RX_SYN:
+            misc |= np.uint32(CF_CLOSED)
+        elif ingress:
+            misc |= np.uint32(CF_RX_CLOSING)
+        else:
+            misc |= np.uint32(CF_TX_CLOSING)
+        if misc & CF_CLOSED == CF_CLOSED:
+            CF[o, CF_EXPIRY] = now + cfgf[T_FIN]
+    elif flags & P_SYN and misc & CF_CLOSED:
+        CR[o, R_MISC] = misc
+        return False
+    CR[o, R_MISC] = misc
+    return True
 
 
 # -- the NAT map ------------------------------------------------------------------------------
@@ -497,7 +549,7 @@ def _clamp(start, end, value, kind) -> int:
 @njit(cache=True, _nrt=False)
 def _allocate(SC, CR, CB, NR, NB, o, egress, fam):
     """snat_v4_new_mapping: returns (port or -1, retries)."""
-    st, fs, cfg, cfgf, cnt, tries, mt = SC
+    st, fs, cfg, cnt, tries, mt = SC[0], SC[1], SC[2], SC[4], SC[5], SC[6]
     start = cfg[C_PMIN]
     end = cfg[C_PMAX]
     retries_max = cfg[C_RETRIES]
@@ -528,11 +580,10 @@ def _allocate(SC, CR, CB, NR, NB, o, egress, fam):
             port = _clamp(start, end, mt_random16(st, mt), kind)
         retries += 1
     tries[retries] += 1
-    if retries > cfg[C_THRES]:
+    if retries > cfg[C_THRES]:  # nat.h: strictly more than SNAT_SIGNAL_THRES
         cnt[K_SIGNALS] += 1
-        if now >= fs[F_LAST_SIGNAL_GC] + cfgf[T_HOLDOFF]:
-            fs[F_LAST_SIGNAL_GC] = now
-            st[S_SIGNAL_DUE] = 1
+        if now >= fs[F_MUTED_UNTIL]:  # gc.go mutes the signal while a pass runs
+            st[S_SIGNAL_DUE] |= 1 << fam
     return (port if found else -1), retries
 
 
@@ -540,16 +591,17 @@ def _allocate(SC, CR, CB, NR, NB, o, egress, fam):
 
 
 @njit(cache=True, _nrt=False)
-def forward(SC, CR, CF, CB, NR, NB, src, sport, dst, dport, proto, egress, closing):
-    """A packet from the pod: (record, port or -1, drop, broken, retries)."""
+def forward(SC, CR, CF, CB, NR, NB, src, sport, dst, dport, proto, egress, flags):
+    """A packet from the pod, its record found by tuple (bench/bench_model.py drives this)."""
     o = conn_find(CR, CB, src, sport, dst, dport, proto)
-    return forward_at(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, closing)
+    return forward_at(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, flags)
 
 
 @njit(cache=True, _nrt=False)
-def forward_at(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, closing):
-    """``forward`` for the tuple's record ``o`` (-1: none yet), found by the caller."""
-    st, fs, _cfg, cfgf, cnt, _tries, _mt = SC
+def forward_at(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, flags):
+    """A packet from the pod for the tuple's record ``o`` (-1: none yet), found by the
+    caller: (record, port or -1, drop, broken, retries)."""
+    st, fs, _cfg, cfgf, cnt = SC[0], SC[1], SC[2], SC[3], SC[4]
     now = fs[F_NOW]
     fam = 1 if src & V6_BIT else 0
     has_out = o >= 0 and CR[o, R_MISC] & CF_OUT != 0
@@ -558,18 +610,14 @@ def forward_at(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress,
     if o < 0 or not CR[o, R_MISC] & CF_CT:
         if o < 0:
             o = _conn_new(st, CR, CB, src, sport, dst, dport, proto, egress)
-        state = CT_CLOSING if closing and proto == TCP else CT_SYN
-        CR[o, R_MISC] = (proto << 8) | CF_USED | CF_CT | (state << CF_STATE_SHIFT)
-        CR[o, R_EGRESS] = egress
-        CF[o, CF_EXPIRY] = now + _lifetime(cfgf, proto, state)
+        _ct_create(cfgf, CR, CF, o, proto, egress, now)
+        CR[o, R_MISC] &= np.uint32(0xFFFF)  # no port yet (an OUT entry implies a CT entry)
         st[S_CT_COUNT] += 1
-    else:
-        misc = CR[o, R_MISC]
-        state = (misc >> CF_STATE_SHIFT) & 3
-        if closing and proto == TCP:
-            state = CT_CLOSING
-            CR[o, R_MISC] = (misc & CF_STATE_CLEAR) | (state << CF_STATE_SHIFT)
-        CF[o, CF_EXPIRY] = now + _lifetime(cfgf, proto, state)
+    elif not _ct_update(cfgf, CR, CF, o, proto, flags, False, now):
+        # A SYN on a closing entry: a fresh entry (the OUT entry, if any, stays).
+        _ct_create(cfgf, CR, CF, o, proto, CR[o, R_EGRESS] if has_out else egress, now)
+        if not has_out:
+            CR[o, R_MISC] &= np.uint32(0xFFFF)  # no port yet: a new connection
     if has_out:
         return o, np.int64(CR[o, R_MISC] >> 16), 0, False, 0
     misc = CR[o, R_MISC]
@@ -588,19 +636,7 @@ def forward_at(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress,
 
 
 @njit(cache=True, _nrt=False)
-def _track_reply(cfgf, CR, CF, o, now) -> None:
-    misc = CR[o, R_MISC]
-    if not misc & CF_CT:
-        return
-    state = (misc >> CF_STATE_SHIFT) & 3
-    if state == CT_SYN:
-        state = CT_ESTABLISHED
-        CR[o, R_MISC] = (misc & CF_STATE_CLEAR) | (state << CF_STATE_SHIFT)
-    CF[o, CF_EXPIRY] = now + _lifetime(cfgf, (misc >> 8) & 0xFF, state)
-
-
-@njit(cache=True, _nrt=False)
-def reply_record(SC, CR, CF, NR, NB, o):
+def reply_record(SC, CR, CF, NR, NB, o, flags):
     """A reply to the port record ``o`` last had (-1: no record): (port or -1, drop)."""
     st, fs, cnt, cfgf = SC[0], SC[1], SC[4], SC[3]
     if o < 0 or not CR[o, R_MISC] & CF_CT or CR[o, R_MISC] >> 16 == 0:
@@ -608,35 +644,62 @@ def reply_record(SC, CR, CF, NR, NB, o):
         return -1, DROP_NO_MAPPING
     port = np.int64(CR[o, R_MISC] >> 16)
     ports = CR[o, R_PORTS]
-    e = in_find(
-        CR, NR, NB, CR[o, R_DST], ports & 0xFFFF, CR[o, R_EGRESS], port,
-        (CR[o, R_MISC] >> 8) & 0xFF,
-    )  # fmt: skip
+    proto = np.int64((CR[o, R_MISC] >> 8) & 0xFF)
+    e = in_find(CR, NR, NB, CR[o, R_DST], ports & 0xFFFF, CR[o, R_EGRESS], port, proto)
     if e < 0:
         cnt[K_REPLY_DROPS] += 1
         return -1, DROP_NO_MAPPING
     nat_touch(st, CR, NR, e, 1 if NR[e, E_PORTFLAGS] & NF_V6 else 0)
     owner = np.int64(NR[e, E_OWNER])
-    _track_reply(cfgf, CR, CF, owner, fs[F_NOW])
+    if CR[owner, R_MISC] & CF_CT:
+        _ct_update(cfgf, CR, CF, owner, proto, flags, True, fs[F_NOW])
     if owner != o:
         cnt[K_REPLY_DROPS] += 1
         return -1, DROP_NO_MAPPING
     return port, 0
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def open_record(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress):
+    """A connection's first exchange (TCP: SYN, SYN-ACK, ACK): (record, port, drop, retries)."""
+    syn = P_SYN if proto == TCP else 0
+    o, port, drop, _b, retries = forward_at(
+        SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, syn
+    )
+    if drop:
+        return o, port, drop, retries
+    reply_record(SC, CR, CF, NR, NB, o, syn)
+    if proto == TCP:
+        forward_at(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, 0)
+    return o, port, drop, retries
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def end_record(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, kind):
+    """The packets that end a connection (EndKind): the first one's (port, drop, broken,
+    retries)."""
+    if proto == TCP and kind == RST_SERVER_END:
+        port, drop = reply_record(SC, CR, CF, NR, NB, o, P_RST)
+        return port, drop, False, 0
+    flags = 0
+    if proto == TCP and kind == RST_END:
+        flags = P_RST
+    elif proto == TCP and kind == FIN_END:
+        flags = P_FIN
+    o, port, drop, broken, retries = forward_at(
+        SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, flags
+    )
+    if drop or flags == P_RST:
+        return port, drop, broken, retries
+    _p, rdrop = reply_record(SC, CR, CF, NR, NB, o, flags)
+    if flags == P_FIN and not rdrop:  # the pod's last ACK
+        forward_at(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, 0)
+    return port, drop, broken, retries
+
+
 # -- garbage collection -----------------------------------------------------------------------
 
-
-@njit(cache=True, _nrt=False)
-def next_gc_interval(interval, ratio) -> float:
-    if ratio == 0.0:
-        return interval
-    if ratio > 0.25:
-        ratio = min(ratio, 0.9)
-        return max(10.0, math.floor(interval * (1.0 - ratio) + 0.5))
-    if ratio < 0.05:
-        return min(43200.0, math.floor(interval * 1.5 + 0.5))
-    return interval
+get_interval = njit(cache=True, _nrt=False)(gcpacing.get_interval)
 
 
 @njit(cache=True, _nrt=False)
@@ -661,34 +724,59 @@ def ct_delete(st, cnt, CR, CB, NR, NB, o) -> None:
     # IN entries are only made for records with a CT entry, so a record can only own
     # orphans (IN entries without CT) if it outlives the loss of its CT entry here.
     if CR[o, R_MISC] & CF_USED:
-        st[S_ORPHANS] = 1
+        st[S_ORPHANS] |= 2 if CR[o, R_SRC] & V6_BIT else 1
 
 
 @njit(cache=True, _nrt=False)
-def gc(SC, CR, CF, CB, NR, NB) -> None:
-    """One CT GC pass at now: expire CT entries with their NAT mappings, then orphans."""
-    st, fs, cfg, _cfgf, cnt, _tries, _mt = SC
+def gc(SC, CR, CF, CB, NR, NB, families, signalled) -> None:
+    """One CT GC pass at now over the maps of ``families`` (see reference.py)."""
+    st, fs, cfg, cfgf, cnt = SC[0], SC[1], SC[2], SC[3], SC[4]
     now = fs[F_NOW]
-    deleted = 0
-    alive = 0
+    d_tcp4 = 0
+    d_any4 = 0
+    d_tcp6 = 0
+    d_any6 = 0
     for o in range(CR.shape[0]):
-        if not CR[o, R_MISC] & CF_CT:
+        misc = CR[o, R_MISC]
+        if not misc & CF_CT or CF[o, CF_EXPIRY] >= now:
             continue
-        if CF[o, CF_EXPIRY] >= now:
-            alive += 1
+        v6 = CR[o, R_SRC] & V6_BIT != 0
+        if not (families >> (1 if v6 else 0)) & 1:
             continue
-        deleted += 1
+        tcp = (misc >> 8) & 0xFF == TCP
+        if v6:
+            if tcp:
+                d_tcp6 += 1
+            else:
+                d_any6 += 1
+        elif tcp:
+            d_tcp4 += 1
+        else:
+            d_any4 += 1
         ct_delete(st, cnt, CR, CB, NR, NB, o)
-    if st[S_ORPHANS]:  # else the scan would find nothing: skip reading every entry
-        st[S_ORPHANS] = 0
+    tcp_max = np.float64(cfg[C_CT_TCP_MAX])
+    any_max = np.float64(cfg[C_CT_ANY_MAX])
+    ratio = max(d_tcp4 / tcp_max, d_any4 / any_max, d_tcp6 / tcp_max, d_any6 / any_max)
+    purge = st[S_ORPHANS] & families if signalled else 0
+    if purge:  # only a pass woken by nat_fill_up purges orphans; skip if none can exist
+        st[S_ORPHANS] &= ~purge
         for e in range(NR.shape[0]):
-            if NR[e, E_PORTFLAGS] & NF_USED and not CR[NR[e, E_OWNER], R_MISC] & CF_CT:
+            pf = NR[e, E_PORTFLAGS]
+            if (
+                pf & NF_USED
+                and (purge >> (1 if pf & NF_V6 else 0)) & 1
+                and not CR[NR[e, E_OWNER], R_MISC] & CF_CT
+            ):
                 nat_remove(st, cnt, CR, CB, NR, NB, e, False)
-    total = deleted + alive
-    ratio = deleted / total if total else 0.0
     if not cfg[C_FIXED_GC]:
-        fs[F_GC_INTERVAL] = next_gc_interval(fs[F_GC_INTERVAL], ratio)
+        last = fs[F_LAST_GC]
+        actual = 0 if last == -np.inf else np.int64(round((now - last) * 1e9))
+        interval_ns, cached = get_interval(st[S_GC_CACHED], actual, ratio, cfg[C_GC_MAX_NS])
+        st[S_GC_CACHED] = cached
+        fs[F_GC_INTERVAL] = interval_ns / 1e9
+    fs[F_LAST_GC] = now
     fs[F_NEXT_GC] = now + fs[F_GC_INTERVAL]
+    fs[F_MUTED_UNTIL] = now + cfgf[T_GC_PASS]
     cnt[K_GC_RUNS] += 1
 
 
@@ -696,8 +784,9 @@ def gc(SC, CR, CF, CB, NR, NB) -> None:
 def after_operation(SC, CR, CF, CB, NR, NB) -> None:
     st = SC[0]
     if st[S_SIGNAL_DUE]:
+        families = st[S_SIGNAL_DUE]
         st[S_SIGNAL_DUE] = 0
-        gc(SC, CR, CF, CB, NR, NB)
+        gc(SC, CR, CF, CB, NR, NB, families, True)
 
 
 # -- the event heap ---------------------------------------------------------------------------
@@ -710,8 +799,10 @@ def _move(HI, src, dst) -> None:
 
 
 @njit(cache=True, _nrt=False)
-def heap_push(st, H, t, seq, o, end, ka, kind, egress) -> None:
-    """Add an event, sifting a hole up from the end (one row copy per level)."""
+def heap_push(st, H, t, seq, o, end, ka, kind, egress, rto, start) -> None:
+    """Add an event, sifting a hole up from the end (one row copy per level).
+
+    ``kind`` carries the h_kind bits and the retransmissions left (<< 8)."""
     HI, HF = H
     i = st[S_HEAP_SIZE]
     st[S_HEAP_SIZE] = i + 1
@@ -727,7 +818,9 @@ def heap_push(st, H, t, seq, o, end, ka, kind, egress) -> None:
     HF[i, H_KA] = ka
     HI[i, H_SEQ] = seq
     HI[i, H_CONN] = o
-    HI[i, H_EGRESS_KIND] = (egress << 8) | kind
+    HI[i, H_EGRESS_KIND] = (egress << 16) | kind
+    HF[i, H_RTO] = rto
+    HF[i, H_START] = start
 
 
 @njit(cache=True, _nrt=False)
@@ -737,7 +830,8 @@ def heap_pop_to_end(st, H) -> int:
     n = st[S_HEAP_SIZE] - 1
     st[S_HEAP_SIZE] = n
     # The last event fills the hole the earliest leaves; keep it aside while sifting.
-    w0, w1, w2, w3, w4, w5 = HI[n, 0], HI[n, 1], HI[n, 2], HI[n, 3], HI[n, 4], HI[n, 5]
+    w0, w1, w2, w3 = HI[n, 0], HI[n, 1], HI[n, 2], HI[n, 3]
+    w4, w5, w6, w7 = HI[n, 4], HI[n, 5], HI[n, 6], HI[n, 7]
     t = HF[n, H_TIME]
     seq = HI[n, H_SEQ]
     _move(HI, 0, n)
@@ -756,7 +850,8 @@ def heap_pop_to_end(st, H) -> int:
         _move(HI, child, i)
         i = child
     if n > 0:
-        HI[i, 0], HI[i, 1], HI[i, 2], HI[i, 3], HI[i, 4], HI[i, 5] = w0, w1, w2, w3, w4, w5
+        HI[i, 0], HI[i, 1], HI[i, 2], HI[i, 3] = w0, w1, w2, w3
+        HI[i, 4], HI[i, 5], HI[i, 6], HI[i, 7] = w4, w5, w6, w7
     return n
 
 
@@ -767,12 +862,38 @@ def heap_pop_to_end(st, H) -> int:
 def _schedule(st, now, CR, CB, H, o, seq, end, ka, kind, egress) -> None:
     ka64 = np.float64(ka)
     if ka64 > 0 and now + ka64 < end:
-        heap_push(st, H, now + ka64, seq, o, end, ka, kind | HK_KEEPALIVE, egress)
+        heap_push(st, H, now + ka64, seq, o, end, ka, kind | HK_KEEPALIVE, egress, 0.0, 0.0)
     elif end < np.inf:
-        heap_push(st, H, end, seq, o, end, ka, kind, egress)
+        heap_push(st, H, end, seq, o, end, ka, kind, egress, 0.0, 0.0)
     else:
         CR[o, R_REFS] -= 1  # nothing more will happen to it: unpin
         conn_maybe_free(st, CR, CB, o)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _attempt(SC, CR, CF, CB, NR, NB, H, o, seq, egress, start, duration, ka, kind, retries, rto):
+    """A connection's first packet or a retransmission of it (see reference.py)."""
+    st, fs, cnt, lat = SC[0], SC[1], SC[4], SC[7]
+    now = fs[F_NOW]
+    ports = np.int64(CR[o, R_PORTS])
+    proto = np.int64((CR[o, R_MISC] >> 8) & 0xFF)
+    o2, _port, drop, _r = open_record(
+        SC, CR, CF, CB, NR, NB, o, np.int64(CR[o, R_SRC]), ports >> 16,
+        np.int64(CR[o, R_DST]), ports & 0xFFFF, proto, egress,
+    )  # fmt: skip
+    if not drop:
+        cnt[K_ESTABLISHED] += 1
+        if now > start:
+            lat[min(lat.shape[0] - 1, np.int64((now - start) / LATENCY_STEP + 0.5))] += 1
+        _schedule(st, now, CR, CB, H, o2, seq, now + duration, ka, kind, egress)
+    elif retries > 0:
+        nxt = rto * 2.0 if proto == TCP else rto
+        heap_push(st, H, now + rto, seq, o2, duration, ka,
+                  kind | HK_RETRY | ((retries - 1) << 8), egress, nxt, start)  # fmt: skip
+    else:
+        cnt[K_CONNECT_FAILED] += 1
+        CR[o2, R_REFS] -= 1
+        conn_maybe_free(st, CR, CB, o2)
 
 
 @njit(cache=True, _nrt=False)
@@ -784,7 +905,12 @@ def _event(SC, CR, CF, CB, NR, NB, H, slot) -> None:
     end = HF[slot, H_END]
     ka = HF[slot, H_KA]
     kind = HI[slot, H_EGRESS_KIND] & 0xFF
-    egress = HI[slot, H_EGRESS_KIND] >> 8
+    egress = HI[slot, H_EGRESS_KIND] >> 16
+    if kind & HK_RETRY:
+        cnt[K_RETRANSMITS] += 1
+        _attempt(SC, CR, CF, CB, NR, NB, H, o, seq, egress, HF[slot, H_START], end, ka,
+                 kind & 3, (HI[slot, H_EGRESS_KIND] >> 8) & 0xFF, HF[slot, H_RTO])  # fmt: skip
+        return
     ports = np.int64(CR[o, R_PORTS])
     src, dst = np.int64(CR[o, R_SRC]), np.int64(CR[o, R_DST])
     proto = np.int64((CR[o, R_MISC] >> 8) & 0xFF)
@@ -792,22 +918,17 @@ def _event(SC, CR, CF, CB, NR, NB, H, slot) -> None:
     # The event pins its record, so it is the tuple's record: no index lookup needed.
     if kind & HK_KEEPALIVE:
         o2, _p, drop, _b, _r = forward_at(
-            SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, False
+            SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, 0
         )
         if drop:
             CR[o, R_REFS] -= 1
             conn_maybe_free(st, CR, CB, o)
             return
-        reply_record(SC, CR, CF, NR, NB, o2)
+        reply_record(SC, CR, CF, NR, NB, o2, 0)
         _schedule(st, fs[F_NOW], CR, CB, H, o, seq, end, ka, kind & 3, egress)
         return
-    closing = kind != IDLE
-    o2, _p, drop, _b, _r = forward_at(
-        SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, closing
-    )
-    if not drop:
-        reply_record(SC, CR, CF, NR, NB, o2)
-    if closing:
+    end_record(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, kind)
+    if kind != IDLE:
         cnt[K_CLOSED] += 1
     CR[o, R_REFS] -= 1
     conn_maybe_free(st, CR, CB, o)
@@ -819,8 +940,9 @@ def run(SC, CR, CF, CB, NR, NB, H, B, until) -> int:
 
     Returns OK when done, or NEED_* (before changing anything) when arrays must grow.
     """
-    st, fs, cfg, _cfgf, cnt, _tries, _mt = SC
-    b_start, b_duration, b_end, b_src, b_sport, b_dst, b_dport, b_proto, b_egress, b_ka = B
+    st, fs, cfg, cnt = SC[0], SC[1], SC[2], SC[4]
+    b_start, b_duration, b_end, b_src, b_sport, b_dst, b_dport, b_proto, b_egress, b_ka = B[0]
+    b_retries, b_rto = B[1]
     HI, HF = H
     n = b_start.shape[0]
     heap_cap = HI.shape[0]
@@ -834,11 +956,13 @@ def run(SC, CR, CF, CB, NR, NB, H, B, until) -> int:
             break
         if t_gc <= t_heap and t_gc <= t_start:
             fs[F_NOW] = t
-            gc(SC, CR, CF, CB, NR, NB)
+            gc(SC, CR, CF, CB, NR, NB, 3, False)
         elif t_heap <= t_start:
             fam = 1 if CR[HI[0, H_CONN], R_SRC] & V6_BIT else 0
             if not nat_room(st, cfg, fam):
                 return NEED_NAT
+            if st[S_HEAP_SIZE] + 1 >= heap_cap:  # a retransmission may schedule again
+                return NEED_HEAP
             fs[F_NOW] = t
             slot = heap_pop_to_end(st, H)
             _event(SC, CR, CF, CB, NR, NB, H, slot)
@@ -858,17 +982,12 @@ def run(SC, CR, CF, CB, NR, NB, H, B, until) -> int:
             cnt[K_ATTEMPTED] += 1
             sport, dst, dport = np.int64(b_sport[i]), np.int64(b_dst[i]), np.int64(b_dport[i])
             proto, egress = np.int64(b_proto[i]), np.int64(b_egress[i])
-            o, _port, drop, _b, _r = forward(
-                SC, CR, CF, CB, NR, NB, src, sport, dst, dport, proto, egress, False
-            )
-            if not drop:
-                cnt[K_ESTABLISHED] += 1
-                reply_record(SC, CR, CF, NR, NB, o)
-                CR[o, R_REFS] += 1  # pinned while events are pending
-                _schedule(
-                    st, t, CR, CB, H, o, seq, t + b_duration[i], b_ka[i], np.int64(b_end[i]),
-                    egress,
-                )  # fmt: skip
+            o = conn_find(CR, CB, src, sport, dst, dport, proto)
+            if o < 0:
+                o = _conn_new(st, CR, CB, src, sport, dst, dport, proto, egress)
+            CR[o, R_REFS] += 1  # pinned while its attempts and events are pending
+            _attempt(SC, CR, CF, CB, NR, NB, H, o, seq, egress, t, b_duration[i], b_ka[i],
+                     np.int64(b_end[i]), np.int64(b_retries[i]), np.float64(b_rto[i]))  # fmt: skip
         after_operation(SC, CR, CF, CB, NR, NB)
     return OK
 
@@ -917,26 +1036,40 @@ def lru_order(st, CR, NR, fam, out) -> int:
 
 
 @njit(cache=True, _nrt=False)
-def op_send(SC, CR, CF, CB, NR, NB, src, sport, dst, dport, proto, egress, mode):
-    """mode 0: a packet, 1: a connection's first packet, 2: a FIN or RST."""
+def op_send(SC, CR, CF, CB, NR, NB, src, sport, dst, dport, proto, egress, mode, flags):
+    """mode 0: a packet with ``flags``, 1: a connection's first packet, 2: its first
+    exchange (TCP's handshake), 3: the packets of EndKind ``flags`` (a close)."""
     cnt = SC[4]
-    if mode == 1:
+    o = conn_find(CR, CB, src, sport, dst, dport, proto)
+    broken = False
+    if mode == 1 or mode == 2:  # noqa: PLR1714 (a set would allocate)
         cnt[K_ATTEMPTED] += 1
-    _o, port, drop, broken, retries = forward(
-        SC, CR, CF, CB, NR, NB, src, sport, dst, dport, proto, egress, mode == 2
-    )
-    if mode == 1 and not drop:
-        cnt[K_ESTABLISHED] += 1
     if mode == 2:
-        cnt[K_CLOSED] += 1
+        _o, port, drop, retries = open_record(
+            SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress
+        )
+    elif mode == 3:
+        port, drop, broken, retries = end_record(
+            SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, flags
+        )
+        if flags != IDLE:
+            cnt[K_CLOSED] += 1
+    else:
+        if mode == 1 and proto == TCP:
+            flags = P_SYN
+        _o, port, drop, broken, retries = forward_at(
+            SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, flags
+        )
+    if (mode == 1 or mode == 2) and not drop:  # noqa: PLR1714
+        cnt[K_ESTABLISHED] += 1
     after_operation(SC, CR, CF, CB, NR, NB)
     return port, drop, broken, retries
 
 
 @njit(cache=True, _nrt=False)
-def op_reply(SC, CR, CF, CB, NR, NB, src, sport, dst, dport, proto):
+def op_reply(SC, CR, CF, CB, NR, NB, src, sport, dst, dport, proto, flags):
     o = conn_find(CR, CB, src, sport, dst, dport, proto)
-    return reply_record(SC, CR, CF, NR, NB, o)
+    return reply_record(SC, CR, CF, NR, NB, o, flags)
 
 
 @njit(cache=True, _nrt=False)

@@ -42,7 +42,13 @@ import numpy as np
 from egressgw.datapath.model.addresses import is_v6
 from egressgw.datapath.model.config import ModelConfig
 from egressgw.datapath.model.reference import IN, OUT, ConnKey, NatRow
-from egressgw.datapath.model.types import ConnectionBatch, DropReason, EndKind, ModelCounters
+from egressgw.datapath.model.types import (
+    ConnectionBatch,
+    DropReason,
+    EndKind,
+    ModelCounters,
+    TcpFlags,
+)
 
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 PORT_PROTOS = (TCP, UDP)
@@ -281,7 +287,7 @@ class NetfilterModel:
         proto = key[4]
         if proto == TCP and end == EndKind.FIN:
             self._set_state(key, conn, TIME_WAIT)
-        elif proto == TCP and end == EndKind.RST:
+        elif proto == TCP and end in (EndKind.RST, EndKind.RST_SERVER):  # RST either way
             self._set_state(key, conn, CLOSE)
         elif proto == UDP and conn.state == UDP_REPLIED:
             # Traffic after the reply: a stream, with the longer timeout.
@@ -313,10 +319,17 @@ class NetfilterModel:
             self.open.add(key)
         return port, drop, tried
 
-    def send(self, key: ConnKey, egress: int) -> tuple[int, int, bool, int]:
-        return self._forward(key, egress, None)
+    def first_exchange(self, key: ConnKey, egress: int) -> tuple[int, int, int]:
+        port, drop, tried = self.connect(key, egress)
+        if not drop:
+            self._reply(key)
+        return port, drop, tried
 
-    def reply(self, key: ConnKey) -> tuple[int, int]:
+    def send(self, key: ConnKey, egress: int, flags: int = 0) -> tuple[int, int, bool, int]:
+        end = EndKind.RST if flags & TcpFlags.RST else EndKind.FIN if flags & TcpFlags.FIN else None
+        return self._forward(key, egress, end)
+
+    def reply(self, key: ConnKey, flags: int = 0) -> tuple[int, int]:
         return self._reply(key)
 
     def close(self, key: ConnKey, kind: int) -> tuple[int, int, bool, int]:

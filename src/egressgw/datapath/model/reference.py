@@ -18,34 +18,55 @@ from dataclasses import dataclass
 import numpy as np
 
 from egressgw.datapath.model.addresses import is_v6
-from egressgw.datapath.model.config import (
-    GC_MAX_INTERVAL,
-    GC_MIN_INTERVAL,
-    GC_START_INTERVAL,
-    ModelConfig,
-)
+from egressgw.datapath.model.config import ModelConfig
+from egressgw.datapath.model.gcpacing import SECOND, get_interval, to_ns
 from egressgw.datapath.model.natmap import ExactLru, KernelLru, NatTable, flow_cpu
 from egressgw.datapath.model.ports import keep, next_port
-from egressgw.datapath.model.types import ConnectionBatch, DropReason, EndKind, ModelCounters
+from egressgw.datapath.model.types import (
+    LATENCY_BINS,
+    LATENCY_STEP,
+    ConnectionBatch,
+    DropReason,
+    EndKind,
+    ModelCounters,
+    TcpFlags,
+)
 
 TCP = 6
 PORT_PROTOS = (6, 17)
 # pkg/maps/nat/stats counts TCP, UDP and ICMP (IPv4) or ICMPv6 (IPv6) entries.
 COUNTED_PROTOS = ((6, 17, 1), (6, 17, 58))
 
-# CT entry states the lifetimes depend on.
-CT_SYN = 0
-CT_ESTABLISHED = 1
-CT_CLOSING = 2
+# The CT entry's TCP state, as bpf/lib/conntrack.h keeps it (struct ct_entry): the SYN
+# seen in the reply direction (rx_flags_seen & SYN; the original direction's SYN is always
+# seen, since ct_create4 records one for every new TCP entry), seen_non_syn, and each
+# direction's closing flag. (Cilium records SYNs only with the default
+# --monitor-aggregation-flags, which include syn.)
+CT_RX_SYN = 1
+CT_NON_SYN = 2
+CT_TX_CLOSING = 4
+CT_RX_CLOSING = 8
+CT_CLOSED = CT_TX_CLOSING | CT_RX_CLOSING
+
+SYN = int(TcpFlags.SYN)
+FIN = int(TcpFlags.FIN)
+RST = int(TcpFlags.RST)
 
 OUT = 0
 IN = 1
 
+# Which maps a GC pass covers: a bit per family.
+ALL_FAMILIES = 3
+
 ConnKey = tuple[int, int, int, int, int]  # src, sport, dst, dport, proto
 NatKey = tuple[int, int, int, int, int, int]  # dir, then OUT: src, sport, dst, dport, proto
 #                                               IN: dst, dport, egress, port, proto
-# (time, seq, keepalive?, key, egress, end time, keepalive interval, EndKind)
-Event = tuple[float, int, bool, ConnKey, int, float, float, int]
+EV_END = 0
+EV_KEEPALIVE = 1
+EV_RETRY = 2
+# (time, seq, EV_*, key, egress, end time (EV_RETRY: the duration), keepalive interval,
+#  EndKind, retransmissions left, next timeout, start)
+Event = tuple[float, int, int, ConnKey, int, float, float, int, int, float, float]
 NatRow = tuple[int, int, int, int, int, int, int, int, int, float]
 # (family, dir, owner src, owner sport, dst, dport, proto, egress, port, created)
 
@@ -61,7 +82,7 @@ class NatValue:
 @dataclass(slots=True)
 class CtEntry:
     egress: int
-    state: int
+    flags: int
     expiry: float
     port: int = 0  # the source port the connection last got (0: none yet)
     broken: bool = False
@@ -76,16 +97,9 @@ def in_key(key: ConnKey, egress: int, port: int) -> NatKey:
     return (IN, dst, dport, egress, port, proto)
 
 
-def next_gc_interval(interval: float, ratio: float) -> float:
-    """pkg/maps/ctmap calculateInterval: adapt to the share of entries the pass deleted."""
-    if ratio == 0.0:
-        return interval
-    if ratio > 0.25:
-        ratio = min(ratio, 0.9)
-        return max(GC_MIN_INTERVAL, math.floor(interval * (1.0 - ratio) + 0.5))
-    if ratio < 0.05:
-        return min(GC_MAX_INTERVAL, math.floor(interval * 1.5 + 0.5))
-    return interval
+def latency_bin(seconds: float) -> int:
+    """The ModelCounters.delayed bin of an extra connect latency."""
+    return min(LATENCY_BINS - 1, int(seconds / LATENCY_STEP + 0.5))
 
 
 class ReferenceModel:
@@ -98,44 +112,49 @@ class ReferenceModel:
         self.conns: dict[ConnKey, CtEntry] = {}
         self.nat = (self._nat_table(), self._nat_table())  # per family
         self.counters = ModelCounters(tries=np.zeros(config.retries + 1, np.int64))
-        self.gc_interval = config.conntrack_gc_interval or GC_START_INTERVAL
-        self.next_gc = self.gc_interval
-        self.last_signal_gc = -math.inf
-        self.signal_gc_due = False
+        self.gc_cached_ns = 0  # ctmap's cachedGCInterval (0: unset)
+        self.last_gc: float | None = None
+        self.next_gc = 0.0
+        self.muted_until = -math.inf
+        self.signal_due = 0  # families whose nat_fill_up woke the GC
         self.heap: list[Event] = []
         self.seq = 0
+        self.gc()  # the agent's initial scan when it starts (gc.go Enable)
 
     # -- CT ---------------------------------------------------------------------------
 
-    def _lifetime(self, proto: int, state: int) -> float:
-        if proto != TCP:
-            return self.config.ct_timeout_any
-        if state == CT_ESTABLISHED:
-            return self.config.ct_timeout_tcp
-        if state == CT_CLOSING:
-            return self.config.ct_timeout_fin
-        return self.config.ct_timeout_syn
-
-    def _track_forward(self, key: ConnKey, egress: int, closing: bool) -> CtEntry:
-        ct = self.conns.get(key)
-        proto = key[4]
-        if ct is None:
-            state = CT_CLOSING if closing and proto == TCP else CT_SYN
-            ct = CtEntry(egress, state, self.now + self._lifetime(proto, state))
-            self.conns[key] = ct
-            return ct
-        if closing and proto == TCP:
-            ct.state = CT_CLOSING
-        ct.expiry = self.now + self._lifetime(proto, ct.state)
+    def _ct_new(self, key: ConnKey, egress: int) -> CtEntry:
+        """ct_create4: a new entry; TCP gets the SYN lifetime whatever the packet was."""
+        config = self.config
+        life = config.ct_timeout_syn if key[4] == TCP else config.ct_timeout_any
+        ct = CtEntry(egress, 0, self.now + life)
+        self.conns[key] = ct
         return ct
 
-    def _track_reply(self, key: ConnKey) -> None:
-        ct = self.conns.get(key)
-        if ct is None:
-            return
-        if ct.state == CT_SYN:
-            ct.state = CT_ESTABLISHED
-        ct.expiry = self.now + self._lifetime(key[4], ct.state)
+    def _ct_update(self, ct: CtEntry, proto: int, flags: int, ingress: bool) -> bool:
+        """__ct_lookup on an existing entry (conntrack.h). False when a SYN finds the entry
+        closing: Cilium returns CT_NEW and the caller creates a fresh entry."""
+        config = self.config
+        if proto != TCP:
+            ct.expiry = self.now + config.ct_timeout_any
+            return True
+        if ct.flags & CT_CLOSED != CT_CLOSED:  # ct_entry_alive: ct_update_timeout
+            if not flags & SYN:
+                ct.flags |= CT_NON_SYN
+            elif ingress:
+                ct.flags |= CT_RX_SYN
+            life = config.ct_timeout_tcp if ct.flags & CT_NON_SYN else config.ct_timeout_syn
+            ct.expiry = self.now + life
+        if flags & (FIN | RST):  # ACTION_CLOSE
+            if flags & RST and not ct.flags & CT_RX_SYN:
+                ct.flags |= CT_CLOSED  # an RST before both SYNs ends both directions
+            else:
+                ct.flags |= CT_RX_CLOSING if ingress else CT_TX_CLOSING
+            if ct.flags & CT_CLOSED == CT_CLOSED:
+                ct.expiry = self.now + config.ct_timeout_fin  # CT_CLOSE_TIMEOUT
+        elif flags & SYN and ct.flags & CT_CLOSED:  # ACTION_CREATE on a closing entry
+            return False
+        return True
 
     # -- the NAT map (LRU) --------------------------------------------------------------
 
@@ -188,31 +207,40 @@ class ReferenceModel:
             port = next_port(start, end, port, retries, self._random16, kind=kind)
             retries += 1
         self.counters.tries[retries] += 1
-        if retries > config.signal_thres:
-            self._signal_nat_fill_up()
+        if retries > config.signal_thres:  # nat.h: strictly more than SNAT_SIGNAL_THRES
+            self._signal_nat_fill_up(family)
         return (port if found else None), retries
 
     def _random16(self) -> int:
         return self.rng.getrandbits(16)
 
-    def _signal_nat_fill_up(self) -> None:
+    def _signal_nat_fill_up(self, family: int) -> None:
         self.counters.signals += 1
-        if self.now >= self.last_signal_gc + self.config.nat_fill_up_holdoff:
-            self.last_signal_gc = self.now
-            self.signal_gc_due = True
+        # gc.go mutes the signal from the moment the GC wakes until its pass is done;
+        # a signal sent meanwhile is dropped (pkg/signal: "muted").
+        if self.now >= self.muted_until:
+            self.signal_due |= 1 << family
 
     def _after_operation(self) -> None:
-        if self.signal_gc_due:
-            self.signal_gc_due = False
-            self.gc()
+        if self.signal_due:
+            families, self.signal_due = self.signal_due, 0
+            self.gc(families, signalled=True)
 
     # -- packets ------------------------------------------------------------------------
 
-    def _forward(self, key: ConnKey, egress: int, closing: bool) -> tuple[int, int, bool, int]:
-        """A packet from the pod: (port or -1, drop code or 0, broken, retries)."""
+    def _forward(self, key: ConnKey, egress: int, flags: int) -> tuple[int, int, bool, int]:
+        """A packet from the pod: (port or -1, drop code or 0, broken, retries).
+
+        nat.h snat_v4_nat_handle_mapping: the OUT lookup, the CT lookup (a new CT entry if
+        none, or if a SYN finds it closing), then the port search if there is no OUT entry.
+        """
         family = int(is_v6(key[0]))
         out = self._lookup(family, out_key(key), self._cpu(key, False))
-        ct = self._track_forward(key, egress, closing)
+        ct = self.conns.get(key)
+        if ct is None or not self._ct_update(ct, key[4], flags, ingress=False):
+            ct = self._ct_new(key, out.egress if out is not None else egress)
+            if out is not None:
+                ct.port = out.port
         if out is not None:
             return out.port, 0, False, 0
         broken = ct.port != 0
@@ -230,8 +258,12 @@ class ReferenceModel:
         ct.egress = egress
         return port, 0, broken, retries
 
-    def _reply(self, key: ConnKey) -> tuple[int, int]:
-        """A reply from the remote to the port the connection last had: (port, drop)."""
+    def _reply(self, key: ConnKey, flags: int) -> tuple[int, int]:
+        """A reply from the remote to the port the connection last had: (port, drop).
+
+        snat_v4_rev_nat_handle_mapping: the IN lookup, then the CT lookup of the IN
+        entry's owner in the reply direction.
+        """
         ct = self.conns.get(key)
         if ct is None or ct.port == 0:
             self.counters.reply_drops += 1
@@ -241,36 +273,82 @@ class ReferenceModel:
         if entry is None:
             self.counters.reply_drops += 1
             return -1, int(DropReason.NAT_NO_MAPPING)
-        self._track_reply(entry.owner)
+        owner = self.conns.get(entry.owner)
+        if owner is not None:
+            self._ct_update(owner, key[4], flags, ingress=True)
         if entry.owner != key:  # the port was taken over: the reply goes elsewhere
             self.counters.reply_drops += 1
             return -1, int(DropReason.NAT_NO_MAPPING)
         return ct.port, 0
 
+    def _open(self, key: ConnKey, egress: int) -> tuple[int, int, int]:
+        """A connection's first exchange: TCP's handshake (SYN, SYN-ACK, ACK), else the
+        first packet and its reply. (port or -1, drop, retries of the port search)."""
+        tcp = key[4] == TCP
+        port, drop, _broken, retries = self._forward(key, egress, SYN if tcp else 0)
+        if drop:
+            return port, drop, retries
+        self._reply(key, SYN if tcp else 0)
+        if tcp:
+            self._forward(key, egress, 0)
+        return port, drop, retries
+
+    def _end(self, key: ConnKey, egress: int, kind: int) -> tuple[int, int, bool, int]:
+        """The packets that end a connection (EndKind); the first one's result."""
+        if key[4] != TCP:  # no TCP flags: the last exchange
+            result = self._forward(key, egress, 0)
+            if not result[1]:
+                self._reply(key, 0)
+            return result
+        if kind == EndKind.RST_SERVER:
+            port, drop = self._reply(key, RST)
+            return port, drop, False, 0
+        if kind == EndKind.RST:
+            return self._forward(key, egress, RST)
+        if kind == EndKind.FIN:
+            result = self._forward(key, egress, FIN)
+            if not result[1] and not self._reply(key, FIN)[1]:
+                self._forward(key, egress, 0)  # the pod's last ACK
+            return result
+        result = self._forward(key, egress, 0)  # IDLE: a last exchange, then nothing
+        if not result[1]:
+            self._reply(key, 0)
+        return result
+
     # -- the per-connection API ---------------------------------------------------------
 
     def connect(self, key: ConnKey, egress: int) -> tuple[int, int, int]:
         self.counters.attempted += 1
-        port, drop, _broken, retries = self._forward(key, egress, False)
+        tcp = key[4] == TCP
+        port, drop, _broken, retries = self._forward(key, egress, SYN if tcp else 0)
         if not drop:
             self.counters.established += 1
         self._after_operation()
         return port, drop, retries
 
-    def send(self, key: ConnKey, egress: int) -> tuple[int, int, bool, int]:
-        result = self._forward(key, egress, False)
+    def first_exchange(self, key: ConnKey, egress: int) -> tuple[int, int, int]:
+        self.counters.attempted += 1
+        port, drop, retries = self._open(key, egress)
+        if not drop:
+            self.counters.established += 1
+        self._after_operation()
+        return port, drop, retries
+
+    def send(self, key: ConnKey, egress: int, flags: int) -> tuple[int, int, bool, int]:
+        result = self._forward(key, egress, flags)
         self._after_operation()
         return result
 
-    def reply(self, key: ConnKey) -> tuple[int, int]:
-        return self._reply(key)
+    def reply(self, key: ConnKey, flags: int) -> tuple[int, int]:
+        return self._reply(key, flags)
 
     def close(self, key: ConnKey, kind: int) -> tuple[int, int, bool, int]:
         ct = self.conns.get(key)
-        if kind == EndKind.IDLE or ct is None:
+        if ct is None:
             return -1, 0, False, 0
-        result = self._forward(key, ct.egress, True)
-        self.counters.closed += 1
+        result = self._end(key, ct.egress, kind)
+        if kind != EndKind.IDLE:
+            self.counters.closed += 1
         self._after_operation()
         return result
 
@@ -284,22 +362,46 @@ class ReferenceModel:
         if out is not None:  # nat DeleteMapping: whoever owns that IN entry now
             table.delete(in_key(key, out.egress, out.port))
 
-    def gc(self) -> None:
-        """One CT GC pass at ``now``: expire CT entries, their NAT mappings, then orphans."""
-        deleted = alive = 0
+    def _max_entries(self, proto: int) -> int:
+        config = self.config
+        return config.bpf_ct_global_tcp_max if proto == TCP else config.bpf_ct_global_any_max
+
+    def gc(self, families: int = ALL_FAMILIES, signalled: bool = False) -> None:
+        """One CT GC pass at ``now`` over the CT maps of ``families`` (gc.go runGC).
+
+        Expired entries go with their NAT mappings; a pass woken by nat_fill_up then
+        purges the orphan NAT entries of those families (PurgeOrphanNATEntries). The
+        next interval follows GetInterval from the largest deletion ratio of the maps.
+        """
+        ratio = 0.0
+        deleted: dict[tuple[int, int], int] = {}
         for key, ct in list(self.conns.items()):
-            if ct.expiry >= self.now:
-                alive += 1
+            family = int(is_v6(key[0]))
+            if not families >> family & 1 or ct.expiry >= self.now:
                 continue
-            deleted += 1
+            which = (family, key[4] == TCP)
+            deleted[which] = deleted.get(which, 0) + 1
             self.ct_delete(key)
-        for table in self.nat:
-            for nat_key in [k for k, v in table.items() if v.owner not in self.conns]:
-                table.delete(nat_key)
-        ratio = deleted / (deleted + alive) if deleted + alive else 0.0
-        if self.config.conntrack_gc_interval is None:
-            self.gc_interval = next_gc_interval(self.gc_interval, ratio)
-        self.next_gc = self.now + self.gc_interval
+        for (_family, tcp), n in deleted.items():
+            ratio = max(ratio, n / self._max_entries(TCP if tcp else 0))
+        if signalled:
+            for family, table in enumerate(self.nat):
+                if families >> family & 1:
+                    for nat_key in [k for k, v in table.items() if v.owner not in self.conns]:
+                        table.delete(nat_key)
+        config = self.config
+        if config.conntrack_gc_interval is not None:
+            interval = config.conntrack_gc_interval
+        else:
+            actual = 0 if self.last_gc is None else to_ns(self.now - self.last_gc)
+            limit = to_ns(config.conntrack_gc_max_interval or 0.0)
+            interval_ns, self.gc_cached_ns = get_interval(
+                self.gc_cached_ns, actual, ratio, limit
+            )
+            interval = interval_ns / SECOND
+        self.last_gc = self.now
+        self.next_gc = self.now + interval
+        self.muted_until = self.now + config.gc_pass_seconds
         self.counters.gc_runs += 1
 
     # -- the bulk API -------------------------------------------------------------------
@@ -335,48 +437,65 @@ class ReferenceModel:
             int(batch.dport[i]),
             int(batch.proto[i]),
         )
-        egress = int(batch.egress[i])
         seq = self.seq
         self.seq += 1
         self.counters.attempted += 1
-        _port, drop, _broken, _retries = self._forward(key, egress, False)
-        if drop:
-            return
-        self.counters.established += 1
-        self._reply(key)
-        end = self.now + float(batch.duration[i])
-        self._schedule(
-            seq,
-            key,
-            egress=egress,
-            end=end,
-            keepalive=float(batch.keepalive[i]),
-            kind=int(batch.end[i]),
-        )
+        self._attempt(
+            seq, key, egress=int(batch.egress[i]), start=self.now,
+            duration=float(batch.duration[i]), keepalive=float(batch.keepalive[i]),
+            kind=int(batch.end[i]), retries=int(batch.retries[i]), rto=float(batch.rto[i]),
+        )  # fmt: skip
+
+    def _attempt(
+        self, seq: int, key: ConnKey, *, egress: int, start: float, duration: float,
+        keepalive: float, kind: int, retries: int, rto: float,
+    ) -> None:  # fmt: skip
+        """The first packet (or a retransmission of it) of a connection started at start."""
+        _port, drop, _retries = self._open(key, egress)
+        if not drop:
+            self.counters.established += 1
+            if self.now > start:
+                self.counters.delayed[latency_bin(self.now - start)] += 1
+            self._schedule(
+                seq, key, egress=egress, end=self.now + duration, keepalive=keepalive,
+                kind=kind,
+            )  # fmt: skip
+        elif retries > 0:
+            # The client retransmits after its timeout; Linux doubles a SYN's each time.
+            event = (self.now + rto, seq, EV_RETRY, key, egress, duration, keepalive, kind,
+                     retries - 1, rto * 2 if key[4] == TCP else rto, start)  # fmt: skip
+            heapq.heappush(self.heap, event)
+        else:
+            self.counters.connect_failed += 1
 
     def _schedule(
         self, seq: int, key: ConnKey, *, egress: int, end: float, keepalive: float, kind: int
     ) -> None:
         if keepalive > 0 and self.now + keepalive < end:
-            event = (self.now + keepalive, seq, True, key, egress, end, keepalive, kind)
+            event = (self.now + keepalive, seq, EV_KEEPALIVE, key, egress, end, keepalive,
+                     kind, 0, 0.0, 0.0)  # fmt: skip
             heapq.heappush(self.heap, event)
         elif end < math.inf:
-            heapq.heappush(self.heap, (end, seq, False, key, egress, end, keepalive, kind))
+            heapq.heappush(
+                self.heap, (end, seq, EV_END, key, egress, end, keepalive, kind, 0, 0.0, 0.0)
+            )
 
     def _event(self, event: Event) -> None:
-        _t, seq, is_keepalive, key, egress, end, keepalive, kind = event
-        if is_keepalive:
-            _port, drop, _broken, _retries = self._forward(key, egress, False)
+        _t, seq, what, key, egress, end, keepalive, kind, retries, rto, start = event
+        if what == EV_RETRY:
+            self.counters.retransmits += 1
+            self._attempt(seq, key, egress=egress, start=start, duration=end,
+                          keepalive=keepalive, kind=kind, retries=retries, rto=rto)
+            return
+        if what == EV_KEEPALIVE:
+            _port, drop, _broken, _retries = self._forward(key, egress, 0)
             if drop:  # the connection lost its mapping and could not get a new one
                 return
-            self._reply(key)
+            self._reply(key, 0)
             self._schedule(seq, key, egress=egress, end=end, keepalive=keepalive, kind=kind)
             return
-        closing = kind != EndKind.IDLE
-        _port, drop, _broken, _retries = self._forward(key, egress, closing)
-        if not drop:
-            self._reply(key)
-        if closing:
+        self._end(key, egress, kind)
+        if kind != EndKind.IDLE:
             self.counters.closed += 1
 
     # -- views --------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,11 +32,29 @@ _DROP_TEXT = {
 
 
 class EndKind(enum.IntEnum):
-    """How a connection ends: FIN or RST close it, IDLE leaves it to the CT timeout."""
+    """How a connection ends (the packets each sends are in docs/model.md).
+
+    FIN: both sides send FIN (the pod first), then the pod's last ACK. RST: the pod sends
+    an RST (an aborting client). IDLE: a last packet and its reply, then nothing until the
+    CT timeout. RST_SERVER: the remote sends an RST.
+    """
 
     FIN = 0
     RST = 1
     IDLE = 2
+    RST_SERVER = 3
+
+
+class TcpFlags(enum.IntFlag):
+    """The TCP flags of a packet the model is given (ACK is implied on all but a SYN).
+
+    Only SYN, FIN and RST change Cilium's CT entry (``ct_tcp_select_action``).
+    """
+
+    NONE = 0
+    SYN = 1
+    FIN = 2
+    RST = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +89,11 @@ class PacketResult:
         return self.drop is None
 
 
+# The extra connect latency histogram: 0.1 s bins up to one hour.
+LATENCY_STEP = 0.1
+LATENCY_BINS = 36001
+
+
 @dataclass(slots=True)
 class ModelCounters:
     """Cumulative counters since the datapath was created."""
@@ -88,6 +112,14 @@ class ModelCounters:
     # netfilter: ports taken over from TIME_WAIT/CLOSE entries.
     takeovers: int = 0
     tries: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(1, np.int64))
+    # Retransmissions of a dropped first packet (the bulk engine's clients retry).
+    retransmits: int = 0
+    connect_failed: int = 0
+    # Connections established after their first packet was dropped, by the extra time
+    # they waited for a port, in LATENCY_STEP bins (the last bin holds everything above).
+    delayed: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros(LATENCY_BINS, np.int64)
+    )
 
     @staticmethod
     def reason_text(code: int) -> str:
@@ -110,6 +142,9 @@ class ModelCounters:
             "gc_runs": self.gc_runs,
             "takeovers": self.takeovers,
             "tries": [int(x) for x in self.tries],
+            "retransmits": self.retransmits,
+            "connect_failed": self.connect_failed,
+            "delayed": {int(i): int(self.delayed[i]) for i in np.flatnonzero(self.delayed)},
         }
 
 
@@ -124,6 +159,8 @@ BATCH_DTYPES: dict[str, type[np.generic]] = {
     "proto": np.uint8,
     "egress": np.uint32,
     "keepalive": np.float32,
+    "retries": np.uint8,
+    "rto": np.float32,
 }
 
 
@@ -133,7 +170,9 @@ class ConnectionBatch:
 
     Addresses are ids from ``ModelDatapath.intern``. ``duration`` is np.inf for a
     connection held open; ``end`` is an EndKind; ``keepalive`` the seconds between packets
-    that refresh its NAT and CT entries (0 = none).
+    that refresh its NAT and CT entries (0 = none). ``retries``: how many times the client
+    retransmits a dropped first packet, ``rto`` seconds after it, then (TCP only, as Linux
+    backs off) twice as long each time; both may be left empty (no retransmissions).
     """
 
     start: npt.NDArray[np.float64]
@@ -146,9 +185,14 @@ class ConnectionBatch:
     proto: npt.NDArray[np.uint8]
     egress: npt.NDArray[np.uint32]
     keepalive: npt.NDArray[np.float32]
+    retries: npt.NDArray[np.uint8] = field(default_factory=lambda: np.zeros(0, np.uint8))
+    rto: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
 
     def __post_init__(self) -> None:
         n = len(self.start)
+        for name in ("retries", "rto"):
+            if n and len(getattr(self, name)) == 0:  # not given: no retransmissions
+                object.__setattr__(self, name, np.zeros(n, BATCH_DTYPES[name]))
         for name, dtype in BATCH_DTYPES.items():
             column = getattr(self, name)
             if not isinstance(column, np.ndarray) or column.ndim != 1:
@@ -160,12 +204,16 @@ class ConnectionBatch:
                 raise ValueError(f"ConnectionBatch.{name}: {len(column)} rows, expected {n}")
         if n and bool(np.any(np.diff(self.start) < 0)):
             raise ValueError("ConnectionBatch.start: rows must be sorted by start")
-        if bool(np.any(self.end > EndKind.IDLE)):
-            raise ValueError("ConnectionBatch.end: values must be 0 (FIN), 1 (RST) or 2 (IDLE)")
+        if bool(np.any(self.end > EndKind.RST_SERVER)):
+            raise ValueError(
+                "ConnectionBatch.end: values must be 0 (FIN), 1 (RST), 2 (IDLE) or 3 (RST_SERVER)"
+            )
         if bool(np.any(np.isnan(self.duration))) or bool(np.any(self.duration < 0)):
             raise ValueError("ConnectionBatch.duration: must be >= 0 (np.inf = held open)")
         if bool(np.any(~np.isfinite(self.keepalive))) or bool(np.any(self.keepalive < 0)):
             raise ValueError("ConnectionBatch.keepalive: must be finite and >= 0")
+        if bool(np.any(~np.isfinite(self.rto))) or bool(np.any(self.rto[self.retries > 0] <= 0)):
+            raise ValueError("ConnectionBatch.rto: must be finite and > 0 where retries > 0")
 
     def __len__(self) -> int:
         return len(self.start)
@@ -177,13 +225,16 @@ class ConnectionBatch:
     @classmethod
     def from_rows(
         cls,
-        rows: list[tuple[float, float, int, int, int, int, int, int, int, float]],
+        rows: Sequence[tuple[float, ...]],
     ) -> ConnectionBatch:
-        """Build from (start, duration, end, src, sport, dst, dport, proto, egress, keepalive)."""
-        columns = list(zip(*rows, strict=True)) if rows else [()] * len(BATCH_DTYPES)
+        """Build from (start, duration, end, src, sport, dst, dport, proto, egress, keepalive)
+        rows, optionally followed by (retries, rto)."""
+        names = list(BATCH_DTYPES)
+        width = len(rows[0]) if rows else len(names)
+        columns = list(zip(*rows, strict=True)) if rows else [()] * width
         return cls(
             **{
-                name: np.array(col, dtype=dtype)
-                for (name, dtype), col in zip(BATCH_DTYPES.items(), columns, strict=True)
+                name: np.array(col, dtype=BATCH_DTYPES[name])
+                for name, col in zip(names[:width], columns, strict=True)
             }
         )
