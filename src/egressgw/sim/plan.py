@@ -334,8 +334,8 @@ def suggest_node_port_range(
     high = MAX_PORT - 1 - ports if datapath == "cilium" else MAX_PORT - ports
     low = high - (current.max - current.min)
     if low < NODE_PORT_FLOOR:
-        return None, (f"{ports} NAT ports would put NodePorts below {NODE_PORT_FLOOR} "
-                      f"({low}-{high})")
+        where = f" ({low}-{high})" if low >= 1 else ""
+        return None, f"{ports} NAT ports would put NodePorts below {NODE_PORT_FLOOR}{where}"
     clash = [f"{p} ({name})" for p, name in sorted(RESERVED_PORTS.items()) if low <= p <= high]
     if clash:
         return None, (f"{ports} NAT ports would put NodePorts {low}-{high} on ports nodes "
