@@ -62,14 +62,35 @@ class Proto(enum.IntEnum):
         raise ValueError(f"unknown protocol {text!r} (expected TCP, UDP, ICMP or ICMPv6)")
 
 
+# The protocols nat-stats counts, per family: Cilium v1.16 pkg/maps/nat/stats/stats.go,
+# countNat, keeps IN entries of TCP, UDP and ICMP in the IPv4 map and of TCP, UDP and
+# ICMPv6 in the IPv6 map. Every reader (dumps, ctnetlink, the model) asks this table.
+COUNTED_PROTOS: dict[Family, frozenset[Proto]] = {
+    Family.IPV4: frozenset((Proto.TCP, Proto.UDP, Proto.ICMP)),
+    Family.IPV6: frozenset((Proto.TCP, Proto.UDP, Proto.ICMPV6)),
+}
+
+
+def is_counted(family: Family, proto: Proto) -> bool:
+    """Whether nat-stats counts ``proto`` entries of ``family`` (see COUNTED_PROTOS)."""
+    return proto in COUNTED_PROTOS[family]
+
+
 def parse_ip(text: str) -> IPAddress:
     """Parse an IPv4 or IPv6 address, with or without brackets."""
     return ipaddress.ip_address(text[1:-1] if text.startswith("[") else text)
 
 
 def format_ip(ip: IPAddress) -> str:
-    """An address as Cilium prints it next to a port: IPv6 in brackets."""
-    return f"[{ip}]" if ip.version == 6 else str(ip)
+    """An address as Cilium prints it next to a port: IPv6 in brackets.
+
+    Cilium formats addresses with Go's ``net.IP.String()``, which prints an IPv4-mapped
+    IPv6 address (``::ffff:192.168.64.2``) in dotted form: ``[192.168.64.2]``.
+    """
+    if isinstance(ip, ipaddress.IPv6Address):
+        mapped = ip.ipv4_mapped
+        return f"[{ip if mapped is None else mapped}]"
+    return str(ip)
 
 
 def format_addr(ip: IPAddress, port: int) -> str:
