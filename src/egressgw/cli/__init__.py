@@ -28,6 +28,8 @@ COMMANDS: dict[str, str] = {
     "demo": "egressgw.cli.demo:demo",
     "plan": "egressgw.cli.plan:plan_command",
     "forecast": "egressgw.cli.forecast:forecast_command",
+    "limits": "egressgw.cli.limits:limits_command",
+    "alerts": "egressgw.cli.alerts:alerts_command",
     "assets": "egressgw.cli.assets:assets",
 }
 

@@ -40,7 +40,10 @@ def demo(*, out_dir: Path, seed: int, scale: float, quiet: bool, cilium_version:
     IP fixes it. Runs on the model datapath in virtual time: no root; seconds, under a
     minute the first time (while numba compiles).
     """
+    from egressgw.cli.outputs import check_output_dir, notice_model_compile  # noqa: PLC0415
     from egressgw.sim.demo import run_demo  # noqa: PLC0415 - loads the model and plotting
 
+    check_output_dir(out_dir, field="--out")
+    notice_model_compile()
     run_demo(out_dir, seed=seed, scale=scale, tables=not quiet, cilium_version=cilium_version,
              echo=lambda text: click.echo(text, nl=False))
