@@ -2,22 +2,28 @@
 
 Fills a fresh network namespace's conntrack table with source-NATed TCP entries (created
 over ctnetlink with a NAT request, so the kernel sets IPS_SRC_NAT itself), then times, on
-the same table in the same run:
+the same table in the same run, each as a whole process started through
+``ip netns exec`` (interpreter start-up and imports included), alternating the order:
 
-  baseline   conntrack -L > /dev/null        (the conntrack-tools listing)
-  kernel     the dump alone: recv and discard (what the kernel costs)
-  nat-stats  ConntrackReader.snat_counts() + compute_nat_stats() (dump, count, top K)
+  conntrack -L      conntrack -L > /dev/null         (the conntrack-tools listing)
+  nat-stats pass    a Python process: ConntrackReader.snat_counts() (ctnetlink dump and
+                    count) + compute_nat_stats() + the table printed to /dev/null
+  text path         conntrack -L | egressgw nat-stats --from - > /dev/null
 
-and prints the ratio nat-stats / baseline (goal: <= 1.0). Needs root. nf_conntrack_max is
-global (only settable from the root namespace); it is raised for the run and restored.
+and, in this process, the dump alone (receive and discard: what the kernel costs). Prints
+median and range of wall times, the CPU time of the processes, the load average before
+and after, and the ratio nat-stats / conntrack -L of the medians (goal: <= 1.0). Needs
+root. nf_conntrack_max is global (only settable from the root namespace); it is raised
+for the run and restored.
 
-    .venv/bin/python bench/bench_conntrack.py [--entries 524288] [--repeat 3]
+    .venv/bin/python bench/bench_conntrack.py [--entries 524288] [--repeat 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import secrets
 import statistics
 import subprocess
@@ -26,10 +32,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from egressgw.config import NodePortRange
 from egressgw.datapath.kernel.conntrack import IPCTNL_MSG_CT_GET, ConntrackReader
 from egressgw.datapath.kernel.ctfill import fill, synthetic_entries
-from egressgw.stats import compute_nat_stats
 
 CT_MAX = Path("/proc/sys/net/netfilter/nf_conntrack_max")
 
@@ -43,10 +47,34 @@ def timed(fn: Callable[[], object], repeat: int) -> list[float]:
     return times
 
 
+def run_timed(command: list[str]) -> tuple[float, float]:
+    """Wall and CPU time (user + system of the process and its children) of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+# The nat-stats pass as its own process (what the agent does at each recount).
+NAT_STATS_PASS = """
+import sys
+from egressgw.config import NodePortRange
+from egressgw.datapath.kernel.conntrack import snat_counts
+from egressgw.stats import compute_nat_stats, render_table
+counts = snat_counts()
+stats = compute_nat_stats(counts, entries=30, divisor=NodePortRange().cilium_saturation_divisor)
+print(render_table(stats.rows))
+if sum(counts.values()) != int(sys.argv[1]):
+    sys.exit(f"counted {sum(counts.values())}, expected {sys.argv[1]}")
+"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--entries", type=int, default=524288)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_conntrack needs root (network namespaces, conntrack)")
@@ -65,38 +93,44 @@ def main() -> None:
               f"in {time.perf_counter() - start:.1f} s", flush=True)
         del entries
 
-        def baseline() -> None:
-            subprocess.run(["ip", "netns", "exec", netns, "conntrack", "-L"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-
-        reader = ConntrackReader(netns)
-
-        def kernel_only() -> None:
-            for _batch in reader._dump(IPCTNL_MSG_CT_GET, 2, b""):
-                pass
-
-        ports = NodePortRange()
-
-        def nat_stats() -> None:
-            with ConntrackReader(netns) as fresh:
-                counts = fresh.snat_counts()
-            stats = compute_nat_stats(counts, entries=30, divisor=ports.cilium_saturation_divisor)
-            assert sum(counts.values()) == args.entries - refused, sum(counts.values())
-            assert stats.rows
-
-        results = {
-            "conntrack -L": timed(baseline, args.repeat),
-            "kernel dump only": timed(kernel_only, args.repeat),
-            "nat-stats pass": timed(nat_stats, args.repeat),
+        created = args.entries - refused
+        netns_exec = ["ip", "netns", "exec", netns]
+        egressgw = str(Path(sys.executable).with_name("egressgw"))
+        commands = {
+            "conntrack -L": [*netns_exec, "conntrack", "-L"],
+            "nat-stats pass": [*netns_exec, sys.executable, "-c", NAT_STATS_PASS, str(created)],
+            "text path": [*netns_exec, "sh", "-c",
+                          f"conntrack -L 2>/dev/null | {egressgw} nat-stats --from -"],
         }
-        reader.close()
-        for name, times in results.items():
-            print(f"{name:18s} best {min(times):6.3f} s  median {statistics.median(times):6.3f} s")
-        base = min(results["conntrack -L"])
-        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-        print(f"load average {load} on {os.cpu_count()} CPUs")
-        print(f"ratio nat-stats / conntrack -L: {min(results['nat-stats pass']) / base:.2f} "
-              f"(kernel alone {min(results['kernel dump only']) / base:.2f})")
+        walls: dict[str, list[float]] = {name: [] for name in commands}
+        cpus: dict[str, list[float]] = {name: [] for name in commands}
+        load_before = os.getloadavg()
+        for i in range(args.repeat):
+            order = list(commands.items())
+            for name, command in order if i % 2 == 0 else reversed(order):
+                wall, cpu = run_timed(command)
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+        load_after = os.getloadavg()
+        with ConntrackReader(netns) as reader:
+            def kernel_only() -> None:
+                for _batch in reader._dump(IPCTNL_MSG_CT_GET, 2, b""):
+                    pass
+
+            dump_only = timed(kernel_only, args.repeat)
+        print(f"{created} entries, {args.repeat} runs each, whole processes:")
+        for name, times in walls.items():
+            print(f"{name:15s} wall median {statistics.median(times):6.3f} s "
+                  f"range {min(times):6.3f}-{max(times):6.3f} s, "
+                  f"cpu median {statistics.median(cpus[name]):6.3f} s")
+        print(f"{'dump only':15s} wall median {statistics.median(dump_only):6.3f} s "
+              f"range {min(dump_only):6.3f}-{max(dump_only):6.3f} s (in-process, IPv4)")
+        print(f"load average (1, 5, 15 min) before {' '.join(f'{x:.2f}' for x in load_before)}"
+              f", after {' '.join(f'{x:.2f}' for x in load_after)}, on {os.cpu_count()} CPUs")
+        base = statistics.median(walls["conntrack -L"])
+        print(f"ratio nat-stats pass / conntrack -L (medians): "
+              f"{statistics.median(walls['nat-stats pass']) / base:.2f}; "
+              f"text path / conntrack -L: {statistics.median(walls['text path']) / base:.2f}")
     finally:
         subprocess.run(["ip", "netns", "delete", netns], check=False)
         CT_MAX.write_text(old_max)

@@ -47,7 +47,7 @@ MUTATIONS = (
         f"{MODEL}/reference.py",
         "if retries > config.signal_thres:",
         "if retries >= config.signal_thres:",
-        ("tests/test_model_semantics.py", "tests/test_model_versions.py"),
+        ("tests/test_model_ct.py", "tests/test_model_semantics.py"),
         "nat.h snat_v4_new_mapping: nat_fill_up when retries > SNAT_SIGNAL_THRES",
     ),
     Mutation(
@@ -55,17 +55,26 @@ MUTATIONS = (
         f"{MODEL}/kernel.py",
         "if retries > cfg[C_THRES]:",
         "if retries >= cfg[C_THRES]:",
-        ("tests/test_model_semantics.py", "tests/test_model_versions.py"),
+        ("tests/test_model_ct.py", "tests/test_model_semantics.py"),
         "nat.h snat_v4_new_mapping: nat_fill_up when retries > SNAT_SIGNAL_THRES",
     ),
     Mutation(
         "OUT and IN eviction counters swapped (reference engine)",
         f"{MODEL}/reference.py",
-        "self.counters.evictions_out += 1\n            else:\n"
-        "                self.counters.evictions_in += 1",
-        "self.counters.evictions_in += 1\n            else:\n"
-        "                self.counters.evictions_out += 1",
-        ("tests/test_model_semantics.py", "tests/test_model_fidelity.py"),
+        "self.counters.evictions_out += 1\n        else:\n"
+        "            self.counters.evictions_in += 1",
+        "self.counters.evictions_in += 1\n        else:\n"
+        "            self.counters.evictions_out += 1",
+        ("tests/test_model_semantics.py", "tests/test_model_fidelity.py",
+         "tests/test_model_ct.py"),
+        "an evicted OUT entry breaks the connection, an evicted IN entry drops its replies",
+    ),
+    Mutation(
+        "an OUT eviction counted as an IN eviction (compiled engine)",
+        f"{MODEL}/kernel.py",
+        "cnt[K_EVICT_OUT] += 1",
+        "cnt[K_EVICT_IN] += 1",
+        ("tests/test_model_ct.py", "tests/test_model_semantics.py"),
         "an evicted OUT entry breaks the connection, an evicted IN entry drops its replies",
     ),
     Mutation(

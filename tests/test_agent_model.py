@@ -177,5 +177,5 @@ def test_agent_needs_its_files_unless_cleaning_up() -> None:
                                 capture_output=True, text=True, timeout=30, check=False)
     assert bad_listen.returncode == 2
     assert bad_listen.stderr.strip() == (
-        "egressgw: error: --listen: 'nowhere': expected HOST:PORT such as "
+        "egressgw: error: --listen: 'nowhere': expected IP:PORT such as "
         "127.0.0.1:9967 or [::1]:9967")

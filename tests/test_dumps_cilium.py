@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import re
@@ -16,6 +17,7 @@ from egressgw.dumps.cilium import parse_entry, scan_in_parallel, scan_range
 from egressgw.dumps.synthetic import bench_lines, format_entry, seed_node_dump
 from egressgw.errors import ConfigError, InputError
 from egressgw.net import Direction, Endpoint, Family, NatEndpoint, NatEntry, Proto, parse_ip
+from egressgw.stats import compute_nat_stats, render_table
 
 EXAMPLE = Path(__file__).parents[1] / "src/egressgw/examples/seed-node-nat-list.txt"
 
@@ -326,7 +328,20 @@ def test_a_bad_address_is_named_by_its_first_line() -> None:
     with pytest.raises(InputError) as caught:
         count_endpoints("\n".join(lines).encode(), source="big")
     assert caught.value.line == at + 1
-    assert "bad IN tuple" in str(caught.value)
+    assert "bad address '999.0.113" in str(caught.value)
+
+
+def test_a_huge_bad_address_is_quoted_short() -> None:
+    """A field of megabytes still makes a one-line error of a few hundred characters,
+    on the bulk path and on the entry path."""
+    line = f"TCP IN 192.0.2.1:80 -> {'9' * 100_000}:4000 XLATE_DST 10.0.0.1:5 Created=1sec ago"
+    data = f"{line} NeedsCT=1\n".encode()
+    for read in (count_endpoints, lambda d, source: list(iter_entries(d, source=source))):
+        with pytest.raises(InputError) as caught:
+            read(data, source="huge")
+        message = str(caught.value)
+        assert caught.value.line == 1 and "9999" in message
+        assert "\n" not in message and len(message) < 300, len(message)
 
 
 def test_a_bad_line_deep_in_a_big_dump_is_found() -> None:
@@ -352,3 +367,110 @@ def test_forcing_the_wrong_format_fails_on_the_first_line() -> None:
     with pytest.raises(InputError) as caught:
         count_endpoints(LINES[0].encode(), source="nat.txt", fmt="conntrack")
     assert caught.value.line == 1
+
+
+# -- every field checked, the first bad line named ----------------------------------------
+
+OUT_LINE = LINES[0]  # TCP OUT 10.244.1.5:51234 -> 104.198.14.52:443 XLATE_SRC 172.18.0.2:40000
+IN_LINE = LINES[1]
+# Corruptions the shape check alone cannot see (it deletes digits): each must be an error.
+HIDDEN = [
+    ("digit in TCP IN", IN_LINE.replace("TCP IN", "TCP I7N")),
+    ("digit in proto", IN_LINE.replace("TCP IN", "TC7P IN")),
+    ("digit in arrow", IN_LINE.replace(" -> ", " -7> ")),
+    ("digit before arrow", IN_LINE.replace(":443 -> ", ":443 7-> ")),
+    ("digit in keyword", IN_LINE.replace("XLATE_DST", "XLATE_D7ST")),
+    ("digit in created", IN_LINE.replace("sec ago", "se7c ago")),
+    ("egress port range", IN_LINE.replace(":40000 ", ":99999 ")),
+    ("translated port range", OUT_LINE.replace(":40000 ", ":65536 ")),
+    ("out source octet", OUT_LINE.replace("10.244.1.5", "10.244.1.256")),
+    ("out source port", OUT_LINE.replace(":51234 ", ":651234 ")),
+    ("translated octet", IN_LINE.replace("XLATE_DST 10.244.1.5", "XLATE_DST 10.244.1.500")),
+    ("leading zero octet", OUT_LINE.replace("10.244.1.5", "10.244.01.5")),
+    ("leading zero port", OUT_LINE.replace(":443 ", ":0443 ")),
+    ("empty octet", OUT_LINE.replace("10.244.1.5", "10.244..5")),
+    ("empty port", OUT_LINE.replace(":40000 ", ": ")),
+    ("empty created", OUT_LINE.replace("=12sec", "=sec")),
+    ("empty needs-ct", OUT_LINE.replace("NeedsCT=1", "NeedsCT=")),
+    ("unicode digit", OUT_LINE.replace(":443 ", ":44\u0663 ")),
+    ("v6 group", LINES[6].replace("[fd00::2]", "[fd00:12345::2]")),
+    ("v6 zone", LINES[6].replace("[fd00::5]", "[fd00::5%eth0]")),
+]
+
+
+@pytest.mark.parametrize(("why", "bad"), HIDDEN, ids=[h[0] for h in HIDDEN])
+def test_a_line_with_misplaced_or_out_of_range_digits_is_an_error(why: str, bad: str) -> None:
+    good = "".join(bench_lines(3000, seed=31)).splitlines()  # several chunks of common shapes
+    for at in (2, 2500):
+        lines = [*good[:at], bad, *good[at:]]
+        data = "\n".join(lines).encode()
+        with pytest.raises(InputError) as caught:
+            count_endpoints(data, source="node.txt")
+        assert caught.value.line == at + 1, why
+        with pytest.raises(InputError) as caught:
+            list(iter_entries(data, source="node.txt"))
+        assert caught.value.line == at + 1, why
+        skipped = count_endpoints(data, source="node.txt", skip_invalid=True)
+        assert skipped.skipped == 1
+        assert skipped.counts == count_endpoints("\n".join(good).encode(), source="x").counts
+
+
+def test_the_first_bad_line_is_named_not_a_later_one() -> None:
+    lines = "".join(bench_lines(2000, seed=37)).splitlines()
+    third = next(i for i, line in enumerate(lines) if line.startswith("TCP IN ") and i > 2)
+    lines[third] = re.sub(r" -> \d+\.", " -> 999.", lines[third], count=1)  # bad address
+    lines[1500] = lines[1500].replace(" -> ", " => ")  # and a bad shape much later
+    with pytest.raises(InputError) as caught:
+        count_endpoints("\n".join(lines).encode(), source="big")
+    assert caught.value.line == third + 1
+
+
+# NAT46x64 nodes: the IPv6 map holds IPv4-mapped addresses, printed by Go's net.IP.String()
+# in dotted form inside the brackets; Cilium's nat-stats counts them as ipv6 entries.
+MAPPED = [
+    "TCP IN [192.0.2.80]:443 -> [192.168.64.2]:40000 XLATE_DST [fd00::5]:51234 "
+    "Created=7sec ago NeedsCT=1",
+    "TCP IN [::ffff:192.0.2.80]:443 -> [::ffff:192.168.64.2]:40001 XLATE_DST [fd00::5]:51235 "
+    "Created=7sec ago NeedsCT=1",
+    "TCP OUT [fd00::5]:51234 -> [192.0.2.80]:443 XLATE_SRC [192.168.64.2]:40000 "
+    "Created=7sec ago NeedsCT=1",
+]
+
+
+def test_ipv4_mapped_addresses_in_the_ipv6_map_count_as_ipv6() -> None:
+    dump = count_endpoints("\n".join(MAPPED).encode(), source="nat46.txt")
+    egress = ipaddress.IPv6Address("::ffff:192.168.64.2")
+    remote = ipaddress.IPv6Address("::ffff:192.0.2.80")
+    assert dump.counts == {NatEndpoint(Family.IPV6, Proto.TCP, egress, remote, 443): 2}
+    entries = list(iter_entries("\n".join(MAPPED).encode(), source="nat46.txt"))
+    assert [e.tuple.family for e in entries] == [Family.IPV6] * 3
+    assert entries[2].xlate == Endpoint(egress, 40000)
+
+
+def test_ipv4_mapped_rows_print_as_cilium_prints_them() -> None:
+    dump = count_endpoints("\n".join(MAPPED).encode(), source="nat46.txt")
+    table = render_table(compute_nat_stats(dump.counts, entries=30, divisor=32767).rows)
+    assert table.splitlines()[1].split() == [
+        "ipv6", "TCP", "[192.168.64.2]", "[192.0.2.80]:443", "2"]
+
+
+def test_a_failing_forked_child_is_reported_and_its_half_rescanned(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = "".join(bench_lines(3000, seed=3)).encode()
+    whole = scan_range(reader(data), 0, len(data))
+    real_dumps = cilium.marshal.dumps
+    parent = os.getpid()
+
+    def failing_in_the_child(value: object) -> bytes:
+        if os.getpid() != parent:
+            raise MemoryError("no room")
+        return real_dumps(value)
+
+    monkeypatch.setattr(cilium.marshal, "dumps", failing_in_the_child)
+    before = cilium.FORK_FAILURES.value
+    with caplog.at_level("WARNING", logger="egressgw.dumps.cilium"):
+        assert scan_in_parallel(reader(data), len(data)) == whole
+    assert cilium.FORK_FAILURES.value == before + 1
+    assert "MemoryError('no room')" in caplog.text
+    assert "forked child" in caplog.text

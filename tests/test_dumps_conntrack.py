@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -21,23 +23,53 @@ def ep(proto: Proto, egress: str, remote: str, port: int = 0) -> NatEndpoint:
 
 
 # What tests/golden/capture_conntrack.py does through the gateway (see its docstring).
+CAPTURED_IPV6 = {
+    ep(Proto.TCP, "2001:db8:2::1", "2001:db8:2::2", 8080): 1,
+    ep(Proto.ICMPV6, "2001:db8:2::1", "2001:db8:2::2"): 1,
+}
 CAPTURED = {
     ep(Proto.TCP, "198.51.100.1", "198.51.100.2", 8080): 3,
     ep(Proto.UDP, "198.51.100.1", "198.51.100.2", 5353): 1,
     ep(Proto.UDP, "198.51.100.1", "198.51.100.2", 9): 1,
     ep(Proto.ICMP, "198.51.100.1", "198.51.100.2"): 1,
-    ep(Proto.TCP, "2001:db8:2::1", "2001:db8:2::2", 8080): 1,
-    ep(Proto.ICMPV6, "2001:db8:2::1", "2001:db8:2::2"): 1,
+    # inserted over ctnetlink: SYN_SENT2 and NONE; zone 7 + mark 5 and zone-orig 3
+    ep(Proto.TCP, "198.51.100.1", "198.51.100.3", 443): 2,
+    ep(Proto.UDP, "198.51.100.1", "198.51.100.3", 53): 2,
+    **CAPTURED_IPV6,
+}
+# Every file the capture script writes, with what each must count.
+GOLDEN_OUTPUTS = {
+    "conntrack-L.txt": CAPTURED,
+    "conntrack-L-extended.txt": CAPTURED,
+    "conntrack-L-id.txt": CAPTURED,
+    "conntrack-L-ktimestamp.txt": CAPTURED,
+    "conntrack-L-labels.txt": CAPTURED,
+    "conntrack-L-all.txt": CAPTURED,
+    "conntrack-L-ipv6.txt": CAPTURED_IPV6,
+    "conntrack-L-ipv6-extended.txt": CAPTURED_IPV6,
 }
 
 
-def test_real_capture_counts_the_masqueraded_connections() -> None:
-    data = (GOLDEN / "conntrack-L.txt").read_bytes()
-    dump = count_endpoints(data, source="conntrack-L.txt")
+@pytest.mark.parametrize("name", sorted(GOLDEN_OUTPUTS))
+def test_real_capture_counts_the_masqueraded_connections(name: str) -> None:
+    data = (GOLDEN / name).read_bytes()
+    dump = count_endpoints(data, source=name)
     assert dump.format == "conntrack"
-    assert dump.counts == CAPTURED
+    assert dump.counts == GOLDEN_OUTPUTS[name]
+    assert dump.skipped == 0
+    assert dump.lines == data.count(b"\n")
+
+
+def test_the_capture_has_what_it_promises() -> None:
+    """Accounting and timestamps on, the option fields printed, other protocols there."""
+    every = (GOLDEN / "conntrack-L-all.txt").read_text()
+    assert every.count("packets=") == 2 * every.count("\n")
+    for needle in ("delta-time=", "[start=", " id=", "ipv4     2 ", "ipv6     10 ",
+                   " SYN_SENT2 ", " NONE ", "zone=7", "mark=5", "zone-orig=3",
+                   "sctp     132", "dccp     33", "gre      47", "udplite  136", "unknown  2 "):
+        assert needle in every, needle
     # The ping of the gateway itself is tracked but not source-NATed.
-    assert b"dst=192.0.2.1 type=8" in data
+    assert "dst=192.0.2.1 type=8" in every
 
 
 def test_bundled_conntrack_example_is_the_real_capture() -> None:
@@ -45,10 +77,7 @@ def test_bundled_conntrack_example_is_the_real_capture() -> None:
     assert count_endpoints(example.read_bytes(), source=str(example)).counts == CAPTURED
 
 
-def test_extended_output_and_the_summary_line_count_the_same() -> None:
-    extended = (GOLDEN / "conntrack-L-extended.txt").read_bytes()
-    assert extended.startswith(b"ipv")
-    assert count_endpoints(extended, source="x").counts == CAPTURED
+def test_the_summary_line_counts_nothing() -> None:
     with_summary = (GOLDEN / "conntrack-L.txt").read_bytes() + (
         GOLDEN / "conntrack-L.stderr.txt"
     ).read_bytes()
@@ -65,7 +94,8 @@ def test_entries_of_a_masqueraded_connection_mirror_cilium() -> None:
         assert out.tuple.src.ip == parse_ip("192.0.2.2")
         assert out.xlate == back.tuple.dst
         assert back.xlate == out.tuple.src
-        assert back.tuple.src == Endpoint(parse_ip("198.51.100.2"), 8080)
+        assert back.tuple.src in (Endpoint(parse_ip("198.51.100.2"), 8080),
+                                  Endpoint(parse_ip("198.51.100.3"), 443))
     icmp = [e for e in entries if e.tuple.proto is Proto.ICMP]
     assert [(e.tuple.src.port, e.tuple.dst.port) for e in icmp] == [(4242, 0), (0, 4242)]
 
@@ -138,7 +168,119 @@ def _capture_module() -> ModuleType:
 def test_live_capture_in_network_namespaces() -> None:
     """The fixture's generator, run for real: masquerade in a namespace, read conntrack -L."""
     outputs = _capture_module().capture()
-    for name in ("conntrack-L.txt", "conntrack-L-extended.txt"):
+    assert set(outputs) == {*GOLDEN_OUTPUTS, "conntrack-L.stderr.txt"}
+    for name, expected in GOLDEN_OUTPUTS.items():
         dump = count_endpoints(outputs[name].encode(), source=name, fmt="auto")
-        assert dump.counts == CAPTURED, name
+        assert dump.counts == expected, name
+    assert "packets=" in outputs["conntrack-L.txt"]  # accounting was on
     assert "flow entries have been shown" in outputs["conntrack-L.stderr.txt"]
+
+
+# A captured line (conntrack-L-all.txt, with -o extended,id,ktimestamp) to vary.
+REAL = (
+    "ipv4     2 tcp      6 299 SYN_SENT2 src=192.0.2.2 dst=198.51.100.3 sport=41000 dport=443 "
+    "packets=0 bytes=0 [UNREPLIED] src=198.51.100.3 dst=198.51.100.1 sport=443 dport=41000 "
+    "packets=0 bytes=0 mark=0 delta-time=0 [start=Sat Dec  5 07:45:56 2026] use=1 id=774218576"
+)
+REAL_ENDPOINT = ep(Proto.TCP, "198.51.100.1", "198.51.100.3", 443)
+# libnetfilter_conntrack's TCP state names (src/conntrack/constants.c; LISTEN is what
+# versions before 1.0.7 printed for SYN_SENT2).
+TCP_STATE_NAMES = ["NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT",
+                   "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2", "LISTEN"]
+
+
+@pytest.mark.parametrize("state", TCP_STATE_NAMES)
+def test_every_tcp_state_is_counted(state: str) -> None:
+    line = REAL.replace(" SYN_SENT2 ", f" {state} ")
+    assert count_endpoints(line.encode(), source="x").counts == {REAL_ENDPOINT: 1}
+
+
+# What conntrack-tools prints for kernels and options this machine cannot show (the order
+# is libnetfilter_conntrack's __snprintf_conntrack_default).
+OPTIONAL_FIELDS = [
+    REAL.replace("mark=0", "[OFFLOAD] mark=0"),
+    REAL.replace("mark=0", "[HW_OFFLOAD] mark=0"),
+    REAL.replace("mark=0", "[ASSURED] mark=0 secmark=7 secctx=system_u:object_r:unlabeled_t:s0"),
+    REAL.replace("dport=41000 packets=0", "dport=41000 zone-reply=4 packets=0"),
+    REAL.replace("2026] use=1", "2026] [stop=Sat Dec  5 07:46:56 2026] helper=ftp use=1"),
+    REAL + " labels=egress,audited",
+    REAL.replace(" id=774218576", "").replace("ipv4     2 ", ""),
+]
+
+
+@pytest.mark.parametrize("line", OPTIONAL_FIELDS)
+def test_optional_fields_are_read(line: str) -> None:
+    dump = count_endpoints(line.encode(), source="x")
+    assert (dump.counts, dump.skipped) == ({REAL_ENDPOINT: 1}, 0)
+
+
+BAD_LINES = [
+    ("extended garbage", "ipv4     2 garbage that is not conntrack"),
+    ("other protocol garbage", "ipv4     2 sctp     132 3 whatever"),
+    ("name and number", REAL.replace("tcp      6", "tcp      17")),
+    ("unknown for a known number", REAL.replace("tcp      6", "unknown  6")),
+    ("layer 3 number", REAL.replace("ipv4     2", "ipv4     10")),
+    ("layer 3 family", REAL.replace("ipv4     2", "ipv6     10")),
+    ("state", REAL.replace("SYN_SENT2", "SYN_SENT3")),
+    ("state on udp", REAL.replace("tcp      6", "udp      17")),
+    ("icmp fields on tcp", REAL.replace("sport=41000 dport=443", "type=8 code=0 id=4")),
+    ("port range", REAL.replace("sport=443", "sport=65536")),
+    ("unicode digit", REAL.replace("sport=443", "sport=44\u0663")),
+    ("octet", REAL.replace("dst=198.51.100.1", "dst=198.51.100.256")),
+    ("zone in address", REAL.replace("dst=198.51.100.1", "dst=fe80::1%eth0")),
+    ("reply missing", REAL.split(" src=198.51.100.3", maxsplit=1)[0]),
+    ("field order", REAL.replace("mark=0 delta-time=0", "delta-time=0 mark=0")),
+    ("unknown field", REAL.replace("use=1", "use=1 frob=2")),
+    ("icmpv6 on ipv4", REAL.replace("tcp      6 299 SYN_SENT2", "icmpv6   58 299").replace(
+        "sport=41000 dport=443", "type=128 code=0 id=5").replace(
+        "sport=443 dport=41000", "type=129 code=0 id=5")),
+]
+
+
+@pytest.mark.parametrize(("why", "bad"), BAD_LINES, ids=[b[0] for b in BAD_LINES])
+def test_an_invalid_line_is_an_error_in_every_output_format(why: str, bad: str) -> None:
+    data = "\n".join([REAL, REAL, bad, *[REAL] * 700]).encode()
+    with pytest.raises(InputError, match=r"^ct\.txt:3: "):
+        count_endpoints(data, source="ct.txt")
+    with pytest.raises(InputError, match=r"^ct\.txt:3: "):
+        list(iter_entries(data, source="ct.txt"))
+    skipped = count_endpoints(data, source="ct.txt", skip_invalid=True)
+    assert (skipped.skipped, skipped.counts) == (1, {REAL_ENDPOINT: 702})
+
+
+def test_the_first_bad_line_is_named_when_a_later_one_is_bad_too() -> None:
+    later = REAL.replace("ipv4     2 tcp", "ipv4     2 garbage")
+    earlier = REAL.replace("sport=443", "sport=99999")  # passes a loose shape, not the range
+    data = "\n".join([REAL, REAL, earlier, *[REAL] * 600, later]).encode()
+    with pytest.raises(InputError, match=r"^ct\.txt:3: "):
+        count_endpoints(data, source="ct.txt")
+
+
+def _nat_stats(tmp_path: Path, text: str, *args: str) -> subprocess.CompletedProcess[str]:
+    dump = tmp_path / "ct.txt"
+    dump.write_text(text)
+    program = "import sys; from egressgw.cli import main; main(sys.argv[1:])"
+    return subprocess.run([sys.executable, "-c", program, "nat-stats", "--from", str(dump),
+                           *args], capture_output=True, text=True, check=False)
+
+
+def test_an_empty_table_with_exit_0_means_nothing_was_masqueraded(tmp_path: Path) -> None:
+    not_nated = "\n".join(
+        line for line in (GOLDEN / "conntrack-L-all.txt").read_text().splitlines()
+        if "dst=192.0.2.1 " in line or " sctp " in line or " gre " in line)
+    done = _nat_stats(tmp_path, not_nated + "\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1:] == []  # the header only
+    garbage = not_nated + "\nipv4     2 tcp      6 garbage\n"
+    done = _nat_stats(tmp_path, garbage)
+    assert done.returncode == 2
+    assert done.stderr.startswith("egressgw: error: ") and done.stderr.count("\n") == 1
+    assert f"ct.txt:{not_nated.count(chr(10)) + 2}: not a conntrack -L line" in done.stderr
+
+
+@pytest.mark.parametrize("output", ["table", "json"])
+def test_skipped_lines_are_always_counted_on_stderr(tmp_path: Path, output: str) -> None:
+    text = (GOLDEN / "conntrack-L.txt").read_text() + "ipv4     2 tcp      6 garbage\n"
+    done = _nat_stats(tmp_path, text, "--skip-invalid", "-o", output)
+    assert done.returncode == 0, done.stderr
+    assert "skipped 1 invalid line(s)" in done.stderr

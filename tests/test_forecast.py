@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from egressgw.cli import main
+from egressgw.config import NodePortRange
 from egressgw.errors import InputError
+from egressgw.limits import cilium_limit
 from egressgw.net import Family, NatEndpoint, Proto, parse_ip
 from egressgw.sim.forecast import (
     Outlook,
@@ -121,7 +123,11 @@ def test_dumps_are_counted_and_the_cli_prints_each_outlook(tmp_path, capsys):
     main(["forecast", *specs, "--at", "0", "--at", "60", "--at", "120"])
     out = capsys.readouterr().out
     # +100 a minute from 300: 32467 more take 324.67 minutes = 5h24m40s.
-    assert "10.1.0.0   10.2.0.0:8080   TCP     300     0.9%       +100.0       in 5h24m40s" in out
+    line = next(line for line in out.splitlines() if line.startswith("10.1.0.0"))
+    assert line.split()[:6] == ["10.1.0.0", "10.2.0.0:8080", "TCP", "300", "0.9%", "+100.0"]
+    assert line.endswith("in 5h24m40s [5h24m40s .. 5h24m40s]")
+    # The forecast says which limit it used (a Cilium dump: Cilium's divisor).
+    assert out.startswith("Limit 32767 ports (cilium: --node-port-range 30000,32767)")
     main(["forecast", *specs, "--at", "0", "--at", "60", "--at", "120", "-o", "json"])
     (tuple_doc,) = json.loads(capsys.readouterr().out)["tuples"]
     assert tuple_doc["secondsToLimit"] == pytest.approx((LIMIT - 300) / 100 * 60)
@@ -183,3 +189,43 @@ def test_cli_polls_the_agent_and_skips_repeated_passes(capsys):
     (doc,) = json.loads(capsys.readouterr().out)["tuples"]
     assert doc["samples"] == 4 and doc["count"] == 4000
     assert doc["secondsToLimit"] == pytest.approx((LIMIT - 4000) / 1000 * 30)
+
+
+def test_forecast_uses_the_divisor_the_source_reports(tmp_path, capsys):
+    # An agent with --node-port-range 30000,65471 reports 63 ports per tuple.
+    specs = []
+    for i, count in enumerate([10, 20, 30]):
+        doc = _pass(i * 60, count)
+        doc["divisor"] = 63
+        doc["limit"] = cilium_limit(NodePortRange(30000, 65471)).document()
+        path = tmp_path / f"a{i}.json"
+        path.write_text(json.dumps(doc))
+        specs.append(str(path))
+    main(["forecast", *specs, "-o", "json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["limit"] == 63 and doc["portLimit"]["ports"] == 63
+    (t,) = doc["tuples"]
+    # +10 a minute from 30: 33 more to 63 take 3.3 minutes.
+    assert t["secondsToLimit"] == pytest.approx(33 / 10 * 60)
+
+
+def test_scale_multiplies_counts_and_growth(tmp_path, capsys):
+    # 40% to 70% of 32767 in two weeks, linearly (one snapshot a week).
+    counts = [0.40 * LIMIT, 0.55 * LIMIT, 0.70 * LIMIT]
+    specs = []
+    for i, count in enumerate(counts):
+        doc = _pass(i * 7 * 86400, round(count))
+        path = tmp_path / f"w{i}.json"
+        path.write_text(json.dumps(doc))
+        specs.append(str(path))
+    main(["forecast", *specs, "-o", "json"])
+    (now,) = json.loads(capsys.readouterr().out)["tuples"]
+    week = 7 * 86400
+    # 30% more to 100% at 15% a week: two weeks.
+    assert now["secondsToLimit"] == pytest.approx(2 * week, rel=1e-3)
+    main(["forecast", *specs, "--scale", "3", "-o", "json"])
+    (tripled,) = json.loads(capsys.readouterr().out)["tuples"]
+    assert tripled["count"] == pytest.approx(3 * round(0.70 * LIMIT))
+    assert tripled["outlook"] == "at limit" and tripled["secondsToLimit"] == 0
+    # The refusal marks lie below the limit and are reached no later than it.
+    assert now["firstRefusals"]["seconds"] <= now["refusalRate"]["seconds"] <= now["secondsToLimit"]

@@ -15,6 +15,14 @@ from egressgw.policy import compile_policies, load_inventory, load_policies
 from egressgw.policy.cilium import CiliumVersion
 from egressgw.policy.kubernetes import load_inventories
 
+
+class NoAliasDumper(yaml.SafeDumper):
+    """Writes shared objects out in full: kubectl output has no YAML aliases, and
+    egressgw refuses them."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "egressgw" / "examples"
 KUBECTL = EXAMPLES / "kubernetes" / "kubectl-get-nodes-pods.yaml"
 INTERFACES = EXAMPLES / "kubernetes" / "gateway-interfaces.yaml"
@@ -26,7 +34,7 @@ def kubectl_items():
 
 def write(tmp_path, name, *documents):
     path = tmp_path / name
-    path.write_text(yaml.safe_dump_all(documents))
+    path.write_text(yaml.dump_all(documents, Dumper=NoAliasDumper))
     return path
 
 

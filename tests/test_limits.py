@@ -120,11 +120,14 @@ def test_nat_stats_and_forecast_agree_on_one_conntrack_table(
 def test_plan_widens_the_range_by_the_datapath_limit() -> None:
     from egressgw.sim.plan import suggest_node_port_range  # noqa: PLC0415
 
-    cilium = suggest_node_port_range(64)
-    netfilter = suggest_node_port_range(64, "netfilter")
+    # The range only widens (64 ports fit already: nothing to suggest), by each limit.
+    assert suggest_node_port_range(64)[0] is None
+    assert suggest_node_port_range(64, datapath="netfilter")[0] is None
+    cilium, _ = suggest_node_port_range(40000)
+    netfilter, _ = suggest_node_port_range(40000, datapath="netfilter")
     assert cilium is not None and netfilter is not None
-    assert 65535 - (cilium.max + 1) == 64  # Cilium's divisor
-    assert len(range(netfilter.max + 1, 65535 + 1)) == 64  # the nft rule's ports
+    assert 65535 - (cilium.max + 1) == 40000  # Cilium's divisor
+    assert len(range(netfilter.max + 1, 65535 + 1)) == 40000  # the nft rule's ports
 
 
 TAKEOVER_DUMP = """\

@@ -16,6 +16,14 @@ from egressgw.policy import load_policies
 from egressgw.policy.cilium import CiliumVersion
 from egressgw.policy.crd import crd_cidr_syntax, kube_ipv4_format
 
+
+class NoAliasDumper(yaml.SafeDumper):
+    """Writes shared objects out in full: kubectl output has no YAML aliases, and
+    egressgw refuses them."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
 V116, V117, V118 = CiliumVersion.V1_16, CiliumVersion.V1_17, CiliumVersion.V1_18
 
 
@@ -32,7 +40,7 @@ def policy(**spec_overrides):
 
 def load(tmp_path, body, version=V118):
     path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump(body))
+    path.write_text(yaml.dump(body, Dumper=NoAliasDumper))
     return load_policies(path, version)
 
 

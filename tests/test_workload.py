@@ -51,7 +51,7 @@ def generate(doc, t1, seed=1, window=30.0):
         ({"count": 0}, "w.yaml: clients[0].count: must be a positive integer"),
         ({"count": "ten"}, "w.yaml: clients[0].count: must be a positive integer"),
         ({"count": 300}, "w.yaml: clients[0].count: 300 clients do not fit in 10.244.0.0/24"),
-        ({"cidr": "10.244.0.0/33"}, "w.yaml: clients[0].cidr: '10.244.0.0/33' is not a CIDR"),
+        ({"cidr": "10.244.0.0/33"}, "w.yaml: clients[0].cidr: invalid CIDR '10.244.0.0/33'"),
         ({"arrivals": {"rate": -1}}, "w.yaml: clients[0].arrivals.rate: must be a non-negative"),
         ({"arrivals": {"rate": 1, "ramp": {"from": 1, "to": 2, "over": 5}}},
          "w.yaml: clients[0].arrivals: give exactly one of rate, ramp or daily"),
@@ -115,7 +115,7 @@ def test_egress_ips_of_the_other_family_are_not_used():
 def test_yaml_syntax_error_names_the_line(tmp_path):
     path = tmp_path / "w.yaml"
     path.write_text("clients:\n  - count: 1\n   cidr: [\n")
-    with pytest.raises(InputError, match=r"w.yaml:\d+: not valid YAML"):
+    with pytest.raises(InputError, match=r"w.yaml:\d+: invalid YAML"):
         load_workload(path)
 
 

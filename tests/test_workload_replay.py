@@ -55,7 +55,8 @@ def test_headerless_rows_use_the_documented_order_and_egress_column():
     [
         ("x,10,10.244.0.1,10.2.0.0,8080,tcp", "flows.csv:2: start: 'x' is not a number"),
         ("0,-1,10.244.0.1,10.2.0.0,8080,tcp", "flows.csv:2: duration: must not be negative"),
-        ("0,1,10.244.0.300,10.2.0.0,8080,tcp", "flows.csv:2: source: '10.244.0.300' is not"),
+        ("0,1,10.244.0.300,10.2.0.0,8080,tcp",
+         "flows.csv:2: source: invalid IP address '10.244.0.300'"),
         ("0,1,10.244.0.1,10.2.0.0,http,tcp", "flows.csv:2: port: 'http' is not a port"),
         ("0,1,10.244.0.1,10.2.0.0,80,gre", "flows.csv:2: protocol: unknown protocol 'gre'"),
         ("0,1,10.244.0.1,2001:db8::1,80,tcp", "flows.csv:2: destination: source and dest"),

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
-from egressgw.errors import ConfigError
+from egressgw.errors import ConfigError, excerpt
 
 MAX_PORT = 65535
 
@@ -30,11 +31,11 @@ class NodePortRange:
 
     @classmethod
     def parse(cls, text: str) -> NodePortRange:
-        """Parse ``MIN,MAX`` (Cilium's form) or ``MIN-MAX``."""
-        match = re.fullmatch(r"\s*(\d+)\s*[,-]\s*(\d+)\s*", text)
-        if not match:
+        """Parse ``MIN,MAX`` (Cilium's form) or ``MIN-MAX``; ASCII digits, at most 5 each."""
+        match = re.fullmatch(r"\s*([0-9]{1,5})\s*[,-]\s*([0-9]{1,5})\s*", text[:64])
+        if not match or len(text) > 64:
             raise ConfigError(
-                f"{text!r}: expected MIN,MAX such as 30000,32767", field="--node-port-range"
+                f"{excerpt(text)}: expected MIN,MAX such as 30000,32767", field="--node-port-range"
             )
         return cls(int(match[1]), int(match[2]))
 
@@ -82,15 +83,44 @@ def check_stats_entries(k: int) -> int:
 
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+# Longest duration text and value accepted anywhere: a year of seconds is far beyond any
+# interval, timeout or simulated run, and bounds every loop and array sized by time.
+MAX_DURATION_CHARS = 32
+MAX_DURATION = 366 * 86400.0
 
 
 def parse_duration(text: str, *, field: str = "duration") -> float:
-    """Parse a Go-style duration (``30s``, ``1m30s``, ``2h``, ``0``) into seconds."""
+    """Parse a Go-style duration (``30s``, ``1m30s``, ``2h``, ``0``) into seconds.
+
+    ASCII digits only, at most :data:`MAX_DURATION_CHARS` characters and
+    :data:`MAX_DURATION` seconds.
+    """
+    if not isinstance(text, str):
+        raise ConfigError(f"expected a duration such as 30s, not {excerpt(text)}", field=field)
     stripped = text.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", stripped):
-        return float(stripped)
-    parts = _DURATION_PART.findall(stripped)
-    if not parts or "".join(n + u for n, u in parts) != stripped:
-        raise ConfigError(f"{text!r}: expected a duration such as 30s, 5m or 1h30m", field=field)
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if len(stripped) > MAX_DURATION_CHARS:
+        raise ConfigError(f"{excerpt(text)}: too long for a duration", field=field)
+    if re.fullmatch(r"[0-9]+(\.[0-9]+)?", stripped):
+        seconds = float(stripped)
+    else:
+        parts = _DURATION_PART.findall(stripped)
+        if not parts or "".join(n + u for n, u in parts) != stripped:
+            raise ConfigError(
+                f"{excerpt(text)}: expected a duration such as 30s, 5m or 1h30m", field=field
+            )
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    return check_duration(seconds, field=field)
+
+
+def check_duration(seconds: float, *, field: str, minimum: float = 0.0) -> float:
+    """``seconds`` if finite and within [minimum, MAX_DURATION] (0 always passes)."""
+    if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_DURATION:
+        raise ConfigError(
+            f"{excerpt(seconds)} s: a duration must be between 0 and {MAX_DURATION:.0f} s "
+            "(366 days)",
+            field=field,
+        )
+    if 0 < seconds < minimum:
+        raise ConfigError(f"{seconds:g} s: must be 0 or at least {minimum:g} s", field=field)
+    return seconds

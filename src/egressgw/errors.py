@@ -62,3 +62,52 @@ class DatapathError(EgressgwError):
 
 class AgentError(EgressgwError):
     """The agent or its HTTP API could not be reached or answered badly."""
+
+
+EXCERPT_CHARS = 40
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """A short, escaped quotation of an input value for an error message.
+
+    Only strings and numbers are quoted, and only their first ``limit`` characters are
+    formatted: a value read from a file can be megabytes long (or, from YAML with
+    aliases, a structure that would take gigabytes to print), so it is never passed to
+    ``repr`` or ``str`` whole. Control characters come out escaped, so the message stays
+    one line.
+    """
+    if isinstance(value, str):
+        return _quote(value, limit)
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if value is not None else "null"
+    if isinstance(value, int):
+        digits = value.bit_length() * 0.30103  # about the decimal digits, without formatting
+        return str(value) if digits < limit else f"a number of about {round(digits)} digits"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, bytes):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)} items"
+    if isinstance(value, dict):
+        return f"a mapping of {len(value)} keys"
+    return f"a {type(value).__name__}"
+
+
+def _quote(text: str, limit: int) -> str:
+    """``text`` in single quotes, non-printable characters escaped as repr escapes them,
+    cut so that the quoted part holds at most ``limit`` characters (escapes included)."""
+    pieces: list[str] = []
+    used = 0
+    for char in text:
+        if char in "'\\":
+            piece = "\\" + char
+        elif char.isprintable():
+            piece = char
+        else:
+            piece = repr(char)[1:-1]
+        if used + len(piece) > limit:
+            return "'" + "".join(pieces) + "'..."
+        pieces.append(piece)
+        used += len(piece)
+    return "'" + "".join(pieces) + "'"

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from egressgw.config import MAX_PORT, NodePortRange
-from egressgw.errors import ConfigError
+from egressgw.errors import ConfigError, excerpt
 
 DatapathKind = Literal["cilium", "netfilter"]
 DATAPATH_KINDS: tuple[DatapathKind, ...] = ("cilium", "netfilter")
@@ -66,10 +66,12 @@ class NatPortRange:
     @classmethod
     def parse(cls, text: str) -> NatPortRange:
         """``MIN-MAX`` as nft writes it (``MIN,MAX`` and ``MIN:MAX`` are accepted too)."""
-        match = re.fullmatch(r"\s*(\d+)\s*[-,:]\s*(\d+)\s*", text)
-        if not match:
+        # ASCII digits, at most 5 each: a 5,000-digit value must not reach int().
+        match = re.fullmatch(r"\s*([0-9]{1,5})\s*[-,:]\s*([0-9]{1,5})\s*", text[:64])
+        if not match or len(text) > 64:
             raise ConfigError(
-                f"{text!r}: expected MIN-MAX such as 1024-65535", field=NAT_PORT_RANGE_FLAG
+                f"{excerpt(text)}: expected MIN-MAX such as 1024-65535",
+                field=NAT_PORT_RANGE_FLAG,
             )
         return cls(int(match[1]), int(match[2]))
 
@@ -244,9 +246,13 @@ def limit_from_document(doc: object) -> PortLimit | None:
             kind: DatapathKind = "netfilter" if limit["datapath"] == "netfilter" else "cilium"
             if limit["datapath"] != kind:
                 raise ValueError(limit["datapath"])
-            port_range = NatPortRange.parse(str(limit["portRange"]))
-            return PortLimit(int(limit["ports"]), kind, str(limit.get("source", "document")),
-                             port_range)
+            ports, text, source = limit["ports"], limit["portRange"], limit.get("source")
+            # Only what a nat-stats document can hold: a port count, short strings.
+            if isinstance(ports, bool) or not isinstance(ports, int) or not 0 < ports <= 65536:
+                return None
+            if not isinstance(text, str) or not isinstance(source, str | None):
+                return None
+            return PortLimit(ports, kind, (source or "document")[:200], NatPortRange.parse(text))
         except (KeyError, TypeError, ValueError, ConfigError):
             return None
     return None

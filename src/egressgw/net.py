@@ -11,8 +11,15 @@ import ipaddress
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from egressgw.errors import excerpt
+
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPInterface: TypeAlias = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+# The longest address text with a prefix: 8 groups of 4 hex digits, 7 colons, "/128"
+# (an IPv4-mapped tail is shorter). Anything longer is refused before it is parsed.
+MAX_ADDRESS_CHARS = 43
 
 
 class Family(enum.StrEnum):
@@ -59,17 +66,108 @@ class Proto(enum.IntEnum):
                 return cls[aliases.get(key, key)]
             except KeyError:
                 pass
-        raise ValueError(f"unknown protocol {text!r} (expected TCP, UDP, ICMP or ICMPv6)")
+        raise ValueError(
+            f"unknown protocol {excerpt(text)} (expected TCP, UDP, ICMP or ICMPv6)"
+        )
+
+
+def _address_text(text: object, what: str) -> str:
+    """``text`` checked to be a short string without an IPv6 zone.
+
+    Python's ipaddress takes anything after ``%`` as an IPv6 scope (zone), spaces, braces,
+    ``;`` and newlines included, and prints it back with the address. Cilium refuses
+    zones everywhere an address comes from a policy or the cluster: CIDRs go through Go's
+    netip.ParsePrefix, which rejects them ("IPv6 zones cannot be present in a prefix";
+    pkg/egressgateway/policy.go ParseCEGP, v1.16.2), egressIP is declared ``format=ipv4``
+    in the CRD (cegp_types.go), and node and pod IPs come from net.IP, which has no zone.
+    So every reader refuses them here, and no zone can reach an nft script.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"expected {what} as a string, not {type(text).__name__}")
+    if len(text) > MAX_ADDRESS_CHARS:
+        raise ValueError(
+            f"{excerpt(text, MAX_ADDRESS_CHARS)}: too long for {what} ({len(text)} characters)"
+        )
+    if "%" in text:
+        raise ValueError(f"{excerpt(text, MAX_ADDRESS_CHARS)}: IPv6 zones (%...) are not accepted")
+    return text
+
+
+# The protocols nat-stats counts, per family: Cilium v1.16 pkg/maps/nat/stats/stats.go,
+# countNat, keeps IN entries of TCP, UDP and ICMP in the IPv4 map and of TCP, UDP and
+# ICMPv6 in the IPv6 map. Every reader (dumps, ctnetlink, the model) asks this table.
+COUNTED_PROTOS: dict[Family, frozenset[Proto]] = {
+    Family.IPV4: frozenset((Proto.TCP, Proto.UDP, Proto.ICMP)),
+    Family.IPV6: frozenset((Proto.TCP, Proto.UDP, Proto.ICMPV6)),
+}
+
+
+def is_counted(family: Family, proto: Proto) -> bool:
+    """Whether nat-stats counts ``proto`` entries of ``family`` (see COUNTED_PROTOS)."""
+    return proto in COUNTED_PROTOS[family]
 
 
 def parse_ip(text: str) -> IPAddress:
-    """Parse an IPv4 or IPv6 address, with or without brackets."""
-    return ipaddress.ip_address(text[1:-1] if text.startswith("[") else text)
+    """Parse an IPv4 or IPv6 address, with or without brackets; the one address parser.
+
+    Every reader (policies, inventories, workloads, recorded flows, snapshots, dumps,
+    flags) parses addresses with this function or :func:`parse_cidr` /
+    :func:`parse_ip_interface`, so the same text is accepted or refused everywhere.
+    Raises ValueError with a short message quoting at most :data:`MAX_ADDRESS_CHARS`.
+    """
+    text = _address_text(text, "an IP address")
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        return ipaddress.ip_address(bare)
+    except ValueError:
+        raise ValueError(f"{excerpt(text, MAX_ADDRESS_CHARS)}: not an IP address") from None
+
+
+def parse_cidr(text: str, *, strict: bool = False) -> IPNetwork:
+    """Parse a CIDR like Go's net.ParseCIDR: the /prefix is required.
+
+    Host bits are masked unless ``strict`` (then ``10.0.0.1/8`` is refused).
+    """
+    text = _address_text(text, "a CIDR")
+    if "/" not in text:
+        raise ValueError(f"{excerpt(text, MAX_ADDRESS_CHARS)}: missing the /prefix length")
+    network = ipaddress.IPv6Network if ":" in text else ipaddress.IPv4Network
+    try:
+        return network(text, strict=strict)
+    except ValueError as exc:
+        raise ValueError(f"{excerpt(text, MAX_ADDRESS_CHARS)}: {_reason(exc)}") from None
+
+
+def parse_ip_interface(text: str) -> IPInterface:
+    """Parse an interface address with its prefix (``203.0.113.10/24``)."""
+    text = _address_text(text, "an interface address")
+    if "/" not in text:
+        example = f", e.g. {text}/24" if text.isprintable() else ""
+        raise ValueError(f"{excerpt(text, MAX_ADDRESS_CHARS)}: give it with its prefix{example}")
+    interface = ipaddress.IPv6Interface if ":" in text else ipaddress.IPv4Interface
+    try:
+        return interface(text)
+    except ValueError as exc:
+        raise ValueError(f"{excerpt(text, MAX_ADDRESS_CHARS)}: {_reason(exc)}") from None
+
+
+def _reason(exc: ValueError) -> str:
+    # ipaddress's per-family messages quote only the offending part (at most the
+    # already length-checked input); keep the first line.
+    reason = str(exc).splitlines()[0] if str(exc) else "invalid"
+    return reason if len(reason) <= 80 else reason[:77] + "..."
 
 
 def format_ip(ip: IPAddress) -> str:
-    """An address as Cilium prints it next to a port: IPv6 in brackets."""
-    return f"[{ip}]" if ip.version == 6 else str(ip)
+    """An address as Cilium prints it next to a port: IPv6 in brackets.
+
+    Cilium formats addresses with Go's ``net.IP.String()``, which prints an IPv4-mapped
+    IPv6 address (``::ffff:192.168.64.2``) in dotted form: ``[192.168.64.2]``.
+    """
+    if isinstance(ip, ipaddress.IPv6Address):
+        mapped = ip.ipv4_mapped
+        return f"[{ip if mapped is None else mapped}]"
+    return str(ip)
 
 
 def format_addr(ip: IPAddress, port: int) -> str:
@@ -101,7 +199,7 @@ class Endpoint:
                 return cls(parse_ip(host), int(port[1:]))
             if sep and not port:
                 return cls(parse_ip(host), 0)
-            raise ValueError(f"bad endpoint {text!r}")
+            raise ValueError(f"bad endpoint {excerpt(text)}")
         if text.count(":") == 1:
             host, _, port = text.partition(":")
             return cls(parse_ip(host), int(port))

@@ -1,11 +1,15 @@
-"""Capture real ``conntrack -L`` output of masqueraded traffic for the test fixture.
+"""Capture real ``conntrack -L`` output of masqueraded traffic for the test fixtures.
 
 Builds three network namespaces (client -- gateway -- server) joined by veth pairs, has
-the gateway masquerade everything leaving towards the server (nftables), makes real
-connections from the client, and writes what ``conntrack -L`` (and ``-o extended``)
-prints in the gateway's namespace: conntrack-L.txt, conntrack-L-extended.txt and the
-summary conntrack prints on stderr, conntrack-L.stderr.txt. Needs root, ip, nft and
-conntrack. Everything it creates is deleted again, also on failure.
+the gateway masquerade everything leaving towards the server (nftables), turns on
+conntrack accounting and timestamps in the gateway (``nf_conntrack_acct=1``,
+``nf_conntrack_timestamp=1``: every line then carries ``packets= bytes=`` per direction
+and ``delta-time=``), makes real connections from the client, adds entries of the kinds
+real traffic here does not make over ctnetlink (``conntrack -I``: the kernel creates them
+and prints them like any other), and writes what ``conntrack -L`` prints in the gateway's
+namespace with each output option (see OUTPUTS) and the summary conntrack prints on stderr,
+conntrack-L.stderr.txt.
+Needs root, ip, nft and conntrack. Everything it creates is deleted again, also on failure.
 
 Traffic (egress 198.51.100.1 / 2001:db8:2::1, server 198.51.100.2 / 2001:db8:2::2):
   3 TCP connections to 198.51.100.2:8080, held open      -> ESTABLISHED [ASSURED]
@@ -15,6 +19,10 @@ Traffic (egress 198.51.100.1 / 2001:db8:2::1, server 198.51.100.2 / 2001:db8:2::
   1 TCP connection to [2001:db8:2::2]:8080, held open
   1 ICMPv6 echo to 2001:db8:2::2
   1 ICMP echo to the gateway itself (192.0.2.1)          -> not source-NATed
+Inserted over ctnetlink (INSERTED), source-NATed to 198.51.100.1 towards 198.51.100.3:
+  TCP in SYN_SENT2 and in NONE to port 443                 -> counted
+  UDP to port 53 in zone 7 with mark 5, and with zone-orig=3 -> counted
+  SCTP, DCCP, GRE, UDP-Lite and IGMP ("unknown 2")          -> read, not counted
 
     sudo .venv/bin/python tests/golden/capture_conntrack.py tests/golden
 """
@@ -135,6 +143,9 @@ def topology() -> Iterator[dict[str, str]]:
             f'oifname "ec{tag}b" masquerade; }}; }}'
         )
         run(*gw, "nft", ruleset)
+        # Per namespace; the conntrack module is loaded now that a NAT rule exists.
+        run(*gw, "sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1",
+            "net.netfilter.nf_conntrack_timestamp=1")
         yield ns
     finally:
         for name in created:
@@ -165,16 +176,45 @@ def running(ns: str, program: str) -> Iterator[None]:
             process.wait()
 
 
+_NAT = ("-s", "192.0.2.2", "-d", "198.51.100.3", "-t", "300", "--src-nat", "198.51.100.1")
+INSERTED: list[tuple[str, ...]] = [
+    ("-p", "tcp", "--sport", "41000", "--dport", "443", "--state", "SYN_SENT2", *_NAT),
+    ("-p", "tcp", "--sport", "41001", "--dport", "443", "--state", "NONE", *_NAT),
+    ("-p", "udp", "--sport", "41002", "--dport", "53", "--zone", "7", "--mark", "5", *_NAT),
+    ("-p", "udp", "--sport", "41003", "--dport", "53", "--orig-zone", "3", *_NAT),
+    ("-p", "sctp", "--sport", "41004", "--dport", "38412", "--state", "ESTABLISHED",
+     "--orig-vtag", "1", "--reply-vtag", "2", *_NAT),
+    ("-p", "dccp", "--sport", "41005", "--dport", "5004", "--state", "OPEN", "--role", "client",
+     *_NAT),
+    ("-p", "gre", "--srckey", "1", "--dstkey", "2", *_NAT),
+    ("-p", "udplite", "--sport", "41006", "--dport", "5005", *_NAT),
+    ("-p", "2", *_NAT),
+]
+
+# Output file: the options given to ``conntrack -L``.
+OUTPUTS: dict[str, tuple[str, ...]] = {
+    "conntrack-L.txt": (),
+    "conntrack-L-extended.txt": ("-o", "extended"),
+    "conntrack-L-id.txt": ("-o", "id"),
+    "conntrack-L-ktimestamp.txt": ("-o", "ktimestamp"),
+    "conntrack-L-labels.txt": ("-o", "labels"),
+    "conntrack-L-all.txt": ("-o", "extended,id,ktimestamp,labels"),
+    "conntrack-L-ipv6.txt": ("-f", "ipv6"),
+    "conntrack-L-ipv6-extended.txt": ("-f", "ipv6", "-o", "extended"),
+}
+
+
 def capture() -> dict[str, str]:
-    """What ``conntrack -L`` prints in the gateway: default and extended output, stderr."""
+    """What ``conntrack -L`` prints in the gateway with each of OUTPUTS, and its stderr."""
     with topology() as ns, running(ns["server"], SERVER), running(ns["client"], CLIENT):
-        gw = ("ip", "netns", "exec", ns["gw"], "conntrack", "-L")
-        plain = subprocess.run(gw, check=True, capture_output=True, text=True)
-        return {
-            "conntrack-L.txt": plain.stdout,
-            "conntrack-L.stderr.txt": plain.stderr,
-            "conntrack-L-extended.txt": run(*gw, "-o", "extended"),
-        }
+        conntrack = ("ip", "netns", "exec", ns["gw"], "conntrack")
+        for entry in INSERTED:
+            run(*conntrack, "-I", *entry)
+        plain = subprocess.run([*conntrack, "-L"], check=True, capture_output=True, text=True)
+        outputs = {name: run(*conntrack, "-L", *options) for name, options in OUTPUTS.items()}
+        outputs["conntrack-L.txt"] = plain.stdout
+        outputs["conntrack-L.stderr.txt"] = plain.stderr
+        return outputs
 
 
 def main(argv: list[str]) -> int:

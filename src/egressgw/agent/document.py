@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from egressgw.errors import AgentError
+from egressgw.errors import AgentError, excerpt
 from egressgw.limits import PortLimit
 from egressgw.net import Family, Proto, parse_ip
 from egressgw.stats import NatStats, NatStatsRow, stats_document
@@ -52,22 +52,36 @@ def row_from_document(doc: Mapping[str, Any], where: str) -> NatStatsRow:
     """Parse one row of the document; AgentError names the row and field on bad data."""
     field = "family"
     try:
-        family = Family(doc[field])
+        family = Family(_text(doc[field]))
         field = "proto"
-        proto = Proto.parse(str(doc[field]))
+        proto = Proto.parse(_text(doc[field]))
         field = "egressIP"
-        egress_ip = parse_ip(str(doc[field]))
+        egress_ip = parse_ip(_text(doc[field]))
         field = "remoteIP"
-        remote_ip = parse_ip(str(doc[field]))
+        remote_ip = parse_ip(_text(doc[field]))
         field = "remotePort"
-        remote_port = int(doc[field])
+        remote_port = _whole(doc[field], 0xFFFF)
         field = "count"
-        count = int(doc[field])
+        count = _whole(doc[field], 1 << 32)
         field = "rank"
-        rank = int(doc[field])
+        rank = _whole(doc[field], 1 << 16)
     except (KeyError, TypeError, ValueError) as exc:
-        raise AgentError(f"{where}: field {field!r} is missing or invalid ({exc})") from exc
+        reason = excerpt(str(exc), 80)
+        raise AgentError(f"{where}: field {field!r} is missing or invalid ({reason})") from None
     return NatStatsRow(family, proto, egress_ip, remote_ip, remote_port, count, rank)
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or len(value) > 64:
+        raise ValueError(f"expected a short string, got {excerpt(value)}")
+    return value
+
+
+def _whole(value: object, maximum: int) -> int:
+    """A JSON integer in 0..maximum (not a float, a bool or a string)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise ValueError(f"expected a whole number in 0..{maximum}, got {excerpt(value)}")
+    return value
 
 
 def rows_from_document(doc: object, source: str) -> list[NatStatsRow]:

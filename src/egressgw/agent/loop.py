@@ -24,7 +24,12 @@ from types import FrameType
 from prometheus_client.registry import CollectorRegistry
 
 from egressgw import __version__
-from egressgw.config import NAT_MAP_STATS_ENTRIES_DEFAULT, NodePortRange, check_stats_entries
+from egressgw.config import (
+    NAT_MAP_STATS_ENTRIES_DEFAULT,
+    NodePortRange,
+    check_duration,
+    check_stats_entries,
+)
 from egressgw.datapath.base import Datapath
 from egressgw.datapath.kernel.interfaces import host_interfaces
 from egressgw.errors import ConfigError, EgressgwError
@@ -36,6 +41,10 @@ from .reconcile import PolicySource, Reconciler
 from .recount import Recounter
 from .server import AgentAPI, AgentHTTPServer, ListenAddress
 from .state import AgentState
+
+# The shortest intervals the agent accepts (0 still disables nat-stats).
+MIN_STATS_INTERVAL = 1.0
+MIN_POLL_INTERVAL = 0.1
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +68,12 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         check_stats_entries(self.stats_entries)
-        if self.stats_interval < 0:
-            raise ConfigError("must not be negative", field="--nat-map-stats-interval")
-        if self.poll_interval <= 0:
+        # Intervals below these would busy-loop the agent (a recount walks the whole
+        # conntrack table; a poll stats every file): docs/reliability.md.
+        check_duration(self.stats_interval, field="--nat-map-stats-interval",
+                       minimum=MIN_STATS_INTERVAL)
+        check_duration(self.poll_interval, field="--poll-interval", minimum=MIN_POLL_INTERVAL)
+        if self.poll_interval == 0:
             raise ConfigError("must be positive", field="--poll-interval")
 
     @property

@@ -1,30 +1,33 @@
 """The agent's HTTP API: /metrics, /v1/statedb/nat-stats and /healthz.
 
-A plain stdlib threading HTTP server: the endpoints only read the published state, so
-each request is cheap and needs no framework. It listens on 127.0.0.1 by default; the
-API is read-only but still says which remote endpoints a node talks to.
+The endpoints only read the published state, so each request is cheap and needs no
+framework: the standard library's request handler answers, on a bounded server core
+(``httpcore``: backlog, head timeout, worker pool, connection cap). It listens on
+127.0.0.1 by default and warns when told to listen beyond loopback; the API is
+read-only but still says which remote endpoints a node talks to.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import socket
-import socketserver
-import threading
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
-from egressgw.errors import ConfigError
+from egressgw.errors import ConfigError, excerpt
 from egressgw.limits import PortLimit
+from egressgw.net import parse_ip
 
 from .document import nat_stats_document
 from .endpoints import DEFAULT_PORT, HEALTH_PATH, METRICS_PATH, NAT_STATS_PATH
+from .httpcore import BACKLOG, WORKERS, BoundedHTTPServer
 from .state import AgentState
 
 log = logging.getLogger(__name__)
@@ -32,29 +35,49 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class ListenAddress:
-    """``--listen``: ``HOST:PORT``, ``[IPv6]:PORT`` (port 0 picks a free port)."""
+    """``--listen``: ``IP:PORT`` or ``[IPv6]:PORT`` (port 0 picks a free port).
+
+    The host must be an IP address written out (``127.0.0.1``, ``::1``, ``0.0.0.0``):
+    a name or a shorthand such as ``0`` or ``0x0`` would be resolved by getaddrinfo to
+    every address of the machine without saying so.
+    """
 
     host: str
     port: int
 
     @classmethod
     def parse(cls, text: str) -> ListenAddress:
-        host, sep, port = text.rpartition(":")
-        if host.startswith("[") and host.endswith("]"):
+        expected = (
+            f"{excerpt(text)}: expected IP:PORT such as 127.0.0.1:{DEFAULT_PORT} or "
+            f"[::1]:{DEFAULT_PORT}"
+        )
+        host, sep, port = text[:80].rpartition(":")
+        bracketed = host.startswith("[") and host.endswith("]")
+        if bracketed:
             host = host[1:-1]
         elif ":" in host:
             sep = ""  # an unbracketed IPv6 address: the port is ambiguous
-        if not sep or not host or not port.isdigit() or int(port) > 0xFFFF:
-            raise ConfigError(
-                f"{text!r}: expected HOST:PORT such as 127.0.0.1:{DEFAULT_PORT} or "
-                f"[::1]:{DEFAULT_PORT}",
-                field="--listen",
-            )
-        return cls(host, int(port))
+        if (len(text) > 80 or not sep or not host or not port.isascii() or not port.isdigit()
+                or len(port) > 5 or int(port) > 0xFFFF):
+            raise ConfigError(expected, field="--listen")
+        try:
+            ip = parse_ip(host)
+        except ValueError:
+            raise ConfigError(expected, field="--listen") from None
+        if ip.version == 6 and not bracketed:
+            raise ConfigError(expected, field="--listen")
+        return cls(str(ip), int(port))
 
     @property
     def family(self) -> socket.AddressFamily:
         return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    @property
+    def is_loopback(self) -> bool:
+        try:
+            return parse_ip(self.host).is_loopback
+        except ValueError:
+            return False
 
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -64,30 +87,42 @@ class ListenAddress:
         return self.url().removeprefix("http://")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _SocketWriter(io.BufferedIOBase):
+    """``wfile`` over a connected socket: every write is sent whole (with its timeout)."""
 
-    def __init__(self, listen: ListenAddress, api: AgentAPI) -> None:
-        self.address_family = listen.family
-        self.api = api
-        super().__init__((listen.host, listen.port), _Handler)
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
 
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind asks DNS for the host's FQDN, which can stall the start
-        # for the resolver's timeout in a network namespace without one. Nothing here
-        # uses the name.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._sock.sendall(data)
+        return len(data)
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    """Answers one request whose head the server core has already read."""
+
+    server: Any
     server_version = "egressgw-agent"
 
+    def __init__(self, sock: socket.socket, address: tuple[str, int], head: bytes,
+                 api: AgentAPI) -> None:
+        self._head = head
+        self.api = api
+        super().__init__(sock, address, None)  # type: ignore[arg-type]
+
+    def setup(self) -> None:
+        self.connection = self.request
+        self.rfile = io.BytesIO(self._head)
+        self.wfile = _SocketWriter(self.request)
+
+    def finish(self) -> None:
+        pass
+
     def do_GET(self) -> None:
-        api = self.server.api
+        api = self.api
         path = self.path.split("?", 1)[0]
         if path == METRICS_PATH:
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
@@ -99,7 +134,8 @@ class _Handler(BaseHTTPRequestHandler):
             status, body = api.health()
             self._send_json(status, body)
         else:
-            self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint {path}"})
+            self._send_json(HTTPStatus.NOT_FOUND,
+                            {"error": f"no such endpoint {excerpt(path, 80)}"})
 
     def _send_json(self, status: HTTPStatus, body: Any) -> None:
         data = (json.dumps(body, indent=2) + "\n").encode()
@@ -113,7 +149,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+        log.debug("%s %s", self.client_address[0], excerpt(format % args, 200))
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,30 +180,51 @@ class AgentAPI:
 
 
 class AgentHTTPServer:
-    """The HTTP API served from a background thread."""
+    """The HTTP API, served by a bounded core (see :mod:`egressgw.agent.httpcore`)."""
 
-    def __init__(self, listen: ListenAddress, api: AgentAPI) -> None:
+    def __init__(self, listen: ListenAddress, api: AgentAPI, *,
+                 max_open: int | None = None, workers: int = WORKERS) -> None:
         try:
-            self._server = _Server(listen, api)
+            sock = socket.socket(listen.family, socket.SOCK_STREAM)
         except OSError as exc:
             raise ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}",
                               field="--listen") from exc
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.1,), name="egressgw-http", daemon=True
-        )
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((listen.host, listen.port))
+            sock.listen(BACKLOG)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}",
+                              field="--listen") from exc
+        self._listen = listen
+        self._sock = sock
+
+        def handle(conn: socket.socket, address: tuple[str, int], head: bytes) -> None:
+            _Handler(conn, address, head, api)
+
+        self._core = BoundedHTTPServer(sock, handle, max_open=max_open, workers=workers)
 
     @property
     def address(self) -> ListenAddress:
         """Where it listens (with the real port when started with port 0)."""
-        host, port = self._server.server_address[:2]
+        host, port = self._sock.getsockname()[:2]
         assert isinstance(host, str) and isinstance(port, int)
         return ListenAddress(host, port)
 
+    @property
+    def max_open(self) -> int:
+        return self._core.max_open
+
     def start(self) -> None:
-        self._thread.start()
-        log.info("serving /metrics, %s and /healthz on %s", NAT_STATS_PATH, self.address.url())
+        if not self._listen.is_loopback:
+            log.warning(
+                "listening on %s, beyond loopback: any host that can reach it may read "
+                "which remote endpoints this node talks to (use 127.0.0.1 or ::1 unless "
+                "Prometheus scrapes from elsewhere)", self.address.url())
+        self._core.start()
+        log.info("serving /metrics, %s and /healthz on %s (at most %d connections)",
+                 NAT_STATS_PATH, self.address.url(), self._core.max_open)
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._core.stop()

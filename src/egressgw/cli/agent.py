@@ -65,7 +65,8 @@ every tracked connection) in place, so a restarted agent picks up where it left 
 @nat_map_stats_interval_option("How often nat-stats are recounted (0 disables).")
 @nat_map_stats_entries_option("Top K tuples kept per family (1..4096).")
 @click.option("--listen", default="127.0.0.1:9967", show_default=True,
-              help="HOST:PORT or [IPv6]:PORT of the HTTP API and /metrics.")
+              help="IP:PORT or [IPv6]:PORT of the HTTP API and /metrics (an IP literal; "
+                   "beyond loopback, a warning is logged).")
 @click.option("--poll-interval", default="1s", show_default=True, metavar="DURATION",
               callback=parse_duration_flag,
               help="How often file changes and failure counters are checked.")

@@ -20,7 +20,7 @@ Examples:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               default=Path("egressgw-demo"), show_default=True,
               help="Directory for report.md and saturation.png.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
               help="Seed of every random draw: equal seeds, equal output.")
 @click.option("--scale", type=float, default=1.0, show_default=True,
               help="Shrink ports, NAT map and rates together (0 < SCALE <= 1) for a "
@@ -40,7 +40,10 @@ def demo(*, out_dir: Path, seed: int, scale: float, quiet: bool, cilium_version:
     IP fixes it. Runs on the model datapath in virtual time: no root; seconds, under a
     minute the first time (while numba compiles).
     """
+    from egressgw.cli.outputs import check_output_dir, notice_model_compile  # noqa: PLC0415
     from egressgw.sim.demo import run_demo  # noqa: PLC0415 - loads the model and plotting
 
+    check_output_dir(out_dir, field="--out")
+    notice_model_compile()
     run_demo(out_dir, seed=seed, scale=scale, tables=not quiet, cilium_version=cilium_version,
              echo=lambda text: click.echo(text, nl=False))

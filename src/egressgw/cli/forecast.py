@@ -7,59 +7,76 @@ from typing import Any
 
 import click
 
+from egressgw.cli.limits import curve_options, search_and_sources
 from egressgw.cli.options import given, nat_port_range_option, node_port_range_option, output_option
 from egressgw.config import NodePortRange
 from egressgw.limits import NatPortRange, PortLimit, resolve_limit
 
 # Times above this are taken for Unix timestamps and also printed as dates.
 _UNIX_TIME = 1e9
+# Beyond this a linear trend says nothing useful; the table says so instead of a date.
+_FAR = 10 * 365 * 86400.0
 
 
 def _when(base: float, eta: float | None) -> str:
     if eta is None or base < _UNIX_TIME:
         return ""
-    moment = datetime.fromtimestamp(base + eta, tz=UTC)
+    try:
+        moment = datetime.fromtimestamp(base + eta, tz=UTC)
+    except (OverflowError, ValueError, OSError):
+        return " (after the year 9999)"
     return moment.strftime(" (%Y-%m-%d %H:%M UTC)")
 
 
-def render_forecast(results: Any, *, limit: float, last_time: float, confidence: float) -> str:
-    from egressgw.net import format_ip  # noqa: PLC0415
-    from egressgw.render.tabwriter import tabwrite  # noqa: PLC0415
+def _cell(trend: Any, last_time: float) -> str:
     from egressgw.sim.forecast import Outlook  # noqa: PLC0415
     from egressgw.sim.report import format_seconds  # noqa: PLC0415
 
-    rows = [["EgressIP", "RemoteAddr", "Proto", "Count", "Of limit", "Growth/min",
-             "Reaches limit", f"{confidence:.0%} band"]]
+    if trend.outlook is Outlook.AT_LIMIT:
+        return "now"
+    if trend.outlook is Outlook.NOT_GROWING:
+        return "not growing"
+    if trend.outlook is Outlook.TOO_FEW:
+        return "too few snapshots"
+    if trend.eta is None or trend.eta > _FAR:
+        return "beyond 10 years"
+    text = f"in {format_seconds(trend.eta)}{_when(last_time, trend.eta)}"
+    if trend.has_band:
+        latest = "never" if trend.latest is None else format_seconds(trend.latest)
+        text += f" [{format_seconds(trend.earliest or 0.0)} .. {latest}]"
+    return text
+
+
+def render_forecast(results: Any, *, marks: Any, divisor: int, last_time: float,
+                    span: float = 0.0) -> str:
+    from egressgw.net import format_ip  # noqa: PLC0415
+    from egressgw.render.tabwriter import tabwrite  # noqa: PLC0415
+
+    # Growth per minute, or per day when the snapshots span days.
+    unit, per = ("day", 86400.0) if span >= 86400 else ("min", 60.0)
+    rows = [["EgressIP", "RemoteAddr", "Proto", "Count", "Saturation", f"Growth/{unit}",
+             *(m.name for m in marks)]]
     for item in results:
-        t = item.trend
-        if t.outlook is Outlook.GROWING:
-            reaches = ("beyond 100 years" if t.eta is None
-                       else f"in {format_seconds(t.eta)}{_when(last_time, t.eta)}")
-            if t.has_band:
-                latest = "never" if t.latest is None else format_seconds(t.latest)
-                band = f"{format_seconds(t.earliest or 0.0)} .. {latest}"
-            else:
-                band = "- (3+ snapshots give a band)"
-        elif t.outlook is Outlook.AT_LIMIT:
-            reaches, band = "now: at the limit", "-"
-        elif t.outlook is Outlook.NOT_GROWING:
-            reaches, band = "not growing", "-"
-        else:
-            reaches, band = "too few snapshots", "-"
-        growth = f"{t.slope * 60:+.1f}" if t.samples >= 2 else "-"
+        any_trend = item.trends[marks[0].name]
+        growth = f"{item.slope * per:+.1f}" if any_trend.samples >= 2 else "-"
         rows.append([
             format_ip(item.endpoint.egress_ip), item.endpoint.remote_addr,
-            item.endpoint.proto.label, f"{t.last_count:.0f}", f"{t.last_count / limit:.1%}",
-            growth, reaches, band,
+            item.endpoint.proto.label, f"{any_trend.last_count:.0f}",
+            f"{any_trend.last_count / divisor:.1%}", growth,
+            *(_cell(item.trends[m.name], last_time) for m in marks),
         ])
     return tabwrite(rows)
 
 
-def forecast_document(results: Any, *, limit: float, last_time: float,
-                      port_limit: PortLimit | None = None) -> dict[str, Any]:
+def forecast_document(results: Any, *, marks: Any, port_limit: PortLimit, scale: float,
+                      last_time: float) -> dict[str, Any]:
+    keys = ["firstRefusals", "refusalRate", "limit"][-len(marks):]
     return {
-        "limit": limit,
-        **({"portLimit": port_limit.document()} if port_limit is not None else {}),
+        "portLimit": port_limit.document(),
+        "scale": scale,
+        "marks": {key: {"name": m.name, "count": m.count} for key, m in zip(keys, marks,
+                                                                           strict=True)},
+        "limit": marks[-1].count,
         "lastSnapshot": last_time,
         "tuples": [
             {
@@ -69,14 +86,20 @@ def forecast_document(results: Any, *, limit: float, last_time: float,
                 "remoteIP": str(r.endpoint.remote_ip),
                 "remotePort": r.endpoint.remote_port,
                 "remoteAddr": r.endpoint.remote_addr,
-                "outlook": r.trend.outlook.value,
-                "samples": r.trend.samples,
-                "count": r.trend.last_count,
-                "growthPerSecond": r.trend.slope,
-                "secondsToLimit": r.trend.eta,
-                "earliest": r.trend.earliest,
-                "latest": r.trend.latest,
-                "confidence": r.trend.confidence,
+                "outlook": r.trends[marks[-1].name].outlook.value,
+                "samples": r.trends[marks[-1].name].samples,
+                "count": r.trends[marks[-1].name].last_count,
+                "growthPerSecond": r.slope,
+                "secondsToLimit": r.trends[marks[-1].name].eta,
+                "earliest": r.trends[marks[-1].name].earliest,
+                "latest": r.trends[marks[-1].name].latest,
+                "confidence": r.trends[marks[-1].name].confidence,
+                **{
+                    key: {"seconds": t.eta, "earliest": t.earliest, "latest": t.latest,
+                          "outlook": t.outlook.value}
+                    for key, m in zip(keys, marks, strict=True)
+                    for t in [r.trends[m.name]]
+                },
             }
             for r in results
         ],
@@ -130,7 +153,18 @@ Examples:
               help="Whose limit: cilium (Cilium's divisor) or netfilter (a Linux gateway's "
                    "SNAT range). Default: what the snapshots say (a conntrack dump: netfilter).")
 @click.option("--threshold", type=float, default=1.0, show_default=True,
-              help="Forecast the time until this share of the limit (e.g. 0.8).")
+              help="The last column: time until this share of the limit (e.g. 0.8).")
+@click.option("--refusal-rate", type=float, default=0.001, show_default=True,
+              help="A column: time until this share of new connections is refused "
+                   "(from the refusal curve, see egressgw limits).")
+@click.option("--curve", type=click.Choice(["steady", "growth", "worst"]), default="steady",
+              show_default=True,
+              help="Refusal curve: steady (the tuple grows slower than its connections "
+                   "turn over, a trend over days), growth (a ramp faster than connections "
+                   "live), worst (the higher of the two).")
+@click.option("--scale", type=float, default=1.0, show_default=True, metavar="FACTOR",
+              help="Traffic multiplied by FACTOR (e.g. 3 for 3x): counts and growth scale.")
+@curve_options
 @click.option("--confidence", type=float, default=0.9, show_default=True,
               help="Coverage of the prediction band.")
 @output_option("table", "json", "yaml")
@@ -145,6 +179,12 @@ def forecast_command(
     nat_port_range: NatPortRange | None,
     datapath_model: str | None,
     threshold: float,
+    refusal_rate: float,
+    curve: str,
+    scale: float,
+    cilium_version: str,
+    source_ports: str,
+    clients: int,
     confidence: float,
     output: str,
 ) -> None:
@@ -161,14 +201,18 @@ def forecast_command(
     """
     from egressgw.errors import ConfigError  # noqa: PLC0415
     from egressgw.render.documents import dump_document  # noqa: PLC0415
-    from egressgw.sim.forecast import forecast_snapshots  # noqa: PLC0415
+    from egressgw.sim.forecast import Mark, forecast_marks  # noqa: PLC0415
+    from egressgw.sim.refusal import named_curve  # noqa: PLC0415
     from egressgw.sim.snapshots import load_snapshots  # noqa: PLC0415
 
     if not 0 < threshold <= 1:
         raise ConfigError(f"{threshold}: must be in (0, 1]", field="--threshold")
     if not 0 < confidence < 1:
         raise ConfigError(f"{confidence}: must be in (0, 1)", field="--confidence")
-    ctx = click.get_current_context()
+    if not 0 < refusal_rate < 1:
+        raise ConfigError(f"{refusal_rate}: must be in (0, 1)", field="--refusal-rate")
+    if not (0 < scale < 1e6):
+        raise ConfigError(f"{scale}: must be a positive factor", field="--scale")
     if server is not None:
         if snapshots:
             raise click.UsageError("give SNAPSHOT files or --server, not both")
@@ -185,18 +229,46 @@ def forecast_command(
     port_limit = resolve_limit(
         documented=loaded[-1].limit,
         datapath=datapath_model or loaded[-1].datapath,
-        node_port_range=node_port_range if given(ctx, "node_port_range") else None,
+        node_port_range=node_port_range if given(click.get_current_context(),
+                                                 "node_port_range") else None,
         nat_port_range=nat_port_range,
     )
-    limit = port_limit.ports * threshold
-    results = forecast_snapshots(loaded, limit=limit, confidence=confidence)
+    divisor = port_limit.ports
+    marks = [Mark(f"{threshold:.0%} of ports" if threshold < 1 else "Full (100%)",
+                  divisor * threshold)]
+    curve_note = (f"No refusal curve for {port_limit.datapath} yet (egressgw limits "
+                  "covers Cilium's search): only the limit is forecast.")
+    if port_limit.datapath == "cilium":
+        # The refusal curve of the Cilium search over this limit's NAT range.
+        nat = port_limit.port_range
+        curve_range = NodePortRange(min(30000, nat.min - 1), nat.min - 1)
+        search, sources = search_and_sources(cilium_version, curve_range, source_ports, clients)
+        refusals = named_curve(curve, search, sources, divisor)
+        first = refusals.held_at(1e-4)
+        at_rate = refusals.held_at(refusal_rate)
+        marks = [
+            Mark("First refusals (0.01%)", first if first is not None else float(divisor)),
+            Mark(f"{refusal_rate * 100:g}% refused",
+                 at_rate if at_rate is not None else float(divisor)),
+            *marks,
+        ]
+        curve_note = (
+            f"Refusals from the {curve} refusal curve (egressgw limits, Cilium "
+            f"{cilium_version}, clients {sources}): 0.01% at {marks[0].count / divisor:.1%}, "
+            f"{refusal_rate * 100:g}% at {marks[1].count / divisor:.1%} of the ports."
+        )
+    results = forecast_marks(loaded, marks, scale=scale, confidence=confidence)
     last = loaded[-1].time
     if output == "table":
         span = f"{len(loaded)} snapshots over {loaded[-1].time - loaded[0].time:.0f}s"
-        click.echo(f"Limit {limit:.0f} connections per tuple ({threshold:.0%} of "
-                   f"{port_limit.describe()}); {span}; times from the last one.")
-        click.echo(render_forecast(results, limit=limit, last_time=last,
-                                   confidence=confidence), nl=False)
+        traffic = f"; traffic x{scale:g}" if scale != 1 else ""
+        click.echo(
+            f"Limit {port_limit.describe()}; {span}{traffic}; "
+            f"times from the last one, [{confidence:.0%} band].\n{curve_note}"
+        )
+        click.echo(render_forecast(results, marks=marks, divisor=divisor, last_time=last,
+                                   span=loaded[-1].time - loaded[0].time), nl=False)
     else:
-        click.echo(dump_document(forecast_document(results, limit=limit, last_time=last,
-                                                   port_limit=port_limit), output), nl=False)
+        click.echo(dump_document(forecast_document(
+            results, marks=marks, port_limit=port_limit, scale=scale, last_time=last),
+            output), nl=False)

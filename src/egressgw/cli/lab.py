@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -18,7 +19,9 @@ from egressgw.config import NodePortRange
 from egressgw.datapath.base import Datapath
 from egressgw.errors import ConfigError, DatapathError
 from egressgw.lab import Lab, LabSpec, lab_rules, remove_lab
+from egressgw.lab.load import MAX_CONNECTIONS, LoadResult, check_load_flags
 from egressgw.limits import cilium_limit, netfilter_rule_limit
+from egressgw.net import parse_cidr, parse_ip
 from egressgw.policy import compile_rules, load_inventory, load_policies, rules_for_gateway
 from egressgw.stats import compute_nat_stats, render_saturation, render_table
 
@@ -146,6 +149,10 @@ def apply(*, name: str, egress_ips: tuple[str, ...], excluded: tuple[str, ...],
     Without --policies every pod is masqueraded towards the server networks; with
     --policies and --inventory, the policies are compiled and this node's rules applied.
     """
+    # Every flag is checked before anything is looked up or changed.
+    _check_addresses(parse_ip, egress_ips, "--egress-ip")
+    _check_addresses(parse_cidr, excluded, "--exclude")
+    _check_addresses(parse_cidr, destinations, "--destination")
     found = Lab.find(name)
     t = found.topology
     if policies is not None:
@@ -178,11 +185,13 @@ def apply(*, name: str, egress_ips: tuple[str, ...], excluded: tuple[str, ...],
 @lab.command("load")
 @NAME_OPTION
 @click.option("--to", "to", required=True, help="Server IP:PORT, [IPv6]:PORT, or IP for ICMP.")
-@click.option("--connections", type=int, default=1, show_default=True)
+@click.option("--connections", type=int, default=1, show_default=True,
+              help=f"Connections to open (1..{MAX_CONNECTIONS}).")
 @click.option("--proto", type=click.Choice(["tcp", "udp", "icmp"]), default="tcp",
               show_default=True)
 @click.option("--hold", type=float, default=0.0, show_default=True,
-              help="Seconds to keep the connections open afterwards.")
+              help="Seconds to keep the connections open afterwards (progress goes to "
+                   "stderr meanwhile; Ctrl-C ends the hold early).")
 @click.option("--from", "pod", help="Pod address to connect from (default: the first pod).")
 @click.option("--timeout", type=float, default=2.0, show_default=True,
               help="Seconds a connection may take before it counts as failed.")
@@ -190,17 +199,34 @@ def apply(*, name: str, egress_ips: tuple[str, ...], excluded: tuple[str, ...],
               help="Connections in flight at once (1: strictly one after another).")
 def load(*, name: str, to: str, connections: int, proto: str, hold: float, pod: str | None,
          timeout: float, parallel: int) -> None:
-    """Open real connections from a pod through the gateway; report how many succeeded."""
+    """Open real connections from a pod through the gateway; report how many succeeded.
+
+    The result is printed as soon as every connection is settled; with --hold the
+    connections then stay open, a progress line every 5 s on stderr, and the command
+    ends when the hold does. The load process dies with this command.
+    """
+    check_load_flags(connections, parallel, timeout, hold)
     found = Lab.find(name)
-    result = found.load(to, connections, proto=proto, hold=hold, pod=pod, timeout=timeout,
-                        parallel=parallel)
-    click.echo(f"{result.proto} {result.source} -> {result.to}: {result.attempted} attempted, "
-               f"{result.succeeded} succeeded, {result.failed} failed in {result.seconds:.2f} s")
-    if result.errors:
-        click.echo("  failures: " + ", ".join(f"{k} {v}" for k, v in result.errors.items()))
-    if result.seen_as:
-        click.echo("  the server saw: " + ", ".join(f"{k} x{v}" for k, v in
-                                                    result.seen_as.items()))
+
+    def report(result: LoadResult) -> None:
+        click.echo(f"{result.proto} {result.source} -> {result.to}: {result.attempted} "
+                   f"attempted, {result.succeeded} succeeded, {result.failed} failed in "
+                   f"{result.seconds:.2f} s")
+        if result.errors:
+            click.echo("  failures: " + ", ".join(f"{k} {v}" for k, v in result.errors.items()))
+        if result.seen_as:
+            click.echo("  the server saw: " + ", ".join(f"{k} x{v}" for k, v in
+                                                        result.seen_as.items()))
+        if hold > 0:
+            click.echo(f"  holding them for {hold:g} s", err=True)
+
+    def progress(state: dict[str, float]) -> None:
+        click.echo(f"  holding: {int(state['held'])} of {int(state['connections'])} "
+                   f"connections open, {state['elapsed']:.0f} s of {state['hold']:g} s",
+                   err=True)
+
+    found.load(to, connections, proto=proto, hold=hold, pod=pod, timeout=timeout,
+               parallel=parallel, on_result=report, on_progress=progress)
 
 
 @lab.command("nat-stats")
@@ -236,3 +262,11 @@ def nat_stats(*, name: str, node_port_range: NodePortRange, nat_map_stats_entrie
     click.echo(render_saturation(stats), nl=False)
     failures = gateway.allocation_failures()
     click.echo("drops: " + ", ".join(f"{k} {v}" for k, v in failures.items()))
+
+
+def _check_addresses(parse: Callable[[str], object], texts: Sequence[str], flag: str) -> None:
+    for text in texts:
+        try:
+            parse(text)
+        except ValueError as exc:
+            raise ConfigError(str(exc), field=flag) from None

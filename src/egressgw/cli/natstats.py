@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from egressgw.cli.options import (
@@ -14,6 +16,7 @@ from egressgw.cli.options import (
 from egressgw.config import NodePortRange
 from egressgw.dumps import count_endpoints, count_file, read_source
 from egressgw.dumps.takeover import takeover_counts
+from egressgw.errors import InputError
 from egressgw.limits import NatPortRange, dump_limit
 from egressgw.render.documents import dump_document
 from egressgw.stats import compute_nat_stats, render_saturation, render_table, stats_document
@@ -85,6 +88,8 @@ def nat_stats(
     ctx = click.get_current_context()
     data: bytes | None = None
     if source == "-":
+        if sys.stdin is None or sys.stdin.closed:
+            raise InputError("standard input is closed: nothing to read", source="<stdin>")
         data, name = read_source(source)
         dump = count_endpoints(data, source=name, fmt=fmt, skip_invalid=skip_invalid)
     else:

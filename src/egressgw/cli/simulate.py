@@ -30,13 +30,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 def datapath_options(func: F) -> F:
     """The Cilium flags a simulation takes (shared by simulate and plan)."""
     options = [
-        click.option("--seed", type=int, default=0, show_default=True,
+        click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
                      help="Seed of every random draw: equal seeds, equal results."),
         click.option("--duration", callback=parse_duration_flag, metavar="DURATION",
                      help="Virtual time to simulate, e.g. 30m or 2h "
                           "(default: the workload's duration, else 1h)."),
         node_port_range_option(),
-        click.option("--bpf-nat-global-max", type=int, default=524288, show_default=True,
+        click.option("--bpf-nat-global-max", type=click.IntRange(1 << 10, 1 << 24),
+                     default=524288, show_default=True,
                      help="NAT map entries (2 per connection), LRU when full."),
         nat_map_stats_interval_option("Virtual time between nat-stats passes."),
         nat_map_stats_entries_option(),
@@ -131,6 +132,8 @@ Examples:
 @output_option("table", "json", "yaml")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), metavar="FILE.png",
               help="Also draw saturation over time for the top tuples.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), metavar="DIR",
+              help="Also write DIR/report.md and DIR/saturation.png (as the demo does).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
 def simulate_command(
@@ -140,6 +143,7 @@ def simulate_command(
     inventory: Path | None,
     output: str,
     plot_path: Path | None,
+    report_dir: Path | None,
     progress: bool | None,
     **options: Any,
 ) -> None:
@@ -150,22 +154,41 @@ def simulate_command(
     the port search's tries histogram, and when each tuple first reached 80%, 95% and
     100% of its source ports.
     """
+    from egressgw.cli.outputs import (  # noqa: PLC0415
+        check_output_dir,
+        check_output_path,
+        notice_model_compile,
+    )
     from egressgw.render.documents import dump_document  # noqa: PLC0415
     from egressgw.sim.report import render_summary, result_document  # noqa: PLC0415
     from egressgw.sim.simulate import simulate  # noqa: PLC0415
     from egressgw.sim.workload import load_workload  # noqa: PLC0415
 
+    # Where the output goes is checked before the run, so a typo costs nothing.
+    if plot_path is not None:
+        check_output_path(plot_path, (".png",), field="--plot")
+    if report_dir is not None:
+        check_output_dir(report_dir, field="--report")
     workload = load_workload(workload_path)
     rules = load_rules(policies, inventory)
     settings = settings_from_options(workload_duration=workload.duration, **options)
+    notice_model_compile()
     result = simulate(workload, settings, rules=rules, progress=progress)
+    title = f"egressgw simulate {workload_path.name}"
     if plot_path is not None:
         from egressgw.sim.plot import plot_saturation  # noqa: PLC0415
 
-        plot_saturation(result, plot_path, title=f"egressgw simulate {workload_path.name}")
+        plot_saturation(result, plot_path, title=title)
+    written = None
+    if report_dir is not None:
+        from egressgw.sim.report import write_report  # noqa: PLC0415
+
+        written = write_report(result, report_dir, title=title)
     if output == "table":
         click.echo(render_summary(result), nl=False)
         if plot_path is not None:
             click.echo(f"\nPlot: {plot_path}")
+        if written is not None:
+            click.echo(f"Report: {written[0]} (plot: {written[1]})")
     else:
         click.echo(dump_document(result_document(result), output), nl=False)

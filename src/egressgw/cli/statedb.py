@@ -7,7 +7,12 @@ import time
 
 import click
 
-from egressgw.agent.client import fetch_nat_stats, fetch_nat_stats_rows, nat_stats_url
+from egressgw.agent.client import (
+    check_server,
+    fetch_nat_stats,
+    fetch_nat_stats_rows,
+    nat_stats_url,
+)
 from egressgw.agent.document import rows_from_document, saturation_lines
 from egressgw.agent.endpoints import DEFAULT_SERVER
 from egressgw.agent.watch import watch
@@ -16,6 +21,7 @@ from egressgw.render.documents import dump_document
 from egressgw.stats import render_table
 
 SERVER_HELP = "The agent's API (its --listen address)."
+MIN_WATCH_INTERVAL = 0.1
 
 
 @click.group("statedb")
@@ -43,12 +49,15 @@ def nat_stats(*, watch_interval: float | None, output: str, server: str) -> None
     count within a family, exactly as `cilium-dbg statedb nat-stats` does; the
     saturation per family and the port limit the agent divides by go to stderr.
     """
+    check_server(server)
     if watch_interval is not None:
         if output != "table":
             raise click.UsageError(f"--watch is not supported with {output} output")
         interval = watch_interval
-        if interval <= 0:
-            raise click.UsageError("--watch needs an interval above 0, such as 5s")
+        if interval < MIN_WATCH_INTERVAL:
+            raise click.UsageError(
+                f"--watch needs an interval of at least {MIN_WATCH_INTERVAL:g} s, such as 5s"
+            )
         watch(lambda: fetch_nat_stats_rows(server), sys.stdout, interval=interval,
               sleep=time.sleep)
         return

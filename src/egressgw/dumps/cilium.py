@@ -26,33 +26,57 @@ Python. It works on cache-sized chunks of whole lines (in two processes for big 
    a Counter counts the bytes, and only distinct keys are parsed into NatEndpoints (which
    fully validates the counted addresses and ports).
 
-Digits inside OUT entries and translated addresses are checked for shape only; the entry
-path (:func:`iter_entries`) parses every field.
+3. *Digits*: the shape check cannot see where digits were. A chunk of common shapes has
+   exactly 17 digit runs per line (four octets and a port per address, Created, NeedsCT);
+   numpy finds every run and checks its neighbours (so no digit sits inside ``TCP IN``,
+   ``->`` or a keyword and no field is empty), octets (0..255, no leading zero) and ports
+   (0..65535, no leading zero). Other chunks (IPv6, markers, the raw clock) go through a
+   strict regex, and the distinct bracketed addresses through the address parser.
+4. Every counted IN line of a chunk must have given a key: a line the key regex missed
+   would otherwise go uncounted in silence.
+
+So the bulk path accepts exactly the lines :func:`parse_entry` accepts (the fuzz tests
+check it), and a chunk that fails a check is read again line by line to name the first
+bad line.
+
+The IPv6 map may hold IPv4-mapped addresses (NAT46x64 nodes): Cilium prints map addresses
+with Go's ``net.IP.String()``, which writes ``::ffff:192.168.64.2`` as ``192.168.64.2``,
+so the IPv6 map's line reads ``[192.168.64.2]:443``. nat-stats counts the IPv6 map's
+entries under ipv6 (``pkg/maps/nat/stats/stats.go`` v1.16.2, ``countNat``: the key is the
+16-byte ``tuple.TupleKey6``), so a bracketed address is always IPv6 here: dotted text in
+brackets is the IPv4-mapped address.
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import logging
 import marshal
 import os
 import re
+import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from egressgw.dumps.base import DumpCounts, bad_line, normalize
+from egressgw.errors import excerpt
 from egressgw.net import (
     Direction,
     Endpoint,
     Family,
     FiveTuple,
+    IPAddress,
     NatEndpoint,
     NatEntry,
     Proto,
-    parse_ip,
+    is_counted,
 )
 
 FORMAT = "cilium"
+log = logging.getLogger(__name__)
 # Below this size a second process costs more than it saves.
 PARALLEL_MIN_BYTES = 8 << 20
 # Chunks of the bulk scan: small enough for the CPU cache, big enough to amortize calls.
@@ -81,7 +105,7 @@ def _xlate(which: bytes) -> bytes:
     )
 
 
-def _shape(protos: bytes, addr: bytes) -> bytes:
+def _shape(protos: bytes, addr: bytes, tail: bytes = _TAIL) -> bytes:
     tuple_ = addr + rb" -> " + addr + rb" "
     return (
         protos
@@ -93,7 +117,7 @@ def _shape(protos: bytes, addr: bytes) -> bytes:
         + _xlate(b"DST")
         + rb") "
         + addr
-        + _TAIL
+        + tail
     )
 
 
@@ -126,14 +150,62 @@ _KEYS_AFTER_NEWLINE = re.compile(rb"\n" + _KEY)
 _KEY_AT_START = re.compile(_KEY)
 _KEY_PARTS = re.compile(r"(TCP|UDP|ICMPv6|ICMP) IN (\S+) -> (\S+)")
 
-# --- every field, for the entry path --------------------------------------------------
+# --- every field: the entry path, and the strict check of uncommon chunks --------------
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_PORT = r"(?:6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3}|0)"
+_V4 = rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}"
+_V6 = r"\[[0-9a-f:.]+\]"  # what is inside is checked by the address parser
 _ENTRY = re.compile(
-    r"(?P<proto>TCP|UDP|ICMPv6|ICMP|SCTP) (?P<dir>OUT|IN) (?P<src>\S+:\d+) -> (?P<dst>\S+:\d+) "
-    r"(?:related )?(?:service )?XLATE_(?P<xdir>SRC|DST) (?P<xlate>\S+:\d+) "
+    r"(?P<proto>TCP|UDP|ICMPv6|ICMP|SCTP) (?P<dir>OUT|IN) "
+    rf"(?P<src>(?:{_V4}|{_V6}):{_PORT}) -> (?P<dst>(?:{_V4}|{_V6}):{_PORT}) "
+    r"(?:related )?(?:service )?XLATE_(?P<xdir>SRC|DST) "
+    rf"(?P<xlate>(?:{_V4}|{_V6}):{_PORT}) "
     r"Created=(?:(?P<ago>-?\d+)sec ago|\? \(raw \d+\)) "
-    r"(?:NeedsCT=(?P<ct>\d+)|HostLocal=\d+)"
+    r"(?:NeedsCT=(?P<ct>\d+)|HostLocal=\d+)",
+    re.ASCII,
 )
-_PROTO_FAMILY = {Proto.ICMP: Family.IPV4, Proto.ICMPV6: Family.IPV6}
+# A chunk of lines that parse_entry accepts, in bytes: the shapes (pairing of direction
+# and XLATE, protocol and map, one family per line) with every number spelled out. For the
+# chunks the common shapes do not cover; what is inside brackets is checked apart.
+_A4 = rf"{_V4}:{_PORT}".encode()
+_A6 = rf"{_V6}:{_PORT}".encode()
+_STRICT_TAIL = rb" Created=(?:-?\d+sec ago|\? \(raw \d+\)) (?:NeedsCT|HostLocal)=\d+"
+_STRICT_LINES = re.compile(
+    rb"(?:(?:"
+    + _shape(rb"(?:TCP|UDP|ICMP|SCTP)", _A4, _STRICT_TAIL)
+    + rb"|"
+    + _shape(rb"(?:TCP|UDP|ICMPv6|SCTP)", _A6, _STRICT_TAIL)
+    + rb")\n|\n)*+"
+)
+_BRACKETED = re.compile(rb"\[([^\]]*)\]")
+
+
+@functools.lru_cache(maxsize=1 << 16)  # a dump repeats the same few addresses
+def parse_address(text: str) -> IPAddress:
+    """An address of a ``bpf nat list`` line: dotted IPv4, or IPv6 in brackets.
+
+    Brackets mean the IPv6 map, so ``[192.168.64.2]`` is the IPv4-mapped IPv6 address
+    ``::ffff:192.168.64.2`` (see the module's docstring). Zones are refused.
+    """
+    if text.startswith("[") and text.endswith("]"):
+        inner = text[1:-1]
+        if ":" not in inner:
+            return ipaddress.IPv6Address(f"::ffff:{ipaddress.IPv4Address(inner)}")
+        address = ipaddress.IPv6Address(inner)
+        if address.scope_id is not None:
+            raise ValueError(f"zone in address {text!r}")
+        return address
+    return ipaddress.IPv4Address(text)
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """``1.2.3.4:80`` or ``[2001:db8::1]:80`` (the port is not optional here)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or re.fullmatch(_PORT, port, re.ASCII) is None:
+        raise ValueError(f"bad endpoint {text!r}")
+    if host.startswith("[") != host.endswith("]"):
+        raise ValueError(f"bad endpoint {text!r}")
+    return Endpoint(parse_address(host), int(port))
 
 
 def parse_key(key: str) -> NatEndpoint:
@@ -142,12 +214,12 @@ def parse_key(key: str) -> NatEndpoint:
     if match is None:
         raise ValueError("not an IN tuple")
     proto = Proto.parse(match[1])
-    remote = Endpoint.parse(match[2])
-    egress = parse_ip(match[3])
+    remote = parse_endpoint(match[2])
+    egress = parse_address(match[3])
     family = Family.of(egress)
     if remote.ip.version != egress.version:
         raise ValueError("remote and egress addresses are of different families")
-    if _PROTO_FAMILY.get(proto, family) is not family:
+    if not is_counted(family, proto):
         raise ValueError(f"{proto.label} in the {family} map")
     return NatEndpoint(family, proto, egress, remote.ip, remote.port)
 
@@ -179,9 +251,6 @@ def count_cilium_file(path: str, *, source: str, skip_invalid: bool = False) -> 
 
 def _finish(scan: Scan, read: Read, size: int, *, source: str, skip_invalid: bool) -> DumpCounts:
     """Parse the distinct keys; raise for the first bad line unless skipping bad lines."""
-    if scan.bad_offset >= 0:
-        line = read(scan.bad_offset, _MAX_LINE).split(b"\n", 1)[0]
-        raise bad_line(source, scan.lines + 1, line, _problem(line) or "bad line")
     counts: dict[NatEndpoint, int] = {}
     skipped = scan.skipped
     bad_keys: dict[bytes, str] = {}
@@ -193,11 +262,19 @@ def _finish(scan: Scan, read: Read, size: int, *, source: str, skip_invalid: boo
             skipped += n  # every line with this key is bad
             continue
         counts[endpoint] = counts.get(endpoint, 0) + n
+    # The first bad line: the one the scan stopped at, or an earlier one whose key (the
+    # scan counted only keys before where it stopped) does not parse.
+    first: list[tuple[int, int, str]] = []
+    if scan.bad_offset >= 0:
+        line = read(scan.bad_offset, _MAX_LINE).split(b"\n", 1)[0]
+        first.append((scan.bad_offset, scan.lines + 1, _problem(line) or "bad line"))
     if bad_keys and not skip_invalid:
-        # Shapes were fine but a counted address is not: name its earliest line.
-        offset, number, key = min((*_first_line_with(read, size, key), key) for key in bad_keys)
+        for key, why in bad_keys.items():
+            first.append((*_first_line_with(read, size, key), f"bad IN tuple ({why})"))
+    if first:
+        offset, number, why = min(first)
         line = read(offset, _MAX_LINE).split(b"\n", 1)[0]
-        raise bad_line(source, number, line, f"bad IN tuple ({bad_keys[key]})")
+        raise bad_line(source, number, line, why)
     return DumpCounts(counts, scan.lines, skipped, FORMAT)
 
 
@@ -271,34 +348,90 @@ def scan_range(read: Read, start: int, end: int, *, skip_invalid: bool = False) 
             chunk_end = len(chunk)
         skeleton = chunk.translate(None, DIGITS)
         skeleton_end = skeleton.rfind(b"\n") + 1
-        common = _common_lines(skeleton, skeleton_end)
-        if common >= 0:
-            lines += common
-        else:
-            # pos/endpos instead of slicing: no copy of the block per chunk.
-            shape = _ALL_SHAPES.match(skeleton, 0, skeleton_end)
-            if shape is None or shape.end() != skeleton_end:
-                good = skeleton.count(b"\n", 0, shape.end() if shape else 0)
+        found = _keys_in(chunk, chunk_end)
+        if not _chunk_is_valid(chunk, chunk_end, skeleton, skeleton_end, len(found)):
+            found, good = _read_slowly(chunk, chunk_end)
+            if good >= 0:  # the first bad line of the chunk is line ``good`` (0-based)
+                keys.update(found)
                 if not skip_invalid:
                     bad_start = _line_start(block, good)
                     return Scan(dict(keys), lines + good, position + bad_start, skipped)
-                _count_keys(keys, chunk, _line_start(chunk, good))
                 lines += good + 1
                 skipped += 1
                 position += _line_start(block, good + 1)  # go on after the bad line
                 continue
-            lines += skeleton.count(b"\n", 0, skeleton_end)
-        _count_keys(keys, chunk, chunk_end)
+        lines += skeleton.count(b"\n", 0, skeleton_end)
+        keys.update(found)
         position += cut
     return Scan(dict(keys), lines, -1, skipped)
 
 
-def _count_keys(keys: Counter[bytes], chunk: bytes, end: int) -> None:
-    """Count the IN keys of the (valid) lines in ``chunk[:end]``."""
-    keys.update(_KEYS_AFTER_NEWLINE.findall(chunk, 0, end))
+def _keys_in(chunk: bytes, end: int) -> list[bytes]:
+    """The IN keys of the lines in ``chunk[:end]``."""
+    found: list[bytes] = _KEYS_AFTER_NEWLINE.findall(chunk, 0, end)
     first = _KEY_AT_START.match(chunk, 0, end)
     if first is not None:
-        keys[first[1]] += 1
+        found.append(first[1])
+    return found
+
+
+def _chunk_is_valid(chunk: bytes, end: int, skeleton: bytes, skeleton_end: int,
+                    keys: int) -> bool:
+    """Whether every line of ``chunk[:end]`` is one :func:`parse_entry` accepts and every
+    counted IN line gave one of the ``keys`` (see the module's docstring)."""
+    common = _common_lines(skeleton, skeleton_end)
+    if common >= 0:
+        return (skeleton.count(b" IN ", 0, skeleton_end) == keys
+                and _common_digits_are_valid(chunk, end, common))
+    # The possessive repeat always matches (maybe empty): its end is where a bad line is.
+    if _STRICT_LINES.match(chunk, 0, end).end() != end:  # type: ignore[union-attr]
+        return False
+    counted_in = skeleton.count(b" IN ", 0, skeleton_end) - skeleton.count(b"SCTP IN ")
+    if counted_in != keys:
+        return False
+    if b"[" in skeleton:
+        return all(map(_bracketed_is_valid, set(_BRACKETED.findall(chunk, 0, end))))
+    return True
+
+
+def _bracketed_is_valid(inner: bytes) -> bool:
+    """What :func:`parse_address` accepts in brackets, at C speed: inet_pton agrees with
+    ``ipaddress`` on text of the characters the strict regex lets through (lowercase hex,
+    colons, dots; leading zeros refused by both), which the fuzz tests check."""
+    try:
+        text = inner.decode("ascii")
+        socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _common_digits_are_valid(chunk: bytes, end: int, lines: int) -> bool:
+    """See :mod:`egressgw.dumps.digits`; imported on first use, so nat-stats on other
+    input (conntrack -L, only uncommon shapes) does not pay for loading numpy."""
+    return _digits_check()(chunk, end, lines)
+
+
+@functools.cache
+def _digits_check() -> Callable[[bytes, int, int], bool]:
+    from egressgw.dumps import digits  # noqa: PLC0415 - numpy is slow to import
+
+    return digits.common_digits_are_valid
+
+
+def _read_slowly(chunk: bytes, end: int) -> tuple[list[bytes], int]:
+    """Line by line with :func:`parse_entry`: the IN keys of the valid lines before the
+    first bad one, and that line's index in the chunk (-1 if every line is valid)."""
+    found: list[bytes] = []
+    for index, line in enumerate(chunk[:end].split(b"\n")[:-1]):
+        if not line:
+            continue
+        if _problem(line) is not None:
+            return found, index
+        key = _KEY_AT_START.match(line)
+        if key is not None:
+            found.append(key[1])
+    return found, -1
 
 
 def _line_start(text: bytes, line: int) -> int:
@@ -331,6 +464,7 @@ def scan_in_parallel(read: Read, size: int, *, skip_invalid: bool = False) -> Sc
     middle = _line_start_after(read, size // 2, size)
     if middle >= size:
         return scan_range(read, 0, size, skip_invalid=skip_invalid)
+    _digits_check()  # load numpy once, before the fork, rather than in both processes
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: scan the second half, report, exit without cleanup handlers
@@ -338,10 +472,12 @@ def scan_in_parallel(read: Read, size: int, *, skip_invalid: bool = False) -> Sc
         try:
             second_half = scan_range(read, middle, size, skip_invalid=skip_invalid)
             payload = marshal.dumps(tuple(second_half))
+        except BaseException as exc:  # whatever it is, the parent reports it
+            status = 1
+            payload = _CHILD_ERROR + repr(exc).encode()[:500]
+        try:
             with os.fdopen(write_end, "wb") as out:
                 out.write(payload)
-        except BaseException:
-            status = 1
         finally:
             os._exit(status)
     os.close(write_end)
@@ -353,14 +489,38 @@ def scan_in_parallel(read: Read, size: int, *, skip_invalid: bool = False) -> Sc
         _, status = os.waitpid(pid, 0)
     if first.bad_offset >= 0:
         return first
-    if status == 0 and payload:
+    try:
+        if payload.startswith(_CHILD_ERROR):
+            raise ValueError(payload[len(_CHILD_ERROR):].decode("utf-8", "replace"))
+        if status != 0 or not payload:
+            raise ValueError(f"exit status {os.waitstatus_to_exitcode(status)}, "
+                             f"{len(payload)} bytes of result")
         second = Scan(*marshal.loads(payload))
-    else:
+    except (ValueError, EOFError, TypeError) as exc:
+        # Never silent: a log line and a counter, then the half is scanned here instead.
+        FORK_FAILURES.add()
+        log.warning("dump scan: the forked child scanning bytes %d..%d failed (%s); "
+                    "scanning them in this process", middle, size, exc)
         second = scan_range(read, middle, size, skip_invalid=skip_invalid)
     keys = Counter(first.keys)
     keys.update(second.keys)
     lines = first.lines + second.lines
     return Scan(dict(keys), lines, second.bad_offset, first.skipped + second.skipped)
+
+
+class _Counter:
+    """A count that only goes up (read ``value``)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def add(self) -> None:
+        self.value += 1
+
+
+_CHILD_ERROR = b"egressgw-scan-error:"
+# How many times a forked scan child failed and its half was scanned again in-process.
+FORK_FAILURES = _Counter()
 
 
 def _line_start_after(read: Read, offset: int, size: int) -> int:
@@ -388,15 +548,13 @@ def _can_fork() -> bool:
 
 
 def _problem(line: bytes) -> str | None:
-    """Why a line is not a valid entry for the bulk count, or None if it is."""
-    if _ONE_SHAPE.fullmatch(line.translate(None, DIGITS)) is None:
-        return "not a cilium-dbg bpf nat list entry"
-    key = _KEY_AT_START.match(line)
-    if key is not None:
-        try:
-            parse_key(key[1].decode("ascii"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            return f"bad IN tuple ({exc})"
+    """Why a line is not a valid entry, or None if it is (the entry path decides)."""
+    try:
+        parse_entry(line.decode("ascii"))
+    except UnicodeDecodeError:
+        return "not a cilium-dbg bpf nat list entry (not ASCII)"
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
@@ -423,18 +581,20 @@ def parse_entry(line: str) -> NatEntry | None:
     """One ``bpf nat list`` line to a NatEntry (None for SCTP); ValueError when malformed."""
     match = _ENTRY.fullmatch(line)
     if match is None:
-        raise ValueError("not a cilium-dbg bpf nat list entry")
+        raise ValueError(_diagnose(line))
     direction = Direction(match["dir"])
     if (direction is Direction.OUT) != (match["xdir"] == "SRC"):
         raise ValueError(f"{direction} entry with XLATE_{match['xdir']}")
+    src, dst, xlate = (parse_endpoint(match[name]) for name in ("src", "dst", "xlate"))
+    if not src.family == dst.family == xlate.family:
+        raise ValueError("addresses of different families")
     if match["proto"] == "SCTP":
-        return None
+        return None  # valid, but nat-stats does not count SCTP
     proto = Proto.parse(match["proto"])
-    tuple_ = FiveTuple(proto, Endpoint.parse(match["src"]), Endpoint.parse(match["dst"]))
-    xlate = Endpoint.parse(match["xlate"])
+    tuple_ = FiveTuple(proto, src, dst)
     if xlate.family is not tuple_.family:
         raise ValueError("translated address of another family")
-    if _PROTO_FAMILY.get(proto, tuple_.family) is not tuple_.family:
+    if not is_counted(tuple_.family, proto):
         raise ValueError(f"{proto.label} in the {tuple_.family} map")
     ago = match["ago"]
     ct = match["ct"]
@@ -445,6 +605,31 @@ def parse_entry(line: str) -> NatEntry | None:
         created_ago=float(ago) if ago is not None else None,
         needs_ct=bool(int(ct)) if ct is not None else None,
     )
+
+
+_LOOSE_ENTRY = re.compile(
+    r"(?:TCP|UDP|ICMPv6|ICMP|SCTP) (?:OUT|IN) (\S+) -> (\S+) (?:related )?(?:service )?"
+    r"XLATE_(?:SRC|DST) (\S+) Created=(?:-?\d+sec ago|\? \(raw \d+\)) "
+    r"(?:NeedsCT|HostLocal)=\d+",
+    re.ASCII,
+)
+
+
+_REASON_CHARS = 80
+
+
+def _diagnose(line: str) -> str:
+    """Why a line _ENTRY refused is wrong: the first bad address or port, if that is it."""
+    loose = _LOOSE_ENTRY.fullmatch(line)
+    if loose is not None:
+        for text in loose.groups():
+            try:
+                parse_endpoint(text)
+            except ValueError as exc:
+                # Both the field and the parser's message quote input: keep them short.
+                why = str(exc) if len(str(exc)) <= _REASON_CHARS else "malformed"
+                return f"bad address {excerpt(text)} ({why})"
+    return "not a cilium-dbg bpf nat list entry"
 
 
 def sniff(line: bytes) -> bool:

@@ -8,12 +8,13 @@ it), so a lab is always removable even when its state file is gone.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from egressgw.config import NodePortRange
 from egressgw.datapath.kernel import KernelDatapath
 from egressgw.datapath.kernel.netns import NETNS_DIR, netns_argv
 from egressgw.errors import DatapathError, InputError
-from egressgw.lab.load import LoadResult
+from egressgw.lab.load import PROGRESS_INTERVAL, LoadResult, check_load_flags
 from egressgw.lab.topology import (
     EGRESS_NET4,
     EGRESS_NET6,
@@ -67,6 +68,26 @@ def _netns_exists(name: str) -> bool:
     return os.path.exists(os.path.join(NETNS_DIR, name))
 
 
+def _start(argv: Sequence[str]) -> subprocess.Popen[str]:
+    """Start a load process (it dies with this one: see egressgw.lab.load)."""
+    try:
+        return subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, text=True)
+    except FileNotFoundError as exc:
+        raise DatapathError(f"{exc.filename}: not installed") from None
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    """Stop a load process (SIGTERM, then SIGKILL) and reap it; nothing if it ended."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @dataclass(slots=True)
 class LoadRun:
     """Connections opened in the background and held until ``stop()``."""
@@ -75,13 +96,7 @@ class LoadRun:
     result: LoadResult
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _stop(self.process)
 
     def __enter__(self) -> LoadRun:
         return self
@@ -218,7 +233,9 @@ class Lab:
         return KernelDatapath(node_port_range, table=table, netns=self.topology.gateway_ns)
 
     def _load_argv(self, to: str, connections: int, *, proto: str, hold: float,
-                   pod: str | None, timeout: float, parallel: int) -> list[str]:
+                   pod: str | None, timeout: float, parallel: int,
+                   progress: float) -> list[str]:
+        check_load_flags(connections, parallel, timeout, hold)
         try:
             endpoint = Endpoint.parse(to)
         except ValueError as exc:
@@ -238,25 +255,55 @@ class Lab:
         return netns_argv(t.client_ns, [
             sys.executable, "-m", "egressgw.lab.load", "--to", to, "--from", source,
             "--connections", str(connections), "--proto", proto, "--hold", str(hold),
-            "--timeout", str(timeout), "--parallel", str(parallel),
+            "--timeout", str(timeout), "--parallel", str(parallel), "--progress", str(progress),
+            "--parent", str(os.getpid()),
         ])
 
     def load(self, to: str, connections: int, *, proto: str = "tcp", hold: float = 0.0,
-             pod: str | None = None, timeout: float = 2.0, parallel: int = 256) -> LoadResult:
-        """Open connections from a pod through the gateway; wait until they are closed."""
+             pod: str | None = None, timeout: float = 2.0, parallel: int = 256,
+             on_result: Callable[[LoadResult], None] | None = None,
+             on_progress: Callable[[dict[str, float]], None] | None = None,
+             progress: float = PROGRESS_INTERVAL) -> LoadResult:
+        """Open connections from a pod through the gateway, hold them ``hold`` seconds,
+        then close them.
+
+        No time limit of its own: it lasts as long as the attempts (``timeout`` each) and
+        the hold. ``on_result`` is called as soon as every attempt is settled (before the
+        hold), ``on_progress`` every ``progress`` seconds while holding. The load process
+        dies with this one and is stopped if this one is interrupted.
+        """
         argv = self._load_argv(to, connections, proto=proto, hold=hold, pod=pod,
-                               timeout=timeout, parallel=parallel)
-        out = _run(argv)
-        return LoadResult.from_json(out.strip().splitlines()[0])
+                               timeout=timeout, parallel=parallel,
+                               progress=progress if on_progress is not None else 0.0)
+        process = _start(argv)
+        result: LoadResult | None = None
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                document = json.loads(line)
+                if "progress" in document:
+                    if on_progress is not None:
+                        on_progress(document["progress"])
+                elif result is None:
+                    result = LoadResult(**document)
+                    if on_result is not None:
+                        on_result(result)
+            process.wait()
+        finally:
+            _stop(process)
+        if result is None or process.returncode != 0:
+            err = process.stderr.read().strip() if process.stderr else ""
+            raise DatapathError(f"lab load failed (exit {process.returncode}): "
+                                f"{err.splitlines()[-1] if err else 'no result'}")
+        return result
 
     def start_load(self, to: str, connections: int, *, proto: str = "tcp",
                    pod: str | None = None, timeout: float = 2.0, parallel: int = 256,
                    hold: float = 3600.0) -> LoadRun:
         """Open connections and keep them open (until ``stop()`` on the returned run)."""
         argv = self._load_argv(to, connections, proto=proto, hold=hold, pod=pod,
-                               timeout=timeout, parallel=parallel)
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   stdin=subprocess.DEVNULL, text=True)
+                               timeout=timeout, parallel=parallel, progress=0.0)
+        process = _start(argv)
         assert process.stdout is not None
         line = process.stdout.readline()
         if not line:

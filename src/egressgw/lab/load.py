@@ -7,14 +7,22 @@ tells each client the address it saw, so the result shows behind which egress IP
 the pod IP itself) the traffic arrived.
 
 Prints one JSON line when every attempt is settled, then holds the connections open for
-``--hold`` seconds (or until SIGTERM) so the gateway's conntrack table can be read.
+``--hold`` seconds (or until SIGTERM, SIGINT or SIGHUP) so the gateway's conntrack table
+can be read, printing a progress line (JSON, ``{"progress": ...}``) every
+``--progress`` seconds meanwhile. It stops early, closing its sockets, when its parent
+dies (``--parent PID``): it asks the kernel for SIGTERM when its parent exits
+(PR_SET_PDEATHSIG; ``ip netns exec`` execs it, so its parent is the process that ran
+``ip``) and also watches its parent process id.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import errno
 import json
+import math
+import os
 import selectors
 import signal
 import socket
@@ -25,10 +33,31 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
+from egressgw.errors import ConfigError
 from egressgw.lab.server import raise_nofile
 from egressgw.net import Endpoint, format_addr
 
 PROTOS = ("tcp", "udp", "icmp")
+# Bounds of the flags: every held connection is an open file of the load process, and a
+# hold or timeout past a day is a typo rather than an experiment.
+MAX_CONNECTIONS = 100_000
+MAX_PARALLEL = 10_000
+MAX_TIMEOUT = 3600.0
+MAX_HOLD = 86_400.0
+PROGRESS_INTERVAL = 5.0
+
+
+def check_load_flags(connections: int, parallel: int, timeout: float, hold: float) -> None:
+    """Refuse flag values ``lab load`` cannot honour (ConfigError naming the flag)."""
+    if not 1 <= connections <= MAX_CONNECTIONS:
+        raise ConfigError(f"{connections}: expected 1..{MAX_CONNECTIONS}", field="--connections")
+    if not 1 <= parallel <= MAX_PARALLEL:
+        raise ConfigError(f"{parallel}: expected 1..{MAX_PARALLEL}", field="--parallel")
+    if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
+        raise ConfigError(f"{timeout}: expected seconds above 0, at most {MAX_TIMEOUT:g}",
+                          field="--timeout")
+    if not (math.isfinite(hold) and 0 <= hold <= MAX_HOLD):
+        raise ConfigError(f"{hold}: expected 0..{MAX_HOLD:g} seconds", field="--hold")
 
 
 @dataclass(slots=True)
@@ -47,6 +76,9 @@ class LoadResult:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+    def to_json_object(self) -> dict[str, object]:
+        return asdict(self)
 
     @classmethod
     def from_json(cls, text: str) -> LoadResult:
@@ -92,10 +124,13 @@ def run(
     timeout: float = 2.0,
     parallel: int = 256,
     keep: list[socket.socket] | None = None,
+    stopped: Callable[[], bool] = lambda: False,
 ) -> LoadResult:
     """Attempt ``connections`` connections, at most ``parallel`` in flight at a time.
 
-    Succeeded sockets are appended to ``keep`` (open) when given, closed otherwise.
+    Succeeded sockets are appended to ``keep`` (open) when given, closed otherwise. When
+    ``stopped()`` turns true no new attempt starts and the ones in flight are abandoned
+    (closed, counted as failed with "stopped").
     """
     family = socket.AF_INET if to.ip.version == 4 else socket.AF_INET6
     result = LoadResult(proto, format_addr(to.ip, to.port), source)
@@ -122,6 +157,10 @@ def run(
         attempt.sock.close()
 
     while remaining or inflight:
+        if stopped():
+            for attempt in list(inflight.values()):
+                settle(attempt, "stopped")
+            break
         while remaining and len(inflight) < max(1, parallel):
             remaining -= 1
             result.attempted += 1
@@ -200,6 +239,39 @@ def _progress(
     settle(attempt, None, peer)
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Have the kernel send SIGTERM to this process when its parent exits."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _count_open(keep: list[socket.socket]) -> int:
+    """How many held sockets the peer has not closed (TCP); every socket otherwise."""
+    open_ = 0
+    for sock in keep:
+        try:
+            data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            open_ += 1  # nothing to read: still open
+            continue
+        except OSError:
+            continue
+        if data or sock.type != socket.SOCK_STREAM:
+            open_ += 1
+    return open_
+
+
+def _emit(document: object) -> None:
+    try:
+        sys.stdout.write(json.dumps(document, sort_keys=True) + "\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, OSError):
+        pass  # nobody reads any more: holding goes on until a signal or the hold ends
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m egressgw.lab.load")
     parser.add_argument("--to", required=True, help="server IP:PORT ([v6]:PORT; ICMP: IP)")
@@ -209,24 +281,48 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--hold", type=float, default=0.0)
     parser.add_argument("--timeout", type=float, default=2.0)
     parser.add_argument("--parallel", type=int, default=256)
+    parser.add_argument("--progress", type=float, default=PROGRESS_INTERVAL,
+                        help="seconds between progress lines while holding (0: none)")
+    parser.add_argument("--parent", type=int, default=0,
+                        help="die with this process (the one that started this one)")
     args = parser.parse_args(argv)
+    parent = os.getppid()
+    if args.parent:
+        _die_with_parent()
+        if parent != args.parent:  # it died before the kernel was asked to tell
+            return
+    try:
+        check_load_flags(args.connections, args.parallel, args.timeout, args.hold)
+        to = Endpoint.parse(args.to)
+    except (ConfigError, ValueError) as exc:
+        parser.exit(2, f"egressgw.lab.load: error: {exc}\n")
     raise_nofile()
-    to = Endpoint.parse(args.to)
     stopping = False
 
     def stop(_signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, stop)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)
+
+    def stopped() -> bool:
+        return stopping or os.getppid() != parent
+
     keep: list[socket.socket] = []
     result = run(args.proto, to, args.source, args.connections, timeout=args.timeout,
-                 parallel=args.parallel, keep=keep)
-    sys.stdout.write(result.to_json() + "\n")
-    sys.stdout.flush()
-    until = time.monotonic() + args.hold
-    while not stopping and time.monotonic() < until:
-        time.sleep(min(0.1, max(0.0, until - time.monotonic())))
+                 parallel=args.parallel, keep=keep, stopped=stopped)
+    _emit(result.to_json_object())
+    started = time.monotonic()
+    until = started + args.hold
+    next_report = started + args.progress
+    while not stopped() and time.monotonic() < until:
+        now = time.monotonic()
+        if args.progress > 0 and now >= next_report:
+            _emit({"progress": {"held": _count_open(keep), "connections": len(keep),
+                                "elapsed": round(now - started, 1), "hold": args.hold}})
+            next_report += args.progress
+        time.sleep(min(0.1, max(0.0, until - now)))
     for sock in keep:
         sock.close()
 

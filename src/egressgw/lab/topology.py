@@ -16,13 +16,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from egressgw.errors import InputError
-from egressgw.net import IPAddress, IPNetwork
+from egressgw.net import IPAddress, IPNetwork, parse_cidr, parse_ip
 from egressgw.rules import EgressRule, RuleKind
+
+_T = TypeVar("_T")
 
 PREFIX = "egw"
 LAB_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
@@ -152,11 +154,13 @@ def lab_rules(
     behind an egress IP of its family, except ``excluded`` CIDRs; ``no_gateway`` makes
     the rules drops instead (as when no gateway node matches).
     """
-    pod_ips = [ipaddress.ip_address(p) for p in (pods or [*topology.pods4, *topology.pods6])]
+    pod_ips = [_parsed(parse_ip, p, "--from")
+               for p in (pods or [*topology.pods4, *topology.pods6])]
     default_destinations = [str(SERVER_NET4), str(SERVER_NET6)]
-    dests = [ipaddress.ip_network(d) for d in (destinations or default_destinations)]
-    excl = [ipaddress.ip_network(e) for e in excluded]
-    egress = [ipaddress.ip_address(e) for e in egress_ips]
+    dests = [_parsed(parse_cidr, d, "--destination")
+             for d in (destinations or default_destinations)]
+    excl = [_parsed(parse_cidr, e, "--exclude") for e in excluded]
+    egress = [_parsed(parse_ip, e, "--egress-ip") for e in egress_ips]
     rules: list[EgressRule] = []
     index = {4: 0, 6: 0}
     for pod in pod_ips:
@@ -176,3 +180,11 @@ def lab_rules(
         for cidr in (c for c in excl if c.version == pod.version):
             rules.append(EgressRule(pod, cidr, RuleKind.EXCLUDED, policy="lab"))
     return rules
+
+
+def _parsed(parse: Callable[[str], _T], text: str, flag: str) -> _T:
+    """``parse(text)`` (one of net's parsers), a ValueError becoming an error naming ``flag``."""
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise InputError(str(exc), field=flag) from None

@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from egressgw.errors import excerpt
 from egressgw.net import IPAddress, IPNetwork
 from egressgw.policy.cilium import CiliumVersion
 from egressgw.policy.inventory import Endpoint, InventorySource, Node
@@ -266,13 +267,13 @@ class _EgressIPs:
             if interface is None:
                 warnings.append(
                     f"{where}.interface: node {node.name!r} has no interface "
-                    f"{spec.interface!r}: its traffic is dropped at the gateway"
+                    f"{excerpt(spec.interface)}: its traffic is dropped at the gateway"
                 )
                 return None
             found = interface.first_address(version)
             if found is None:
                 warnings.append(
-                    f"{where}.interface: {spec.interface!r} on node {node.name!r} has no "
+                    f"{where}.interface: {excerpt(spec.interface)} on node {node.name!r} has no "
                     f"{family} address: its {family} traffic is dropped at the gateway"
                 )
             return found
@@ -354,7 +355,7 @@ class _CiliumEgressIPs:
         if spec.interface is not None:
             interface = node.interface(spec.interface)
             if interface is None:
-                return self._fail(gateway, node, f"no interface {spec.interface!r}")
+                return self._fail(gateway, node, f"no interface {excerpt(spec.interface)}")
         elif spec.egress_ip is not None:
             if node.interface_with(spec.egress_ip) is None:
                 if not self.cilium.has_ipv6:
@@ -396,7 +397,7 @@ def _unknown_interfaces(
     is taken as given; an interface or default-route address cannot be derived."""
     if spec.egress_ip is not None:
         return spec.egress_ip if spec.egress_ip.version == version else None
-    what = f"interface {spec.interface!r}" if spec.interface else "default-route interface"
+    what = f"interface {excerpt(spec.interface)}" if spec.interface else "default-route interface"
     warnings.append(
         f"policy {policy.name!r}: {spec.field}: the interfaces of node {node.name!r} are "
         f"unknown (Kubernetes input), so the address of its {what} is too: add "

@@ -28,13 +28,13 @@ File format::
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from egressgw.net import IPAddress
+from egressgw.errors import excerpt
+from egressgw.net import IPAddress, IPInterface, parse_ip, parse_ip_interface
 from egressgw.policy.labels import is_dns_subdomain, parse_labels
 from egressgw.policy.model import NAMESPACE_LABELS_PREFIX, POD_NAMESPACE_LABEL
 from egressgw.policy.yamlfiles import (
@@ -45,8 +45,6 @@ from egressgw.policy.yamlfiles import (
     check_keys,
     load_single_document,
 )
-
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 # Kubernetes labels every namespace with its own name (since 1.21).
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
@@ -190,7 +188,7 @@ def _name(body: Mapping[str, Any], where: Where) -> str:
         raise at.error("required")
     name = as_string(body["name"], at)
     if not is_dns_subdomain(name):
-        raise at.error(f"invalid name {name!r}: lowercase letters, digits, '-' and '.'")
+        raise at.error(f"invalid name {excerpt(name)}: lowercase letters, digits, '-' and '.'")
     return name
 
 
@@ -217,7 +215,7 @@ def _parse_nodes(value: Any, where: Where) -> list[Node]:
             default = as_string(default, at.key("defaultRouteInterface"))
             if all(i.name != default for i in interfaces):
                 raise at.key("defaultRouteInterface").error(
-                    f"no interface named {default!r} on node {name!r}"
+                    f"no interface named {excerpt(default)} on node {name!r}"
                 )
         nodes.append(Node(name, internal_ip, labels, interfaces, default))
     return nodes
@@ -234,7 +232,7 @@ def parse_interfaces(value: Any, where: Where) -> tuple[Interface, ...]:
             raise at.key("name").error("required")
         name = as_string(body["name"], at.key("name"))
         if any(i.name == name for i in interfaces):
-            raise at.key("name").error(f"duplicate interface {name!r}")
+            raise at.key("name").error(f"duplicate interface {excerpt(name)}")
         addresses_at = at.key("addresses")
         addresses = tuple(
             _ip_interface(a, addresses_at.item(i))
@@ -273,7 +271,7 @@ def _parse_endpoints(
         namespace_at = at.key("namespace")
         namespace = as_string(body.get("namespace") or "default", namespace_at)
         if not is_dns_subdomain(namespace):
-            raise namespace_at.error(f"invalid namespace {namespace!r}")
+            raise namespace_at.error(f"invalid namespace {excerpt(namespace)}")
         key = f"{namespace}/{name}"
         if key in keys:
             raise at.key("name").error(f"duplicate endpoint {key!r}")
@@ -299,7 +297,7 @@ def _parse_endpoints(
         if node is not None:
             node = as_string(node, at.key("node"))
             if node not in node_names:
-                raise at.key("node").error(f"no node named {node!r} in nodes[]")
+                raise at.key("node").error(f"no node named {excerpt(node)} in nodes[]")
         uid = as_string(body.get("uid") or "", at.key("uid"))
         endpoints.append(
             Endpoint(name, namespace, ips, labels, {**shared, **own_ns_labels}, node, uid)
@@ -310,20 +308,20 @@ def _parse_endpoints(
 def _ip(value: Any, where: Where) -> IPAddress:
     text = as_string(value, where).strip()
     try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        hint = " (an endpoint IP has no /prefix)" if "/" in text else ""
-        raise where.error(f"invalid IP address {text!r}{hint}") from None
+        return parse_ip(text)
+    except ValueError as exc:
+        if "/" in text and "%" not in text:
+            raise where.error(
+                f"invalid IP address {excerpt(text)} (an endpoint IP has no /prefix)"
+            ) from None
+        raise where.error(f"invalid IP address {exc}") from None
 
 
 def _ip_interface(value: Any, where: Where) -> IPInterface:
-    text = as_string(value, where).strip()
-    if "/" not in text:
-        raise where.error(f"invalid address {text!r}: give it with its prefix, e.g. {text}/24")
     try:
-        return ipaddress.ip_interface(text)
-    except ValueError:
-        raise where.error(f"invalid address {text!r}") from None
+        return parse_ip_interface(as_string(value, where).strip())
+    except ValueError as exc:
+        raise where.error(f"invalid address {exc}") from None
 
 
 __all__ = [

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from egressgw.errors import InputError
-from egressgw.net import IPAddress
+from egressgw.net import IPAddress, parse_ip
 from egressgw.policy.inventory import (
     Endpoint,
     Interface,
@@ -142,11 +142,11 @@ def _required_string(body: Mapping[str, Any], key: str, where: Where) -> str:
 
 
 def _ip(value: Any, where: Where) -> IPAddress:
-    text = as_string(value, where)
+    # net.parse_ip: the one address parser of every reader (no zones, bounded length).
     try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        raise where.error(f"invalid IP address {text!r}") from None
+        return parse_ip(as_string(value, where))
+    except ValueError as exc:
+        raise where.error(f"invalid IP address {exc}") from None
 
 
 def _node(body: Mapping[str, Any], where: Where) -> Node:

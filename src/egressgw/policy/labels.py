@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from egressgw.policy.yamlfiles import Where, as_list, as_mapping, as_string, check_keys
+from egressgw.errors import excerpt
+from egressgw.policy.yamlfiles import Where, as_list, as_mapping, as_string, check_keys, key_text
 
 _NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -32,10 +33,10 @@ def label_key_problem(key: str) -> str | None:
     """Why ``key`` is not a valid label key (a qualified name), or None."""
     prefix, slash, name = key.rpartition("/")
     if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
-        return f"invalid label key {key!r}: the prefix must be a DNS subdomain"
+        return f"invalid label key {excerpt(key)}: the prefix must be a DNS subdomain"
     if not name or len(name) > 63 or not _NAME.match(name):
         return (
-            f"invalid label key {key!r}: the name must be 1-63 characters, alphanumeric, "
+            f"invalid label key {excerpt(key)}: the name must be 1-63 characters, alphanumeric, "
             "'-', '_' or '.', starting and ending alphanumeric"
         )
     return None
@@ -45,7 +46,7 @@ def label_value_problem(value: str) -> str | None:
     """Why ``value`` is not a valid label value, or None (the empty value is valid)."""
     if value and (len(value) > 63 or not _NAME.match(value)):
         return (
-            f"invalid label value {value!r}: at most 63 characters, alphanumeric, "
+            f"invalid label value {excerpt(value)}: at most 63 characters, alphanumeric, "
             "'-', '_' or '.', starting and ending alphanumeric"
         )
     return None
@@ -55,7 +56,7 @@ def parse_labels(value: Any, where: Where) -> dict[str, str]:
     """A {key: value} label map, validated."""
     labels: dict[str, str] = {}
     for key, item in as_mapping(value, where).items():
-        at = where.key(str(key))
+        at = where.key(key_text(key))
         text = as_string(item, at)
         problem = label_key_problem(str(key)) or label_value_problem(text)
         if problem:
@@ -138,7 +139,7 @@ def parse_label_selector(value: Any, where: Where) -> LabelSelector:
     if body.get("matchLabels") is not None:
         at = where.key("matchLabels")
         for key, item in as_mapping(body["matchLabels"], at).items():
-            key_at = at.key(str(key))
+            key_at = at.key(key_text(key))
             text = as_string(item, key_at)
             name = _strip_source(str(key))
             problem = label_key_problem(name) or label_value_problem(text)
@@ -170,7 +171,7 @@ def _parse_requirement(value: Any, where: Where) -> Requirement:
     except ValueError:
         expected = ", ".join(op.value for op in Operator)
         raise where.key("operator").error(
-            f"unsupported operator {text!r} (expected one of: {expected})"
+            f"unsupported operator {excerpt(text)} (expected one of: {expected})"
         ) from None
     raw_values = body.get("values")
     values_at = where.key("values")

@@ -8,13 +8,14 @@ API server would reject a document (unknown fields, bad label selectors) so does
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from egressgw.errors import InputError
+from egressgw.errors import InputError, excerpt
 from egressgw.net import IPAddress, IPNetwork
+from egressgw.net import parse_cidr as parse_cidr_text
+from egressgw.net import parse_ip as parse_ip_text
 from egressgw.policy.cilium import DEFAULT_CILIUM_VERSION, CiliumVersion
 from egressgw.policy.crd import validate_crd
 from egressgw.policy.labels import LabelSelector, is_dns_subdomain, parse_label_selector
@@ -101,10 +102,10 @@ def parse_policy(
     check_keys(body, ("apiVersion", "kind", "metadata", "spec", "status"), where)
     api_version = body.get("apiVersion")
     if api_version != API_VERSION:
-        raise where.key("apiVersion").error(f"must be {API_VERSION}, not {api_version!r}")
+        raise where.key("apiVersion").error(f"must be {API_VERSION}, not {excerpt(api_version)}")
     kind = body.get("kind")
     if kind != KIND:
-        raise where.key("kind").error(f"must be {KIND}, not {kind!r}")
+        raise where.key("kind").error(f"must be {KIND}, not {excerpt(kind)}")
     name = _parse_metadata(body.get("metadata"), where.key("metadata"))
     spec_at = where.key("spec")
     if body.get("spec") is None:
@@ -155,7 +156,7 @@ def _parse_metadata(value: Any, where: Where) -> str:
     name = as_string(metadata["name"], name_at)
     if not is_dns_subdomain(name):
         raise name_at.error(
-            f"invalid name {name!r}: lowercase letters, digits, '-' and '.', "
+            f"invalid name {excerpt(name)}: lowercase letters, digits, '-' and '.', "
             "starting and ending alphanumeric, at most 253 characters"
         )
     return name
@@ -200,15 +201,16 @@ def _parse_cidrs(
     items = as_list(value, where)
     if required and not items:
         raise where.error("must not be empty: at least one CIDR")
-    cidrs: list[IPNetwork] = []
+    # A dict keeps the first occurrence's order and drops repeats in O(1) each (a list
+    # membership test made 20,000 CIDRs take 19 s).
+    cidrs: dict[IPNetwork, None] = {}
     for index, item in enumerate(items):
         cidr = parse_cidr(item, where.item(index))
         # Cilium keys its map with the address as written (netip.ParsePrefix keeps host
         # bits, the kernel's LPM trie stores the key as given), so cilium-dbg shows it.
-        address = ipaddress.ip_address(str(item).partition("/")[0])
+        address = parse_ip_text(item.partition("/")[0])
         spellings[cidr] = f"{address}/{cidr.prefixlen}"
-        if cidr not in cidrs:
-            cidrs.append(cidr)
+        cidrs.setdefault(cidr, None)
     return tuple(cidrs)
 
 
@@ -217,27 +219,27 @@ def parse_cidr(value: Any, where: Where) -> IPNetwork:
     no leading zeros; host bits are masked (the datapath matches the prefix only).
 
     No spaces are stripped: the CRD's pattern refuses them, so ``kubectl apply`` would.
+    The text goes through net.parse_cidr, the one CIDR parser of every reader.
     """
     text = as_string(value, where)
     if "/" not in text:
-        raise where.error(f"invalid CIDR {text!r}: missing the /prefix length")
+        raise where.error(f"invalid CIDR {excerpt(text)}: missing the /prefix length")
     if "%" in text:
         raise where.error(
-            f"invalid CIDR {text!r}: an IPv6 zone index is not allowed in a prefix "
+            f"invalid CIDR {excerpt(text)}: an IPv6 zone index is not allowed in a prefix "
             "(Cilium's netip.ParsePrefix rejects it)"
         )
     try:
-        return ipaddress.ip_network(text, strict=False)
+        return parse_cidr_text(text)
     except ValueError as exc:
-        raise where.error(f"invalid CIDR {text!r}: {exc}") from None
+        raise where.error(f"invalid CIDR {exc}") from None
 
 
 def parse_ip(value: Any, where: Where) -> IPAddress:
-    text = as_string(value, where).strip()
     try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        raise where.error(f"invalid IP address {text!r}") from None
+        return parse_ip_text(as_string(value, where).strip())
+    except ValueError as exc:
+        raise where.error(f"invalid IP address {exc}") from None
 
 
 def _parse_gateways(spec: Mapping[str, Any], where: Where) -> tuple[GatewaySpec, ...]:
@@ -283,6 +285,6 @@ def _check_unique_names(policies: list[EgressPolicy]) -> None:
         first = seen.setdefault(policy.name, policy)
         if first is not policy:
             raise InputError(
-                f"duplicate policy name {policy.name!r} (first defined at {first.source})",
+                f"duplicate policy name {excerpt(policy.name)} (first defined at {first.source})",
                 source=policy.source,
             )

@@ -11,13 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from egressgw.errors import InputError
-
-# The libyaml loader is several times faster on large policy sets; fall back when PyYAML
-# was built without it.
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+from egressgw.errors import InputError, excerpt
+from egressgw.yamlload import load_yaml_documents, read_text
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -54,24 +49,7 @@ def yaml_files(path: Path) -> list[Path]:
 def load_documents(path: Path) -> Iterator[tuple[Where, Any]]:
     """Each non-empty YAML document of ``path`` with its place (document index 1-based)."""
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("no such file or directory", source=source) from None
-    except IsADirectoryError:
-        raise InputError("is a directory, expected a YAML file", source=source) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read: {exc}", source=source) from exc
-    try:
-        documents = list(yaml.load_all(text, Loader=_Loader))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise InputError(
-            f"invalid YAML: {problem}", source=source, line=None if mark is None else mark.line + 1
-        ) from exc
-    except yaml.YAMLError as exc:
-        raise InputError(f"invalid YAML: {exc}", source=source) from exc
+    documents = load_yaml_documents(read_text(path), source)
     for index, body in enumerate(documents, start=1):
         if body is not None:
             yield Where(source, index), body
@@ -113,9 +91,16 @@ def check_keys(body: Mapping[str, Any], allowed: tuple[str, ...], where: Where) 
     """Reject unknown fields, as kubectl's strict field validation does: typos get caught."""
     for key in body:
         if key not in allowed:
-            raise where.key(str(key)).error(
+            raise where.key(key_text(key)).error(
                 f"unknown field (expected one of: {', '.join(allowed)})"
             )
+
+
+def key_text(key: Any) -> str:
+    """A mapping key as a field name in an error: short and escaped (see ``excerpt``)."""
+    if isinstance(key, str) and len(key) <= 63 and key.isprintable():
+        return key
+    return excerpt(key)
 
 
 def _kind(value: Any) -> str:
@@ -124,7 +109,7 @@ def _kind(value: Any) -> str:
     if isinstance(value, bool):
         return f"a boolean ({str(value).lower()})"
     if isinstance(value, int | float):
-        return f"a number ({value})"
+        return f"a number ({excerpt(value)})"
     if isinstance(value, str):
         return "a string"
     if isinstance(value, list):

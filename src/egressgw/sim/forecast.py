@@ -187,3 +187,65 @@ def forecast_snapshots(
         return rank, eta, -item.trend.last_count
 
     return sorted(results, key=urgency)
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A count a forecast projects to: its name and the connections it stands for."""
+
+    name: str
+    count: float
+
+
+@dataclass(frozen=True, slots=True)
+class TupleOutlook:
+    """A tuple's trend towards each mark (first refusals, a refusal rate, the limit)."""
+
+    endpoint: NatEndpoint
+    trends: dict[str, Trend]
+    # Connections per second, least squares over every snapshot (also when at a mark).
+    slope: float = 0.0
+
+
+def forecast_marks(
+    snapshots: Sequence[Snapshot],
+    marks: Sequence[Mark],
+    *,
+    scale: float = 1.0,
+    confidence: float = 0.9,
+) -> list[TupleOutlook]:
+    """A trend per tuple towards each mark; counts multiplied by ``scale`` ("3x traffic":
+    ports held grow with the connection rate, so every count is 3 times larger).
+
+    Sorted by the first mark's time, soonest first.
+    """
+    series: dict[NatEndpoint, tuple[list[float], list[float]]] = {}
+    for snapshot in snapshots:
+        for endpoint, count in snapshot.counts.items():
+            times, counts = series.setdefault(endpoint, ([], []))
+            times.append(snapshot.time)
+            counts.append(float(count) * scale)
+    results = [
+        TupleOutlook(endpoint, {
+            m.name: fit_trend(times, counts, m.count, confidence=confidence) for m in marks
+        }, _slope(times, counts))
+        for endpoint, (times, counts) in series.items()
+    ]
+    first = marks[0].name
+
+    def urgency(item: TupleOutlook) -> tuple[int, float, float]:
+        trend = item.trends[first]
+        rank = {Outlook.AT_LIMIT: 0, Outlook.GROWING: 1, Outlook.NOT_GROWING: 2,
+                Outlook.TOO_FEW: 3}[trend.outlook]
+        eta = trend.eta if trend.eta is not None else math.inf
+        return rank, eta, -trend.last_count
+
+    return sorted(results, key=urgency)
+
+
+def _slope(times: Sequence[float], counts: Sequence[float]) -> float:
+    t = np.asarray(times, dtype=np.float64)
+    y = np.asarray(counts, dtype=np.float64)
+    if len(t) < 2 or np.ptp(t) == 0:
+        return 0.0
+    return float(((t - t.mean()) * (y - y.mean())).sum() / ((t - t.mean()) ** 2).sum())

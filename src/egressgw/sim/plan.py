@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -37,8 +37,6 @@ from egressgw.sim.workload import ClientGroup, Workload
 HEADROOM_SIGMAS = 3.0
 _TIME_GRID = 241
 _AGE_GRID = 801
-# The default NodePort range is 2768 ports wide; a suggested range keeps that width.
-_NODE_PORT_WIDTH = 2767
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,37 +173,57 @@ def _occupancy(flow: _Flow, until: float) -> tuple[float, float, npt.NDArray[np.
     return arrivals.peak_rate(until) * flow.share, mean_hold, curve
 
 
+# Occupancy curves of one (client group, destination): (mean-case, peak-case) results of
+# _occupancy. They do not depend on the egress IPs, so make_plan computes them once for
+# all the egress IP counts it tries.
+OccupancyCache = dict[tuple[int, int], tuple[tuple[float, float, npt.NDArray[np.float64]],
+                                             npt.NDArray[np.float64]]]
+# The analytic estimate costs about 0.15 s per (client group, destination) on this 2-core
+# machine; a plan is refused above this many (docs/reliability.md).
+MAX_PLAN_FLOWS = 200
+
+
 def estimate(workload: Workload, settings: SimSettings,
-             egress_ips: Sequence[IPAddress] | None = None) -> list[TupleDemand]:
+             egress_ips: Sequence[IPAddress] | None = None, *,
+             cache: OccupancyCache | None = None) -> list[TupleDemand]:
     """The analytic demand per tuple, largest first."""
+    cache = {} if cache is None else cache
     if not workload.groups:
         raise InputError("plan needs client groups (replayed flows carry no rates)",
                          source=workload.source, field="clients")
     routes = route_workload(workload, egress_override=egress_ips)
     until = settings.duration
-    flows: list[tuple[_Flow, int, npt.NDArray[np.int32]]] = []
+    flows: list[tuple[_Flow, int, npt.NDArray[np.int32], int]] = []
     for g, group in enumerate(workload.groups):
         weights = np.array([workload.destinations[d].weight for d in group.destinations])
         for d, weight in zip(group.destinations, weights / weights.sum(), strict=True):
             proto = workload.destinations[d].proto
-            flows.append((_Flow(group, float(weight), proto, {}), d, routes.per_group[g][:, d]))
+            flows.append((_Flow(group, float(weight), proto, {}), d, routes.per_group[g][:, d],
+                          g))
+    if len(flows) > MAX_PLAN_FLOWS:
+        raise InputError(
+            f"{len(flows):,} (client group, destination) pairs: plan estimates at most "
+            f"{MAX_PLAN_FLOWS} (merge alike groups, or use simulate)",
+            source=workload.source, field="clients")
     deletes = _deletes_per_second(
-        [(f, Family.of(workload.destinations[d].ip)) for f, d, _ in flows], until
+        [(f, Family.of(workload.destinations[d].ip)) for f, d, _, _ in flows], until
     )
     gc_interval = steady_gc_interval(deletes, settings)
     rates: dict[NatEndpoint, float] = {}
     weighted_holds: dict[NatEndpoint, float] = {}
     curves: dict[NatEndpoint, npt.NDArray[np.float64]] = {}
     peaks: dict[NatEndpoint, npt.NDArray[np.float64]] = {}
-    for flow, d, egress_of_client in flows:
-        timeouts = _timeouts(flow.proto, settings)
-        # On average a closed connection waits half a GC interval for its entries to go;
-        # just before a pass, the ones closed a whole interval ago are still there.
-        mean_extra = {k: v + gc_interval / 2 for k, v in timeouts.items()}
-        peak_extra = {k: v + gc_interval for k, v in timeouts.items()}
-        # Occupancy is linear in the rate: compute it once, scale it per egress IP.
-        rate, hold, curve = _occupancy(replace(flow, extra=mean_extra), until)
-        _, _, peak_curve = _occupancy(replace(flow, extra=peak_extra), until)
+    for flow, d, egress_of_client, g in flows:
+        if (g, d) not in cache:
+            timeouts = _timeouts(flow.proto, settings)
+            # On average a closed connection waits half a GC interval for its entries to
+            # go; just before a pass, the ones closed a whole interval ago are still there.
+            mean_extra = {k: v + gc_interval / 2 for k, v in timeouts.items()}
+            peak_extra = {k: v + gc_interval for k, v in timeouts.items()}
+            # Occupancy is linear in the rate: compute it once, scale it per egress IP.
+            cache[g, d] = (_occupancy(replace(flow, extra=mean_extra), until),
+                           _occupancy(replace(flow, extra=peak_extra), until)[2])
+        (rate, hold, curve), peak_curve = cache[g, d]
         destination = workload.destinations[d]
         for e in np.unique(egress_of_client[egress_of_client >= 0]):
             on_e = float(np.mean(egress_of_client == e))
@@ -251,6 +269,22 @@ class Check:
     result: SimulationResult
     refused_rate: float
     ok: bool
+    egress_ips: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PortRangeAlternative:
+    """Keeping the egress IPs and widening the NAT port range: offered only when it
+    widens the range, keeps NodePorts clear of ports nodes use, and the simulation of it
+    meets the targets; else ``reason`` says why not."""
+
+    node_port_range: NodePortRange | None
+    reason: str
+    check: Check | None = None
+
+    @property
+    def offered(self) -> bool:
+        return self.node_port_range is not None and self.check is not None and self.check.ok
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,37 +298,114 @@ class Plan:
     node_port_range: NodePortRange | None
     node_port_estimate: list[TupleDemand]
     node_port_check: Check | None
+    alternative: PortRangeAlternative | None = None
+    scale: float = 1.0
     # The ports per tuple ``node_port_range`` leaves, by the datapath's limit.
     node_port_ports: int = 0
 
     @property
     def confirmed(self) -> Check | None:
-        return next((c for c in self.checks if c.ok), None)
+        """The simulated candidate with the fewest egress IPs that met the targets."""
+        ok = [c for c in self.checks if c.ok]
+        return min(ok, key=lambda c: c.egress_ips) if ok else None
 
 
 def _check(label: str, workload: Workload, settings: SimSettings, *,
            egress_ips: Sequence[IPAddress] | None, target: float,
-           max_drop_rate: float) -> Check:
+           max_drop_rate: float, progress: bool | None = None) -> Check:
     routes = route_workload(workload, egress_override=egress_ips)
-    result = simulate(workload, settings, routes=routes, progress=False)
+    result = simulate(workload, settings, routes=routes, progress=progress)
     totals = result.totals
     refused = totals.refused / totals.attempted if totals.attempted else 0.0
     ok = result.peak_saturation <= target and refused <= max_drop_rate and totals.evictions == 0
-    return Check(label, result, refused, ok)
+    return Check(label, result, refused, ok, len(egress_ips) if egress_ips else 0)
 
 
-def suggest_node_port_range(needed_ports: float, datapath: str = "cilium"
-                            ) -> NodePortRange | None:
-    """A --node-port-range whose NAT range has ``needed_ports`` ports (None if impossible).
+# Ports a Kubernetes node (or egressgw) listens on above 1024: a NodePort range must not
+# cover them (kube-apiserver rejects a --service-node-port-range that does not fit, and a
+# NodePort on one of these would shadow the node's own service).
+RESERVED_PORTS: dict[int, str] = {
+    2379: "etcd client", 2380: "etcd peer", 4240: "cilium-health", 4244: "hubble",
+    6081: "geneve", 6443: "kube-apiserver", 8472: "vxlan", 9962: "cilium metrics",
+    9963: "cilium-operator metrics", 9964: "cilium-envoy metrics", 9965: "hubble metrics",
+    9966: "hubble-relay metrics", 9967: "egressgw agent", 10250: "kubelet",
+    10256: "kube-proxy health",
+    10257: "kube-controller-manager", 10259: "kube-scheduler", 51871: "wireguard",
+}
+# NodePorts stay at or above this (below 1024 are privileged, well-known services).
+NODE_PORT_FLOOR = 1024
+
+
+def suggest_node_port_range(
+    needed_ports: float, current: NodePortRange | None = None, datapath: str = "cilium"
+) -> tuple[NodePortRange | None, str]:
+    """A --node-port-range whose NAT range has ``needed_ports`` ports, and why (not).
 
     The ports are the datapath's limit (egressgw.limits): Cilium's divisor
-    65535 - (MAX + 1), or for netfilter every port of egressgw's rule MAX+1..65535.
+    65535 - (MAX + 1), or for netfilter every port of egressgw's rule MAX+1..65535. The
+    NodePort range keeps its width and moves down; it is offered only if that widens the
+    NAT range, keeps NodePorts at or above 1024 and off the ports nodes listen on.
     """
+    current = current or NodePortRange()
     ports = math.ceil(needed_ports)
+    have = datapath_limit(datapath, node_port_range=current).ports
+    if ports <= have:
+        return None, f"not needed: {ports} ports fit in the {have} of --node-port-range {current}"
     high = MAX_PORT - 1 - ports if datapath == "cilium" else MAX_PORT - ports
-    if high < 2:
-        return None
-    return NodePortRange(max(1, high - _NODE_PORT_WIDTH), min(high, 65533))
+    low = high - (current.max - current.min)
+    if low < NODE_PORT_FLOOR:
+        where = f" ({low}-{high})" if low >= 1 else ""
+        return None, f"{ports} NAT ports would put NodePorts below {NODE_PORT_FLOOR}{where}"
+    clash = [f"{p} ({name})" for p, name in sorted(RESERVED_PORTS.items()) if low <= p <= high]
+    if clash:
+        return None, (f"{ports} NAT ports would put NodePorts {low}-{high} on ports nodes "
+                      f"use: {', '.join(clash)}")
+    return NodePortRange(low, high), "widens the NAT range"
+
+
+def scale_workload(workload: Workload, factor: float) -> Workload:
+    """The workload with every group's connection rate multiplied by ``factor``."""
+    if not (math.isfinite(factor) and factor > 0):
+        raise InputError(f"{factor}: must be a positive factor", field="--scale")
+    if factor == 1:
+        return workload
+    if workload.replay is not None:
+        raise InputError("recorded flows cannot be scaled; --scale needs client groups",
+                         source=workload.source, field="replay")
+    groups = tuple(
+        replace(g, arrivals=replace(g.arrivals,
+                                    per_connection=g.arrivals.per_connection / factor))
+        for g in workload.groups
+    )
+    return replace(workload, groups=groups)
+
+
+def _search(
+    workload: Workload, settings: SimSettings, start: int, *, target: float,
+    max_drop_rate: float, max_egress_ips: int, extra_tries: int,
+    announce: Callable[[str], None], progress: bool | None,
+) -> list[Check]:
+    """Simulate ``start`` egress IPs; then fewer while they meet the targets, or more
+    (up to ``extra_tries``) until they do."""
+    checks: dict[int, Check] = {}
+
+    def run(n: int) -> Check:
+        announce(f"simulating {n} egress IP{'s' if n > 1 else ''}...")
+        check = _check(f"{n} egress IP{'s' if n > 1 else ''}", workload, settings,
+                       egress_ips=candidate_egress_ips(workload, n), target=target,
+                       max_drop_rate=max_drop_rate, progress=progress)
+        checks[n] = check
+        return check
+
+    if run(start).ok:
+        n = start - 1
+        while n >= 1 and run(n).ok:
+            n -= 1
+    else:
+        for n in range(start + 1, min(start + extra_tries, max_egress_ips) + 1):
+            if run(n).ok:
+                break
+    return [checks[n] for n in sorted(checks)]
 
 
 def make_plan(
@@ -306,53 +417,70 @@ def make_plan(
     max_egress_ips: int = 64,
     extra_tries: int = 3,
     confirm: bool = True,
+    scale: float = 1.0,
+    announce: Callable[[str], None] | None = None,
+    progress: bool | None = False,
 ) -> Plan:
-    """The fewest egress IPs (and a node-port-range alternative) for ``target``."""
+    """The fewest egress IPs (and a node-port-range alternative) for ``target``.
+
+    ``announce`` hears each step of a long run (the CLI prints it on stderr);
+    ``progress`` shows each simulation's bar.
+    """
     if not 0 < target <= 1:
         raise InputError(f"{target}: must be in (0, 1]", field="--target-saturation")
     if not 0 <= max_drop_rate < 1:
         raise InputError(f"{max_drop_rate}: must be in [0, 1)", field="--max-drop-rate")
+    say = announce or (lambda _text: None)
+    workload = scale_workload(workload, scale)
     limit = target * settings.divisor
     chosen: int | None = None
     demand: list[TupleDemand] = []
+    cache: OccupancyCache = {}
+    say("estimating...")
     for n in range(1, max_egress_ips + 1):
-        demand = estimate(workload, settings, candidate_egress_ips(workload, n))
+        demand = estimate(workload, settings, candidate_egress_ips(workload, n), cache=cache)
         if demand and demand[0].needed <= limit:
             chosen = n
             break
-    checks: list[Check] = []
     start = chosen or max_egress_ips
-    # The estimate leaves out the GC passes that nat_fill_up signals wake (they free
-    # closed connections' ports early), so it can ask for one IP too many: the
-    # simulation tries one fewer first.
-    first = max(1, start - 1) if chosen else start
-    if confirm:
-        for n in range(first, min(start + extra_tries, max_egress_ips) + 1):
-            ips = candidate_egress_ips(workload, n)
-            check = _check(f"{n} egress IP{'s' if n > 1 else ''}", workload, settings,
-                           egress_ips=ips, target=target, max_drop_rate=max_drop_rate)
-            checks.append(check)
-            if check.ok:
-                break
+    checks = (_search(workload, settings, start, target=target, max_drop_rate=max_drop_rate,
+                      max_egress_ips=max_egress_ips, extra_tries=extra_tries,
+                      announce=say, progress=progress)
+              if confirm else [])
     # The alternative: keep the workload's own egress IPs and widen the NAT port range.
-    own = estimate(workload, settings)
-    ports_needed = own[0].needed / target if own else 0.0
-    npr = suggest_node_port_range(ports_needed, settings.datapath_model) if own else None
+    own = estimate(workload, settings, cache=cache)
+    own_ips = len({d.endpoint.egress_ip for d in own})
+    confirmed = next((c for c in checks if c.ok), None)
+    alternative: PortRangeAlternative | None = None
+    npr: NodePortRange | None = None
     npr_check = None
-    if confirm and npr is not None:
-        npr_settings = replace(settings, node_port_range=npr)
-        npr_check = _check(f"--node-port-range {npr}", workload, npr_settings,
-                           egress_ips=None, target=target, max_drop_rate=max_drop_rate)
+    if confirmed is not None and confirmed.egress_ips <= own_ips:
+        alternative = PortRangeAlternative(
+            None, "not needed: the workload's own egress IPs meet the targets")
+    elif own:
+        npr, reason = suggest_node_port_range(own[0].needed / target, settings.node_port_range,
+                                              settings.datapath_model)
+        if confirm and npr is not None:
+            say(f"simulating --node-port-range {npr}...")
+            npr_check = _check(f"--node-port-range {npr}", workload,
+                               replace(settings, node_port_range=npr), egress_ips=None,
+                               target=target, max_drop_rate=max_drop_rate, progress=progress)
+            if not npr_check.ok:
+                reason = "the simulation of it misses the targets"
+        alternative = PortRangeAlternative(npr, reason, npr_check)
     return Plan(
         target=target,
         max_drop_rate=max_drop_rate,
         estimate_ips=chosen,
         estimate=demand,
-        egress_ips=candidate_egress_ips(workload, start),
+        egress_ips=candidate_egress_ips(
+            workload, confirmed.egress_ips if confirmed is not None else start),
         checks=checks,
         node_port_range=npr,
         node_port_estimate=own,
         node_port_check=npr_check,
+        alternative=alternative,
+        scale=scale,
         node_port_ports=(datapath_limit(settings.datapath_model, node_port_range=npr).ports
                          if npr is not None else 0),
     )

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from egressgw.config import MAX_DURATION
 from egressgw.datapath.model.config import TCP_SYN_RETRIES, TCP_SYN_RTO
-from egressgw.errors import InputError
+from egressgw.errors import InputError, excerpt
+from egressgw.inputfiles import read_text
 from egressgw.net import IPAddress, Proto, parse_ip
 from egressgw.sim.distributions import EndKind
 from egressgw.sim.flows import AddressBook, Flows
@@ -26,6 +28,10 @@ from egressgw.sim.routing import NOT_MASQUERADED, Routes
 from egressgw.sim.workload import EPHEMERAL_MIN
 
 REQUIRED = ("start", "duration", "source", "destination", "port", "protocol")
+# Largest flows file: about 4 million flows at 60 bytes a line; their rows take about
+# 30 times the text in memory while being read (docs/reliability.md).
+MAX_CSV_BYTES = 256 * 1024 * 1024
+MAX_CELL_CHARS = 64
 OPTIONAL = ("end", "egress_ip", "sport")
 
 
@@ -36,7 +42,7 @@ def _columns(first: Sequence[str], source: str) -> tuple[dict[str, int], bool]:
         return {name: i for i, name in enumerate(REQUIRED + OPTIONAL)}, False
     for name in names:
         if name not in REQUIRED + OPTIONAL:
-            raise InputError(f"unknown column {name!r}", source=source, line=1)
+            raise InputError(f"unknown column {excerpt(name)}", source=source, line=1)
     missing = [name for name in REQUIRED if name not in names]
     if missing:
         raise InputError(f"missing column(s) {', '.join(missing)}", source=source, line=1)
@@ -55,7 +61,10 @@ class ReplayFlows:
         book: AddressBook,
         egress_ips: Sequence[IPAddress] = (),
     ) -> None:
-        rows = list(csv.reader(io.StringIO(text)))
+        try:
+            rows = list(csv.reader(io.StringIO(text)))
+        except csv.Error as exc:
+            raise InputError(f"not valid CSV: {excerpt(str(exc), 80)}", source=source) from None
         self.unrouted = 0
         if not rows:
             raise InputError("no flows", source=source)
@@ -94,10 +103,7 @@ class ReplayFlows:
     @classmethod
     def from_file(cls, path: Path, *, routes: Routes, book: AddressBook,
                   egress_ips: Sequence[IPAddress] = ()) -> ReplayFlows:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"cannot read: {exc.strerror}", source=str(path)) from None
+        text = read_text(path, limit=MAX_CSV_BYTES, expected="a CSV file")
         return cls(text, source=str(path), routes=routes, book=book, egress_ips=egress_ips)
 
     @staticmethod
@@ -108,7 +114,11 @@ class ReplayFlows:
     ) -> tuple[float, float, int, int, int, int, int, int, int] | None:
         def cell(name: str) -> str | None:
             i = columns.get(name)
-            return row[i].strip() if i is not None and i < len(row) else None
+            if i is None or i >= len(row):
+                return None
+            if len(row[i]) > MAX_CELL_CHARS:
+                raise fail(name, f"{excerpt(row[i])}: longer than {MAX_CELL_CHARS} characters")
+            return row[i].strip()
 
         def fail(name: str, message: str) -> InputError:
             return InputError(f"{name}: {message}", source=source, line=line)
@@ -119,22 +129,22 @@ class ReplayFlows:
         try:
             start = float(cell("start") or "")
         except ValueError:
-            raise fail("start", f"{cell('start')!r} is not a number of seconds") from None
-        if not math.isfinite(start) or start < 0:
-            raise fail("start", "must be a non-negative number of seconds")
+            raise fail("start", f"{excerpt(cell('start'))} is not a number of seconds") from None
+        if not math.isfinite(start) or start < 0 or start > MAX_DURATION:
+            raise fail("start", f"must be 0..{MAX_DURATION:.0f} seconds")
         text = cell("duration") or "inf"
         try:
             duration = float(text)
         except ValueError:
-            raise fail("duration", f"{text!r} is not a number of seconds") from None
+            raise fail("duration", f"{excerpt(text)} is not a number of seconds") from None
         if duration < 0 or math.isnan(duration):
             raise fail("duration", "must not be negative")
         addresses = []
         for name in ("source", "destination"):
             try:
                 addresses.append(parse_ip(cell(name) or ""))
-            except ValueError:
-                raise fail(name, f"{cell(name)!r} is not an IP address") from None
+            except ValueError as exc:
+                raise fail(name, f"invalid IP address {exc}") from None
         src_ip, dst_ip = addresses
         if src_ip.version != dst_ip.version:
             raise fail("destination", "source and destination differ in family")
@@ -143,18 +153,18 @@ class ReplayFlows:
         except ValueError as exc:
             raise fail("protocol", str(exc)) from None
         port_text = cell("port") or "0"
-        if not port_text.isdigit() or int(port_text) > 0xFFFF:
-            raise fail("port", f"{port_text!r} is not a port number")
+        if not _is_port(port_text):
+            raise fail("port", f"{excerpt(port_text)} is not a port number")
         port = int(port_text) if proto.has_ports else 0
         end_text = (cell("end") or "fin").lower()
         if end_text not in ("fin", "rst", "idle", "rst_server"):
-            raise fail("end", f"{end_text!r}: expected fin, rst, rst_server or idle")
+            raise fail("end", f"{excerpt(end_text)}: expected fin, rst, rst_server or idle")
         end = EndKind[end_text.upper()]
         src, dst = book.add(src_ip), book.add(dst_ip)
         sport_text = cell("sport")
         if sport_text:
-            if not sport_text.isdigit() or int(sport_text) > 0xFFFF:
-                raise fail("sport", f"{sport_text!r} is not a port number")
+            if not _is_port(sport_text):
+                raise fail("sport", f"{excerpt(sport_text)} is not a port number")
             sport = int(sport_text)
         else:
             sport = EPHEMERAL_MIN + sport_next.get(src, 0) % 28232
@@ -163,8 +173,8 @@ class ReplayFlows:
         if egress_text:
             try:
                 egress_ip = parse_ip(egress_text)
-            except ValueError:
-                raise fail("egress_ip", f"{egress_text!r} is not an IP address") from None
+            except ValueError as exc:
+                raise fail("egress_ip", f"invalid IP address {exc}") from None
             egress = routes.egress.add(egress_ip, routes.gateways.get(egress_ip, "gateway"))
         else:
             egress = routes.egress_for(src_ip, dst_ip, egress_ips, src)
@@ -186,3 +196,8 @@ class ReplayFlows:
     @property
     def last_start(self) -> float:
         return float(self.flows.start[-1]) if len(self.flows) else 0.0
+
+
+def _is_port(text: str) -> bool:
+    """ASCII digits (``str.isdigit`` also takes Unicode digits int() refuses) in 0..65535."""
+    return text.isascii() and text.isdigit() and len(text) <= 5 and int(text) <= 0xFFFF

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import numpy.typing as npt
 
 from egressgw.datapath.model import DropReason
 from egressgw.datapath.model.types import LATENCY_STEP
+from egressgw.errors import InputError
 from egressgw.net import NatEndpoint, format_ip
 from egressgw.render.tabwriter import tabwrite
 from egressgw.sim.simulate import THRESHOLDS, SimulationResult, Totals
@@ -51,6 +53,35 @@ def tries_buckets(tries: npt.NDArray[np.int64]) -> list[tuple[str, int]]:
         low = high + 1
     buckets.append((f"{limit} (all used: dropped)", int(tries[limit])))
     return buckets
+
+
+def per_interval(result: SimulationResult, counter: str) -> npt.NDArray[np.int64]:
+    """A counter of ``Totals`` per nat-stats interval (the increase since the pass before)."""
+    cumulative = np.array([0] + [getattr(r.totals, counter) for r in result.intervals],
+                          dtype=np.int64)
+    return cumulative[1:] - cumulative[:-1]
+
+
+def first_refusal(result: SimulationResult) -> tuple[float, float, int] | None:
+    """(time, busiest tuple's saturation, refused) at the first pass that saw refusals."""
+    refused = per_interval(result, "refused")
+    hits = np.nonzero(refused > 0)[0]
+    if not len(hits):
+        return None
+    record = result.intervals[int(hits[0])]
+    top = max((row.count for row in record.stats.rows), default=0)
+    return record.time, top / result.settings.divisor, int(refused[hits[0]])
+
+
+def first_refusal_text(result: SimulationResult) -> str:
+    """One sentence for reports: when connections were first refused, and how full."""
+    first = first_refusal(result)
+    if first is None:
+        return "No connection was refused."
+    when, saturation, count = first
+    return (f"First refused connections: {count} in the nat-stats interval ending at "
+            f"{format_seconds(when)}, when the busiest tuple held {saturation:.1%} of its "
+            "ports.")
 
 
 def _percent(part: int, whole: int) -> str:
@@ -182,6 +213,7 @@ def render_summary(result: SimulationResult) -> str:
         "Connections\n",
         tabwrite([["  " + k, v] for k, v in counter_lines(
             totals, not_masqueraded=result.not_masqueraded)]),
+        f"  {first_refusal_text(result)}\n",
         *([
             "\nExtra connect latency (connections that got a port after retransmitting)\n",
             tabwrite([["  " + label, str(n)] for label, n in latency_buckets(totals)]),
@@ -321,6 +353,7 @@ def markdown_section(title: str, result: SimulationResult, plot_name: str | None
             [k.strip(), v] for k, v in counter_lines(totals)
         ]]),
         "\n",
+        f"{first_refusal_text(result)}\n\n",
         markdown_table(crossing_rows(result, 5)),
         "\n",
     ]
@@ -344,3 +377,32 @@ def markdown_section(title: str, result: SimulationResult, plot_name: str | None
     if plot_name:
         parts.append(f"![saturation over time]({plot_name})\n\n")
     return "".join(parts)
+
+
+def write_report(result: SimulationResult, out_dir: Path, *, title: str) -> tuple[Path, Path]:
+    """``out_dir``/report.md and saturation.png, as the demo writes them, for one run."""
+    from egressgw.sim.plot import plot_saturation  # noqa: PLC0415 - loads matplotlib
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create: {exc.strerror}", source=str(out_dir)) from None
+    plot = plot_saturation(result, out_dir / "saturation.png", title=title)
+    s = result.settings
+    text = "".join([
+        f"# {title}\n\n",
+        f"Model datapath: Cilium v{s.cilium_version} semantics, limit "
+        f"{s.limit.describe()}, --bpf-nat-global-max "
+        f"{s.bpf_nat_global_max}, nat-stats every {format_seconds(s.stats_interval)}, "
+        f"seed {s.seed}.\n\n",
+        f"![saturation over time]({plot.name})\n\n",
+        markdown_section("Run", result, None),
+        "## Per nat-stats pass\n\n",
+        markdown_table(interval_rows(result)),
+    ])
+    report = out_dir / "report.md"
+    try:
+        report.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write: {exc.strerror}", source=str(report)) from None
+    return report, plot

@@ -43,6 +43,13 @@ from egressgw.stats import NatStats, compute_nat_stats
 
 THRESHOLDS = (0.8, 0.95, 1.0)
 DEFAULT_DURATION = 3600.0
+# Bounds on one run, from the simulator's measured 400,000 connections/s on this 2-core
+# machine (docs/performance.md): 100 million connections are about 4 minutes, and each
+# nat-stats pass costs a top-K over every tuple (docs/reliability.md).
+MAX_CONNECTIONS = 100_000_000
+MAX_STATS_PASSES = 100_000
+MIN_STATS_INTERVAL = 1.0
+MIN_GC_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +87,22 @@ class SimSettings:
                 f"{self.stats_interval}: the simulation needs a positive interval",
                 field="--nat-map-stats-interval",
             )
+        if self.stats_interval < MIN_STATS_INTERVAL:
+            raise ConfigError(
+                f"{self.stats_interval:g} s: the simulation needs at least "
+                f"{MIN_STATS_INTERVAL:g} s",
+                field="--nat-map-stats-interval",
+            )
+        if self.duration / self.stats_interval > MAX_STATS_PASSES:
+            raise ConfigError(
+                f"{self.duration:g} s / {self.stats_interval:g} s is more than "
+                f"{MAX_STATS_PASSES:,} nat-stats passes: lengthen the interval",
+                field="--nat-map-stats-interval",
+            )
+        gc = self.conntrack_gc_interval
+        if gc is not None and not (math.isfinite(gc) and gc >= MIN_GC_INTERVAL):
+            raise ConfigError(f"{gc:g} s: at least {MIN_GC_INTERVAL:g} s",
+                              field="--conntrack-gc-interval")
         check_stats_entries(self.stats_entries)
         self.limit  # noqa: B018 - validates datapath_model and nat_port_range together
 
@@ -305,6 +328,7 @@ def simulate(
     ``progress`` shows a bar on stderr (default: when stderr is a terminal);
     ``on_interval`` is called after every nat-stats pass.
     """
+    check_size(workload, settings.duration)
     wall = time.perf_counter()
     source, routes, book, unrouted = prepare(workload, settings, rules=rules, routes=routes)
     config = settings.model_config()
@@ -405,6 +429,22 @@ def _progress_bar(total: float, enabled: bool | None) -> Any:
     from tqdm import tqdm  # noqa: PLC0415 - loaded only for a terminal
 
     return tqdm(total=total, unit="s", desc="simulated", file=sys.stderr, leave=False)
+
+
+def expected_connections(workload: Workload, duration: float) -> float:
+    """How many connections the workload's client groups are expected to open."""
+    return sum(group.arrivals.expected(0.0, duration) for group in workload.groups)
+
+
+def check_size(workload: Workload, duration: float) -> None:
+    """Refuse a run expected to open more than :data:`MAX_CONNECTIONS` connections."""
+    expected = expected_connections(workload, duration)
+    if not expected <= MAX_CONNECTIONS:
+        raise ConfigError(
+            f"{workload.source}: about {expected:,.0f} connections in {duration:g} s; a run "
+            f"may open at most {MAX_CONNECTIONS:,} (lower the rates or --duration)",
+            field="--duration",
+        )
 
 
 def workload_duration(workload: Workload, override: float | None) -> float:

@@ -23,7 +23,7 @@ from typing import Any
 
 from egressgw.dumps import count_endpoints
 from egressgw.dumps.takeover import takeover_counts
-from egressgw.errors import InputError
+from egressgw.errors import InputError, excerpt
 from egressgw.limits import PortLimit, dump_datapath, limit_from_document
 from egressgw.net import Endpoint, Family, NatEndpoint, Proto, parse_ip
 
@@ -42,25 +42,36 @@ class Snapshot:
     limit: PortLimit | None = None
 
 
+# Snapshot times: seconds (Unix time or relative) up to the end of year 9999, the last
+# moment datetime can print; beyond it a fit's squares overflow and dates cannot be shown.
+MAX_TIME = 253402300799.0
+MAX_TIME_CHARS = 40
+
+
 def parse_time(text: str, *, source: str) -> float:
-    """Seconds, or an ISO 8601 timestamp (naive ones are taken as UTC)."""
+    """Seconds, or an ISO 8601 timestamp (naive ones are taken as UTC), within +-MAX_TIME."""
+    expected = f"{excerpt(text)}: expected seconds or an ISO 8601 time such as 2024-05-01T12:00:00Z"
+    if len(text) > MAX_TIME_CHARS:
+        raise InputError(expected, source=source)
     try:
         value = float(text)
     except ValueError:
-        pass
-    else:
-        if math.isfinite(value):
-            return value
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise InputError(expected, source=source) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        try:
+            value = moment.timestamp()
+        except (OverflowError, ValueError):
+            raise InputError(expected, source=source) from None
+    if not (math.isfinite(value) and -MAX_TIME <= value <= MAX_TIME):
         raise InputError(
-            f"{text!r}: expected seconds or an ISO 8601 time such as 2024-05-01T12:00:00Z",
+            f"{excerpt(text)}: a time must lie within {MAX_TIME:.0f} s of 0 (year 9999)",
             source=source,
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+        )
+    return value
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
@@ -88,9 +99,10 @@ def parse_table(text: str, *, source: str) -> dict[NatEndpoint, int]:
             proto = Proto.parse(cells[1])
             egress = parse_ip(cells[2])
             remote = Endpoint.parse(cells[3])
-            count = int(cells[4])
+            count = _count(cells[4])
         except ValueError as exc:
-            raise InputError(f"bad row: {exc}", source=source, line=number) from None
+            raise InputError(f"bad row: {excerpt(str(exc), 80)}", source=source,
+                             line=number) from None
         key = NatEndpoint(family, proto, egress, remote.ip, remote.port)
         counts[key] = counts.get(key, 0) + count
     return counts
@@ -109,22 +121,50 @@ def _row(doc: object, where: str, source: str) -> tuple[NatEndpoint, int]:
     if not isinstance(doc, Mapping):
         raise InputError("must be an object", source=source, field=where)
     try:
-        egress = parse_ip(str(_field(doc, "egressIP", "egress_ip")))
-        family = Family(doc.get("family", Family.of(egress).value))
+        egress = parse_ip(_field(doc, "egressIP", "egress_ip"))
+        family = Family(_short(doc.get("family", Family.of(egress).value)))
         key = NatEndpoint(
             family,
-            Proto.parse(str(doc["proto"])),
+            Proto.parse(_short(doc["proto"])),
             egress,
-            parse_ip(str(_field(doc, "remoteIP", "remote_ip"))),
-            int(_field(doc, "remotePort", "remote_port", 0)),
+            parse_ip(_field(doc, "remoteIP", "remote_ip")),
+            _whole(_field(doc, "remotePort", "remote_port", 0), 0xFFFF),
         )
         # Linux rows say which entries block a port (TIME_WAIT/CLOSE do not): the count
         # that runs out is that one (egressgw.limits).
-        return key, int(doc["blocking"] if "blocking" in doc else doc["count"])
+        return key, _whole(doc["blocking"] if "blocking" in doc else doc["count"], MAX_COUNT)
     except KeyError as exc:
-        raise InputError(f"missing field {exc.args[0]!r}", source=source, field=where) from None
+        raise InputError(f"missing field {excerpt(exc.args[0])}", source=source,
+                         field=where) from None
     except (TypeError, ValueError) as exc:
-        raise InputError(f"bad value: {exc}", source=source, field=where) from None
+        raise InputError(f"bad value: {excerpt(str(exc), 80)}", source=source,
+                         field=where) from None
+
+
+# A tuple's count cannot exceed the NAT map (Cilium's --bpf-nat-global-max is at most 2^24).
+MAX_COUNT = 1 << 32
+
+
+def _short(value: object) -> str:
+    if not isinstance(value, str) or len(value) > 16:
+        raise ValueError(f"expected a short name, got {excerpt(value)}")
+    return value
+
+
+def _whole(value: object, maximum: int) -> int:
+    """A JSON integer in 0..maximum: not a float, a bool or a string."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise ValueError(f"expected a whole number in 0..{maximum}, got {excerpt(value)}")
+    return value
+
+
+def _count(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 10:
+        raise ValueError(f"count {excerpt(text)}: expected a whole number")
+    count = int(text)
+    if count > MAX_COUNT:
+        raise ValueError(f"count {count}: at most {MAX_COUNT}")
+    return count
 
 
 def parse_json(doc: Any, *, source: str) -> tuple[dict[NatEndpoint, int], float | None]:
@@ -141,6 +181,8 @@ def parse_json(doc: Any, *, source: str) -> tuple[dict[NatEndpoint, int], float 
         when = doc.get("updatedAt", doc.get("updated_at"))
     if when is None:
         return counts, None
+    if isinstance(when, bool) or not isinstance(when, int | float | str):
+        raise InputError(f"updatedAt: expected a time, got {excerpt(when)}", source=source)
     return counts, parse_time(str(when), source=source)
 
 
@@ -175,6 +217,8 @@ def load_snapshot(spec: str, *, at: str | None = None) -> Snapshot:
         except json.JSONDecodeError as exc:
             raise InputError(f"not valid JSON: {exc.msg}", source=path_text,
                              line=exc.lineno) from None
+        except RecursionError:
+            raise InputError("not valid JSON: nested too deep", source=path_text) from None
         counts, doc_time = parse_json(doc, source=path_text)
         limit = limit_from_document(doc)
     elif stripped.startswith(TABLE_HEADER):

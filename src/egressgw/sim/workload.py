@@ -16,12 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from egressgw.config import parse_duration
+from egressgw.config import MAX_DURATION, parse_duration
 from egressgw.datapath.model.config import TCP_SYN_RETRIES
-from egressgw.errors import ConfigError, InputError
-from egressgw.net import Endpoint, IPAddress, Proto, parse_ip
+from egressgw.errors import ConfigError, InputError, excerpt
+from egressgw.net import Endpoint, IPAddress, Proto, parse_cidr, parse_ip
 from egressgw.sim.arrivals import (
     Arrivals,
     ConstantRate,
@@ -31,6 +29,7 @@ from egressgw.sim.arrivals import (
     RateProfile,
 )
 from egressgw.sim.distributions import Duration, DurationKind, EndKind, Ends
+from egressgw.yamlload import load_yaml_documents, read_text
 
 
 class SourcePorts:
@@ -43,6 +42,19 @@ class SourcePorts:
 
 EPHEMERAL_MIN = 32768
 EPHEMERAL_MAX = 60999
+
+# Bounds on what a workload may ask for, from what the simulator does on a 2-core machine
+# (about 400,000 connections/s, docs/performance.md); beyond them a run would take hours
+# or its address tables gigabytes. Each is an error naming the field (docs/reliability.md).
+MAX_RATE = 100_000.0  # new connections (or requests) per second, per client group
+MAX_CLIENTS = 1_000_000  # client addresses in one workload
+MAX_GROUPS = 1_000  # client groups in one workload
+MAX_DESTINATIONS = 10_000
+MAX_REQUESTS_PER_CONNECTION = 1_000_000
+MAX_SIGMA = 5.0  # lognormal shape: at 5 the mean is 270,000 times the median
+MIN_KEEPALIVE = 1.0  # seconds; Linux's tcp_keepalive_intvl is at least 1 s
+MAX_SHARE = 1e6  # weights and end shares are relative; larger numbers add nothing
+MAX_NAME_CHARS = 253
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,21 +157,39 @@ class _Fields:
     def sub(self, key: str) -> _Fields:
         return _Fields(self.required(key), self.name(key), self.source)
 
-    def positive_int(self, key: str) -> int:
+    def positive_int(self, key: str, maximum: int) -> int:
         value = self.required(key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise self.error(key, "must be a positive integer")
+        if value > maximum:
+            raise self.error(key, f"{excerpt(value)}: at most {maximum:,}")
         return value
 
-    def number(self, key: str, default: float | None = None, *, positive: bool = False) -> float:
+    def number(
+        self, key: str, default: float | None = None, *, positive: bool = False,
+        maximum: float = MAX_SHARE,
+    ) -> float:
         value = self.get(key, default)
         if value is None:
             raise self.error(key, "is required")
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error(key, f"must be a number, got {value!r}")
+            raise self.error(key, f"must be a number, got {excerpt(value)}")
         if not math.isfinite(value) or value < 0 or (positive and value == 0):
             raise self.error(key, f"must be a {'positive' if positive else 'non-negative'} number")
+        if value > maximum:
+            raise self.error(key, f"{excerpt(value)}: at most {maximum:g}")
         return float(value)
+
+    def text(self, key: str, default: str | None = None) -> str:
+        """A string field (a name, a choice): never another type formatted as text."""
+        value = self.get(key, default)
+        if value is None:
+            raise self.error(key, "is required")
+        if not isinstance(value, str):
+            raise self.error(key, f"must be a string, got {_kind(value)}")
+        if len(value) > MAX_NAME_CHARS:
+            raise self.error(key, f"{excerpt(value)}: at most {MAX_NAME_CHARS} characters")
+        return value
 
     def seconds(self, key: str, default: float | None = None, *, positive: bool = False) -> float:
         value = self.get(key, default)
@@ -183,12 +213,16 @@ class _Fields:
 
 
 def _kind(value: object) -> str:
-    return "nothing" if value is None else type(value).__name__
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool | int | float | str):
+        return f"{type(value).__name__} {excerpt(value)}"
+    return excerpt(value)
 
 
 def _seconds(value: object, where: _Fields, key: str, *, positive: bool = False) -> float:
     if isinstance(value, bool):
-        raise where.error(key, f"must be a duration such as 30s, got {value!r}")
+        raise where.error(key, f"must be a duration such as 30s, got {excerpt(value)}")
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
@@ -200,6 +234,8 @@ def _seconds(value: object, where: _Fields, key: str, *, positive: bool = False)
         raise where.error(key, f"must be a duration such as 30s, got {_kind(value)}")
     if not math.isfinite(seconds) or seconds < 0 or (positive and seconds == 0):
         raise where.error(key, f"must be a {'positive' if positive else 'non-negative'} duration")
+    if seconds > MAX_DURATION:
+        raise where.error(key, f"{seconds:g} s: at most {MAX_DURATION:.0f} s (366 days)")
     return seconds
 
 
@@ -208,36 +244,47 @@ _RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 def _rate(value: object, where: _Fields, key: str) -> float:
     """A rate: a number per second, or ``N/s``, ``N/m``, ``N/h``."""
+    expected = f"must be a rate such as 50 or 3000/m, got {excerpt(value)}"
     if isinstance(value, bool):
-        raise where.error(key, f"must be a rate such as 50 or 3000/m, got {value!r}")
+        raise where.error(key, expected)
     if isinstance(value, int | float):
         rate = float(value)
-    elif isinstance(value, str) and (m := re.fullmatch(r"\s*([\d.]+)\s*/\s*([smh])\s*", value)):
+    elif (
+        isinstance(value, str)
+        and len(value) <= 32
+        and (m := re.fullmatch(r"\s*([0-9.]+)\s*/\s*([smh])\s*", value))
+    ):
         try:
             rate = float(m[1]) / _RATE_UNITS[m[2]]
         except ValueError:
-            raise where.error(key, f"must be a rate such as 50 or 3000/m, got {value!r}") from None
+            raise where.error(key, expected) from None
     else:
-        raise where.error(key, f"must be a rate such as 50 or 3000/m, got {value!r}")
+        raise where.error(key, expected)
     if not math.isfinite(rate) or rate < 0:
         raise where.error(key, "must be a non-negative rate")
+    if rate > MAX_RATE:
+        raise where.error(
+            key, f"{rate:g}/s: at most {MAX_RATE:,.0f}/s per client group (docs/reliability.md)"
+        )
     return rate
 
 
 def _ip(value: object, where: _Fields, key: str) -> IPAddress:
+    if not isinstance(value, str):
+        raise where.error(key, f"must be an IP address as a string, got {_kind(value)}")
     try:
-        return parse_ip(str(value))
-    except ValueError:
-        raise where.error(key, f"{value!r} is not an IP address") from None
+        return parse_ip(value.strip())
+    except ValueError as exc:
+        raise where.error(key, f"invalid IP address {exc}") from None
 
 
 def _parse_arrivals(f: _Fields, per_connection: float) -> Arrivals:
     f.check_keys(["process", "rate", "ramp", "daily"])
-    process_name = str(f.get("process", Process.POISSON.value))
+    process_name = f.text("process", Process.POISSON.value)
     try:
         process = Process(process_name)
     except ValueError:
-        raise f.error("process", f"{process_name!r}: expected poisson or constant") from None
+        raise f.error("process", f"{excerpt(process_name)}: expected poisson or constant") from None
     shapes = [key for key in ("rate", "ramp", "daily") if f.has(key)]
     if len(shapes) != 1:
         raise InputError(
@@ -272,12 +319,12 @@ def _parse_duration(value: object, where: _Fields, key: str) -> Duration:
     if not isinstance(value, Mapping):
         return Duration(DurationKind.FIXED, _seconds(value, where, key))
     f = _Fields(value, where.name(key), where.source)
-    kind_name = str(f.required("distribution"))
+    kind_name = f.text("distribution")
     try:
         kind = DurationKind(kind_name)
     except ValueError:
         choices = ", ".join(k.value for k in DurationKind)
-        raise f.error("distribution", f"{kind_name!r}: expected one of {choices}") from None
+        raise f.error("distribution", f"{excerpt(kind_name)}: expected one of {choices}") from None
     if kind is DurationKind.FIXED:
         f.check_keys(["distribution", "value"])
         return Duration(kind, f.seconds("value"))
@@ -286,7 +333,8 @@ def _parse_duration(value: object, where: _Fields, key: str) -> Duration:
         return Duration(kind, f.seconds("mean", positive=True))
     if kind is DurationKind.LOGNORMAL:
         f.check_keys(["distribution", "median", "sigma"])
-        return Duration(kind, f.seconds("median", positive=True), f.number("sigma", 1.0))
+        sigma = f.number("sigma", 1.0, positive=True, maximum=MAX_SIGMA)
+        return Duration(kind, f.seconds("median", positive=True), sigma)
     f.check_keys(["distribution"])
     return Duration(kind)
 
@@ -296,7 +344,7 @@ def _parse_ends(value: object, where: _Fields, key: str) -> Ends:
     if isinstance(value, str):
         if value not in names:
             raise where.error(
-                key, f"{value!r}: expected fin, rst, rst_server, idle or a mapping of shares"
+                key, f"{excerpt(value)}: expected fin, rst, rst_server, idle or a mapping of shares"
             )
         return Ends(**{name: float(name == value) for name in names})
     f = _Fields(value, where.name(key), where.source)
@@ -314,16 +362,17 @@ def _parse_addresses(f: _Fields) -> tuple[IPAddress, ...]:
         addresses = f.ip_list("addresses")
         if not addresses:
             raise f.error("addresses", "must not be empty")
-        count = f.positive_int("count") if f.has("count") else len(addresses)
+        if len(addresses) > MAX_CLIENTS:
+            raise f.error("addresses", f"{len(addresses):,} addresses: at most {MAX_CLIENTS:,}")
+        count = f.positive_int("count", MAX_CLIENTS) if f.has("count") else len(addresses)
         if count != len(addresses):
             raise f.error("count", f"is {count} but {len(addresses)} addresses are listed")
         return addresses
-    count = f.positive_int("count")
-    cidr_text = str(f.required("cidr"))
+    count = f.positive_int("count", MAX_CLIENTS)
     try:
-        network = ipaddress.ip_network(cidr_text, strict=False)
-    except ValueError:
-        raise f.error("cidr", f"{cidr_text!r} is not a CIDR") from None
+        network = parse_cidr(f.text("cidr").strip())
+    except ValueError as exc:
+        raise f.error("cidr", f"invalid CIDR {exc}") from None
     usable = network.num_addresses - (2 if network.prefixlen < network.max_prefixlen - 1 else 0)
     if count > usable:
         raise f.error("count", f"{count} clients do not fit in {network} ({usable} addresses)")
@@ -333,8 +382,8 @@ def _parse_addresses(f: _Fields) -> tuple[IPAddress, ...]:
 
 def _parse_destination(f: _Fields) -> Destination:
     f.check_keys(["name", "address", "protocol", "weight"])
-    text = str(f.required("address"))
-    proto_text = str(f.get("protocol", "tcp"))
+    text = f.text("address").strip()
+    proto_text = f.text("protocol", "tcp")
     try:
         proto = Proto.parse(proto_text)
     except ValueError as exc:
@@ -342,7 +391,7 @@ def _parse_destination(f: _Fields) -> Destination:
     try:
         endpoint = Endpoint.parse(text)
     except ValueError:
-        raise f.error("address", f"{text!r}: expected IP:PORT (or IP for icmp)") from None
+        raise f.error("address", f"{excerpt(text)}: expected IP:PORT (or IP for icmp)") from None
     if proto.has_ports and endpoint.port == 0:
         raise f.error("address", f"{text!r}: {proto.label} needs a port, as in 10.2.0.0:8080")
     if not proto.has_ports and endpoint.port != 0:
@@ -350,7 +399,7 @@ def _parse_destination(f: _Fields) -> Destination:
     if (proto is Proto.ICMP) != (endpoint.ip.version == 4) and not proto.has_ports:
         raise f.error("protocol", f"{proto.label} does not match the address family of {text}")
     weight = f.number("weight", 1.0, positive=True)
-    return Destination(str(f.get("name", text)), endpoint.ip, endpoint.port, proto, weight)
+    return Destination(f.text("name", text), endpoint.ip, endpoint.port, proto, weight)
 
 
 _GROUP_KEYS = [
@@ -365,7 +414,9 @@ def _parse_group(
 ) -> ClientGroup:
     f.check_keys(_GROUP_KEYS)
     addresses = _parse_addresses(f)
-    per_connection = f.number("requests_per_connection", 1.0)
+    per_connection = f.number(
+        "requests_per_connection", 1.0, maximum=MAX_REQUESTS_PER_CONNECTION
+    )
     if per_connection < 1:
         raise f.error("requests_per_connection", "must be at least 1")
     arrivals = _parse_arrivals(f.sub("arrivals"), per_connection)
@@ -379,18 +430,23 @@ def _parse_group(
     if not isinstance(wanted, list) or not wanted:
         raise f.error("destinations", "must be a non-empty list of destination names")
     picked = []
+    if len(wanted) > MAX_DESTINATIONS:
+        raise f.error("destinations", f"{len(wanted):,} names: at most {MAX_DESTINATIONS:,}")
     for i, name in enumerate(wanted):
-        if str(name) not in by_name:
-            known = ", ".join(by_name)
-            raise f.error(f"destinations[{i}]", f"{name!r} is not a destination ({known})")
-        picked.append(by_name[str(name)])
+        if not isinstance(name, str) or name not in by_name:
+            known = ", ".join(list(by_name)[:10]) + (", ..." if len(by_name) > 10 else "")
+            raise f.error(f"destinations[{i}]", f"{excerpt(name)} is not a destination ({known})")
+        picked.append(by_name[name])
     for d in picked:
         family = destinations[d].ip.version
         if any(a.version != family for a in addresses):
             raise f.error("destinations", f"clients and {destinations[d].name} differ in family")
-    ports = str(f.get("source_ports", SourcePorts.SEQUENTIAL))
+    ports = f.text("source_ports", SourcePorts.SEQUENTIAL)
     if ports not in SourcePorts.CHOICES:
-        raise f.error("source_ports", f"{ports!r}: expected sequential or random")
+        raise f.error("source_ports", f"{excerpt(ports)}: expected sequential or random")
+    keepalive = f.seconds("keepalive", 0.0)
+    if 0 < keepalive < MIN_KEEPALIVE:
+        raise f.error("keepalive", f"{keepalive:g} s: 0 (none) or at least {MIN_KEEPALIVE:g} s")
     syn_retries = _retry_count(f, "syn_retries", TCP_SYN_RETRIES)
     udp_retries, udp_timeout = 0, 5.0
     if f.has("udp_retries"):
@@ -399,14 +455,14 @@ def _parse_group(
         udp_retries = _retry_count(u, "count", 0)
         udp_timeout = u.seconds("timeout", 5.0, positive=True)
     return ClientGroup(
-        name=str(f.get("name", f"clients[{index}]")),
+        name=f.text("name", f"clients[{index}]"),
         addresses=addresses,
         arrivals=arrivals,
         duration=duration,
         ends=ends,
         destinations=tuple(picked),
         egress_ips=f.ip_list("egress_ips"),
-        keepalive=f.seconds("keepalive", 0.0),
+        keepalive=keepalive,
         source_ports=ports,
         syn_retries=syn_retries,
         udp_retries=udp_retries,
@@ -417,14 +473,17 @@ def _parse_group(
 def _retry_count(f: _Fields, key: str, default: int) -> int:
     value = f.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
-        raise f.error(key, f"must be an integer from 0 to 255, got {value!r}")
+        raise f.error(key, f"must be an integer from 0 to 255, got {excerpt(value)}")
     return value
 
 
 def _parse_gateways(f: _Fields) -> dict[IPAddress, str]:
     owners: dict[IPAddress, str] = {}
     for node in f.data:
-        for ip in f.ip_list(str(node)):
+        if not isinstance(node, str) or len(node) > MAX_NAME_CHARS:
+            raise InputError(f"{excerpt(node)}: a gateway node name must be a short string",
+                             source=f.source, field=f.path)
+        for ip in f.ip_list(node):
             if ip in owners:
                 raise f.error(str(node), f"{ip} is already on gateway {owners[ip]}")
             owners[ip] = str(node)
@@ -443,6 +502,9 @@ def parse_workload(data: object, *, source: str, base_dir: Path | None = None) -
         items = f.required("destinations")
         if not isinstance(items, list):
             raise f.error("destinations", "must be a list")
+        if len(items) > MAX_DESTINATIONS:
+            raise f.error("destinations", f"{len(items):,} destinations: at most "
+                          f"{MAX_DESTINATIONS:,}")
         destinations = [
             _parse_destination(_Fields(item, f"destinations[{i}]", source))
             for i, item in enumerate(items)
@@ -450,7 +512,7 @@ def parse_workload(data: object, *, source: str, base_dir: Path | None = None) -
         names = [d.name for d in destinations]
         for i, name in enumerate(names):
             if names.index(name) != i:
-                raise f.error(f"destinations[{i}].name", f"{name!r} is used twice")
+                raise f.error(f"destinations[{i}].name", f"{excerpt(name)} is used twice")
     groups: list[ClientGroup] = []
     if f.has("clients"):
         items = f.required("clients")
@@ -458,15 +520,20 @@ def parse_workload(data: object, *, source: str, base_dir: Path | None = None) -
             raise f.error("clients", "must be a list")
         if not destinations:
             raise f.error("destinations", "is required when clients are given")
+        if len(items) > MAX_GROUPS:
+            raise f.error("clients", f"{len(items):,} client groups: at most {MAX_GROUPS:,}")
         groups = [
             _parse_group(_Fields(item, f"clients[{i}]", source), i, destinations)
             for i, item in enumerate(items)
         ]
+        clients = sum(group.count for group in groups)
+        if clients > MAX_CLIENTS:
+            raise f.error("clients", f"{clients:,} client addresses: at most {MAX_CLIENTS:,}")
     replay = None
     if f.has("replay"):
         r = f.sub("replay")
         r.check_keys(["file", "egress_ips"])
-        path = Path(str(r.required("file")))
+        path = Path(r.text("file"))
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         replay = ReplaySpec(path, r.ip_list("egress_ips"))
@@ -474,7 +541,7 @@ def parse_workload(data: object, *, source: str, base_dir: Path | None = None) -
         raise InputError("needs clients or replay (or both)", source=source)
     gateways = _parse_gateways(f.sub("gateways")) if f.has("gateways") else {}
     return Workload(
-        name=str(f.get("name", Path(source).stem)),
+        name=f.text("name", Path(source).stem),
         source=source,
         duration=f.seconds("duration", positive=True) if f.has("duration") else None,
         destinations=tuple(destinations),
@@ -489,15 +556,8 @@ def load_workload(path: str | Path) -> Workload:
     """Read and validate a workload YAML file."""
     path = Path(path)
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", source=source) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise InputError(f"not valid YAML: {getattr(exc, 'problem', exc)}",
-                         source=source, line=line) from None
+    documents = load_yaml_documents(read_text(path), source)
+    if len(documents) > 1:
+        raise InputError("expected one YAML document, found several", source=source)
+    data = documents[0] if documents else None
     return parse_workload(data, source=source, base_dir=path.parent)

@@ -28,7 +28,7 @@ import numpy.typing as npt
 from egressgw.datapath.kernel.netns import call_in
 from egressgw.errors import DatapathError
 from egressgw.limits import TAKEOVER_TCP_STATES as TAKEOVER_STATE_NAMES
-from egressgw.net import Family, NatEndpoint, Proto
+from egressgw.net import COUNTED_PROTOS, Family, NatEndpoint, Proto
 
 NETLINK_NETFILTER = 12
 NLMSG_ERROR = 2
@@ -84,10 +84,10 @@ _NLA = struct.Struct("=HH")
 _BE32 = struct.Struct(">I")
 _NFGEN = struct.Struct("=BBH")
 
-# The protocols nat-stats counts, per family (Cilium keeps the same ones).
-_COUNTED: dict[int, tuple[Proto, ...]] = {
-    socket.AF_INET: (Proto.TCP, Proto.UDP, Proto.ICMP),
-    socket.AF_INET6: (Proto.TCP, Proto.UDP, Proto.ICMPV6),
+# The protocols nat-stats counts, per address family (net.COUNTED_PROTOS).
+_COUNTED: dict[int, tuple[int, ...]] = {
+    socket.AF_INET: tuple(sorted(COUNTED_PROTOS[Family.IPV4])),
+    socket.AF_INET6: tuple(sorted(COUNTED_PROTOS[Family.IPV6])),
 }
 
 RECV_BATCH = 8 << 20  # bytes of messages gathered before numpy processes them
@@ -243,12 +243,7 @@ class ConntrackReader:
             for buffer, _used, offsets in self._dump(
                 IPCTNL_MSG_CT_GET_STATS_CPU, socket.AF_UNSPEC, b""
             ):
-                for offset in offsets.tolist():
-                    length = _NLMSG.unpack_from(buffer, offset)[0]
-                    for attr_type, start, end in _attrs(buffer, offset + 20, offset + length):
-                        name = STATS_CPU_COUNTERS.get(attr_type)
-                        if name is not None and end - start == 4:
-                            totals[name] += _BE32.unpack_from(buffer, start)[0]
+                _add_stats(buffer, offsets, totals)
         except _KernelRefused as exc:
             raise DatapathError(f"conntrack statistics: {os.strerror(exc.errno)}") from None
         return totals
@@ -310,6 +305,18 @@ class ConntrackReader:
             pass
         finally:
             self._sock.settimeout(RECV_TIMEOUT)
+
+
+def _add_stats(
+    buffer: bytearray, offsets: npt.NDArray[np.int64], totals: dict[str, int]
+) -> None:
+    """Add the counters of the per-CPU statistics messages at ``offsets`` to ``totals``."""
+    for offset in offsets.tolist():
+        length = _NLMSG.unpack_from(buffer, offset)[0]
+        for attr_type, start, end in _attrs(buffer, offset + 20, offset + length):
+            name = STATS_CPU_COUNTERS.get(attr_type)
+            if name is not None and end - start == 4:
+                totals[name] += _BE32.unpack_from(buffer, start)[0]
 
 
 class _KernelRefused(Exception):
@@ -546,14 +553,13 @@ def _count_batch(
     port_ok = (_u16(h, r + layout.port_hdr) == 6) & (
         _u16(h, r + layout.port_hdr + 2) == CTA_PROTO_SRC_PORT
     )
-    icmp = Proto.ICMP if family == socket.AF_INET else Proto.ICMPV6
     ok &= ~has_ports | port_ok
     width = layout.addr_len
     orig_src = _gather(a, o + 12, width)
     reply_src = _gather(a, r + 12, width)
     reply_dst = _gather(a, r + layout.dst_hdr + 4, width)
     masqueraded = np.any(orig_src != reply_dst, axis=1)
-    take = ok & masqueraded & (has_ports | (proto == icmp))
+    take = ok & masqueraded & np.isin(proto, _COUNTED[family])
     port = np.where(has_ports, a[r + layout.port_hdr + 4].astype(np.int64) * 256
                     + a[r + layout.port_hdr + 5], 0)
 

@@ -24,7 +24,7 @@ from egressgw.datapath.kernel.conntrack import (
 )
 from egressgw.datapath.kernel.netns import call_in
 from egressgw.errors import DatapathError
-from egressgw.net import IPAddress, Proto
+from egressgw.net import IPAddress, Proto, parse_ip
 
 IPCTNL_MSG_CT_NEW = 0
 NLM_F_CREATE = 0x400
@@ -175,8 +175,8 @@ def synthetic_entries(
     Pod addresses count up inside 192.0.2.0/24 (or 2001:db8:1::/64 for IPv6 remotes);
     each {egress IP, remote} tuple hands out distinct egress ports from 32768 up.
     """
-    egress = [ipaddress.ip_address(e) for e in egress_ips]
-    remote = [ipaddress.ip_address(r) for r in remotes]
+    egress = [parse_ip(e) for e in egress_ips]
+    remote = [parse_ip(r) for r in remotes]
     pods = {4: ipaddress.ip_address("192.0.2.0"), 6: ipaddress.ip_address("2001:db8:1::")}
     entries: list[SnatEntry] = []
     used: dict[tuple[int, int], int] = {}

@@ -22,11 +22,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from egressgw.config import NodePortRange
-from egressgw.errors import InputError
+from egressgw.errors import InputError, excerpt
 from egressgw.net import IPAddress, IPNetwork
 from egressgw.rules import EgressRule, RuleKind, precedence
 
@@ -48,48 +48,114 @@ class Element:
 
 def check_table_name(table: str) -> str:
     """A table name nft accepts without quoting (letters, digits, underscore)."""
-    if not TABLE_NAME.fullmatch(table):
+    if not isinstance(table, str) or not TABLE_NAME.fullmatch(table):
         raise InputError(
-            f"{table!r}: a table name is a letter then up to 31 letters, digits or '_'",
+            f"{excerpt(table)}: a table name is a letter then up to 31 letters, digits or '_'",
             field="table",
         )
     return table
 
 
 def _checked(rule: EgressRule, index: int) -> None:
-    """Re-validate every address through ipaddress (nft would try DNS on a bad literal)."""
+    """Accept only address objects without an IPv6 zone, of one family per rule.
+
+    Every address the script holds comes from a rule, and a rule's addresses must be
+    ``ipaddress`` objects, never text: a string (or an object whose ``str`` is arbitrary
+    text, like an IPv6 address with a zone) is refused here, and the script prints each
+    address from its integer value (:func:`nft_address`), so no input text can reach it.
+    """
 
     def bad(message: str) -> InputError:
-        return InputError(message, source=rule.policy or "rules", field=f"rule[{index}]")
+        return InputError(message, source=rule.policy[:200] or "rules", field=f"rule[{index}]")
 
-    try:
-        source = ipaddress.ip_address(str(rule.source_ip))
-        destination = ipaddress.ip_network(str(rule.destination), strict=True)
-        egress = None if rule.egress_ip is None else ipaddress.ip_address(str(rule.egress_ip))
-    except ValueError as exc:
-        raise bad(str(exc)) from None
+    if not isinstance(rule.source_ip, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        raise bad(f"source IP must be an address object, not {type(rule.source_ip).__name__}")
+    if not isinstance(rule.destination, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        raise bad(f"destination must be a network object, not {type(rule.destination).__name__}")
+    egress = rule.egress_ip
+    if egress is not None and not isinstance(egress, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        raise bad(f"egress IP must be an address object, not {type(egress).__name__}")
+    for what, address in (("source IP", rule.source_ip),
+                          ("destination", rule.destination.network_address),
+                          ("egress IP", egress)):
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+            raise bad(f"the {what} carries an IPv6 zone, which nft rules cannot hold")
+    if not isinstance(rule.kind, RuleKind):
+        raise bad(f"unknown rule kind {type(rule.kind).__name__}")
+    source, destination = rule.source_ip, rule.destination
     if source.version != destination.version:
-        raise bad(f"{source} and {destination} differ in family")
+        raise bad(f"{nft_address(source)} and {nft_network(destination)} differ in family")
     if rule.kind is RuleKind.MASQUERADE:
         if egress is None:
             raise bad("a masquerade rule needs an egress IP")
         if egress.version != source.version:
-            raise bad(f"egress IP {egress} is not of the family of {source}")
+            raise bad(f"egress IP {nft_address(egress)} is not of the family of "
+                      f"{nft_address(source)}")
 
 
-def _pieces(network: IPNetwork, inner: Iterable[IPNetwork]) -> list[IPNetwork]:
-    """``network`` minus every network in ``inner`` (each a strict subnet of it)."""
-    pieces: list[IPNetwork] = [network]
-    for hole in inner:
-        next_pieces: list[IPNetwork] = []
-        for piece in pieces:
-            if piece.subnet_of(hole):  # type: ignore[arg-type]
-                continue
-            if hole.subnet_of(piece):  # type: ignore[arg-type]
-                next_pieces.extend(piece.address_exclude(hole))  # type: ignore[arg-type]
-            else:
-                next_pieces.append(piece)
-        pieces = next_pieces
+def nft_address(ip: IPAddress) -> str:
+    """``ip`` as nft reads it, printed from its integer value (never from input text)."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return str(ipaddress.IPv4Address(int(ip)))
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Address(int(ip)))
+    raise TypeError(f"not an address object: {type(ip).__name__}")
+
+
+def nft_network(network: IPNetwork) -> str:
+    """``network`` as nft reads it: its address from its integer value, then the prefix."""
+    prefixlen = network.prefixlen
+    if not isinstance(prefixlen, int) or not 0 <= prefixlen <= network.max_prefixlen:
+        raise TypeError("not a network object")
+    return f"{nft_address(network.network_address)}/{prefixlen}"
+
+
+def _check_ports(ports: NodePortRange) -> None:
+    for value in (ports.nat_min, ports.nat_max):
+        if type(value) is not int or not 1 <= value <= 0xFFFF:
+            raise InputError("the NAT port range must be whole numbers in 1..65535",
+                             field="--node-port-range")
+
+
+def _maximal_inner(ordered: Sequence[IPNetwork], index: int) -> list[IPNetwork]:
+    """The largest networks strictly inside ``ordered[index]``, disjoint, in order.
+
+    ``ordered`` is sorted by (network address, prefix length), so every network inside
+    ``ordered[index]`` follows it directly (CIDRs either nest or are disjoint); the scan
+    stops at the first network past its end. The work is the number of networks inside.
+    """
+    outer = ordered[index]
+    end = int(outer.broadcast_address)
+    inner: list[IPNetwork] = []
+    last_end = -1
+    for position in range(index + 1, len(ordered)):  # no slice: that would copy the tail
+        other = ordered[position]
+        start = int(other.network_address)
+        if start > end:
+            break
+        if start > last_end:  # not inside the previous maximal one
+            inner.append(other)
+            last_end = int(other.broadcast_address)
+    return inner
+
+
+def _pieces(network: IPNetwork, holes: Sequence[IPNetwork]) -> list[IPNetwork]:
+    """``network`` minus ``holes`` (disjoint, sorted, inside it) as CIDRs.
+
+    The gaps between holes are summarized as address ranges, so the work grows with the
+    number of holes (times the address width), not with holes times pieces.
+    """
+    address = ipaddress.IPv4Address if network.version == 4 else ipaddress.IPv6Address
+    pieces: list[IPNetwork] = []
+    cursor = int(network.network_address)
+    for hole in holes:
+        start = int(hole.network_address)
+        if start > cursor:
+            pieces.extend(ipaddress.summarize_address_range(address(cursor), address(start - 1)))
+        cursor = int(hole.broadcast_address) + 1
+    end = int(network.broadcast_address)
+    if cursor <= end:
+        pieces.extend(ipaddress.summarize_address_range(address(cursor), address(end)))
     return pieces
 
 
@@ -99,6 +165,8 @@ def resolve_elements(rules: Sequence[EgressRule]) -> list[Element]:
     For each source, each destination CIDR keeps the part of it not covered by a more
     specific CIDR of the same source; equal CIDRs are settled by egressgw.rules.precedence
     (the resolver every datapath shares), so the result never depends on the input order.
+    Near-linear in the number of rules: destinations are sorted once per source, and each
+    one is cut only by the networks directly inside it.
     """
     winners: dict[IPAddress, dict[IPNetwork, EgressRule]] = defaultdict(dict)
     for index, rule in enumerate(rules):
@@ -116,14 +184,11 @@ def resolve_elements(rules: Sequence[EgressRule]) -> list[Element]:
 
     elements: list[Element] = []
     for source, destinations in by_source.items():
+        ordered = sorted(destinations, key=lambda n: (int(n.network_address), n.prefixlen))
         by_action: dict[Action, list[IPNetwork]] = defaultdict(list)
-        for destination, action in destinations.items():
-            inner = [
-                other
-                for other in destinations
-                if other != destination and other.subnet_of(destination)  # type: ignore[arg-type]
-            ]
-            by_action[action].extend(_pieces(destination, inner))
+        for index, destination in enumerate(ordered):
+            pieces = _pieces(destination, _maximal_inner(ordered, index))
+            by_action[destinations[destination]].extend(pieces)
         for (kind, egress), pieces in by_action.items():
             if kind is RuleKind.EXCLUDED:
                 continue  # a hole: neither masqueraded nor dropped
@@ -143,7 +208,7 @@ def _element_key(element: Element) -> tuple[int, int, int, int]:
 
 def snat_chain_name(egress_ip: IPAddress) -> str:
     """The chain that source-NATs to ``egress_ip``: ``snat4_203_0_113_10``."""
-    digits = str(egress_ip).replace(".", "_").replace(":", "_")
+    digits = nft_address(egress_ip).replace(".", "_").replace(":", "_")
     return f"snat{egress_ip.version}_{digits}"
 
 
@@ -183,7 +248,8 @@ def _failure_sets(version: int) -> list[str]:
 
 def _snat_chain(egress_ip: IPAddress, ports: NodePortRange) -> list[str]:
     family = "ip" if egress_ip.version == 4 else "ip6"
-    bracketed = str(egress_ip) if egress_ip.version == 4 else f"[{egress_ip}]"
+    text = nft_address(egress_ip)
+    bracketed = text if egress_ip.version == 4 else f"[{text}]"
     v = egress_ip.version
     key = _flow_key(v)
     return [
@@ -196,7 +262,7 @@ def _snat_chain(egress_ip: IPAddress, ports: NodePortRange) -> list[str]:
         f"\t\tmeta l4proto {{ tcp, udp }} snat {family} to "
         f"{bracketed}:{ports.nat_min}-{ports.nat_max}",
         # ICMP echo: the kernel rewrites the echo identifier when it must.
-        f"\t\tsnat {family} to {egress_ip}",
+        f"\t\tsnat {family} to {text}",
         "\t}",
     ]
 
@@ -209,7 +275,7 @@ def _map_block(name: str, version: int, elements: list[Element], *, verdicts: bo
     if elements:
         items = []
         for element in elements:
-            item = f"{element.source} . {element.destination}"
+            item = f"{nft_address(element.source)} . {nft_network(element.destination)}"
             if verdicts:
                 assert element.egress_ip is not None
                 item += f" : goto {snat_chain_name(element.egress_ip)}"
@@ -230,6 +296,7 @@ def render_ruleset(
     exists; the table is then declared in full. nft runs the script as one transaction.
     """
     check_table_name(table)
+    _check_ports(ports)
     elements = resolve_elements(rules)
     masq = {v: [e for e in elements if e.kind is RuleKind.MASQUERADE and e.source.version == v]
             for v in (4, 6)}

@@ -1,0 +1,185 @@
+"""``egressgw limits``: the occupancy at which new connections start being refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from egressgw.cli.options import node_port_range_option, output_option
+from egressgw.cli.outputs import check_output_path
+from egressgw.config import NodePortRange
+
+
+def curve_options(func: Any) -> Any:
+    """The flags that pick a refusal curve (shared by limits, alerts and forecast)."""
+    options = [
+        click.option("--cilium-version", type=click.Choice(["1.16", "1.17", "1.18"]),
+                     default="1.16", show_default=True,
+                     help="Port search: 1.16 mod clamp, 128 tries; 1.17 multiply clamp, "
+                          "128 tries; 1.18 multiply clamp, 32 tries."),
+        click.option("--source-ports", default="linux", show_default=True,
+                     metavar="linux|uniform|LOW-HIGH",
+                     help="The clients' source ports (Linux: 32768-60999)."),
+        click.option("--clients", type=int, default=400, show_default=True, metavar="N",
+                     help="Clients walking their source ports one by one (the workload "
+                          "default, sequential); 0: every port drawn at random."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def search_and_sources(cilium_version: str, node_port_range: NodePortRange,
+                       source_ports: str, clients: int) -> tuple[Any, Any]:
+    from egressgw.sim.refusal import PortSearch, SourcePorts  # noqa: PLC0415
+
+    search = PortSearch.for_version(cilium_version, node_port_range)
+    return search, SourcePorts.parse(source_ports).with_clients(clients)
+
+
+def workload_clients(path: Path) -> int:
+    """Clients that walk their ports one by one in a workload (0 when all draw at random).
+
+    A client's counter moves for every connection it makes, to any destination, so for
+    one tuple its ports are in order but not always adjacent: an approximation.
+    """
+    from egressgw.sim.workload import SourcePorts, load_workload  # noqa: PLC0415
+
+    workload = load_workload(path)
+    return sum(g.count for g in workload.groups if g.source_ports == SourcePorts.SEQUENTIAL)
+
+
+def _percent(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1%}"
+
+
+def limits_document(curves: Any, divisor: int) -> dict[str, Any]:
+    from egressgw.sim.refusal import CURVE_TEXT, RATES  # noqa: PLC0415
+
+    search = curves.growth.search
+    return {
+        "ciliumVersion": search.version,
+        "natPorts": [search.start, search.end],
+        "tries": search.retries,
+        "sourcePorts": [curves.growth.sources.low, curves.growth.sources.high],
+        "clients": curves.growth.sources.clients,
+        "divisor": divisor,
+        "ports": curves.uniform.ports,
+        "curves": {
+            name: {
+                "about": CURVE_TEXT[name],
+                "saturationAt": {f"{rate:g}": curve.saturation_at(rate) for rate in RATES},
+            }
+            for name, curve in curves.by_name().items()
+        },
+        # Each measured level: the share refused on each curve (bounds: Wilson 95%).
+        "points": [
+            {
+                "held": int(held),
+                "saturation": float(held) / divisor,
+                "growth": float(curves.growth.refused[i]),
+                "growthBounds": [float(curves.growth.low[i]), float(curves.growth.high[i])],
+                **_steady_point(curves, int(held)),
+                "uniform": float(curves.uniform.rate_at(float(held))),
+            }
+            for i, held in enumerate(curves.growth.held)
+        ],
+    }
+
+
+def _steady_point(curves: Any, held: int) -> dict[str, Any]:
+    steady = curves.steady
+    at = [i for i, h in enumerate(steady.held) if int(h) == held]
+    if not at:
+        return {"steady": None, "steadyBounds": None}
+    i = at[0]
+    return {"steady": float(steady.refused[i]),
+            "steadyBounds": [float(steady.low[i]), float(steady.high[i])]}
+
+
+def render_limits(curves: Any, divisor: int) -> str:
+    from egressgw.render.tabwriter import tabwrite  # noqa: PLC0415
+    from egressgw.sim.refusal import CURVE_TEXT, RATES, search_text  # noqa: PLC0415
+
+    g = curves.growth
+    lines = [
+        f"{search_text(g.search)}; {curves.uniform.ports} ports a connection can take; "
+        f"saturation divides by {divisor}.\n",
+        f"Clients' source ports: {g.sources}.\n",
+        "Saturation at which this share of new connections is refused:\n",
+    ]
+    rows = [["Refused", "growth", "steady", "uniform"]]
+    for rate in RATES:
+        rows.append([f"{rate * 100:g}%",
+                     *(_percent(c.saturation_at(rate)) for c in curves.by_name().values())])
+    lines.append(tabwrite(rows))
+    lines.append("\n")
+    lines += [f"  {name}: {text}\n" for name, text in CURVE_TEXT.items()]
+    lines.append("egressgw alerts uses the higher of growth and steady at each occupancy; "
+                 "forecast the steady one (--curve).\n")
+    return "".join(lines)
+
+
+@click.command(
+    "limits",
+    epilog="""\b
+Examples:
+  egressgw limits
+  egressgw limits --cilium-version 1.18 --node-port-range 30000,32767
+  egressgw limits --clients 0 -o json           # clients with random source ports
+  egressgw limits --plot refusal.png""",
+)
+@curve_options
+@node_port_range_option()
+@output_option("table", "json", "yaml")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), metavar="FILE.png",
+              help="Also draw the curves: refused share against saturation.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the measured curves.")
+@click.option("--workload", "workload_path", type=click.Path(path_type=Path),
+              metavar="WORKLOAD.yaml",
+              help="Take the clients from a workload: its sequential clients (random "
+                   "ones draw every port); instead of --clients.")
+def limits_command(
+    *,
+    cilium_version: str,
+    source_ports: str,
+    clients: int,
+    workload_path: Path | None,
+    node_port_range: NodePortRange,
+    output: str,
+    plot_path: Path | None,
+    seed: int,
+) -> None:
+    """The share of new connections refused as a tuple fills, and where it reaches
+    0.01%, 0.1%, 1% and 10%.
+
+    \b
+    nat.h tries a bounded walk of ports per new connection (the client's own port when
+    it is in the NAT range, then a random start and +1 steps), so connections are
+    refused while ports are still free. Three curves: "uniform" is exact for ports taken
+    at random; "growth" and "steady" run the same search on a tuple as it fills up and
+    as it stays full, where taken ports form runs the walk cannot cross.
+    """
+    from egressgw.render.documents import dump_document  # noqa: PLC0415
+    from egressgw.sim.refusal import compute_curves  # noqa: PLC0415
+
+    if plot_path is not None:
+        check_output_path(plot_path, (".png",), field="--plot")
+    if workload_path is not None:
+        clients = workload_clients(workload_path)
+    search, sources = search_and_sources(cilium_version, node_port_range, source_ports, clients)
+    divisor = node_port_range.cilium_saturation_divisor
+    curves = compute_curves(search, sources, divisor, seed=seed)
+    if output == "table":
+        click.echo(render_limits(curves, divisor), nl=False)
+    else:
+        click.echo(dump_document(limits_document(curves, divisor), output), nl=False)
+    if plot_path is not None:
+        from egressgw.sim.plot import plot_refusal  # noqa: PLC0415
+
+        plot_refusal(curves, plot_path)
+        if output == "table":
+            click.echo(f"Plot: {plot_path}")

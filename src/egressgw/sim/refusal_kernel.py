@@ -1,0 +1,127 @@
+"""The compiled inner loops of the refusal curve: nat.h's port search on a bitmap.
+
+numba compiles these (cached on disk). The arithmetic is ``__snat_clamp_port_range``:
+``mul`` false is v1.16's ``(v % (u16)(end - start)) + start``, true is v1.17's
+``start + (((u32)v * (end - start + 1)) >> 16)``; the walk passes ``(u16)(port + 1)``.
+numba types these functions when it compiles them, so mypy leaves this file alone.
+"""
+# ruff: noqa: ANN001, ANN201, PLR0917
+# mypy: ignore-errors
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def seed(seed: int) -> None:
+    np.random.seed(seed)
+
+
+@njit(cache=True)
+def attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, advance=True) -> int:
+    """One new connection: the port it gets, or -1 (refused).
+
+    ``nxt`` holds each client's next source port offset (sequential clients, as
+    egressgw's workload generator walks them); empty: every port drawn at random.
+    """
+    span = (end - start) & 0xFFFF
+    if len(nxt):
+        c = np.random.randint(0, len(nxt))
+        sport = sport_lo + nxt[c] % (sport_hi - sport_lo + 1)
+        if advance:
+            nxt[c] += 1
+    else:
+        sport = np.random.randint(sport_lo, sport_hi + 1)
+    if start <= sport <= end:
+        port = sport
+    else:
+        r = np.random.randint(0, 65536)
+        port = (start + ((r * (end - start + 1)) >> 16)) if mul else (r % span + start)
+    for attempt in range(retries):
+        if not taken[port]:
+            return port
+        v = np.random.randint(0, 65536) if attempt == 0 else (port + 1) & 0xFFFF
+        port = (start + ((v * (end - start + 1)) >> 16)) if mul else (v % span + start)
+        port &= 0xFFFF
+    return -1
+
+
+@njit(cache=True)
+def steady(taken, held, count, levels, warm, steps, start, end, mul, retries,
+            sport_lo, sport_hi, nxt, fifo, out):
+    """Hold the tuple at each level in turn; count refusals over ``steps`` attempts."""
+    n = count
+    for li in range(len(levels)):
+        k = levels[li]
+        # Grow to k (new connections only), then churn until the runs settle.
+        guard = 0
+        while n < k and guard < 1000 * k + 1000:
+            guard += 1
+            port = attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt)
+            if port >= 0:
+                taken[port] = True
+                held[n] = port
+                n += 1
+        if n < k:
+            out[li] = -1
+            continue
+        refused = 0
+        for phase in range(2):
+            budget = warm if phase == 0 else steps
+            done = 0
+            tries = 0
+            while done < budget and tries < 20 * budget + 1000:
+                tries += 1
+                port = attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt)
+                if phase == 0:
+                    if port < 0:
+                        continue
+                    done += 1
+                else:
+                    done += 1
+                    if port < 0:
+                        refused += 1
+                        continue
+                # The new connection holds a port; one of the k + 1 ends: the oldest
+                # (fifo, connections of equal length) or a random one (exponential).
+                taken[port] = True
+                if fifo:
+                    # held is a ring in arrival order: oldest at held[n + 1 - ...]; keep
+                    # it as a queue by shifting the start index kept in held[-1].
+                    h = held[len(held) - 1]
+                    taken[held[h]] = False
+                    held[h] = port
+                    held[len(held) - 1] = (h + 1) % n
+                else:
+                    held[n] = port
+                    j = np.random.randint(0, n + 1)
+                    taken[held[j]] = False
+                    held[j] = held[n]
+        out[li] = refused
+    return n
+
+
+@njit(cache=True)
+def growth(taken, levels, steps, start, end, mul, retries,
+            sport_lo, sport_hi, nxt, out):
+    """Fill the tuple with new connections only; at each level probe ``steps`` times."""
+    n = 0
+    for li in range(len(levels)):
+        k = levels[li]
+        guard = 0
+        while n < k and guard < 1000 * k + 1000:
+            guard += 1
+            port = attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt)
+            if port >= 0:
+                taken[port] = True
+                n += 1
+        if n < k:
+            out[li] = -1
+            continue
+        refused = 0
+        for _ in range(steps):
+            if attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, False) < 0:
+                refused += 1
+        out[li] = refused
