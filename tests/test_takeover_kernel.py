@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -87,7 +88,13 @@ def test_64_time_wait_entries_do_not_saturate_64_ports(
     closed = lab.load(f"{SERVER4}:443", 64, parallel=1, timeout=2)
     assert closed.succeeded == 64
     limit = netfilter_rule_limit(node_port_range=PORTS_64)
+    # The last connections' entries may still be passing FIN_WAIT/LAST_ACK on their way to
+    # TIME_WAIT when the client returns: wait (bounded) for the kernel to settle them.
+    deadline = time.monotonic() + 10
     counts, reusable = datapath.endpoint_usage()
+    while sum(reusable.values()) < 64 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        counts, reusable = datapath.endpoint_usage()
     stats = compute_nat_stats(counts, limit=limit, reusable=reusable)
     (top,) = stats.rows
     assert (top.count, top.reusable) == (64, 64)
