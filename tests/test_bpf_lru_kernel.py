@@ -18,13 +18,18 @@ from collections.abc import Iterator
 import pytest
 
 from egressgw.datapath.bpf.progrun import (
-    BPF_F_NO_COMMON_LRU,
     XDP_PASS,
     BpfProgram,
     update_errno,
     xdp_lookup_program,
 )
-from egressgw.datapath.bpf.syscall import BPF_NOEXIST, MAP_TYPE_LRU_HASH, BpfMap, possible_cpus
+from egressgw.datapath.bpf.syscall import (
+    BPF_F_NO_COMMON_LRU,
+    BPF_NOEXIST,
+    MAP_TYPE_LRU_HASH,
+    BpfMap,
+    possible_cpus,
+)
 from egressgw.datapath.model.bpflru import BpfLruHash
 
 pytestmark = pytest.mark.kernel

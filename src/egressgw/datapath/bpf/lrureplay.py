@@ -22,12 +22,17 @@ from typing import Any
 import numpy as np
 
 from egressgw.datapath.bpf.progrun import (
-    BPF_F_NO_COMMON_LRU,
     XDP_PASS,
     update_errno,
     xdp_lookup_program,
 )
-from egressgw.datapath.bpf.syscall import BPF_NOEXIST, MAP_TYPE_LRU_HASH, BpfMap, possible_cpus
+from egressgw.datapath.bpf.syscall import (
+    BPF_F_NO_COMMON_LRU,
+    BPF_NOEXIST,
+    MAP_TYPE_LRU_HASH,
+    BpfMap,
+    possible_cpus,
+)
 from egressgw.datapath.model import ConnectionBatch, EndKind, ModelConfig, ModelDatapath
 from egressgw.datapath.model.reference import ReferenceModel
 

@@ -16,15 +16,21 @@ import os
 import struct
 from collections.abc import Sequence
 
-from egressgw.datapath.bpf.syscall import BPF_ANY, BpfMap, _addr, _bpf, _MapElem
+from egressgw.datapath.bpf.syscall import (
+    BPF_ANY,
+    MAP_UPDATE_ELEM,
+    PROG_TEST_RUN,
+    BpfMap,
+    _addr,
+    _bpf,
+    _MapElem,
+    _TestRun,
+)
 from egressgw.errors import DatapathError
 
-# enum bpf_cmd, enum bpf_prog_type
+# enum bpf_cmd, enum bpf_prog_type (the rest of the vocabulary is syscall.py's)
 PROG_LOAD = 5
-PROG_TEST_RUN = 10
 PROG_TYPE_XDP = 6
-BPF_F_NO_COMMON_LRU = 1 << 1
-MAP_UPDATE_ELEM = 2
 
 XDP_DROP = 1
 XDP_PASS = 2
@@ -59,26 +65,6 @@ class _ProgLoad(ctypes.Structure):
         ("prog_name", ctypes.c_char * 16),
         ("prog_ifindex", ctypes.c_uint32),
         ("expected_attach_type", ctypes.c_uint32),
-    )
-
-
-class _TestRun(ctypes.Structure):
-    _fields_ = (
-        ("prog_fd", ctypes.c_uint32),
-        ("retval", ctypes.c_uint32),
-        ("data_size_in", ctypes.c_uint32),
-        ("data_size_out", ctypes.c_uint32),
-        ("data_in", ctypes.c_uint64),
-        ("data_out", ctypes.c_uint64),
-        ("repeat", ctypes.c_uint32),
-        ("duration", ctypes.c_uint32),
-        ("ctx_size_in", ctypes.c_uint32),
-        ("ctx_size_out", ctypes.c_uint32),
-        ("ctx_in", ctypes.c_uint64),
-        ("ctx_out", ctypes.c_uint64),
-        ("flags", ctypes.c_uint32),
-        ("cpu", ctypes.c_uint32),
-        ("batch_size", ctypes.c_uint32),
     )
 
 

@@ -321,6 +321,14 @@ class _TestRun(ctypes.Structure):
         ("data_out", ctypes.c_uint64),
         ("repeat", ctypes.c_uint32),
         ("duration", ctypes.c_uint32),
+        # The rest of union bpf_attr's test-run struct (progrun.py runs on a chosen CPU).
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_uint64),
+        ("ctx_out", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
     )
 
 
