@@ -51,6 +51,21 @@ def plot_saturation(
     axes[-1, 0].set_xlabel("virtual time (minutes)")
     if title:
         figure.suptitle(title)
+    return _save(figure, path)
+
+
+# Counter per interval -> (legend text, colour).
+_EVENTS = {
+    "refused": ("connections refused", "tab:red"),
+    "evictions": ("NAT entries evicted", "tab:purple"),
+    "broken": ("connections broken", "tab:brown"),
+}
+
+
+def _save(figure: Any, path: str | Path) -> Path:
+    """Write ``figure`` as a PNG and close it; a write error names the file."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - only when a plot is drawn
+
     figure.tight_layout()
     out = Path(path)
     try:
@@ -60,14 +75,6 @@ def plot_saturation(
     finally:
         plt.close(figure)
     return out
-
-
-# Counter per interval -> (legend text, colour).
-_EVENTS = {
-    "refused": ("connections refused", "tab:red"),
-    "evictions": ("NAT entries evicted", "tab:purple"),
-    "broken": ("connections broken", "tab:brown"),
-}
 
 
 def _tuple_colours(results: Sequence[SimulationResult], top: int) -> dict[NatEndpoint, Any]:
@@ -170,12 +177,4 @@ def plot_refusal(curves: Any, path: str | Path) -> Path:
     ax.set_title(f"{search_text(g.search)}\nclients' source ports {g.sources}", fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(True, which="major", alpha=0.3)
-    figure.tight_layout()
-    out = Path(path)
-    try:
-        figure.savefig(out, dpi=100)
-    except OSError as exc:
-        raise InputError(f"cannot write the plot: {exc.strerror}", source=str(out)) from None
-    finally:
-        plt.close(figure)
-    return out
+    return _save(figure, path)
