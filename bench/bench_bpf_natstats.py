@@ -7,7 +7,7 @@ entries, spread over 64 remote endpoints and 4 egress IPs), checks that the nat-
 times, alternating, the pass in this process against `bpftool -j map dump id N` (what an
 operator would otherwise read the map with; its JSON is not even parsed here).
 
-    .venv/bin/python bench/bench_bpf_natstats.py [--connections 262144] [--repeat 5]
+    .venv/bin/python bench/bench_bpf_natstats.py [--connections 262144] [--repeat 5] [--quick]
 
 Needs root. No program is loaded and no pin is made; the map goes with the process.
 """
@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from benchutil import format_load, load_average, spread
 from egressgw.datapath.bpf import layout
 from egressgw.datapath.bpf.natmap import endpoint_counts, read_nat_map
 from egressgw.datapath.bpf.syscall import MAP_TYPE_LRU_HASH, BpfMap
@@ -55,7 +56,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--connections", type=int, default=262144)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="8,192 connections, one run each")
     args = parser.parse_args()
+    if args.quick:
+        args.connections, args.repeat = 8192, 1
+    load_before = load_average()
     entries = 2 * args.connections
     nat_map = BpfMap.create("bench_snat_v4", MAP_TYPE_LRU_HASH, layout.KEY4.itemsize,
                             layout.VALUE4.itemsize, max_entries=entries)
@@ -76,10 +81,9 @@ def main() -> None:
                            stdout=subprocess.DEVNULL, check=True)
             tool.append(time.perf_counter() - t0)
         m_ours, m_tool = statistics.median(ours), statistics.median(tool)
-        print(f"nat-stats pass (batch lookups + count): median {m_ours:.3f} s "
-              f"(range {min(ours):.3f}-{max(ours):.3f})")
-        print(f"bpftool -j map dump:                    median {m_tool:.3f} s "
-              f"(range {min(tool):.3f}-{max(tool):.3f})")
+        print(f"nat-stats pass (batch lookups + count): {spread(ours, '.3f', ' s')}")
+        print(f"bpftool -j map dump:                    {spread(tool, '.3f', ' s')}")
+        print(format_load(load_before, load_average()))
         print(f"ratio nat-stats / bpftool: {m_ours / m_tool:.3f}")
     finally:
         nat_map.close()

@@ -6,6 +6,7 @@ pod to a server (``lab load``, ``--parallel`` in flight, each closed after the g
 Prints connections per second per run (median and range) and the ratio BPF / nftables.
 
     .venv/bin/python bench/bench_bpf_snat.py [--connections 2000] [--parallel 64] [--repeat 3]
+        [--quick]
 
 Needs root, nft, conntrack, clang and bpftool. Removes the lab and the pins afterwards.
 """
@@ -19,6 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
+from benchutil import format_load, load_average, spread
 from egressgw.config import NodePortRange
 from egressgw.datapath.bpf import BpfDatapath, BpfSettings
 from egressgw.lab import lab_rules
@@ -30,7 +32,11 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--parallel", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="100 connections, one run each")
     args = parser.parse_args()
+    if args.quick:
+        args.connections, args.parallel, args.repeat = 100, 16, 1
+    load_before = load_average()
     ports = NodePortRange()
     rates: dict[str, list[float]] = {"nftables": [], "bpf": []}
     with built_lab() as lab:
@@ -60,8 +66,8 @@ def main() -> None:
                 print(f"{kind:9} {r.succeeded} connections in {r.seconds:.2f} s: "
                       f"{r.succeeded / r.seconds:.0f}/s", flush=True)
     for kind, values in rates.items():
-        print(f"{kind:9} median {statistics.median(values):.0f}/s "
-              f"(range {min(values):.0f}-{max(values):.0f})")
+        print(f"{kind:9} {spread(values, unit='/s')}")
+    print(format_load(load_before, load_average()))
     ratio = statistics.median(rates["bpf"]) / statistics.median(rates["nftables"])
     print(f"ratio bpf / nftables: {ratio:.2f}")
 

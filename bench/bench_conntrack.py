@@ -16,7 +16,7 @@ and after, and the ratio nat-stats / conntrack -L of the medians (goal: <= 1.0).
 root. nf_conntrack_max is global (only settable from the root namespace); it is raised
 for the run and restored.
 
-    .venv/bin/python bench/bench_conntrack.py [--entries 524288] [--repeat 5]
+    .venv/bin/python bench/bench_conntrack.py [--entries 524288] [--repeat 5] [--quick]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchutil import egressgw_command, format_load, load_average
 from egressgw.datapath.kernel.conntrack import IPCTNL_MSG_CT_GET, ConntrackReader
 from egressgw.datapath.kernel.ctfill import fill, synthetic_entries
 
@@ -75,7 +76,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--entries", type=int, default=524288)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="5,000 entries, one run each")
     args = parser.parse_args()
+    if args.quick:
+        args.entries, args.repeat = 5_000, 1
     if os.geteuid() != 0:
         sys.exit("bench_conntrack needs root (network namespaces, conntrack)")
 
@@ -95,7 +99,7 @@ def main() -> None:
 
         created = args.entries - refused
         netns_exec = ["ip", "netns", "exec", netns]
-        egressgw = str(Path(sys.executable).with_name("egressgw"))
+        egressgw = " ".join(egressgw_command())
         commands = {
             "conntrack -L": [*netns_exec, "conntrack", "-L"],
             "nat-stats pass": [*netns_exec, sys.executable, "-c", NAT_STATS_PASS, str(created)],
@@ -104,14 +108,14 @@ def main() -> None:
         }
         walls: dict[str, list[float]] = {name: [] for name in commands}
         cpus: dict[str, list[float]] = {name: [] for name in commands}
-        load_before = os.getloadavg()
+        load_before = load_average()
         for i in range(args.repeat):
             order = list(commands.items())
             for name, command in order if i % 2 == 0 else reversed(order):
                 wall, cpu = run_timed(command)
                 walls[name].append(wall)
                 cpus[name].append(cpu)
-        load_after = os.getloadavg()
+        load_after = load_average()
         with ConntrackReader(netns) as reader:
             def kernel_only() -> None:
                 for _batch in reader._dump(IPCTNL_MSG_CT_GET, 2, b""):
@@ -125,8 +129,7 @@ def main() -> None:
                   f"cpu median {statistics.median(cpus[name]):6.3f} s")
         print(f"{'dump only':15s} wall median {statistics.median(dump_only):6.3f} s "
               f"range {min(dump_only):6.3f}-{max(dump_only):6.3f} s (in-process, IPv4)")
-        print(f"load average (1, 5, 15 min) before {' '.join(f'{x:.2f}' for x in load_before)}"
-              f", after {' '.join(f'{x:.2f}' for x in load_after)}, on {os.cpu_count()} CPUs")
+        print(format_load(load_before, load_after))
         base = statistics.median(walls["conntrack -L"])
         print(f"ratio nat-stats pass / conntrack -L (medians): "
               f"{statistics.median(walls['nat-stats pass']) / base:.2f}; "

@@ -7,18 +7,18 @@ Prints seconds per stage for each N and the ratio of the time per CIDR at the la
 the time per CIDR at the smallest: about 1 means linear (it was about 5 from 5,000 to
 20,000 CIDRs when a list membership test deduplicated the CIDRs).
 
-    .venv/bin/python bench/bench_egress_scale.py [--sizes 10000 100000]
+    .venv/bin/python bench/bench_egress_scale.py [--sizes 10000 100000] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import tempfile
 import time
 from pathlib import Path
 
+from benchutil import format_load, load_average
 from egressgw.config import NodePortRange
 from egressgw.datapath.kernel.ruleset import render_ruleset
 from egressgw.policy import compile_policies, load_inventory, load_policies, rules_for_gateway
@@ -72,8 +72,11 @@ def run(n: int, directory: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--quick", action="store_true", help="200 and 2,000 CIDRs")
     args = parser.parse_args()
-    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    if args.quick:
+        args.sizes = [200, 2_000]
+    load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         results = {n: run(n, Path(tmp)) for n in args.sizes}
     small, large = min(results), max(results)
@@ -82,7 +85,7 @@ def main() -> None:
         per_large = results[large][stage] / large
         print(f"{stage:>12}: time per CIDR at {large:,} / at {small:,} = "
               f"{per_large / per_small:.2f}")
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    print(format_load(load_before, load_average()))
 
 
 if __name__ == "__main__":

@@ -2,15 +2,21 @@
 
 A. Allocation under pressure: one {egress IP, remote IP, remote port} tuple 95% full and
    the NAT map (default 524288 entries) at capacity, so every new connection's inserts
-   evict. Each step opens a connection to the hot tuple (random source port: a random
-   draw, then the nat.h walk over a 95%-full range), retires the oldest hot connection
-   (its CT entry and NAT mapping deleted, as the GC does for an expired one) to keep the
-   tuple at 95%, and opens a connection to a fresh filler tuple to bring the map back to
-   capacity. Reported: hot connections opened per second (each step = 2 opens, 1 retire).
+   evict. Each step, at ``--rate`` steps per second of virtual time, searches a port for
+   a new connection to the hot tuple (a random draw, then the nat.h walk over a 95%-full
+   range). When the search succeeds, the step retires a hot connection (its CT entry and
+   NAT mapping deleted, as the GC does for an expired one: A1 the one just opened, A2 the
+   oldest) to keep the tuple at 95%, and opens a connection to a fresh filler tuple to
+   bring the map back to capacity. GC runs as in the kernel's own run(): the periodic
+   pass when due, and the pass a nat_fill_up signal wakes (muted while a pass runs).
+   Reported separately: steps/s (one search each), successful hot opens/s, successful
+   opens/s (hot + filler) and the fraction of failed searches, median and range.
 B. Simulation throughput: a 10,000,000-connection workload run through ``run()`` in 30 s
    slices, as the simulator drives it (closes, keepalives, CT expiry and GC inside).
 
-Usage: .venv/bin/python bench/bench_model.py [--quick]
+Memory per connection is measured by bench/bench_memory.py.
+
+Usage: .venv/bin/python bench/bench_model.py [--repeat 3] [--rate 10000] [--quick]
 """
 
 from __future__ import annotations
@@ -18,11 +24,15 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import random
+import statistics
+import sys
 import time
 
 import numpy as np
 from numba import njit
 
+from benchutil import format_load, load_average, spread
+from egressgw.config import NodePortRange
 from egressgw.datapath.model import ConnectionBatch, ModelConfig, ModelDatapath
 from egressgw.datapath.model import kernel as k
 from egressgw.datapath.model.compiled import CompiledModel
@@ -83,15 +93,18 @@ class Pressure:
 # Not cached: numba's cache of a caller is keyed by its own file only, so a cached _churn
 # would keep running the kernel functions it was compiled against after kernel.py changes.
 @njit(cache=False, _nrt=False)
-def _churn(SC, T, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, oldest, pos):  # noqa: PLR0917
-    """Scenario A's loop in the kernel from step pos[0]; returns (opened, dropped).
+def _churn(SC, T, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, oldest, pos,  # noqa: PLR0917
+           now0, dt, out):
+    """Scenario A's loop in the kernel from step pos[0], step i at virtual time now0 + i*dt.
 
-    Stops early (pos[0] < steps) when the NAT entry pool needs to grow.
+    As the kernel's own run() does between operations: a periodic CT GC pass when one is
+    due, and after each packet ``after_operation``, which runs the pass a nat_fill_up
+    signal woke (gc.go, muted while a pass runs). Adds to ``out``: [hot opens, failed
+    searches, filler opens]. Stops early (pos[0] < steps) when the NAT entry pool needs
+    to grow.
     """
     CR, CF, CB, NR, NB = T
-    st = SC[0]
-    opened = 0
-    dropped = 0
+    st, fs = SC[0], SC[1]
     head = pos[1]
     tail = pos[2]
     while tail < fifo.shape[0] and fifo[tail] >= 0:
@@ -99,28 +112,49 @@ def _churn(SC, T, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, olde
     for i in range(pos[0], src.shape[0]):
         if st[k.S_NAT_NFREE] < 2:
             pos[0], pos[1], pos[2] = i, head, tail
-            return opened, dropped
+            return
+        now = now0 + i * dt
+        fs[k.F_NOW] = now
+        if fs[k.F_NEXT_GC] <= now:
+            k.gc(SC, CR, CF, CB, NR, NB, 3, False)
+            k.after_operation(SC, CR, CF, CB, NR, NB)
         o, _p, drop, _b, _r = k.forward(
             SC, CR, CF, CB, NR, NB, src[i], sport[i], hot_dst, 443, 6, egress, 0
         )
+        k.after_operation(SC, CR, CF, CB, NR, NB)
         if drop:
-            dropped += 1
+            out[1] += 1
             continue
-        opened += 1
+        out[0] += 1
         if oldest:
             fifo[tail] = o
             tail += 1
             o = fifo[head]
             head += 1
         k.ct_delete(SC[0], SC[4], CR, CB, NR, NB, o)
-        k.forward(SC, CR, CF, CB, NR, NB, f_src, f_sport[i], f_dst[i], 443, 6, egress, 0)
+        _o, _p, drop, _b, _r = k.forward(
+            SC, CR, CF, CB, NR, NB, f_src, f_sport[i], f_dst[i], 443, 6, egress, 0
+        )
+        k.after_operation(SC, CR, CF, CB, NR, NB)
+        if not drop:
+            out[2] += 1
     pos[0] = src.shape[0]
-    return opened, dropped
+
+
+def _summary(steps: int, elapsed: float, opened: int, failed: int, filler: int) -> dict[str, float]:
+    """Steps and successful opens per second, kept apart: a step whose hot search fails
+    opens nothing (and retires nothing)."""
+    return {
+        "steps_per_s": steps / elapsed,
+        "hot_opens_per_s": opened / elapsed,
+        "all_opens_per_s": (opened + filler) / elapsed,
+        "failed_fraction": failed / steps,
+    }
 
 
 def pressure_compiled(
-    config: ModelConfig, steps: int, oldest: bool
-) -> tuple[float, dict[str, float]]:
+    config: ModelConfig, steps: int, oldest: bool, rate: float
+) -> dict[str, float]:
     dp = ModelDatapath(config, random.Random(7))
     fx = Pressure(dp, config, steps)
     dp.run(fx.prefill, 1.0)
@@ -133,58 +167,51 @@ def pressure_compiled(
         (model.cr[:, k.R_DST] == fx.hot_dst) & (model.cr[:, k.R_MISC] & k.CF_CT != 0)
     )
     fifo[: len(hot)] = hot
-    evictions_before = model.cnt[k.K_EVICT_IN] + model.cnt[k.K_EVICT_OUT]
+    before = dp.counters
     state = model._load_rng()
     empty = np.zeros(0, np.uint32)
+    out = np.zeros(3, np.int64)
     _churn(
-        model._sc(),
-        model._tables(),
-        empty,
-        empty.astype(np.uint16),
-        fx.hot_dst,
-        empty,
-        empty.astype(np.uint16),
-        fx.filler_pod,
-        fx.egress,
-        fifo,
-        oldest,
-        np.zeros(3, np.int64),
+        model._sc(), model._tables(), empty, empty.astype(np.uint16), fx.hot_dst, empty,
+        empty.astype(np.uint16), fx.filler_pod, fx.egress, fifo, oldest, np.zeros(3, np.int64),
+        1.0, 1.0 / rate, out,
     )  # compile
     pos = np.zeros(3, np.int64)
-    opened = dropped = 0
     t0 = time.perf_counter()
     while pos[0] < steps:  # growing the NAT entry pool when it runs short, as run() does
         if model.st[k.S_NAT_NFREE] < 2:
             model._make_room(k.NEED_NAT)
-        more_opened, more_dropped = _churn(
+        _churn(
             model._sc(), model._tables(), fx.new_src, fx.new_sport, fx.hot_dst,
             fx.next_filler_dst, fx.next_filler_sport, fx.filler_pod, fx.egress, fifo, oldest,
-            pos,
+            pos, 1.0, 1.0 / rate, out,
         )  # fmt: skip
-        opened += more_opened
-        dropped += more_dropped
     elapsed = time.perf_counter() - t0
     model._store_rng(state)
-    evictions = int(model.cnt[k.K_EVICT_IN] + model.cnt[k.K_EVICT_OUT] - evictions_before)
+    after = dp.counters
+    opened, failed, filler = (int(x) for x in out)
+    evictions = (after.evictions_in + after.evictions_out
+                 - before.evictions_in - before.evictions_out)
     hot_in = sum(n for key, n in model.in_endpoint_counts().items() if key[3] == fx.hot_dst)
-    tries = model.tries
+    tries = after.tries - before.tries
     mean_tries = float((tries * np.arange(len(tries))).sum() / max(1, tries.sum()))
-    return steps / elapsed, {
-        "opened": opened,
-        "dropped": dropped,
-        "evictions_per_open": evictions / max(1, opened),
+    return {
+        **_summary(steps, elapsed, opened, failed, filler),
+        "hot_opened": opened,
+        "failed_searches": failed,
+        "signals": after.signals - before.signals,
+        "gc_passes": after.gc_runs - before.gc_runs,
+        "evictions_per_open": evictions / max(1, opened + filler),
         "hot_occupancy": hot_in / (config.port_max - config.port_min),
         "map_entries": int(model.st[k.S_COUNT]),
         "mean_retries": mean_tries,
-        # Arrays held (with doubling headroom) per connection with a CT entry.
-        "bytes_per_tracked_conn": model.memory_bytes() / model.tracked_connections,
-        # The same when the arrays are full: a record, an IN row, and a slot in each index.
-        "bytes_per_conn_full_arrays": model.bytes_per_connection_full(),
-        "tracked": model.tracked_connections,
     }
 
 
-def pressure_reference(config: ModelConfig, steps: int, oldest: bool) -> float:
+def pressure_reference(
+    config: ModelConfig, steps: int, oldest: bool, rate: float
+) -> dict[str, float]:
+    """Scenario A in the reference engine, step for step as ``_churn`` (GC included)."""
     dp = ModelDatapath(config, random.Random(7), engine="reference")
     fx = Pressure(dp, config, steps)
     dp.run(fx.prefill, 1.0)
@@ -194,12 +221,18 @@ def pressure_reference(config: ModelConfig, steps: int, oldest: bool) -> float:
     head = 0
     src, sport = fx.new_src.tolist(), fx.new_sport.tolist()
     f_dst, f_sport = fx.next_filler_dst.tolist(), fx.next_filler_sport.tolist()
-    opened = 0
+    opened = failed = filler = 0
     t0 = time.perf_counter()
     for i in range(steps):
+        ref.now = 1.0 + i / rate
+        if ref.next_gc <= ref.now:
+            ref.gc()
+            ref._after_operation()
         key = (src[i], sport[i], fx.hot_dst, 443, 6)
         _port, drop, _broken, _retries = ref._forward(key, fx.egress, 0)
+        ref._after_operation()
         if drop:
+            failed += 1
             continue
         opened += 1
         if oldest:
@@ -207,8 +240,12 @@ def pressure_reference(config: ModelConfig, steps: int, oldest: bool) -> float:
             key = fifo[head]
             head += 1
         ref.ct_delete(key)
-        ref._forward((fx.filler_pod, f_sport[i], f_dst[i], 443, 6), fx.egress, 0)
-    return steps / (time.perf_counter() - t0)
+        _port, drop, _broken, _retries = ref._forward(
+            (fx.filler_pod, f_sport[i], f_dst[i], 443, 6), fx.egress, 0
+        )
+        ref._after_operation()
+        filler += not drop
+    return _summary(steps, time.perf_counter() - t0, opened, failed, filler)
 
 
 def workload_slices(dp: ModelDatapath, total: int, rate: float, seed: int, stress: bool):
@@ -260,55 +297,104 @@ def simulate(engine: str, total: int, rate: float, stress: bool) -> tuple[float,
     return done / busy, dp
 
 
+def _print_pressure(title: str, runs: dict[str, list[dict[str, float]]], steps: int,
+                    ref_steps: int) -> None:
+    print(title)
+    for engine, n in (("compiled", steps), ("reference", ref_steps)):
+        rows = runs[engine]
+        print(f"   {engine:9}  {n:,} steps")
+        print(f"      steps/s (one hot search each):        "
+              f"{spread([r['steps_per_s'] for r in rows])}")
+        print(f"      successful hot opens/s:               "
+              f"{spread([r['hot_opens_per_s'] for r in rows])}")
+        print(f"      successful opens/s (hot + filler):    "
+              f"{spread([r['all_opens_per_s'] for r in rows])}")
+        print(f"      failed hot searches:                  "
+              f"{spread([r['failed_fraction'] for r in rows], '.2%')}")
+    last = runs["compiled"][-1]
+    for key in ("signals", "gc_passes", "evictions_per_open", "hot_occupancy", "map_entries",
+                "mean_retries"):
+        value = last[key]
+        text = f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"
+        print(f"   compiled, last run: {key}: {text}")
+    ratio = (statistics.median(r["steps_per_s"] for r in runs["compiled"])
+             / statistics.median(r["steps_per_s"] for r in runs["reference"]))
+    print(f"   ratio compiled / reference, steps/s (medians): {ratio:.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small NAT map and port range, few steps, one round (a smoke run)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds, engines alternating")
+    parser.add_argument("--rate", type=float, default=10_000.0,
+                        help="scenario A's steps per second of virtual time (paces the GC)")
     args = parser.parse_args()
-    steps, ref_steps = (50_000, 5_000) if args.quick else (200_000, 20_000)
-    total, ref_total = (1_000_000, 30_000) if args.quick else (10_000_000, 120_000)
+    if args.quick:  # a 4,535-port NAT range, so the fillers outnumber the hot tuple
+        config = ModelConfig(node_port_range=NodePortRange(30000, 61000),
+                             bpf_nat_global_max=65536)
+        steps, ref_steps, total, ref_total, repeat = 10_000, 1_000, 50_000, 5_000, 1
+    else:
+        config = ModelConfig()
+        steps, ref_steps, total, ref_total = 200_000, 20_000, 10_000_000, 120_000
+        repeat = args.repeat
+    if steps / args.rate >= config.ct_timeout_syn:
+        # Hot connections opened in the loop would expire and be collected while the FIFO
+        # of scenario A2 still holds their records.
+        sys.exit(f"--rate {args.rate:g}: {steps:,} steps must take less than "
+                 f"{config.ct_timeout_syn:g} s of virtual time")
+    load_before = load_average()
 
     t0 = time.perf_counter()
     tiny = ModelDatapath(ModelConfig(), random.Random(1))
     tiny.run(ConnectionBatch.empty(), 1.0)
-    _churn_ready = time.perf_counter() - t0
-    print(f"kernel load (compile on first run, then from cache): {_churn_ready:.1f} s")
+    print(f"kernel load (compile on first run, then from cache): {time.perf_counter() - t0:.1f} s")
+    print(f"scenario A: NAT map {config.bpf_nat_global_max:,} entries, {args.rate:,.0f} steps "
+          "per virtual second; GC passes as the kernel's run() makes them (periodic, and "
+          "woken by nat_fill_up)")
 
-    config = ModelConfig()
     for oldest, title in (
         (False, "A1. one tuple 95% full (uniform), NAT map at capacity, retire the newest"),
         (True, "A2. the same, retire the oldest (occupancy clusters along the walk)"),
     ):
-        rate, info = pressure_compiled(config, steps, oldest)
-        base = pressure_reference(config, ref_steps, oldest)
-        print(title)
-        print(f"   compiled:  {rate:12,.0f} hot connection opens/s  ({steps:,} steps)")
-        print(f"   reference: {base:12,.0f} hot connection opens/s  ({ref_steps:,} steps)")
-        print(f"   ratio:     {rate / base:12.1f}x")
-        for key, value in info.items():
-            text = f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"
-            print(f"   {key}: {text}")
+        runs: dict[str, list[dict[str, float]]] = {"compiled": [], "reference": []}
+        for round_ in range(repeat):
+            engines = ["compiled", "reference"] if round_ % 2 == 0 else ["reference", "compiled"]
+            for engine in engines:
+                if engine == "compiled":
+                    runs[engine].append(pressure_compiled(config, steps, oldest, args.rate))
+                else:
+                    runs[engine].append(pressure_reference(config, ref_steps, oldest, args.rate))
+        _print_pressure(title, runs, steps, ref_steps)
 
     for stress, sim_rate in ((False, 10_000.0), (True, 20_000.0)):
-        fast, dp = simulate("compiled", total, sim_rate, stress)
-        fast_prefix, _ = simulate("compiled", ref_total, sim_rate, stress)
-        slow, _ = simulate("reference", ref_total, sim_rate, stress)
+        fast: list[float] = []
+        fast_prefix: list[float] = []
+        slow: list[float] = []
+        for _ in range(repeat):
+            rate, dp = simulate("compiled", total, sim_rate, stress)
+            fast.append(rate)
+            fast_prefix.append(simulate("compiled", ref_total, sim_rate, stress)[0])
+            slow.append(simulate("reference", ref_total, sim_rate, stress)[0])
         counters = dp.counters
         model = dp._engine
         assert isinstance(model, CompiledModel)
         name = "B2. stress" if stress else "B1. typical"
-        print(f"{name} workload through run(), {sim_rate:,.0f} connections per virtual second")
-        print(f"   compiled:  {fast:12,.0f} simulated connections/s ({total:,} connections)")
-        print(f"   compiled:  {fast_prefix:12,.0f} simulated connections/s (first {ref_total:,})")
-        print(f"   reference: {slow:12,.0f} simulated connections/s (first {ref_total:,})")
-        print(f"   ratio on the same prefix: {fast_prefix / slow:.1f}x")
-        tracked = max(1, model.tracked_connections)
+        print(f"{name} workload through run(), {sim_rate:,.0f} connections per virtual second "
+              "(time in run() only)")
+        print(f"   compiled:  {spread(fast, unit='/s')} ({total:,} connections)")
+        print(f"   compiled:  {spread(fast_prefix, unit='/s')} (first {ref_total:,})")
+        print(f"   reference: {spread(slow, unit='/s')} (first {ref_total:,})")
+        print(f"   ratio on the same prefix (medians): "
+              f"{statistics.median(fast_prefix) / statistics.median(slow):.1f}x")
         evictions = counters.evictions_in + counters.evictions_out
         print(
-            f"   drops={counters.drops} evictions={evictions:,}"
+            f"   last run: drops={sum(counters.drops.values()):,} evictions={evictions:,}"
             f" broken={counters.broken:,} signals={counters.signals:,}"
-            f" gc_runs={counters.gc_runs} tracked={tracked:,}"
-            f" bytes/tracked={model.memory_bytes() / tracked:.0f}"
+            f" gc_runs={counters.gc_runs} tracked={model.tracked_connections:,}"
         )
+    print("memory per connection: bench/bench_memory.py (measured, not summed from row sizes)")
+    print(format_load(load_before, load_average()))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
+from benchutil import format_load, load_average
 from egressgw.sim.simulate import SimSettings, simulate
 from egressgw.sim.workload import load_workload
 
@@ -43,6 +44,7 @@ def main() -> None:
     repeat = 1 if args.quick else args.repeat
     duration = 120.0 if args.quick else None
     cpu_seconds(args.workload, "cilium", 30.0)  # compile the Cilium model first
+    load_before = load_average()
     medians = {}
     for model in ("cilium", "netfilter"):
         runs = [cpu_seconds(args.workload, model, duration) for _ in range(repeat)]
@@ -52,6 +54,7 @@ def main() -> None:
         print(f"{model:9}  {connections} connections  CPU {medians[model]:.2f} s "
               f"(range {min(times):.2f}..{max(times):.2f}, {repeat} runs)  "
               f"{connections / medians[model]:,.0f} connections per CPU second")
+    print(format_load(load_before, load_average()))
     print(f"netfilter / cilium CPU time: {medians['netfilter'] / medians['cilium']:.1f}x")
 
 

@@ -1,33 +1,43 @@
-"""Simulated connections per second on a 10,000,000-connection workload, and the demo.
+"""Simulated connections per second on a 10,000,000-connection workload, what bounds it,
+and the demo.
 
-Three measurements, side by side in one run:
+Measured side by side in one run, ``--repeat`` rounds alternating:
 
 1. generation alone: the workload's connections drawn into numpy columns, window by
    window, without a datapath (the simulator's own share of the work);
 2. ``simulate``: the same workload through the compiled model datapath with a nat-stats
    pass every 30 s of virtual time (goal: at least 1,000,000 connections/s on one core);
-3. the baseline: the model's per-connection Python API (``connect`` then ``close``, one
-   call per packet) on a slice of the same connections.
+3. ``simulate`` again with its public calls timed from outside (bench/simtiming.py):
+   generation, the batch columns, the compiled kernel's ``run`` calls alone (event
+   processing, CT GC passes included), the engine's Python around them (random state,
+   array growth), the nat-stats passes (the kernel's count, then Python) and the rest of
+   the driver. The instrumented total is printed next to the plain one so the timers'
+   own cost shows;
+4. the baseline: the model's per-connection Python API (``connect`` then ``close``, one
+   call per packet) on a slice of the same connections, with the share of its time spent
+   copying the random state into and out of the compiled engine.
 
-Prints connections/s for each and the ratio simulate / baseline. Then times
-``egressgw demo`` as a subprocess (interpreter start-up and numba compilation included;
-the goal is under a minute).
+Prints connections/s (median and range over the rounds), the breakdown of the median
+instrumented run, the load average before and after, and the ratio simulate / baseline.
+Then times ``egressgw demo`` as a subprocess (interpreter start-up and numba compilation
+included; the goal is under a minute).
 
-    .venv/bin/python bench/bench_sim.py [--connections 10000000] [--baseline 50000]
+    .venv/bin/python bench/bench_sim.py [--connections 10000000] [--baseline 20000]
+        [--repeat 3] [--no-demo] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
+from benchutil import egressgw_command, format_load, load_average, spread
 from egressgw.datapath.model import EndKind, ModelConfig, ModelDatapath
 from egressgw.net import Endpoint, FiveTuple, Proto
 from egressgw.sim.flows import AddressBook
@@ -35,6 +45,7 @@ from egressgw.sim.generate import WorkloadFlows
 from egressgw.sim.routing import route_workload
 from egressgw.sim.simulate import SimSettings, simulate
 from egressgw.sim.workload import Workload, parse_workload
+from simtiming import Breakdown, RandomStateTimer
 
 RATE = 10_000.0  # new connections per second of virtual time
 
@@ -69,18 +80,27 @@ def time_generation(workload: Workload, duration: float) -> tuple[int, float]:
 
 def time_simulate(workload: Workload, duration: float) -> tuple[int, float, str]:
     settings = SimSettings(duration=duration, seed=0)
-    simulate(workload, SimSettings(duration=1.0))  # compile outside the timing
     start = time.perf_counter()
     result = simulate(workload, settings, progress=False)
     elapsed = time.perf_counter() - start
     t = result.totals
-    note = (f"established {t.established}, refused {t.refused}, evictions {t.evictions}, "
-            f"peak saturation {result.peak_saturation:.1%}, {len(result.intervals)} passes")
+    note = (f"established {t.established:,}, refused {t.refused:,}, "
+            f"evictions {t.evictions:,}, gc passes {t.gc_runs}, "
+            f"peak saturation {result.peak_saturation:.1%}, "
+            f"{len(result.intervals)} nat-stats passes")
     return t.attempted, elapsed, note
 
 
-def time_per_connection_api(workload: Workload, count: int) -> tuple[int, float]:
-    """The same kind of connections through connect/close, one Python call per packet."""
+def time_simulate_breakdown(workload: Workload, duration: float) -> tuple[int, Breakdown]:
+    settings = SimSettings(duration=duration, seed=0)
+    with Breakdown() as breakdown:
+        result = simulate(workload, settings, progress=False)
+    return result.totals.attempted, breakdown
+
+
+def time_per_connection_api(workload: Workload, count: int) -> tuple[int, float, float]:
+    """The same kind of connections through connect/close, one Python call per packet:
+    (connections, seconds, seconds copying the random state in and out)."""
     routes = route_workload(workload)
     book = AddressBook()
     flows = WorkloadFlows(workload, routes, book, np.random.default_rng(1)).window(
@@ -89,25 +109,25 @@ def time_per_connection_api(workload: Workload, count: int) -> tuple[int, float]
     datapath = ModelDatapath(ModelConfig(), random.Random(0))
     datapath.advance(0.0)
     n = len(flows)
-    start = time.perf_counter()
-    for i in range(n):
-        tup = FiveTuple(
-            Proto.TCP,
-            Endpoint(book.ips[flows.src[i]], int(flows.sport[i])),
-            Endpoint(book.ips[flows.dst[i]], int(flows.dport[i])),
-        )
-        egress = routes.egress.ips[int(flows.egress[i])]
-        datapath.connect(tup, egress)
-        datapath.close(tup, EndKind.FIN)
-    return n, time.perf_counter() - start
+    with RandomStateTimer() as rng_timer:
+        start = time.perf_counter()
+        for i in range(n):
+            tup = FiveTuple(
+                Proto.TCP,
+                Endpoint(book.ips[flows.src[i]], int(flows.sport[i])),
+                Endpoint(book.ips[flows.dst[i]], int(flows.dport[i])),
+            )
+            egress = routes.egress.ips[int(flows.egress[i])]
+            datapath.connect(tup, egress)
+            datapath.close(tup, EndKind.FIN)
+        elapsed = time.perf_counter() - start
+    return n, elapsed, rng_timer.seconds
 
 
 def time_demo() -> float:
-    script = Path(sys.executable).with_name("egressgw")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "egressgw.cli"]
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        subprocess.run([*command, "demo", "--quiet", "--out", out], check=True,
+        subprocess.run([*egressgw_command(), "demo", "--quiet", "--out", out], check=True,
                        stdout=subprocess.DEVNULL)
         return time.perf_counter() - start
 
@@ -115,25 +135,60 @@ def time_demo() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=10_000_000)
-    parser.add_argument("--baseline", type=int, default=50_000,
+    parser.add_argument("--baseline", type=int, default=20_000,
                         help="connections for the per-connection API baseline")
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-demo", action="store_true")
+    parser.add_argument("--quick", action="store_true",
+                        help="one round of 200,000 connections, baseline 2,000, no demo")
     args = parser.parse_args()
+    if args.quick:
+        args.connections, args.baseline, args.repeat, args.no_demo = 200_000, 2_000, 1, True
     workload = bench_workload()
     duration = args.connections / RATE
+    simulate(workload, SimSettings(duration=1.0), progress=False)  # compile outside timing
 
-    n_gen, t_gen = time_generation(workload, duration)
-    print(f"generation:            {n_gen:>11,} connections in {t_gen:7.2f}s = "
-          f"{n_gen / t_gen:>12,.0f}/s")
-    n_api, t_api = time_per_connection_api(workload, args.baseline)
-    api_rate = n_api / t_api
-    print(f"baseline (per call):   {n_api:>11,} connections in {t_api:7.2f}s = "
-          f"{api_rate:>12,.0f}/s")
-    n_sim, t_sim, note = time_simulate(workload, duration)
-    sim_rate = n_sim / t_sim
-    print(f"simulate:              {n_sim:>11,} connections in {t_sim:7.2f}s = "
-          f"{sim_rate:>12,.0f}/s  ({note})")
-    print(f"ratio simulate / per-connection API: {sim_rate / api_rate:.1f}x")
+    gen: list[float] = []
+    api: list[float] = []
+    api_rng: list[float] = []
+    sim: list[float] = []
+    timed: list[tuple[float, Breakdown]] = []
+    n_gen = n_api = n_sim = 0
+    note = ""
+    load_before = load_average()
+    for round_ in range(args.repeat):
+        print(f"round {round_ + 1} of {args.repeat}", flush=True)
+        n_gen, t_gen = time_generation(workload, duration)
+        gen.append(n_gen / t_gen)
+        n_api, t_api, t_rng = time_per_connection_api(workload, args.baseline)
+        api.append(n_api / t_api)
+        api_rng.append(t_rng / t_api)
+        # The plain and the timed run alternate which goes first.
+        for timed_run in (False, True) if round_ % 2 == 0 else (True, False):
+            if timed_run:
+                n_timed, breakdown = time_simulate_breakdown(workload, duration)
+                timed.append((n_timed / breakdown.total, breakdown))
+            else:
+                n_sim, t_sim, note = time_simulate(workload, duration)
+                sim.append(n_sim / t_sim)
+    load_after = load_average()
+
+    print(f"generation:          {n_gen:>11,} connections, {spread(gen, unit='/s')}")
+    print(f"baseline (per call): {n_api:>11,} connections, {spread(api, unit='/s')}; "
+          f"copying the random state in and out: {spread(api_rng, '.0%')} of its time")
+    print(f"simulate:            {n_sim:>11,} connections, {spread(sim, unit='/s')}")
+    print(f"   {note}")
+    print(f"simulate, timed:     {n_sim:>11,} connections, "
+          f"{spread([rate for rate, _ in timed], unit='/s')}")
+    rate, breakdown = sorted(timed, key=lambda pair: pair[0])[len(timed) // 2]
+    print(f"where simulate's time goes (the median timed run, {breakdown.total:.2f} s, "
+          f"{rate:,.0f}/s):")
+    for line in breakdown.report(n_sim):
+        print(f"   {line}")
+    print(format_load(load_before, load_after))
+    sim_rate = statistics.median(sim)
+    api_rate = statistics.median(api)
+    print(f"ratio simulate / per-connection API (medians): {sim_rate / api_rate:.1f}x")
     print(f"goal 1,000,000/s: {'met' if sim_rate >= 1e6 else 'not met'} "
           f"({sim_rate / 1e6:.2f} of it)")
     if not args.no_demo:

@@ -10,7 +10,10 @@ carries measured numbers:
 3. the model before Cilium's CT state and GC pacing (commit 5cf04a8), for comparison,
    is measured by running this script on that commit's tree (figures in docs/model.md).
 
-    .venv/bin/python bench/model_effects.py [--seeds 3]
+    .venv/bin/python bench/model_effects.py [--seeds 3] [--quick]
+
+``--quick``: one seed, gc_pass_seconds 0 and 1 only, the demo scaled to a tenth (its
+rates, ports and maps: ``demo_settings``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from benchutil import format_load, load_average
 from egressgw.sim.demo import demo_settings, demo_workload
 from egressgw.sim.simulate import simulate
 
@@ -25,20 +29,25 @@ from egressgw.sim.simulate import simulate
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="a smoke run (see above)")
     args = parser.parse_args()
-    workload = demo_workload()
+    scale, passes, seeds = (0.1, (0.0, 1.0), 1) if args.quick else (1.0, (0.0, 1.0, 5.0),
+                                                                     args.seeds)
+    load_before = load_average()
+    workload = demo_workload(scale)
     print("gc_pass_seconds  seed  refused  never  dropped  evicted  broken  gc_runs  signals")
-    for gc_pass in (0.0, 1.0, 5.0):
-        for seed in range(args.seeds):
-            settings = replace(demo_settings(1.0, seed), gc_pass_seconds=gc_pass)
+    for gc_pass in passes:
+        for seed in range(seeds):
+            settings = replace(demo_settings(scale, seed), gc_pass_seconds=gc_pass)
             t = simulate(workload, settings, progress=False).totals
             print(f"{gc_pass:15.0f}  {seed:4d}  {t.refused:7d}  {t.connect_failed:5d}  "
                   f"{t.dropped:7d}  {t.evictions:7d}  {t.broken:6d}  {t.gc_runs:7d}  "
                   f"{t.signals:7d}")
-    settings = demo_settings(1.0, 0)
+    settings = demo_settings(scale, 0)
     t = simulate(workload, settings, progress=False).totals
     print(f"CT entries at most (connections attempted): {t.attempted} of "
           f"--bpf-ct-global-tcp-max {settings.bpf_ct_global_tcp_max}")
+    print(format_load(load_before, load_average()))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,174 @@
+"""Every benchmark in bench/ runs in its quick mode and prints its ratio line.
+
+A smoke run, not a measurement: each benchmark runs as a subprocess with small sizes,
+must exit 0 and print the line its figures are read from (the structure is checked, never
+a timing: speed is measured only in bench/). Benchmarks that need root, network
+namespaces or BPF run in CI (root) and skip elsewhere, saying why.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+from benchutil import egressgw_command  # noqa: E402
+
+# Modules in bench/ that are imported by the benchmarks, not run.
+HELPERS = {"benchutil.py", "simtiming.py"}
+NUMBER = r"[\d,]+(?:\.\d+)?"
+
+
+@dataclass(frozen=True)
+class Smoke:
+    script: str
+    args: tuple[str, ...]
+    lines: tuple[str, ...]  # regexes, each must match a line of the output
+    needs: tuple[str, ...] = ()  # "root", or tools that must be on PATH
+
+
+SMOKES = (
+    Smoke("bench_model.py", ("--quick",), (
+        rf"successful hot opens/s: +median {NUMBER}",
+        rf"failed hot searches: +median {NUMBER}%",
+        rf"compiled, last run: gc_passes: {NUMBER}",
+        rf"ratio compiled / reference, steps/s \(medians\): {NUMBER}x",
+        rf"B1\. typical .*\n.*compiled: +median {NUMBER}/s",
+        r"load average \(1, 5, 15 min\): before",
+    )),
+    Smoke("bench_sim.py", ("--quick",), (
+        rf"simulate: +{NUMBER} connections, median {NUMBER}/s",
+        rf"kernel run\(\) calls alone +{NUMBER} s +{NUMBER}%",
+        rf"driver rest \(simulate's loop\) +-?{NUMBER} s",
+        rf"ratio simulate / per-connection API \(medians\): {NUMBER}x",
+        r"load average \(1, 5, 15 min\): before",
+    )),
+    Smoke("bench_memory.py", ("--quick",), (
+        rf"held +N= *20,000: .*\n +tracemalloc +{NUMBER} MB: per open connection median "
+        rf"{NUMBER} B",
+        r"churn +N= *20,000: .*\n +tracemalloc",
+        rf"ratio churn / held, bytes per open connection \(tracemalloc\): N=20,000 {NUMBER}",
+        r"load average \(1, 5, 15 min\): before",
+    )),
+    Smoke("sim_cpu.py", ("--quick",), (
+        rf"cpu {NUMBER}s wall {NUMBER}s connections \d+ cpu-rate {NUMBER}/s",
+        r"load average \(1, 5, 15 min\): before",
+    )),
+    Smoke("model_effects.py", ("--quick",), (
+        r"gc_pass_seconds +seed +refused",
+        r"CT entries at most \(connections attempted\): \d+ of --bpf-ct-global-tcp-max \d+",
+        r"load average \(1, 5, 15 min\): before",
+    )),
+    Smoke("bench_netfilter.py", ("--quick",), (
+        rf"netfilter / cilium CPU time: {NUMBER}x",
+        r"load average \(1, 5, 15 min\): before",
+    )),
+    Smoke("bench_egress_scale.py", ("--quick",), (
+        rf"total: time per CIDR at {NUMBER} / at {NUMBER} = {NUMBER}",
+        r"load average \(1, 5, 15 min\): before",
+    )),
+    Smoke("bench_install.py", ("--quick",), (
+        rf"size core/full: {NUMBER}; start-up core/full: {NUMBER}",
+        r"load average \(1, 5, 15 min\): before",
+    )),
+    Smoke("bench_natstats_dump.py", ("--lines", "20000", "--repeat", "1"), (
+        r"same counts: \d+ endpoints",
+        rf"ratio egressgw/awk: wall median {NUMBER}, wall best {NUMBER}, cpu {NUMBER}",
+        r"load average",
+    )),
+    Smoke("bench_agent_http.py", ("--clients", "4", "--seconds", "1", "--slow", "8",
+                                  "--slow-seconds", "1"), (
+        rf"p99 loaded / idle: {NUMBER}x",
+        rf"/healthz p99 with slow clients / idle p99: {NUMBER}x",
+        r"load average after",
+    )),
+    Smoke("bench_conntrack.py", ("--quick",), (
+        rf"ratio nat-stats pass / conntrack -L \(medians\): {NUMBER}",
+        r"load average \(1, 5, 15 min\): before",
+    ), needs=("root", "ip", "conntrack")),
+    Smoke("bench_bpf_natstats.py", ("--quick",), (
+        r"nat-stats counts \d+ connections",
+        rf"ratio nat-stats / bpftool: {NUMBER}",
+        r"load average \(1, 5, 15 min\): before",
+    ), needs=("root", "bpftool")),
+    Smoke("bench_bpf_snat.py", ("--quick",), (
+        rf"ratio bpf / nftables: {NUMBER}",
+        r"load average \(1, 5, 15 min\): before",
+    ), needs=("root", "ip", "nft", "conntrack", "clang", "bpftool")),
+    Smoke("bench_agent_kill9.py", ("--rounds", "2", "--cidrs", "50", "--max-delay", "200"), (
+        r"2 kill -9 rounds: \d+ old ruleset, \d+ new, 0 neither",
+    ), needs=("root", "ip", "nft")),
+)
+
+
+def test_every_benchmark_has_a_smoke_run() -> None:
+    scripts = {path.name for path in BENCH.glob("*.py")} - HELPERS
+    assert scripts == {smoke.script for smoke in SMOKES}
+
+
+def _missing(needs: tuple[str, ...]) -> str | None:
+    if "root" in needs and os.geteuid() != 0:
+        return "needs root (network namespaces, BPF maps)"
+    tools = [tool for tool in needs if tool != "root" and shutil.which(tool) is None]
+    return f"needs {', '.join(tools)} on PATH" if tools else None
+
+
+def _run(smoke: Smoke) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(BENCH / smoke.script), *smoke.args],
+        check=False, capture_output=True, text=True, timeout=240, cwd=BENCH.parent,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_runs() -> Iterator[dict[str, Future[subprocess.CompletedProcess[str]]]]:
+    """Every runnable smoke run, started at once, three at a time: many of them wait
+    (on pip, on a network namespace, on the agent), so the module takes about half the
+    time it would one after the other."""
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        yield {smoke.script: pool.submit(_run, smoke)
+               for smoke in SMOKES if _missing(smoke.needs) is None}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("smoke", SMOKES, ids=lambda smoke: smoke.script)
+def test_benchmark_quick_run(
+    smoke: Smoke, smoke_runs: dict[str, Future[subprocess.CompletedProcess[str]]]
+) -> None:
+    reason = _missing(smoke.needs)
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must smoke-run {smoke.script}, but it {reason}")
+        pytest.skip(f"{smoke.script} {reason}; CI runs it")
+    done = smoke_runs[smoke.script].result()
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"{smoke.script} exited {done.returncode}:\n{output[-3000:]}"
+    for pattern in smoke.lines:
+        assert re.search(pattern, done.stdout, re.MULTILINE), (
+            f"{smoke.script}: no line matching {pattern!r} in:\n{done.stdout[-3000:]}"
+        )
+
+
+def test_egressgw_command_falls_back_to_the_package_main(tmp_path: Path) -> None:
+    """Without the console script next to the interpreter the benches run
+    ``python -m egressgw``, which must work (``-m egressgw.cli`` cannot: a package)."""
+    command = egressgw_command(tmp_path)
+    assert command == [sys.executable, "-m", "egressgw"]
+    done = subprocess.run([*command, "--help"], check=False, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "nat-stats" in done.stdout
+    broken = subprocess.run([sys.executable, "-m", "egressgw.cli", "--help"],
+                            check=False, capture_output=True, text=True, timeout=60)
+    assert broken.returncode != 0  # the old fallback, as a check that this test can fail
