@@ -31,20 +31,24 @@ from egressgw.sim import simulate as simulate_module
 
 
 @contextmanager
-def timed_attribute(owner: Any, name: str, add: Callable[[float], None]) -> Iterator[bool]:
-    """Replace ``owner.name`` by a wrapper that passes each call's wall time to ``add``;
-    yields False (and changes nothing) when ``owner`` has no such attribute."""
+def timed_attribute(
+    owner: Any, name: str, add: Callable[[float, float], None]
+) -> Iterator[bool]:
+    """Replace ``owner.name`` by a wrapper that passes each call's wall and CPU time (of
+    this process) to ``add``; yields False (and changes nothing) when ``owner`` has no
+    such attribute."""
     original = owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name, None)
     if original is None:
         yield False
         return
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        cpu = time.process_time()
         start = time.perf_counter()
         try:
             return original(*args, **kwargs)
         finally:
-            add(time.perf_counter() - start)
+            add(time.perf_counter() - start, time.process_time() - cpu)
 
     setattr(owner, name, wrapper)
     try:
@@ -67,19 +71,24 @@ TIMED = (
 
 
 class Breakdown:
-    """Seconds and calls per timed attribute over one ``with`` block, and its wall time."""
+    """Wall and CPU seconds and calls per timed attribute over one ``with`` block, and
+    the block's own wall and CPU time."""
 
     def __init__(self) -> None:
         self.seconds = {label: 0.0 for label, _owner, _name in TIMED}
+        self.cpu = dict.fromkeys(self.seconds, 0.0)
         self.calls = dict.fromkeys(self.seconds, 0)
         self.missing: list[str] = []
         self.total = 0.0
+        self.total_cpu = 0.0
         self._stack = ExitStack()
         self._start = 0.0
+        self._start_cpu = 0.0
 
-    def _adder(self, label: str) -> Callable[[float], None]:
-        def add(seconds: float) -> None:
+    def _adder(self, label: str) -> Callable[[float, float], None]:
+        def add(seconds: float, cpu: float) -> None:
             self.seconds[label] += seconds
+            self.cpu[label] += cpu
             self.calls[label] += 1
         return add
 
@@ -87,44 +96,59 @@ class Breakdown:
         for label, owner, name in TIMED:
             if not self._stack.enter_context(timed_attribute(owner, name, self._adder(label))):
                 self.missing.append(f"{getattr(owner, '__name__', owner)}.{name}")
+        self._start_cpu = time.process_time()
         self._start = time.perf_counter()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self.total = time.perf_counter() - self._start
+        self.total_cpu = time.process_time() - self._start_cpu
         self._stack.close()
 
-    def parts(self) -> list[tuple[str, float, int]]:
-        """(what, seconds, calls), disjoint and adding up to the total."""
-        s, c = self.seconds, self.calls
+    @staticmethod
+    def _split(s: dict[str, float], total: float) -> list[float]:
         engine = s["datapath run"] - s["kernel run"] - s["array growth"]
         stats_python = s["nat-stats pass"] - s["kernel count"] - s["top K"]
         accounted = s["generation"] + s["batch columns"] + s["datapath run"] + s["nat-stats pass"]
-        return [
-            ("generation (MergedFlows.window)", s["generation"], c["generation"]),
-            ("batch columns (simulate._batch)", s["batch columns"], c["batch columns"]),
-            ("kernel run() calls alone", s["kernel run"], c["kernel run"]),
-            ("engine Python around them", engine, c["datapath run"]),
-            ("array growth (_make_room)", s["array growth"], c["array growth"]),
-            ("nat-stats: kernel count_endpoints", s["kernel count"], c["kernel count"]),
-            ("nat-stats: compute_nat_stats", s["top K"], c["top K"]),
-            ("nat-stats: Python rest", stats_python, c["nat-stats pass"]),
-            ("driver rest (simulate's loop)", self.total - accounted, 1),
+        return [s["generation"], s["batch columns"], s["kernel run"], engine, s["array growth"],
+                s["kernel count"], s["top K"], stats_python, total - accounted]
+
+    def parts(self) -> list[tuple[str, float, float, int]]:
+        """(what, wall seconds, CPU seconds, calls), disjoint and adding up to the totals."""
+        c = self.calls
+        names = [
+            ("generation (MergedFlows.window)", c["generation"]),
+            ("batch columns (simulate._batch)", c["batch columns"]),
+            ("kernel run() calls alone", c["kernel run"]),
+            ("engine Python around them", c["datapath run"]),
+            ("array growth (_make_room)", c["array growth"]),
+            ("nat-stats: kernel count_endpoints", c["kernel count"]),
+            ("nat-stats: compute_nat_stats", c["top K"]),
+            ("nat-stats: Python rest", c["nat-stats pass"]),
+            ("driver rest (simulate's loop)", 1),
         ]
+        walls = self._split(self.seconds, self.total)
+        cpus = self._split(self.cpu, self.total_cpu)
+        return [(what, wall, cpu, calls)
+                for (what, calls), wall, cpu in zip(names, walls, cpus, strict=True)]
 
     def report(self, connections: int) -> list[str]:
-        lines = [
-            f"{what:36s} {seconds:7.3f} s {seconds / self.total:6.1%}  ({calls:,} calls)"
-            for what, seconds, calls in self.parts()
+        lines = [f"{'':36s} {'wall':>9s} {'share':>6s} {'CPU':>9s} {'share':>6s}"]
+        lines += [
+            f"{what:36s} {wall:7.3f} s {wall / self.total:6.1%} {cpu:7.3f} s "
+            f"{cpu / max(self.total_cpu, 1e-9):6.1%}  ({calls:,} calls)"
+            for what, wall, cpu, calls in self.parts()
         ]
-        kernel_s = self.seconds["kernel run"]
-        if kernel_s > 0:
-            lines.append(f"the kernel's run() alone: {connections / kernel_s:,.0f} connections/s "
-                         "(the bound if everything else took no time)")
-        gen_s = self.seconds["generation"]
-        if gen_s > 0:
-            lines.append(f"generation alone in this run: {connections / gen_s:,.0f}/s")
+        lines.append(f"{'total':36s} {self.total:7.3f} s {'':6s} {self.total_cpu:7.3f} s")
+        for label, what in (("kernel run", "the kernel's run() alone"),
+                            ("generation", "generation alone in this run")):
+            wall, cpu = self.seconds[label], self.cpu[label]
+            if wall > 0 and cpu > 0:
+                lines.append(f"{what}: {connections / wall:,.0f} connections/s wall, "
+                             f"{connections / cpu:,.0f} per CPU second")
+        lines.append("(the kernel's rate is the bound on simulate if everything else took no "
+                     "time)")
         if self.missing:
             lines.append(f"not timed (not found): {', '.join(self.missing)}")
         return lines
@@ -138,7 +162,7 @@ class RandomStateTimer:
         self.seconds = 0.0
         self._stack = ExitStack()
 
-    def _add(self, seconds: float) -> None:
+    def _add(self, seconds: float, _cpu: float) -> None:
         self.seconds += seconds
 
     def __enter__(self) -> RandomStateTimer:
