@@ -7,18 +7,19 @@ Prints seconds per stage for each N and the ratio of the time per CIDR at the la
 the time per CIDR at the smallest: about 1 means linear (it was about 5 from 5,000 to
 20,000 CIDRs when a list membership test deduplicated the CIDRs).
 
-    .venv/bin/python bench/bench_egress_scale.py [--sizes 10000 100000] [--quick]
+    .venv/bin/python bench/bench_egress_scale.py [--sizes 10000 100000] [--repeat 1] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from benchutil import format_load, load_average
+from benchutil import format_load, load_average, spread
 from egressgw.config import NodePortRange
 from egressgw.datapath.kernel.ruleset import render_ruleset
 from egressgw.policy import compile_policies, load_inventory, load_policies, rules_for_gateway
@@ -72,19 +73,25 @@ def run(n: int, directory: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--quick", action="store_true", help="200 and 2,000 CIDRs")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds over the sizes")
+    parser.add_argument("--quick", action="store_true", help="200 and 2,000 CIDRs, once")
     args = parser.parse_args()
     if args.quick:
-        args.sizes = [200, 2_000]
+        args.sizes, args.repeat = [200, 2_000], 1
     load_before = load_average()
+    results: dict[int, list[dict[str, float]]] = {n: [] for n in args.sizes}
     with tempfile.TemporaryDirectory() as tmp:
-        results = {n: run(n, Path(tmp)) for n in args.sizes}
+        for round_ in range(args.repeat):  # sizes alternate their order
+            for n in args.sizes if round_ % 2 == 0 else reversed(args.sizes):
+                results[n].append(run(n, Path(tmp)))
     small, large = min(results), max(results)
-    for stage in results[small]:
-        per_small = results[small][stage] / small
-        per_large = results[large][stage] / large
+    for n, runs in results.items():
+        print(f"{n:>7,} CIDRs, total: {spread([r['total'] for r in runs], '.2f', ' s')}")
+    for stage in results[small][0]:
+        per_small = statistics.median(r[stage] for r in results[small]) / small
+        per_large = statistics.median(r[stage] for r in results[large]) / large
         print(f"{stage:>12}: time per CIDR at {large:,} / at {small:,} = "
-              f"{per_large / per_small:.2f}")
+              f"{per_large / per_small:.2f} (medians)")
     print(format_load(load_before, load_average()))
 
 

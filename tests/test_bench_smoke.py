@@ -75,7 +75,7 @@ SMOKES = (
         r"load average \(1, 5, 15 min\): before",
     )),
     Smoke("bench_egress_scale.py", ("--quick",), (
-        rf"total: time per CIDR at {NUMBER} / at {NUMBER} = {NUMBER}",
+        rf"total: time per CIDR at {NUMBER} / at {NUMBER} = {NUMBER} \(medians\)",
         r"load average \(1, 5, 15 min\): before",
     )),
     Smoke("bench_install.py", ("--quick",), (
