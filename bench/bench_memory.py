@@ -7,12 +7,13 @@ the map never limits the live connections) is driven through ``run()`` window by
 and the memory it holds is measured two ways:
 
 - tracemalloc: bytes allocated since the datapath was created and still held, numpy's
-  arrays included (numpy reports its data buffers to tracemalloc);
+  arrays included (numpy reports its data buffers to tracemalloc), and the peak;
 - RSS: the process's resident set (``VmRSS``) after, minus before.
 
 Both include everything the engine keeps: connection records, NAT entries, both hash
 indexes, the event heap with every pending event, the address table. They are divided by
-the connections open at the end (established, not yet closed) and by the CT entries.
+the connections open at the end (established, not yet closed) and by the CT entries;
+the tracemalloc peak by the most CT entries seen at a window's end.
 
 Scenarios, each at ``--sizes`` live connections N (default 100,000 and 1,000,000):
 
@@ -100,15 +101,17 @@ def measure(scenario: str, live: int, gc_after: float) -> dict[str, float]:
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     dp = ModelDatapath(ModelConfig(bpf_nat_global_max=NAT_MAP), random.Random(1))
+    engine = dp._engine
+    peak_ct = 0
     for batch, end in batches(dp, scenario, live, until, seed=2):
         dp.run(batch, end)
         del batch
+        peak_ct = max(peak_ct, int(getattr(engine, "tracked_connections", 0)))
     gc.collect()
-    held = tracemalloc.get_traced_memory()[0] - base
+    held, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     rss = rss_bytes() - rss_before
     counters = dp.counters
-    engine = dp._engine
     ct_entries = int(getattr(engine, "tracked_connections", 0))
     return {
         "open": counters.established - counters.closed,
@@ -116,7 +119,9 @@ def measure(scenario: str, live: int, gc_after: float) -> dict[str, float]:
         "attempted": counters.attempted,
         "gc_runs": counters.gc_runs,
         "evictions": counters.evictions_in + counters.evictions_out,
-        "traced": held,
+        "traced": held - base,
+        "traced_peak": peak - base,
+        "peak_ct_entries": peak_ct,
         "rss": rss,
         "virtual_seconds": until,
     }
@@ -148,7 +153,7 @@ def main() -> None:
     print("bytes per connection, measured (tracemalloc: held allocations of the datapath; "
           "RSS: resident set after minus before), each in a fresh process")
     ratios: dict[str, float] = {}
-    for live in sizes:
+    for live in sizes:  # held, then churn (the order does not matter: a process each)
         for scenario in ("held", "churn"):
             runs = [run_child(scenario, live, gc_after) for _ in range(args.repeat)]
             last = runs[-1]
@@ -163,6 +168,11 @@ def main() -> None:
                   f"{spread(per_open, unit=' B')}; per CT entry {spread(per_ct, unit=' B')}")
             print(f"      RSS         {last['rss'] / 1e6:8.1f} MB: per open connection "
                   f"{spread(rss_open, unit=' B')}")
+            peak = [r["traced_peak"] / r["peak_ct_entries"] for r in runs]
+            print(f"      peak: {last['peak_ct_entries']:,.0f} CT entries at a window's end, "
+                  f"tracemalloc peak (array growth copies included) "
+                  f"{last['traced_peak'] / 1e6:.1f} MB: "
+                  f"{spread(peak, unit=' B')} per CT entry at the peak")
             ratios[f"{scenario} {live:,}"] = float(np.median(per_open))
     held_small = ratios[f"held {sizes[0]:,}"]
     print("ratio churn / held, bytes per open connection (tracemalloc): " + ", ".join(
