@@ -24,6 +24,9 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
 from benchutil import egressgw_command  # noqa: E402
+from egressgw.sim.demo import demo_settings, demo_workload  # noqa: E402
+from egressgw.sim.simulate import simulate  # noqa: E402
+from simtiming import TIMED, Breakdown  # noqa: E402
 
 # Modules in bench/ that are imported by the benchmarks, not run.
 HELPERS = {"benchutil.py", "simtiming.py"}
@@ -172,3 +175,22 @@ def test_egressgw_command_falls_back_to_the_package_main(tmp_path: Path) -> None
     broken = subprocess.run([sys.executable, "-m", "egressgw.cli", "--help"],
                             check=False, capture_output=True, text=True, timeout=60)
     assert broken.returncode != 0  # the old fallback, as a check that this test can fail
+
+
+def test_simulate_breakdown_adds_up_and_leaves_the_model_as_it_was() -> None:
+    """bench_sim's breakdown: its parts add up to the run, each timed call was seen, and
+    the wrapped attributes are the originals again afterwards."""
+    originals = [getattr(owner, name) for _label, owner, name in TIMED]
+    settings = demo_settings(0.05)
+    with Breakdown() as breakdown:
+        result = simulate(demo_workload(0.05), settings, progress=False)
+    assert [getattr(owner, name) for _label, owner, name in TIMED] == originals
+    assert breakdown.missing == []
+    passes = len(result.intervals)
+    assert passes > 1
+    assert breakdown.calls["nat-stats pass"] == passes
+    assert breakdown.calls["kernel count"] == passes  # one gateway
+    assert breakdown.calls["kernel run"] >= breakdown.calls["datapath run"] > 0
+    parts = breakdown.parts()
+    assert sum(wall for _what, wall, _cpu, _calls in parts) == pytest.approx(breakdown.total)
+    assert all(wall >= 0 for _what, wall, _cpu, _calls in parts[:-1])
