@@ -9,6 +9,7 @@ namespaces or BPF run in CI (root) and skip elsewhere, saying why.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,8 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
 from benchutil import egressgw_command  # noqa: E402
+from egressgw.datapath.model import ConnectionBatch, ModelConfig, ModelDatapath  # noqa: E402
+from egressgw.net import Endpoint, FiveTuple, Proto  # noqa: E402
 from egressgw.sim.demo import demo_settings, demo_workload  # noqa: E402
 from egressgw.sim.simulate import simulate  # noqa: E402
 from simtiming import TIMED, Breakdown  # noqa: E402
@@ -139,6 +143,13 @@ def smoke_runs() -> Iterator[dict[str, Future[subprocess.CompletedProcess[str]]]
     """Every runnable smoke run, started at once, three at a time: many of them wait
     (on pip, on a network namespace, on the agent), so the module takes about half the
     time it would one after the other."""
+    # Compile the model kernel into numba's on-disk cache once (a fresh clone has none), so
+    # the parallel runs load it instead of each compiling it at the same time.
+    warm = ModelDatapath(ModelConfig(), random.Random(0))
+    warm.run(ConnectionBatch.empty(), 1.0)
+    warm.connect(FiveTuple(Proto.TCP, Endpoint(ip_address("192.0.2.1"), 1000),
+                           Endpoint(ip_address("198.51.100.1"), 443)),
+                 ip_address("203.0.113.1"))
     with ThreadPoolExecutor(max_workers=3) as pool:
         yield {smoke.script: pool.submit(_run, smoke)
                for smoke in SMOKES if _missing(smoke.needs) is None}
