@@ -15,6 +15,7 @@ from egressgw.cli.options import (
 )
 from egressgw.config import NodePortRange
 from egressgw.dumps import count_endpoints, count_file, read_source
+from egressgw.dumps.heap import keep_freed_memory
 from egressgw.dumps.takeover import takeover_counts
 from egressgw.errors import InputError
 from egressgw.limits import NatPortRange, dump_limit
@@ -86,6 +87,7 @@ def nat_stats(
     json/yaml output with the limit used and where it came from.
     """
     ctx = click.get_current_context()
+    keep_freed_memory()  # a short-lived command: reuse the scan's buffers (dumps/heap.py)
     data: bytes | None = None
     if source == "-":
         if sys.stdin is None or sys.stdin.closed:
