@@ -104,9 +104,6 @@ _CONNECTION = (
 )
 _SUMMARY = r"conntrack v[\d.]+ \(conntrack-tools\): \d+ flow entr(?:y|ies) ha(?:s|ve) been shown\."
 _LINE = rf"{_CONNECTION}|{_SUMMARY}"
-# The bulk pass: every line, blank ones included (re.ASCII: no Unicode digits).
-_LINES = re.compile(rf"^(?:{_LINE})?$", re.MULTILINE | re.ASCII)
-_ONE = re.compile(_LINE, re.ASCII)
 
 # What decides how a line counts, in the order _key_of gathers it from the groups.
 _KEY_GROUPS = ("name", "l3", "l3num", "num", "state", "osrc", "odst", "op", "oi", "og",
@@ -132,12 +129,31 @@ class _Key(NamedTuple):
     rsport: str
 
 
-_KEY_INDEX = [_ONE.groupindex[name] - 1 for name in _KEY_GROUPS]
-_NAME_INDEX = _ONE.groupindex["name"] - 1
+class _Grammar(NamedTuple):
+    """The compiled line regexes and where the key's groups are in a match."""
+
+    lines: re.Pattern[str]  # the bulk pass: every line, blank ones included
+    one: re.Pattern[str]  # one line
+    key_index: list[int]
+    name_index: int
 
 
-def _key_of(groups: tuple[str | None, ...]) -> _Key:
-    return _Key(*(groups[i] or "" for i in _KEY_INDEX))
+@functools.cache
+def _grammar() -> _Grammar:
+    """Compiled on first use: compiling takes ~20 ms, which ``nat-stats`` on a ``bpf nat
+    list`` dump (this module imported, never used) should not pay. re.ASCII: no Unicode
+    digits."""
+    one = re.compile(_LINE, re.ASCII)
+    return _Grammar(
+        lines=re.compile(rf"^(?:{_LINE})?$", re.MULTILINE | re.ASCII),
+        one=one,
+        key_index=[one.groupindex[name] - 1 for name in _KEY_GROUPS],
+        name_index=one.groupindex["name"] - 1,
+    )
+
+
+def _key_of(groups: tuple[str | None, ...], key_index: list[int]) -> _Key:
+    return _Key(*(groups[i] or "" for i in key_index))
 
 
 class Connection(NamedTuple):
@@ -202,11 +218,13 @@ def count_conntrack(data: bytes, *, source: str, skip_invalid: bool = False) -> 
     text = normalize(data).decode("utf-8", "replace")
     lines = text.count("\n")
     # Without the final newline, so that "^$" cannot match once more at the very end.
-    rows = _LINES.findall(text, 0, len(text) - 1) if text.isascii() else []
+    grammar = _grammar()
+    rows = grammar.lines.findall(text, 0, len(text) - 1) if text.isascii() else []
     if len(rows) != lines:
         return _count_line_by_line(text, source=source, skip_invalid=skip_invalid)
     # Summary and blank lines have no protocol name; they count nothing.
-    keys = Counter(_key_of(g) for g in rows if g[_NAME_INDEX])
+    name, key_index = grammar.name_index, grammar.key_index
+    keys = Counter(_key_of(g, key_index) for g in rows if g[name])
     counts: dict[NatEndpoint, int] = {}
     try:
         for key, n in keys.items():
@@ -220,13 +238,14 @@ def count_conntrack(data: bytes, *, source: str, skip_invalid: bool = False) -> 
 
 def _parse_line(line: str) -> Connection | None:
     """One line: its Connection, None for a summary line; ValueError when invalid."""
-    match = _ONE.fullmatch(line) if line.isascii() else None
+    grammar = _grammar()
+    match = grammar.one.fullmatch(line) if line.isascii() else None
     if match is None:
         raise ValueError("not a conntrack -L line")
     if match["name"] is None:
         return None
     try:
-        return classify(_key_of(match.groups()))
+        return classify(_key_of(match.groups(), grammar.key_index))
     except ValueError as exc:
         raise ValueError(f"bad conntrack entry ({exc})") from None
 
@@ -266,7 +285,7 @@ def iter_conntrack(data: bytes, *, source: str, skip_invalid: bool = False) -> I
             connection = _parse_line(line)
             if connection is None or connection.endpoint is None:
                 continue
-            pair = _entries(_ONE.fullmatch(line), connection)  # type: ignore[arg-type]
+            pair = _entries(_grammar().one.fullmatch(line), connection)  # type: ignore[arg-type]
         except ValueError as exc:
             if skip_invalid:
                 continue
