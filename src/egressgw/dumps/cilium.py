@@ -370,7 +370,8 @@ def scan_range(read: Read, start: int, end: int, *, skip_invalid: bool = False,
         skeleton = chunk.translate(None, DIGITS)
         skeleton_end = skeleton.rfind(b"\n") + 1
         found = _keys_in(chunk, chunk_end)
-        if not _chunk_is_valid(chunk, chunk_end, skeleton, skeleton_end, len(found), numpy):
+        if not _chunk_is_valid(chunk, chunk_end, skeleton, skeleton_end, len(found),
+                               numpy=numpy):
             found, good = _read_slowly(chunk, chunk_end)
             if good >= 0:  # the first bad line of the chunk is line ``good`` (0-based)
                 keys.update(found)
@@ -397,7 +398,7 @@ def _keys_in(chunk: bytes, end: int) -> list[bytes]:
 
 
 def _chunk_is_valid(chunk: bytes, end: int, skeleton: bytes, skeleton_end: int,
-                    keys: int, numpy: bool) -> bool:
+                    keys: int, *, numpy: bool) -> bool:
     """Whether every line of ``chunk[:end]`` is one :func:`parse_entry` accepts and every
     counted IN line gave one of the ``keys`` (see the module's docstring)."""
     common = _common_lines(skeleton, skeleton_end) if numpy else -1
