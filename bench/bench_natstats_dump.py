@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from egressgw.dumps.synthetic import bench_lines
@@ -121,7 +121,7 @@ def stages(path: str) -> None:
     started = clock()
     from egressgw.dumps import cilium, digits  # noqa: PLC0415 - timed: the imports
     imported = clock() - started
-    spent: Counter[str] = Counter()
+    spent: defaultdict[str, float] = defaultdict(float)
     keys: Counter[bytes] = Counter()
     strict = cilium._strict_lines_regex()
     with open(path, "rb") as handle:
@@ -164,7 +164,7 @@ def stages(path: str) -> None:
     total = sum(spent.values())
     print(f"\nstages, one process, whole file ({len(keys)} distinct keys): CPU seconds")
     print(f"  {'imports (dumps, numpy)':32} {imported:.3f}")
-    for stage, seconds in spent.most_common():
+    for stage, seconds in sorted(spent.items(), key=lambda item: -item[1]):
         print(f"  {stage:32} {seconds:.3f}  {seconds / total:4.0%}")
     print(f"  {'scan total':32} {total:.3f}")
 
