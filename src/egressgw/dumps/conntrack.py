@@ -36,9 +36,10 @@ protocol prints, addresses (one family per line, no zones), ports and ICMP ids i
 from __future__ import annotations
 
 import functools
+import operator
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from egressgw.dumps.base import DumpCounts, bad_line, normalize
@@ -132,10 +133,17 @@ class _Key(NamedTuple):
 class _Grammar(NamedTuple):
     """The compiled line regexes and where the key's groups are in a match."""
 
-    lines: re.Pattern[str]  # the bulk pass: every line, blank ones included
-    one: re.Pattern[str]  # one line
+    lines: re.Pattern[str]  # the bulk pass: every line, blank ones included; key groups only
+    key_of_row: Callable[[tuple[str | None, ...]], tuple[str | None, ...]]  # _KEY_GROUPS
+    one: re.Pattern[str]  # one line, every group
     key_index: list[int]
-    name_index: int
+
+
+def _only_key_groups(pattern: str) -> str:
+    """``pattern`` with every named group not in _KEY_GROUPS made non-capturing: findall
+    then builds 16-string rows instead of 30 (a third less time on big dumps)."""
+    return re.sub(r"\(\?P<(\w+)>",
+                  lambda group: group[0] if group[1] in _KEY_GROUPS else "(?:", pattern)
 
 
 @functools.cache
@@ -144,16 +152,22 @@ def _grammar() -> _Grammar:
     list`` dump (this module imported, never used) should not pay. re.ASCII: no Unicode
     digits."""
     one = re.compile(_LINE, re.ASCII)
+    lines = re.compile(rf"^(?:{_only_key_groups(_LINE)})?$", re.MULTILINE | re.ASCII)
     return _Grammar(
-        lines=re.compile(rf"^(?:{_LINE})?$", re.MULTILINE | re.ASCII),
+        lines=lines,
+        key_of_row=operator.itemgetter(*(lines.groupindex[name] - 1 for name in _KEY_GROUPS)),
         one=one,
         key_index=[one.groupindex[name] - 1 for name in _KEY_GROUPS],
-        name_index=one.groupindex["name"] - 1,
     )
 
 
 def _key_of(groups: tuple[str | None, ...], key_index: list[int]) -> _Key:
     return _Key(*(groups[i] or "" for i in key_index))
+
+
+# A dump names the same few hundred addresses over and over (pods, remotes, egress IPs):
+# parse each once. Addresses are immutable, so sharing them is safe.
+_parse_ip = functools.lru_cache(maxsize=1 << 16)(parse_ip)
 
 
 class Connection(NamedTuple):
@@ -187,7 +201,7 @@ def classify(key: _Key) -> Connection:
         if found != expected:
             raise ValueError(f"{name} {side} tuple with {found} fields")
     # The regex lets no brackets, zones or spaces through to parse_ip.
-    addresses = [parse_ip(text) for text in (key.osrc, key.odst, key.rsrc, key.rdst)]
+    addresses = [_parse_ip(text) for text in (key.osrc, key.odst, key.rsrc, key.rdst)]
     version = addresses[0].version
     if any(ip.version != version for ip in addresses):
         raise ValueError("addresses of different families")
@@ -222,13 +236,15 @@ def count_conntrack(data: bytes, *, source: str, skip_invalid: bool = False) -> 
     rows = grammar.lines.findall(text, 0, len(text) - 1) if text.isascii() else []
     if len(rows) != lines:
         return _count_line_by_line(text, source=source, skip_invalid=skip_invalid)
-    # Summary and blank lines have no protocol name; they count nothing.
-    name, key_index = grammar.name_index, grammar.key_index
-    keys = Counter(_key_of(g, key_index) for g in rows if g[name])
+    # Count the rows' keys in C (itemgetter, Counter); build a _Key per distinct key only.
+    keys = Counter(map(grammar.key_of_row, rows))
+    del rows
     counts: dict[NatEndpoint, int] = {}
     try:
-        for key, n in keys.items():
-            endpoint = classify(key).endpoint
+        for raw, n in keys.items():
+            if raw[0] is None:  # summary and blank lines have no protocol name
+                continue
+            endpoint = classify(_Key(*(field or "" for field in raw))).endpoint
             if endpoint is not None:
                 counts[endpoint] = counts.get(endpoint, 0) + n
     except ValueError:  # find and name the first bad line
