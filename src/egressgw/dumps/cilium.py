@@ -144,6 +144,7 @@ COMMON_SHAPES = tuple(
     for proto in (b"TCP", b"UDP", b"ICMP")
     for direction, xlate in ((b" OUT", b"SRC"), (b" IN", b"DST"))
 )
+_COMMON_IN_SHAPES = frozenset(shape for shape in COMMON_SHAPES if b" IN " in shape)
 _ONE_SHAPE = re.compile(_LINE_SHAPE)
 
 # --- keys of counted IN entries (on the original text) -------------------------------
@@ -401,14 +402,14 @@ def _chunk_is_valid(chunk: bytes, end: int, skeleton: bytes, skeleton_end: int,
                     keys: int, *, numpy: bool) -> bool:
     """Whether every line of ``chunk[:end]`` is one :func:`parse_entry` accepts and every
     counted IN line gave one of the ``keys`` (see the module's docstring)."""
-    common = _common_lines(skeleton, skeleton_end) if numpy else -1
+    common, common_in = _common_lines(skeleton, skeleton_end) if numpy else (-1, 0)
     if common >= 0:
-        return (skeleton.count(b" IN ", 0, skeleton_end) == keys
-                and _common_digits_are_valid(chunk, end, common))
+        return common_in == keys and _common_digits_are_valid(chunk, end, common)
     # The possessive repeat always matches (maybe empty): its end is where a bad line is.
     if _strict_lines_regex().match(chunk, 0, end).end() != end:  # type: ignore[union-attr]
         return False
-    counted_in = skeleton.count(b" IN ", 0, skeleton_end) - skeleton.count(b"SCTP IN ")
+    counted_in = (skeleton.count(b" IN ", 0, skeleton_end)
+                  - skeleton.count(b"SCTP IN ", 0, skeleton_end))
     if counted_in != keys:
         return False
     if b"[" in skeleton:
@@ -464,16 +465,19 @@ def _line_start(text: bytes, line: int) -> int:
     return offset
 
 
-def _common_lines(skeleton: bytes, end: int) -> int:
-    """The number of lines in ``skeleton[:end]`` if all have a COMMON_SHAPE, else -1."""
-    covered = lines = 0
+def _common_lines(skeleton: bytes, end: int) -> tuple[int, int]:
+    """The number of lines in ``skeleton[:end]`` and how many of them are IN lines, if all
+    have a COMMON_SHAPE; else (-1, 0). (Once the shapes found cover every byte, the others
+    cannot occur.)"""
+    covered = lines = in_lines = 0
     for shape in COMMON_SHAPES:
         found = skeleton.count(shape, 0, end)
         covered += found * len(shape)
         lines += found
+        in_lines += found if shape in _COMMON_IN_SHAPES else 0
         if covered == end:
-            return lines
-    return -1
+            return lines, in_lines
+    return -1, 0
 
 
 def scan_in_parallel(read: Read, size: int, *, skip_invalid: bool = False) -> Scan:
