@@ -496,6 +496,7 @@ def test_a_hidden_bad_digit_deep_in_a_forked_file_scan_is_named(
     monkeypatch.setattr(cilium, "PARALLEL_MIN_BYTES", 1000)
     lines = "".join(bench_lines(6000, seed=43)).splitlines()
     path = tmp_path / "nat.txt"
+    failures = cilium.FORK_FAILURES.value
     for number, old, new in ((5700, "XLATE_", "XLATE7_"), (4000, ".", ".256")):
         broken = list(lines)
         assert old in broken[number - 1]
@@ -506,7 +507,7 @@ def test_a_hidden_bad_digit_deep_in_a_forked_file_scan_is_named(
         assert (caught.value.source, caught.value.line) == (str(path), number)
         skipped = count_file(str(path), skip_invalid=True)
         assert (skipped.skipped, skipped.lines) == (1, len(lines))
-    assert cilium.FORK_FAILURES.value == 0
+    assert cilium.FORK_FAILURES.value == failures  # the child's half was read by the child
 
 
 def test_small_dumps_do_not_load_numpy_and_big_ones_do(tmp_path: Path) -> None:
