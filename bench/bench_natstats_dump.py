@@ -10,6 +10,11 @@ stage, in one process.
 
     .venv/bin/python bench/bench_natstats_dump.py [--lines 1000000] [--repeat 7] [--stages]
     .venv/bin/python bench/bench_natstats_dump.py --quick    # 100,000 lines, 3 repeats
+    .venv/bin/python bench/bench_natstats_dump.py --conntrack [--lines 524288] [--quick]
+
+``--conntrack`` does the same with a ``conntrack -L`` text dump (524,288 masqueraded
+connections by default: TCP in several states, UDP, ICMP; 4 egress IPs, 32 remotes, 1,000
+pods) against an awk one-liner that counts it the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import shutil
 import statistics
@@ -40,6 +46,51 @@ AWK_PROGRAM = (
 )
 Key = tuple[str, str, str, int]
 
+# conntrack -L: masqueraded connections of the counted protocols by {proto, egress IP =
+# the reply's destination, remote = the reply's source ip:port (0 for ICMP)}; a connection
+# is masqueraded when the reply's destination is not the original source.
+CONNTRACK_AWK_PROGRAM = """
+$1 == "tcp" || $1 == "udp" || $1 == "icmp" || $1 == "icmpv6" {
+  k = 0
+  for (i = 4; i <= NF; i++)
+    if (substr($i, 1, 4) == "src=") { if (++k == 1) o = substr($i, 5); else { r = i; break } }
+  d = substr($(r + 1), 5)
+  if (d != o) {
+    p = ($1 == "tcp" || $1 == "udp") ? substr($(r + 2), 7) : 0
+    n[$1 " " d " " substr($r, 5) ":" p]++
+  }
+}
+END { for (k in n) print n[k], k }
+"""
+CONNTRACK_PROTOS = {"tcp": "TCP", "udp": "UDP", "icmp": "ICMP", "icmpv6": "ICMPv6"}
+
+
+def conntrack_lines(count: int, seed: int = 1) -> list[str]:
+    """``conntrack -L`` lines as conntrack-tools prints them (default output format)."""
+    rng = random.Random(seed)
+    states = ["ESTABLISHED"] * 7 + ["TIME_WAIT", "SYN_SENT", "CLOSE_WAIT"]
+    lines = []
+    for i in range(count):
+        pod = f"10.244.{i % 4}.{i % 250 + 1}"
+        remote = f"198.51.100.{rng.randrange(1, 33)}"
+        egress = f"203.0.113.{rng.randrange(1, 5)}"
+        sport, nat_port = rng.randrange(1024, 65536), rng.randrange(1024, 65536)
+        kind = rng.random()
+        if kind < 0.85:
+            lines.append(
+                f"tcp      6 431999 {rng.choice(states)} src={pod} dst={remote} sport={sport} "
+                f"dport=443 src={remote} dst={egress} sport=443 dport={nat_port} [ASSURED] "
+                "mark=0 use=1\n")
+        elif kind < 0.97:
+            lines.append(
+                f"udp      17 29 src={pod} dst={remote} sport={sport} dport=53 src={remote} "
+                f"dst={egress} sport=53 dport={nat_port} mark=0 use=1\n")
+        else:
+            lines.append(
+                f"icmp     1 29 src={pod} dst={remote} type=8 code=0 id={sport} src={remote} "
+                f"dst={egress} type=0 code=0 id={nat_port} mark=0 use=1\n")
+    return lines
+
 
 def egressgw_command() -> list[str]:
     script = Path(sys.executable).with_name("egressgw")
@@ -55,12 +106,13 @@ def awk_binary() -> str:
     return found
 
 
-def awk_counts(awk: str, path: str) -> dict[Key, int]:
-    out = subprocess.run([awk, AWK_PROGRAM, path], check=True, capture_output=True, text=True)
+def awk_counts(awk: str, program: str, path: str) -> dict[Key, int]:
+    out = subprocess.run([awk, program, path], check=True, capture_output=True, text=True)
     counts = {}
     for line in out.stdout.splitlines():
         count, proto, egress, remote = line.split()
         endpoint = Endpoint.parse(remote)
+        proto = CONNTRACK_PROTOS.get(proto, proto)
         counts[(proto, str(parse_ip(egress)), str(endpoint.ip), endpoint.port)] = int(count)
     return counts
 
@@ -176,29 +228,38 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="100,000 lines, 3 repeats")
-    parser.add_argument("--stages", action="store_true", help="CPU time per stage, too")
+    parser.add_argument("--stages", action="store_true",
+                        help="CPU time per stage, too (bpf nat list only)")
+    parser.add_argument("--conntrack", action="store_true",
+                        help="a conntrack -L dump instead (default 524,288 lines)")
     args = parser.parse_args()
     if args.quick:
         args.lines, args.repeat = 100_000, 3
+    elif args.conntrack and args.lines == parser.get_default("lines"):
+        args.lines = 524_288
     awk = awk_binary()
     taskset = shutil.which("taskset")
+    make, program = ((conntrack_lines, CONNTRACK_AWK_PROGRAM) if args.conntrack
+                     else (bench_lines, AWK_PROGRAM))
     with tempfile.TemporaryDirectory(prefix="bench-natstats-") as tmp:
-        path = os.path.join(tmp, "nat-list.txt")
+        path = os.path.join(tmp, "dump.txt")
         with open(path, "w") as out:
-            out.writelines(bench_lines(args.lines))
+            out.writelines(make(args.lines))
         tiny = os.path.join(tmp, "tiny.txt")
         with open(tiny, "w") as out:
-            out.writelines(bench_lines(10))
+            out.writelines(make(10))
         size = os.path.getsize(path)
         cpus = len(os.sched_getaffinity(0))
-        print(f"dump: {args.lines:,} lines, {size / 1e6:.1f} MB; awk: {awk}; usable cpus: {cpus}")
-        ours, theirs = egressgw_counts(path), awk_counts(awk, path)
+        kind = "conntrack -L" if args.conntrack else "bpf nat list"
+        print(f"{kind} dump: {args.lines:,} lines, {size / 1e6:.1f} MB; awk: {awk}; "
+              f"usable cpus: {cpus}")
+        ours, theirs = egressgw_counts(path), awk_counts(awk, program, path)
         if ours != theirs:
             print(f"MISMATCH: egressgw {len(ours)} endpoints, awk {len(theirs)}")
             return 1
         print(f"same counts: {len(ours)} endpoints, {sum(ours.values()):,} connections")
         egressgw = [*egressgw_command(), "nat-stats", "--from", path]
-        awk_run = [awk, AWK_PROGRAM, path]
+        awk_run = [awk, program, path]
         compare("all CPUs", {"egressgw": egressgw, "awk": awk_run}, args.repeat)
         if taskset is None:
             print("\none CPU: skipped (no taskset)")
@@ -209,7 +270,7 @@ def main() -> int:
         startup = [timed([*egressgw_command(), "nat-stats", "--from", tiny])[1]
                    for _ in range(args.repeat)]
         print(f"\negressgw start-up (nat-stats on a 10-line dump): cpu {spread(startup)} s")
-        if args.stages:
+        if args.stages and not args.conntrack:
             stages(path)
     return 0
 
