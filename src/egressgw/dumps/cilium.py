@@ -51,11 +51,9 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import logging
 import marshal
 import os
 import re
-import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -76,7 +74,6 @@ from egressgw.net import (
 )
 
 FORMAT = "cilium"
-log = logging.getLogger(__name__)
 # Below this size a second process costs more than it saves.
 PARALLEL_MIN_BYTES = 8 << 20
 # A range smaller than this has the digits of its common chunks checked by the strict
@@ -423,6 +420,8 @@ def _bracketed_is_valid(inner: bytes) -> bool:
     colons, dots; leading zeros refused by both), which the fuzz tests check."""
     try:
         text = inner.decode("ascii")
+        import socket  # noqa: PLC0415 - only dumps with IPv6 lines need it (start-up)
+
         socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
     except (OSError, ValueError):
         return False
@@ -526,8 +525,11 @@ def scan_in_parallel(read: Read, size: int, *, skip_invalid: bool = False) -> Sc
     except (ValueError, EOFError, TypeError) as exc:
         # Never silent: a log line and a counter, then the half is scanned here instead.
         FORK_FAILURES.add()
-        log.warning("dump scan: the forked child scanning bytes %d..%d failed (%s); "
-                    "scanning them in this process", middle, size, exc)
+        import logging  # noqa: PLC0415 - only here; every nat-stats run would load it
+
+        logging.getLogger(__name__).warning(
+            "dump scan: the forked child scanning bytes %d..%d failed (%s); "
+            "scanning them in this process", middle, size, exc)
         second = scan_range(read, middle, size, skip_invalid=skip_invalid)
     keys = Counter(first.keys)
     keys.update(second.keys)
