@@ -18,7 +18,6 @@ from egressgw.cli.options import (
 from egressgw.config import NodePortRange
 from egressgw.dumps import count_endpoints, count_file, read_source
 from egressgw.dumps.heap import keep_freed_memory
-from egressgw.dumps.takeover import takeover_counts
 from egressgw.errors import InputError
 from egressgw.limits import NatPortRange, dump_limit
 from egressgw.stats import compute_nat_stats, render_saturation, render_table, stats_document
@@ -100,12 +99,9 @@ def nat_stats(
         with contextlib.suppress(OSError):  # count_file reports an unreadable file
             _reuse_memory_for(os.stat(source).st_size)
         dump = count_file(source, fmt=fmt, skip_invalid=skip_invalid)
-    reusable = None
-    if dump.format == "conntrack":
-        # Linux takes over TIME_WAIT/CLOSE ports: count them apart (egressgw.limits).
-        if data is None:
-            data, _name = read_source(source)
-        reusable = takeover_counts(data, source=name)
+    # conntrack dumps: Linux takes over TIME_WAIT/CLOSE ports, counted apart in the same
+    # pass (egressgw.limits, dumps.conntrack); None for bpf nat list dumps.
+    reusable = dump.reusable
     limit = dump_limit(
         dump.format,
         node_port_range=node_port_range if given(ctx, "node_port_range") else None,

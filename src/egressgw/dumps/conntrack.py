@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from egressgw.dumps.base import DumpCounts, bad_line, normalize
+from egressgw.limits import TAKEOVER_TCP_STATES
 from egressgw.net import (
     Direction,
     Endpoint,
@@ -73,6 +74,8 @@ _PROTOS = {proto.name.lower(): proto for proto in Proto}
 _PORTS, _ICMP, _GRE, _NONE = "ports", "icmp", "gre", "none"
 _FIELDS = {"tcp": _PORTS, "udp": _PORTS, "udplite": _PORTS, "sctp": _PORTS, "dccp": _PORTS,
            "icmp": _ICMP, "icmpv6": _ICMP, "gre": _GRE, "unknown": _NONE}
+# The TCP states whose port nf_nat takes over when its port search gets hard.
+_TAKEOVER_STATES = frozenset(TAKEOVER_TCP_STATES.values())
 # Protocols whose conntrack entries carry a state word.
 _STATEFUL = frozenset(("tcp", "sctp", "dccp"))
 
@@ -239,50 +242,73 @@ def count_conntrack(data: bytes, *, source: str, skip_invalid: bool = False) -> 
     # Count the rows' keys in C (itemgetter, Counter); build a _Key per distinct key only.
     keys = Counter(map(grammar.key_of_row, rows))
     del rows
-    counts: dict[NatEndpoint, int] = {}
+    tally = _Tally()
     try:
         for raw, n in keys.items():
-            if raw[0] is None:  # summary and blank lines have no protocol name
-                continue
-            endpoint = classify(_Key(*(field or "" for field in raw))).endpoint
-            if endpoint is not None:
-                counts[endpoint] = counts.get(endpoint, 0) + n
+            if raw[0] is not None:  # summary and blank lines have no protocol name
+                tally.add(_Key(*(field or "" for field in raw)), n)
     except ValueError:  # find and name the first bad line
         return _count_line_by_line(text, source=source, skip_invalid=skip_invalid)
-    return DumpCounts(counts, lines, 0, FORMAT)
+    return DumpCounts(tally.counts, lines, 0, FORMAT, reusable=tally.reusable)
 
 
-def _parse_line(line: str) -> Connection | None:
-    """One line: its Connection, None for a summary line; ValueError when invalid."""
+class _Tally:
+    """Connections per NatEndpoint, and of them those in a TCP state whose port Linux can
+    take over (egressgw.limits.TAKEOVER_TCP_STATES), counted in the same pass."""
+
+    def __init__(self) -> None:
+        self.counts: dict[NatEndpoint, int] = {}
+        self.reusable: dict[NatEndpoint, int] = {}
+
+    def add(self, key: _Key, n: int) -> None:
+        """Count ``n`` lines of ``key`` (ValueError if the key is invalid)."""
+        endpoint = classify(key).endpoint
+        if endpoint is None:
+            return
+        self.counts[endpoint] = self.counts.get(endpoint, 0) + n
+        if key.name == "tcp" and key.state in _TAKEOVER_STATES:
+            self.reusable[endpoint] = self.reusable.get(endpoint, 0) + n
+
+
+def _parse_key(line: str) -> _Key | None:
+    """One line's key, checked (classify); None for a summary line; ValueError if invalid."""
     grammar = _grammar()
     match = grammar.one.fullmatch(line) if line.isascii() else None
     if match is None:
         raise ValueError("not a conntrack -L line")
     if match["name"] is None:
         return None
+    key = _key_of(match.groups(), grammar.key_index)
     try:
-        return classify(_key_of(match.groups(), grammar.key_index))
+        classify(key)
     except ValueError as exc:
         raise ValueError(f"bad conntrack entry ({exc})") from None
+    return key
+
+
+def _parse_line(line: str) -> Connection | None:
+    """One line: its Connection, None for a summary line; ValueError when invalid."""
+    key = _parse_key(line)
+    return None if key is None else classify(key)
 
 
 def _count_line_by_line(text: str, *, source: str, skip_invalid: bool) -> DumpCounts:
-    counts: dict[NatEndpoint, int] = {}
+    tally = _Tally()
     skipped = 0
     lines = text.split("\n")[:-1]
     for number, line in enumerate(lines, start=1):
         if not line:
             continue
         try:
-            connection = _parse_line(line)
+            key = _parse_key(line)
         except ValueError as exc:
             if not skip_invalid:
                 raise bad_line(source, number, line.encode(), str(exc)) from None
             skipped += 1
             continue
-        if connection is not None and connection.endpoint is not None:
-            counts[connection.endpoint] = counts.get(connection.endpoint, 0) + 1
-    return DumpCounts(counts, len(lines), skipped, FORMAT)
+        if key is not None:
+            tally.add(key, 1)
+    return DumpCounts(tally.counts, len(lines), skipped, FORMAT, reusable=tally.reusable)
 
 
 def iter_conntrack(data: bytes, *, source: str, skip_invalid: bool = False) -> Iterator[NatEntry]:
