@@ -224,7 +224,7 @@ def test_fleet_rules_rendered_for_118_move_their_thresholds(
         (":max > 0.50)", ":max > 0.40)"),
         (":max > 0.50)", ":max > 0.70)"),
         ("group_left ()\n          egressgw_nat_endpoint_port_capacity",
-         "group_left ()\n          2 * egressgw_nat_endpoint_port_capacity"),
+         "group_left ()\n          (2 * egressgw_nat_endpoint_port_capacity)"),
         ("sum by (node) (increase", "sum by (reason) (increase"),
         ("increase5m > 0)", "increase5m >= 0)"),
         ("group_left (family, proto, egress_ip, remote_addr)", "group_left ()"),

@@ -42,8 +42,12 @@ _TEMPLATE = """# Prometheus recording and alerting rules for a fleet of egressgw
 # a bounded walk of ports per connection, so refusals start long before 100%. The
 # warning comes {margin} points before the first refusals; refusals themselves are
 # counted, and critical.
+#
+# One group: Prometheus runs a group's rules in order, so each alert reads the ratios
+# recorded in the same evaluation (in a group of their own, an alert could read the
+# previous evaluation's, a minute late, or not, depending on which group ran first).
 groups:
-  - name: egressgw-fleet-recording
+  - name: egressgw-fleet
     rules:
       # One series per exported tuple and node: the tuple's saturation, ratio 0..1.
       - record: egressgw:nat_endpoint_saturation:ratio
@@ -75,8 +79,6 @@ groups:
       # keeps the agent's own `node` on its series; the ServiceMonitor sets it for `up`).
       - record: fleet:egressgw_agents_down:count
         expr: count(up{{job="egressgw-agent"}} == 0) or vector(0)
-  - name: egressgw-fleet-alerts
-    rules:
       - alert: EgressgwTupleRefusalsExpected
         # {margin} points below where refusals start, for a minute (two nat-stats passes):
         # before the first refusal even on a ramp of 5 points a minute. One alert per
