@@ -22,7 +22,7 @@ import yaml
 from agent_support import GATEWAY, MemoryDatapath, copy_examples, endpoint, scrape
 from egressgw.agent import Agent, AgentConfig, AgentHTTPServer, ListenAddress
 from egressgw.cli import main
-from egressgw.cli.alerts import FLEET_RULES_FILE, RULES_FILE, rule_files
+from egressgw.cli.alerts import FLEET_RULES_FILE, RULES_FILE
 from egressgw.config import NodePortRange
 from egressgw.sim.refusal import PortSearch, RefusalCurve, SourcePorts, planning_curve
 from test_alerts import run_promtool
@@ -85,6 +85,20 @@ def test_shipped_fleet_rules_are_the_alerts_commands_output(capsys: pytest.Captu
     assert RULES.read_text() == out, "run: egressgw alerts --fleet --out " + str(RULES)
 
 
+def test_shipped_prometheus_rule_is_the_alerts_commands_output(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """deploy/kubernetes/prometheusrule.yaml is `egressgw alerts --kubernetes`: the fleet
+    file's groups and the per-instance file's agent group, nothing else."""
+    code, out, err = run(capsys, "alerts", "--kubernetes")
+    assert code == 0, err
+    assert PROMETHEUS_RULE.read_text() == out, "run: egressgw alerts --kubernetes --out " + str(
+        PROMETHEUS_RULE)
+    groups = yaml.safe_load(out)["spec"]["groups"]
+    fleet = yaml.safe_load(RULES.read_text())["groups"]
+    per_instance = {g["name"]: g for g in yaml.safe_load(NODE_RULES.read_text())["groups"]}
+    assert groups == [*fleet, per_instance["egressgw-agent"]]
+
+
 def test_out_dir_writes_both_files_from_one_curve(tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "alerts", "--out-dir", str(tmp_path / "rules"))
@@ -98,7 +112,8 @@ def test_out_dir_writes_both_files_from_one_curve(tmp_path: Path,
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--out-dir", "DIR", "--fleet"], "--out-dir writes both files"),
+        (["--out-dir", "DIR", "--fleet"], "--out-dir writes both rules files"),
+        (["--fleet", "--kubernetes"], "give one"),
         (["--out-dir", "FILE"], "not a directory"),
         (["--out-dir", "missing/deeper"], "does not exist"),
     ],
@@ -274,6 +289,26 @@ def test_every_agent_series_carries_its_node(tmp_path: Path) -> None:
 DASHBOARD = PROMETHEUS.parent / "grafana" / "egressgw-fleet-dashboard.json"
 
 
+@pytest.mark.parametrize(("dashboard", "panels"), [
+    ("egressgw-fleet-dashboard.json", 2), ("egressgw-dashboard.json", 2)])
+def test_dashboard_threshold_lines_are_the_rules_and_the_curves(
+        dashboard: str, panels: int, curve_116: RefusalCurve) -> None:
+    """Every saturation panel draws the rules' warning (orange) and the occupancy where the
+    Cilium 1.16 curve refuses 1% of new connections (red), rounded down to whole percent."""
+    refusing = curve_116.saturation_at(1e-2)
+    assert refusing is not None
+    expected = [warning_of(RULES.read_text()), math.floor(refusing * 100) / 100]
+    found = []
+    for panel in json.loads((DASHBOARD.parent / dashboard).read_text())["panels"]:
+        steps = panel.get("fieldConfig", {}).get("defaults", {}).get("thresholds", {})
+        values = [step["value"] for step in steps.get("steps", [])[1:]]
+        if any(0 < v < 1 for v in values):
+            assert values == expected, (panel["title"], values)
+            assert [step["color"] for step in steps["steps"]] == ["green", "orange", "red"]
+            found.append(panel["title"])
+    assert len(found) == panels, found
+
+
 def test_fleet_dashboard_queries_parse_and_use_only_known_series(tmp_path: Path) -> None:
     """Each query is valid PromQL (promtool parses it as a rule) and reads only series the
     fleet rules record or every agent exports with its node label."""
@@ -289,6 +324,7 @@ def test_fleet_dashboard_queries_parse_and_use_only_known_series(tmp_path: Path)
         used |= names
     assert {"fleet:egressgw_nat_endpoint_saturation:max",
             "node:egressgw_nat_endpoint_saturation:max",
+            "fleet:egressgw_nodes_refusals_expected:count",
             "fleet:egressgw_nat_endpoint_connections:top10"} <= used
     rules = {"groups": [{"name": "dashboard", "rules": [
         {"record": f"dashboard_query_{i}", "expr": e.replace("$node", ".*")}
