@@ -32,7 +32,6 @@ RULES = PROMETHEUS / "egressgw-fleet-rules.yaml"
 RULES_TEST = PROMETHEUS / "egressgw-fleet-rules.test.yaml"
 NODE_RULES = PROMETHEUS / "egressgw-rules.yaml"
 PROMETHEUS_RULE = PROMETHEUS.parent / "kubernetes" / "prometheusrule.yaml"
-DIVISOR = 32767  # Cilium's divisor with the default --node-port-range 30000-32767
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -45,10 +44,11 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def curve_for(version: str) -> RefusalCurve:
+def curve_for(version: str, node_ports: NodePortRange | None = None) -> RefusalCurve:
     """The curve the rules should follow, built here from the refusal model directly."""
-    return planning_curve(PortSearch.for_version(version, NodePortRange()),
-                          SourcePorts(clients=400), DIVISOR)
+    node_ports = node_ports or NodePortRange()
+    return planning_curve(PortSearch.for_version(version, node_ports),
+                          SourcePorts(clients=400), node_ports.cilium_saturation_divisor)
 
 
 @pytest.fixture(scope="module")
@@ -142,14 +142,15 @@ def test_fleet_and_per_instance_rules_warn_at_the_same_threshold() -> None:
 
 
 def contract_tests(curve: RefusalCurve, rules_name: str, flags: str) -> dict[str, object]:
-    """promtool tests of the warning's contract, from the curve alone: with 32767 ports, a
+    """promtool tests of the warning's contract, from the curve alone: a
     tuple 5 points below the 0.01% mark warns after a minute (naming the mark), one 6
     points below stays quiet; neither pages while the failure counter is flat."""
     first = curve.saturation_at(1e-4)
     assert first is not None
-    near = math.ceil((first - 0.05) * DIVISOR)
-    far = math.floor((first - 0.06) * DIVISOR)
-    held = f"{near / DIVISOR * 100:.4g}%"  # Prometheus' humanizePercentage
+    ports = curve.divisor
+    near = math.ceil((first - 0.05) * ports)
+    far = math.floor((first - 0.06) * ports)
+    held = f"{near / ports * 100:.4g}%"  # Prometheus' humanizePercentage
     tuple_ = "203.0.113.10 -> 198.51.100.1:443 (TCP)"
     annotations = {
         "summary": f"gw-a: {tuple_} holds {held} of its SNAT ports",
@@ -173,7 +174,7 @@ def contract_tests(curve: RefusalCurve, rules_name: str, flags: str) -> dict[str
                 {"series": f'egressgw_nat_endpoint_connections{{{labels},'
                            f'remote_addr="198.51.100.2:443"}}', "values": f"{far}x5"},
                 {"series": 'egressgw_nat_endpoint_port_capacity{node="gw-a"}',
-                 "values": f"{DIVISOR}x5"},
+                 "values": f"{ports}x5"},
                 {"series": 'egressgw_nat_allocation_failures_total{node="gw-a",'
                            'reason="insert_failed"}', "values": "0x5"},
             ],
@@ -208,23 +209,36 @@ def test_shipped_fleet_warning_follows_the_116_curve(tmp_path: Path,
     assert f"refused from {math.floor(first * 100)}% on" in " ".join(RULES.read_text().split())
 
 
-def test_fleet_rules_rendered_for_118_move_their_thresholds(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], curve_116: RefusalCurve) -> None:
-    """1.18 tries 32 ports, not 128: refusals start lower, and the rendered rules (and
-    their warning's promtool contract) move with the curve."""
-    out = tmp_path / "fleet-1.18.yaml"
-    code, _, err = run(capsys, "alerts", "--fleet", "--cilium-version", "1.18", "--out", str(out))
+@pytest.mark.parametrize(
+    "setup",
+    [
+        # 32 tries of a 16-port cycle (cilium-snat.md 11): refusals start lower.
+        ("--cilium-version 1.18", "1.18", NodePortRange(), "Cilium 1.18 port search"),
+        # A narrower NAT range, 40001-65535, and its own divisor (25534).
+        ("--node-port-range 30000,40000", "1.16", NodePortRange(30000, 40000),
+         "NAT ports 40001-65535"),
+    ],
+    ids=["cilium-1.18", "node-port-range"],
+)
+def test_fleet_rules_rendered_for_another_setup_move_their_thresholds(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], curve_116: RefusalCurve,
+        setup: tuple[str, str, NodePortRange, str]) -> None:
+    """Rendered for another version or range, the rules' warning moves with that setup's
+    curve: promtool runs the contract generated from the curve on the rendered file."""
+    flags, version, node_ports, described = setup
+    out = tmp_path / "fleet.yaml"
+    code, _, err = run(capsys, "alerts", "--fleet", *flags.split(), "--out", str(out))
     assert code == 0, err
     text = out.read_text()
-    assert "egressgw alerts --fleet --cilium-version 1.18" in text
-    assert "Cilium 1.18 port search" in text and "32 tries" in text
+    assert f"egressgw alerts --fleet {flags}" in text and described in text
     checked = run_promtool("check", "rules", out, cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    curve = curve_for("1.18")
-    run_contract(text, curve, tmp_path, " --cilium-version 1.18")
-    assert warning_of(text) + 0.1 < warning_of(RULES.read_text())
-    first = curve.saturation_at(1e-4)
-    assert first is not None and first + 0.1 < (curve_116.saturation_at(1e-4) or 1.0)
+    curve = curve_for(version, node_ports)
+    run_contract(text, curve, tmp_path, f" {flags}")
+    first, first_116 = curve.saturation_at(1e-4), curve_116.saturation_at(1e-4)
+    assert first is not None and first_116 is not None
+    assert abs(first - first_116) > 0.1
+    assert abs(warning_of(text) - warning_of(RULES.read_text())) > 0.1
     assert f"refused from {math.floor(first * 100)}% on" in " ".join(text.split())
 
 
