@@ -19,26 +19,23 @@ imported on first use, so those modules do not pay for the datapath's.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from egressgw.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .build import build
     from .datapath import NAT_GLOBAL_MAX_DEFAULT, BpfDatapath, BpfSettings
 
 _LAZY = {
-    "build": "build",
-    "NAT_GLOBAL_MAX_DEFAULT": "datapath",
-    "BpfDatapath": "datapath",
-    "BpfSettings": "datapath",
+    "build": ".build",
+    "NAT_GLOBAL_MAX_DEFAULT": ".datapath",
+    "BpfDatapath": ".datapath",
+    "BpfSettings": ".datapath",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = ["NAT_GLOBAL_MAX_DEFAULT", "BpfDatapath", "BpfSettings", "build"]
