@@ -365,8 +365,6 @@ class BpfMap:
         return int(attr.count)
 
 
-
-
 class BpfProgram:
     """A loaded BPF program (a file descriptor), closed with :meth:`close`: one pinned by
     the loader (the tc programs), or one loaded here from instructions (progrun.py)."""
