@@ -11,8 +11,9 @@ Public API::
         .collect_garbage() / .cleanup() / .close()
     build() -> Path                       # compile snat.bpf.c (cached)
 
-Modules: ``syscall`` (bpf(2) through ctypes), ``layout``, ``build``, ``loader``, ``natmap``,
-``gc``, ``signals``, ``pins``, ``datapath`` (the datapath); ``progrun`` and ``lrureplay``
+Modules: ``syscall`` (bpf(2) through ctypes), ``layout``, ``compiler`` (builds
+snat.bpf.c), ``loader``, ``natmap``, ``gc``, ``signals``, ``pins``, ``datapath`` (the
+datapath); ``progrun`` and ``lrureplay``
 (the kernel LRU checked against the model's, tests/test_bpf_lru_kernel.py). Names are
 imported on first use, so those modules do not pay for the datapath's.
 """
@@ -24,11 +25,11 @@ from typing import TYPE_CHECKING
 from egressgw.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from .build import build
+    from .compiler import build
     from .datapath import NAT_GLOBAL_MAX_DEFAULT, BpfDatapath, BpfSettings
 
 _LAZY = {
-    "build": ".build",
+    "build": ".compiler",
     "NAT_GLOBAL_MAX_DEFAULT": ".datapath",
     "BpfDatapath": ".datapath",
     "BpfSettings": ".datapath",
