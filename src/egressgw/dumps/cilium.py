@@ -31,7 +31,9 @@ Python. It works on cache-sized chunks of whole lines (in two processes for big 
    numpy finds every run and checks its neighbours (so no digit sits inside ``TCP IN``,
    ``->`` or a keyword and no field is empty), octets (0..255, no leading zero) and ports
    (0..65535, no leading zero). Other chunks (IPv6, markers, the raw clock) go through a
-   strict regex, and the distinct bracketed addresses through the address parser.
+   strict regex, and the distinct bracketed addresses through the address parser. Dumps
+   under NUMPY_MIN_BYTES use the strict regex for every chunk: loading numpy would cost
+   them more than it saves.
 4. Every counted IN line of a chunk must have given a key: a line the key regex missed
    would otherwise go uncounted in silence.
 
@@ -190,6 +192,8 @@ def _entry_regex() -> re.Pattern[str]:
 @functools.cache
 def _strict_lines_regex() -> re.Pattern[bytes]:
     return re.compile(_STRICT_LINES)
+
+
 _BRACKETED = re.compile(rb"\[([^\]]*)\]")
 
 
