@@ -8,12 +8,14 @@ namespaces or BPF run in CI (root) and skip elsewhere, saying why.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,6 +45,12 @@ class Smoke:
     args: tuple[str, ...]
     lines: tuple[str, ...]  # regexes, each must match a line of the output
     needs: tuple[str, ...] = ()  # "root", or tools that must be on PATH
+    # Benchmarks sharing a global setting (nf_conntrack_max, which they raise and
+    # restore) run one at a time.
+    shares: str | None = None
+
+
+SHARED = {"nf_conntrack_max": threading.Lock()}
 
 
 SMOKES = (
@@ -103,7 +111,7 @@ SMOKES = (
     Smoke("bench_conntrack.py", ("--quick",), (
         rf"ratio nat-stats pass / conntrack -L \(medians\): {NUMBER}",
         r"load average \(1, 5, 15 min\): before",
-    ), needs=("root", "ip", "conntrack")),
+    ), needs=("root", "ip", "conntrack"), shares="nf_conntrack_max"),
     Smoke("bench_bpf_natstats.py", ("--quick",), (
         r"nat-stats counts \d+ connections",
         rf"ratio nat-stats / bpftool: {NUMBER}",
@@ -132,10 +140,11 @@ def _missing(needs: tuple[str, ...]) -> str | None:
 
 
 def _run(smoke: Smoke) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(BENCH / smoke.script), *smoke.args],
-        check=False, capture_output=True, text=True, timeout=240, cwd=BENCH.parent,
-    )
+    with SHARED[smoke.shares] if smoke.shares else contextlib.nullcontext():
+        return subprocess.run(
+            [sys.executable, str(BENCH / smoke.script), *smoke.args],
+            check=False, capture_output=True, text=True, timeout=240, cwd=BENCH.parent,
+        )
 
 
 @pytest.fixture(scope="module")
