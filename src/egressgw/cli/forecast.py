@@ -147,7 +147,7 @@ def forecast_document(results: Any, *, marks: Any, port_limit: PortLimit, scale:
 def _first_refusal_doc(first: Any) -> dict[str, Any]:
     return {"seconds": first.eta, "earliest": first.earliest, "latest": first.latest,
             "outlook": first.outlook.value, "count": first.count,
-            "refusedPerDayNow": first.refused_per_day}
+            "fittedCountNow": first.fitted, "refusedPerDayNow": first.refused_per_day}
 
 
 def _poll(server: str, samples: int, every_text: str) -> Any:
@@ -340,6 +340,10 @@ def forecast_command(
         click.echo(render_forecast(results, marks=marks, divisor=divisor, last_time=last,
                                    span=loaded[-1].time - loaded[0].time, first=first_refusal),
                    nl=False)
+        if first_refusal is not None and results:
+            why = _first_refusal_why(results[0].endpoint, first_refusal[results[0].endpoint],
+                                     refusals, divisor)
+            click.echo(why, nl=False)
     else:
         assumptions = None if hold is None or refusals is None else _assumptions(
             hold, curve, refusals, divisor)
@@ -354,6 +358,32 @@ def _first_refusals(loaded: Any, *, hold: float, curve: Any, scale: float,
 
     return first_refusals(loaded, hold=hold, probability=probability_of(curve), scale=scale,
                           confidence=confidence)
+
+
+def _first_refusal_why(endpoint: Any, first: Any, curve: Any, divisor: int) -> str:
+    """The figures behind the first row's first refusal, to redo by hand."""
+    import numpy as np  # noqa: PLC0415
+
+    from egressgw.net import format_ip  # noqa: PLC0415
+    from egressgw.sim.report import format_seconds  # noqa: PLC0415
+
+    if first.eta is None or first.count is None or first.eta > _FAR:
+        return ""
+    held = curve.held
+    i = min(max(int(np.searchsorted(held, first.count)), 1), len(held) - 1)
+    low, high = float(held[i - 1]), float(held[i])
+    kind = "linear" if curve.rate_at(low) <= 0 else "log-linear"
+    return (
+        f"Why, for {format_ip(endpoint.egress_ip)} {endpoint.remote_addr} (to redo by hand):\n"
+        f"  the trend is at {first.fitted:.1f} now and grows {first.slope:.6f}/s; "
+        f"{first.fitted:.1f} / {first.hold:g}s = {first.fitted / first.hold:.1f} new "
+        "connections/s;\n"
+        f"  the curve refuses {curve.rate_at(low):.2g} at {low:.0f} ({low / divisor:.1%}) "
+        f"and {curve.rate_at(high):.2g} at {high:.0f} ({high / divisor:.1%}), {kind} "
+        "between;\n"
+        f"  the expected refusals reach ln 2 at {first.count:.1f} ({first.count / divisor:.2%}):"
+        f" in {format_seconds(first.eta)}.\n"
+    )
 
 
 def _first_refusal_note(hold: float, curve_name: str, divisor: int) -> str:
@@ -378,4 +408,6 @@ def _assumptions(hold: float, curve_name: str, curve: Any, divisor: int) -> dict
                   "natPorts": [curve.search.start, curve.search.end],
                   "tries": curve.search.retries, "sourcePorts": str(curve.sources)},
         "limit": divisor,
+        # The curve as used: P(refusal) at each measured level (rate_at, non-decreasing).
+        "points": [[int(h), curve.rate_at(float(h))] for h in curve.held],
     }

@@ -97,13 +97,16 @@ class FirstRefusal:
     """When a tuple's first refusal becomes more likely than not (Λ = ln 2).
 
     Times are seconds after the last snapshot; ``None`` means not within 100 years.
-    ``count`` is the fitted count at ``eta``; ``refused_per_day`` the refusals expected
-    per day at the fitted count of the last snapshot (c / H x p(c) x 86400).
+    ``fitted`` and ``slope`` are the trend's count at the last snapshot and its growth
+    per second; ``count`` the fitted count at ``eta``; ``refused_per_day`` the refusals
+    expected per day at ``fitted`` (c / H x p(c) x 86400).
     """
 
     outlook: Outlook
     samples: int
     hold: float
+    fitted: float = 0.0
+    slope: float = 0.0
     eta: float | None = None
     earliest: float | None = None
     latest: float | None = None
@@ -125,8 +128,8 @@ def first_refusal(times: Sequence[float], counts: Sequence[float], *, hold: floa
     eta = time_to_expected(line.fitted, hold=hold, probability=probability)
     count = None if eta is None else float(line.fitted(eta))
     if not line.has_band:
-        return FirstRefusal(outlook, line.n, hold, eta, count=count, refused_per_day=per_day,
-                            confidence=confidence)
+        return FirstRefusal(outlook, line.n, hold, now, line.slope, eta, count=count,
+                            refused_per_day=per_day, confidence=confidence)
 
     def upper(u: FloatArray) -> FloatArray:
         out: FloatArray = line.fitted(u) + line.spread(u)
@@ -137,7 +140,7 @@ def first_refusal(times: Sequence[float], counts: Sequence[float], *, hold: floa
         return out
 
     return FirstRefusal(
-        outlook, line.n, hold, eta,
+        outlook, line.n, hold, now, line.slope, eta,
         earliest=time_to_expected(upper, hold=hold, probability=probability),
         latest=time_to_expected(lower, hold=hold, probability=probability),
         count=count, refused_per_day=per_day, confidence=confidence, has_band=True,
