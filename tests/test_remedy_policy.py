@@ -88,7 +88,8 @@ def test_before_1_18_the_policy_is_split_by_a_shard_label(tmp_path, version):
             "name=shop or all pods in namespaces kubernetes.io/metadata.name=batch)") in text
     assert f"{SHARD_LABEL}=0, 1 or 2" in text
     assert "leaves without an\n# egress gateway" in text
-    assert "New egress IPs: 10.1.0.1, 10.1.0.2" in text
+    assert ("New egress IPs, the addresses after the last one in use:\n"
+            "#   10.1.0.1, 10.1.0.2\n") in text
 
 
 def test_1_18_keeps_one_policy_and_lists_every_gateway(tmp_path):

@@ -372,17 +372,23 @@ def _first_refusal_why(endpoint: Any, first: Any, curve: Any, divisor: int) -> s
     held = curve.held
     i = min(max(int(np.searchsorted(held, first.count)), 1), len(held) - 1)
     low, high = float(held[i - 1]), float(held[i])
-    kind = "linear" if curve.rate_at(low) <= 0 else "log-linear"
+    if first.count >= high:  # past the curve's last level: its last value
+        levels = (f"{curve.rate_at(high):.2g} at {high:.0f} ({high / divisor:.1%}) "
+                  "and beyond")
+    else:
+        kind = "linear" if curve.rate_at(low) <= 0 else "log-linear"
+        levels = (f"{curve.rate_at(low):.2g} at {low:.0f} ({low / divisor:.1%}) and "
+                  f"{curve.rate_at(high):.2g} at {high:.0f} ({high / divisor:.1%}), {kind} "
+                  "between")
+    when = "now" if first.eta < 1 else f"in {format_seconds(first.eta)}"
     return (
         f"Why, for {format_ip(endpoint.egress_ip)} {endpoint.remote_addr} (to redo by hand):\n"
         f"  the trend is at {first.fitted:.1f} now and grows {first.slope:.6f}/s; "
         f"{first.fitted:.1f} / {first.hold:g}s = {first.fitted / first.hold:.1f} new "
         "connections/s;\n"
-        f"  the curve refuses {curve.rate_at(low):.2g} at {low:.0f} ({low / divisor:.1%}) "
-        f"and {curve.rate_at(high):.2g} at {high:.0f} ({high / divisor:.1%}), {kind} "
-        "between;\n"
+        f"  the curve refuses {levels};\n"
         f"  the expected refusals reach ln 2 at {first.count:.1f} ({first.count / divisor:.2%}):"
-        f" in {format_seconds(first.eta)}.\n"
+        f" {when}.\n"
     )
 
 

@@ -225,14 +225,15 @@ def plan_policies(policy: Mapping[str, Any], egress_ips: Sequence[IPAddress], *,
 
     nodes = _requirements(template.get("nodeSelector"))
     new_note = (
-        f"# New egress IPs: {', '.join(new_ips)} (the addresses after the last one in use):\n"
-        f"# each must be an address of the gateway node(s) ({nodes}); assign them there,\n"
+        "# New egress IPs, the addresses after the last one in use:\n"
+        f"#   {', '.join(new_ips)}\n"
+        f"# Each must be an address of the gateway node(s) ({nodes}): assign them there,\n"
         "# or put addresses the nodes have in their place.\n" if new_ips else "")
     n = len(egress_ips)
     if _version(cilium_version) >= MANY_GATEWAYS_FROM:
         spec["egressGateways"] = [gateway(ip) for ip in egress_ips]
-        header = (f"# Cilium {cilium_version}: the policy in force, {name}\n# ({source}),"
-                  f" with {n} gateways in egressGateways[]; its name, selectors and CIDRs "
+        header = (f"# Cilium {cilium_version}: the policy in force, {name}\n# ({source}),\n"
+                  f"# with {n} gateways in egressGateways[]; its name, selectors and CIDRs "
                   "unchanged.\n# Cilium gives each selected pod one of the gateways.\n"
                   + new_note)
         return header + yaml.safe_dump(body, sort_keys=False)
