@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ from egressgw.sim.snapshots import Snapshot
 from egressgw.sim.workload import parse_workload
 
 LIMIT = 32767
+CAPACITY = Path(__file__).parents[1] / "docs" / "capacity.md"
 
 
 def _step(at: float, q: float):
@@ -231,3 +233,10 @@ def test_predicted_first_refusal_matches_the_simulated_one():
     assert statistics.median(predicted) == pytest.approx(statistics.median(simulated), rel=0.2)
     # The time to 100% would not have passed: it lies after every simulated refusal.
     assert statistics.median(full) > max(simulated)
+    # docs/capacity.md quotes these figures.
+    text = " ".join(CAPACITY.read_text().split())
+    assert (f"first refused a connection after {min(simulated):.0f} to {max(simulated):.0f} s "
+            f"(median {statistics.median(simulated):.0f} s)") in text
+    assert (f"predicted {min(predicted):.0f} to {max(predicted):.0f} s (median "
+            f"{statistics.median(predicted):.0f} s); the time to 100% (median "
+            f"{statistics.median(full):.0f} s)") in text
