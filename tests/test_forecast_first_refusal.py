@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+from egressgw import SimSettings, load_workload, simulate
 from egressgw.cli import main
 from egressgw.config import NodePortRange
 from egressgw.sim.expected_refusals import (
@@ -27,9 +29,7 @@ from egressgw.sim.expected_refusals import (
 )
 from egressgw.sim.forecast import Mark, Outlook, forecast_marks
 from egressgw.sim.refusal import PortSearch, RefusalCurve, SourcePorts, named_curve
-from egressgw.sim.simulate import SimSettings, simulate
 from egressgw.sim.snapshots import Snapshot
-from egressgw.sim.workload import parse_workload
 
 LIMIT = 32767
 CAPACITY = Path(__file__).parents[1] / "docs" / "capacity.md"
@@ -195,8 +195,10 @@ SEEDS = range(6)
 WINDOW = (300.0, 900.0)
 
 
-def test_predicted_first_refusal_matches_the_simulated_one():
-    workload = parse_workload(GROWING, source="test")
+def test_predicted_first_refusal_matches_the_simulated_one(tmp_path):
+    # Through the public API: a workload file, simulate().
+    (tmp_path / "growing.yaml").write_text(yaml.safe_dump(GROWING))
+    workload = load_workload(tmp_path / "growing.yaml")
     search = PortSearch.for_version("1.16", SMALL)
     curve = named_curve("steady", search, SourcePorts().with_clients(400), SMALL.nat_ports - 1)
     probability = probability_of(curve)
