@@ -210,11 +210,12 @@ Examples:
 @click.option("--scale", type=float, default=1.0, show_default=True, metavar="FACTOR",
               help="Traffic multiplied by FACTOR (e.g. 3 for 3x): counts and growth scale.")
 @click.option("--hold", callback=parse_duration_flag, metavar="DURATION",
-              help="How long a connection holds its port (as plan's --hold, e.g. 10m): "
-                   "new connections/s = count / hold (Little's law). Adds 'First refusal "
-                   "likely': when the refused connections expected along the trend, the "
-                   "integral of rate x P(refusal), reach ln 2, i.e. a first refusal is "
-                   "more likely than not. Replaces the 0.01% column.")
+              help="How long a connection holds its port, e.g. 10m (the value given to "
+                   "plan --hold; plan adds CT timeouts to it, forecast does not: the "
+                   "earlier answer): new connections/s = count / hold (Little's law). "
+                   "Adds 'First refusal likely': when the refused connections expected "
+                   "along the trend, the integral of rate x P(refusal), reach ln 2, i.e. "
+                   "a first refusal is more likely than not. Replaces the 0.01% column.")
 @curve_options
 @click.option("--confidence", type=float, default=0.9, show_default=True,
               help="Coverage of the prediction band.")
