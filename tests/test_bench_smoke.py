@@ -97,7 +97,7 @@ SMOKES = (
         rf"size core/full: {NUMBER}; start-up core/full: {NUMBER}",
         r"load average \(1, 5, 15 min\): before",
     )),
-    Smoke("bench_natstats_dump.py", ("--lines", "20000", "--repeat", "1"), (
+    Smoke("bench_natstats_dump.py", ("--quick",), (
         r"same counts: \d+ endpoints",
         rf"egressgw/awk: wall (?:median )?{NUMBER}",
         r"load average",
