@@ -8,16 +8,14 @@ namespaces or BPF run in CI (root) and skip elsewhere, saying why.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import re
 import shutil
 import subprocess
 import sys
-import threading
+import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
@@ -46,11 +44,8 @@ class Smoke:
     lines: tuple[str, ...]  # regexes, each must match a line of the output
     needs: tuple[str, ...] = ()  # "root", or tools that must be on PATH
     # Benchmarks sharing a global setting (nf_conntrack_max, which they raise and
-    # restore) run one at a time.
+    # restore) never run at the same time.
     shares: str | None = None
-
-
-SHARED = {"nf_conntrack_max": threading.Lock()}
 
 
 SMOKES = (
@@ -139,19 +134,76 @@ def _missing(needs: tuple[str, ...]) -> str | None:
     return f"needs {', '.join(tools)} on PATH" if tools else None
 
 
-def _run(smoke: Smoke) -> subprocess.CompletedProcess[str]:
-    with SHARED[smoke.shares] if smoke.shares else contextlib.nullcontext():
-        return subprocess.run(
-            [sys.executable, str(BENCH / smoke.script), *smoke.args],
-            check=False, capture_output=True, text=True, timeout=240, cwd=BENCH.parent,
-        )
+@dataclass
+class Finished:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class SmokeRunner:
+    """Runs the smoke runs as subprocesses, up to ``parallel`` at a time, all started from
+    this (the main) thread: many of them wait (on pip, a network namespace, the agent), so
+    the module takes about half the time it would one after the other. Output goes to
+    files, so no pipe needs a reader thread; runs that share a global setting never
+    overlap."""
+
+    TIMEOUT = 240.0
+
+    def __init__(self, smokes: list[Smoke], directory: Path, parallel: int = 3) -> None:
+        self.pending = list(smokes)
+        self.running: dict[str, tuple[subprocess.Popen[bytes], Smoke, float]] = {}
+        self.finished: dict[str, Finished] = {}
+        self.directory = directory
+        self.parallel = parallel
+
+    def _start_more(self) -> None:
+        busy = {smoke.shares for _p, smoke, _t in self.running.values() if smoke.shares}
+        for smoke in list(self.pending):
+            if len(self.running) >= self.parallel:
+                return
+            if smoke.shares and smoke.shares in busy:
+                continue
+            self.pending.remove(smoke)
+            busy.add(smoke.shares)
+            with (self.directory / f"{smoke.script}.out").open("wb") as out, \
+                    (self.directory / f"{smoke.script}.err").open("wb") as err:
+                process = subprocess.Popen(
+                    [sys.executable, str(BENCH / smoke.script), *smoke.args],
+                    stdout=out, stderr=err, cwd=BENCH.parent,
+                )
+            self.running[smoke.script] = (process, smoke, time.monotonic())
+
+    def _reap(self) -> None:
+        for script, (process, _smoke, started) in list(self.running.items()):
+            if process.poll() is None and time.monotonic() - started > self.TIMEOUT:
+                process.kill()
+                process.wait()
+            if process.returncode is None:
+                continue
+            del self.running[script]
+            self.finished[script] = Finished(
+                process.returncode,
+                (self.directory / f"{script}.out").read_text(errors="replace"),
+                (self.directory / f"{script}.err").read_text(errors="replace"),
+            )
+
+    def result(self, script: str) -> Finished:
+        while script not in self.finished:
+            self._start_more()
+            self._reap()
+            if script not in self.finished:
+                time.sleep(0.1)
+        return self.finished[script]
+
+    def stop(self) -> None:
+        for process, _smoke, _started in self.running.values():
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(scope="module")
-def smoke_runs() -> Iterator[dict[str, Future[subprocess.CompletedProcess[str]]]]:
-    """Every runnable smoke run, started at once, three at a time: many of them wait
-    (on pip, on a network namespace, on the agent), so the module takes about half the
-    time it would one after the other."""
+def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmokeRunner]:
     # Compile the model kernel into numba's on-disk cache once (a fresh clone has none), so
     # the parallel runs load it instead of each compiling it at the same time.
     warm = ModelDatapath(ModelConfig(), random.Random(0))
@@ -159,22 +211,23 @@ def smoke_runs() -> Iterator[dict[str, Future[subprocess.CompletedProcess[str]]]
     warm.connect(FiveTuple(Proto.TCP, Endpoint(ip_address("192.0.2.1"), 1000),
                            Endpoint(ip_address("198.51.100.1"), 443)),
                  ip_address("203.0.113.1"))
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        yield {smoke.script: pool.submit(_run, smoke)
-               for smoke in SMOKES if _missing(smoke.needs) is None}
+    runner = SmokeRunner([smoke for smoke in SMOKES if _missing(smoke.needs) is None],
+                         tmp_path_factory.mktemp("bench-smoke"))
+    try:
+        yield runner
+    finally:
+        runner.stop()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("smoke", SMOKES, ids=lambda smoke: smoke.script)
-def test_benchmark_quick_run(
-    smoke: Smoke, smoke_runs: dict[str, Future[subprocess.CompletedProcess[str]]]
-) -> None:
+def test_benchmark_quick_run(smoke: Smoke, smoke_runs: SmokeRunner) -> None:
     reason = _missing(smoke.needs)
     if reason is not None:
         if os.environ.get("CI"):
             pytest.fail(f"CI must smoke-run {smoke.script}, but it {reason}")
         pytest.skip(f"{smoke.script} {reason}; CI runs it")
-    done = smoke_runs[smoke.script].result()
+    done = smoke_runs.result(smoke.script)
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"{smoke.script} exited {done.returncode}:\n{output[-3000:]}"
     for pattern in smoke.lines:
