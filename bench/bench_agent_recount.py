@@ -34,6 +34,7 @@ import argparse
 import ctypes
 import ctypes.util
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -330,6 +331,64 @@ def one_run(netns: str, files: Path, mode: str, *, args: argparse.Namespace,
     return run
 
 
+def python_step() -> float:
+    """A fixed bit of pure Python (about 1 ms here): what a scrape's own work is like."""
+    start = time.perf_counter()
+    sum(range(60000))
+    return time.perf_counter() - start
+
+
+def step_latencies(during: Callable[[], None] | None, seconds: float = 3.0) -> list[float]:
+    """Time python_step every 10 ms on a thread while ``during()`` runs (or ``seconds``)."""
+    stop = threading.Event()
+    latencies: list[float] = []
+
+    def probe() -> None:
+        while not stop.is_set():
+            latencies.append(python_step())
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    try:
+        if during is None:
+            time.sleep(seconds)
+        else:
+            during()
+    finally:
+        stop.set()
+        thread.join()
+    return latencies
+
+
+def gil_probe(netns: str, repeat: int) -> dict[str, list[float]]:
+    """Where the pass runs, thread or process: p99 of a 1 ms Python step meanwhile.
+
+    A pass spends its time in recv (the kernel's dump) and numpy, which release the GIL;
+    this measures how much a pass on a thread still holds back Python on other threads,
+    against the same pass in a forked process (no GIL shared, only the CPUs).
+    """
+    def passes() -> None:
+        counter = ConntrackCounter(netns)
+        try:
+            counter.usage()
+        finally:
+            counter.close()
+
+    def in_process() -> None:
+        child = multiprocessing.get_context("fork").Process(target=passes)
+        child.start()
+        child.join()
+
+    p99: dict[str, list[float]] = {"no pass": [], "pass on a thread": [],
+                                   "pass in a process": []}
+    for _ in range(repeat):
+        p99["no pass"].append(percentile(step_latencies(None), 99))
+        p99["pass on a thread"].append(percentile(step_latencies(passes), 99))
+        p99["pass in a process"].append(percentile(step_latencies(in_process), 99))
+    return p99
+
+
 def spread(values: list[float], unit: str = "s", scale: float = 1.0) -> str:
     if not values:
         return "n/a"
@@ -384,8 +443,9 @@ def main() -> None:
         finally:
             counter.close()
 
-        runs: dict[str, list[Run]] = {"serial": [], "background": []}
         load_before = os.getloadavg()
+        probe = gil_probe(netns, args.repeat)
+        runs: dict[str, list[Run]] = {"serial": [], "background": []}
         with tempfile.TemporaryDirectory(prefix="egw-arc") as tmp:
             files = Path(tmp)
             (files / "policies").mkdir()
@@ -406,7 +466,9 @@ def main() -> None:
         print(f"\n{created:,} conntrack entries, {args.repeat} run(s) per mode, "
               f"--nat-map-stats-interval {args.interval:g}s, a scrape every "
               f"{SCRAPE_EVERY * 1000:.0f} ms; median (range) over runs")
-        print(f"one pass alone (bench process, nothing else running): {spread(alone)}")
+        print(f"one pass in the bench process (no agent running): {spread(alone)}")
+        print("p99 of a 1 ms Python step on another thread: " + "; ".join(
+            f"{name} {spread(values, 'ms', 1000)}" for name, values in probe.items()))
         header = ("mode", "pass time", "reconcile during a pass", "applied before pass end",
                   "scrape p50 during", "scrape p99 during", "scrape p50 outside",
                   "scrape p99 outside")
