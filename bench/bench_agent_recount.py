@@ -135,10 +135,16 @@ class Run:
     mode: str
     passes: dict[int, float] = field(default_factory=dict)  # pass number -> seconds
     reconciles: list[float] = field(default_factory=list)
+    # Edits made while no pass ran: the reconcile's own cost, the baseline.
+    idle_reconciles: list[float] = field(default_factory=list)
     applied_during_pass: int = 0
     busy: list[float] = field(default_factory=list)  # scrape seconds during a pass
     idle: list[float] = field(default_factory=list)
     entries: set[int] = field(default_factory=set)
+
+    @property
+    def edits(self) -> int:
+        return len(self.reconciles) + len(self.idle_reconciles)
 
 
 LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -272,6 +278,17 @@ class Scraper:
         return self.scrapes
 
 
+def edit_and_wait(agent: AgentProcess, policy: Path, edit: int) -> float:
+    """Switch the policy's egress IP (atomically, by rename); seconds until "applied"."""
+    mark = agent.mark()
+    tmp = policy.with_suffix(".tmp")
+    tmp.write_text(POLICY.format(egress=EGRESS[(edit + 1) % 2]))
+    written = time.monotonic()
+    tmp.rename(policy)
+    applied_at, _ = agent.wait_for("applied ", after=mark)
+    return applied_at - written
+
+
 def one_run(netns: str, files: Path, mode: str, *, args: argparse.Namespace,
             rng: random.Random, created: int) -> Run:
     policy = files / "policies" / "clients.yaml"
@@ -298,13 +315,7 @@ def one_run(netns: str, files: Path, mode: str, *, args: argparse.Namespace,
             if (latest is None or latest.metrics.get("egressgw_nat_stats_recount_in_progress")
                     != 1.0 or latest.metrics["egressgw_nat_stats_recounts_total"] != before):
                 continue  # that pass ended meanwhile: wait for the next one
-            mark = agent.mark()
-            tmp = policy.with_suffix(".tmp")
-            tmp.write_text(POLICY.format(egress=EGRESS[(len(run.reconciles) + 1) % 2]))
-            written = time.monotonic()
-            tmp.rename(policy)
-            applied_at, _ = agent.wait_for("applied ", after=mark)
-            run.reconciles.append(applied_at - written)
+            run.reconciles.append(edit_and_wait(agent, policy, run.edits))
             done = scraper.wait(
                 lambda s, b=before: s.metrics.get("egressgw_nat_stats_recounts_total", 0) > b,
                 "the pass to end")
@@ -312,6 +323,11 @@ def one_run(netns: str, files: Path, mode: str, *, args: argparse.Namespace,
                     done.metrics["egressgw_reconcile_last_success_timestamp_seconds"]
                     < done.metrics["egressgw_nat_stats_last_recount_timestamp_seconds"]):
                 run.applied_during_pass += 1
+        while len(run.idle_reconciles) < args.edits:
+            scraper.wait(
+                lambda s: s.metrics.get("egressgw_nat_stats_recount_in_progress") == 0.0,
+                "a moment without a pass")
+            run.idle_reconciles.append(edit_and_wait(agent, policy, run.edits))
     finally:
         scrapes = scraper.stop()
         agent.stop()
@@ -459,7 +475,9 @@ def main() -> None:
                           f"{statistics.median(run.passes.values()):.2f} s; reconciles "
                           f"{', '.join(f'{x:.2f}' for x in run.reconciles)} s "
                           f"({run.applied_during_pass} of {len(run.reconciles)} applied "
-                          f"before the pass ended); {len(run.busy)} scrapes during a pass, "
+                          f"before the pass ended); without a pass "
+                          f"{', '.join(f'{x:.2f}' for x in run.idle_reconciles)} s; "
+                          f"{len(run.busy)} scrapes during a pass, "
                           f"{len(run.idle)} outside", flush=True)
         load_after = os.getloadavg()
 
@@ -470,6 +488,7 @@ def main() -> None:
         print("p99 of a 1 ms Python step on another thread: " + "; ".join(
             f"{name} {spread(values, 'ms', 1000)}" for name, values in probe.items()))
         header = ("mode", "pass time", "reconcile during a pass", "applied before pass end",
+                  "reconcile, no pass running",
                   "scrape p50 during", "scrape p99 during", "scrape p50 outside",
                   "scrape p99 outside")
         print(" | ".join(header))
@@ -478,7 +497,10 @@ def main() -> None:
             reconciles = [statistics.median(r.reconciles) for r in mode_runs if r.reconciles]
             during = sum(r.applied_during_pass for r in mode_runs)
             total = sum(len(r.reconciles) for r in mode_runs)
-            cells = [mode, spread(passes), spread(reconciles), f"{during} of {total}"]
+            alone_reconciles = [statistics.median(r.idle_reconciles) for r in mode_runs
+                                if r.idle_reconciles]
+            cells = [mode, spread(passes), spread(reconciles), f"{during} of {total}",
+                     spread(alone_reconciles)]
             for attr in ("busy", "idle"):
                 for p in (50, 99):
                     cells.append(spread([percentile(getattr(r, attr), p) for r in mode_runs

@@ -139,7 +139,7 @@ class AgentCollector(Collector):
         skipped = CounterMetricFamily(
             "egressgw_nat_stats_recount_skipped",
             "Periods of --nat-map-stats-interval without a pass of their own: the previous "
-            "pass was still running (a pass slower than the interval).",
+            "pass (or, with the pass on the loop, a long reconcile) was still running.",
         )
         skipped.add_metric([], float(status.skipped_total))
         yield from (running, passes, errors, skipped)
