@@ -33,6 +33,7 @@ from egressgw.config import NodePortRange
 from egressgw.datapath.kernel import KernelDatapath
 from egressgw.datapath.kernel.ctfill import fill, synthetic_entries
 from egressgw.errors import DatapathError
+from egressgw.net import NatEndpoint
 from netns import bare_netns, run_in
 
 WALL_OFFSET = 1_700_000_000.0
@@ -282,6 +283,41 @@ def test_the_serial_agent_counts_on_its_loop(
     # MemoryDatapath's own counts were not read: the agent took a DatapathCounter, and
     # the background counter it was offered stayed unused.
     assert datapath.counter.passes == 0
+
+
+def test_a_pass_on_the_loop_that_overruns_skips_the_periods_it_missed(
+    tmp_path: Path, agents: list[Agent], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Serial: a pass that takes 2.5 intervals (on the fake clock) misses the 2 periods
+    that fell due meanwhile; they are counted, not run back to back, and said once."""
+    clock = FakeClock()
+
+    class SlowDatapath(MemoryDatapath):
+        slow = True
+
+        def endpoint_counts(self) -> dict[NatEndpoint, int]:
+            if self.slow:
+                clock.now += 75
+            return dict(self.counts)
+
+    datapath = SlowDatapath()
+    agent = memory_agent(tmp_path, datapath, clock, agents, background_recount=False)
+    with caplog.at_level(logging.INFO, logger="egressgw.agent"):
+        agent.start()  # the first pass: due at 100, ends at 175
+        assert agent.state.recount.skipped_total == 2  # 130 and 160 were missed
+        clock.now = 205
+        agent.tick()  # due at 205: ends at 280, missing 235 and 265
+        assert agent.state.recount.skipped_total == 4
+        assert agent.state.recount.passes_total == 2
+        datapath.slow = False
+        clock.now = 310
+        agent.tick()
+    assert agent.state.recount.skipped_total == 4
+    assert agent.state.recount.passes_total == 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("nat-stats pass took 75.0s, longer than --nat-map-stats-interval "
+                          "30s: the periods it overran are skipped") == 1
+    assert messages.count("nat-stats passes fit --nat-map-stats-interval again (0.0s)") == 1
 
 
 def test_a_snapshot_cannot_be_changed_after_it_is_published(
