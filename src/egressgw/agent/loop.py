@@ -178,7 +178,8 @@ class Agent:
     # The steps.
 
     def start(self) -> None:
-        """The first step: apply the files, take the counters' baseline, count once."""
+        """The first step: apply the files, take the counters' baseline, ask for the first
+        pass (on the recount thread it is published when done, not before this returns)."""
         self._started = True
         if self.recount_thread is not None:
             self.recount_thread.start()
