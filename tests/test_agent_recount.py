@@ -173,6 +173,8 @@ def test_a_policy_change_is_applied_while_a_pass_is_held_and_scrapes_serve_the_l
     url = serve(agent, served)
     agent.start()
     wait_for(lambda: agent.state.recount.passes_total == 1, "the first pass")
+    # Published, but the thread may still be finishing it: a request then would be a skip.
+    wait_for(lambda: not pass_running(agent), "the first pass to end")
 
     # The next pass is due and held inside the counter.
     datapath.counter.gate.clear()
@@ -254,6 +256,8 @@ def test_a_failed_pass_is_counted_and_keeps_the_last_good_snapshot(
         clock.now += 30
         within_deadline(agent.tick)
         wait_for(lambda: agent.state.recount.passes_total == 2, "a pass that works")
+        # The thread logs "works again" after publishing: wait until it is idle.
+        wait_for(lambda: not pass_running(agent), "the pass that works to end")
     messages = [r.getMessage() for r in caplog.records]
     assert messages.count(
         "counting nat-stats failed: ctnetlink dump: no answer from the kernel") == 1
@@ -434,6 +438,7 @@ def test_kernel_a_policy_change_reaches_nftables_while_a_conntrack_pass_is_held(
             agent.start()
             assert chain(EGRESS[0]) in nft_table(ns)
             wait_for(lambda: agent.state.recount.passes_total == 1, "the first pass")
+            wait_for(lambda: not pass_running(agent), "the first pass to end")
             first = agent.state.counts
             assert first is not None
             rows = {(str(r.egress_ip), str(r.remote_ip)): r.count for r in first.stats.rows}
