@@ -15,12 +15,18 @@ whether a pass was running when it was built (egressgw_nat_stats_recount_in_prog
 ``--edits`` times the policy file is then rewritten (switching the egress IP) at a random
 moment inside a running pass, and the time until the agent logs "applied" is the
 reconcile latency; whether the apply landed before that pass finished comes from the
-agent's own timestamps (reconcile success vs the pass's publication). The pass time is
-the agent's own egressgw_nat_stats_recount_duration_seconds, one per pass; the number of
-entries it published is checked against the number created.
+agent's own timestamps (reconcile success vs the pass's publication). Then ``--edits``
+more edits while no pass runs: the reconcile's own latency, the baseline. The pass time
+is the agent's own egressgw_nat_stats_recount_duration_seconds, one per pass; the number
+of entries it published is checked against the number created.
+
+Before the agent runs, in this process: one pass timed alone, and the p99 of a 1 ms
+Python step on another thread with no pass, a pass on a thread, and a pass in a forked
+process (does the pass hold the GIL?).
 
 Prints, per mode, the median and range over runs of: the pass time, the reconcile latency
-during a pass, and the scrape p50/p99 during a pass and outside one; with the load average.
+during a pass and with no pass running, and the scrape p50/p99 during a pass and outside
+one; with the load average.
 Needs root. nf_conntrack_max is global (only settable from the root namespace): raised for
 the run if lower than needed and restored. The namespace is deleted whatever happens.
 
