@@ -103,6 +103,12 @@ SMOKES = (
         rf"/healthz p99 with slow clients / idle p99: {NUMBER}x",
         r"load average after",
     )),
+    Smoke("bench_agent_recount.py", ("--quick",), (
+        rf"one pass in the bench process \(no agent running\): {NUMBER} s",
+        rf"reconcile latency during a pass, all edits: serial median {NUMBER} s, background "
+        rf"median {NUMBER} s: {NUMBER}x",
+        r"load average \(1, 5, 15 min\) before",
+    ), needs=("root", "ip", "conntrack", "nft"), shares="nf_conntrack_max"),
     Smoke("bench_conntrack.py", ("--quick",), (
         rf"ratio nat-stats pass / conntrack -L \(medians\): {NUMBER}",
         r"load average \(1, 5, 15 min\): before",
