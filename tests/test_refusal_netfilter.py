@@ -125,6 +125,8 @@ def test_exact_curve_matches_the_netfilter_model(port_range: NatPortRange, k: in
     trials = 500
     refused = _refused_on_model(port_range, k, trials=trials, sources=sources, seed=k)
     tolerance = 4 * math.sqrt(exact * (1 - exact) / trials)
+    print(f"{port_range}, k={k}, clients {sources}: exact {exact:.4f}, netfilter model "
+          f"{refused / trials:.4f} ({refused}/{trials}), 4 sigma {tolerance:.4f}")
     assert 0.05 < exact < 0.95
     assert abs(refused / trials - exact) <= tolerance, (refused / trials, exact, tolerance)
 
@@ -158,6 +160,7 @@ def test_growth_curve_matches_tuples_filled_on_the_netfilter_model() -> None:
                 expected += curve.rate_at(held)
                 observed += result.port is None
             held += result.port is not None
+    print(f"growth on 40 tuples of 256 ports: {observed:.0f} refused, {expected:.1f} expected")
     assert expected > 30
     assert abs(observed - expected) <= 0.25 * expected + 4 * math.sqrt(expected), (
         observed, expected)
