@@ -122,7 +122,7 @@ def test_exact_curve_matches_the_netfilter_model(port_range: NatPortRange, k: in
                                                  sources: SourcePorts) -> None:
     search = PortSearch.netfilter(port_range)
     exact = float(uniform_curve(search, sources, port_range.ports, held=[k]).refused[0])
-    trials = 500
+    trials = 300
     refused = _refused_on_model(port_range, k, trials=trials, sources=sources, seed=k)
     tolerance = 4 * math.sqrt(exact * (1 - exact) / trials)
     print(f"{port_range}, k={k}, clients {sources}: exact {exact:.4f}, netfilter model "
