@@ -50,8 +50,8 @@ _TEMPLATE = """# Prometheus alerting rules for the egressgw agent (load with rul
 #   {search}
 #   clients' source ports {sources}.
 # Taking the worse of a tuple filling up and one staying full, {warn_rate} of new
-# connections are refused from {warn_at} of its ports on, 1% from {crit_at}: nat.h tries
-# a bounded walk of ports per connection, so refusals start long before 100%. The
+# connections are refused from {warn_at} of its ports on, 1% from {crit_at}: {searcher} tries
+# {walk} per connection, so refusals start long before 100%. The
 # warning comes first; refusals themselves are counted, and critical.
 groups:
   - name: egressgw-snat
@@ -128,17 +128,26 @@ groups:
 """
 
 
+def curve_fields(curve: RefusalCurve) -> dict[str, str]:
+    """What the rules files say of the curve: its search, thresholds and why refusals
+    start early (the search tries a bounded number of ports per connection)."""
+    t = thresholds(curve)
+    searcher, walk = (("nf_nat", "a bounded number of random ports") if curve.search.is_netfilter
+                      else ("nat.h", "a bounded walk of ports"))
+    return {
+        "search": search_text(curve.search),
+        "sources": str(curve.sources),
+        "warn_rate": f"{FIRST_REFUSALS:.2%}",
+        "warn_at": f"{math.floor(t.first_refusals_at * 100)}%",
+        "crit_at": f"{math.floor(t.refusing_at * 100)}%",
+        "margin": f"{WARNING_MARGIN * 100:.0f}",
+        "warning": f"{t.warning:.2f}",
+        "searcher": searcher,
+        "walk": walk,
+    }
+
+
 def render_rules(curve: RefusalCurve, *, command: str, limits_command: str) -> str:
     """The rules file, as deploy/prometheus/egressgw-rules.yaml ships it."""
-    t = thresholds(curve)
-    return _TEMPLATE.format(
-        command=command,
-        limits_command=limits_command,
-        search=search_text(curve.search),
-        sources=str(curve.sources),
-        warn_rate=f"{FIRST_REFUSALS:.2%}",
-        warn_at=f"{math.floor(t.first_refusals_at * 100)}%",
-        crit_at=f"{math.floor(t.refusing_at * 100)}%",
-        margin=f"{WARNING_MARGIN * 100:.0f}",
-        warning=f"{t.warning:.2f}",
-    )
+    return _TEMPLATE.format(command=command, limits_command=limits_command,
+                            **curve_fields(curve))

@@ -14,12 +14,10 @@ refusal probability grows with the tuple's occupancy, sim/refusal.py).
 
 from __future__ import annotations
 
-import math
-
 import yaml
 
-from egressgw.sim.alerts import FIRST_REFUSALS, WARNING_MARGIN, thresholds
-from egressgw.sim.refusal import RefusalCurve, search_text
+from egressgw.sim.alerts import curve_fields
+from egressgw.sim.refusal import RefusalCurve
 
 _TEMPLATE = """# Prometheus recording and alerting rules for a fleet of egressgw gateways (docs/alerts.md).
 #
@@ -40,8 +38,8 @@ _TEMPLATE = """# Prometheus recording and alerting rules for a fleet of egressgw
 #   {search}
 #   clients' source ports {sources}.
 # Taking the worse of a tuple filling up and one staying full, {warn_rate} of new
-# connections are refused from {warn_at} of its ports on, 1% from {crit_at}: nat.h tries
-# a bounded walk of ports per connection, so refusals start long before 100%. The
+# connections are refused from {warn_at} of its ports on, 1% from {crit_at}: {searcher} tries
+# {walk} per connection, so refusals start long before 100%. The
 # warning comes {margin} points before the first refusals; refusals themselves are
 # counted, and critical.
 #
@@ -127,18 +125,8 @@ groups:
 
 def render_fleet_rules(curve: RefusalCurve, *, command: str, limits_command: str) -> str:
     """The fleet rules file, as deploy/prometheus/egressgw-fleet-rules.yaml ships it."""
-    t = thresholds(curve)
-    return _TEMPLATE.format(
-        command=command,
-        limits_command=limits_command,
-        search=search_text(curve.search),
-        sources=str(curve.sources),
-        warn_rate=f"{FIRST_REFUSALS:.2%}",
-        warn_at=f"{math.floor(t.first_refusals_at * 100)}%",
-        crit_at=f"{math.floor(t.refusing_at * 100)}%",
-        margin=f"{WARNING_MARGIN * 100:.0f}",
-        warning=f"{t.warning:.2f}",
-    )
+    return _TEMPLATE.format(command=command, limits_command=limits_command,
+                            **curve_fields(curve))
 
 
 # The per-instance group that watches the agents themselves (down, rejecting its

@@ -159,8 +159,11 @@ def plot_refusal(curves: Any, path: str | Path) -> Path:
     for name, curve in curves.by_name().items():
         sat = curve.saturation * 100
         shown = curve.refused > 0
+        # The uniform curve is exact only where nf_nat's offsets are uniform; its kind
+        # says how it was computed ("ring approximation", "sampled") otherwise.
+        text = CURVE_TEXT[name].replace("(exact)", f"({curve.kind.partition('(')[2]}")
         ax.plot(sat[shown], curve.refused[shown] * 100, color=colours[name],
-                label=f"{name}: {CURVE_TEXT[name]}")
+                label=f"{name}: {text}")
         if curve.kind.endswith("(measured)"):
             ax.fill_between(sat, np.maximum(curve.low, 1e-7) * 100, curve.high * 100,
                             color=colours[name], alpha=0.15, linewidth=0)
