@@ -11,6 +11,7 @@ import numpy.typing as npt
 from egressgw.datapath.model import kernel as _kernel
 from egressgw.datapath.model.config import ModelConfig
 from egressgw.datapath.model.gcpacing import to_ns
+from egressgw.datapath.model.kernel_state import BatchColumns, State
 from egressgw.datapath.model.reference import ConnKey, NatRow
 from egressgw.datapath.model.types import LATENCY_BINS, ConnectionBatch, DropReason, ModelCounters
 
@@ -85,17 +86,19 @@ class CompiledModel:
         self.heap_rows = np.zeros((INITIAL_ROWS, k.H_WORDS), np.int64)
         self._grow_conns(INITIAL_ROWS)
         self._grow_nat(min(INITIAL_ROWS, 2 * config.bpf_nat_global_max))
-        k.gc(self._sc(), *self._tables(), 3, False)  # the agent's initial scan (gc.go Enable)
+        k.gc(self.state, 3, False)  # the agent's initial scan (gc.go Enable)
 
-    # -- state tuples -------------------------------------------------------------------
+    # -- the kernel's state ---------------------------------------------------------------
 
-    def _sc(self) -> tuple[npt.NDArray[Any], ...]:
-        return (self.st, self.fs, self.cfg, self.cfgf, self.cnt, self.tries, self.mt,
-                self.delayed)
-
-    def _tables(self) -> tuple[npt.NDArray[Any], ...]:
-        """CR, CF, CB, NR, NB: records, their float view, their index; IN entries, index."""
-        return (self.cr, self.cr.view(np.float64), self.cb, self.nr, self.nb)
+    @property
+    def state(self) -> State:
+        """The arrays the kernel works on, by name (a new snapshot after any growth)."""
+        return State(
+            st=self.st, fs=self.fs, cfg=self.cfg, cfgf=self.cfgf, cnt=self.cnt,
+            tries=self.tries, mt=self.mt, lat=self.delayed,
+            CR=self.cr, CF=self.cr.view(np.float64), CB=self.cb, NR=self.nr, NB=self.nb,
+            HI=self.heap_rows, HF=self.heap_rows.view(np.float64),
+        )  # fmt: skip
 
     # -- growing ------------------------------------------------------------------------
 
@@ -104,23 +107,19 @@ class CompiledModel:
                              free_slot=k.S_CONN_FREE, count_slot=k.S_CONN_NFREE)
         self.cb = np.full(_pow2_at_least(size), k.NONE, np.uint32)
         # Free records keep their free-list links; only used records are re-threaded.
-        k.rebuild_conn_index(self.cr, self.cb)
+        k.rebuild_conn_index(self.state)
 
     def _grow_nat(self, size: int) -> None:
         self.nr = _grow_pool(self.nr, size, self.st, next_column=k.E_NEXT,
                              free_slot=k.S_NAT_FREE, count_slot=k.S_NAT_NFREE)
         # Chained buckets, about one per IN entry once the pool is full.
         self.nb = np.full(_pow2_at_least(size), k.NONE, np.uint32)
-        k.rebuild_in_index(self.cr, self.nr, self.nb)
+        k.rebuild_in_index(self.state)
 
     def _grow_heap(self) -> None:
         rows = np.zeros((2 * len(self.heap_rows), k.H_WORDS), np.int64)
         rows[: len(self.heap_rows)] = self.heap_rows
         self.heap_rows = rows
-
-    @property
-    def heap(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        return self.heap_rows, self.heap_rows.view(np.float64)
 
     def _make_room(self, need: int) -> None:
         if need == k.NEED_CONN:
@@ -138,7 +137,7 @@ class CompiledModel:
         if self.st[k.S_CONN_NFREE] < 1:
             self._make_room(k.NEED_CONN)
         fam = 1 if src & k.V6_BIT else 0
-        if not k.nat_room(self.st, self.cfg, fam):
+        if not k.nat_room(self.state, fam):
             self._make_room(k.NEED_NAT)
 
     # -- the random source --------------------------------------------------------------
@@ -187,9 +186,7 @@ class CompiledModel:
     ) -> tuple[int, int, bool, int]:
         self._room_for_one(key[0])
         state = self._load_rng()
-        port, drop, broken, retries = k.op_send(
-            self._sc(), *self._tables(), *key, egress, mode, flags
-        )
+        port, drop, broken, retries = k.op_send(self.state, *key, egress, mode, flags)
         self._store_rng(state)
         return int(port), int(drop), bool(broken), int(retries)
 
@@ -205,26 +202,25 @@ class CompiledModel:
         return self._send(key, egress, 0, flags)
 
     def reply(self, key: ConnKey, flags: int) -> tuple[int, int]:
-        cr, cf, cb, nr, nb = self._tables()
-        port, drop = k.op_reply(self._sc(), cr, cf, cb, nr, nb, *key, flags)
+        port, drop = k.op_reply(self.state, *key, flags)
         return int(port), int(drop)
 
     def close(self, key: ConnKey, kind: int) -> tuple[int, int, bool, int]:
-        o = k.conn_find(self.cr, self.cb, *key)
+        o = k.conn_find(self.state, *key)
         if o < 0 or not self.cr[o, k.R_MISC] & k.CF_CT:
             return -1, 0, False, 0
         return self._send(key, int(self.cr[o, k.R_EGRESS]), 3, kind)
 
     def run(self, batch: ConnectionBatch, until: float) -> None:
-        columns = (
-            batch.start, batch.duration, batch.end, batch.src, batch.sport,
-            batch.dst, batch.dport, batch.proto, batch.egress, batch.keepalive,
-        ), (batch.retries, batch.rto)  # fmt: skip
+        columns = BatchColumns(
+            batch.start, batch.duration, batch.end, batch.src, batch.sport, batch.dst,
+            batch.dport, batch.proto, batch.egress, batch.keepalive, batch.retries, batch.rto,
+        )  # fmt: skip
         self.st[k.S_BATCH_POS] = 0
         state = self._load_rng()
         try:
             while True:
-                status = k.run(self._sc(), *self._tables(), self.heap, columns, float(until))
+                status = k.run(self.state, columns, float(until))
                 if status == k.OK:
                     break
                 self._make_room(status)
@@ -236,7 +232,7 @@ class CompiledModel:
 
     def _slots_in_lru_order(self, family: int) -> npt.NDArray[np.int64]:
         out = np.empty(int(self.st[k.S_COUNT + family]), np.int64)
-        count = k.lru_order(self.st, self.cr, self.nr, family, out)
+        count = k.lru_order(self.state, family, out)
         return out[:count]
 
     def nat_rows(self) -> list[NatRow]:
@@ -268,7 +264,7 @@ class CompiledModel:
         keys_hi = np.zeros(entries + 1, np.int64)
         keys_lo = np.zeros(entries + 1, np.int64)
         counts = np.zeros(entries + 1, np.int64)
-        n = k.count_endpoints(self.cr, self.nr, table, keys_hi, keys_lo, counts)
+        n = k.count_endpoints(self.state, table, keys_hi, keys_lo, counts)
         return {
             ((lo >> 24) & 1, (lo >> 16) & 0xFF, (hi >> 32) & 0xFFFFFFFF, hi & 0xFFFFFFFF,
              lo & 0xFFFF): count
@@ -279,7 +275,8 @@ class CompiledModel:
 
     def memory_bytes(self) -> int:
         """Bytes held by the kernel's arrays (connections, NAT entries, indexes, heap)."""
-        arrays = (*self._sc(), self.cr, self.cb, self.nr, self.nb, self.heap_rows)
+        state = self.state
+        arrays = (*state[:8], state.CR, state.CB, state.NR, state.NB, state.HI)
         return int(sum(a.nbytes for a in arrays))
 
     def bytes_per_connection_full(self) -> int:
