@@ -13,7 +13,7 @@ from egressgw.datapath.model import ConnectionBatch, ModelConfig, ModelDatapath
 from egressgw.datapath.model import kernel as k
 from egressgw.datapath.model.compiled import CompiledModel
 from egressgw.datapath.model.reference import ReferenceModel
-from model_helpers import SMALL_RANGE
+from model_helpers import SMALL_RANGE, assert_consistent
 
 
 @settings(max_examples=20, deadline=None)
@@ -110,12 +110,14 @@ def test_compiled_kernel_equals_reference(seed, n, version, gc_interval, gc_knob
         assert comp.counters.as_dict() == ref.counters.as_dict()
         assert _rows(comp) == _rows(ref)
         assert comp.endpoint_counts() == ref.endpoint_counts()
+        assert_consistent(comp)
     assert isinstance(dps[0]._engine, ReferenceModel)
     assert dps[0]._engine.rng.getstate() == dps[1]._engine.rng.getstate()  # type: ignore[attr-defined]
     dps[0].advance(2000.0)
     dps[1].advance(2000.0)
     assert dps[1].counters.as_dict() == dps[0].counters.as_dict()
     assert _rows(dps[1]) == _rows(dps[0])
+    assert_consistent(dps[1])
 
 
 def test_kernel_grows_its_arrays_and_keeps_the_same_result():
@@ -128,7 +130,9 @@ def test_kernel_grows_its_arrays_and_keeps_the_same_result():
     batch = random_batch(dps, 5, 6000, 0.0, 29.0)
     for dp in dps:
         dp.run(batch, 30.0)
+        assert_consistent(dp)
         dp.advance(100.0)
+        assert_consistent(dp)
     assert dps[1].counters.as_dict() == dps[0].counters.as_dict()
     assert _rows(dps[1]) == _rows(dps[0])
     assert dps[0].counters.evictions_in + dps[0].counters.evictions_out > 0

@@ -67,6 +67,17 @@ class ModelDatapath:
             raise ValueError(f"unknown engine {engine!r}")
 
     @property
+    def engine(self) -> Engine:
+        """The engine behind this datapath, for inspection (tests, benchmarks, notebooks).
+
+        A ``CompiledModel`` (the default), ``ReferenceModel`` (``engine="reference"`` or
+        ``nat_lru="kernel"``) or ``NetfilterModel`` (``datapath_model="netfilter"``); narrow
+        with ``isinstance`` before reaching past the ``Engine`` protocol. Driving it directly
+        bypasses the argument checks of this class.
+        """
+        return self._engine
+
+    @property
     def now(self) -> float:
         return self._engine.now
 
