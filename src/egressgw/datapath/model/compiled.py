@@ -8,15 +8,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from egressgw.datapath.model import kernel as _kernel
+from egressgw.datapath.model import kernel as k
+from egressgw.datapath.model import kernel_api as kapi
 from egressgw.datapath.model.config import ModelConfig
 from egressgw.datapath.model.gcpacing import to_ns
 from egressgw.datapath.model.kernel_state import BatchColumns, State
 from egressgw.datapath.model.reference import ConnKey, NatRow
 from egressgw.datapath.model.types import LATENCY_BINS, ConnectionBatch, DropReason, ModelCounters
-
-# numba dispatchers accept whatever numba can type; to mypy they are opaque.
-k: Any = _kernel
 
 INITIAL_ROWS = 1024
 
@@ -86,7 +84,7 @@ class CompiledModel:
         self.heap_rows = np.zeros((INITIAL_ROWS, k.H_WORDS), np.int64)
         self._grow_conns(INITIAL_ROWS)
         self._grow_nat(min(INITIAL_ROWS, 2 * config.bpf_nat_global_max))
-        k.gc(self.state, 3, False)  # the agent's initial scan (gc.go Enable)
+        kapi.gc(self.state, 3, False)  # the agent's initial scan (gc.go Enable)
 
     # -- the kernel's state ---------------------------------------------------------------
 
@@ -107,14 +105,14 @@ class CompiledModel:
                              free_slot=k.S_CONN_FREE, count_slot=k.S_CONN_NFREE)
         self.cb = np.full(_pow2_at_least(size), k.NONE, np.uint32)
         # Free records keep their free-list links; only used records are re-threaded.
-        k.rebuild_conn_index(self.state)
+        kapi.rebuild_conn_index(self.state)
 
     def _grow_nat(self, size: int) -> None:
         self.nr = _grow_pool(self.nr, size, self.st, next_column=k.E_NEXT,
                              free_slot=k.S_NAT_FREE, count_slot=k.S_NAT_NFREE)
         # Chained buckets, about one per IN entry once the pool is full.
         self.nb = np.full(_pow2_at_least(size), k.NONE, np.uint32)
-        k.rebuild_in_index(self.state)
+        kapi.rebuild_in_index(self.state)
 
     def _grow_heap(self) -> None:
         rows = np.zeros((2 * len(self.heap_rows), k.H_WORDS), np.int64)
@@ -122,23 +120,23 @@ class CompiledModel:
         self.heap_rows = rows
 
     def _make_room(self, need: int) -> None:
-        if need == k.NEED_CONN:
+        if need == kapi.NEED_CONN:
             self._grow_conns(2 * len(self.cr))
-        elif need == k.NEED_NAT:
+        elif need == kapi.NEED_NAT:
             limit = 2 * self.config.bpf_nat_global_max + 1  # see kernel.nat_room
             size = len(self.nr)
             if size >= limit:
                 raise AssertionError("NAT pool at its limit yet short of room")
             self._grow_nat(min(limit, 2 * size))
-        elif need == k.NEED_HEAP:
+        elif need == kapi.NEED_HEAP:
             self._grow_heap()
 
     def _room_for_one(self, src: int) -> None:
         if self.st[k.S_CONN_NFREE] < 1:
-            self._make_room(k.NEED_CONN)
+            self._make_room(kapi.NEED_CONN)
         fam = 1 if src & k.V6_BIT else 0
-        if not k.nat_room(self.state, fam):
-            self._make_room(k.NEED_NAT)
+        if not kapi.nat_room(self.state, fam):
+            self._make_room(kapi.NEED_NAT)
 
     # -- the random source --------------------------------------------------------------
 
@@ -186,7 +184,7 @@ class CompiledModel:
     ) -> tuple[int, int, bool, int]:
         self._room_for_one(key[0])
         state = self._load_rng()
-        port, drop, broken, retries = k.op_send(self.state, *key, egress, mode, flags)
+        port, drop, broken, retries = kapi.send(self.state, key, egress, mode, flags)
         self._store_rng(state)
         return int(port), int(drop), bool(broken), int(retries)
 
@@ -202,11 +200,10 @@ class CompiledModel:
         return self._send(key, egress, 0, flags)
 
     def reply(self, key: ConnKey, flags: int) -> tuple[int, int]:
-        port, drop = k.op_reply(self.state, *key, flags)
-        return int(port), int(drop)
+        return kapi.reply(self.state, key, flags)
 
     def close(self, key: ConnKey, kind: int) -> tuple[int, int, bool, int]:
-        o = k.conn_find(self.state, *key)
+        o = kapi.conn_find(self.state, key)
         if o < 0 or not self.cr[o, k.R_MISC] & k.CF_CT:
             return -1, 0, False, 0
         return self._send(key, int(self.cr[o, k.R_EGRESS]), 3, kind)
@@ -220,8 +217,8 @@ class CompiledModel:
         state = self._load_rng()
         try:
             while True:
-                status = k.run(self.state, columns, float(until))
-                if status == k.OK:
+                status = kapi.run(self.state, columns, float(until))
+                if status == kapi.OK:
                     break
                 self._make_room(status)
         finally:
@@ -232,7 +229,7 @@ class CompiledModel:
 
     def _slots_in_lru_order(self, family: int) -> npt.NDArray[np.int64]:
         out = np.empty(int(self.st[k.S_COUNT + family]), np.int64)
-        count = k.lru_order(self.state, family, out)
+        count = kapi.lru_order(self.state, family, out)
         return out[:count]
 
     def nat_rows(self) -> list[NatRow]:
@@ -264,7 +261,7 @@ class CompiledModel:
         keys_hi = np.zeros(entries + 1, np.int64)
         keys_lo = np.zeros(entries + 1, np.int64)
         counts = np.zeros(entries + 1, np.int64)
-        n = k.count_endpoints(self.state, table, keys_hi, keys_lo, counts)
+        n = kapi.count_endpoints(self.state, table, keys_hi, keys_lo, counts)
         return {
             ((lo >> 24) & 1, (lo >> 16) & 0xFF, (hi >> 32) & 0xFFFFFFFF, hi & 0xFFFFFFFF,
              lo & 0xFFFF): count

@@ -36,8 +36,9 @@ they change anything and return a NEED_* code, so the Python side can grow the a
 call again: every step is atomic.
 """
 
-# Compiled functions take the state ``S`` and scalar arguments; numba infers
-# and checks their types when it compiles them, so mypy is told to leave this file alone.
+# Compiled functions take the state ``S`` and scalar arguments; numba infers and checks
+# their types when it compiles them, so mypy is told to leave this file alone. Python code
+# calls the kernel through kernel_api.py, whose wrappers state the types.
 # ruff: noqa: ANN001, ANN201, ANN202, PLR0917
 # mypy: ignore-errors
 
@@ -578,7 +579,6 @@ def _allocate(S, o, egress, fam):
     dport = ports & 0xFFFF
     dst = np.int64(CR[o, R_DST])
     proto = np.int64((CR[o, R_MISC] >> 8) & 0xFF)
-    np.int64(CR[o, R_SRC])
     port = sport if start <= sport <= end else _clamp(start, end, mt_random16(st, mt), kind)
     retries = 0
     found = False
