@@ -131,7 +131,6 @@ def pressure_compiled(
     )
     fifo[: len(hot)] = hot
     evictions_before = model.cnt[k.K_EVICT_IN] + model.cnt[k.K_EVICT_OUT]
-    state = model._load_rng()
     empty = np.zeros(0, np.uint32)
     _churn(
         model.state,
@@ -160,7 +159,6 @@ def pressure_compiled(
         opened += more_opened
         dropped += more_dropped
     elapsed = time.perf_counter() - t0
-    model._store_rng(state)
     evictions = int(model.cnt[k.K_EVICT_IN] + model.cnt[k.K_EVICT_OUT] - evictions_before)
     hot_in = sum(n for key, n in model.in_endpoint_counts().items() if key[3] == fx.hot_dst)
     tries = model.tries

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -84,6 +83,7 @@ class CompiledModel:
         self.heap_rows = np.zeros((INITIAL_ROWS, k.H_WORDS), np.int64)
         self._grow_conns(INITIAL_ROWS)
         self._grow_nat(min(INITIAL_ROWS, 2 * config.bpf_nat_global_max))
+        self._load_rng()
         kapi.gc(self.state, 3, False)  # the agent's initial scan (gc.go Enable)
 
     # -- the kernel's state ---------------------------------------------------------------
@@ -140,16 +140,22 @@ class CompiledModel:
 
     # -- the random source --------------------------------------------------------------
 
-    def _load_rng(self) -> tuple[Any, ...]:
-        state = self.rng.getstate()
-        words = state[1]
+    # The kernel draws from its own copy of ``rng``'s MT19937 state (``mt`` and
+    # st[S_MT_INDEX]), loaded once here. Copying it in and out around every call cost a
+    # per-packet call about 85% of its time (a 625-word tuple each way); the Python object
+    # is brought up to date only when asked (sync_rng).
+
+    def _load_rng(self) -> None:
+        words = self.rng.getstate()[1]
         self.mt[:] = words[:624]
         self.st[k.S_MT_INDEX] = words[624]
-        return state
 
-    def _store_rng(self, state: tuple[Any, ...]) -> None:
-        words = (*(int(w) for w in self.mt), int(self.st[k.S_MT_INDEX]))
-        self.rng.setstate((state[0], words, state[2]))
+    def sync_rng(self) -> None:
+        """Write the kernel's random state back into ``rng``: it continues exactly where
+        the model's last draw left off (as if the model had drawn from it directly)."""
+        version, _words, gauss_next = self.rng.getstate()
+        words = (*self.mt.tolist(), int(self.st[k.S_MT_INDEX]))
+        self.rng.setstate((version, words, gauss_next))
 
     # -- Engine -------------------------------------------------------------------------
 
@@ -183,10 +189,7 @@ class CompiledModel:
         self, key: ConnKey, egress: int, mode: int, flags: int = 0
     ) -> tuple[int, int, bool, int]:
         self._room_for_one(key[0])
-        state = self._load_rng()
-        port, drop, broken, retries = kapi.send(self.state, key, egress, mode, flags)
-        self._store_rng(state)
-        return int(port), int(drop), bool(broken), int(retries)
+        return kapi.send(self.state, key, egress, mode, flags)
 
     def connect(self, key: ConnKey, egress: int) -> tuple[int, int, int]:
         port, drop, _broken, retries = self._send(key, egress, 1)
@@ -214,15 +217,11 @@ class CompiledModel:
             batch.dport, batch.proto, batch.egress, batch.keepalive, batch.retries, batch.rto,
         )  # fmt: skip
         self.st[k.S_BATCH_POS] = 0
-        state = self._load_rng()
-        try:
-            while True:
-                status = kapi.run(self.state, columns, float(until))
-                if status == kapi.OK:
-                    break
-                self._make_room(status)
-        finally:
-            self._store_rng(state)
+        while True:
+            status = kapi.run(self.state, columns, float(until))
+            if status == kapi.OK:
+                break
+            self._make_room(status)
         self.fs[k.F_NOW] = until
 
     # -- views --------------------------------------------------------------------------

@@ -85,6 +85,17 @@ class ModelDatapath:
     def counters(self) -> ModelCounters:
         return self._engine.counters
 
+    def sync_rng(self) -> None:
+        """Bring ``rng`` up to date with the model's draws.
+
+        The compiled engine draws from its own copy of ``rng``'s state, taken when the
+        datapath was made (copying it per call cost a packet call most of its time); this
+        writes the copy back, so ``rng`` continues exactly where the model stopped, as
+        the reference engine's ``rng`` does all along. Draws made from ``rng`` elsewhere
+        after the datapath was made are not seen by the compiled model.
+        """
+        self._engine.sync_rng()
+
     def intern(self, ip: IPAddress) -> int:
         """The address id to use for ``ip`` in a ConnectionBatch."""
         return self.addresses.intern(ip)

@@ -444,6 +444,9 @@ class NetfilterModel:
                          conn.created))
         return rows
 
+    def sync_rng(self) -> None:
+        """Nothing to do: this engine draws from ``rng`` itself."""
+
     def in_endpoint_counts(self) -> dict[tuple[int, int, int, int, int], int]:
         """Live connections per (family, proto, egress id, remote id, remote port)."""
         return self._endpoint_counts({t: len(slot.owner) for t, slot in self.taken.items()})

@@ -513,6 +513,9 @@ class ReferenceModel:
                 )
         return rows
 
+    def sync_rng(self) -> None:
+        """Nothing to do: this engine draws from ``rng`` itself."""
+
     def in_endpoint_counts(self) -> dict[tuple[int, int, int, int, int], int]:
         """IN entries per (family, proto, egress id, remote id, remote port): nat-stats."""
         counts: dict[tuple[int, int, int, int, int], int] = {}
