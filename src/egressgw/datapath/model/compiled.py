@@ -12,10 +12,22 @@ from egressgw.datapath.model import kernel_api as kapi
 from egressgw.datapath.model.config import ModelConfig
 from egressgw.datapath.model.gcpacing import to_ns
 from egressgw.datapath.model.kernel_state import BatchColumns, State
-from egressgw.datapath.model.reference import ConnKey, NatRow
+from egressgw.datapath.model.reference import COUNTED_PROTOS, PORT_PROTOS, ConnKey, NatRow
 from egressgw.datapath.model.types import LATENCY_BINS, ConnectionBatch, DropReason, ModelCounters
 
 INITIAL_ROWS = 1024
+
+
+def _counted_table() -> npt.NDArray[np.uint8]:
+    """kernel.count_endpoints' ``counted``: COUNTED_PROTOS per family, 2 where ported."""
+    table = np.zeros((2, 256), np.uint8)
+    for family, protos in enumerate(COUNTED_PROTOS):
+        for proto in protos:
+            table[family, proto] = 2 if proto in PORT_PROTOS else 1
+    return table
+
+
+COUNTED = _counted_table()
 
 
 def _pow2_at_least(n: int) -> int:
@@ -256,16 +268,12 @@ class CompiledModel:
 
     def in_endpoint_counts(self) -> dict[tuple[int, int, int, int, int], int]:
         entries = int(self.st[k.S_COUNT] + self.st[k.S_COUNT + 1])
-        table = np.full(_pow2_at_least(2 * entries + 2), -1, np.int64)
-        keys_hi = np.zeros(entries + 1, np.int64)
-        keys_lo = np.zeros(entries + 1, np.int64)
-        counts = np.zeros(entries + 1, np.int64)
-        n = kapi.count_endpoints(self.state, table, keys_hi, keys_lo, counts)
+        keys_hi, keys_lo, counts = kapi.count_endpoints(self.state, COUNTED, entries)
         return {
             ((lo >> 24) & 1, (lo >> 16) & 0xFF, (hi >> 32) & 0xFFFFFFFF, hi & 0xFFFFFFFF,
              lo & 0xFFFF): count
             for hi, lo, count in zip(
-                keys_hi[:n].tolist(), keys_lo[:n].tolist(), counts[:n].tolist(), strict=True
+                keys_hi.tolist(), keys_lo.tolist(), counts.tolist(), strict=True
             )
         }  # fmt: skip
 

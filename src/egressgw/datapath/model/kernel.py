@@ -1083,13 +1083,15 @@ def op_reply(S, src, sport, dst, dport, proto, flags):
 
 
 @njit(cache=True, _nrt=False)
-def count_endpoints(S, table, keys_hi, keys_lo, counts) -> int:
+def count_endpoints(S, counted, table, keys_hi, keys_lo, counts) -> int:
     """IN entries per nat-stats key, into the first n rows of keys_*/counts; returns n.
 
+    ``counted[family, proto]`` says whether nat-stats counts the protocol (0: no, 1: yes,
+    2: yes, per remote port); the caller builds it from net.COUNTED_PROTOS (an argument,
+    not a global: numba would freeze a global into the cache of this file only).
     ``table`` (power of two, at least twice the IN entries, filled with -1) is an
     open-addressed index. A key is hi = egress << 32 | remote, lo = family << 24 |
-    proto << 16 | remote port (0 for ICMP). Only TCP, UDP and ICMP (IPv4) or ICMPv6
-    (IPv6) count, as in pkg/maps/nat/stats.
+    proto << 16 | remote port (0 for ICMP).
     """
     CR, NR = S.CR, S.NR
     n = 0
@@ -1101,10 +1103,10 @@ def count_endpoints(S, table, keys_hi, keys_lo, counts) -> int:
         o = NR[e, E_OWNER]
         proto = np.int64((CR[o, R_MISC] >> 8) & 0xFF)
         fam = 1 if pf & NF_V6 else 0
-        ported = proto == 6 or proto == 17  # noqa: PLR1714 (a set would allocate)
-        if not (ported or (proto == 58 if fam else proto == 1)):
+        kind = counted[fam, proto]
+        if not kind:
             continue
-        rport = np.int64(CR[o, R_PORTS] & 0xFFFF) if ported else 0
+        rport = np.int64(CR[o, R_PORTS] & 0xFFFF) if kind == 2 else 0
         egress = np.int64(NR[e, E_ADDR])
         remote = np.int64(CR[o, R_DST])
         hi = (egress << 32) | remote

@@ -79,14 +79,18 @@ def lru_order(state: State, family: int, out: npt.NDArray[np.int64]) -> int:
 
 
 def count_endpoints(
-    state: State,
-    table: npt.NDArray[np.int64],
-    keys_hi: npt.NDArray[np.int64],
-    keys_lo: npt.NDArray[np.int64],
-    counts: npt.NDArray[np.int64],
-) -> int:
-    """IN entries per nat-stats key into the first n rows of keys_*/counts; returns n."""
-    return int(_k.count_endpoints(state, table, keys_hi, keys_lo, counts))
+    state: State, counted: npt.NDArray[np.uint8], entries: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """IN entries per nat-stats key (at most ``entries`` keys): (keys_hi, keys_lo, counts).
+
+    ``counted[family, proto]``: 0 not counted, 1 counted, 2 counted per remote port. A key
+    is hi = egress << 32 | remote, lo = family << 24 | proto << 16 | remote port."""
+    table = np.full(1 << max(4, (2 * entries + 1).bit_length()), -1, np.int64)
+    keys_hi = np.zeros(entries + 1, np.int64)
+    keys_lo = np.zeros(entries + 1, np.int64)
+    counts = np.zeros(entries + 1, np.int64)
+    n = int(_k.count_endpoints(state, counted, table, keys_hi, keys_lo, counts))
+    return keys_hi[:n], keys_lo[:n], counts[:n]
 
 
 def random16(state: State, out: npt.NDArray[np.int64]) -> None:
