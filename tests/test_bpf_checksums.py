@@ -134,8 +134,8 @@ def programs() -> Iterator[tuple[BpfProgram, BpfProgram, BpfDatapath]]:
         egress = ingress = None
         try:
             dp.apply(rules)
-            egress = BpfProgram(str(dp.pin_dir / "progs" / "egw_egress"))
-            ingress = BpfProgram(str(dp.pin_dir / "progs" / "egw_ingress"))
+            egress = BpfProgram.open_pinned(str(dp.pin_dir / "progs" / "egw_egress"))
+            ingress = BpfProgram.open_pinned(str(dp.pin_dir / "progs" / "egw_ingress"))
             yield egress, ingress, dp
         finally:
             for prog in (egress, ingress):

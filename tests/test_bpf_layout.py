@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from egressgw.datapath.bpf import layout
-from egressgw.datapath.bpf.build import build
+from egressgw.datapath.bpf.compiler import build
 from egressgw.datapath.bpf.gc import GcSchedule, find_keys
 from egressgw.datapath.bpf.natmap import NatTable, endpoint_counts, iter_nat_list
 from egressgw.dumps import iter_entries

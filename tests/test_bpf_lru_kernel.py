@@ -17,17 +17,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from egressgw.datapath.bpf.progrun import (
-    XDP_PASS,
-    BpfProgram,
-    update_errno,
-    xdp_lookup_program,
-)
+from egressgw.datapath.bpf.progrun import XDP_PASS, xdp_lookup_program
 from egressgw.datapath.bpf.syscall import (
     BPF_F_NO_COMMON_LRU,
     BPF_NOEXIST,
     MAP_TYPE_LRU_HASH,
     BpfMap,
+    BpfProgram,
     possible_cpus,
 )
 from egressgw.datapath.model.bpflru import BpfLruHash
@@ -58,12 +54,12 @@ class Pair:
 
     def insert(self, key: int) -> int:
         """A BPF_NOEXIST insert (what nat.h's __snat_create does)."""
-        real = update_errno(self.real, k(key), k(key), BPF_NOEXIST)
+        real = self.real.update_errno(k(key), k(key), BPF_NOEXIST)
         assert self.model.update(key, key, self.cpu) == real, ("insert", key)
         return real
 
     def bpf_lookup(self, key: int) -> bool:
-        real = self.prog.test_run(k(key) + bytes(56)) == XDP_PASS
+        real = self.prog.run(k(key) + bytes(56))[0] == XDP_PASS
         assert (self.model.lookup(key) is not None) == real, ("bpf lookup", key)
         return real
 

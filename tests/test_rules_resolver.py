@@ -96,7 +96,8 @@ def test_the_model_agent_uses_the_same_lookup():
 
 
 def test_datapaths_and_rules_import_without_the_policy_package():
-    code = ("import sys, egressgw.rules, egressgw.datapath.base, egressgw.datapath.kernel; "
+    code = ("import sys, egressgw.rules, egressgw.datapath.base, egressgw.datapath.kernel, "
+            "egressgw.datapath.bpf.datapath; "
             "print(sorted(m for m in ('yaml', 'jsonschema', 'egressgw.policy') "
             "if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

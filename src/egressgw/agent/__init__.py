@@ -19,8 +19,9 @@ server, Prometheus and the datapaths.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from egressgw.lazy import lazy_exports
 
 from .endpoints import DEFAULT_SERVER, NAT_STATS_PATH
 
@@ -32,28 +33,24 @@ if TYPE_CHECKING:
     from .state import AgentState, CountSnapshot, FailureSnapshot, ReconcileStatus
 
 _LAZY = {
-    "fetch_nat_stats": "client",
-    "fetch_nat_stats_rows": "client",
-    "make_datapath": "datapaths",
-    "Agent": "loop",
-    "AgentConfig": "loop",
-    "run_agent": "loop",
-    "stop_on_signals": "loop",
-    "AgentAPI": "server",
-    "AgentHTTPServer": "server",
-    "ListenAddress": "server",
-    "AgentState": "state",
-    "CountSnapshot": "state",
-    "FailureSnapshot": "state",
-    "ReconcileStatus": "state",
+    "fetch_nat_stats": ".client",
+    "fetch_nat_stats_rows": ".client",
+    "make_datapath": ".datapaths",
+    "Agent": ".loop",
+    "AgentConfig": ".loop",
+    "run_agent": ".loop",
+    "stop_on_signals": ".loop",
+    "AgentAPI": ".server",
+    "AgentHTTPServer": ".server",
+    "ListenAddress": ".server",
+    "AgentState": ".state",
+    "CountSnapshot": ".state",
+    "FailureSnapshot": ".state",
+    "ReconcileStatus": ".state",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

@@ -11,34 +11,32 @@ Public API::
         .collect_garbage() / .cleanup() / .close()
     build() -> Path                       # compile snat.bpf.c (cached)
 
-Modules: ``syscall`` (bpf(2) through ctypes), ``layout``, ``build``, ``loader``, ``natmap``,
-``gc``, ``signals``, ``pins``, ``datapath`` (the datapath); ``progrun`` and ``lrureplay``
+Modules: ``syscall`` (bpf(2) through ctypes), ``layout``, ``compiler`` (builds
+snat.bpf.c), ``loader``, ``natmap``, ``gc``, ``signals``, ``pins``, ``datapath`` (the
+datapath); ``progrun`` and ``lrureplay``
 (the kernel LRU checked against the model's, tests/test_bpf_lru_kernel.py). Names are
 imported on first use, so those modules do not pay for the datapath's.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from egressgw.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from .build import build
+    from .compiler import build
     from .datapath import NAT_GLOBAL_MAX_DEFAULT, BpfDatapath, BpfSettings
 
 _LAZY = {
-    "build": "build",
-    "NAT_GLOBAL_MAX_DEFAULT": "datapath",
-    "BpfDatapath": "datapath",
-    "BpfSettings": "datapath",
+    "build": ".compiler",
+    "NAT_GLOBAL_MAX_DEFAULT": ".datapath",
+    "BpfDatapath": ".datapath",
+    "BpfSettings": ".datapath",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = ["NAT_GLOBAL_MAX_DEFAULT", "BpfDatapath", "BpfSettings", "build"]

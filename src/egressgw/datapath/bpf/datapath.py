@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from egressgw.config import NodePortRange
 from egressgw.errors import ConfigError, DatapathError
 from egressgw.net import Family, NatEndpoint
-from egressgw.policy.rules import EgressRule, RuleKind
+from egressgw.rules import EgressRule, RuleKind
 
 from . import layout
 from .gc import CtTimeouts, GcSchedule, collect_garbage

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from egressgw.errors import DatapathError
 
-from .build import build
+from .compiler import build
 from .layout import MapSpec, map_specs
 from .syscall import BpfMap
 

@@ -21,11 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from egressgw.datapath.bpf.progrun import (
-    XDP_PASS,
-    update_errno,
-    xdp_lookup_program,
-)
+from egressgw.datapath.bpf.progrun import XDP_PASS, xdp_lookup_program
 from egressgw.datapath.bpf.syscall import (
     BPF_F_NO_COMMON_LRU,
     BPF_NOEXIST,
@@ -126,9 +122,9 @@ def replay(ops: list[Op], max_entries: int, *, per_cpu: bool = False) -> ReplayR
                 cpu = op.cpu
             key = key_bytes(op.key)
             if op.kind == LOOKUP:
-                answer = programs[op.family].test_run(key + bytes(56)) == XDP_PASS
+                answer = programs[op.family].run(key + bytes(56))[0] == XDP_PASS
             elif op.kind == CREATE:
-                answer = update_errno(maps[op.family], key, key, BPF_NOEXIST) == 0
+                answer = maps[op.family].update_errno(key, key, BPF_NOEXIST) == 0
             else:
                 answer = maps[op.family].delete(key)
             if answer != op.answer:

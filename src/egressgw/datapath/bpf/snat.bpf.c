@@ -75,22 +75,24 @@
 #define ICMPV6_ECHO_REQUEST_ 128
 #define ICMPV6_ECHO_REPLY_ 129
 
-struct ipv4_ct_tuple {
-	__be32 daddr;
-	__be32 saddr;
+/* The part of a CT tuple after its addresses: the same in both families. */
+struct ct_tuple_l4 {
 	__be16 dport;
 	__be16 sport;
 	__u8 nexthdr;
 	__u8 flags;
 } __attribute__((packed));
 
+struct ipv4_ct_tuple {
+	__be32 daddr;
+	__be32 saddr;
+	struct ct_tuple_l4 l4;
+} __attribute__((packed));
+
 struct ipv6_ct_tuple {
 	__u8 daddr[16];
 	__u8 saddr[16];
-	__be16 dport;
-	__be16 sport;
-	__u8 nexthdr;
-	__u8 flags;
+	struct ct_tuple_l4 l4;
 } __attribute__((packed));
 
 struct nat_entry {
@@ -355,62 +357,181 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u8 proto, __u32 off
 	return -1;
 }
 
-/* ---------------------------------------------------------------- IPv4 */
+/* ---------------------------------------------------------------- both families */
 
-static __always_inline int snat_v4_new_mapping(const struct snat_config *cfg,
-					       struct ipv4_ct_tuple *otuple,
-					       struct ipv4_nat_entry *ostate, __be32 egress_ip)
+/*
+ * Cilium's nat.h writes the IPv4 and IPv6 paths twice, the same but for the address size;
+ * here the logic is written once and each family supplies its maps, its header parsing,
+ * its addresses and its checksum arithmetic.
+ */
+
+/* One address family's maps. */
+struct snat_family {
+	void *nat;          /* snat_v4 / snat_v6 */
+	void *retries;      /* retries_v4 / retries_v6 */
+	__u32 signal_proto; /* SIGNAL_PROTO_V4 / SIGNAL_PROTO_V6 */
+};
+
+/*
+ * A connection's two NAT entries in either family's layout (struct ipv4_ct_tuple and
+ * ipv4_nat_entry, or the ipv6 ones). The family fills in the addresses and the IN value's
+ * port; the shared code does the rest.
+ */
+struct snat_conn {
+	void *otuple;            /* OUT key: the packet's tuple */
+	void *ostate;            /* OUT value: the egress IP, and the port once found */
+	void *rtuple;            /* IN key: server -> egress IP; its dport is what is searched */
+	void *rstate;            /* IN value: the pod's address and port */
+	struct ct_tuple_l4 *out; /* otuple's ports and protocol */
+	struct ct_tuple_l4 *in;  /* rtuple's */
+	__be16 *to_port;         /* ostate's port */
+};
+
+/* Not a tc verdict: the policy says masquerade, go on and translate. */
+#define VERDICT_NAT (-1)
+
+static __always_inline void tuple_l4(struct ct_tuple_l4 *t, const struct l4_info *l4,
+				     __u8 proto, __u8 flags)
 {
-	struct ipv4_ct_tuple rtuple = {};
-	struct ipv4_nat_entry rstate = {};
+	t->dport = l4->dport;
+	t->sport = l4->sport;
+	t->nexthdr = proto;
+	t->flags = flags;
+}
+
+/* A new entry: tracked (needs_ct, as for egress-gateway traffic), created and used now. */
+static __always_inline void nat_entry_init(struct nat_entry *e, __u64 now)
+{
+	e->needs_ct = 1;
+	e->created = now;
+	e->pad1 = now;
+}
+
+/*
+ * nat.h snat_v4_new_mapping / snat_v6_new_mapping (v1.16.2): search a port with the IN
+ * entry, insert the OUT entry (rolling the IN entry back if that fails), count the tries,
+ * signal nat_fill_up above the threshold. Returns 0, or -DROP_NAT_NO_MAPPING.
+ */
+static __always_inline int snat_new_mapping(const struct snat_config *cfg,
+					    const struct snat_family *fam,
+					    const struct snat_conn *c)
+{
 	__u32 retries;
 	__u16 port;
 	int ret = 0;
 	__u64 now = mono_seconds();
 
-	__builtin_memset(ostate, 0, sizeof(*ostate));
-	rstate.to_addr = otuple->saddr;
-	rstate.to_port = otuple->sport;
-	rstate.common.needs_ct = 1;
-	rstate.common.created = now;
-	rstate.common.pad1 = now;
-	ostate->to_addr = egress_ip;
-	ostate->common.needs_ct = 1;
-	ostate->common.created = now;
-	ostate->common.pad1 = now;
+	nat_entry_init(c->rstate, now);
+	nat_entry_init(c->ostate, now);
+	c->in->flags = TUPLE_F_IN;
+	c->in->nexthdr = c->out->nexthdr;
+	c->in->sport = c->out->dport;
 
-	rtuple.flags = TUPLE_F_IN;
-	rtuple.nexthdr = otuple->nexthdr;
-	rtuple.saddr = otuple->daddr;
-	rtuple.daddr = egress_ip;
-	rtuple.sport = otuple->dport;
-
-	port = keep_port(cfg, bpf_ntohs(otuple->sport));
+	port = keep_port(cfg, bpf_ntohs(c->out->sport));
 	for (retries = 0; retries < MAX_RETRIES; retries++) {
 		if (retries >= cfg->retries)
 			break;
-		rtuple.dport = bpf_htons(port);
-		if (bpf_map_update_elem(&snat_v4, &rtuple, &rstate, BPF_NOEXIST) == 0)
+		c->in->dport = bpf_htons(port);
+		if (bpf_map_update_elem(fam->nat, c->rtuple, c->rstate, BPF_NOEXIST) == 0)
 			goto create_out;
 		port = clamp_port(cfg, retries ? (__u16)(port + 1) : (__u16)bpf_get_prandom_u32());
 	}
-	count_tries(&retries_v4, retries);
+	count_tries(fam->retries, retries);
 	ret = -DROP_NAT_NO_MAPPING;
 	goto out;
 
 create_out:
-	count_tries(&retries_v4, retries);
-	ostate->to_port = rtuple.dport;
-	if (bpf_map_update_elem(&snat_v4, otuple, ostate, BPF_NOEXIST) < 0) {
-		bpf_map_delete_elem(&snat_v4, &rtuple); /* rollback */
+	count_tries(fam->retries, retries);
+	*c->to_port = c->in->dport;
+	if (bpf_map_update_elem(fam->nat, c->otuple, c->ostate, BPF_NOEXIST) < 0) {
+		bpf_map_delete_elem(fam->nat, c->rtuple); /* rollback */
 		ret = -DROP_NAT_NO_MAPPING;
 	}
 out:
 	if (retries > cfg->signal_thres)
-		signal_fill_up(SIGNAL_PROTO_V4);
+		signal_fill_up(fam->signal_proto);
 	return ret;
 }
 
+/*
+ * What the egress policy entry's action says: VERDICT_NAT to masquerade; an excluded
+ * CIDR passes; a policy without a gateway drops, reason 194 (DROP_NO_EGRESS_GW).
+ */
+static __always_inline int policy_verdict(struct __sk_buff *skb, __u32 action)
+{
+	if (action == POLICY_EXCLUDED)
+		return TC_ACT_OK;
+	if (action != POLICY_MASQUERADE) {
+		count_drop(DROP_NO_EGRESS_GW, skb->len);
+		return TC_ACT_SHOT;
+	}
+	return VERDICT_NAT;
+}
+
+/*
+ * Egress, once the policy said masquerade: the packet's OUT entry, reused as it is (and
+ * touched) or made by a new mapping; NULL when no port is free (dropped, reason 167). A
+ * mid-stream TCP packet that needed a new mapping lost its entry to an eviction: counted.
+ */
+static __always_inline struct nat_entry *snat_out_entry(struct __sk_buff *skb,
+							 const struct snat_config *cfg,
+							 const struct snat_family *fam,
+							 const struct snat_conn *c,
+							 const struct l4_info *l4)
+{
+	struct nat_entry *state = bpf_map_lookup_elem(fam->nat, c->otuple);
+
+	if (state) {
+		touch(state, l4->tcp_flags, mono_seconds());
+		return state;
+	}
+	if (snat_new_mapping(cfg, fam, c) < 0) {
+		count_drop(DROP_NAT_NO_MAPPING, skb->len);
+		return NULL;
+	}
+	if (ip_proto_tcp_midstream(c->out->nexthdr, l4->tcp_flags))
+		count_drop(EVENT_REMAPPED, skb->len);
+	return c->ostate;
+}
+
+/* Ingress: the IN entry a reply matches (touched), or NULL: not ours, it passes unchanged. */
+static __always_inline struct nat_entry *snat_in_entry(void *nat, const void *rtuple,
+							const struct l4_info *l4)
+{
+	struct nat_entry *state = bpf_map_lookup_elem(nat, rtuple);
+
+	if (state)
+		touch(state, l4->tcp_flags, mono_seconds());
+	return state;
+}
+
+/* The port (or echo id) and its L4 checksum, once the family rewrote the address. */
+static __always_inline int rewrite_port(struct __sk_buff *skb, const struct l4_info *l4,
+					__u32 port_off, __be16 old_port, __be16 new_port)
+{
+	if (old_port == new_port)
+		return TC_ACT_OK;
+	if (bpf_l4_csum_replace(skb, l4->csum_off, old_port, new_port,
+				l4->csum_flags | sizeof(new_port)) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0) < 0)
+		return TC_ACT_SHOT;
+	return TC_ACT_OK;
+}
+
+/* ---------------------------------------------------------------- IPv4 */
+
+/* The IPv4 header of a packet this program handles (not a fragment). */
+static __always_inline int load_ipv4(struct __sk_buff *skb, struct iphdr *ip)
+{
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, ip, sizeof(*ip)) < 0)
+		return -1;
+	if (ip->ihl < 5 || (ip->frag_off & bpf_htons(0x3fff)))
+		return -1;
+	return 0;
+}
+
+/* Rewrite an address and port: the tc verdict (TC_ACT_SHOT if a helper failed). */
 static __always_inline int rewrite_v4(struct __sk_buff *skb, const struct l4_info *l4,
 				      __u32 addr_off, __be32 old_addr, __be32 new_addr,
 				      __u32 port_off, __be16 old_port, __be16 new_port)
@@ -420,167 +541,80 @@ static __always_inline int rewrite_v4(struct __sk_buff *skb, const struct l4_inf
 	if (l4->pseudo &&
 	    bpf_l4_csum_replace(skb, l4->csum_off, old_addr, new_addr,
 				BPF_F_PSEUDO_HDR | l4->csum_flags | sizeof(new_addr)) < 0)
-		return -1;
-	if (old_port != new_port &&
-	    bpf_l4_csum_replace(skb, l4->csum_off, old_port, new_port,
-				l4->csum_flags | sizeof(new_port)) < 0)
-		return -1;
+		return TC_ACT_SHOT;
 	if (bpf_l3_csum_replace(skb, l3_csum_off, old_addr, new_addr, sizeof(new_addr)) < 0)
-		return -1;
+		return TC_ACT_SHOT;
 	if (bpf_skb_store_bytes(skb, addr_off, &new_addr, sizeof(new_addr), 0) < 0)
-		return -1;
-	if (old_port != new_port &&
-	    bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0) < 0)
-		return -1;
-	return 0;
+		return TC_ACT_SHOT;
+	return rewrite_port(skb, l4, port_off, old_port, new_port);
 }
 
 static __always_inline int snat_egress_v4(struct __sk_buff *skb, const struct snat_config *cfg)
 {
+	struct snat_family fam = { &snat_v4, &retries_v4, SIGNAL_PROTO_V4 };
 	struct iphdr ip;
 	struct policy_key4 pkey = {};
 	struct policy_value4 *policy;
-	struct ipv4_ct_tuple otuple = {};
-	struct ipv4_nat_entry ostate, *state;
+	struct ipv4_ct_tuple otuple = {}, rtuple = {};
+	struct ipv4_nat_entry ostate = {}, rstate = {}, *to;
+	struct snat_conn conn = { &otuple, &ostate, &rtuple, &rstate,
+				  &otuple.l4, &rtuple.l4, &ostate.to_port };
 	struct l4_info l4;
-	__be32 to_addr;
-	__be16 to_port;
+	int verdict;
 
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
-		return TC_ACT_OK;
-	if (ip.ihl < 5 || (ip.frag_off & bpf_htons(0x3fff)))
+	if (load_ipv4(skb, &ip) < 0)
 		return TC_ACT_OK;
 	pkey.prefixlen = 64;
 	pkey.saddr = ip.saddr;
 	pkey.daddr = ip.daddr;
 	policy = bpf_map_lookup_elem(&egress_v4, &pkey);
-	if (!policy || policy->action == POLICY_EXCLUDED)
+	if (!policy)
 		return TC_ACT_OK;
-	if (policy->action != POLICY_MASQUERADE) {
-		count_drop(DROP_NO_EGRESS_GW, skb->len);
-		return TC_ACT_SHOT;
-	}
+	verdict = policy_verdict(skb, policy->action);
+	if (verdict != VERDICT_NAT)
+		return verdict;
 	if (parse_l4(skb, ip.protocol, ETH_HLEN + ip.ihl * 4, 1, &l4) < 0)
 		return TC_ACT_OK;
 
 	otuple.daddr = ip.daddr;
 	otuple.saddr = ip.saddr;
-	otuple.dport = l4.dport;
-	otuple.sport = l4.sport;
-	otuple.nexthdr = ip.protocol;
-	otuple.flags = TUPLE_F_OUT;
+	tuple_l4(&otuple.l4, &l4, ip.protocol, TUPLE_F_OUT);
+	rtuple.saddr = ip.daddr;
+	rtuple.daddr = policy->egress_ip;
+	rstate.to_addr = ip.saddr;
+	rstate.to_port = l4.sport;
+	ostate.to_addr = policy->egress_ip;
 
-	state = bpf_map_lookup_elem(&snat_v4, &otuple);
-	if (state) {
-		touch(&state->common, l4.tcp_flags, mono_seconds());
-		to_addr = state->to_addr;
-		to_port = state->to_port;
-	} else {
-		if (snat_v4_new_mapping(cfg, &otuple, &ostate, policy->egress_ip) < 0) {
-			count_drop(DROP_NAT_NO_MAPPING, skb->len);
-			return TC_ACT_SHOT;
-		}
-		if (ip_proto_tcp_midstream(otuple.nexthdr, l4.tcp_flags))
-			count_drop(EVENT_REMAPPED, skb->len);
-		to_addr = ostate.to_addr;
-		to_port = ostate.to_port;
-	}
-	if (rewrite_v4(skb, &l4, ETH_HLEN + offsetof(struct iphdr, saddr), ip.saddr,
-		       to_addr, l4.sport_off, l4.sport, to_port) < 0)
+	to = (struct ipv4_nat_entry *)snat_out_entry(skb, cfg, &fam, &conn, &l4);
+	if (!to)
 		return TC_ACT_SHOT;
-	return TC_ACT_OK;
+	return rewrite_v4(skb, &l4, ETH_HLEN + offsetof(struct iphdr, saddr), ip.saddr,
+			  to->to_addr, l4.sport_off, l4.sport, to->to_port);
 }
 
 static __always_inline int snat_ingress_v4(struct __sk_buff *skb)
 {
 	struct iphdr ip;
 	struct ipv4_ct_tuple rtuple = {};
-	struct ipv4_nat_entry *state;
+	struct ipv4_nat_entry *to;
 	struct l4_info l4;
-	__be32 to_addr;
-	__be16 to_port;
 
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
-		return TC_ACT_OK;
-	if (ip.ihl < 5 || (ip.frag_off & bpf_htons(0x3fff)))
-		return TC_ACT_OK;
-	if (parse_l4(skb, ip.protocol, ETH_HLEN + ip.ihl * 4, 0, &l4) < 0)
+	if (load_ipv4(skb, &ip) < 0 ||
+	    parse_l4(skb, ip.protocol, ETH_HLEN + ip.ihl * 4, 0, &l4) < 0)
 		return TC_ACT_OK;
 	rtuple.daddr = ip.daddr;
 	rtuple.saddr = ip.saddr;
-	rtuple.dport = l4.dport;
-	rtuple.sport = l4.sport;
-	rtuple.nexthdr = ip.protocol;
-	rtuple.flags = TUPLE_F_IN;
-	state = bpf_map_lookup_elem(&snat_v4, &rtuple);
-	if (!state)
+	tuple_l4(&rtuple.l4, &l4, ip.protocol, TUPLE_F_IN);
+	to = (struct ipv4_nat_entry *)snat_in_entry(&snat_v4, &rtuple, &l4);
+	if (!to)
 		return TC_ACT_OK;
-	touch(&state->common, l4.tcp_flags, mono_seconds());
-	to_addr = state->to_addr;
-	to_port = state->to_port;
-	if (rewrite_v4(skb, &l4, ETH_HLEN + offsetof(struct iphdr, daddr), ip.daddr,
-		       to_addr, l4.dport_off, l4.dport, to_port) < 0)
-		return TC_ACT_SHOT;
-	return TC_ACT_OK;
+	return rewrite_v4(skb, &l4, ETH_HLEN + offsetof(struct iphdr, daddr), ip.daddr,
+			  to->to_addr, l4.dport_off, l4.dport, to->to_port);
 }
 
 /* ---------------------------------------------------------------- IPv6 */
 
-static __always_inline int snat_v6_new_mapping(const struct snat_config *cfg,
-					       struct ipv6_ct_tuple *otuple,
-					       struct ipv6_nat_entry *ostate,
-					       const __u8 *egress_ip)
-{
-	struct ipv6_ct_tuple rtuple = {};
-	struct ipv6_nat_entry rstate = {};
-	__u32 retries;
-	__u16 port;
-	int ret = 0;
-	__u64 now = mono_seconds();
-
-	__builtin_memset(ostate, 0, sizeof(*ostate));
-	__builtin_memcpy(rstate.to_addr, otuple->saddr, 16);
-	rstate.to_port = otuple->sport;
-	rstate.common.needs_ct = 1;
-	rstate.common.created = now;
-	rstate.common.pad1 = now;
-	__builtin_memcpy(ostate->to_addr, egress_ip, 16);
-	ostate->common.needs_ct = 1;
-	ostate->common.created = now;
-	ostate->common.pad1 = now;
-
-	rtuple.flags = TUPLE_F_IN;
-	rtuple.nexthdr = otuple->nexthdr;
-	__builtin_memcpy(rtuple.saddr, otuple->daddr, 16);
-	__builtin_memcpy(rtuple.daddr, egress_ip, 16);
-	rtuple.sport = otuple->dport;
-
-	port = keep_port(cfg, bpf_ntohs(otuple->sport));
-	for (retries = 0; retries < MAX_RETRIES; retries++) {
-		if (retries >= cfg->retries)
-			break;
-		rtuple.dport = bpf_htons(port);
-		if (bpf_map_update_elem(&snat_v6, &rtuple, &rstate, BPF_NOEXIST) == 0)
-			goto create_out;
-		port = clamp_port(cfg, retries ? (__u16)(port + 1) : (__u16)bpf_get_prandom_u32());
-	}
-	count_tries(&retries_v6, retries);
-	ret = -DROP_NAT_NO_MAPPING;
-	goto out;
-
-create_out:
-	count_tries(&retries_v6, retries);
-	ostate->to_port = rtuple.dport;
-	if (bpf_map_update_elem(&snat_v6, otuple, ostate, BPF_NOEXIST) < 0) {
-		bpf_map_delete_elem(&snat_v6, &rtuple); /* rollback */
-		ret = -DROP_NAT_NO_MAPPING;
-	}
-out:
-	if (retries > cfg->signal_thres)
-		signal_fill_up(SIGNAL_PROTO_V6);
-	return ret;
-}
-
+/* Rewrite an address and port: the tc verdict (TC_ACT_SHOT if a helper failed). */
 static __always_inline int rewrite_v6(struct __sk_buff *skb, const struct l4_info *l4,
 				      __u32 addr_off, const __u8 *old_addr, const __u8 *new_addr,
 				      __u32 port_off, __be16 old_port, __be16 new_port)
@@ -592,33 +626,28 @@ static __always_inline int rewrite_v6(struct __sk_buff *skb, const struct l4_inf
 	__builtin_memcpy(to, new_addr, 16);
 	diff = bpf_csum_diff(from, 16, to, 16, 0);
 	if (diff < 0)
-		return -1;
+		return TC_ACT_SHOT;
 	/* ICMPv6, TCP and UDP checksums all cover the pseudo header. */
 	if (bpf_l4_csum_replace(skb, l4->csum_off, 0, (__u32)diff,
 				BPF_F_PSEUDO_HDR | l4->csum_flags) < 0)
-		return -1;
-	if (old_port != new_port &&
-	    bpf_l4_csum_replace(skb, l4->csum_off, old_port, new_port,
-				l4->csum_flags | sizeof(new_port)) < 0)
-		return -1;
+		return TC_ACT_SHOT;
 	if (bpf_skb_store_bytes(skb, addr_off, to, 16, 0) < 0)
-		return -1;
-	if (old_port != new_port &&
-	    bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0) < 0)
-		return -1;
-	return 0;
+		return TC_ACT_SHOT;
+	return rewrite_port(skb, l4, port_off, old_port, new_port);
 }
 
 static __always_inline int snat_egress_v6(struct __sk_buff *skb, const struct snat_config *cfg)
 {
+	struct snat_family fam = { &snat_v6, &retries_v6, SIGNAL_PROTO_V6 };
 	struct ipv6hdr ip;
 	struct policy_key6 pkey = {};
 	struct policy_value6 *policy;
-	struct ipv6_ct_tuple otuple = {};
-	struct ipv6_nat_entry ostate, *state;
+	struct ipv6_ct_tuple otuple = {}, rtuple = {};
+	struct ipv6_nat_entry ostate = {}, rstate = {}, *to;
+	struct snat_conn conn = { &otuple, &ostate, &rtuple, &rstate,
+				  &otuple.l4, &rtuple.l4, &ostate.to_port };
 	struct l4_info l4;
-	__u8 egress_ip[16], to_addr[16];
-	__be16 to_port;
+	int verdict;
 
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
 		return TC_ACT_OK;
@@ -626,73 +655,48 @@ static __always_inline int snat_egress_v6(struct __sk_buff *skb, const struct sn
 	__builtin_memcpy(pkey.saddr, &ip.saddr, 16);
 	__builtin_memcpy(pkey.daddr, &ip.daddr, 16);
 	policy = bpf_map_lookup_elem(&egress_v6, &pkey);
-	if (!policy || policy->action == POLICY_EXCLUDED)
+	if (!policy)
 		return TC_ACT_OK;
-	if (policy->action != POLICY_MASQUERADE) {
-		count_drop(DROP_NO_EGRESS_GW, skb->len);
-		return TC_ACT_SHOT;
-	}
+	verdict = policy_verdict(skb, policy->action);
+	if (verdict != VERDICT_NAT)
+		return verdict;
 	if (parse_l4(skb, ip.nexthdr, ETH_HLEN + sizeof(ip), 1, &l4) < 0)
 		return TC_ACT_OK;
-	__builtin_memcpy(egress_ip, policy->egress_ip, 16);
 
 	__builtin_memcpy(otuple.daddr, &ip.daddr, 16);
 	__builtin_memcpy(otuple.saddr, &ip.saddr, 16);
-	otuple.dport = l4.dport;
-	otuple.sport = l4.sport;
-	otuple.nexthdr = ip.nexthdr;
-	otuple.flags = TUPLE_F_OUT;
+	tuple_l4(&otuple.l4, &l4, ip.nexthdr, TUPLE_F_OUT);
+	__builtin_memcpy(rtuple.saddr, &ip.daddr, 16);
+	__builtin_memcpy(rtuple.daddr, policy->egress_ip, 16);
+	__builtin_memcpy(rstate.to_addr, &ip.saddr, 16);
+	rstate.to_port = l4.sport;
+	__builtin_memcpy(ostate.to_addr, policy->egress_ip, 16);
 
-	state = bpf_map_lookup_elem(&snat_v6, &otuple);
-	if (state) {
-		touch(&state->common, l4.tcp_flags, mono_seconds());
-		__builtin_memcpy(to_addr, state->to_addr, 16);
-		to_port = state->to_port;
-	} else {
-		if (snat_v6_new_mapping(cfg, &otuple, &ostate, egress_ip) < 0) {
-			count_drop(DROP_NAT_NO_MAPPING, skb->len);
-			return TC_ACT_SHOT;
-		}
-		if (ip_proto_tcp_midstream(otuple.nexthdr, l4.tcp_flags))
-			count_drop(EVENT_REMAPPED, skb->len);
-		__builtin_memcpy(to_addr, ostate.to_addr, 16);
-		to_port = ostate.to_port;
-	}
-	if (rewrite_v6(skb, &l4, ETH_HLEN + offsetof(struct ipv6hdr, saddr),
-		       (const __u8 *)&ip.saddr, to_addr, l4.sport_off, l4.sport, to_port) < 0)
+	to = (struct ipv6_nat_entry *)snat_out_entry(skb, cfg, &fam, &conn, &l4);
+	if (!to)
 		return TC_ACT_SHOT;
-	return TC_ACT_OK;
+	return rewrite_v6(skb, &l4, ETH_HLEN + offsetof(struct ipv6hdr, saddr),
+			  (const __u8 *)&ip.saddr, to->to_addr, l4.sport_off, l4.sport, to->to_port);
 }
 
 static __always_inline int snat_ingress_v6(struct __sk_buff *skb)
 {
 	struct ipv6hdr ip;
 	struct ipv6_ct_tuple rtuple = {};
-	struct ipv6_nat_entry *state;
+	struct ipv6_nat_entry *to;
 	struct l4_info l4;
-	__u8 to_addr[16];
-	__be16 to_port;
 
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
-		return TC_ACT_OK;
-	if (parse_l4(skb, ip.nexthdr, ETH_HLEN + sizeof(ip), 0, &l4) < 0)
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 ||
+	    parse_l4(skb, ip.nexthdr, ETH_HLEN + sizeof(ip), 0, &l4) < 0)
 		return TC_ACT_OK;
 	__builtin_memcpy(rtuple.daddr, &ip.daddr, 16);
 	__builtin_memcpy(rtuple.saddr, &ip.saddr, 16);
-	rtuple.dport = l4.dport;
-	rtuple.sport = l4.sport;
-	rtuple.nexthdr = ip.nexthdr;
-	rtuple.flags = TUPLE_F_IN;
-	state = bpf_map_lookup_elem(&snat_v6, &rtuple);
-	if (!state)
+	tuple_l4(&rtuple.l4, &l4, ip.nexthdr, TUPLE_F_IN);
+	to = (struct ipv6_nat_entry *)snat_in_entry(&snat_v6, &rtuple, &l4);
+	if (!to)
 		return TC_ACT_OK;
-	touch(&state->common, l4.tcp_flags, mono_seconds());
-	__builtin_memcpy(to_addr, state->to_addr, 16);
-	to_port = state->to_port;
-	if (rewrite_v6(skb, &l4, ETH_HLEN + offsetof(struct ipv6hdr, daddr),
-		       (const __u8 *)&ip.daddr, to_addr, l4.dport_off, l4.dport, to_port) < 0)
-		return TC_ACT_SHOT;
-	return TC_ACT_OK;
+	return rewrite_v6(skb, &l4, ETH_HLEN + offsetof(struct ipv6hdr, daddr),
+			  (const __u8 *)&ip.daddr, to->to_addr, l4.dport_off, l4.dport, to->to_port);
 }
 
 /* ---------------------------------------------------------------- entry points */

@@ -1,4 +1,5 @@
-"""The bpf(2) system call through ctypes: create, pin, open and walk maps.
+"""The bpf(2) system call through ctypes: create, pin, open and walk maps; load, open and
+test-run programs.
 
 Only the commands egressgw needs, with the attribute layouts of ``union bpf_attr`` in
 include/uapi/linux/bpf.h. Every failure becomes a :class:`DatapathError` naming the
@@ -12,6 +13,7 @@ import ctypes.util
 import errno
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from egressgw.errors import DatapathError
@@ -25,8 +27,10 @@ MAP_LOOKUP_ELEM = 1
 MAP_UPDATE_ELEM = 2
 MAP_DELETE_ELEM = 3
 MAP_GET_NEXT_KEY = 4
+PROG_LOAD = 5
 OBJ_PIN = 6
 OBJ_GET = 7
+PROG_TEST_RUN = 10
 OBJ_GET_INFO_BY_FD = 15
 MAP_LOOKUP_BATCH = 24
 MAP_UPDATE_BATCH = 26
@@ -113,6 +117,44 @@ class _MapInfo(ctypes.Structure):
     )
 
 
+class _TestRun(ctypes.Structure):
+    _fields_ = (
+        ("prog_fd", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("data_in", ctypes.c_uint64),
+        ("data_out", ctypes.c_uint64),
+        ("repeat", ctypes.c_uint32),
+        ("duration", ctypes.c_uint32),
+        # The rest of union bpf_attr's test-run struct.
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_uint64),
+        ("ctx_out", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    )
+
+
+class _ProgLoad(ctypes.Structure):
+    _fields_ = (
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * 16),
+        ("prog_ifindex", ctypes.c_uint32),
+        ("expected_attach_type", ctypes.c_uint32),
+    )
+
+
 def _bpf(cmd: int, attr: ctypes.Structure) -> int:
     nr = _SYSCALL_NR.get(platform.machine())
     if nr is None:
@@ -126,6 +168,15 @@ def _bpf(cmd: int, attr: ctypes.Structure) -> int:
 
 def _addr(buf: ctypes.Array[ctypes.c_char] | None) -> int:
     return 0 if buf is None else ctypes.addressof(buf)
+
+
+def _open_pinned(path: str) -> int:
+    """A file descriptor for the map or program pinned at ``path`` (BPF_OBJ_GET)."""
+    buf = ctypes.create_string_buffer(os.fsencode(path))
+    try:
+        return _bpf(OBJ_GET, _ObjPath(_addr(buf), 0, 0))
+    except OSError as exc:
+        raise DatapathError(f"{path}: {exc.strerror}") from None
 
 
 def possible_cpus() -> int:
@@ -174,12 +225,7 @@ class BpfMap:
 
     @classmethod
     def open_pinned(cls, path: str) -> BpfMap:
-        buf = ctypes.create_string_buffer(os.fsencode(path))
-        try:
-            fd = _bpf(OBJ_GET, _ObjPath(_addr(buf), 0, 0))
-        except OSError as exc:
-            raise DatapathError(f"{path}: {exc.strerror}") from None
-        return cls(fd, path)
+        return cls(_open_pinned(path), path)
 
     def pin(self, path: str) -> None:
         buf = ctypes.create_string_buffer(os.fsencode(path))
@@ -231,12 +277,23 @@ class BpfMap:
         return v.raw
 
     def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+        err = self.update_errno(key, value, flags)
+        if err:
+            raise DatapathError(f"{self.what}: update: {os.strerror(-err)}")
+
+    def update_errno(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> int:
+        """The update, answered as the kernel answers it: 0, or the negative errno
+        (``-EEXIST`` for a ``BPF_NOEXIST`` insert of an existing key, ``-ENOMEM``). The
+        same kernel function as a BPF program's update (``htab_lru_map_update_elem``),
+        run on the calling CPU; the LRU replay compares these answers with the model's.
+        """
         k = ctypes.create_string_buffer(key, len(key))
         v = ctypes.create_string_buffer(value, len(value))
         try:
             _bpf(MAP_UPDATE_ELEM, _MapElem(self.fd, 0, _addr(k), _addr(v), flags))
         except OSError as exc:
-            raise DatapathError(f"{self.what}: update: {exc.strerror}") from None
+            return -(exc.errno or errno.EIO)
+        return 0
 
     def delete(self, key: bytes) -> bool:
         """Delete ``key``; False when it was not there."""
@@ -308,43 +365,38 @@ class BpfMap:
         return int(attr.count)
 
 
-PROG_TEST_RUN = 10
-
-
-class _TestRun(ctypes.Structure):
-    _fields_ = (
-        ("prog_fd", ctypes.c_uint32),
-        ("retval", ctypes.c_uint32),
-        ("data_size_in", ctypes.c_uint32),
-        ("data_size_out", ctypes.c_uint32),
-        ("data_in", ctypes.c_uint64),
-        ("data_out", ctypes.c_uint64),
-        ("repeat", ctypes.c_uint32),
-        ("duration", ctypes.c_uint32),
-        # The rest of union bpf_attr's test-run struct (progrun.py runs on a chosen CPU).
-        ("ctx_size_in", ctypes.c_uint32),
-        ("ctx_size_out", ctypes.c_uint32),
-        ("ctx_in", ctypes.c_uint64),
-        ("ctx_out", ctypes.c_uint64),
-        ("flags", ctypes.c_uint32),
-        ("cpu", ctypes.c_uint32),
-        ("batch_size", ctypes.c_uint32),
-    )
-
-
 class BpfProgram:
-    """A pinned program, opened to run it on a packet (BPF_PROG_TEST_RUN)."""
+    """A loaded BPF program (a file descriptor), closed with :meth:`close`: one pinned by
+    the loader (the tc programs), or one loaded here from instructions (progrun.py)."""
 
-    def __init__(self, path: str) -> None:
-        buf = ctypes.create_string_buffer(os.fsencode(path))
+    def __init__(self, fd: int, what: str) -> None:
+        self.fd = fd
+        self.what = what
+
+    @classmethod
+    def open_pinned(cls, path: str) -> BpfProgram:
+        return cls(_open_pinned(path), path)
+
+    @classmethod
+    def load(cls, prog_type: int, insns: Sequence[bytes], name: str = "") -> BpfProgram:
+        """BPF_PROG_LOAD of ``insns`` (``struct bpf_insn`` each); a refusal names the
+        verifier's last lines."""
+        code = ctypes.create_string_buffer(b"".join(insns))
+        license = ctypes.create_string_buffer(b"GPL")
+        log = ctypes.create_string_buffer(65536)
+        attr = _ProgLoad(prog_type, len(insns), _addr(code), _addr(license), 1, len(log),
+                         _addr(log), 0, 0, name.encode()[:15], 0, 0)
         try:
-            self.fd = _bpf(OBJ_GET, _ObjPath(_addr(buf), 0, 0))
+            fd = _bpf(PROG_LOAD, attr)
         except OSError as exc:
-            raise DatapathError(f"{path}: {exc.strerror}") from None
-        self.path = path
+            lines = log.value.decode(errors="replace").strip().splitlines()[-3:]
+            raise DatapathError(f"bpf prog load {name}: {exc.strerror}: "
+                                + " | ".join(lines)) from None
+        return cls(fd, f"bpf program {name}")
 
     def run(self, packet: bytes) -> tuple[int, bytes]:
-        """The program's verdict and the packet as it left the program."""
+        """BPF_PROG_TEST_RUN once on the calling CPU: the program's verdict and the packet
+        as it left the program."""
         data_in = ctypes.create_string_buffer(packet, len(packet))
         data_out = ctypes.create_string_buffer(len(packet) + 256)
         attr = _TestRun(self.fd, 0, len(packet), len(data_out), _addr(data_in),
@@ -352,10 +404,16 @@ class BpfProgram:
         try:
             _bpf(PROG_TEST_RUN, attr)
         except OSError as exc:
-            raise DatapathError(f"{self.path}: test run: {exc.strerror}") from None
+            raise DatapathError(f"{self.what}: test run: {exc.strerror}") from None
         return int(attr.retval), data_out.raw[: attr.data_size_out]
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def __enter__(self) -> BpfProgram:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
