@@ -45,12 +45,19 @@ call again: every step is atomic.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 from numba import njit
 
-from egressgw.datapath.model import gcpacing
+from egressgw.datapath.model import gcpacing, kernel_cache, kernel_state, types
 from egressgw.datapath.model.types import LATENCY_STEP
+
+# Every file whose code or constants the compiled functions take in: one cache stamp over
+# all of them, so changing any recompiles (kernel_cache.py). Keep this list complete when
+# the kernel imports from another module.
+SOURCES = (Path(__file__), *(Path(str(m.__file__)) for m in (gcpacing, types, kernel_state)))
+kernel_cache.register(SOURCES)
 
 # -- indices into st ------------------------------------------------------------------------
 S_NAT_FREE = 0
