@@ -2,11 +2,19 @@
 
 Generates the dump into a temporary file, checks that ``egressgw nat-stats`` and the awk
 one-liner count the same, then times both end to end as subprocesses (interpreter start-up
-included), alternating, several repetitions. Prints the median and best wall times and
-the ratio egressgw / awk (the requirement is at most 1.0), with CPU times and the load
-average, since other work on the machine skews wall times.
+included), alternating, several repetitions: once free to use every CPU, once pinned to
+one CPU with ``taskset -c 0``. Prints wall and CPU times (median and range), the ratios
+egressgw / awk (the requirement: wall at most 1.0) and the load average, since other work
+on the machine skews wall times. ``--stages`` adds where egressgw's CPU time goes, stage by
+stage, in one process.
 
-    .venv/bin/python bench/bench_natstats_dump.py [--lines 1000000] [--repeat 7]
+    .venv/bin/python bench/bench_natstats_dump.py [--lines 1000000] [--repeat 7] [--stages]
+    .venv/bin/python bench/bench_natstats_dump.py --quick    # 100,000 lines, 3 repeats
+    .venv/bin/python bench/bench_natstats_dump.py --conntrack [--lines 524288] [--quick]
+
+``--conntrack`` does the same with a ``conntrack -L`` text dump (524,288 masqueraded
+connections by default: TCP in several states, UDP, ICMP; 4 egress IPs, 32 remotes, 1,000
+pods) against an awk one-liner that counts it the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import shutil
 import statistics
@@ -21,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from egressgw.dumps.synthetic import bench_lines
@@ -34,11 +44,59 @@ AWK_PROGRAM = (
     '{ e = $5; sub(/:[0-9]+$/, "", e); n[$1 " " e " " $3]++ } '
     "END { for (k in n) print n[k], k }"
 )
+Key = tuple[str, str, str, int]
+
+# conntrack -L: masqueraded connections of the counted protocols by {proto, egress IP =
+# the reply's destination, remote = the reply's source ip:port (0 for ICMP)}; a connection
+# is masqueraded when the reply's destination is not the original source.
+CONNTRACK_AWK_PROGRAM = """
+$1 == "tcp" || $1 == "udp" || $1 == "icmp" || $1 == "icmpv6" {
+  k = 0
+  for (i = 4; i <= NF; i++)
+    if (substr($i, 1, 4) == "src=") { if (++k == 1) o = substr($i, 5); else { r = i; break } }
+  d = substr($(r + 1), 5)
+  if (d != o) {
+    p = ($1 == "tcp" || $1 == "udp") ? substr($(r + 2), 7) : 0
+    n[$1 " " d " " substr($r, 5) ":" p]++
+  }
+}
+END { for (k in n) print n[k], k }
+"""
+CONNTRACK_PROTOS = {"tcp": "TCP", "udp": "UDP", "icmp": "ICMP", "icmpv6": "ICMPv6"}
+
+
+def conntrack_lines(count: int, seed: int = 1) -> list[str]:
+    """``conntrack -L`` lines as conntrack-tools prints them (default output format)."""
+    rng = random.Random(seed)
+    states = ["ESTABLISHED"] * 7 + ["TIME_WAIT", "SYN_SENT", "CLOSE_WAIT"]
+    lines = []
+    for i in range(count):
+        pod = f"10.244.{i % 4}.{i % 250 + 1}"
+        remote = f"198.51.100.{rng.randrange(1, 33)}"
+        egress = f"203.0.113.{rng.randrange(1, 5)}"
+        sport, nat_port = rng.randrange(1024, 65536), rng.randrange(1024, 65536)
+        kind = rng.random()
+        if kind < 0.85:
+            lines.append(
+                f"tcp      6 431999 {rng.choice(states)} src={pod} dst={remote} sport={sport} "
+                f"dport=443 src={remote} dst={egress} sport=443 dport={nat_port} [ASSURED] "
+                "mark=0 use=1\n")
+        elif kind < 0.97:
+            lines.append(
+                f"udp      17 29 src={pod} dst={remote} sport={sport} dport=53 src={remote} "
+                f"dst={egress} sport=53 dport={nat_port} mark=0 use=1\n")
+        else:
+            lines.append(
+                f"icmp     1 29 src={pod} dst={remote} type=8 code=0 id={sport} src={remote} "
+                f"dst={egress} type=0 code=0 id={nat_port} mark=0 use=1\n")
+    return lines
 
 
 def egressgw_command() -> list[str]:
     script = Path(sys.executable).with_name("egressgw")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "egressgw.cli"]
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from egressgw.cli import main; main()"]
 
 
 def awk_binary() -> str:
@@ -48,18 +106,18 @@ def awk_binary() -> str:
     return found
 
 
-def awk_counts(awk: str, path: str) -> dict[tuple[str, str, str, int], int]:
-    out = subprocess.run([awk, AWK_PROGRAM, path], check=True, capture_output=True, text=True)
+def awk_counts(awk: str, program: str, path: str) -> dict[Key, int]:
+    out = subprocess.run([awk, program, path], check=True, capture_output=True, text=True)
     counts = {}
     for line in out.stdout.splitlines():
         count, proto, egress, remote = line.split()
         endpoint = Endpoint.parse(remote)
-        port = endpoint.port
-        counts[(proto, str(parse_ip(egress)), str(endpoint.ip), port)] = int(count)
+        proto = CONNTRACK_PROTOS.get(proto, proto)
+        counts[(proto, str(parse_ip(egress)), str(endpoint.ip), endpoint.port)] = int(count)
     return counts
 
 
-def egressgw_counts(path: str) -> dict[tuple[str, str, str, int], int]:
+def egressgw_counts(path: str) -> dict[Key, int]:
     command = [*egressgw_command(), "nat-stats", "--from", path, "-o", "json"]
     command += ["--nat-map-stats-entries", "4096"]
     out = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -78,51 +136,142 @@ def timed(command: list[str]) -> tuple[float, float]:
     return wall, cpu
 
 
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
+
+
+def compare(name: str, commands: dict[str, list[str]], repeat: int) -> None:
+    """Time the commands alternately ``repeat`` times each and print the ratios."""
+    wall: dict[str, list[float]] = {tool: [] for tool in commands}
+    cpu: dict[str, list[float]] = {tool: [] for tool in commands}
+    load_before = os.getloadavg()[0]
+    for i in range(repeat):
+        order = list(commands.items())
+        for tool, command in order if i % 2 == 0 else reversed(order):
+            spent_wall, spent_cpu = timed(command)
+            wall[tool].append(spent_wall)
+            cpu[tool].append(spent_cpu)
+    load_after = os.getloadavg()[0]
+    print(f"\n{name}: {repeat} runs each, load average (1 min) {load_before:.2f} before, "
+          f"{load_after:.2f} after")
+    for tool in commands:
+        print(f"  {tool:9} wall {spread(wall[tool])} s   cpu {spread(cpu[tool])} s")
+    # Ratios of runs done back to back (run i of each), then of the medians.
+    wall_ratios = [a / b for a, b in zip(wall["egressgw"], wall["awk"], strict=True)]
+    cpu_ratios = [a / b for a, b in zip(cpu["egressgw"], cpu["awk"], strict=True)]
+    ratio = statistics.median(wall["egressgw"]) / statistics.median(wall["awk"])
+    verdict = "met" if ratio <= 1.0 else "NOT met"
+    print(f"  egressgw/awk: wall {ratio:.2f} (pairs {min(wall_ratios):.2f}-{max(wall_ratios):.2f}),"
+          f" cpu {statistics.median(cpu['egressgw']) / statistics.median(cpu['awk']):.2f}"
+          f" (pairs {min(cpu_ratios):.2f}-{max(cpu_ratios):.2f});"
+          f" requirement wall <= 1.0: {verdict}")
+
+
+def stages(path: str) -> None:
+    """CPU seconds per stage of the bulk scan, one process, the whole file (no fork)."""
+    clock = time.process_time
+    started = clock()
+    from egressgw.dumps import cilium, digits  # noqa: PLC0415 - timed: the imports
+    from egressgw.dumps.heap import keep_freed_memory  # noqa: PLC0415
+
+    imported = clock() - started
+    keep_freed_memory()  # as nat-stats does
+    spent: defaultdict[str, float] = defaultdict(float)
+    keys: Counter[bytes] = Counter()
+    strict = cilium._strict_lines_regex()
+    with open(path, "rb") as handle:
+        descriptor = handle.fileno()
+        size = os.fstat(descriptor).st_size
+        position = 0
+        while position < size:
+            t0 = clock()
+            block = os.pread(descriptor, cilium.CHUNK_BYTES, position)
+            cut = block.rfind(b"\n") + 1
+            t1 = clock()
+            skeleton = block.translate(None, cilium.DIGITS)
+            end = skeleton.rfind(b"\n") + 1
+            t2 = clock()
+            common, _in_lines = cilium._common_lines(skeleton, end)
+            t3 = clock()
+            found = cilium._keys_in(block, cut)
+            t4 = clock()
+            keys.update(found)
+            t5 = clock()
+            if common >= 0:
+                valid = digits.common_digits_are_valid(block, cut, common)
+                spent["digits (numpy, common chunks)"] += clock() - t5
+            else:
+                valid = strict.match(block, 0, cut).end() == cut  # type: ignore[union-attr]
+                spent["strict regex (other chunks)"] += clock() - t5
+            if not valid:
+                sys.exit(f"bad chunk at {position}")
+            spent["read (pread)"] += t1 - t0
+            spent["translate (digits deleted)"] += t2 - t1
+            spent["shape counts (bytes.count)"] += t3 - t2
+            spent["keys (findall)"] += t4 - t3
+            spent["count keys (Counter)"] += t5 - t4
+            position += cut
+    t0 = clock()
+    for key in keys:
+        cilium.parse_key(key.decode())
+    spent["parse distinct keys"] += clock() - t0
+    total = sum(spent.values())
+    print(f"\nstages, one process, whole file ({len(keys)} distinct keys): CPU seconds")
+    print(f"  {'imports (dumps, numpy)':32} {imported:.3f}")
+    for stage, seconds in sorted(spent.items(), key=lambda item: -item[1]):
+        print(f"  {stage:32} {seconds:.3f}  {seconds / total:4.0%}")
+    print(f"  {'scan total':32} {total:.3f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="100,000 lines, 3 repeats")
+    parser.add_argument("--stages", action="store_true",
+                        help="CPU time per stage, too (bpf nat list only)")
+    parser.add_argument("--conntrack", action="store_true",
+                        help="a conntrack -L dump instead (default 524,288 lines)")
     args = parser.parse_args()
+    if args.quick:
+        args.lines, args.repeat = 100_000, 3
+    elif args.conntrack and args.lines == parser.get_default("lines"):
+        args.lines = 524_288
     awk = awk_binary()
+    taskset = shutil.which("taskset")
+    make, program = ((conntrack_lines, CONNTRACK_AWK_PROGRAM) if args.conntrack
+                     else (bench_lines, AWK_PROGRAM))
     with tempfile.TemporaryDirectory(prefix="bench-natstats-") as tmp:
-        path = os.path.join(tmp, "nat-list.txt")
+        path = os.path.join(tmp, "dump.txt")
         with open(path, "w") as out:
-            out.writelines(bench_lines(args.lines))
+            out.writelines(make(args.lines))
+        tiny = os.path.join(tmp, "tiny.txt")
+        with open(tiny, "w") as out:
+            out.writelines(make(10))
         size = os.path.getsize(path)
-        print(
-            f"dump: {args.lines:,} lines, {size / 1e6:.1f} MB; awk: {awk}; cpus: {os.cpu_count()}"
-        )
-        ours, theirs = egressgw_counts(path), awk_counts(awk, path)
+        cpus = len(os.sched_getaffinity(0))
+        kind = "conntrack -L" if args.conntrack else "bpf nat list"
+        print(f"{kind} dump: {args.lines:,} lines, {size / 1e6:.1f} MB; awk: {awk}; "
+              f"usable cpus: {cpus}")
+        ours, theirs = egressgw_counts(path), awk_counts(awk, program, path)
         if ours != theirs:
             print(f"MISMATCH: egressgw {len(ours)} endpoints, awk {len(theirs)}")
             return 1
         print(f"same counts: {len(ours)} endpoints, {sum(ours.values()):,} connections")
         egressgw = [*egressgw_command(), "nat-stats", "--from", path]
-        awk_run = [awk, AWK_PROGRAM, path]
-        times: dict[str, list[float]] = {"egressgw": [], "awk": []}
-        cpu: dict[str, list[float]] = {"egressgw": [], "awk": []}
-        load_before = os.getloadavg()[0]
-        for i in range(args.repeat):
-            pair = [("egressgw", egressgw), ("awk", awk_run)]
-            for name, command in pair if i % 2 == 0 else reversed(pair):
-                wall, used = timed(command)
-                times[name].append(wall)
-                cpu[name].append(used)
-        load_after = os.getloadavg()[0]
-    print(f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after")
-    for name, values in times.items():
-        shown = " ".join(f"{v:.3f}" for v in values)
-        median, best = statistics.median(values), min(values)
-        used = statistics.median(cpu[name])
-        print(f"{name:9} wall median {median:.3f}s best {best:.3f}s, cpu {used:.3f}s [{shown}]")
-    ratio = statistics.median(times["egressgw"]) / statistics.median(times["awk"])
-    best = min(times["egressgw"]) / min(times["awk"])
-    cpu_ratio = statistics.median(cpu["egressgw"]) / statistics.median(cpu["awk"])
-    verdict = "met" if ratio <= 1.0 else "NOT met"
-    print(
-        f"ratio egressgw/awk: wall median {ratio:.2f}, wall best {best:.2f}, cpu {cpu_ratio:.2f} "
-        f"(requirement: wall <= 1.0, {verdict})"
-    )
+        awk_run = [awk, program, path]
+        compare("all CPUs", {"egressgw": egressgw, "awk": awk_run}, args.repeat)
+        if taskset is None:
+            print("\none CPU: skipped (no taskset)")
+        else:
+            pin = [taskset, "-c", "0"]
+            compare("one CPU (taskset -c 0)", {"egressgw": [*pin, *egressgw],
+                                               "awk": [*pin, *awk_run]}, args.repeat)
+        startup = [timed([*egressgw_command(), "nat-stats", "--from", tiny])[1]
+                   for _ in range(args.repeat)]
+        print(f"\negressgw start-up (nat-stats on a 10-line dump): cpu {spread(startup)} s")
+        if args.stages and not args.conntrack:
+            stages(path)
     return 0
 
 

@@ -138,7 +138,8 @@ def test_alerts_command_writes_rules_for_another_version(tmp_path: Path) -> None
 
 # -- what the rules and the dashboard query must exist ------------------------------------
 
-METRIC_NAME = re.compile(r"\begressgw_[a-z0-9_]+\b")
+# A metric name, not part of a recorded series' name (level:metric:operations).
+METRIC_NAME = re.compile(r"(?<![:\w])egressgw_[a-z0-9_]+\b(?!:)")
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +175,10 @@ def queried_metrics(expr: str) -> set[str]:
     return set(METRIC_NAME.findall(expr))
 
 
-def test_alert_rules_query_metrics_the_agent_exports(exported: set[str]) -> None:
-    rules = yaml.safe_load(RULES.read_text())
+@pytest.mark.parametrize("rules_file", [RULES, DEPLOY / "prometheus" / "egressgw-fleet-rules.yaml"],
+                         ids=["per-instance", "fleet"])
+def test_alert_rules_query_metrics_the_agent_exports(exported: set[str], rules_file: Path) -> None:
+    rules = yaml.safe_load(rules_file.read_text())
     exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
     used = set().union(*map(queried_metrics, exprs))
     assert used, exprs

@@ -169,3 +169,27 @@ def test_help_has_an_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     assert "egressgw nat-stats --from src/egressgw/examples/seed-node-nat-list.txt" in out
     assert "--nat-map-stats-entries" in out and "--skip-invalid" in out
+
+
+def test_a_bad_line_deep_in_a_big_file_exits_2_naming_it(tmp_path: Path) -> None:
+    # Big enough for the forked scan (cilium.PARALLEL_MIN_BYTES): the bad line, one only
+    # the digit check sees (octet 256), is in the second half, read by the child.
+    from egressgw.dumps import cilium  # noqa: PLC0415
+    from egressgw.dumps.synthetic import bench_lines  # noqa: PLC0415
+
+    lines = "".join(bench_lines(80_000, seed=47)).splitlines()
+    number = 71_234
+    lines[number - 1] = lines[number - 1].replace(".", ".256", 1)
+    dump = tmp_path / "big.txt"
+    dump.write_text("\n".join(lines) + "\n")
+    assert dump.stat().st_size > cilium.PARALLEL_MIN_BYTES
+    command = [sys.executable, "-c", "from egressgw.cli import main; main()",
+               "nat-stats", "--from", str(dump)]
+    result = subprocess.run(command, check=False, capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith(f"egressgw: error: {dump}:{number}: ")
+    assert len(result.stderr.splitlines()) == 1
+    result = subprocess.run([*command, "--skip-invalid"], check=False, capture_output=True,
+                            text=True)
+    assert result.returncode == 0
+    assert result.stderr.startswith(f"{dump}: skipped 1 invalid line(s)\n")

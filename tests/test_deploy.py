@@ -130,7 +130,10 @@ def test_service_monitor_becomes_a_valid_scrape_config_that_labels_up_by_node(tm
 def test_prometheus_rule_carries_the_fleet_rules_and_promtool_accepts_them(tmp_path):
     rule = by_kind("PrometheusRule")
     fleet = yaml.safe_load((DEPLOY / "prometheus" / "egressgw-fleet-rules.yaml").read_text())
-    assert rule["spec"] == fleet
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "egressgw-rules.yaml").read_text())
+    # The fleet groups, and the per-instance file's agent health alerts.
+    agent = [g for g in rules["groups"] if g["name"] == "egressgw-agent"]
+    assert rule["spec"]["groups"] == fleet["groups"] + agent
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
     checked = run_promtool("check", "rules", "rules.yaml", cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -6,6 +6,8 @@ import ipaddress
 import os
 import random
 import re
+import subprocess
+import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -398,8 +400,16 @@ HIDDEN = [
 ]
 
 
+# The digits of common chunks: numpy (big dumps) or the strict regex (small ones).
+DIGIT_CHECKS = {"numpy": 0, "regex": 1 << 40}
+
+
+@pytest.mark.parametrize("numpy_from", DIGIT_CHECKS.values(), ids=DIGIT_CHECKS.keys())
 @pytest.mark.parametrize(("why", "bad"), HIDDEN, ids=[h[0] for h in HIDDEN])
-def test_a_line_with_misplaced_or_out_of_range_digits_is_an_error(why: str, bad: str) -> None:
+def test_a_line_with_misplaced_or_out_of_range_digits_is_an_error(
+    why: str, bad: str, numpy_from: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cilium, "NUMPY_MIN_BYTES", numpy_from)
     good = "".join(bench_lines(3000, seed=31)).splitlines()  # several chunks of common shapes
     for at in (2, 2500):
         lines = [*good[:at], bad, *good[at:]]
@@ -474,3 +484,45 @@ def test_a_failing_forked_child_is_reported_and_its_half_rescanned(
     assert cilium.FORK_FAILURES.value == before + 1
     assert "MemoryError('no room')" in caplog.text
     assert "forked child" in caplog.text
+
+
+@pytest.mark.parametrize("numpy_from", DIGIT_CHECKS.values(), ids=DIGIT_CHECKS.keys())
+def test_a_hidden_bad_digit_deep_in_a_forked_file_scan_is_named(
+    numpy_from: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fast path as nat-stats runs it on a big file: streamed, the second half in the
+    # forked child, chunks of common shapes; the bad line is one only the digit check sees.
+    monkeypatch.setattr(cilium, "NUMPY_MIN_BYTES", numpy_from)
+    monkeypatch.setattr(cilium, "PARALLEL_MIN_BYTES", 1000)
+    lines = "".join(bench_lines(6000, seed=43)).splitlines()
+    path = tmp_path / "nat.txt"
+    failures = cilium.FORK_FAILURES.value
+    for number, old, new in ((5700, "XLATE_", "XLATE7_"), (4000, ".", ".256")):
+        broken = list(lines)
+        assert old in broken[number - 1]
+        broken[number - 1] = broken[number - 1].replace(old, new, 1)
+        path.write_text("\n".join(broken) + "\n")
+        with pytest.raises(InputError) as caught:
+            count_file(str(path))
+        assert (caught.value.source, caught.value.line) == (str(path), number)
+        skipped = count_file(str(path), skip_invalid=True)
+        assert (skipped.skipped, skipped.lines) == (1, len(lines))
+    assert cilium.FORK_FAILURES.value == failures  # the child's half was read by the child
+
+
+def test_small_dumps_do_not_load_numpy_and_big_ones_do(tmp_path: Path) -> None:
+    # Which digit check runs is seen from outside: numpy is imported only for the big one.
+    path = tmp_path / "nat.txt"
+    path.write_text("\n".join([OUT_LINE, IN_LINE] * 50) + "\n")  # common shapes only
+    program = (
+        "import sys\n"
+        "from egressgw.dumps import cilium, count_file\n"
+        "count_file(sys.argv[1])\n"
+        "print('numpy' in sys.modules)\n"
+        "cilium.NUMPY_MIN_BYTES = 0\n"
+        "count_file(sys.argv[1])\n"
+        "print('numpy' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program, str(path)],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "True"]

@@ -284,3 +284,29 @@ def test_skipped_lines_are_always_counted_on_stderr(tmp_path: Path, output: str)
     done = _nat_stats(tmp_path, text, "--skip-invalid", "-o", output)
     assert done.returncode == 0, done.stderr
     assert "skipped 1 invalid line(s)" in done.stderr
+
+
+@pytest.mark.parametrize("state", TCP_STATE_NAMES)
+def test_reusable_connections_are_counted_in_the_same_pass(state: str) -> None:
+    # The bulk count's takeover column against the takeover module's own line filter
+    # (egressgw.dumps.takeover), which picks the lines by their state word.
+    from egressgw.dumps.takeover import takeover_counts  # noqa: PLC0415
+
+    line = REAL.replace(" SYN_SENT2 ", f" {state} ")
+    other = REAL.replace(" SYN_SENT2 ", " ESTABLISHED ").replace("41000", "41001")
+    data = "\n".join([line, other, line.replace("41000", "41002")]).encode()
+    expected = {REAL_ENDPOINT: 2} if state in ("TIME_WAIT", "CLOSE", "SYN_SENT2") else {}
+    assert takeover_counts(data, source="x") == expected
+    assert count_endpoints(data, source="x").reusable == expected
+    # Through the line-by-line path too (a bad line, skipped).
+    broken = data + b"\ntcp 6 garbled\n"
+    assert count_endpoints(broken, source="x", skip_invalid=True).reusable == expected
+
+
+def test_golden_dumps_reusable_matches_the_takeover_filter() -> None:
+    from egressgw.dumps.takeover import takeover_counts  # noqa: PLC0415
+
+    for path in sorted(GOLDEN.glob("conntrack-L*.txt")):
+        data = path.read_bytes()
+        assert count_endpoints(data, source=path.name).reusable == takeover_counts(
+            data, source=path.name), path.name

@@ -18,11 +18,12 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from egressgw.dumps import count_endpoints, iter_entries
+from egressgw.dumps import cilium, count_endpoints, iter_entries
 from egressgw.dumps.synthetic import bench_lines
 from egressgw.errors import InputError
 from egressgw.net import Family, NatEndpoint, Proto
@@ -181,12 +182,15 @@ def test_the_cilium_reference_accepts_every_valid_line() -> None:
 @FUZZ
 @given(st.data())
 def test_mutated_cilium_lines_in_common_chunks(data: st.DataObject) -> None:
-    """Chunks of the common IPv4 shapes: the bulk path's numpy check."""
+    """Chunks of the common IPv4 shapes: the bulk path's numpy check (big dumps) and the
+    strict regex (small ones)."""
     at = data.draw(st.integers(0, 39))
     lines = CILIUM_V4[:40]
     lines = [*lines[:at], mutate(data, lines[at]), *lines[at + 1 :]]
     total = sum((cilium_reference(x) for i, x in enumerate(lines) if i != at), Counter())
-    check(lines, at, cilium_reference_or_none(lines[at]), total, "cilium")
+    for numpy_from in (0, 1 << 40):
+        with mock.patch.object(cilium, "NUMPY_MIN_BYTES", numpy_from):
+            check(lines, at, cilium_reference_or_none(lines[at]), total, "cilium")
 
 
 @FUZZ

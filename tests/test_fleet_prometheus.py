@@ -40,6 +40,9 @@ SERVER4 = "198.51.100.10"
 NODE_PORTS = "30000,65471"  # 64 NAT ports per tuple
 PROMETHEUS_PORT = 9090  # inside the monitoring namespace only
 HELD_A, HELD_B = 64, 20
+WARNING = next(float(rule["expr"].split(">")[-1])
+               for group in yaml.safe_load(FLEET_RULES.read_text())["groups"]
+               for rule in group["rules"] if rule.get("alert") == "EgressgwTupleRefusalsExpected")
 
 
 def prometheus() -> str:
@@ -239,20 +242,33 @@ def test_prometheus_sees_the_fleet_by_node_and_tuple() -> None:
         top = series(api, "fleet:egressgw_nat_endpoint_connections:top10")
         assert {n: v for n, (_, v) in top.items()} == {node_a: HELD_A, node_b: HELD_B}
 
+        # The shipped warning is 50% (Cilium 1.16 defaults): A's 64/64 is past it, B's
+        # 20/64 (31%) is not.
+        assert WARNING == 0.5
+        [near] = api.query("fleet:egressgw_nodes_refusals_expected:count")
+        assert float(near["value"][1]) == 1.0
+
         def alerts() -> list[dict[str, Any]] | None:
             firing = [a for a in api.get("alerts")["alerts"] if a["state"] == "firing"]
             names = {a["labels"]["alertname"] for a in firing}
-            wanted = {"EgressgwTupleSaturationCritical", "EgressgwNodeNatAllocationFailures"}
+            wanted = {"EgressgwTupleRefusalsExpected", "EgressgwNodeNatAllocationFailures"}
             return firing if wanted <= names else None
 
         firing = poll_until(alerts, timeout=60, what="the fleet alerts to fire")
-        by_name: dict[str, list[dict[str, str]]] = {}
+        by_name: dict[str, list[dict[str, Any]]] = {}
         for alert in firing:
-            by_name.setdefault(alert["labels"]["alertname"], []).append(alert["labels"])
-        [critical] = by_name["EgressgwTupleSaturationCritical"]
-        assert critical["node"] == node_a and critical["egress_ip"] == egress_a
-        assert critical["remote_addr"] == f"{SERVER4}:443" and critical["proto"] == "TCP"
-        # 64/64 is above both thresholds on A; B's 20/64 (31%) is above neither.
-        assert [a["node"] for a in by_name["EgressgwTupleSaturationHigh"]] == [node_a]
-        assert [a["node"] for a in by_name["EgressgwNodeNatAllocationFailures"]] == [node_a]
+            by_name.setdefault(alert["labels"]["alertname"], []).append(alert)
+        tuple_a = {"node": node_a, "egress_ip": egress_a, "remote_addr": f"{SERVER4}:443",
+                   "proto": "TCP", "family": "ipv4"}
+        [warning] = by_name["EgressgwTupleRefusalsExpected"]
+        assert warning["labels"].items() >= tuple_a.items()
+        # The page for the failures counted on A names A and its full tuple, and how many
+        # attempts failed (the 3 clients', each once however often it retransmitted).
+        [critical] = by_name["EgressgwNodeNatAllocationFailures"]
+        assert critical["labels"].items() >= tuple_a.items()
+        assert critical["labels"]["severity"] == "critical"
+        assert float(critical["value"]) >= 1
+        assert f"through gateway {node_a} got no NAT source port" in (
+            critical["annotations"]["description"])
+        assert f"is {egress_a} -> {SERVER4}:443 (TCP)" in critical["annotations"]["description"]
         time.sleep(0)  # the held connections close when the stack unwinds

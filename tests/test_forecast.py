@@ -228,4 +228,5 @@ def test_scale_multiplies_counts_and_growth(tmp_path, capsys):
     assert tripled["count"] == pytest.approx(3 * round(0.70 * LIMIT))
     assert tripled["outlook"] == "at limit" and tripled["secondsToLimit"] == 0
     # The refusal marks lie below the limit and are reached no later than it.
-    assert now["firstRefusals"]["seconds"] <= now["refusalRate"]["seconds"] <= now["secondsToLimit"]
+    assert (now["oneIn10000Refused"]["seconds"] <= now["refusalRate"]["seconds"]
+            <= now["secondsToLimit"])

@@ -8,7 +8,7 @@ import click
 
 from egressgw.cli.limits import curve_options, search_and_sources
 from egressgw.cli.options import node_port_range_option
-from egressgw.cli.outputs import check_output_path
+from egressgw.cli.outputs import check_output_dir, check_output_path
 from egressgw.config import NodePortRange
 
 
@@ -27,17 +27,42 @@ def _flags(cilium_version: str, node_port_range: NodePortRange, source_ports: st
     return "".join(" " + f for f in flags)
 
 
-def rules_text(cilium_version: str = "1.16", node_port_range: NodePortRange | None = None,
-               source_ports: str = "linux", clients: int = 400) -> str:
+RULES_FILE = "egressgw-rules.yaml"
+FLEET_RULES_FILE = "egressgw-fleet-rules.yaml"
+PROMETHEUS_RULE_FILE = "prometheusrule.yaml"
+
+
+def rule_files(cilium_version: str = "1.16", node_port_range: NodePortRange | None = None,
+               source_ports: str = "linux", clients: int = 400) -> dict[str, str]:
+    """The rules files by name, from one refusal curve: per instance, per node and tuple,
+    and the Prometheus Operator's PrometheusRule."""
     from egressgw.sim.alerts import render_rules  # noqa: PLC0415
+    from egressgw.sim.fleet_alerts import (  # noqa: PLC0415
+        render_fleet_rules,
+        render_prometheus_rule,
+    )
     from egressgw.sim.refusal import planning_curve  # noqa: PLC0415
 
     npr = node_port_range or NodePortRange()
     search, sources = search_and_sources(cilium_version, npr, source_ports, clients)
     curve = planning_curve(search, sources, npr.cilium_saturation_divisor)
     flags = _flags(cilium_version, npr, source_ports, clients)
-    return render_rules(curve, command=f"egressgw alerts{flags}",
-                        limits_command=f"egressgw limits{flags}")
+    limits_command = f"egressgw limits{flags}"
+    rules = render_rules(curve, command=f"egressgw alerts{flags}", limits_command=limits_command)
+    fleet = render_fleet_rules(curve, command=f"egressgw alerts --fleet{flags}",
+                               limits_command=limits_command)
+    return {
+        RULES_FILE: rules,
+        FLEET_RULES_FILE: fleet,
+        PROMETHEUS_RULE_FILE: render_prometheus_rule(
+            rules, fleet, command=f"egressgw alerts --kubernetes{flags}"),
+    }
+
+
+def rules_text(cilium_version: str = "1.16", node_port_range: NodePortRange | None = None,
+               source_ports: str = "linux", clients: int = 400, *, fleet: bool = False) -> str:
+    files = rule_files(cilium_version, node_port_range, source_ports, clients)
+    return files[FLEET_RULES_FILE if fleet else RULES_FILE]
 
 
 @click.command(
@@ -46,25 +71,52 @@ def rules_text(cilium_version: str = "1.16", node_port_range: NodePortRange | No
 Examples:
   egressgw alerts > egressgw-rules.yaml
   egressgw alerts --cilium-version 1.18 --out /etc/prometheus/rules/egressgw-rules.yaml
+  egressgw alerts --fleet > egressgw-fleet-rules.yaml
+  egressgw alerts --out-dir /etc/prometheus/rules   # both files
+  egressgw alerts --kubernetes | kubectl apply -f -  # a PrometheusRule
   egressgw alerts --clients 0        # clients that draw random source ports""",
 )
 @curve_options
 @node_port_range_option()
+@click.option("--fleet", is_flag=True,
+              help="The fleet rules (by node and tuple) instead of the per-instance ones.")
+@click.option("--kubernetes", is_flag=True,
+              help="A PrometheusRule (Prometheus Operator): the fleet rules and the agent "
+                   "health alerts.")
 @click.option("--out", "out_path", type=click.Path(path_type=Path), metavar="FILE.yaml",
               help="Write the rules to FILE instead of standard output.")
+@click.option("--out-dir", "out_dir", type=click.Path(path_type=Path), metavar="DIR",
+              help=f"Write both rules files into DIR: {RULES_FILE} and {FLEET_RULES_FILE}.")
 def alerts_command(*, cilium_version: str, source_ports: str, clients: int,
-                   node_port_range: NodePortRange, out_path: Path | None) -> None:
+                   node_port_range: NodePortRange, fleet: bool, kubernetes: bool,
+                   out_path: Path | None, out_dir: Path | None) -> None:
     """Prometheus alerting rules whose thresholds come from the refusal curve.
 
     \b
     The warning fires per tuple 5 points below the saturation at which 0.01% of new
-    connections are refused (see `egressgw limits`), the critical saturation alert
-    where 1% are, and the failure alert as soon as refusals are measured.
-    deploy/prometheus/egressgw-rules.yaml is this command's output with the defaults.
+    connections are refused (see `egressgw limits`); the critical alert as soon as
+    refusals are measured. --fleet: the same thresholds per node and tuple, with
+    recording rules for the fleet's worst tuples. deploy/prometheus/ holds both files,
+    and deploy/kubernetes/ the PrometheusRule, as this command writes them with the
+    defaults.
     """
+    if fleet and kubernetes:
+        raise click.UsageError("--fleet and --kubernetes: give one (the PrometheusRule "
+                               "holds the fleet rules)")
+    if out_dir is not None:
+        if out_path is not None or fleet or kubernetes:
+            raise click.UsageError("--out-dir writes both rules files: give it without "
+                                   "--out, --fleet or --kubernetes")
+        check_output_dir(out_dir, field="--out-dir")
     if out_path is not None:
         check_output_path(out_path, (".yaml", ".yml"), field="--out")
-    text = rules_text(cilium_version, node_port_range, source_ports, clients)
+    files = rule_files(cilium_version, node_port_range, source_ports, clients)
+    if out_dir is not None:
+        out_dir.mkdir(exist_ok=True)
+        for name in (RULES_FILE, FLEET_RULES_FILE):
+            (out_dir / name).write_text(files[name], encoding="utf-8")
+        return
+    text = files[PROMETHEUS_RULE_FILE if kubernetes else FLEET_RULES_FILE if fleet else RULES_FILE]
     if out_path is None:
         click.echo(text, nl=False)
     else:

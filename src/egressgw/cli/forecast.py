@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
 import click
 
 from egressgw.cli.limits import curve_options, search_and_sources
-from egressgw.cli.options import given, nat_port_range_option, node_port_range_option, output_option
+from egressgw.cli.options import (
+    given,
+    nat_port_range_option,
+    node_port_range_option,
+    output_option,
+    parse_duration_flag,
+)
 from egressgw.config import NodePortRange
 from egressgw.limits import NatPortRange, PortLimit, resolve_limit
 
@@ -47,15 +54,38 @@ def _cell(trend: Any, last_time: float) -> str:
     return text
 
 
+# The column of the time at which a first refusal is more likely than not (Λ = ln 2).
+FIRST_REFUSAL = "First refusal likely"
+
+
+def _first_refusal_cell(first: Any, last_time: float) -> str:
+    from egressgw.sim.forecast import Outlook  # noqa: PLC0415
+    from egressgw.sim.report import format_seconds  # noqa: PLC0415
+
+    if first.outlook is Outlook.TOO_FEW:
+        return "too few snapshots"
+    if first.eta is None or first.eta > _FAR:
+        return "not growing" if first.outlook is Outlook.NOT_GROWING else "beyond 10 years"
+    if first.eta < 1:
+        return "now"
+    text = f"in {format_seconds(first.eta)}{_when(last_time, first.eta)}"
+    if first.has_band:
+        latest = "never" if first.latest is None else format_seconds(first.latest)
+        earliest = first.earliest or 0.0
+        text += f" [{'now' if earliest < 1 else format_seconds(earliest)} .. {latest}]"
+    return text
+
+
 def render_forecast(results: Any, *, marks: Any, divisor: int, last_time: float,
-                    span: float = 0.0) -> str:
+                    span: float = 0.0, first: Any = None) -> str:
+    """The table; ``first`` (tuple -> FirstRefusal) adds the first-refusal column."""
     from egressgw.net import format_ip  # noqa: PLC0415
     from egressgw.render.tabwriter import tabwrite  # noqa: PLC0415
 
     # Growth per minute, or per day when the snapshots span days.
     unit, per = ("day", 86400.0) if span >= 86400 else ("min", 60.0)
     rows = [["EgressIP", "RemoteAddr", "Proto", "Count", "Saturation", f"Growth/{unit}",
-             *(m.name for m in marks)]]
+             *([FIRST_REFUSAL] if first is not None else []), *(m.name for m in marks)]]
     for item in results:
         any_trend = item.trends[marks[0].name]
         growth = f"{item.slope * per:+.1f}" if any_trend.samples >= 2 else "-"
@@ -63,17 +93,23 @@ def render_forecast(results: Any, *, marks: Any, divisor: int, last_time: float,
             format_ip(item.endpoint.egress_ip), item.endpoint.remote_addr,
             item.endpoint.proto.label, f"{any_trend.last_count:.0f}",
             f"{any_trend.last_count / divisor:.1%}", growth,
+            *([_first_refusal_cell(first[item.endpoint], last_time)] if first is not None
+              else []),
             *(_cell(item.trends[m.name], last_time) for m in marks),
         ])
     return tabwrite(rows)
 
 
 def forecast_document(results: Any, *, marks: Any, port_limit: PortLimit, scale: float,
-                      last_time: float) -> dict[str, Any]:
-    keys = ["firstRefusals", "refusalRate", "limit"][-len(marks):]
+                      last_time: float, first: Any = None,
+                      assumptions: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The forecast as data; ``first`` and ``assumptions`` (hold, curve, limit, the
+    criterion) come with --hold."""
+    keys = ["oneIn10000Refused", "refusalRate", "limit"][-len(marks):]
     return {
         "portLimit": port_limit.document(),
         "scale": scale,
+        "firstRefusal": assumptions if first is not None else None,
         "marks": {key: {"name": m.name, "count": m.count} for key, m in zip(keys, marks,
                                                                            strict=True)},
         "limit": marks[-1].count,
@@ -100,10 +136,18 @@ def forecast_document(results: Any, *, marks: Any, port_limit: PortLimit, scale:
                     for key, m in zip(keys, marks, strict=True)
                     for t in [r.trends[m.name]]
                 },
+                **({"firstRefusal": _first_refusal_doc(first[r.endpoint])}
+                   if first is not None else {}),
             }
             for r in results
         ],
     }
+
+
+def _first_refusal_doc(first: Any) -> dict[str, Any]:
+    return {"seconds": first.eta, "earliest": first.earliest, "latest": first.latest,
+            "outlook": first.outlook.value, "count": first.count,
+            "fittedCountNow": first.fitted, "refusedPerDayNow": first.refused_per_day}
 
 
 def _poll(server: str, samples: int, every_text: str) -> Any:
@@ -132,6 +176,7 @@ Examples:
   egressgw forecast a.json b.json c.json          # JSON from the agent carries updatedAt
   egressgw forecast nat-1.txt nat-2.txt nat-3.txt --at 0 --at 600 --at 1200
   egressgw forecast s*.txt --at ... --threshold 0.8  # time until 80% instead
+  egressgw forecast a.json b.json c.json --hold 10m  # when the first refusal is likely
   egressgw forecast --server http://127.0.0.1:9967 --samples 10 --every 30s""",
 )
 @click.argument("snapshots", nargs=-1, metavar="SNAPSHOT...")
@@ -164,6 +209,13 @@ Examples:
                    "live), worst (the higher of the two).")
 @click.option("--scale", type=float, default=1.0, show_default=True, metavar="FACTOR",
               help="Traffic multiplied by FACTOR (e.g. 3 for 3x): counts and growth scale.")
+@click.option("--hold", callback=parse_duration_flag, metavar="DURATION",
+              help="How long a connection holds its port, e.g. 10m (the value given to "
+                   "plan --hold; plan adds CT timeouts to it, forecast does not: the "
+                   "earlier answer): new connections/s = count / hold (Little's law). "
+                   "Adds 'First refusal likely': when the refused connections expected "
+                   "along the trend, the integral of rate x P(refusal), reach ln 2, i.e. "
+                   "a first refusal is more likely than not. Replaces the 0.01% column.")
 @curve_options
 @click.option("--confidence", type=float, default=0.9, show_default=True,
               help="Coverage of the prediction band.")
@@ -182,6 +234,7 @@ def forecast_command(
     refusal_rate: float,
     curve: str,
     scale: float,
+    hold: float | None,
     cilium_version: str,
     source_ports: str,
     clients: int,
@@ -198,6 +251,13 @@ def forecast_command(
     fitted with a least-squares line; the band is where the regression's prediction
     interval reaches the limit. Shrinking or flat tuples say "not growing".
     With --server, the snapshots are taken from the running agent instead.
+
+    \b
+    Columns: "0.01% refused" and "0.1% refused" (--refusal-rate) are when the refusal
+    curve (egressgw limits) says that share of new connections is refused; with
+    --hold, "First refusal likely" is when the expected number of refused connections,
+    the integral of (count / hold) x P(refusal at count) along the trend, reaches
+    ln 2: P(at least one refusal) = 1 - exp(-expected) passes 1/2.
     """
     from egressgw.errors import ConfigError  # noqa: PLC0415
     from egressgw.render.documents import dump_document  # noqa: PLC0415
@@ -213,6 +273,8 @@ def forecast_command(
         raise ConfigError(f"{refusal_rate}: must be in (0, 1)", field="--refusal-rate")
     if not (0 < scale < 1e6):
         raise ConfigError(f"{scale}: must be a positive factor", field="--scale")
+    if hold is not None and not (0 < hold < math.inf):
+        raise ConfigError(f"{hold:g}: must be a positive duration", field="--hold")
     if server is not None:
         if snapshots:
             raise click.UsageError("give SNAPSHOT files or --server, not both")
@@ -234,6 +296,7 @@ def forecast_command(
         nat_port_range=nat_port_range,
     )
     divisor = port_limit.ports
+    refusals = None
     marks = [Mark(f"{threshold:.0%} of ports" if threshold < 1 else "Full (100%)",
                   divisor * threshold)]
     curve_note = (f"No refusal curve for {port_limit.datapath} yet (egressgw limits "
@@ -247,7 +310,7 @@ def forecast_command(
         first = refusals.held_at(1e-4)
         at_rate = refusals.held_at(refusal_rate)
         marks = [
-            Mark("First refusals (0.01%)", first if first is not None else float(divisor)),
+            Mark("0.01% refused", first if first is not None else float(divisor)),
             Mark(f"{refusal_rate * 100:g}% refused",
                  at_rate if at_rate is not None else float(divisor)),
             *marks,
@@ -257,6 +320,15 @@ def forecast_command(
             f"{cilium_version}, clients {sources}): 0.01% at {marks[0].count / divisor:.1%}, "
             f"{refusal_rate * 100:g}% at {marks[1].count / divisor:.1%} of the ports."
         )
+    first_refusal = None
+    if hold is not None:
+        if refusals is None:
+            raise ConfigError(f"no refusal curve for {port_limit.datapath}: the first refusal "
+                              "cannot be forecast", field="--hold")
+        marks = marks[1:]  # the first refusal replaces the 0.01% mark
+        first_refusal = _first_refusals(loaded, hold=hold, curve=refusals, scale=scale,
+                                        confidence=confidence)
+        curve_note += "\n" + _first_refusal_note(hold, curve, divisor)
     results = forecast_marks(loaded, marks, scale=scale, confidence=confidence)
     last = loaded[-1].time
     if output == "table":
@@ -267,8 +339,82 @@ def forecast_command(
             f"times from the last one, [{confidence:.0%} band].\n{curve_note}"
         )
         click.echo(render_forecast(results, marks=marks, divisor=divisor, last_time=last,
-                                   span=loaded[-1].time - loaded[0].time), nl=False)
+                                   span=loaded[-1].time - loaded[0].time, first=first_refusal),
+                   nl=False)
+        if first_refusal is not None and results:
+            why = _first_refusal_why(results[0].endpoint, first_refusal[results[0].endpoint],
+                                     refusals, divisor)
+            click.echo(why, nl=False)
     else:
+        assumptions = None if hold is None or refusals is None else _assumptions(
+            hold, curve, refusals, divisor)
         click.echo(dump_document(forecast_document(
-            results, marks=marks, port_limit=port_limit, scale=scale, last_time=last),
-            output), nl=False)
+            results, marks=marks, port_limit=port_limit, scale=scale, last_time=last,
+            first=first_refusal, assumptions=assumptions), output), nl=False)
+
+
+def _first_refusals(loaded: Any, *, hold: float, curve: Any, scale: float,
+                    confidence: float) -> Any:
+    from egressgw.sim.expected_refusals import first_refusals, probability_of  # noqa: PLC0415
+
+    return first_refusals(loaded, hold=hold, probability=probability_of(curve), scale=scale,
+                          confidence=confidence)
+
+
+def _first_refusal_why(endpoint: Any, first: Any, curve: Any, divisor: int) -> str:
+    """The figures behind the first row's first refusal, to redo by hand."""
+    import numpy as np  # noqa: PLC0415
+
+    from egressgw.net import format_ip  # noqa: PLC0415
+    from egressgw.sim.report import format_seconds  # noqa: PLC0415
+
+    if first.eta is None or first.count is None or first.eta > _FAR:
+        return ""
+    held = curve.held
+    i = min(max(int(np.searchsorted(held, first.count)), 1), len(held) - 1)
+    low, high = float(held[i - 1]), float(held[i])
+    if first.count >= high:  # past the curve's last level: its last value
+        levels = (f"{curve.rate_at(high):.2g} at {high:.0f} ({high / divisor:.1%}) "
+                  "and beyond")
+    else:
+        kind = "linear" if curve.rate_at(low) <= 0 else "log-linear"
+        levels = (f"{curve.rate_at(low):.2g} at {low:.0f} ({low / divisor:.1%}) and "
+                  f"{curve.rate_at(high):.2g} at {high:.0f} ({high / divisor:.1%}), {kind} "
+                  "between")
+    when = "now" if first.eta < 1 else f"in {format_seconds(first.eta)}"
+    return (
+        f"Why, for {format_ip(endpoint.egress_ip)} {endpoint.remote_addr} (to redo by hand):\n"
+        f"  the trend is at {first.fitted:.1f} now and grows {first.slope:.6f}/s; "
+        f"{first.fitted:.1f} / {first.hold:g}s = {first.fitted / first.hold:.1f} new "
+        "connections/s;\n"
+        f"  the curve refuses {levels};\n"
+        f"  the expected refusals reach ln 2 at {first.count:.1f} ({first.count / divisor:.2%}):"
+        f" {when}.\n"
+    )
+
+
+def _first_refusal_note(hold: float, curve_name: str, divisor: int) -> str:
+    from egressgw.sim.report import format_seconds  # noqa: PLC0415
+
+    return (f"First refusal likely: when the refused connections expected along the trend "
+            f"(new connections/s = count / hold {format_seconds(hold)}, each refused with "
+            f"the {curve_name} curve's probability at count/{divisor}) reach ln 2, a first "
+            "refusal more likely than not.")
+
+
+def _assumptions(hold: float, curve_name: str, curve: Any, divisor: int) -> dict[str, Any]:
+    from egressgw.sim.expected_refusals import LN2  # noqa: PLC0415
+
+    return {
+        "criterion": "expected refused connections reach ln 2: P(at least one) = 1/2",
+        "expectedRefused": LN2,
+        "holdSeconds": hold,
+        "newConnectionsPerSecond": "count / holdSeconds (Little's law)",
+        "curve": {"name": curve_name, "kind": curve.kind,
+                  "ciliumVersion": curve.search.version,
+                  "natPorts": [curve.search.start, curve.search.end],
+                  "tries": curve.search.retries, "sourcePorts": str(curve.sources)},
+        "limit": divisor,
+        # The curve as used: P(refusal) at each measured level (rate_at, non-decreasing).
+        "points": [[int(h), curve.rate_at(float(h))] for h in curve.held],
+    }

@@ -185,6 +185,7 @@ Examples:
   egressgw plan workload.yaml --scale 3 -o yaml          # next quarter's 3x traffic
   egressgw plan --stats nat-stats.json --hold 10m --scale 3
   egressgw plan --stats http://127.0.0.1:9967 --hold 10m  # the running agent
+  egressgw plan --stats nat-stats.json --hold 10m --policy cegp.yaml  # your own policy
   egressgw plan workload.yaml --target-saturation 0.7 --max-drop-rate 0""",
 )
 @click.argument("workload_path", metavar="[WORKLOAD.yaml]", required=False,
@@ -204,6 +205,11 @@ Examples:
               help="Highest share of new connections the simulation may refuse.")
 @click.option("--max-egress-ips", type=click.IntRange(1, 1024), default=64, show_default=True)
 @click.option("--estimate-only", is_flag=True, help="Skip the confirming simulations.")
+@click.option("--policy", "policy_path", type=click.Path(path_type=Path), metavar="FILE",
+              help="The CiliumEgressGatewayPolicy in force (a file or directory, e.g. "
+                   "kubectl get cegp NAME -o yaml), checked against --cilium-version's CRD: "
+                   "the printed YAML is it with only its gateways changed. Without it the "
+                   "selector and gateway node are placeholders.")
 @click.option("--progress/--no-progress", default=None,
               help="Say what is being simulated, on stderr (default: when it is a terminal).")
 @output_option("table", "json", "yaml")
@@ -219,6 +225,7 @@ def plan_command(
     max_drop_rate: float,
     max_egress_ips: int,
     estimate_only: bool,
+    policy_path: Path | None,
     progress: bool | None,
     output: str,
     **options: Any,
@@ -272,11 +279,17 @@ def plan_command(
         assert workload_path is not None
         workload = load_workload(workload_path)
         settings = settings_from_options(workload_duration=workload.duration, **options)
+    in_force = None
+    if policy_path is not None:  # read and checked before the long part
+        from egressgw.sim.remedy import policy_in_force  # noqa: PLC0415
+
+        in_force = policy_in_force(policy_path, settings.cilium_version, _workload_ips(workload))
     notice_model_compile()
     plan = make_plan(workload, settings, target=target, max_drop_rate=max_drop_rate,
                      max_egress_ips=max_egress_ips, confirm=not estimate_only, scale=scale,
                      announce=_announcer(progress), progress=progress)
-    policies = _policies(plan, workload, settings)
+    policies = _policies(plan, workload, settings, in_force,
+                         None if policy_path is None else str(policy_path))
     if output == "table":
         click.echo(render_plan(plan, settings.divisor, settings.limit, policies), nl=False)
     else:
@@ -286,14 +299,25 @@ def plan_command(
         ctx.exit(NO_PLAN)
 
 
-def _policies(plan: Any, workload: Any, settings: Any) -> str | None:
-    """The policy YAML for a confirmed plan of several egress IPs (None otherwise)."""
-    from egressgw.sim.remedy import remedy_policies  # noqa: PLC0415
+def _workload_ips(workload: Any) -> list[Any]:
+    """The egress IPs the workload (or the observed tuples) already use."""
+    return list(dict.fromkeys(
+        [*workload.egress_ips, *(ip for g in workload.groups for ip in g.egress_ips)]))
+
+
+def _policies(plan: Any, workload: Any, settings: Any, in_force: Any = None,
+              source: str | None = None) -> str | None:
+    """The policy YAML for a confirmed plan of several egress IPs (None otherwise):
+    the policy in force with its gateways changed, or one with placeholders."""
+    from egressgw.sim.remedy import plan_policies, remedy_policies  # noqa: PLC0415
 
     confirmed = plan.confirmed
     if confirmed is None or confirmed.egress_ips < 2:
         return None
     ips = plan.egress_ips
+    if in_force is not None:
+        return plan_policies(in_force, ips, cilium_version=settings.cilium_version,
+                             source=source or "--policy")
     return remedy_policies(
         ips, [workload.gateway_of(ip) for ip in ips],
         [d.ip for d in workload.destinations],

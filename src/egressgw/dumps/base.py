@@ -19,12 +19,16 @@ class DumpCounts:
 
     ``lines`` is the number of lines read (blank ones included), ``skipped`` the number of
     lines that could not be parsed and were skipped (only with ``skip_invalid``).
+    ``reusable``: for ``conntrack -L`` dumps, how many of each endpoint's connections are
+    in a TCP state whose port Linux can take over (egressgw.limits.TAKEOVER_TCP_STATES),
+    the same as :func:`egressgw.dumps.takeover.takeover_counts`; None for other formats.
     """
 
     counts: dict[NatEndpoint, int] = field(default_factory=dict)
     lines: int = 0
     skipped: int = 0
     format: str = "auto"
+    reusable: dict[NatEndpoint, int] | None = None
 
     @property
     def connections(self) -> int:

@@ -31,7 +31,9 @@ Python. It works on cache-sized chunks of whole lines (in two processes for big 
    numpy finds every run and checks its neighbours (so no digit sits inside ``TCP IN``,
    ``->`` or a keyword and no field is empty), octets (0..255, no leading zero) and ports
    (0..65535, no leading zero). Other chunks (IPv6, markers, the raw clock) go through a
-   strict regex, and the distinct bracketed addresses through the address parser.
+   strict regex, and the distinct bracketed addresses through the address parser. Dumps
+   under NUMPY_MIN_BYTES use the strict regex for every chunk: loading numpy would cost
+   them more than it saves.
 4. Every counted IN line of a chunk must have given a key: a line the key regex missed
    would otherwise go uncounted in silence.
 
@@ -51,11 +53,9 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import logging
 import marshal
 import os
 import re
-import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -76,9 +76,13 @@ from egressgw.net import (
 )
 
 FORMAT = "cilium"
-log = logging.getLogger(__name__)
 # Below this size a second process costs more than it saves.
 PARALLEL_MIN_BYTES = 8 << 20
+# A range smaller than this has the digits of its common chunks checked by the strict
+# regex rather than numpy: importing numpy costs ~0.1 s of CPU, the regex ~4 ns per byte
+# more than numpy (0.8 s against 0.38 s + 0.06 s of shape counts on the 94 MB of common
+# chunks of the 1,000,000-line bench dump), so numpy pays off from about 25 MB on.
+NUMPY_MIN_BYTES = 16 << 20
 # Chunks of the bulk scan: small enough for the CPU cache, big enough to amortize calls.
 CHUNK_BYTES = 256 << 10
 # How much of a bad line an error message needs.
@@ -139,7 +143,7 @@ COMMON_SHAPES = tuple(
     for proto in (b"TCP", b"UDP", b"ICMP")
     for direction, xlate in ((b" OUT", b"SRC"), (b" IN", b"DST"))
 )
-_ALL_SHAPES = re.compile(rb"(?:" + _LINE_SHAPE + rb"\n|\n)*+")
+_COMMON_IN_SHAPES = frozenset(shape for shape in COMMON_SHAPES if b" IN " in shape)
 _ONE_SHAPE = re.compile(_LINE_SHAPE)
 
 # --- keys of counted IN entries (on the original text) -------------------------------
@@ -155,14 +159,13 @@ _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _PORT = r"(?:6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3}|0)"
 _V4 = rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}"
 _V6 = r"\[[0-9a-f:.]+\]"  # what is inside is checked by the address parser
-_ENTRY = re.compile(
+_ENTRY = (
     r"(?P<proto>TCP|UDP|ICMPv6|ICMP|SCTP) (?P<dir>OUT|IN) "
     rf"(?P<src>(?:{_V4}|{_V6}):{_PORT}) -> (?P<dst>(?:{_V4}|{_V6}):{_PORT}) "
     r"(?:related )?(?:service )?XLATE_(?P<xdir>SRC|DST) "
     rf"(?P<xlate>(?:{_V4}|{_V6}):{_PORT}) "
     r"Created=(?:(?P<ago>-?\d+)sec ago|\? \(raw \d+\)) "
-    r"(?:NeedsCT=(?P<ct>\d+)|HostLocal=\d+)",
-    re.ASCII,
+    r"(?:NeedsCT=(?P<ct>\d+)|HostLocal=\d+)"
 )
 # A chunk of lines that parse_entry accepts, in bytes: the shapes (pairing of direction
 # and XLATE, protocol and map, one family per line) with every number spelled out. For the
@@ -170,13 +173,27 @@ _ENTRY = re.compile(
 _A4 = rf"{_V4}:{_PORT}".encode()
 _A6 = rf"{_V6}:{_PORT}".encode()
 _STRICT_TAIL = rb" Created=(?:-?\d+sec ago|\? \(raw \d+\)) (?:NeedsCT|HostLocal)=\d+"
-_STRICT_LINES = re.compile(
+_STRICT_LINES = (
     rb"(?:(?:"
     + _shape(rb"(?:TCP|UDP|ICMP|SCTP)", _A4, _STRICT_TAIL)
     + rb"|"
     + _shape(rb"(?:TCP|UDP|ICMPv6|SCTP)", _A6, _STRICT_TAIL)
     + rb")\n|\n)*+"
 )
+
+
+# The two big regexes are compiled on first use (~12 ms each): a dump of common IPv4
+# lines read with numpy needs neither, and every nat-stats run would pay for them.
+@functools.cache
+def _entry_regex() -> re.Pattern[str]:
+    return re.compile(_ENTRY, re.ASCII)
+
+
+@functools.cache
+def _strict_lines_regex() -> re.Pattern[bytes]:
+    return re.compile(_STRICT_LINES)
+
+
 _BRACKETED = re.compile(rb"\[([^\]]*)\]")
 
 
@@ -322,13 +339,19 @@ def scan_lines(read: Read, size: int, *, skip_invalid: bool = False) -> Scan:
     return scan_range(read, 0, size, skip_invalid=skip_invalid)
 
 
-def scan_range(read: Read, start: int, end: int, *, skip_invalid: bool = False) -> Scan:
+def scan_range(read: Read, start: int, end: int, *, skip_invalid: bool = False,
+               numpy: bool | None = None) -> Scan:
     """Scan the lines in ``[start, end)`` (line boundaries) in cache-sized chunks.
 
     Each chunk is translated, shape-checked and searched while it is still in the CPU
     cache, instead of streaming the whole dump through memory three times. A line with a
     bad shape ends the scan, or with ``skip_invalid`` is skipped and the scan goes on.
+    The digits of chunks of common shapes are checked with numpy (by default when the
+    range is at least NUMPY_MIN_BYTES), else by the strict regex that checks every other
+    chunk: the same lines pass either way (the fuzz tests run both).
     """
+    if numpy is None:
+        numpy = end - start >= NUMPY_MIN_BYTES
     keys: Counter[bytes] = Counter()
     lines = skipped = 0
     position = start
@@ -349,7 +372,8 @@ def scan_range(read: Read, start: int, end: int, *, skip_invalid: bool = False) 
         skeleton = chunk.translate(None, DIGITS)
         skeleton_end = skeleton.rfind(b"\n") + 1
         found = _keys_in(chunk, chunk_end)
-        if not _chunk_is_valid(chunk, chunk_end, skeleton, skeleton_end, len(found)):
+        if not _chunk_is_valid(chunk, chunk_end, skeleton, skeleton_end, len(found),
+                               numpy=numpy):
             found, good = _read_slowly(chunk, chunk_end)
             if good >= 0:  # the first bad line of the chunk is line ``good`` (0-based)
                 keys.update(found)
@@ -376,17 +400,17 @@ def _keys_in(chunk: bytes, end: int) -> list[bytes]:
 
 
 def _chunk_is_valid(chunk: bytes, end: int, skeleton: bytes, skeleton_end: int,
-                    keys: int) -> bool:
+                    keys: int, *, numpy: bool) -> bool:
     """Whether every line of ``chunk[:end]`` is one :func:`parse_entry` accepts and every
     counted IN line gave one of the ``keys`` (see the module's docstring)."""
-    common = _common_lines(skeleton, skeleton_end)
+    common, common_in = _common_lines(skeleton, skeleton_end) if numpy else (-1, 0)
     if common >= 0:
-        return (skeleton.count(b" IN ", 0, skeleton_end) == keys
-                and _common_digits_are_valid(chunk, end, common))
+        return common_in == keys and _common_digits_are_valid(chunk, end, common)
     # The possessive repeat always matches (maybe empty): its end is where a bad line is.
-    if _STRICT_LINES.match(chunk, 0, end).end() != end:  # type: ignore[union-attr]
+    if _strict_lines_regex().match(chunk, 0, end).end() != end:  # type: ignore[union-attr]
         return False
-    counted_in = skeleton.count(b" IN ", 0, skeleton_end) - skeleton.count(b"SCTP IN ")
+    counted_in = (skeleton.count(b" IN ", 0, skeleton_end)
+                  - skeleton.count(b"SCTP IN ", 0, skeleton_end))
     if counted_in != keys:
         return False
     if b"[" in skeleton:
@@ -400,6 +424,8 @@ def _bracketed_is_valid(inner: bytes) -> bool:
     colons, dots; leading zeros refused by both), which the fuzz tests check."""
     try:
         text = inner.decode("ascii")
+        import socket  # noqa: PLC0415 - only dumps with IPv6 lines need it (start-up)
+
         socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
     except (OSError, ValueError):
         return False
@@ -442,16 +468,19 @@ def _line_start(text: bytes, line: int) -> int:
     return offset
 
 
-def _common_lines(skeleton: bytes, end: int) -> int:
-    """The number of lines in ``skeleton[:end]`` if all have a COMMON_SHAPE, else -1."""
-    covered = lines = 0
+def _common_lines(skeleton: bytes, end: int) -> tuple[int, int]:
+    """The number of lines in ``skeleton[:end]`` and how many of them are IN lines, if all
+    have a COMMON_SHAPE; else (-1, 0). (Once the shapes found cover every byte, the others
+    cannot occur.)"""
+    covered = lines = in_lines = 0
     for shape in COMMON_SHAPES:
         found = skeleton.count(shape, 0, end)
         covered += found * len(shape)
         lines += found
+        in_lines += found if shape in _COMMON_IN_SHAPES else 0
         if covered == end:
-            return lines
-    return -1
+            return lines, in_lines
+    return -1, 0
 
 
 def scan_in_parallel(read: Read, size: int, *, skip_invalid: bool = False) -> Scan:
@@ -464,7 +493,8 @@ def scan_in_parallel(read: Read, size: int, *, skip_invalid: bool = False) -> Sc
     middle = _line_start_after(read, size // 2, size)
     if middle >= size:
         return scan_range(read, 0, size, skip_invalid=skip_invalid)
-    _digits_check()  # load numpy once, before the fork, rather than in both processes
+    if size - middle >= NUMPY_MIN_BYTES:  # the halves will use numpy (scan_range):
+        _digits_check()  # load it once, before the fork, rather than in both processes
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: scan the second half, report, exit without cleanup handlers
@@ -499,8 +529,11 @@ def scan_in_parallel(read: Read, size: int, *, skip_invalid: bool = False) -> Sc
     except (ValueError, EOFError, TypeError) as exc:
         # Never silent: a log line and a counter, then the half is scanned here instead.
         FORK_FAILURES.add()
-        log.warning("dump scan: the forked child scanning bytes %d..%d failed (%s); "
-                    "scanning them in this process", middle, size, exc)
+        import logging  # noqa: PLC0415 - only here; every nat-stats run would load it
+
+        logging.getLogger(__name__).warning(
+            "dump scan: the forked child scanning bytes %d..%d failed (%s); "
+            "scanning them in this process", middle, size, exc)
         second = scan_range(read, middle, size, skip_invalid=skip_invalid)
     keys = Counter(first.keys)
     keys.update(second.keys)
@@ -579,7 +612,7 @@ def iter_cilium(data: bytes, *, source: str, skip_invalid: bool = False) -> Iter
 
 def parse_entry(line: str) -> NatEntry | None:
     """One ``bpf nat list`` line to a NatEntry (None for SCTP); ValueError when malformed."""
-    match = _ENTRY.fullmatch(line)
+    match = _entry_regex().fullmatch(line)
     if match is None:
         raise ValueError(_diagnose(line))
     direction = Direction(match["dir"])

@@ -16,6 +16,7 @@ import enum
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -105,6 +106,56 @@ def _first_crossing(f: Callable[[float], float], limit: float) -> float | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Line:
+    """An ordinary least-squares line count = intercept + slope * t, with what its
+    prediction interval needs. ``u`` below is seconds after the last snapshot."""
+
+    n: int
+    intercept: float
+    slope: float
+    t_last: float
+    t_mean: float
+    sxx: float
+    # Residual standard error and the t quantile of the band (0 when n < 3: no band).
+    s: float = 0.0
+    q: float = 0.0
+
+    @classmethod
+    def fit(cls, times: Sequence[float], counts: Sequence[float], *,
+            confidence: float = 0.9) -> Line | None:
+        """None for fewer than 2 snapshots or all at one time."""
+        t = np.asarray(times, dtype=np.float64)
+        y = np.asarray(counts, dtype=np.float64)
+        n = len(t)
+        if n < 2 or np.ptp(t) == 0:
+            return None
+        t_mean = float(t.mean())
+        sxx = float(((t - t_mean) ** 2).sum())
+        slope = float(((t - t_mean) * (y - y.mean())).sum() / sxx)
+        intercept = float(y.mean()) - slope * t_mean
+        line = cls(n, intercept, slope, float(t[-1]), t_mean, sxx)
+        if n < 3:
+            return line
+        residuals = y - (intercept + slope * t)
+        s = math.sqrt(float((residuals**2).sum()) / (n - 2))
+        q = t_quantile((1 + confidence) / 2, n - 2)
+        return cls(n, intercept, slope, line.t_last, t_mean, sxx, s, q)
+
+    @property
+    def has_band(self) -> bool:
+        return self.n >= 3
+
+    def fitted(self, u: Any) -> Any:
+        """The line at ``u`` (a float or an array)."""
+        return self.intercept + self.slope * (self.t_last + u)
+
+    def spread(self, u: Any) -> Any:
+        """Half the prediction interval's width at ``u``."""
+        return self.q * self.s * np.sqrt(1 + 1 / self.n
+                                         + (self.t_last + u - self.t_mean) ** 2 / self.sxx)
+
+
 def fit_trend(
     times: Sequence[float],
     counts: Sequence[float],
@@ -113,41 +164,49 @@ def fit_trend(
     confidence: float = 0.9,
 ) -> Trend:
     """Fit one tuple's counts over time and project when it reaches ``limit``."""
-    t = np.asarray(times, dtype=np.float64)
-    y = np.asarray(counts, dtype=np.float64)
-    n = len(t)
-    last = float(y[-1]) if n else 0.0
+    n = len(times)
+    last = float(counts[-1]) if n else 0.0
     if n and last >= limit:
         return Trend(Outlook.AT_LIMIT, n, last, 0.0, limit, 0.0, 0.0, 0.0, confidence)
-    if n < 2 or np.ptp(t) == 0:
+    line = Line.fit(times, counts, confidence=confidence)
+    if line is None:
         return Trend(Outlook.TOO_FEW, n, last, 0.0, limit, confidence=confidence)
-    t_mean = float(t.mean())
-    sxx = float(((t - t_mean) ** 2).sum())
-    slope = float(((t - t_mean) * (y - y.mean())).sum() / sxx)
-    intercept = float(y.mean()) - slope * t_mean
-    t_last = float(t[-1])
+    slope = line.slope
     if slope <= 0:
         return Trend(Outlook.NOT_GROWING, n, last, slope, limit, confidence=confidence)
-    eta = (limit - intercept) / slope - t_last
+    eta = (limit - line.intercept) / slope - line.t_last
     eta = max(eta, 0.0)
-    if n < 3:
+    if not line.has_band:
         return Trend(Outlook.GROWING, n, last, slope, limit, eta, confidence=confidence)
-    residuals = y - (intercept + slope * t)
-    s = math.sqrt(float((residuals**2).sum()) / (n - 2))
-    q = t_quantile((1 + confidence) / 2, n - 2)
 
-    def spread(u: float) -> float:
-        return q * s * math.sqrt(1 + 1 / n + (t_last + u - t_mean) ** 2 / sxx)
+    def upper(u: float) -> float:
+        return float(line.fitted(u) + line.spread(u))
 
-    def fitted(u: float) -> float:
-        return intercept + slope * (t_last + u)
+    def lower(u: float) -> float:
+        return float(line.fitted(u) - line.spread(u))
 
-    earliest = _first_crossing(lambda u: fitted(u) + spread(u), limit)
-    latest = _first_crossing(lambda u: fitted(u) - spread(u), limit)
+    earliest = _first_crossing(upper, limit)
+    latest = _first_crossing(lower, limit)
     return Trend(
         Outlook.GROWING, n, last, slope, limit, eta if eta <= HORIZON else None,
         earliest, latest, confidence, has_band=True,
     )
+
+
+def tuple_series(snapshots: Sequence[Snapshot], *, scale: float = 1.0,
+                 ) -> dict[NatEndpoint, tuple[list[float], list[float]]]:
+    """Each tuple's snapshot times and counts (times ``scale``), in snapshot order.
+
+    A tuple missing from a snapshot is left out of that snapshot's fit rather than
+    counted as 0: nat-stats lists only the top K, so absence says little.
+    """
+    series: dict[NatEndpoint, tuple[list[float], list[float]]] = {}
+    for snapshot in snapshots:
+        for endpoint, count in snapshot.counts.items():
+            times, counts = series.setdefault(endpoint, ([], []))
+            times.append(snapshot.time)
+            counts.append(float(count) * scale)
+    return series
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,12 +228,7 @@ def forecast_snapshots(
     A tuple missing from a snapshot is left out of that snapshot's fit rather than
     counted as 0: nat-stats lists only the top K, so absence says little.
     """
-    series: dict[NatEndpoint, tuple[list[float], list[float]]] = {}
-    for snapshot in snapshots:
-        for endpoint, count in snapshot.counts.items():
-            times, counts = series.setdefault(endpoint, ([], []))
-            times.append(snapshot.time)
-            counts.append(float(count))
+    series = tuple_series(snapshots)
     results = [
         TupleForecast(endpoint, fit_trend(times, counts, limit, confidence=confidence))
         for endpoint, (times, counts) in series.items()
@@ -219,12 +273,7 @@ def forecast_marks(
 
     Sorted by the first mark's time, soonest first.
     """
-    series: dict[NatEndpoint, tuple[list[float], list[float]]] = {}
-    for snapshot in snapshots:
-        for endpoint, count in snapshot.counts.items():
-            times, counts = series.setdefault(endpoint, ([], []))
-            times.append(snapshot.time)
-            counts.append(float(count) * scale)
+    series = tuple_series(snapshots, scale=scale)
     results = [
         TupleOutlook(endpoint, {
             m.name: fit_trend(times, counts, m.count, confidence=confidence) for m in marks
