@@ -76,6 +76,14 @@ def test_documents_round_trip_the_limit() -> None:
     assert resolve_limit(documented=limit, nat_port_range=NatPortRange(1, 10)).ports == 10
     assert resolve_limit(datapath="netfilter").ports == 64512
     assert resolve_limit().ports == 32767
+    # --datapath-model netfilter on a Cilium document: the document's range is Cilium's,
+    # so the Linux default (or --nat-port-range) applies instead.
+    agent = cilium_limit(NodePortRange())
+    assert resolve_limit(documented=agent, datapath="netfilter").ports == 64512
+    assert resolve_limit(documented=agent, datapath="netfilter",
+                         nat_port_range=NatPortRange(1, 10)).ports == 10
+    assert resolve_limit(documented=agent, datapath="cilium") == agent
+    assert resolve_limit(documented=limit, datapath="netfilter") == limit
 
 
 def test_nat_stats_on_dumps_uses_the_datapath_of_the_dump(

@@ -224,7 +224,11 @@ def resolve_limit(
 
     Settings the user gave win; else the limit a document says it used; else the
     datapath that made the counts (a dump's format) with its default; else Cilium's.
+    A ``datapath`` other than the document's (``--datapath-model``) sets the document's
+    limit aside: its range belongs to the other datapath.
     """
+    if datapath is not None and documented is not None and documented.datapath != datapath:
+        documented = None
     kind = datapath or (documented.datapath if documented is not None else None)
     if nat_port_range is not None and kind is None:
         kind = "netfilter"

@@ -4,9 +4,10 @@ Public API::
 
     AgentConfig(policies, inventory, node, datapath="kernel", node_port_range=...,
                 stats_interval=30.0, stats_entries=32, listen=ListenAddress(...),
-                poll_interval=1.0)
+                poll_interval=1.0, background_recount=True)
     Agent(config, datapath, *, clock=time.monotonic, wall=time.time)
         .start() / .tick() -> float / .run(wait=None) / .request_reload() / .request_stop()
+        .close()
         .state (AgentState) / .registry (CollectorRegistry) / .api (AgentAPI)
     AgentHTTPServer(listen, api).start() / .address / .stop()
     run_agent(config, datapath)                        # the CLI's foreground loop
@@ -30,7 +31,13 @@ if TYPE_CHECKING:
     from .datapaths import make_datapath
     from .loop import Agent, AgentConfig, run_agent, stop_on_signals
     from .server import AgentAPI, AgentHTTPServer, ListenAddress
-    from .state import AgentState, CountSnapshot, FailureSnapshot, ReconcileStatus
+    from .state import (
+        AgentState,
+        CountSnapshot,
+        FailureSnapshot,
+        ReconcileStatus,
+        RecountStatus,
+    )
 
 _LAZY = {
     "fetch_nat_stats": ".client",
@@ -47,6 +54,7 @@ _LAZY = {
     "CountSnapshot": ".state",
     "FailureSnapshot": ".state",
     "ReconcileStatus": ".state",
+    "RecountStatus": ".state",
 }
 
 
@@ -65,6 +73,7 @@ __all__ = [
     "FailureSnapshot",
     "ListenAddress",
     "ReconcileStatus",
+    "RecountStatus",
     "fetch_nat_stats",
     "fetch_nat_stats_rows",
     "make_datapath",

@@ -1,5 +1,10 @@
 """The agent: reconcile on change, recount on a timer, serve the API, exit on a signal.
 
+Three kinds of threads: the loop (reconciles, failure counters, the recount timer), the
+recount thread (nat-stats passes, when the datapath can be counted beside the loop: the
+kernel's) and the HTTP workers (answer from the published state). A reconcile never
+waits for a pass, and a scrape never waits for either (docs/agent.md, "Threads").
+
 Time is injected (a monotonic ``clock`` for timers, a ``wall`` clock for timestamps), so
 tests drive :meth:`Agent.tick` step by step without sleeping. The loop itself only
 waits on an event that signals (SIGHUP, SIGTERM) and the timers set.
@@ -32,13 +37,16 @@ from egressgw.config import (
 )
 from egressgw.datapath.base import Datapath
 from egressgw.datapath.kernel.interfaces import host_interfaces
-from egressgw.errors import ConfigError, EgressgwError
+from egressgw.errors import ConfigError
 from egressgw.limits import PortLimit, cilium_limit, netfilter_rule_limit
 
+from .counting import DatapathCounter, background_counter
 from .endpoints import DEFAULT_PORT
+from .guard import Guard
 from .metrics import AgentCollector
 from .reconcile import PolicySource, Reconciler
 from .recount import Recounter
+from .recountthread import RecountThread
 from .server import AgentAPI, AgentHTTPServer, ListenAddress
 from .state import AgentState
 
@@ -65,6 +73,10 @@ class AgentConfig:
                                                                         DEFAULT_PORT))
     # How often the policy files' mtimes and the failure counters are polled.
     poll_interval: float = 1.0
+    # Count nat-stats on a thread of its own when the datapath allows it (kernel); False
+    # counts on the loop as before, where a reconcile waits for the pass (kept to
+    # measure the difference: bench/bench_agent_recount.py).
+    background_recount: bool = True
 
     def __post_init__(self) -> None:
         check_stats_entries(self.stats_entries)
@@ -116,9 +128,11 @@ class Agent:
             self.state,
             wall=wall,
         )
+        counter = background_counter(datapath) if config.background_recount else None
         self.recounter = Recounter(
             datapath,
             self.state,
+            counter=counter or DatapathCounter(datapath),
             entries=config.stats_entries,
             limit=config.limit,
             clock=clock,
@@ -137,8 +151,13 @@ class Agent:
         self._stopping = False
         self._started = False
         self._next_count: float | None = None
-        # Periodic steps that are failing, with their last error (logged once).
-        self._failing: dict[str, str] = {}
+        self._sampling = Guard("sampling failure counters")
+        # None: passes run on the loop (the datapath cannot be counted beside it).
+        self.recount_thread = (RecountThread(self.recounter.run_pass)
+                               if counter is not None else None)
+        # Set while passes overrun the interval (reported once): the start of the running
+        # pass (thread) or how long the last one took (loop).
+        self._slow_pass: float | None = None
 
     # Requests, safe to call from signal handlers and other threads.
 
@@ -159,10 +178,13 @@ class Agent:
     # The steps.
 
     def start(self) -> None:
-        """The first step: apply the files, take the counters' baseline, count once."""
+        """The first step: apply the files, take the counters' baseline, ask for the first
+        pass (on the recount thread it is published when done, not before this returns)."""
         self._started = True
+        if self.recount_thread is not None:
+            self.recount_thread.start()
         self.reconciler.reconcile(force=True)
-        self._guarded("sampling failure counters", self.recounter.sample_failures)
+        self._sampling.run(self.recounter.sample_failures)
         if self.config.stats_interval > 0:
             self._next_count = self._clock()
         self._count_if_due()
@@ -182,7 +204,7 @@ class Agent:
         elif self.reconciler.files_changed():
             log.info("policy files changed: reconciling")
             self.reconciler.reconcile()
-        self._guarded("sampling failure counters", self.recounter.sample_failures)
+        self._sampling.run(self.recounter.sample_failures)
         self._count_if_due()
         wait = self.config.poll_interval
         if self._next_count is not None:
@@ -195,32 +217,50 @@ class Agent:
         now = self._clock()
         if now < self._next_count:
             return
-        self._guarded("counting nat-stats", self.recounter.count)
+        if self.recount_thread is None:
+            snapshot = self.recounter.run_pass()
+            if snapshot is not None:
+                self._report_inline_pass(snapshot.duration)
+        elif self.recount_thread.request():
+            self._slow_pass = None
+        else:
+            # The previous pass still runs: skip this period rather than queue behind it.
+            self.state.recount_skipped()
+            # A pass asked for but not begun yet has no start time: -1 stands for it.
+            running_since = self.state.recount.running_since
+            key = -1.0 if running_since is None else running_since
+            if self._slow_pass != key:
+                self._slow_pass = key
+                log.warning("nat-stats pass still running after --nat-map-stats-interval "
+                            "%gs: this period is skipped; /metrics and nat-stats serve the "
+                            "last finished pass meanwhile", self.config.stats_interval)
         interval = self.config.stats_interval
         self._next_count += interval
+        now = self._clock()
         if self._next_count <= now:
-            # A pass slower than the interval: skip the missed passes, do not pile up.
+            # The loop was held (a pass on the loop, a long reconcile): skip the periods
+            # it missed, do not pile passes up.
+            self.state.recount_skipped(int((now - self._next_count) // interval) + 1)
             self._next_count = now + interval
 
-    def _guarded(self, what: str, step: Callable[[], object]) -> None:
-        """Run a periodic step; a datapath hiccup is logged, the next period retries.
+    def _report_inline_pass(self, took: float) -> None:
+        """Warn when a pass on the loop overran the interval (once until one fits again)."""
+        interval = self.config.stats_interval
+        if took > interval and self._slow_pass is None:
+            self._slow_pass = took
+            log.warning("nat-stats pass took %.1fs, longer than --nat-map-stats-interval "
+                        "%gs: the periods it overran are skipped", took, interval)
+        elif took <= interval and self._slow_pass is not None:
+            self._slow_pass = None
+            log.info("nat-stats passes fit --nat-map-stats-interval again (%.1fs)", took)
 
-        The same error repeating every poll is logged once (and its end once), so a
-        lasting problem does not bury the rest of the log.
-        """
-        try:
-            step()
-        except (EgressgwError, OSError) as exc:
-            if self._failing.get(what) != str(exc):
-                log.error("%s failed: %s", what, exc)
-            self._failing[what] = str(exc)
-        except Exception as exc:
-            if self._failing.get(what) != repr(exc):
-                log.exception("%s failed unexpectedly", what)
-            self._failing[what] = repr(exc)
-        else:
-            if self._failing.pop(what, None) is not None:
-                log.info("%s works again", what)
+    def close(self) -> None:
+        """Stop the recount thread (after the pass it runs) and close its socket."""
+        if self.recount_thread is not None and not self.recount_thread.stop():
+            log.warning("a nat-stats pass is still running at exit; left to end with "
+                        "the process")
+            return
+        self.recounter.close()
 
     def run(self, wait: Callable[[float], object] | None = None) -> None:
         """Loop until :meth:`request_stop`; ``wait(seconds)`` sleeps unless woken."""
@@ -270,3 +310,4 @@ def run_agent(config: AgentConfig, datapath: Datapath) -> None:
             agent.run()
     finally:
         server.stop()
+        agent.close()

@@ -45,6 +45,7 @@ class AgentCollector(Collector):
     def _families(self) -> Iterator[Metric]:
         yield from self._info_metric()
         yield from self._nat_stats()
+        yield from self._recounts()
         yield from self._failures()
         yield from self._reconcile()
 
@@ -117,6 +118,31 @@ class AgentCollector(Collector):
             duration.add_metric([], counts.duration)
             last.add_metric([], counts.taken_at)
         yield from (saturation, top, reusable, entries, capacity, duration, last)
+
+    def _recounts(self) -> Iterator[Metric]:
+        status = self._state.recount
+        running = GaugeMetricFamily(
+            "egressgw_nat_stats_recount_in_progress",
+            "1 while a nat-stats pass over the NAT table runs (the other nat-stats series "
+            "are those of the last finished pass).",
+        )
+        running.add_metric([], float(status.running_since is not None))
+        passes = CounterMetricFamily(
+            "egressgw_nat_stats_recounts", "nat-stats passes that finished and were published."
+        )
+        passes.add_metric([], float(status.passes_total))
+        errors = CounterMetricFamily(
+            "egressgw_nat_stats_recount_errors",
+            "nat-stats passes that failed; the last good pass stays published.",
+        )
+        errors.add_metric([], float(status.errors_total))
+        skipped = CounterMetricFamily(
+            "egressgw_nat_stats_recount_skipped",
+            "Periods of --nat-map-stats-interval without a pass of their own: the previous "
+            "pass (or, with the pass on the loop, a long reconcile) was still running.",
+        )
+        skipped.add_metric([], float(status.skipped_total))
+        yield from (running, passes, errors, skipped)
 
     def _failures(self) -> Iterator[Metric]:
         failures = self._state.failures

@@ -1,4 +1,9 @@
-"""One nat-stats pass and one failure-counter sample, published to the agent state."""
+"""One nat-stats pass and one failure-counter sample, published to the agent state.
+
+A pass may run on the recount thread (``recountthread``) while the loop samples the
+failure counters: the pass reads through its own ``EndpointCounter`` and only ever
+touches the state to publish, so the two share nothing but the state's lock.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,14 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
-from egressgw.datapath.base import Datapath, ReportsTakeover
+from egressgw.datapath.base import Datapath
 from egressgw.limits import PortLimit
-from egressgw.net import Family, NatEndpoint
+from egressgw.net import Family
 from egressgw.stats import compute_nat_stats
 
 from .counters import CounterDeltas
+from .counting import EndpointCounter
+from .guard import Guard
 from .state import AgentState, CountSnapshot, FailureSnapshot
 
 log = logging.getLogger(__name__)
@@ -41,12 +48,14 @@ class Recounter:
         datapath: Datapath,
         state: AgentState,
         *,
+        counter: EndpointCounter,
         entries: int,
         limit: PortLimit,
         clock: Callable[[], float],
         wall: Callable[[], float],
     ) -> None:
         self._datapath = datapath
+        self._counter = counter
         self._state = state
         self._entries = entries
         self._limit = limit
@@ -54,15 +63,18 @@ class Recounter:
         self._wall = wall
         self._failures = CounterDeltas()
         self._drops = CounterDeltas()
+        self._guard = Guard("counting nat-stats")
+
+    def run_pass(self) -> CountSnapshot | None:
+        """One pass that never raises: a failure is logged (once while it repeats),
+        counted in the state, and leaves the last good snapshot published."""
+        return self._guard.run(self.count, on_error=self._state.recount_failed)
 
     def count(self) -> CountSnapshot:
         """Walk the NAT table once, compute the top K per family, and publish it."""
         started = self._clock()
-        reusable: Mapping[NatEndpoint, int] | None = None
-        if isinstance(self._datapath, ReportsTakeover):
-            counts, reusable = self._datapath.endpoint_usage()
-        else:
-            counts = self._datapath.endpoint_counts()
+        self._state.recount_started(self._wall())
+        counts, reusable = self._counter.usage()
         stats = compute_nat_stats(counts, entries=self._entries, limit=self._limit,
                                   reusable=reusable)
         entries: Counter[Family] = Counter()
@@ -78,6 +90,10 @@ class Recounter:
         log.debug("nat-stats: %d rows, %d tuples in %.3fs", len(stats.rows), len(counts),
                   snapshot.duration)
         return snapshot
+
+    def close(self) -> None:
+        """Release what the counter holds (a ctnetlink socket); not during a pass."""
+        self._counter.close()
 
     def sample_failures(self) -> FailureSnapshot:
         """Read the datapath's failure counters (cheap) and publish totals since start."""

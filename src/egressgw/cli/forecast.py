@@ -262,7 +262,7 @@ def forecast_command(
     from egressgw.errors import ConfigError  # noqa: PLC0415
     from egressgw.render.documents import dump_document  # noqa: PLC0415
     from egressgw.sim.forecast import Mark, forecast_marks  # noqa: PLC0415
-    from egressgw.sim.refusal import named_curve  # noqa: PLC0415
+    from egressgw.sim.refusal import named_curve, search_name  # noqa: PLC0415
     from egressgw.sim.snapshots import load_snapshots  # noqa: PLC0415
 
     if not 0 < threshold <= 1:
@@ -296,35 +296,27 @@ def forecast_command(
         nat_port_range=nat_port_range,
     )
     divisor = port_limit.ports
-    refusals = None
     marks = [Mark(f"{threshold:.0%} of ports" if threshold < 1 else "Full (100%)",
                   divisor * threshold)]
-    curve_note = (f"No refusal curve for {port_limit.datapath} yet (egressgw limits "
-                  "covers Cilium's search): only the limit is forecast.")
-    if port_limit.datapath == "cilium":
-        # The refusal curve of the Cilium search over this limit's NAT range.
-        nat = port_limit.port_range
-        curve_range = NodePortRange(min(30000, nat.min - 1), nat.min - 1)
-        search, sources = search_and_sources(cilium_version, curve_range, source_ports, clients)
-        refusals = named_curve(curve, search, sources, divisor)
-        first = refusals.held_at(1e-4)
-        at_rate = refusals.held_at(refusal_rate)
-        marks = [
-            Mark("0.01% refused", first if first is not None else float(divisor)),
-            Mark(f"{refusal_rate * 100:g}% refused",
-                 at_rate if at_rate is not None else float(divisor)),
-            *marks,
-        ]
-        curve_note = (
-            f"Refusals from the {curve} refusal curve (egressgw limits, Cilium "
-            f"{cilium_version}, clients {sources}): 0.01% at {marks[0].count / divisor:.1%}, "
-            f"{refusal_rate * 100:g}% at {marks[1].count / divisor:.1%} of the ports."
-        )
+    # The refusal curve of the limit's datapath (nf_nat or nat.h) over its port range.
+    search, sources = search_and_sources(cilium_version, node_port_range, source_ports,
+                                         clients, limit=port_limit)
+    refusals = named_curve(curve, search, sources, divisor)
+    first = refusals.held_at(1e-4)
+    at_rate = refusals.held_at(refusal_rate)
+    marks = [
+        Mark("0.01% refused", first if first is not None else float(divisor)),
+        Mark(f"{refusal_rate * 100:g}% refused",
+             at_rate if at_rate is not None else float(divisor)),
+        *marks,
+    ]
+    curve_note = (
+        f"Refusals from the {curve} refusal curve (egressgw limits, {search_name(search)}, "
+        f"clients {sources}): 0.01% at {marks[0].count / divisor:.1%}, "
+        f"{refusal_rate * 100:g}% at {marks[1].count / divisor:.1%} of the ports."
+    )
     first_refusal = None
     if hold is not None:
-        if refusals is None:
-            raise ConfigError(f"no refusal curve for {port_limit.datapath}: the first refusal "
-                              "cannot be forecast", field="--hold")
         marks = marks[1:]  # the first refusal replaces the 0.01% mark
         first_refusal = _first_refusals(loaded, hold=hold, curve=refusals, scale=scale,
                                         confidence=confidence)

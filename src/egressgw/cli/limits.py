@@ -7,9 +7,15 @@ from typing import Any
 
 import click
 
-from egressgw.cli.options import node_port_range_option, output_option
+from egressgw.cli.options import (
+    given,
+    nat_port_range_option,
+    node_port_range_option,
+    output_option,
+)
 from egressgw.cli.outputs import check_output_path
 from egressgw.config import NodePortRange
+from egressgw.limits import NatPortRange, PortLimit, datapath_limit
 
 
 def curve_options(func: Any) -> Any:
@@ -31,11 +37,38 @@ def curve_options(func: Any) -> Any:
     return func
 
 
+def datapath_options(func: Any) -> Any:
+    """--datapath-model and --nat-port-range: whose port search the curve is of."""
+    func = nat_port_range_option(
+        "Linux gateways (--datapath-model netfilter): the SNAT rule's ports. Default: "
+        "egressgw's rule (MAX+1-65535) when --node-port-range is given, else Linux's "
+        "masquerade range 1024-65535.")(func)
+    return click.option(
+        "--datapath-model", type=click.Choice(["cilium", "netfilter"]), default="cilium",
+        show_default=True,
+        help="Whose port search: cilium (nat.h, --cilium-version) or netfilter (a Linux "
+             "gateway's nf_nat).")(func)
+
+
+def chosen_limit(datapath_model: str, node_port_range: NodePortRange,
+                 nat_port_range: NatPortRange | None) -> PortLimit:
+    """The limit of the command's --datapath-model, from the range flags the user gave."""
+    npr = node_port_range if given(click.get_current_context(), "node_port_range") else None
+    return datapath_limit(datapath_model, node_port_range=npr, nat_port_range=nat_port_range)
+
+
 def search_and_sources(cilium_version: str, node_port_range: NodePortRange,
-                       source_ports: str, clients: int) -> tuple[Any, Any]:
+                       source_ports: str, clients: int, *,
+                       limit: PortLimit | None = None) -> tuple[Any, Any]:
+    """The port search whose refusal curve answers, and the clients' source ports.
+
+    With ``limit``, the search of that limit's datapath over its range (a Linux
+    gateway's nf_nat, or Cilium's nat.h); without, Cilium's for ``node_port_range``.
+    """
     from egressgw.sim.refusal import PortSearch, SourcePorts  # noqa: PLC0415
 
-    search = PortSearch.for_version(cilium_version, node_port_range)
+    search = (PortSearch.for_version(cilium_version, node_port_range) if limit is None
+              else PortSearch.for_limit(limit, cilium_version))
     return search, SourcePorts.parse(source_ports).with_clients(clients)
 
 
@@ -60,7 +93,8 @@ def limits_document(curves: Any, divisor: int) -> dict[str, Any]:
 
     search = curves.growth.search
     return {
-        "ciliumVersion": search.version,
+        "datapath": search.datapath,
+        "ciliumVersion": None if search.is_netfilter else search.version,
         "natPorts": [search.start, search.end],
         "tries": search.retries,
         "sourcePorts": [curves.growth.sources.low, curves.growth.sources.high],
@@ -70,6 +104,7 @@ def limits_document(curves: Any, divisor: int) -> dict[str, Any]:
         "curves": {
             name: {
                 "about": CURVE_TEXT[name],
+                "kind": curve.kind,
                 "saturationAt": {f"{rate:g}": curve.saturation_at(rate) for rate in RATES},
             }
             for name, curve in curves.by_name().items()
@@ -117,6 +152,9 @@ def render_limits(curves: Any, divisor: int) -> str:
     lines.append(tabwrite(rows))
     lines.append("\n")
     lines += [f"  {name}: {text}\n" for name, text in CURVE_TEXT.items()]
+    if curves.uniform.kind != "uniform (exact)":
+        how = curves.uniform.kind.removeprefix("uniform ").strip("()")
+        lines.append(f"  (uniform here: {how}, see docs/capacity.md)\n")
     lines.append("egressgw alerts uses the higher of growth and steady at each occupancy; "
                  "forecast the steady one (--curve).\n")
     return "".join(lines)
@@ -129,10 +167,12 @@ Examples:
   egressgw limits
   egressgw limits --cilium-version 1.18 --node-port-range 30000,32767
   egressgw limits --clients 0 -o json           # clients with random source ports
-  egressgw limits --plot refusal.png""",
+  egressgw limits --plot refusal.png
+  egressgw limits --datapath-model netfilter --nat-port-range 1024-65535""",
 )
 @curve_options
 @node_port_range_option()
+@datapath_options
 @output_option("table", "json", "yaml")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), metavar="FILE.png",
               help="Also draw the curves: refused share against saturation.")
@@ -149,6 +189,8 @@ def limits_command(
     clients: int,
     workload_path: Path | None,
     node_port_range: NodePortRange,
+    datapath_model: str,
+    nat_port_range: NatPortRange | None,
     output: str,
     plot_path: Path | None,
     seed: int,
@@ -162,6 +204,8 @@ def limits_command(
     refused while ports are still free. Three curves: "uniform" is exact for ports taken
     at random; "growth" and "steady" run the same search on a tuple as it fills up and
     as it stays full, where taken ports form runs the walk cannot cross.
+    --datapath-model netfilter: a Linux gateway's nf_nat instead (the client's port if
+    free, then rounds of 128, 64, 32, 16 and 8 ports from random offsets).
     """
     from egressgw.render.documents import dump_document  # noqa: PLC0415
     from egressgw.sim.refusal import compute_curves  # noqa: PLC0415
@@ -170,8 +214,10 @@ def limits_command(
         check_output_path(plot_path, (".png",), field="--plot")
     if workload_path is not None:
         clients = workload_clients(workload_path)
-    search, sources = search_and_sources(cilium_version, node_port_range, source_ports, clients)
-    divisor = node_port_range.cilium_saturation_divisor
+    limit = chosen_limit(datapath_model, node_port_range, nat_port_range)
+    search, sources = search_and_sources(cilium_version, node_port_range, source_ports, clients,
+                                         limit=limit)
+    divisor = limit.ports
     curves = compute_curves(search, sources, divisor, seed=seed)
     if output == "table":
         click.echo(render_limits(curves, divisor), nl=False)

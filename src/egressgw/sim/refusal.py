@@ -33,6 +33,10 @@ The clamp (``__snat_clamp_port_range``) differs by version: v1.16
 ``(v % (u16)(end - start)) + start``; v1.17 on (commit 3621830f87)
 ``start + (((u32)v * (end - start + 1)) >> 16)``. Retries: 128 up to v1.17, 32 from
 v1.18. Both clamps are parameters here (:class:`PortSearch`).
+
+A Linux gateway's search (nf_nat, ``PortSearch.netfilter``) gives the same three curves:
+the exact one from nf_refusal.py (the rounds of ``nf_nat_l4proto_unique_tuple``), the
+measured ones from the same kernels running nf_nat's search instead of nat.h's.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ import numpy.typing as npt
 from egressgw.config import MAX_PORT, NodePortRange
 from egressgw.datapath.model.ports import PORT_SEARCH, Clamp, clamp_modulo, clamp_multiply_shift
 from egressgw.errors import ConfigError
+from egressgw.limits import NatPortRange, PortLimit
+from egressgw.sim import nf_refusal
 from egressgw.sim import refusal_kernel as kernel
 from egressgw.sim.workload import EPHEMERAL_MAX, EPHEMERAL_MIN
 
@@ -59,6 +65,8 @@ RATES = (1e-4, 1e-3, 1e-2, 1e-1)
 # Cilium version -> (clamp, SNAT_COLLISION_RETRIES), from the model's per-version table.
 MOD_CLAMP = "mod"  # v1.16
 MUL_CLAMP = "mul"  # v1.17 on
+NF_SEARCH = "nf_nat"  # a Linux gateway: no clamp, nf_nat_l4proto_unique_tuple's rounds
+CILIUM, NETFILTER = "cilium", "netfilter"
 VERSIONS: dict[str, tuple[str, int]] = {
     version: (MUL_CLAMP if search.clamp == Clamp.MULTIPLY_SHIFT else MOD_CLAMP, search.retries)
     for version, search in PORT_SEARCH.items()
@@ -68,13 +76,36 @@ clamp_v117 = clamp_multiply_shift
 
 @dataclass(frozen=True, slots=True)
 class PortSearch:
-    """nat.h's port search for one tuple: NAT range, clamp and retries."""
+    """A datapath's port search for one tuple: nat.h's (NAT range, clamp and retries)
+    or nf_nat's (the SNAT rule's range; ``retries`` is then every port one search can
+    try, 248 on a range wider than 128)."""
 
     start: int
     end: int
     clamp_kind: str = MOD_CLAMP
     retries: int = 128
     version: str = "1.16"
+    datapath: str = CILIUM
+
+    @classmethod
+    def netfilter(cls, port_range: NatPortRange) -> PortSearch:
+        """nf_nat's search over an SNAT rule's ports ``min-max``."""
+        tries = sum(nf_refusal.round_sizes(port_range.ports))
+        return cls(port_range.min, port_range.max, NF_SEARCH, tries, NETFILTER, NETFILTER)
+
+    @classmethod
+    def for_limit(cls, limit: PortLimit, cilium_version: str) -> PortSearch:
+        """The search of the datapath behind a port limit: nf_nat's over the rule's
+        range, or Cilium ``cilium_version``'s over the NAT range (65535 - NodePortMax
+        ports from NodePortMax + 1)."""
+        if limit.datapath == NETFILTER:
+            return cls.netfilter(limit.port_range)
+        nat = limit.port_range
+        return cls.for_version(cilium_version, NodePortRange(min(30000, nat.min - 1), nat.min - 1))
+
+    @property
+    def is_netfilter(self) -> bool:
+        return self.datapath == NETFILTER
 
     @classmethod
     def for_version(cls, version: str, node_port_range: NodePortRange) -> PortSearch:
@@ -203,7 +234,12 @@ class RefusalCurve:
 
 
 def usable_ports(search: PortSearch, sources: SourcePorts) -> npt.NDArray[np.bool_]:
-    """Ports a connection of the tuple can hold: the clamp's image and the kept ports."""
+    """Ports a connection of the tuple can hold: the clamp's image and the kept ports
+    (nf_nat: the rule's range, which the search reaches whole and the kept port is in)."""
+    if search.is_netfilter:
+        usable = np.zeros(VALUES, dtype=bool)
+        usable[search.start : search.end + 1] = True
+        return usable
     table = search.clamp_table()
     usable = np.zeros(VALUES, dtype=bool)
     usable[table] = True
@@ -219,7 +255,11 @@ def tried_set_sizes(search: PortSearch, sources: SourcePorts) -> npt.NDArray[np.
     The kept port p0 (the client's own, or clamp(random16) when it is outside the NAT
     range) and the walk from p1 = clamp(random16) are independent draws. The walk
     depends on p1 only; p0 adds one more distinct port unless the walk visits it.
+    nf_nat's rounds: :func:`egressgw.sim.nf_refusal.tried_set_sizes`.
     """
+    if search.is_netfilter:
+        kept = sources.weights()[search.start : search.end + 1]
+        return nf_refusal.tried_set_sizes(search.end - search.start + 1, kept)[0]
     table = search.clamp_table()
     clamp_weight = np.bincount(table, minlength=VALUES) / VALUES
     source = sources.weights()
@@ -257,14 +297,20 @@ def uniform_curve(
     universe = int(usable_ports(search, sources).sum())
     ks = np.arange(universe + 1, dtype=np.int64) if held is None else np.asarray(held)
     w = tried_set_sizes(search, sources)
+    kind = "uniform (exact)"
+    if search.is_netfilter:
+        how = nf_refusal.union_sizes(universe)[1]
+        if how != nf_refusal.EXACT:
+            kind = f"uniform ({how})"
     refused = np.zeros(len(ks))
-    for j in np.nonzero(w)[0]:
-        i = np.arange(j, dtype=np.float64)
-        # log prod (k-i)/(M-i); zero when fewer than j ports are taken.
-        ok = ks >= j
-        logs = np.log(np.maximum(ks[ok, None] - i[None, :], 1e-300)) - np.log(universe - i)
-        refused[ok] += w[j] * np.exp(logs.sum(axis=1))
-    return RefusalCurve("uniform (exact)", search, sources, divisor, universe,
+    # prod_{i<j} (k - i) / (M - i), one factor per j: zero once fewer than j are taken.
+    all_taken = np.ones(len(ks))
+    for j in range(int(np.nonzero(w)[0].max()) + 1 if w.any() else 0):
+        refused += w[j] * all_taken
+        # j = M: no k holds M + 1 distinct ports.
+        all_taken = (all_taken * np.maximum(ks - j, 0) / (universe - j) if j < universe
+                     else np.zeros(len(ks)))
+    return RefusalCurve(kind, search, sources, divisor, universe,
                         ks.astype(np.int64), refused, refused, refused)
 
 
@@ -322,7 +368,8 @@ def growth_curve(
         kernel.seed(seed + repeat)
         kernel.growth(taken, levels, steps, search.start, search.end,
                       search.clamp_kind == MUL_CLAMP, search.retries, sources.low,
-                      sources.high, _clients(sources, seed + repeat), counts)
+                      sources.high, _clients(sources, seed + repeat), counts,
+                      search.is_netfilter)
         total = np.where((total < 0) | (counts < 0), -1, total + counts)
     return _measured("growth (measured)", search, sources=sources, divisor=divisor,
                      universe=universe, levels=levels, counts=total, steps=steps * repeats)
@@ -366,7 +413,7 @@ def steady_curve(
             held[-1] = 0
         n = kernel.steady(taken, held, n, one, w, steps, search.start, search.end,
                           search.clamp_kind == MUL_CLAMP, search.retries, sources.low,
-                          sources.high, nxt, fifo, res)
+                          sources.high, nxt, fifo, res, search.is_netfilter)
         counts[i] = res[0]
     return _measured("steady (measured)", search, sources=sources, divisor=divisor,
                      universe=universe, levels=levels, counts=counts, steps=steps)
@@ -471,7 +518,17 @@ def named_curve(name: str, search: PortSearch, sources: SourcePorts, divisor: in
     raise ConfigError(f"{name!r}: expected one of {', '.join(CURVE_CHOICES)}", field="--curve")
 
 
+def search_name(search: PortSearch) -> str:
+    """The curve's datapath in a few words: ``Cilium 1.16`` or ``Linux nf_nat``."""
+    return "Linux nf_nat" if search.is_netfilter else f"Cilium {search.version}"
+
+
 def search_text(search: PortSearch) -> str:
+    if search.is_netfilter:
+        size = search.end - search.start + 1
+        rounds = "+".join(str(r) for r in nf_refusal.round_sizes(size))
+        return (f"Linux nf_nat port search: SNAT ports {search.start}-{search.end}, the "
+                f"client's port if free, then {rounds} tries from random offsets")
     clamp = ("(v % (end - start)) + start" if search.clamp_kind == MOD_CLAMP
              else "start + ((v * (end - start + 1)) >> 16)")
     return (f"Cilium {search.version} port search: NAT ports {search.start}-{search.end}, "

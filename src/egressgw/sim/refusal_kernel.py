@@ -4,6 +4,9 @@ numba compiles these (cached on disk). The arithmetic is ``__snat_clamp_port_ran
 ``mul`` false is v1.16's ``(v % (u16)(end - start)) + start``, true is v1.17's
 ``start + (((u32)v * (end - start + 1)) >> 16)``; the walk passes ``(u16)(port + 1)``.
 numba types these functions when it compiles them, so mypy leaves this file alone.
+
+``nf`` true runs a Linux gateway's search instead (:func:`nf_attempt`, nf_nat's), with
+``start..end`` the SNAT rule's ports.
 """
 # ruff: noqa: ANN001, ANN201, PLR0917
 # mypy: ignore-errors
@@ -49,8 +52,48 @@ def attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, advance=Tr
 
 
 @njit(cache=True)
+def nf_attempt(taken, start, end, sport_lo, sport_hi, nxt, advance=True) -> int:
+    """One new connection through nf_nat (Linux 6.18): the port it gets, or -1.
+
+    get_unique_tuple (nf_nat_core.c): the client's port is kept when it lies in the
+    rule's range and is free. nf_nat_l4proto_unique_tuple (nf_nat_proto.c): then rounds
+    of ``attempts = min(size, 128)`` ports ``start + off % size`` from a random u16
+    ``off`` (incremented as a u16), halved with a new ``off`` while below the range
+    size and at least 16. No takeover: the held ports belong to live connections.
+    """
+    size = end - start + 1
+    if len(nxt):
+        c = np.random.randint(0, len(nxt))
+        sport = sport_lo + nxt[c] % (sport_hi - sport_lo + 1)
+        if advance:
+            nxt[c] += 1
+    else:
+        sport = np.random.randint(sport_lo, sport_hi + 1)
+    if start <= sport <= end and not taken[sport]:
+        return sport
+    attempts = min(size, 128)
+    while True:
+        off = np.random.randint(0, 65536)
+        for i in range(attempts):
+            port = start + ((off + i) & 0xFFFF) % size
+            if not taken[port]:
+                return port
+        if attempts >= size or attempts < 16:
+            return -1
+        attempts //= 2
+
+
+@njit(cache=True)
+def search(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, nf, advance=True) -> int:
+    """One new connection through nat.h's search, or nf_nat's when ``nf``."""
+    if nf:
+        return nf_attempt(taken, start, end, sport_lo, sport_hi, nxt, advance)
+    return attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, advance)
+
+
+@njit(cache=True)
 def steady(taken, held, count, levels, warm, steps, start, end, mul, retries,
-            sport_lo, sport_hi, nxt, fifo, out):
+            sport_lo, sport_hi, nxt, fifo, out, nf=False):
     """Hold the tuple at each level in turn; count refusals over ``steps`` attempts."""
     n = count
     for li in range(len(levels)):
@@ -59,7 +102,7 @@ def steady(taken, held, count, levels, warm, steps, start, end, mul, retries,
         guard = 0
         while n < k and guard < 1000 * k + 1000:
             guard += 1
-            port = attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt)
+            port = search(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, nf)
             if port >= 0:
                 taken[port] = True
                 held[n] = port
@@ -74,7 +117,7 @@ def steady(taken, held, count, levels, warm, steps, start, end, mul, retries,
             tries = 0
             while done < budget and tries < 20 * budget + 1000:
                 tries += 1
-                port = attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt)
+                port = search(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, nf)
                 if phase == 0:
                     if port < 0:
                         continue
@@ -105,7 +148,7 @@ def steady(taken, held, count, levels, warm, steps, start, end, mul, retries,
 
 @njit(cache=True)
 def growth(taken, levels, steps, start, end, mul, retries,
-            sport_lo, sport_hi, nxt, out):
+            sport_lo, sport_hi, nxt, out, nf=False):
     """Fill the tuple with new connections only; at each level probe ``steps`` times."""
     n = 0
     for li in range(len(levels)):
@@ -113,7 +156,7 @@ def growth(taken, levels, steps, start, end, mul, retries,
         guard = 0
         while n < k and guard < 1000 * k + 1000:
             guard += 1
-            port = attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt)
+            port = search(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, nf)
             if port >= 0:
                 taken[port] = True
                 n += 1
@@ -122,6 +165,6 @@ def growth(taken, levels, steps, start, end, mul, retries,
             continue
         refused = 0
         for _ in range(steps):
-            if attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, False) < 0:
+            if search(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, nf, False) < 0:
                 refused += 1
         out[li] = refused

@@ -27,6 +27,7 @@ from egressgw.errors import DatapathError
 from egressgw.net import IPAddress, Proto, parse_ip
 
 IPCTNL_MSG_CT_NEW = 0
+IPCTNL_MSG_CT_DELETE = 2
 NLM_F_CREATE = 0x400
 NLM_F_EXCL = 0x200
 NLA_F_NESTED = 0x8000
@@ -116,8 +117,32 @@ def new_message(entry: SnatEntry, seq: int, *, timeout: int = 3600) -> bytes:
     return header + body
 
 
+def delete_message(entry: SnatEntry, seq: int) -> bytes:
+    """The IPCTNL_MSG_CT_DELETE message removing the entry of ``entry``'s original tuple
+    (like ``conntrack -D`` with its addresses and ports; ``egress`` is not needed)."""
+    family = socket.AF_INET6 if entry.src.version == 6 else socket.AF_INET
+    body = struct.pack("=BBH", family, 0, 0) + _tuple(CTA_TUPLE_ORIG, entry, reverse=False)
+    header = struct.pack("=IHHII", 16 + len(body),
+                         (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST,
+                         seq, 0)
+    return header + body
+
+
 def fill(entries: Iterable[SnatEntry], *, netns: str | None = None, timeout: int = 3600) -> int:
     """Create every entry in ``netns``; return how many the kernel refused (e.g. EEXIST)."""
+    return _send((new_message(entry, seq, timeout=timeout)
+                  for seq, entry in enumerate(entries, start=1)), netns)
+
+
+def forget(entries: Iterable[SnatEntry], *, netns: str | None = None) -> int:
+    """Delete the entries of these original tuples in ``netns``; return how many the
+    kernel refused (ENOENT: no such entry)."""
+    return _send((delete_message(entry, seq) for seq, entry in enumerate(entries, start=1)),
+                 netns)
+
+
+def _send(messages: Iterable[bytes], netns: str | None) -> int:
+    """Send ctnetlink requests many per ``sendto``; count the error answers."""
 
     def make() -> socket.socket:
         return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
@@ -132,8 +157,7 @@ def fill(entries: Iterable[SnatEntry], *, netns: str | None = None, timeout: int
         sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE: room for errors
         chunk: list[bytes] = []
         size = 0
-        for seq, entry in enumerate(entries, start=1):
-            message = new_message(entry, seq, timeout=timeout)
+        for message in messages:
             chunk.append(message)
             size += len(message)
             if size >= SEND_CHUNK:
