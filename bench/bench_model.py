@@ -83,13 +83,12 @@ class Pressure:
 # Not cached: numba's cache of a caller is keyed by its own file only, so a cached _churn
 # would keep running the kernel functions it was compiled against after kernel.py changes.
 @njit(cache=False, _nrt=False)
-def _churn(SC, T, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, oldest, pos):  # noqa: PLR0917
+def _churn(S, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, oldest, pos):  # noqa: PLR0917
     """Scenario A's loop in the kernel from step pos[0]; returns (opened, dropped).
 
     Stops early (pos[0] < steps) when the NAT entry pool needs to grow.
     """
-    CR, CF, CB, NR, NB = T
-    st = SC[0]
+    st = S.st
     opened = 0
     dropped = 0
     head = pos[1]
@@ -100,9 +99,7 @@ def _churn(SC, T, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, olde
         if st[k.S_NAT_NFREE] < 2:
             pos[0], pos[1], pos[2] = i, head, tail
             return opened, dropped
-        o, _p, drop, _b, _r = k.forward(
-            SC, CR, CF, CB, NR, NB, src[i], sport[i], hot_dst, 443, 6, egress, 0
-        )
+        o, _p, drop, _b, _r = k.forward(S, src[i], sport[i], hot_dst, 443, 6, egress, 0)
         if drop:
             dropped += 1
             continue
@@ -112,8 +109,8 @@ def _churn(SC, T, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, olde
             tail += 1
             o = fifo[head]
             head += 1
-        k.ct_delete(SC[0], SC[4], CR, CB, NR, NB, o)
-        k.forward(SC, CR, CF, CB, NR, NB, f_src, f_sport[i], f_dst[i], 443, 6, egress, 0)
+        k.ct_delete(S, o)
+        k.forward(S, f_src, f_sport[i], f_dst[i], 443, 6, egress, 0)
     pos[0] = src.shape[0]
     return opened, dropped
 
@@ -134,11 +131,9 @@ def pressure_compiled(
     )
     fifo[: len(hot)] = hot
     evictions_before = model.cnt[k.K_EVICT_IN] + model.cnt[k.K_EVICT_OUT]
-    state = model._load_rng()
     empty = np.zeros(0, np.uint32)
     _churn(
-        model._sc(),
-        model._tables(),
+        model.state,
         empty,
         empty.astype(np.uint16),
         fx.hot_dst,
@@ -157,14 +152,13 @@ def pressure_compiled(
         if model.st[k.S_NAT_NFREE] < 2:
             model._make_room(k.NEED_NAT)
         more_opened, more_dropped = _churn(
-            model._sc(), model._tables(), fx.new_src, fx.new_sport, fx.hot_dst,
+            model.state, fx.new_src, fx.new_sport, fx.hot_dst,
             fx.next_filler_dst, fx.next_filler_sport, fx.filler_pod, fx.egress, fifo, oldest,
             pos,
         )  # fmt: skip
         opened += more_opened
         dropped += more_dropped
     elapsed = time.perf_counter() - t0
-    model._store_rng(state)
     evictions = int(model.cnt[k.K_EVICT_IN] + model.cnt[k.K_EVICT_OUT] - evictions_before)
     hot_in = sum(n for key, n in model.in_endpoint_counts().items() if key[3] == fx.hot_dst)
     tries = model.tries
