@@ -93,7 +93,7 @@ class Pressure:
 # Not cached: numba's cache of a caller is keyed by its own file only, so a cached _churn
 # would keep running the kernel functions it was compiled against after kernel.py changes.
 @njit(cache=False, _nrt=False)
-def _churn(SC, T, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, oldest, pos,  # noqa: PLR0917
+def _churn(S, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, oldest, pos,  # noqa: PLR0917
            now0, dt, out):
     """Scenario A's loop in the kernel from step pos[0], step i at virtual time now0 + i*dt.
 
@@ -103,8 +103,7 @@ def _churn(SC, T, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, olde
     searches, filler opens]. Stops early (pos[0] < steps) when the NAT entry pool needs
     to grow.
     """
-    CR, CF, CB, NR, NB = T
-    st, fs = SC[0], SC[1]
+    st, fs = S.st, S.fs
     head = pos[1]
     tail = pos[2]
     while tail < fifo.shape[0] and fifo[tail] >= 0:
@@ -116,12 +115,10 @@ def _churn(SC, T, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, olde
         now = now0 + i * dt
         fs[k.F_NOW] = now
         if fs[k.F_NEXT_GC] <= now:
-            k.gc(SC, CR, CF, CB, NR, NB, 3, False)
-            k.after_operation(SC, CR, CF, CB, NR, NB)
-        o, _p, drop, _b, _r = k.forward(
-            SC, CR, CF, CB, NR, NB, src[i], sport[i], hot_dst, 443, 6, egress, 0
-        )
-        k.after_operation(SC, CR, CF, CB, NR, NB)
+            k.gc(S, 3, False)
+            k.after_operation(S)
+        o, _p, drop, _b, _r = k.forward(S, src[i], sport[i], hot_dst, 443, 6, egress, 0)
+        k.after_operation(S)
         if drop:
             out[1] += 1
             continue
@@ -131,11 +128,9 @@ def _churn(SC, T, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, olde
             tail += 1
             o = fifo[head]
             head += 1
-        k.ct_delete(SC[0], SC[4], CR, CB, NR, NB, o)
-        _o, _p, drop, _b, _r = k.forward(
-            SC, CR, CF, CB, NR, NB, f_src, f_sport[i], f_dst[i], 443, 6, egress, 0
-        )
-        k.after_operation(SC, CR, CF, CB, NR, NB)
+        k.ct_delete(S, o)
+        _o, _p, drop, _b, _r = k.forward(S, f_src, f_sport[i], f_dst[i], 443, 6, egress, 0)
+        k.after_operation(S)
         if not drop:
             out[2] += 1
     pos[0] = src.shape[0]
@@ -172,11 +167,10 @@ def pressure_compiled(
     )
     fifo[: len(hot)] = hot
     before = dp.counters
-    state = model._load_rng()
     empty = np.zeros(0, np.uint32)
     out = np.zeros(3, np.int64)
     _churn(
-        model._sc(), model._tables(), empty, empty.astype(np.uint16), fx.hot_dst, empty,
+        model.state, empty, empty.astype(np.uint16), fx.hot_dst, empty,
         empty.astype(np.uint16), fx.filler_pod, fx.egress, fifo, oldest, np.zeros(3, np.int64),
         1.0, 1.0 / rate, out,
     )  # compile
@@ -187,13 +181,12 @@ def pressure_compiled(
         if model.st[k.S_NAT_NFREE] < 2:
             model._make_room(k.NEED_NAT)
         _churn(
-            model._sc(), model._tables(), fx.new_src, fx.new_sport, fx.hot_dst,
+            model.state, fx.new_src, fx.new_sport, fx.hot_dst,
             fx.next_filler_dst, fx.next_filler_sport, fx.filler_pod, fx.egress, fifo, oldest,
             pos, 1.0, 1.0 / rate, out,
         )  # fmt: skip
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
-    model._store_rng(state)
     after = dp.counters
     opened, failed, filler = (int(x) for x in out)
     evictions = (after.evictions_in + after.evictions_out

@@ -5,7 +5,9 @@ from __future__ import annotations
 import ipaddress
 
 from egressgw.config import NodePortRange
-from egressgw.datapath.model import ModelConfig
+from egressgw.datapath.model import ModelConfig, ModelDatapath
+from egressgw.datapath.model.compiled import CompiledModel
+from egressgw.datapath.model.invariants import check
 from egressgw.net import Endpoint, FiveTuple, IPAddress, Proto
 
 EGRESS = ipaddress.ip_address("192.0.2.10")
@@ -32,3 +34,10 @@ def small_config(**overrides: object) -> ModelConfig:
     settings: dict[str, object] = {"node_port_range": SMALL_RANGE, "bpf_nat_global_max": 1024}
     settings.update(overrides)
     return ModelConfig(**settings)  # type: ignore[arg-type]
+
+
+def assert_consistent(dp: ModelDatapath) -> None:
+    """The compiled engine's arrays pass every invariant (no-op for the Python engines)."""
+    engine = dp.engine
+    if isinstance(engine, CompiledModel):
+        check(engine.state)

@@ -9,11 +9,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egressgw.datapath.model import ConnectionBatch, ModelConfig, ModelDatapath
-from egressgw.datapath.model import kernel as k
+from egressgw.datapath.model import ConnectionBatch, ModelConfig, ModelDatapath, kernel_api
 from egressgw.datapath.model.compiled import CompiledModel
 from egressgw.datapath.model.reference import ReferenceModel
-from model_helpers import SMALL_RANGE
+from model_helpers import SMALL_RANGE, assert_consistent
 
 
 @settings(max_examples=20, deadline=None)
@@ -26,12 +25,11 @@ def test_kernel_mt19937_is_the_stream_of_random_random(seed, skip, n):
     expected_rng.setstate(rng.getstate())
     expected = [expected_rng.getrandbits(16) for _ in range(n)]
     model = CompiledModel(ModelConfig(), rng)
-    saved = model._load_rng()
     out = np.zeros(n, np.int64)
-    k.mt_fill16(model.st, model.mt, out)
-    model._store_rng(saved)
+    kernel_api.random16(model.state, out)
     assert out.tolist() == expected
-    # Handed back, the random.Random continues exactly where the kernel stopped.
+    # Synced back, the random.Random continues exactly where the kernel stopped.
+    model.sync_rng()
     assert rng.getrandbits(32) == expected_rng.getrandbits(32)
 
 
@@ -74,7 +72,7 @@ def random_batch(dps: list[ModelDatapath], seed: int, n: int, t0: float, t1: flo
 
 
 def _rows(dp: ModelDatapath):
-    return dp._engine.nat_rows()  # created is in whole seconds in both engines
+    return dp.engine.nat_rows()  # created is in whole seconds in both engines
 
 
 @settings(max_examples=10, deadline=None)
@@ -110,12 +108,19 @@ def test_compiled_kernel_equals_reference(seed, n, version, gc_interval, gc_knob
         assert comp.counters.as_dict() == ref.counters.as_dict()
         assert _rows(comp) == _rows(ref)
         assert comp.endpoint_counts() == ref.endpoint_counts()
-    assert isinstance(dps[0]._engine, ReferenceModel)
-    assert dps[0]._engine.rng.getstate() == dps[1]._engine.rng.getstate()  # type: ignore[attr-defined]
+        assert_consistent(comp)
+    # Both drew the same random numbers: the compiled engine's copy, synced back, equals
+    # the reference engine's random.Random (fresh ones, seeded alike, as the control).
+    assert isinstance(dps[0].engine, ReferenceModel)
+    assert isinstance(dps[1].engine, CompiledModel)
+    dps[1].sync_rng()
+    assert dps[0].engine.rng.getstate() == dps[1].engine.rng.getstate()
+    assert dps[0].engine.rng.getstate() != random.Random(seed).getstate()
     dps[0].advance(2000.0)
     dps[1].advance(2000.0)
     assert dps[1].counters.as_dict() == dps[0].counters.as_dict()
     assert _rows(dps[1]) == _rows(dps[0])
+    assert_consistent(dps[1])
 
 
 def test_kernel_grows_its_arrays_and_keeps_the_same_result():
@@ -128,7 +133,9 @@ def test_kernel_grows_its_arrays_and_keeps_the_same_result():
     batch = random_batch(dps, 5, 6000, 0.0, 29.0)
     for dp in dps:
         dp.run(batch, 30.0)
+        assert_consistent(dp)
         dp.advance(100.0)
+        assert_consistent(dp)
     assert dps[1].counters.as_dict() == dps[0].counters.as_dict()
     assert _rows(dps[1]) == _rows(dps[0])
     assert dps[0].counters.evictions_in + dps[0].counters.evictions_out > 0

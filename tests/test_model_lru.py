@@ -130,12 +130,16 @@ def test_nat_tables_take_dict_style_deletes(kind):
 
 def test_the_agents_model_datapath_takes_the_lru_settings():
     from egressgw.agent.datapaths import make_datapath  # noqa: PLC0415
+    from egressgw.agent.modeldp import ModelAgentDatapath  # noqa: PLC0415
     from egressgw.config import NodePortRange  # noqa: PLC0415
     from egressgw.datapath.model.natmap import KernelLru  # noqa: PLC0415
+    from egressgw.datapath.model.reference import ReferenceModel  # noqa: PLC0415
 
     datapath = make_datapath("model", NodePortRange(), cilium_version="1.18", nat_lru="kernel",
                              possible_cpus=4, flow_cpus="one", bpf_distributed_lru=True)
-    engine = datapath.model._engine  # type: ignore[attr-defined]
+    assert isinstance(datapath, ModelAgentDatapath)
+    engine = datapath.model.engine
+    assert isinstance(engine, ReferenceModel)
     assert all(isinstance(table, KernelLru) for table in engine.nat)
     assert engine.nat[0].map.per_cpu and engine.nat[0].map.possible_cpus == 4
     with pytest.raises(ConfigError, match="--bpf-distributed-lru"):

@@ -34,6 +34,7 @@ from model_helpers import (
     REMOTE6,
     SMALL_RANGE,
     SMALL_REACHABLE,
+    assert_consistent,
     pod,
     small_config,
     tcp,
@@ -398,7 +399,7 @@ def test_lru_property_evicts_exactly_the_least_recently_used_entry(ops):
             recency[key] = None
 
         # 512 connections first fill the map: every new connection in the ops evicts.
-        for op, i in [("connect", i) for i in range(512)] + ops:
+        for step, (op, i) in enumerate([("connect", i) for i in range(512)] + ops):
             if op == "connect" and i not in connected:
                 connected.add(i)
                 assert dp.connect(conns[i], EGRESS).ok
@@ -411,6 +412,9 @@ def test_lru_property_evicts_exactly_the_least_recently_used_entry(ops):
                 assert dp.reply(conns[i], EGRESS).ok == (("IN", i) in recency)
                 if ("IN", i) in recency:
                     use(("IN", i))
+            if step % 50 == 0:
+                assert_consistent(dp)
+        assert_consistent(dp)
         present = {
             (e.direction.name, int(e.tuple.src.ip if e.direction is Direction.OUT
                                    else e.xlate.ip) - int(pod(0)))

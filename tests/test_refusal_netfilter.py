@@ -233,3 +233,9 @@ def test_forecast_of_conntrack_dumps_uses_the_netfilter_curve(
     assert code == 0
     assert out.startswith("Limit 512 ports (netfilter: --nat-port-range 65024-65535)")
     assert "(egressgw limits, Linux nf_nat, clients" in out
+    code, out, _err = _run(capsys, "forecast", f"{dump}@0", f"{dump}@60",
+                           "--nat-port-range", "65024-65535", "-o", "json")
+    assert code == 0
+    named = json.loads(out)["refusalCurve"]  # the JSON names the curve, as the table does
+    assert named["datapath"] == "Linux nf_nat" and named["curve"] == "steady"
+    assert named["search"].startswith("Linux nf_nat port search: SNAT ports 65024-65535")

@@ -102,12 +102,15 @@ def render_forecast(results: Any, *, marks: Any, divisor: int, last_time: float,
 
 def forecast_document(results: Any, *, marks: Any, port_limit: PortLimit, scale: float,
                       last_time: float, first: Any = None,
-                      assumptions: dict[str, Any] | None = None) -> dict[str, Any]:
+                      assumptions: dict[str, Any] | None = None,
+                      refusal_curve: dict[str, str] | None = None) -> dict[str, Any]:
     """The forecast as data; ``first`` and ``assumptions`` (hold, curve, limit, the
-    criterion) come with --hold."""
+    criterion) come with --hold; ``refusal_curve`` names the curve the refusal marks
+    were read from (its kind, datapath search and clients)."""
     keys = ["oneIn10000Refused", "refusalRate", "limit"][-len(marks):]
     return {
         "portLimit": port_limit.document(),
+        "refusalCurve": refusal_curve,
         "scale": scale,
         "firstRefusal": assumptions if first is not None else None,
         "marks": {key: {"name": m.name, "count": m.count} for key, m in zip(keys, marks,
@@ -262,7 +265,7 @@ def forecast_command(
     from egressgw.errors import ConfigError  # noqa: PLC0415
     from egressgw.render.documents import dump_document  # noqa: PLC0415
     from egressgw.sim.forecast import Mark, forecast_marks  # noqa: PLC0415
-    from egressgw.sim.refusal import named_curve, search_name  # noqa: PLC0415
+    from egressgw.sim.refusal import named_curve, search_name, search_text  # noqa: PLC0415
     from egressgw.sim.snapshots import load_snapshots  # noqa: PLC0415
 
     if not 0 < threshold <= 1:
@@ -342,7 +345,10 @@ def forecast_command(
             hold, curve, refusals, divisor)
         click.echo(dump_document(forecast_document(
             results, marks=marks, port_limit=port_limit, scale=scale, last_time=last,
-            first=first_refusal, assumptions=assumptions), output), nl=False)
+            first=first_refusal, assumptions=assumptions,
+            refusal_curve={"curve": curve, "datapath": search_name(search),
+                           "search": search_text(search), "clients": str(sources)},
+        ), output), nl=False)
 
 
 def _first_refusals(loaded: Any, *, hold: float, curve: Any, scale: float,

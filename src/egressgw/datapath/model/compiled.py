@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from egressgw.datapath.model import kernel as _kernel
+from egressgw.datapath.model import kernel as k
+from egressgw.datapath.model import kernel_api as kapi
 from egressgw.datapath.model.config import ModelConfig
 from egressgw.datapath.model.gcpacing import to_ns
-from egressgw.datapath.model.reference import ConnKey, NatRow
+from egressgw.datapath.model.kernel_state import BatchColumns, State
+from egressgw.datapath.model.reference import COUNTED_PROTOS, PORT_PROTOS, ConnKey, NatRow
 from egressgw.datapath.model.types import LATENCY_BINS, ConnectionBatch, DropReason, ModelCounters
 
-# numba dispatchers accept whatever numba can type; to mypy they are opaque.
-k: Any = _kernel
-
 INITIAL_ROWS = 1024
+
+
+def _counted_table() -> npt.NDArray[np.uint8]:
+    """kernel.count_endpoints' ``counted``: COUNTED_PROTOS per family, 2 where ported."""
+    table = np.zeros((2, 256), np.uint8)
+    for family, protos in enumerate(COUNTED_PROTOS):
+        for proto in protos:
+            table[family, proto] = 2 if proto in PORT_PROTOS else 1
+    return table
+
+
+COUNTED = _counted_table()
 
 
 def _pow2_at_least(n: int) -> int:
@@ -85,17 +95,20 @@ class CompiledModel:
         self.heap_rows = np.zeros((INITIAL_ROWS, k.H_WORDS), np.int64)
         self._grow_conns(INITIAL_ROWS)
         self._grow_nat(min(INITIAL_ROWS, 2 * config.bpf_nat_global_max))
-        k.gc(self._sc(), *self._tables(), 3, False)  # the agent's initial scan (gc.go Enable)
+        self._load_rng()
+        kapi.gc(self.state, 3, False)  # the agent's initial scan (gc.go Enable)
 
-    # -- state tuples -------------------------------------------------------------------
+    # -- the kernel's state ---------------------------------------------------------------
 
-    def _sc(self) -> tuple[npt.NDArray[Any], ...]:
-        return (self.st, self.fs, self.cfg, self.cfgf, self.cnt, self.tries, self.mt,
-                self.delayed)
-
-    def _tables(self) -> tuple[npt.NDArray[Any], ...]:
-        """CR, CF, CB, NR, NB: records, their float view, their index; IN entries, index."""
-        return (self.cr, self.cr.view(np.float64), self.cb, self.nr, self.nb)
+    @property
+    def state(self) -> State:
+        """The arrays the kernel works on, by name (a new snapshot after any growth)."""
+        return State(
+            st=self.st, fs=self.fs, cfg=self.cfg, cfgf=self.cfgf, cnt=self.cnt,
+            tries=self.tries, mt=self.mt, lat=self.delayed,
+            CR=self.cr, CF=self.cr.view(np.float64), CB=self.cb, NR=self.nr, NB=self.nb,
+            HI=self.heap_rows, HF=self.heap_rows.view(np.float64),
+        )  # fmt: skip
 
     # -- growing ------------------------------------------------------------------------
 
@@ -104,55 +117,57 @@ class CompiledModel:
                              free_slot=k.S_CONN_FREE, count_slot=k.S_CONN_NFREE)
         self.cb = np.full(_pow2_at_least(size), k.NONE, np.uint32)
         # Free records keep their free-list links; only used records are re-threaded.
-        k.rebuild_conn_index(self.cr, self.cb)
+        kapi.rebuild_conn_index(self.state)
 
     def _grow_nat(self, size: int) -> None:
         self.nr = _grow_pool(self.nr, size, self.st, next_column=k.E_NEXT,
                              free_slot=k.S_NAT_FREE, count_slot=k.S_NAT_NFREE)
         # Chained buckets, about one per IN entry once the pool is full.
         self.nb = np.full(_pow2_at_least(size), k.NONE, np.uint32)
-        k.rebuild_in_index(self.cr, self.nr, self.nb)
+        kapi.rebuild_in_index(self.state)
 
     def _grow_heap(self) -> None:
         rows = np.zeros((2 * len(self.heap_rows), k.H_WORDS), np.int64)
         rows[: len(self.heap_rows)] = self.heap_rows
         self.heap_rows = rows
 
-    @property
-    def heap(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        return self.heap_rows, self.heap_rows.view(np.float64)
-
     def _make_room(self, need: int) -> None:
-        if need == k.NEED_CONN:
+        if need == kapi.NEED_CONN:
             self._grow_conns(2 * len(self.cr))
-        elif need == k.NEED_NAT:
+        elif need == kapi.NEED_NAT:
             limit = 2 * self.config.bpf_nat_global_max + 1  # see kernel.nat_room
             size = len(self.nr)
             if size >= limit:
                 raise AssertionError("NAT pool at its limit yet short of room")
             self._grow_nat(min(limit, 2 * size))
-        elif need == k.NEED_HEAP:
+        elif need == kapi.NEED_HEAP:
             self._grow_heap()
 
     def _room_for_one(self, src: int) -> None:
         if self.st[k.S_CONN_NFREE] < 1:
-            self._make_room(k.NEED_CONN)
+            self._make_room(kapi.NEED_CONN)
         fam = 1 if src & k.V6_BIT else 0
-        if not k.nat_room(self.st, self.cfg, fam):
-            self._make_room(k.NEED_NAT)
+        if not kapi.nat_room(self.state, fam):
+            self._make_room(kapi.NEED_NAT)
 
     # -- the random source --------------------------------------------------------------
 
-    def _load_rng(self) -> tuple[Any, ...]:
-        state = self.rng.getstate()
-        words = state[1]
+    # The kernel draws from its own copy of ``rng``'s MT19937 state (``mt`` and
+    # st[S_MT_INDEX]), loaded once here. Copying it in and out around every call cost a
+    # per-packet call about 85% of its time (a 625-word tuple each way); the Python object
+    # is brought up to date only when asked (sync_rng).
+
+    def _load_rng(self) -> None:
+        words = self.rng.getstate()[1]
         self.mt[:] = words[:624]
         self.st[k.S_MT_INDEX] = words[624]
-        return state
 
-    def _store_rng(self, state: tuple[Any, ...]) -> None:
-        words = (*(int(w) for w in self.mt), int(self.st[k.S_MT_INDEX]))
-        self.rng.setstate((state[0], words, state[2]))
+    def sync_rng(self) -> None:
+        """Write the kernel's random state back into ``rng``: it continues exactly where
+        the model's last draw left off (as if the model had drawn from it directly)."""
+        version, _words, gauss_next = self.rng.getstate()
+        words = (*self.mt.tolist(), int(self.st[k.S_MT_INDEX]))
+        self.rng.setstate((version, words, gauss_next))
 
     # -- Engine -------------------------------------------------------------------------
 
@@ -186,12 +201,7 @@ class CompiledModel:
         self, key: ConnKey, egress: int, mode: int, flags: int = 0
     ) -> tuple[int, int, bool, int]:
         self._room_for_one(key[0])
-        state = self._load_rng()
-        port, drop, broken, retries = k.op_send(
-            self._sc(), *self._tables(), *key, egress, mode, flags
-        )
-        self._store_rng(state)
-        return int(port), int(drop), bool(broken), int(retries)
+        return kapi.send(self.state, key, egress, mode, flags)
 
     def connect(self, key: ConnKey, egress: int) -> tuple[int, int, int]:
         port, drop, _broken, retries = self._send(key, egress, 1)
@@ -205,38 +215,32 @@ class CompiledModel:
         return self._send(key, egress, 0, flags)
 
     def reply(self, key: ConnKey, flags: int) -> tuple[int, int]:
-        cr, cf, cb, nr, nb = self._tables()
-        port, drop = k.op_reply(self._sc(), cr, cf, cb, nr, nb, *key, flags)
-        return int(port), int(drop)
+        return kapi.reply(self.state, key, flags)
 
     def close(self, key: ConnKey, kind: int) -> tuple[int, int, bool, int]:
-        o = k.conn_find(self.cr, self.cb, *key)
+        o = kapi.conn_find(self.state, key)
         if o < 0 or not self.cr[o, k.R_MISC] & k.CF_CT:
             return -1, 0, False, 0
         return self._send(key, int(self.cr[o, k.R_EGRESS]), 3, kind)
 
     def run(self, batch: ConnectionBatch, until: float) -> None:
-        columns = (
-            batch.start, batch.duration, batch.end, batch.src, batch.sport,
-            batch.dst, batch.dport, batch.proto, batch.egress, batch.keepalive,
-        ), (batch.retries, batch.rto)  # fmt: skip
+        columns = BatchColumns(
+            batch.start, batch.duration, batch.end, batch.src, batch.sport, batch.dst,
+            batch.dport, batch.proto, batch.egress, batch.keepalive, batch.retries, batch.rto,
+        )  # fmt: skip
         self.st[k.S_BATCH_POS] = 0
-        state = self._load_rng()
-        try:
-            while True:
-                status = k.run(self._sc(), *self._tables(), self.heap, columns, float(until))
-                if status == k.OK:
-                    break
-                self._make_room(status)
-        finally:
-            self._store_rng(state)
+        while True:
+            status = kapi.run(self.state, columns, float(until))
+            if status == kapi.OK:
+                break
+            self._make_room(status)
         self.fs[k.F_NOW] = until
 
     # -- views --------------------------------------------------------------------------
 
     def _slots_in_lru_order(self, family: int) -> npt.NDArray[np.int64]:
         out = np.empty(int(self.st[k.S_COUNT + family]), np.int64)
-        count = k.lru_order(self.st, self.cr, self.nr, family, out)
+        count = kapi.lru_order(self.state, family, out)
         return out[:count]
 
     def nat_rows(self) -> list[NatRow]:
@@ -264,22 +268,19 @@ class CompiledModel:
 
     def in_endpoint_counts(self) -> dict[tuple[int, int, int, int, int], int]:
         entries = int(self.st[k.S_COUNT] + self.st[k.S_COUNT + 1])
-        table = np.full(_pow2_at_least(2 * entries + 2), -1, np.int64)
-        keys_hi = np.zeros(entries + 1, np.int64)
-        keys_lo = np.zeros(entries + 1, np.int64)
-        counts = np.zeros(entries + 1, np.int64)
-        n = k.count_endpoints(self.cr, self.nr, table, keys_hi, keys_lo, counts)
+        keys_hi, keys_lo, counts = kapi.count_endpoints(self.state, COUNTED, entries)
         return {
             ((lo >> 24) & 1, (lo >> 16) & 0xFF, (hi >> 32) & 0xFFFFFFFF, hi & 0xFFFFFFFF,
              lo & 0xFFFF): count
             for hi, lo, count in zip(
-                keys_hi[:n].tolist(), keys_lo[:n].tolist(), counts[:n].tolist(), strict=True
+                keys_hi.tolist(), keys_lo.tolist(), counts.tolist(), strict=True
             )
         }  # fmt: skip
 
     def memory_bytes(self) -> int:
         """Bytes held by the kernel's arrays (connections, NAT entries, indexes, heap)."""
-        arrays = (*self._sc(), self.cr, self.cb, self.nr, self.nb, self.heap_rows)
+        state = self.state
+        arrays = (*state[:8], state.CR, state.CB, state.NR, state.NB, state.HI)
         return int(sum(a.nbytes for a in arrays))
 
     def bytes_per_connection_full(self) -> int:

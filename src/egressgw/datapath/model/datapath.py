@@ -67,12 +67,34 @@ class ModelDatapath:
             raise ValueError(f"unknown engine {engine!r}")
 
     @property
+    def engine(self) -> Engine:
+        """The engine behind this datapath, for inspection (tests, benchmarks, notebooks).
+
+        A ``CompiledModel`` (the default), ``ReferenceModel`` (``engine="reference"`` or
+        ``nat_lru="kernel"``) or ``NetfilterModel`` (``datapath_model="netfilter"``); narrow
+        with ``isinstance`` before reaching past the ``Engine`` protocol. Driving it directly
+        bypasses the argument checks of this class.
+        """
+        return self._engine
+
+    @property
     def now(self) -> float:
         return self._engine.now
 
     @property
     def counters(self) -> ModelCounters:
         return self._engine.counters
+
+    def sync_rng(self) -> None:
+        """Bring ``rng`` up to date with the model's draws.
+
+        The compiled engine draws from its own copy of ``rng``'s state, taken when the
+        datapath was made (copying it per call cost a packet call most of its time); this
+        writes the copy back, so ``rng`` continues exactly where the model stopped, as
+        the reference engine's ``rng`` does all along. Draws made from ``rng`` elsewhere
+        after the datapath was made are not seen by the compiled model.
+        """
+        self._engine.sync_rng()
 
     def intern(self, ip: IPAddress) -> int:
         """The address id to use for ``ip`` in a ConnectionBatch."""

@@ -39,3 +39,6 @@ class Engine(Protocol):
 
     def in_endpoint_counts(self) -> dict[tuple[int, int, int, int, int], int]:
         """IN entries per (family, proto, egress id, remote id, remote port)."""
+
+    def sync_rng(self) -> None:
+        """Bring the injected ``random.Random`` up to date with the engine's draws."""

@@ -1,12 +1,13 @@
 """The compiled kernel: the reference semantics on numpy rows, compiled with numba.
 
-State lives in a few flat arrays, so every function compiles once and is cached on disk
-(``cache=True``):
+State lives in a few flat arrays, gathered in one named structure ``S``
+(kernel_state.State) that every function takes first, so every function compiles once
+and is cached on disk (``cache=True``):
 
-- ``SC`` scalars: ``st`` (int64 scalars), ``fs`` (float64 clock and GC state), ``cfg``
-  (int64 settings), ``cfgf`` (float64 settings), ``cnt`` (counters), ``tries``
-  (histogram), ``mt`` (the MT19937 state of the injected ``random.Random``) and ``lat``
-  (the extra connect latency histogram, ModelCounters.delayed).
+- scalars: ``S.st`` (int64 scalars), ``S.fs`` (float64 clock and GC state), ``S.cfg``
+  (int64 settings), ``S.cfgf`` (float64 settings), ``S.cnt`` (counters), ``S.tries``
+  (histogram), ``S.mt`` (the MT19937 state of the injected ``random.Random``) and
+  ``S.lat`` (the extra connect latency histogram, ModelCounters.delayed).
 - ``CR`` connection records, one uint32 row (48 bytes) per CT key, i.e. original tuple:
   the tuple, the egress address, the CT entry (flags, expiry as float64 in the last two
   words, read through the ``CF`` view), the port it last got, its OUT NAT entry (a flag,
@@ -22,7 +23,7 @@ State lives in a few flat arrays, so every function compiles once and is cached 
   ``NB`` is the IN hash index, bucket = hash(key without port) + port.
 - The per-family LRU list is doubly linked through both tables: a node is an NR row, or
   a record number with ``OUT_TAG`` set for an OUT entry.
-- ``H`` pending events (keepalives, ends, retransmissions of a dropped first packet): a
+- ``HI`` pending events (keepalives, ends, retransmissions of a dropped first packet): a
   binary heap of int64 rows (64 bytes, with a float64 view for the times) ordered by
   (time, sequence number).
 
@@ -35,20 +36,28 @@ they change anything and return a NEED_* code, so the Python side can grow the a
 call again: every step is atomic.
 """
 
-# Compiled functions take the state as flat arrays and many scalar arguments; numba infers
-# and checks their types when it compiles them, so mypy is told to leave this file alone.
+# Compiled functions take the state ``S`` and scalar arguments; numba infers and checks
+# their types when it compiles them, so mypy is told to leave this file alone. Python code
+# calls the kernel through kernel_api.py, whose wrappers state the types.
 # ruff: noqa: ANN001, ANN201, ANN202, PLR0917
 # mypy: ignore-errors
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 from numba import njit
 
-from egressgw.datapath.model import gcpacing
+from egressgw.datapath.model import gcpacing, kernel_cache, kernel_state, types
 from egressgw.datapath.model.types import LATENCY_STEP
+
+# Every file whose code or constants the compiled functions take in: one cache stamp over
+# all of them, so changing any recompiles (kernel_cache.py). Keep this list complete when
+# the kernel imports from another module.
+SOURCES = (Path(__file__), *(Path(str(m.__file__)) for m in (gcpacing, types, kernel_state)))
+kernel_cache.register(SOURCES)
 
 # -- indices into st ------------------------------------------------------------------------
 S_NAT_FREE = 0
@@ -142,7 +151,7 @@ NONE = 0xFFFFFFFF
 # LRU list nodes: an IN entry is its NR row, an OUT entry is its record number | OUT_TAG.
 OUT_TAG = 0x8000_0000
 
-# -- event rows (H = (HI int64, HF its float64 view)) ---------------------------------------
+# -- event rows (HI int64, HF its float64 view) ----------------------------------------------
 H_TIME = 0  # float
 H_END = 1  # float
 H_KA = 2  # float
@@ -270,7 +279,8 @@ def _in_bucket(NB, egress, dst, port, dport, proto) -> int:
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def conn_find(CR, CB, src, sport, dst, dport, proto) -> int:
+def conn_find(S, src, sport, dst, dport, proto) -> int:
+    CR, CB = S.CR, S.CB
     ports = (sport << 16) | dport
     o = CB[_conn_bucket(CB, src, dst, ports, proto)]
     while o != NONE:
@@ -286,7 +296,8 @@ def conn_find(CR, CB, src, sport, dst, dport, proto) -> int:
 
 
 @njit(cache=True, _nrt=False)
-def _conn_new(st, CR, CB, src, sport, dst, dport, proto, egress) -> int:
+def _conn_new(S, src, sport, dst, dport, proto, egress) -> int:
+    st, CR, CB = S.st, S.CR, S.CB
     o = st[S_CONN_FREE]
     st[S_CONN_FREE] = CR[o, R_NEXT] if CR[o, R_NEXT] != NONE else -1
     st[S_CONN_NFREE] -= 1
@@ -305,8 +316,9 @@ def _conn_new(st, CR, CB, src, sport, dst, dport, proto, egress) -> int:
 
 
 @njit(cache=True, _nrt=False)
-def conn_maybe_free(st, CR, CB, o) -> None:
+def conn_maybe_free(S, o) -> None:
     """Free a record that has neither a CT entry nor anything referring to it."""
+    st, CR, CB = S.st, S.CR, S.CB
     misc = CR[o, R_MISC]
     if CR[o, R_REFS] != 0 or misc & CF_CT or not misc & CF_USED:
         return
@@ -328,16 +340,18 @@ def conn_maybe_free(st, CR, CB, o) -> None:
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _ct_create(cfgf, CR, CF, o, proto, egress, now) -> None:
+def _ct_create(S, o, proto, egress, now) -> None:
     """ct_create4: a new CT entry; TCP gets the SYN lifetime whatever the packet was."""
+    cfgf, CR, CF = S.cfgf, S.CR, S.CF
     CR[o, R_MISC] = (CR[o, R_MISC] & ~np.uint32(CF_TCP_STATE | CF_BROKEN)) | CF_CT
     CR[o, R_EGRESS] = egress
     CF[o, CF_EXPIRY] = now + (cfgf[T_SYN] if proto == TCP else cfgf[T_ANY])
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _ct_update(cfgf, CR, CF, o, proto, flags, ingress, now) -> bool:
+def _ct_update(S, o, proto, flags, ingress, now) -> bool:
     """__ct_lookup on an existing entry (see reference.py); False: a SYN found it closing."""
+    cfgf, CR, CF = S.cfgf, S.CR, S.CF
     if proto != TCP:
         CF[o, CF_EXPIRY] = now + cfgf[T_ANY]
         return True
@@ -368,17 +382,20 @@ def _ct_update(cfgf, CR, CF, o, proto, flags, ingress, now) -> bool:
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _get_prev(CR, NR, n):
+def _get_prev(S, n):
+    CR, NR = S.CR, S.NR
     return CR[n ^ OUT_TAG, R_OPREV] if n & OUT_TAG else NR[n, E_PREV]
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _get_next(CR, NR, n):
+def _get_next(S, n):
+    CR, NR = S.CR, S.NR
     return CR[n ^ OUT_TAG, R_ONEXT] if n & OUT_TAG else NR[n, E_NEXT]
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _set_prev(CR, NR, n, v) -> None:
+def _set_prev(S, n, v) -> None:
+    CR, NR = S.CR, S.NR
     if n & OUT_TAG:
         CR[n ^ OUT_TAG, R_OPREV] = v
     else:
@@ -386,7 +403,8 @@ def _set_prev(CR, NR, n, v) -> None:
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _set_next(CR, NR, n, v) -> None:
+def _set_next(S, n, v) -> None:
+    CR, NR = S.CR, S.NR
     if n & OUT_TAG:
         CR[n ^ OUT_TAG, R_ONEXT] = v
     else:
@@ -394,50 +412,55 @@ def _set_next(CR, NR, n, v) -> None:
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _lru_unlink(st, CR, NR, n, fam) -> None:
-    p = _get_prev(CR, NR, n)
-    q = _get_next(CR, NR, n)
+def _lru_unlink(S, n, fam) -> None:
+    st = S.st
+    p = _get_prev(S, n)
+    q = _get_next(S, n)
     if p != NONE:
-        _set_next(CR, NR, p, q)
+        _set_next(S, p, q)
     else:
         st[S_HEAD + fam] = -1 if q == NONE else np.int64(q)
     if q != NONE:
-        _set_prev(CR, NR, q, p)
+        _set_prev(S, q, p)
     else:
         st[S_TAIL + fam] = -1 if p == NONE else np.int64(p)
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _lru_push(st, CR, NR, n, fam) -> None:
+def _lru_push(S, n, fam) -> None:
+    st = S.st
     h = st[S_HEAD + fam]
-    _set_prev(CR, NR, n, NONE)
+    _set_prev(S, n, NONE)
     if h >= 0:
-        _set_next(CR, NR, n, h)
-        _set_prev(CR, NR, h, n)
+        _set_next(S, n, h)
+        _set_prev(S, h, n)
     else:
-        _set_next(CR, NR, n, NONE)
+        _set_next(S, n, NONE)
         st[S_TAIL + fam] = n
     st[S_HEAD + fam] = n
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def nat_touch(st, CR, NR, n, fam) -> None:
+def nat_touch(S, n, fam) -> None:
     """A lookup from the datapath: the entry (LRU node ``n``) becomes the most recent."""
+    st = S.st
     if st[S_HEAD + fam] == n:
         return
-    _lru_unlink(st, CR, NR, n, fam)
-    _lru_push(st, CR, NR, n, fam)
+    _lru_unlink(S, n, fam)
+    _lru_push(S, n, fam)
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def in_find(CR, NR, NB, dst, dport, egress, port, proto) -> int:
-    return in_find_at(CR, NR, NB, _in_bucket(NB, egress, dst, port, dport, proto),
+def in_find(S, dst, dport, egress, port, proto) -> int:
+    NB = S.NB
+    return in_find_at(S, _in_bucket(NB, egress, dst, port, dport, proto),
                       dst, dport, egress, port, proto)  # fmt: skip
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def in_find_at(CR, NR, NB, b, dst, dport, egress, port, proto) -> int:
+def in_find_at(S, b, dst, dport, egress, port, proto) -> int:
     """The IN entry for the key in bucket ``b``, or -1."""
+    NR, NB = S.NR, S.NB
     e = NB[b]
     want = (port << 8) | NF_USED | NF_IN
     while e != NONE:
@@ -453,12 +476,13 @@ def in_find_at(CR, NR, NB, b, dst, dport, egress, port, proto) -> int:
 
 
 @njit(cache=True, _nrt=False)
-def nat_remove(st, cnt, CR, CB, NR, NB, n, evicted) -> None:
+def nat_remove(S, n, evicted) -> None:
     """Delete the NAT entry of LRU node ``n`` (an LRU eviction when ``evicted``)."""
+    st, cnt, CR, NR, NB = S.st, S.cnt, S.CR, S.NR, S.NB
     if n & OUT_TAG:
         o = n ^ OUT_TAG
         fam = 1 if CR[o, R_SRC] & V6_BIT else 0
-        _lru_unlink(st, CR, NR, n, fam)
+        _lru_unlink(S, n, fam)
         CR[o, R_MISC] &= ~np.uint32(CF_OUT)
         st[S_COUNT + fam] -= 1
         if evicted:
@@ -468,7 +492,7 @@ def nat_remove(st, cnt, CR, CB, NR, NB, n, evicted) -> None:
     pf = NR[e, E_PORTFLAGS]
     fam = 1 if pf & NF_V6 else 0
     o = NR[e, E_OWNER]
-    _lru_unlink(st, CR, NR, e, fam)
+    _lru_unlink(S, e, fam)
     dpp = NR[e, E_DPORT_PROTO]
     b = _in_bucket(NB, NR[e, E_ADDR], NR[e, E_DST], pf >> 8, dpp >> 8, dpp & 0xFF)
     prev = NONE
@@ -488,31 +512,33 @@ def nat_remove(st, cnt, CR, CB, NR, NB, n, evicted) -> None:
     st[S_NAT_NFREE] += 1
     st[S_COUNT + fam] -= 1
     CR[o, R_REFS] -= 1
-    conn_maybe_free(st, CR, CB, o)
+    conn_maybe_free(S, o)
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def nat_room(st, cfg, fam) -> bool:
+def nat_room(S, fam) -> bool:
     """Whether an IN and an OUT insert can be served without growing arrays.
 
     Only IN entries take an NR row. The pool may grow to 2 * capacity + 1 rows: it then
     has a free row, since each family's map holds at most ``capacity`` entries.
     """
+    st = S.st
     return st[S_NAT_NFREE] >= 1
 
 
 @njit(cache=True, _nrt=False)
-def _nat_insert(st, cnt, cfg, CR, CB, NR, NB, o, addr, port, is_in, fam, now) -> int:
+def _nat_insert(S, o, addr, port, is_in, fam, now) -> int:
     """Insert a NAT entry owned by record ``o``; returns its LRU node."""
+    st, cfg, CR, NR, NB = S.st, S.cfg, S.CR, S.NR, S.NB
     if st[S_COUNT + fam] >= cfg[C_CAP]:
-        nat_remove(st, cnt, CR, CB, NR, NB, st[S_TAIL + fam], True)
+        nat_remove(S, st[S_TAIL + fam], True)
     st[S_COUNT + fam] += 1
     created = np.uint32(math.floor(now))
     if not is_in:  # the OUT entry lives in the record: its egress and port are the record's
         CR[o, R_MISC] |= np.uint32(CF_OUT)
         CR[o, R_OCREATED] = created
         n = np.int64(o) | OUT_TAG
-        _lru_push(st, CR, NR, n, fam)
+        _lru_push(S, n, fam)
         return n
     e = st[S_NAT_FREE]
     nxt = NR[e, E_NEXT]
@@ -534,7 +560,7 @@ def _nat_insert(st, cnt, cfg, CR, CB, NR, NB, o, addr, port, is_in, fam, now) ->
     NB[b] = e
     NR[e, E_PORTFLAGS] = (port << 8) | flags
     CR[o, R_REFS] += 1
-    _lru_push(st, CR, NR, e, fam)
+    _lru_push(S, e, fam)
     return e
 
 
@@ -547,9 +573,9 @@ def _clamp(start, end, value, kind) -> int:
 
 
 @njit(cache=True, _nrt=False)
-def _allocate(SC, CR, CB, NR, NB, o, egress, fam):
+def _allocate(S, o, egress, fam):
     """snat_v4_new_mapping: returns (port or -1, retries)."""
-    st, fs, cfg, cnt, tries, mt = SC[0], SC[1], SC[2], SC[4], SC[5], SC[6]
+    st, fs, cfg, cnt, tries, mt, CR, NB = S.st, S.fs, S.cfg, S.cnt, S.tries, S.mt, S.CR, S.NB
     start = cfg[C_PMIN]
     end = cfg[C_PMAX]
     retries_max = cfg[C_RETRIES]
@@ -560,17 +586,16 @@ def _allocate(SC, CR, CB, NR, NB, o, egress, fam):
     dport = ports & 0xFFFF
     dst = np.int64(CR[o, R_DST])
     proto = np.int64((CR[o, R_MISC] >> 8) & 0xFF)
-    np.int64(CR[o, R_SRC])
     port = sport if start <= sport <= end else _clamp(start, end, mt_random16(st, mt), kind)
     retries = 0
     found = False
     base = _in_base(NB, egress, dst, dport, proto)
     mask = NB.shape[0] - 1
     while retries < retries_max:
-        e = in_find_at(CR, NR, NB, (base + port) & mask, dst, dport, egress, port, proto)
+        e = in_find_at(S, (base + port) & mask, dst, dport, egress, port, proto)
         if e < 0:
-            _nat_insert(st, cnt, cfg, CR, CB, NR, NB, o, egress, port, True, fam, now)
-            _nat_insert(st, cnt, cfg, CR, CB, NR, NB, o, egress, port, False, fam, now)
+            _nat_insert(S, o, egress, port, True, fam, now)
+            _nat_insert(S, o, egress, port, False, fam, now)
             found = True
             break
         # A failed BPF_NOEXIST insert: an existence check, no LRU refresh of the entry.
@@ -591,31 +616,31 @@ def _allocate(SC, CR, CB, NR, NB, o, egress, fam):
 
 
 @njit(cache=True, _nrt=False)
-def forward(SC, CR, CF, CB, NR, NB, src, sport, dst, dport, proto, egress, flags):
+def forward(S, src, sport, dst, dport, proto, egress, flags):
     """A packet from the pod, its record found by tuple (bench/bench_model.py drives this)."""
-    o = conn_find(CR, CB, src, sport, dst, dport, proto)
-    return forward_at(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, flags)
+    o = conn_find(S, src, sport, dst, dport, proto)
+    return forward_at(S, o, src, sport, dst, dport, proto, egress, flags)
 
 
 @njit(cache=True, _nrt=False)
-def forward_at(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, flags):
+def forward_at(S, o, src, sport, dst, dport, proto, egress, flags):
     """A packet from the pod for the tuple's record ``o`` (-1: none yet), found by the
     caller: (record, port or -1, drop, broken, retries)."""
-    st, fs, _cfg, cfgf, cnt = SC[0], SC[1], SC[2], SC[3], SC[4]
+    st, fs, cnt, CR = S.st, S.fs, S.cnt, S.CR
     now = fs[F_NOW]
     fam = 1 if src & V6_BIT else 0
     has_out = o >= 0 and CR[o, R_MISC] & CF_OUT != 0
     if has_out:
-        nat_touch(st, CR, NR, np.int64(o) | OUT_TAG, fam)
+        nat_touch(S, np.int64(o) | OUT_TAG, fam)
     if o < 0 or not CR[o, R_MISC] & CF_CT:
         if o < 0:
-            o = _conn_new(st, CR, CB, src, sport, dst, dport, proto, egress)
-        _ct_create(cfgf, CR, CF, o, proto, egress, now)
+            o = _conn_new(S, src, sport, dst, dport, proto, egress)
+        _ct_create(S, o, proto, egress, now)
         CR[o, R_MISC] &= np.uint32(0xFFFF)  # no port yet (an OUT entry implies a CT entry)
         st[S_CT_COUNT] += 1
-    elif not _ct_update(cfgf, CR, CF, o, proto, flags, False, now):
+    elif not _ct_update(S, o, proto, flags, False, now):
         # A SYN on a closing entry: a fresh entry (the OUT entry, if any, stays).
-        _ct_create(cfgf, CR, CF, o, proto, CR[o, R_EGRESS] if has_out else egress, now)
+        _ct_create(S, o, proto, CR[o, R_EGRESS] if has_out else egress, now)
         if not has_out:
             CR[o, R_MISC] &= np.uint32(0xFFFF)  # no port yet: a new connection
     if has_out:
@@ -625,7 +650,7 @@ def forward_at(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress,
     if broken and not misc & CF_BROKEN:
         CR[o, R_MISC] = misc | CF_BROKEN
         cnt[K_BROKEN] += 1
-    port, retries = _allocate(SC, CR, CB, NR, NB, o, egress, fam)
+    port, retries = _allocate(S, o, egress, fam)
     if port < 0:
         cnt[K_DROPS_NO_MAPPING] += 1
         return o, -1, DROP_NO_MAPPING, broken, retries
@@ -636,23 +661,23 @@ def forward_at(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress,
 
 
 @njit(cache=True, _nrt=False)
-def reply_record(SC, CR, CF, NR, NB, o, flags):
+def reply_record(S, o, flags):
     """A reply to the port record ``o`` last had (-1: no record): (port or -1, drop)."""
-    st, fs, cnt, cfgf = SC[0], SC[1], SC[4], SC[3]
+    fs, cnt, CR, NR = S.fs, S.cnt, S.CR, S.NR
     if o < 0 or not CR[o, R_MISC] & CF_CT or CR[o, R_MISC] >> 16 == 0:
         cnt[K_REPLY_DROPS] += 1
         return -1, DROP_NO_MAPPING
     port = np.int64(CR[o, R_MISC] >> 16)
     ports = CR[o, R_PORTS]
     proto = np.int64((CR[o, R_MISC] >> 8) & 0xFF)
-    e = in_find(CR, NR, NB, CR[o, R_DST], ports & 0xFFFF, CR[o, R_EGRESS], port, proto)
+    e = in_find(S, CR[o, R_DST], ports & 0xFFFF, CR[o, R_EGRESS], port, proto)
     if e < 0:
         cnt[K_REPLY_DROPS] += 1
         return -1, DROP_NO_MAPPING
-    nat_touch(st, CR, NR, e, 1 if NR[e, E_PORTFLAGS] & NF_V6 else 0)
+    nat_touch(S, e, 1 if NR[e, E_PORTFLAGS] & NF_V6 else 0)
     owner = np.int64(NR[e, E_OWNER])
     if CR[owner, R_MISC] & CF_CT:
-        _ct_update(cfgf, CR, CF, owner, proto, flags, True, fs[F_NOW])
+        _ct_update(S, owner, proto, flags, True, fs[F_NOW])
     if owner != o:
         cnt[K_REPLY_DROPS] += 1
         return -1, DROP_NO_MAPPING
@@ -660,40 +685,36 @@ def reply_record(SC, CR, CF, NR, NB, o, flags):
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def open_record(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress):
+def open_record(S, o, src, sport, dst, dport, proto, egress):
     """A connection's first exchange (TCP: SYN, SYN-ACK, ACK): (record, port, drop, retries)."""
     syn = P_SYN if proto == TCP else 0
-    o, port, drop, _b, retries = forward_at(
-        SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, syn
-    )
+    o, port, drop, _b, retries = forward_at(S, o, src, sport, dst, dport, proto, egress, syn)
     if drop:
         return o, port, drop, retries
-    reply_record(SC, CR, CF, NR, NB, o, syn)
+    reply_record(S, o, syn)
     if proto == TCP:
-        forward_at(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, 0)
+        forward_at(S, o, src, sport, dst, dport, proto, egress, 0)
     return o, port, drop, retries
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def end_record(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, kind):
+def end_record(S, o, src, sport, dst, dport, proto, egress, kind):
     """The packets that end a connection (EndKind): the first one's (port, drop, broken,
     retries)."""
     if proto == TCP and kind == RST_SERVER_END:
-        port, drop = reply_record(SC, CR, CF, NR, NB, o, P_RST)
+        port, drop = reply_record(S, o, P_RST)
         return port, drop, False, 0
     flags = 0
     if proto == TCP and kind == RST_END:
         flags = P_RST
     elif proto == TCP and kind == FIN_END:
         flags = P_FIN
-    o, port, drop, broken, retries = forward_at(
-        SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, flags
-    )
+    o, port, drop, broken, retries = forward_at(S, o, src, sport, dst, dport, proto, egress, flags)
     if drop or flags == P_RST:
         return port, drop, broken, retries
-    _p, rdrop = reply_record(SC, CR, CF, NR, NB, o, flags)
+    _p, rdrop = reply_record(S, o, flags)
     if flags == P_FIN and not rdrop:  # the pod's last ACK
-        forward_at(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, 0)
+        forward_at(S, o, src, sport, dst, dport, proto, egress, 0)
     return port, drop, broken, retries
 
 
@@ -703,9 +724,10 @@ get_interval = njit(cache=True, _nrt=False)(gcpacing.get_interval)
 
 
 @njit(cache=True, _nrt=False)
-def ct_delete(st, cnt, CR, CB, NR, NB, o) -> None:
+def ct_delete(S, o) -> None:
     """Delete a CT entry and, as nat DeleteMapping does, its OUT entry and the IN entry
     that OUT entry names (whoever owns it now)."""
+    st, CR = S.st, S.CR
     misc = CR[o, R_MISC]
     CR[o, R_MISC] = misc & ~np.uint32(CF_CT | CF_BROKEN)
     st[S_CT_COUNT] -= 1
@@ -713,14 +735,12 @@ def ct_delete(st, cnt, CR, CB, NR, NB, o) -> None:
         egress = CR[o, R_EGRESS]
         port = misc >> 16
         CR[o, R_REFS] += 1  # keep the record while its NAT entries go
-        nat_remove(st, cnt, CR, CB, NR, NB, np.int64(o) | OUT_TAG, False)
-        e = in_find(
-            CR, NR, NB, CR[o, R_DST], CR[o, R_PORTS] & 0xFFFF, egress, port, (misc >> 8) & 0xFF
-        )
+        nat_remove(S, np.int64(o) | OUT_TAG, False)
+        e = in_find(S, CR[o, R_DST], CR[o, R_PORTS] & 0xFFFF, egress, port, (misc >> 8) & 0xFF)
         if e >= 0:
-            nat_remove(st, cnt, CR, CB, NR, NB, e, False)
+            nat_remove(S, e, False)
         CR[o, R_REFS] -= 1
-    conn_maybe_free(st, CR, CB, o)
+    conn_maybe_free(S, o)
     # IN entries are only made for records with a CT entry, so a record can only own
     # orphans (IN entries without CT) if it outlives the loss of its CT entry here.
     if CR[o, R_MISC] & CF_USED:
@@ -728,9 +748,9 @@ def ct_delete(st, cnt, CR, CB, NR, NB, o) -> None:
 
 
 @njit(cache=True, _nrt=False)
-def gc(SC, CR, CF, CB, NR, NB, families, signalled) -> None:
+def gc(S, families, signalled) -> None:
     """One CT GC pass at now over the maps of ``families`` (see reference.py)."""
-    st, fs, cfg, cfgf, cnt = SC[0], SC[1], SC[2], SC[3], SC[4]
+    st, fs, cfg, cfgf, cnt, CR, CF, NR = S.st, S.fs, S.cfg, S.cfgf, S.cnt, S.CR, S.CF, S.NR
     now = fs[F_NOW]
     d_tcp4 = 0
     d_any4 = 0
@@ -753,7 +773,7 @@ def gc(SC, CR, CF, CB, NR, NB, families, signalled) -> None:
             d_tcp4 += 1
         else:
             d_any4 += 1
-        ct_delete(st, cnt, CR, CB, NR, NB, o)
+        ct_delete(S, o)
     tcp_max = np.float64(cfg[C_CT_TCP_MAX])
     any_max = np.float64(cfg[C_CT_ANY_MAX])
     ratio = max(d_tcp4 / tcp_max, d_any4 / any_max, d_tcp6 / tcp_max, d_any6 / any_max)
@@ -767,7 +787,7 @@ def gc(SC, CR, CF, CB, NR, NB, families, signalled) -> None:
                 and (purge >> (1 if pf & NF_V6 else 0)) & 1
                 and not CR[NR[e, E_OWNER], R_MISC] & CF_CT
             ):
-                nat_remove(st, cnt, CR, CB, NR, NB, e, False)
+                nat_remove(S, e, False)
     if not cfg[C_FIXED_GC]:
         last = fs[F_LAST_GC]
         actual = 0 if last == -np.inf else np.int64(round((now - last) * 1e9))
@@ -781,12 +801,12 @@ def gc(SC, CR, CF, CB, NR, NB, families, signalled) -> None:
 
 
 @njit(cache=True, _nrt=False)
-def after_operation(SC, CR, CF, CB, NR, NB) -> None:
-    st = SC[0]
+def after_operation(S) -> None:
+    st = S.st
     if st[S_SIGNAL_DUE]:
         families = st[S_SIGNAL_DUE]
         st[S_SIGNAL_DUE] = 0
-        gc(SC, CR, CF, CB, NR, NB, families, True)
+        gc(S, families, True)
 
 
 # -- the event heap ---------------------------------------------------------------------------
@@ -799,11 +819,11 @@ def _move(HI, src, dst) -> None:
 
 
 @njit(cache=True, _nrt=False)
-def heap_push(st, H, t, seq, o, end, ka, kind, egress, rto, start) -> None:
+def heap_push(S, t, seq, o, end, ka, kind, egress, rto, start) -> None:
     """Add an event, sifting a hole up from the end (one row copy per level).
 
     ``kind`` carries the h_kind bits and the retransmissions left (<< 8)."""
-    HI, HF = H
+    st, HI, HF = S.st, S.HI, S.HF
     i = st[S_HEAP_SIZE]
     st[S_HEAP_SIZE] = i + 1
     while i > 0:
@@ -824,9 +844,9 @@ def heap_push(st, H, t, seq, o, end, ka, kind, egress, rto, start) -> None:
 
 
 @njit(cache=True, _nrt=False)
-def heap_pop_to_end(st, H) -> int:
+def heap_pop_to_end(S) -> int:
     """Move the earliest event to the row just past the heap and return that row."""
-    HI, HF = H
+    st, HI, HF = S.st, S.HI, S.HF
     n = st[S_HEAP_SIZE] - 1
     st[S_HEAP_SIZE] = n
     # The last event fills the hole the earliest leaves; keep it aside while sifting.
@@ -859,47 +879,47 @@ def heap_pop_to_end(st, H) -> int:
 
 
 @njit(cache=True, _nrt=False)
-def _schedule(st, now, CR, CB, H, o, seq, end, ka, kind, egress) -> None:
+def _schedule(S, now, o, seq, end, ka, kind, egress) -> None:
+    CR = S.CR
     ka64 = np.float64(ka)
     if ka64 > 0 and now + ka64 < end:
-        heap_push(st, H, now + ka64, seq, o, end, ka, kind | HK_KEEPALIVE, egress, 0.0, 0.0)
+        heap_push(S, now + ka64, seq, o, end, ka, kind | HK_KEEPALIVE, egress, 0.0, 0.0)
     elif end < np.inf:
-        heap_push(st, H, end, seq, o, end, ka, kind, egress, 0.0, 0.0)
+        heap_push(S, end, seq, o, end, ka, kind, egress, 0.0, 0.0)
     else:
         CR[o, R_REFS] -= 1  # nothing more will happen to it: unpin
-        conn_maybe_free(st, CR, CB, o)
+        conn_maybe_free(S, o)
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _attempt(SC, CR, CF, CB, NR, NB, H, o, seq, egress, start, duration, ka, kind, retries, rto):
+def _attempt(S, o, seq, egress, start, duration, ka, kind, retries, rto):
     """A connection's first packet or a retransmission of it (see reference.py)."""
-    st, fs, cnt, lat = SC[0], SC[1], SC[4], SC[7]
+    fs, cnt, lat, CR = S.fs, S.cnt, S.lat, S.CR
     now = fs[F_NOW]
     ports = np.int64(CR[o, R_PORTS])
     proto = np.int64((CR[o, R_MISC] >> 8) & 0xFF)
     o2, _port, drop, _r = open_record(
-        SC, CR, CF, CB, NR, NB, o, np.int64(CR[o, R_SRC]), ports >> 16,
+        S, o, np.int64(CR[o, R_SRC]), ports >> 16,
         np.int64(CR[o, R_DST]), ports & 0xFFFF, proto, egress,
     )  # fmt: skip
     if not drop:
         cnt[K_ESTABLISHED] += 1
         if now > start:
             lat[min(lat.shape[0] - 1, np.int64((now - start) / LATENCY_STEP + 0.5))] += 1
-        _schedule(st, now, CR, CB, H, o2, seq, now + duration, ka, kind, egress)
+        _schedule(S, now, o2, seq, now + duration, ka, kind, egress)
     elif retries > 0:
         nxt = rto * 2.0 if proto == TCP else rto
-        heap_push(st, H, now + rto, seq, o2, duration, ka,
+        heap_push(S, now + rto, seq, o2, duration, ka,
                   kind | HK_RETRY | ((retries - 1) << 8), egress, nxt, start)  # fmt: skip
     else:
         cnt[K_CONNECT_FAILED] += 1
         CR[o2, R_REFS] -= 1
-        conn_maybe_free(st, CR, CB, o2)
+        conn_maybe_free(S, o2)
 
 
 @njit(cache=True, _nrt=False)
-def _event(SC, CR, CF, CB, NR, NB, H, slot) -> None:
-    st, fs, cnt = SC[0], SC[1], SC[4]
-    HI, HF = H
+def _event(S, slot) -> None:
+    fs, cnt, CR, HI, HF = S.fs, S.cnt, S.CR, S.HI, S.HF
     o = HI[slot, H_CONN]
     seq = HI[slot, H_SEQ]
     end = HF[slot, H_END]
@@ -908,7 +928,7 @@ def _event(SC, CR, CF, CB, NR, NB, H, slot) -> None:
     egress = HI[slot, H_EGRESS_KIND] >> 16
     if kind & HK_RETRY:
         cnt[K_RETRANSMITS] += 1
-        _attempt(SC, CR, CF, CB, NR, NB, H, o, seq, egress, HF[slot, H_START], end, ka,
+        _attempt(S, o, seq, egress, HF[slot, H_START], end, ka,
                  kind & 3, (HI[slot, H_EGRESS_KIND] >> 8) & 0xFF, HF[slot, H_RTO])  # fmt: skip
         return
     ports = np.int64(CR[o, R_PORTS])
@@ -917,33 +937,31 @@ def _event(SC, CR, CF, CB, NR, NB, H, slot) -> None:
     sport, dport = ports >> 16, ports & 0xFFFF
     # The event pins its record, so it is the tuple's record: no index lookup needed.
     if kind & HK_KEEPALIVE:
-        o2, _p, drop, _b, _r = forward_at(
-            SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, 0
-        )
+        o2, _p, drop, _b, _r = forward_at(S, o, src, sport, dst, dport, proto, egress, 0)
         if drop:
             CR[o, R_REFS] -= 1
-            conn_maybe_free(st, CR, CB, o)
+            conn_maybe_free(S, o)
             return
-        reply_record(SC, CR, CF, NR, NB, o2, 0)
-        _schedule(st, fs[F_NOW], CR, CB, H, o, seq, end, ka, kind & 3, egress)
+        reply_record(S, o2, 0)
+        _schedule(S, fs[F_NOW], o, seq, end, ka, kind & 3, egress)
         return
-    end_record(SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, kind)
+    end_record(S, o, src, sport, dst, dport, proto, egress, kind)
     if kind != IDLE:
         cnt[K_CLOSED] += 1
     CR[o, R_REFS] -= 1
-    conn_maybe_free(st, CR, CB, o)
+    conn_maybe_free(S, o)
 
 
 @njit(cache=True, _nrt=False)
-def run(SC, CR, CF, CB, NR, NB, H, B, until) -> int:
+def run(S, B, until) -> int:
     """Process the batch from st[S_BATCH_POS] and pending events before ``until``.
 
     Returns OK when done, or NEED_* (before changing anything) when arrays must grow.
     """
-    st, fs, cfg, cnt = SC[0], SC[1], SC[2], SC[4]
-    b_start, b_duration, b_end, b_src, b_sport, b_dst, b_dport, b_proto, b_egress, b_ka = B[0]
-    b_retries, b_rto = B[1]
-    HI, HF = H
+    st, fs, cnt, CR, HI, HF = S.st, S.fs, S.cnt, S.CR, S.HI, S.HF
+    b_start, b_duration, b_end, b_ka = B.start, B.duration, B.end, B.keepalive
+    b_src, b_sport, b_dst, b_dport, b_proto = B.src, B.sport, B.dst, B.dport, B.proto
+    b_egress, b_retries, b_rto = B.egress, B.retries, B.rto
     n = b_start.shape[0]
     heap_cap = HI.shape[0]
     while True:
@@ -956,22 +974,22 @@ def run(SC, CR, CF, CB, NR, NB, H, B, until) -> int:
             break
         if t_gc <= t_heap and t_gc <= t_start:
             fs[F_NOW] = t
-            gc(SC, CR, CF, CB, NR, NB, 3, False)
+            gc(S, 3, False)
         elif t_heap <= t_start:
             fam = 1 if CR[HI[0, H_CONN], R_SRC] & V6_BIT else 0
-            if not nat_room(st, cfg, fam):
+            if not nat_room(S, fam):
                 return NEED_NAT
             if st[S_HEAP_SIZE] + 1 >= heap_cap:  # a retransmission may schedule again
                 return NEED_HEAP
             fs[F_NOW] = t
-            slot = heap_pop_to_end(st, H)
-            _event(SC, CR, CF, CB, NR, NB, H, slot)
+            slot = heap_pop_to_end(S)
+            _event(S, slot)
         else:
             src = np.int64(b_src[i])
             fam = 1 if src & V6_BIT else 0
             if st[S_CONN_NFREE] < 1:
                 return NEED_CONN
-            if not nat_room(st, cfg, fam):
+            if not nat_room(S, fam):
                 return NEED_NAT
             if st[S_HEAP_SIZE] + 1 >= heap_cap:
                 return NEED_HEAP
@@ -982,13 +1000,13 @@ def run(SC, CR, CF, CB, NR, NB, H, B, until) -> int:
             cnt[K_ATTEMPTED] += 1
             sport, dst, dport = np.int64(b_sport[i]), np.int64(b_dst[i]), np.int64(b_dport[i])
             proto, egress = np.int64(b_proto[i]), np.int64(b_egress[i])
-            o = conn_find(CR, CB, src, sport, dst, dport, proto)
+            o = conn_find(S, src, sport, dst, dport, proto)
             if o < 0:
-                o = _conn_new(st, CR, CB, src, sport, dst, dport, proto, egress)
+                o = _conn_new(S, src, sport, dst, dport, proto, egress)
             CR[o, R_REFS] += 1  # pinned while its attempts and events are pending
-            _attempt(SC, CR, CF, CB, NR, NB, H, o, seq, egress, t, b_duration[i], b_ka[i],
+            _attempt(S, o, seq, egress, t, b_duration[i], b_ka[i],
                      np.int64(b_end[i]), np.int64(b_retries[i]), np.float64(b_rto[i]))  # fmt: skip
-        after_operation(SC, CR, CF, CB, NR, NB)
+        after_operation(S)
     return OK
 
 
@@ -996,8 +1014,9 @@ def run(SC, CR, CF, CB, NR, NB, H, B, until) -> int:
 
 
 @njit(cache=True, _nrt=False)
-def rebuild_conn_index(CR, CB) -> None:
+def rebuild_conn_index(S) -> None:
     """Re-thread every used record into ``CB`` (a new, larger index)."""
+    CR, CB = S.CR, S.CB
     CB[:] = NONE
     for o in range(CR.shape[0]):
         misc = CR[o, R_MISC]
@@ -1008,7 +1027,8 @@ def rebuild_conn_index(CR, CB) -> None:
 
 
 @njit(cache=True, _nrt=False)
-def rebuild_in_index(CR, NR, NB) -> None:
+def rebuild_in_index(S) -> None:
+    NR, NB = S.NR, S.NB
     NB[:] = NONE
     for e in range(NR.shape[0]):
         pf = NR[e, E_PORTFLAGS]
@@ -1020,14 +1040,15 @@ def rebuild_in_index(CR, NR, NB) -> None:
 
 
 @njit(cache=True, _nrt=False)
-def lru_order(st, CR, NR, fam, out) -> int:
+def lru_order(S, fam, out) -> int:
     """LRU nodes of the family's NAT entries into ``out``, least recently used first."""
+    st = S.st
     n = st[S_TAIL + fam]
     k = 0
     while n >= 0:
         out[k] = n
         k += 1
-        p = _get_prev(CR, NR, n)
+        p = _get_prev(S, n)
         n = -1 if p == NONE else np.int64(p)
     return k
 
@@ -1036,51 +1057,50 @@ def lru_order(st, CR, NR, fam, out) -> int:
 
 
 @njit(cache=True, _nrt=False)
-def op_send(SC, CR, CF, CB, NR, NB, src, sport, dst, dport, proto, egress, mode, flags):
+def op_send(S, src, sport, dst, dport, proto, egress, mode, flags):
     """mode 0: a packet with ``flags``, 1: a connection's first packet, 2: its first
     exchange (TCP's handshake), 3: the packets of EndKind ``flags`` (a close)."""
-    cnt = SC[4]
-    o = conn_find(CR, CB, src, sport, dst, dport, proto)
+    cnt = S.cnt
+    o = conn_find(S, src, sport, dst, dport, proto)
     broken = False
     if mode == 1 or mode == 2:  # noqa: PLR1714 (a set would allocate)
         cnt[K_ATTEMPTED] += 1
     if mode == 2:
-        _o, port, drop, retries = open_record(
-            SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress
-        )
+        _o, port, drop, retries = open_record(S, o, src, sport, dst, dport, proto, egress)
     elif mode == 3:
-        port, drop, broken, retries = end_record(
-            SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, flags
-        )
+        port, drop, broken, retries = end_record(S, o, src, sport, dst, dport, proto, egress, flags)
         if flags != IDLE:
             cnt[K_CLOSED] += 1
     else:
         if mode == 1 and proto == TCP:
             flags = P_SYN
         _o, port, drop, broken, retries = forward_at(
-            SC, CR, CF, CB, NR, NB, o, src, sport, dst, dport, proto, egress, flags
+            S, o, src, sport, dst, dport, proto, egress, flags
         )
     if (mode == 1 or mode == 2) and not drop:  # noqa: PLR1714
         cnt[K_ESTABLISHED] += 1
-    after_operation(SC, CR, CF, CB, NR, NB)
+    after_operation(S)
     return port, drop, broken, retries
 
 
 @njit(cache=True, _nrt=False)
-def op_reply(SC, CR, CF, CB, NR, NB, src, sport, dst, dport, proto, flags):
-    o = conn_find(CR, CB, src, sport, dst, dport, proto)
-    return reply_record(SC, CR, CF, NR, NB, o, flags)
+def op_reply(S, src, sport, dst, dport, proto, flags):
+    o = conn_find(S, src, sport, dst, dport, proto)
+    return reply_record(S, o, flags)
 
 
 @njit(cache=True, _nrt=False)
-def count_endpoints(CR, NR, table, keys_hi, keys_lo, counts) -> int:
+def count_endpoints(S, counted, table, keys_hi, keys_lo, counts) -> int:
     """IN entries per nat-stats key, into the first n rows of keys_*/counts; returns n.
 
+    ``counted[family, proto]`` says whether nat-stats counts the protocol (0: no, 1: yes,
+    2: yes, per remote port); the caller builds it from net.COUNTED_PROTOS (an argument,
+    not a global: numba would freeze a global into the cache of this file only).
     ``table`` (power of two, at least twice the IN entries, filled with -1) is an
     open-addressed index. A key is hi = egress << 32 | remote, lo = family << 24 |
-    proto << 16 | remote port (0 for ICMP). Only TCP, UDP and ICMP (IPv4) or ICMPv6
-    (IPv6) count, as in pkg/maps/nat/stats.
+    proto << 16 | remote port (0 for ICMP).
     """
+    CR, NR = S.CR, S.NR
     n = 0
     mask = table.shape[0] - 1
     for e in range(NR.shape[0]):
@@ -1090,10 +1110,10 @@ def count_endpoints(CR, NR, table, keys_hi, keys_lo, counts) -> int:
         o = NR[e, E_OWNER]
         proto = np.int64((CR[o, R_MISC] >> 8) & 0xFF)
         fam = 1 if pf & NF_V6 else 0
-        ported = proto == 6 or proto == 17  # noqa: PLR1714 (a set would allocate)
-        if not (ported or (proto == 58 if fam else proto == 1)):
+        kind = counted[fam, proto]
+        if not kind:
             continue
-        rport = np.int64(CR[o, R_PORTS] & 0xFFFF) if ported else 0
+        rport = np.int64(CR[o, R_PORTS] & 0xFFFF) if kind == 2 else 0
         egress = np.int64(NR[e, E_ADDR])
         remote = np.int64(CR[o, R_DST])
         hi = (egress << 32) | remote

@@ -41,7 +41,14 @@ import numpy as np
 
 from egressgw.datapath.model.addresses import is_v6
 from egressgw.datapath.model.config import ModelConfig
-from egressgw.datapath.model.reference import IN, OUT, ConnKey, NatRow
+from egressgw.datapath.model.reference import (
+    COUNTED_PROTOS,
+    IN,
+    OUT,
+    PORT_PROTOS,
+    ConnKey,
+    NatRow,
+)
 from egressgw.datapath.model.types import (
     ConnectionBatch,
     DropReason,
@@ -50,9 +57,7 @@ from egressgw.datapath.model.types import (
     TcpFlags,
 )
 
-TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
-PORT_PROTOS = (TCP, UDP)
-COUNTED_PROTOS = ((TCP, UDP, ICMP), (TCP, UDP, ICMPV6))
+TCP, UDP = 6, 17
 
 # nf_nat_core.c: NF_NAT_MAX_ATTEMPTS, NF_NAT_HARDER_THRESH (= max attempts / 4), and the
 # smallest round that is followed by another (a round of fewer than 16 is the last).
@@ -443,6 +448,9 @@ class NetfilterModel:
             rows.append((family, IN, src, sport, dst, dport, proto, conn.egress, conn.port,
                          conn.created))
         return rows
+
+    def sync_rng(self) -> None:
+        """Nothing to do: this engine draws from ``rng`` itself."""
 
     def in_endpoint_counts(self) -> dict[tuple[int, int, int, int, int], int]:
         """Live connections per (family, proto, egress id, remote id, remote port)."""

@@ -31,11 +31,18 @@ from egressgw.datapath.model.types import (
     ModelCounters,
     TcpFlags,
 )
+from egressgw.net import COUNTED_PROTOS as NET_COUNTED_PROTOS
+from egressgw.net import Family, Proto
 
 TCP = 6
-PORT_PROTOS = (6, 17)
-# pkg/maps/nat/stats counts TCP, UDP and ICMP (IPv4) or ICMPv6 (IPv6) entries.
-COUNTED_PROTOS = ((6, 17, 1), (6, 17, 58))
+# The protocols whose tuples carry ports (ICMP echo: an identifier), as protocol numbers.
+PORT_PROTOS = frozenset(int(proto) for proto in Proto if proto.has_ports)
+# What nat-stats counts (net.COUNTED_PROTOS: pkg/maps/nat/stats), per family index
+# (0: IPv4, 1: IPv6) as protocol numbers. Every engine takes it from here.
+COUNTED_PROTOS = tuple(
+    frozenset(int(proto) for proto in NET_COUNTED_PROTOS[family])
+    for family in (Family.IPV4, Family.IPV6)
+)
 
 # The CT entry's TCP state, as bpf/lib/conntrack.h keeps it (struct ct_entry): the SYN
 # seen in the reply direction (rx_flags_seen & SYN; the original direction's SYN is always
@@ -512,6 +519,9 @@ class ReferenceModel:
                     (family, key[0], src, sport, dst, dport, proto, egress, port, value.created)
                 )
         return rows
+
+    def sync_rng(self) -> None:
+        """Nothing to do: this engine draws from ``rng`` itself."""
 
     def in_endpoint_counts(self) -> dict[tuple[int, int, int, int, int], int]:
         """IN entries per (family, proto, egress id, remote id, remote port): nat-stats."""

@@ -2,8 +2,9 @@
 
 numba caches each compiled function in ``__pycache__`` next to kernel.py, in an index
 named after the function and the line it starts on (``kernel.run-808.py311.nbi``), and
-recompiles when kernel.py changed. The first run after installing or changing egressgw
-therefore spends about 20 s compiling (docs/performance.md); commands say so on stderr.
+recompiles when kernel.py or a module it takes code from changed (kernel.SOURCES). The
+first run after installing or changing egressgw therefore spends about 20 s compiling
+(docs/performance.md); commands say so on stderr.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ def model_needs_compiling() -> bool:
     line = kernel.run.py_func.__code__.co_firstlineno
     tag = f"py{sys.version_info.major}{sys.version_info.minor}"
     index = source.parent / "__pycache__" / f"{source.stem}.run-{line}.{tag}.nbi"
+    # The cache is keyed on every kernel source (kernel_cache.py): any newer one recompiles.
+    helpers = (path for path in kernel.SOURCES if path.name != source.name)
     try:
-        return index.stat().st_mtime < source.stat().st_mtime
+        newest = max(path.stat().st_mtime for path in (source, *helpers))
+        return index.stat().st_mtime < newest
     except FileNotFoundError:
         return True
