@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from egressgw.cli import main
+from cli_support import run_cli
 
 ROOT = Path(__file__).parents[1]
 EXAMPLE = ROOT / "src/egressgw/examples/seed-node-nat-list.txt"
@@ -18,13 +18,7 @@ GOLDEN = Path(__file__).parent / "golden"
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(["nat-stats", *args])
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, "nat-stats", *args)
 
 
 def test_seed_example_prints_the_seed_table(capsys: pytest.CaptureFixture[str]) -> None:

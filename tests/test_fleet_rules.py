@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from agent_support import GATEWAY, MemoryDatapath, copy_examples, endpoint, scrape
+from cli_support import run_cli
 from egressgw.agent import Agent, AgentConfig, AgentHTTPServer, ListenAddress
-from egressgw.cli import main
 from egressgw.cli.alerts import FLEET_RULES_FILE, RULES_FILE
 from egressgw.config import NodePortRange
 from egressgw.sim.refusal import PortSearch, RefusalCurve, SourcePorts, planning_curve
@@ -34,14 +34,7 @@ NODE_RULES = PROMETHEUS / "egressgw-rules.yaml"
 PROMETHEUS_RULE = PROMETHEUS.parent / "kubernetes" / "prometheusrule.yaml"
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def curve_for(version: str, node_ports: NodePortRange | None = None) -> RefusalCurve:

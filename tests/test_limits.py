@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from egressgw.cli import main
+from cli_support import run_cli
 from egressgw.config import NodePortRange
 from egressgw.errors import ConfigError
 from egressgw.limits import (
@@ -32,14 +32,7 @@ CILIUM = ROOT / "src/egressgw/examples/seed-node-nat-list.txt"
 TOP = 3
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def test_cilium_divides_by_65535_minus_node_port_max_plus_one() -> None:

@@ -14,7 +14,7 @@ import random
 
 import pytest
 
-from egressgw.cli import main
+from cli_support import run_cli
 from egressgw.config import NodePortRange
 from egressgw.datapath.model import DropReason, EndKind, ModelConfig, ModelDatapath
 from egressgw.net import Endpoint, FiveTuple, Proto, parse_ip
@@ -119,12 +119,7 @@ def test_a_full_table_drops_new_connections_and_evicts_nothing() -> None:
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out, _err = capsys.readouterr()
+    code, out, _err = run_cli(capsys, *args)
     return code, out
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from egressgw.cli import main
+from cli_support import run_cli
 from egressgw.datapath.model import ModelConfig, ModelDatapath
 from egressgw.limits import NatPortRange
 from egressgw.net import Endpoint, FiveTuple, Proto
@@ -166,14 +166,7 @@ def test_growth_curve_matches_tuples_filled_on_the_netfilter_model() -> None:
         observed, expected)
 
 
-def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+_run = run_cli
 
 
 def test_limits_prints_the_netfilter_curve(capsys: pytest.CaptureFixture[str]) -> None:
