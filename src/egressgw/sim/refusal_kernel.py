@@ -91,6 +91,22 @@ def search(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, nf, advance
     return attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, advance)
 
 
+@njit(cache=True, inline="always")
+def fill_to(taken, held, n, k, start, end, mul, retries, sport_lo, sport_hi, nxt, nf, keep):
+    """Open new connections (none ends) until ``k`` ports are taken or the searches give
+    up; ``keep`` records each port in ``held`` in arrival order. Returns the ports taken."""
+    guard = 0
+    while n < k and guard < 1000 * k + 1000:
+        guard += 1
+        port = search(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, nf)
+        if port >= 0:
+            taken[port] = True
+            if keep:
+                held[n] = port
+            n += 1
+    return n
+
+
 @njit(cache=True)
 def steady(taken, held, count, levels, warm, steps, start, end, mul, retries,
             sport_lo, sport_hi, nxt, fifo, out, nf=False):
@@ -99,14 +115,8 @@ def steady(taken, held, count, levels, warm, steps, start, end, mul, retries,
     for li in range(len(levels)):
         k = levels[li]
         # Grow to k (new connections only), then churn until the runs settle.
-        guard = 0
-        while n < k and guard < 1000 * k + 1000:
-            guard += 1
-            port = search(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, nf)
-            if port >= 0:
-                taken[port] = True
-                held[n] = port
-                n += 1
+        n = fill_to(taken, held, n, k, start, end, mul, retries, sport_lo, sport_hi, nxt, nf,
+                    True)
         if n < k:
             out[li] = -1
             continue
@@ -151,15 +161,11 @@ def growth(taken, levels, steps, start, end, mul, retries,
             sport_lo, sport_hi, nxt, out, nf=False):
     """Fill the tuple with new connections only; at each level probe ``steps`` times."""
     n = 0
+    held = np.empty(0, np.int64)  # a filling tuple keeps no arrival order
     for li in range(len(levels)):
         k = levels[li]
-        guard = 0
-        while n < k and guard < 1000 * k + 1000:
-            guard += 1
-            port = search(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, nf)
-            if port >= 0:
-                taken[port] = True
-                n += 1
+        n = fill_to(taken, held, n, k, start, end, mul, retries, sport_lo, sport_hi, nxt, nf,
+                    False)
         if n < k:
             out[li] = -1
             continue
