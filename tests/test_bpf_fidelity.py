@@ -18,8 +18,10 @@ random pick.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+from collections.abc import Iterator
 from ipaddress import IPv4Address
 
 import numpy as np
@@ -33,11 +35,31 @@ from egressgw.datapath.bpf.syscall import possible_cpus
 from egressgw.datapath.model import ModelConfig, ModelDatapath
 from egressgw.lab import Lab, lab_rules
 from egressgw.net import Endpoint, FiveTuple, Proto
-from netns import lab  # noqa: F401  (module fixture)
+from netns import built_lab
 
 pytestmark = pytest.mark.kernel
 PORTS = NodePortRange(30000, 65471)
 SERVER = "198.51.100.10"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    """A lab whose processes (servers, clients, this test) all run on one CPU.
+
+    Over veth a packet is processed on the CPU of the process that sent it, and the
+    kernel's LRU keeps per-CPU free and pending lists, so which NAT entries it evicts
+    depends on how the scheduler spread the client and servers over the CPUs: unpinned,
+    the first 64 connections of the eviction test lost 22-64 of their entries from run to
+    run. On one CPU the real map's choice is fixed, and the model can be asked the same
+    question (``flow_cpus="one"``). Children inherit the affinity, so pin before building.
+    """
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        with built_lab() as built:
+            yield built
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def model_established(version: str, attempts: int, seed: int) -> int:
@@ -73,7 +95,7 @@ def v117_search(seed: int, attempts: int, tries: int = 32) -> int:
     return len(used)
 
 
-def real_established(lab: Lab, version: str, attempts: int, *,  # noqa: F811
+def real_established(lab: Lab, version: str, attempts: int, *,
                      timeout: float = 1.0) -> int:
     if shutil.which("clang") is None or shutil.which("bpftool") is None:
         pytest.skip("the BPF datapath needs clang and bpftool (scripts/test.sh installs them)")
@@ -86,14 +108,14 @@ def real_established(lab: Lab, version: str, attempts: int, *,  # noqa: F811
         dp.cleanup()
 
 
-def test_v116_bpf_and_model_agree_exactly(lab: Lab) -> None:  # noqa: F811
+def test_v116_bpf_and_model_agree_exactly(lab: Lab) -> None:
     real = real_established(lab, "1.16", 70, timeout=2.0)  # exact: no slow-start misses
     modelled = {model_established("1.16", 70, seed) for seed in range(20)}
     assert modelled == {63}
     assert real == 63
 
 
-def test_v118_bpf_lies_within_the_models_spread(lab: Lab) -> None:  # noqa: F811
+def test_v118_bpf_lies_within_the_models_spread(lab: Lab) -> None:
     real = real_established(lab, "1.18", 64)
     modelled = np.array([model_established("1.18", 64, seed) for seed in range(100)])
     law = np.array([v117_search(seed, 64) for seed in range(3000)])
@@ -109,19 +131,20 @@ def test_v118_bpf_lies_within_the_models_spread(lab: Lab) -> None:  # noqa: F811
 
 
 NAT_MAX = 1024  # the model's smallest --bpf-nat-global-max
-FIRST, MORE = 64, 512  # connections opened first, then after (1152 entries in all)
+FIRST, MORE = 64, 513  # connections opened first, then after (1154 entries in all)
 # The kernel's LRU evicts a batch when it needs a free node: clamp(max_entries / possible
 # CPUs / 2, 1, 128) entries (kernel/bpf/bpf_lru_list.c; 128 for 1024 entries on 2 CPUs).
 LRU_BATCH = 128
 
 
-def model_evictions(seed: int, nat_lru: str = "exact") -> tuple[int, int, int]:
+def model_evictions(seed: int, nat_lru: str = "exact",
+                    flow_cpus: str = "hash") -> tuple[int, int, int]:
     """(entries evicted while opening, connections broken while opening, of the first
     connections broken when each sends again), for the same packets the lab's client
     sends: SYN, SYN-ACK, ACK, greeting, ACK per connection."""
     model = ModelDatapath(
         ModelConfig(node_port_range=NodePortRange(30000, 60999), bpf_nat_global_max=NAT_MAX,
-                    nat_lru=nat_lru, possible_cpus=possible_cpus()),
+                    nat_lru=nat_lru, possible_cpus=possible_cpus(), flow_cpus=flow_cpus),
         random.Random(seed), engine="reference")
     rng = random.Random(seed + 1)
     egress = IPv4Address("203.0.113.10")
@@ -141,18 +164,18 @@ def model_evictions(seed: int, nat_lru: str = "exact") -> tuple[int, int, int]:
     return evicted, broken_open, broken_poke
 
 
-def test_evictions_agree_with_the_model_within_one_lru_batch(lab: Lab) -> None:  # noqa: F811
-    """Tolerance: the model evicts in exact LRU order, one entry per insert; the kernel
-    frees a batch of LRU_BATCH when it needs a node and takes from per-CPU lists, so it
-    may evict up to one batch more, and a few connections still in their handshake can
-    lose an entry (measured: 0-2 of 512). Stated tolerance: evicted entries within
-    [model, model + LRU_BATCH]; broken connections within 5% of those at stake."""
+def test_evictions_match_the_model_of_the_kernels_lru(lab: Lab) -> None:
+    """The real map against ``--nat-lru kernel`` on the lab's one CPU: the same entries
+    evicted (the kernel frees a batch of LRU_BATCH when the CPU's local free list is empty,
+    so 1152 inserts into 1024 nodes evict exactly one batch). The exact LRU evicts one
+    entry per insert (128 here too, by arithmetic). Connections broken: within 5% of those
+    at stake, for a packet the model does not send (a delayed ACK, a retransmission) can
+    set a reference bit the model leaves clear (measured pinned: 63-64 of the first 64)."""
     if shutil.which("clang") is None or shutil.which("bpftool") is None:
         pytest.skip("the BPF datapath needs clang and bpftool (scripts/test.sh installs them)")
     m_evicted, m_broken_open, m_broken_poke = model_evictions(0)
-    assert (m_evicted, m_broken_open, m_broken_poke) == (128, 0, 64)  # exact LRU's answer
-    # The model of the kernel's LRU (--nat-lru kernel) frees whole batches.
-    k_evicted, k_broken_open, k_broken_poke = model_evictions(0, "kernel")
+    assert (m_evicted, m_broken_open, m_broken_poke) == (130, 0, 64)  # exact LRU's answer
+    k_evicted, k_broken_open, k_broken_poke = model_evictions(0, "kernel", "one")
     t = lab.topology
     dp = BpfDatapath(BpfSettings(NodePortRange(30000, 60999), nat_global_max=NAT_MAX,
                                  netns=t.gateway_ns))
@@ -172,10 +195,11 @@ def test_evictions_agree_with_the_model_within_one_lru_batch(lab: Lab) -> None: 
               f"next packet: bpf {broken_poke} ({outcome.count('reset')} reset), "
               f"model {m_broken_poke}; model with the kernel's LRU: {k_evicted} evicted, "
               f"{k_broken_open} and {k_broken_poke} broken")
-        assert m_evicted <= k_evicted <= m_evicted + LRU_BATCH
-        assert m_evicted <= evicted <= m_evicted + LRU_BATCH
-        assert abs(broken_open - m_broken_open) <= 0.05 * MORE
-        assert abs(broken_poke - m_broken_poke) <= 0.05 * FIRST
+        # Two inserts past the map's size: the exact LRU evicts 2 more, the kernel a batch.
+        assert k_evicted == 2 * LRU_BATCH
+        assert evicted == k_evicted
+        assert abs(broken_open - k_broken_open) <= 0.05 * MORE
+        assert abs(broken_poke - k_broken_poke) <= 0.05 * FIRST
     finally:
         if client is not None:
             client.close()
