@@ -180,7 +180,7 @@ def test_one_pod_port_keeps_one_snat_port_towards_many_remotes() -> None:
     dp = model(PORTS_1024, seed=5)
     ports = {dp.open(to(ip, port, 40000), EGRESS).port for ip, port in REMOTES}
     assert len(ports) == 1
-    assert dp.engine.source_mappings == len(REMOTES) - 1  # type: ignore[union-attr]
+    assert dp.engine.source_mappings == len(REMOTES) - 1
     # Another pod with the same port, another protocol: their own searches.
     other = FiveTuple(Proto.TCP, Endpoint(parse_ip("192.0.2.11"), 40000), SERVER)
     udp = to("198.51.100.10", 53, 40000, Proto.UDP)
@@ -229,4 +229,4 @@ def test_mappings_of_another_egress_ip_are_skipped_and_time_wait_ones_used() -> 
     dp.advance(200.0)  # both entries gone: no mapping left for EGRESS (j2 is EGRESS2's)
     j4 = dp.open(to("198.51.100.10", 8080, 40002), EGRESS).port
     assert j4 not in (j1, j2, None)
-    assert dp.engine.source_mappings == 1  # type: ignore[union-attr]
+    assert dp.engine.source_mappings == 1
