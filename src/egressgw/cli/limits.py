@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from egressgw.cli.options import (
+    check_cilium_version,
     given,
     nat_port_range_option,
     node_port_range_option,
@@ -24,7 +25,8 @@ def curve_options(func: Any) -> Any:
         click.option("--cilium-version", type=click.Choice(["1.16", "1.17", "1.18"]),
                      default="1.16", show_default=True,
                      help="Port search: 1.16 mod clamp, 128 tries; 1.17 multiply clamp, "
-                          "128 tries; 1.18 multiply clamp, 32 tries."),
+                          "128 tries; 1.18 multiply clamp, 32 tries. Cilium only: an "
+                          "error with a Linux gateway's (netfilter) search."),
         click.option("--source-ports", default="linux", show_default=True,
                      metavar="linux|uniform|LOW-HIGH",
                      help="The clients' source ports (Linux: 32768-60999)."),
@@ -67,6 +69,7 @@ def search_and_sources(cilium_version: str, node_port_range: NodePortRange,
     """
     from egressgw.sim.refusal import PortSearch, SourcePorts  # noqa: PLC0415
 
+    check_cilium_version(None if limit is None else limit.datapath)
     search = (PortSearch.for_version(cilium_version, node_port_range) if limit is None
               else PortSearch.for_limit(limit, cilium_version))
     return search, SourcePorts.parse(source_ports).with_clients(clients)
