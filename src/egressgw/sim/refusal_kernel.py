@@ -174,3 +174,74 @@ def growth(taken, levels, steps, start, end, mul, retries,
             if search(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, nf, False) < 0:
                 refused += 1
         out[li] = refused
+
+
+# -- nf_nat with TIME_WAIT entries (Linux 6.18) ------------------------------------------
+# ``state`` per port: NF_FREE, NF_HELD (an entry that blocks the port: established, or any
+# UDP one) or NF_TIME_WAIT (a TCP entry in TIME_WAIT or CLOSE, source-NATed); ``tw_end``
+# per port: the TIME_WAIT entry's last sequence number (td_end), a random u32.
+NF_FREE, NF_HELD, NF_TIME_WAIT = 0, 1, 2
+NF_HARDER_THRESH = 32  # nf_nat_core.c: NF_NAT_HARDER_THRESH = NF_NAT_MAX_ATTEMPTS / 4
+
+
+@njit(cache=True, inline="always")
+def nf_seq_has_advanced(isn, old_end) -> bool:
+    """The new SYN's end (isn + 1) is past the old entry's, compared as s32."""
+    diff = (isn + 1 - old_end) & 0xFFFFFFFF
+    return 0 < diff < 0x80000000
+
+
+@njit(cache=True)
+def nf_attempt_tw(state, tw_end, start, end, sport_lo, sport_hi, nxt, advance=True) -> int:
+    """One new TCP connection through nf_nat with TIME_WAIT entries about: its port, or -1.
+
+    get_unique_tuple (nf_nat_core.c): the client's port is kept when it lies in the
+    range and no entry holds it (``nf_nat_used_tuple``: a TIME_WAIT entry holds it too).
+    nf_nat_l4proto_unique_tuple (nf_nat_proto.c): the rounds of :func:`nf_attempt`; in
+    the last NF_NAT_HARDER_THRESH attempts of a round ``nf_nat_used_tuple_harder`` ends
+    a TIME_WAIT/CLOSE entry and takes its port when the new SYN's sequence number is past
+    the old entry's (``nf_seq_has_advanced``; the same pair gives the same answer when a
+    later round meets the port again). The caller tells a takeover by
+    ``state[port] == NF_TIME_WAIT``.
+    """
+    size = end - start + 1
+    if len(nxt):
+        c = np.random.randint(0, len(nxt))
+        sport = sport_lo + nxt[c] % (sport_hi - sport_lo + 1)
+        if advance:
+            nxt[c] += 1
+    else:
+        sport = np.random.randint(sport_lo, sport_hi + 1)
+    if start <= sport <= end and state[sport] == NF_FREE:
+        return sport
+    isn = np.random.randint(0, 1 << 32)
+    attempts = min(size, 128)
+    while True:
+        off = np.random.randint(0, 65536)
+        for i in range(attempts):
+            port = start + ((off + i) & 0xFFFF) % size
+            s = state[port]
+            if s == NF_FREE:
+                return port
+            if (s == NF_TIME_WAIT and attempts - i <= NF_HARDER_THRESH
+                    and nf_seq_has_advanced(isn, tw_end[port])):
+                return port
+        if attempts >= size or attempts < 16:
+            return -1
+        attempts //= 2
+
+
+@njit(cache=True)
+def nf_refused_share(state, start, end, sport_lo, sport_hi, trials) -> float:
+    """P(refusal) of one new connection on this arrangement of ``state`` (left as it
+    is), over ``trials`` searches, each with fresh random TIME_WAIT sequence numbers
+    and a random client port."""
+    nxt = np.empty(0, np.int64)
+    tw_end = np.zeros(len(state), np.int64)
+    refused = 0
+    for _ in range(trials):
+        for p in range(start, end + 1):
+            tw_end[p] = np.random.randint(0, 1 << 32)
+        if nf_attempt_tw(state, tw_end, start, end, sport_lo, sport_hi, nxt) < 0:
+            refused += 1
+    return refused / trials
