@@ -245,3 +245,96 @@ def nf_refused_share(state, start, end, sport_lo, sport_hi, trials) -> float:
         if nf_attempt_tw(state, tw_end, start, end, sport_lo, sport_hi, nxt) < 0:
             refused += 1
     return refused / trials
+
+
+@njit(cache=True)
+def nf_steady_tw(levels, tw_ratio, warm_factor, steps, start, end, sport_lo, sport_hi, nxt,
+                 out, tw_out):
+    """The steady curve of a Linux gateway whose closed connections linger in TIME_WAIT.
+
+    At each level k the tuple holds k established connections; every new connection
+    that gets a port ends the oldest, whose entry goes to TIME_WAIT for ``tw_ratio`` x k
+    arrivals (TIME_WAIT's 120 s over the connections' hold time, at k / hold arrivals
+    per second) with a random last sequence number, unless a new connection takes its
+    port over first (:func:`nf_attempt_tw`). ``out[i]``: refusals of ``steps`` new
+    connections at level i after a warm-up of ``warm_factor`` x k and one TIME_WAIT
+    lifetime; -1 when the level was not reached. ``tw_out[i]``: mean TIME_WAIT entries.
+    """
+    state = np.zeros(65536, np.uint8)
+    tw_end = np.zeros(65536, np.int64)
+    tw_expiry = np.full(65536, -1, np.int64)
+    top = levels[len(levels) - 1] if len(levels) else 0
+    held = np.zeros(top + 1, np.int64)  # established ports, a ring in arrival order
+    head = 0
+    n = 0
+    qlen = int(tw_ratio * top) + 2 * top + 2  # TIME_WAIT entries pushed within a lifetime
+    q_port = np.zeros(qlen, np.int64)
+    q_expiry = np.zeros(qlen, np.int64)
+    q_head = 0
+    q_size = 0
+    tw_count = 0
+    now = 0
+    for li in range(len(levels)):
+        k = levels[li]
+        # Grow to k: new connections only (nothing ends, no TIME_WAIT is made).
+        guard = 0
+        while n < k and guard < 1000 * k + 1000:
+            guard += 1
+            now += 1
+            while q_size and q_expiry[q_head] <= now:
+                p = q_port[q_head]
+                if state[p] == 2 and tw_expiry[p] == q_expiry[q_head]:
+                    state[p] = 0
+                    tw_count -= 1
+                q_head = (q_head + 1) % qlen
+                q_size -= 1
+            port = nf_attempt_tw(state, tw_end, start, end, sport_lo, sport_hi, nxt)
+            if port >= 0:
+                if state[port] == 2:
+                    tw_count -= 1
+                state[port] = 1
+                held[(head + n) % len(held)] = port
+                n += 1
+        if n < k:
+            out[li] = -1
+            tw_out[li] = -1.0
+            continue
+        life = max(int(tw_ratio * k + 0.5), 1)
+        refused = 0
+        tw_sum = 0.0
+        # As steady(): the first level warms for warm_factor x k, later ones (close to
+        # their previous state) for warm_factor x k / 3; then one TIME_WAIT lifetime.
+        warm = (int(warm_factor * k) if li == 0 else max(int(warm_factor * k / 3), 1000)) + life
+        for step in range(warm + steps):
+            now += 1
+            while q_size and q_expiry[q_head] <= now:
+                p = q_port[q_head]
+                if state[p] == 2 and tw_expiry[p] == q_expiry[q_head]:
+                    state[p] = 0
+                    tw_count -= 1
+                q_head = (q_head + 1) % qlen
+                q_size -= 1
+            port = nf_attempt_tw(state, tw_end, start, end, sport_lo, sport_hi, nxt)
+            if step >= warm:
+                tw_sum += tw_count
+                if port < 0:
+                    refused += 1
+            if port < 0:
+                continue
+            if state[port] == 2:  # taken over: the TIME_WAIT entry ends
+                tw_count -= 1
+            state[port] = 1
+            # The oldest established connection ends into TIME_WAIT.
+            old = held[head]
+            held[(head + n) % len(held)] = port
+            head = (head + 1) % len(held)
+            state[old] = 2
+            tw_count += 1
+            tw_end[old] = np.random.randint(0, 1 << 32)
+            tw_expiry[old] = now + life
+            q_port[(q_head + q_size) % qlen] = old
+            q_expiry[(q_head + q_size) % qlen] = now + life
+            q_size += 1
+        out[li] = refused
+        tw_out[li] = tw_sum / steps
+    return n
