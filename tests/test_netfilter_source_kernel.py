@@ -241,8 +241,8 @@ def test_an_expired_entry_offers_its_mapping_until_conntrack_gc_removes_it(
     its own tuple; a ctnetlink dump such as ``conntrack -L`` also drops expired entries
     it walks past, so nothing lists the table in between). So a pod port's expired entry
     still gives its mapping a moment later; the model removes entries the moment they
-    expire. (Measured once with waits of 3, 8, 20, 40 and 70 s: reused up to 40 s after
-    expiry, not at 70 s.)"""
+    expire. (A one-off run with longer waits, not part of this test, still found the
+    mapping reused 40 s after expiry and gone at 70 s.)"""
     gw = kernel_gateway
     lab = gw.lab
     remote, elsewhere = gw.remotes[2], gw.remotes[5]
