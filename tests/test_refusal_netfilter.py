@@ -312,3 +312,17 @@ def test_forecast_of_conntrack_dumps_uses_the_netfilter_curve(
     named = json.loads(out)["refusalCurve"]  # the JSON names the curve, as the table does
     assert named["datapath"] == "Linux nf_nat" and named["curve"] == "steady"
     assert named["search"].startswith("Linux nf_nat port search: SNAT ports 65024-65535")
+
+
+def test_limits_hold_sets_the_time_wait_share_and_is_netfilter_only(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    small = ("--datapath-model", "netfilter", "--nat-port-range", "65280-65535", "--clients", "0")
+    code, out, _err = _run(capsys, "limits", *small, "--hold", "none")
+    assert code == 0 and "; no TIME_WAIT;" in out
+    code, out, _err = _run(capsys, "limits", *small, "--hold", "2m")
+    assert code == 0 and "ended connections 120 s in TIME_WAIT after a 120 s hold" in out
+    code, out, err = _run(capsys, "limits", "--hold", "10m")
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "--hold" in err
+    code, out, err = _run(capsys, "limits", *small, "--hold", "soon")
+    assert code == 2 and "--hold" in err
