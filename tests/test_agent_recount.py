@@ -62,6 +62,9 @@ class HeldCounter:
         self.fail_with: Exception | None = None
         self.passes = 0
 
+    def snapshot(self) -> Callable[[], Usage]:
+        return self.usage
+
     def usage(self) -> Usage:
         self.waiting.set()
         try:

@@ -153,8 +153,7 @@ class Agent:
         self._next_count: float | None = None
         self._sampling = Guard("sampling failure counters")
         # None: passes run on the loop (the datapath cannot be counted beside it).
-        self.recount_thread = (RecountThread(self.recounter.run_pass)
-                               if counter is not None else None)
+        self.recount_thread = RecountThread() if counter is not None else None
         # Set while passes overrun the interval (reported once): the start of the running
         # pass (thread) or how long the last one took (loop).
         self._slow_pass: float | None = None
@@ -221,7 +220,7 @@ class Agent:
             snapshot = self.recounter.run_pass()
             if snapshot is not None:
                 self._report_inline_pass(snapshot.duration)
-        elif self.recount_thread.request():
+        elif self.recount_thread.request(self.recounter.begin_pass):
             self._slow_pass = None
         else:
             # The previous pass still runs: skip this period rather than queue behind it.
