@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent_support import GATEWAY, break_policy, copy_examples, scrape
+from agent_support import GATEWAY, break_policy, copy_examples, scrape, settled
 from egressgw.agent import Agent, AgentConfig, AgentHTTPServer, ListenAddress
 from egressgw.agent.modeldp import ModelAgentDatapath
 from egressgw.cli import main
@@ -164,9 +164,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
         break_policy(policies)
         clock[0] += 1
         agent.tick()
+        settled(agent, 2)
         samples = scrape(server.address.url())
     finally:
         server.stop()
+        agent.close()
     assert samples["egressgw_nat_allocation_failures_total"][0][1] > 0
     return set(samples)
 

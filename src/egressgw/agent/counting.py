@@ -123,9 +123,12 @@ class BpfMapCounter:
     fd, and ``--cleanup`` is another process).
     """
 
-    def __init__(self, datapath: BpfDatapath) -> None:
+    def __init__(self, datapath: BpfDatapath, *,
+                 open_map: Callable[[str], BpfMap] | None = None) -> None:
+        """``open_map(path)`` opens a pinned map (default ``BpfMap.open_pinned``)."""
         self._datapath = datapath
         self._pin_dir: Path = datapath.pin_dir
+        self._open_map = open_map
         self._maps: list[tuple[BpfMap, Family]] | None = None
 
     def snapshot(self) -> ReadUsage:
@@ -147,13 +150,14 @@ class BpfMapCounter:
         from egressgw.datapath.bpf.syscall import BpfMap  # noqa: PLC0415
 
         if self._maps is None:
+            open_map = self._open_map or BpfMap.open_pinned
             opened: list[tuple[BpfMap, Family]] = []
             try:
                 for name, family in NAT_MAPS:
                     path = self._pin_dir / name
                     if not path.exists():
                         raise DatapathError(f"{path}: no NAT map pinned (not applied yet?)")
-                    opened.append((BpfMap.open_pinned(str(path)), family))
+                    opened.append((open_map(str(path)), family))
             except BaseException:
                 for nat_map, _family in opened:
                     nat_map.close()
