@@ -75,8 +75,13 @@ def test_rule_unit_tests_pass() -> None:
         ("port_capacity > 0.50\n", "port_capacity > 0.53\n"),
         ("[5m])) > 0", "[5m])) > 5"),
         ("> 0.50\n        for: 1m\n", "> 0.50\n        for: 0m\n"),
+        ("max by (node) (egressgw_reconcile_failing)",
+         "max by (instance) (egressgw_reconcile_failing)"),
+        ("max by (node) (egressgw_nat_stats_last_recount_timestamp_seconds)",
+         "max by (instance) (egressgw_nat_stats_last_recount_timestamp_seconds)"),
     ],
-    ids=["warning-threshold", "failure-threshold", "warning-duration"],
+    ids=["warning-threshold", "failure-threshold", "warning-duration",
+         "reconcile-failing-by-instance", "stale-by-instance"],
 )
 def test_rule_unit_tests_catch_a_changed_rule(tmp_path: Path, original: str, weakened: str) -> None:
     """The unit tests are sharp: changing a threshold or a duration makes them fail."""
