@@ -31,7 +31,9 @@ more edits while no pass runs: the reconcile's own latency, the baseline. The pa
 is the agent's own egressgw_nat_stats_recount_duration_seconds, one per pass; the number
 of connections it published is checked against the number created.
 
-Before the agent runs, in this process (kernel, bpf): one pass timed alone; kernel: the p99
+Before the agent runs, in this process: one pass timed alone (kernel, bpf); the model's
+pass in its two steps, the snapshot (on the loop) and the count of the copy (on the
+thread), against the whole pass (model); kernel: the p99
 of a 1 ms Python step on another thread with no pass, a pass on a thread, and a pass in a
 forked process (does the pass hold the GIL?).
 
@@ -52,6 +54,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import ipaddress
 import json
 import multiprocessing
 import os
@@ -481,6 +484,45 @@ def fill_bpf(netns: str, entries: int, repeat: int) -> tuple[int, list[float]]:
     return len(connections), alone
 
 
+def model_pass_steps(connections: int, repeat: int) -> dict[str, list[float]]:
+    """The model's pass in its two steps, in this process, on a model filled as the agent
+    process fills its own: the snapshot (on the loop: how long a reconcile may wait), the
+    count of the copy (on the recount thread), and the whole pass on the loop (before)."""
+    from egressgw.agent.datapaths import make_datapath  # noqa: PLC0415 (loads the model)
+    from egressgw.agent.modeldp import ModelAgentDatapath  # noqa: PLC0415
+    from egressgw.net import Endpoint, FiveTuple, Proto  # noqa: PLC0415
+    from egressgw.rules import EgressRule, RuleKind  # noqa: PLC0415
+
+    datapath = make_datapath("model", NodePortRange())
+    assert isinstance(datapath, ModelAgentDatapath)
+    pod = ipaddress.ip_address(POD_IP)
+    datapath.apply([EgressRule(pod, ipaddress.ip_network("198.51.100.0/24"),
+                               RuleKind.MASQUERADE, ipaddress.ip_address(EGRESS[0]), NODE)])
+    remotes = [ipaddress.ip_address(r) for r in REMOTES]
+    start = time.perf_counter()
+    for i in range(connections):
+        datapath.connect(FiveTuple(Proto.TCP, Endpoint(pod, 1024 + i // len(remotes)),
+                                   Endpoint(remotes[i % len(remotes)], 443)))
+    print(f"filled a model with {connections} connections in this process in "
+          f"{time.perf_counter() - start:.1f} s", flush=True)
+    steps: dict[str, list[float]] = {"snapshot (loop)": [], "count of the copy (thread)": [],
+                                     "whole pass on the loop (before)": []}
+    for _ in range(repeat):
+        start = time.perf_counter()
+        count = datapath.model.endpoint_counts_later()
+        steps["snapshot (loop)"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        counted = count()
+        steps["count of the copy (thread)"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        inline = datapath.endpoint_counts()
+        steps["whole pass on the loop (before)"].append(time.perf_counter() - start)
+        if counted != inline or sum(inline.values()) != connections:
+            sys.exit(f"model counts differ: {sum(counted.values())} vs "
+                     f"{sum(inline.values())}, opened {connections}")
+    return steps
+
+
 def remove_bpf(netns: str) -> None:
     """Detach the program and remove the pins the agents left (they keep them on exit)."""
     if (BPFFS_DIR / netns).exists():
@@ -521,12 +563,14 @@ def main() -> None:
                      ["ip", "link", "set", "ext0", "up"]):
             subprocess.run(["ip", "netns", "exec", netns, *argv], check=True)
         alone: list[float] = []
+        steps: dict[str, list[float]] = {}
         if args.datapath == "kernel":
             created, alone = fill_kernel(netns, args.entries, args.repeat)
         elif args.datapath == "bpf":
             created, alone = fill_bpf(netns, args.entries, args.repeat)
         else:
             created = args.entries // 2  # the agent process opens them before it starts
+            steps = model_pass_steps(created, args.repeat)
 
         load_before = os.getloadavg()
         probe = gil_probe(netns, args.repeat) if args.datapath == "kernel" else {}
@@ -555,6 +599,9 @@ def main() -> None:
               f"before: {before}; after: this tree; median (range) over runs")
         if alone:
             print(f"one pass in the bench process (no agent running): {spread(alone)}")
+        if steps:
+            print("the model's pass in this process: " + "; ".join(
+                f"{name} {spread(values)}" for name, values in steps.items()))
         if probe:
             print("p99 of a 1 ms Python step on another thread: " + "; ".join(
                 f"{name} {spread(values, 'ms', 1000)}" for name, values in probe.items()))
