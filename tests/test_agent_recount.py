@@ -352,6 +352,47 @@ def test_a_pass_on_the_loop_that_overruns_skips_the_periods_it_missed(
     assert messages.count("nat-stats passes fit --nat-map-stats-interval again (0.0s)") == 1
 
 
+def test_a_failed_snapshot_on_the_loop_is_counted_and_the_next_pass_runs(
+    tmp_path: Path, agents: list[Agent], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The loop's step of a pass (BPF: handling signals; model: copying keys) can fail
+    too: logged once, counted, the last good pass kept, the thread free for the next."""
+    datapath, clock = HeldMemoryDatapath(), FakeClock()
+    datapath.counts = {endpoint("203.0.113.10", "198.51.100.10", 443): 3}
+    broken: list[str] = []
+
+    def take() -> Callable[[], Usage]:
+        if broken:
+            raise DatapathError(broken[0])
+        counts = dict(datapath.counts)
+        return lambda: (counts, None)
+
+    datapath.counter = HeldCounter(take)
+    agent = memory_agent(tmp_path, datapath, clock, agents)
+    agent.start()
+    settled(agent, 1)
+    good = agent.state.counts
+    broken.append("signals ring buffer: bad record")
+    with caplog.at_level(logging.ERROR, logger="egressgw.agent"):
+        for _ in range(2):
+            clock.now += 30
+            within_deadline(agent.tick)
+    status = agent.state.recount
+    assert status.errors_total == 2 and status.running_since is None
+    assert status.last_error == "signals ring buffer: bad record"
+    assert agent.state.counts is good
+    assert agent.recount_thread is not None and not agent.recount_thread.busy
+    assert [r.getMessage() for r in caplog.records].count(
+        "taking the nat-stats snapshot failed: signals ring buffer: bad record") == 1
+    broken.clear()
+    datapath.counts = {endpoint("203.0.113.10", "198.51.100.10", 443): 5}
+    clock.now += 30
+    within_deadline(agent.tick)
+    settled(agent, 2)
+    after = agent.state.counts
+    assert after is not None and sum(after.entries.values()) == 5
+
+
 def test_a_snapshot_cannot_be_changed_after_it_is_published(
     tmp_path: Path, agents: list[Agent]
 ) -> None:
