@@ -14,6 +14,7 @@ import ctypes
 import ipaddress
 import logging
 import os
+import random
 import shutil
 import threading
 from collections import Counter
@@ -49,7 +50,7 @@ from egressgw.datapath.bpf.datapath import BpfDatapath, BpfSettings
 from egressgw.datapath.bpf.syscall import BpfMap
 from egressgw.datapath.kernel import KernelDatapath
 from egressgw.datapath.kernel.ctfill import fill, synthetic_entries
-from egressgw.datapath.model import ConnectResult, ModelDatapath
+from egressgw.datapath.model import ConnectResult, ModelConfig, ModelDatapath
 from egressgw.errors import DatapathError
 from egressgw.net import Endpoint, FiveTuple, NatEndpoint, Proto
 from gateway_files import gateway_files, write_policy
@@ -734,3 +735,37 @@ def test_bpf_a_reconcile_completes_while_a_large_nat_map_is_walked(
             agent.close()
             agents.remove(agent)
             datapath.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("engine", "settings"),
+    [("reference", {}), ("reference", {"nat_lru": "kernel"}), ("compiled", {}),
+     ("compiled", {"datapath_model": "netfilter"})],
+    ids=["reference", "reference-kernel-lru", "compiled", "netfilter"],
+)
+def test_model_counts_later_are_the_counts_when_taken(engine: str, settings: dict[str, str]
+                                                      ) -> None:
+    """Every engine: the deferred count equals endpoint_counts() when it was taken, and
+    connections opened after it are not in it (they are in the next one)."""
+    model = ModelDatapath(ModelConfig(**settings), random.Random(5),  # type: ignore[arg-type]
+                          engine=engine)  # type: ignore[arg-type]
+    egress = ipaddress.ip_address("203.0.113.10")
+
+    def open_some(first: int, count: int) -> Counter[str]:
+        opened: Counter[str] = Counter()
+        for i in range(first, first + count):
+            remote = MODEL_REMOTES[i % 3]
+            tup = FiveTuple(Proto.TCP, Endpoint(ipaddress.ip_address(SHOP_CLIENT), 10000 + i),
+                            Endpoint(ipaddress.ip_address(remote), 443))
+            assert model.connect(tup, egress).port is not None
+            opened[remote] += 1
+        return opened
+
+    first = open_some(0, 300)
+    later = model.endpoint_counts_later()
+    now = model.endpoint_counts()
+    more = open_some(300, 90)
+    counted = later()
+    assert counted == now
+    assert {str(k.remote_ip): n for k, n in counted.items()} == dict(first)
+    assert {str(k.remote_ip): n for k, n in model.endpoint_counts().items()} == dict(first + more)
