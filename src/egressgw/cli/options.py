@@ -205,26 +205,63 @@ def bpf_nat_global_max_option(
     )
 
 
+# The flags that configure only Cilium's datapath (the model's BPF engines, or the BPF
+# program) and what each sets. A Linux gateway (``--datapath-model netfilter``, the agent's
+# ``--datapath kernel``) reads none of them: netfilter.py takes only the SNAT rule's range
+# (--nat-port-range / --node-port-range) and Linux's nf_conntrack limits and timeouts, has
+# no LRU (a full table drops, it evicts nothing) and no Cilium CT GC (an entry is gone the
+# moment it expires); sim/plan.py's steady_gc_interval returns 0 for it. The nat-stats
+# flags and the ranges apply to both and are not listed.
+CILIUM_ONLY_FLAGS: dict[str, str] = {
+    "nat_lru": "the BPF NAT map's LRU",
+    "possible_cpus": "the CPUs of the BPF LRU's free lists",
+    "flow_cpus": "the CPU that runs a flow's packets in the BPF LRU",
+    "bpf_distributed_lru": "Cilium 1.18's per-CPU BPF LRU",
+    "bpf_nat_global_max": "the size of Cilium's BPF NAT map",
+    "conntrack_gc_interval": "Cilium's CT garbage collection",
+    "bpf_ct_global_tcp_max": "the size of Cilium's TCP CT map, which paces its GC",
+    "bpf_ct_global_any_max": "the size of Cilium's non-TCP CT map, which paces its GC",
+    "bpf_device": "the uplink of the BPF program",
+}
+
+# How each command names a Linux gateway's datapath, and its Cilium one, for the message.
+LINUX_GATEWAYS = {
+    "netfilter": ("--datapath-model netfilter, or conntrack snapshots",
+                  "--datapath-model cilium"),
+    "kernel": ("--datapath kernel", "--datapath model or bpf"),
+}
+
+
 def check_cilium_version(datapath_model: str | None, *, policy_form: bool = False) -> None:
-    """--cilium-version chooses Cilium's port search (nat.h's clamp and retries); a Linux
-    gateway's nf_nat (``--datapath-model netfilter``, or snapshots that are conntrack
-    tables) has no such version. Given explicitly with netfilter it is a one-line error
-    (ConfigError, exit 2), so a curve or simulation is never silently of another search;
-    where the command also writes CiliumEgressGatewayPolicy YAML (``policy_form``: plan),
-    the version still chooses the policy's form, and a note on stderr says so.
-    Outside a command (no click context) nothing is checked."""
+    """Cilium-only flags given where the datapath is a Linux gateway's nf_nat.
+
+    --cilium-version chooses Cilium's port search (nat.h's clamp and retries), the flags
+    in ``CILIUM_ONLY_FLAGS`` its NAT map, LRU and CT GC; a Linux gateway's nf_nat
+    (``--datapath-model netfilter``, snapshots that are conntrack tables, or the agent's
+    ``--datapath kernel``) has none of them. Each, given explicitly there, is a one-line
+    error naming it (ConfigError, exit 2), so a curve, simulation or agent never silently
+    runs with a setting it ignores; defaults pass. Where the command also writes
+    CiliumEgressGatewayPolicy YAML (``policy_form``: plan), --cilium-version still chooses
+    the policy's form, and a note on stderr says so. Only the flags the command has are
+    looked at; outside a command (no click context) nothing is checked."""
     ctx = click.get_current_context(silent=True)
-    if datapath_model != "netfilter" or ctx is None or not given(ctx, "cilium_version"):
-        return
-    version = ctx.params.get("cilium_version")
-    if policy_form:
-        click.echo(f"note: --cilium-version {version} sets only the form of the policy YAML "
-                   "here; the port search is a Linux gateway's nf_nat (--datapath-model "
-                   "netfilter)", err=True)
+    if datapath_model not in LINUX_GATEWAYS or ctx is None:
         return
     from egressgw.errors import ConfigError  # noqa: PLC0415
 
-    raise ConfigError(f"{version}: the port search here is a Linux gateway's nf_nat "
-                      "(--datapath-model netfilter, or conntrack snapshots), which has no "
-                      "Cilium version; leave the flag out, or use --datapath-model cilium",
-                      field="--cilium-version")
+    where, cilium = LINUX_GATEWAYS[datapath_model]
+    for name, what in CILIUM_ONLY_FLAGS.items():
+        if given(ctx, name):
+            raise ConfigError(f"sets {what}; the datapath here is a Linux gateway's nf_nat "
+                              f"({where}), which has none; leave the flag out, or use "
+                              f"{cilium}", field="--" + name.replace("_", "-"))
+    if given(ctx, "cilium_version"):
+        version = ctx.params.get("cilium_version")
+        if policy_form:
+            click.echo(f"note: --cilium-version {version} sets only the form of the policy "
+                       "YAML here; the port search is a Linux gateway's nf_nat "
+                       "(--datapath-model netfilter)", err=True)
+        else:
+            raise ConfigError(f"{version}: the port search here is a Linux gateway's nf_nat "
+                              f"({where}), which has no Cilium version; leave the flag out, "
+                              f"or use {cilium}", field="--cilium-version")

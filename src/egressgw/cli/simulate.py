@@ -53,7 +53,8 @@ def datapath_options(func: F) -> F:
             "Cilium version of the model datapath: its port arithmetic, retries and signal "
             "threshold (1.16: modulo clamp, 128 retries; 1.17: multiply-shift clamp, 128; "
             "1.18: multiply-shift, 32). Cilium only: an error with --datapath-model "
-            "netfilter (plan: then only the form of the policy YAML)."),
+            "netfilter (plan: then only the form of the policy YAML), as are the "
+            "--bpf-*, --conntrack-gc-interval and LRU flags."),
         click.option("--datapath-model", type=click.Choice(["cilium", "netfilter"]),
                      default="cilium", show_default=True,
                      help="cilium: Cilium's BPF SNAT (--cilium-version); netfilter: a Linux "
@@ -169,6 +170,9 @@ def simulate_command(
     from egressgw.sim.simulate import simulate  # noqa: PLC0415
     from egressgw.sim.workload import load_workload  # noqa: PLC0415
 
+    # First: the settings' own checks would otherwise speak first of a flag that has no
+    # meaning for the datapath chosen.
+    check_cilium_version(options["datapath_model"])
     # Where the output goes is checked before the run, so a typo costs nothing.
     if plot_path is not None:
         check_output_path(plot_path, (".png",), field="--plot")
@@ -177,7 +181,6 @@ def simulate_command(
     workload = load_workload(workload_path)
     rules = load_rules(policies, inventory)
     settings = settings_from_options(workload_duration=workload.duration, **options)
-    check_cilium_version(settings.datapath_model)
     notice_model_compile()
     result = simulate(workload, settings, rules=rules, progress=progress)
     title = f"egressgw simulate {workload_path.name}"
