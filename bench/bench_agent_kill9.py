@@ -28,24 +28,13 @@ import threading
 import time
 from pathlib import Path
 
-POLICY = """\
-apiVersion: cilium.io/v2
-kind: CiliumEgressGatewayPolicy
-metadata:
-  name: kill9
-spec:
-  selectors:
-    - podSelector:
-        matchLabels:
-          app: client
-  destinationCIDRs: [{cidrs}]
-  egressGateway:
-    nodeSelector:
-      matchLabels:
-        egress-gateway: "true"
-    egressIP: {egress_ip}
-"""
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
+from gateway_files import policy_yaml
+
+# Not gateway_files.inventory_yaml: version B's apply time grows with the pods it covers,
+# so this inventory has four pod addresses (that one has a single pod), and two egress
+# addresses, one per version.
 INVENTORY = """\
 nodes:
   - name: gw
@@ -132,8 +121,8 @@ def main() -> None:
         inventory.write_text(INVENTORY)
         many = ", ".join(f"198.18.{i // 256}.{i % 256}/32" for i in range(args.cidrs))
         versions = {
-            "A": POLICY.format(cidrs="198.51.100.0/24", egress_ip="203.0.113.10"),
-            "B": POLICY.format(cidrs=many, egress_ip="203.0.113.11"),
+            "A": policy_yaml("203.0.113.10"),
+            "B": policy_yaml("203.0.113.11", destinations=many),
         }
         expected: dict[str, str] = {}
         applies: list[float] = []

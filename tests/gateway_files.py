@@ -1,5 +1,6 @@
-"""The policy and inventory files of one gateway node, as the agent tests and
-bench/bench_agent_recount.py write them (a support module, not collected).
+"""The policy and inventory files of one gateway node, as the agent tests, the fleet
+test and bench/bench_agent_recount.py write them, and the policy of
+bench/bench_agent_kill9.py (a support module, not collected).
 
 One CiliumEgressGatewayPolicy sends the pods labelled ``app: client`` to 198.51.100.0/24
 through ``egress_ip`` on the nodes labelled ``egress-gateway: "true"``; the inventory has
@@ -15,7 +16,8 @@ POLICY_FILE = "clients.yaml"
 POD_IP = "192.0.2.20"
 
 
-def policy_yaml(egress_ip: str) -> str:
+def policy_yaml(egress_ip: str, destinations: str = "198.51.100.0/24") -> str:
+    """The policy; ``destinations``: its destinationCIDRs, comma-separated."""
     return f"""\
 apiVersion: cilium.io/v2
 kind: CiliumEgressGatewayPolicy
@@ -26,7 +28,7 @@ spec:
     - podSelector:
         matchLabels:
           app: client
-  destinationCIDRs: [198.51.100.0/24]
+  destinationCIDRs: [{destinations}]
   egressGateway:
     nodeSelector:
       matchLabels:

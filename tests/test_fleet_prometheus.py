@@ -30,6 +30,7 @@ import yaml
 from agent_support import AgentProcess, poll_until
 from egressgw.datapath.kernel.netns import call_in
 from egressgw.lab import Lab
+from gateway_files import gateway_files
 from netns import bare_netns, built_lab, run_in, unique_name
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
@@ -56,33 +57,13 @@ def prometheus() -> str:
 
 
 def write_lab_files(directory: Path, lab: Lab) -> tuple[Path, Path]:
-    """Policy: the lab's first pod leaves as its first egress IP; inventory: the lab."""
+    """The gateway's files (gateway_files.py): the lab's first pod leaves as its first
+    egress IP, on the lab's gateway node."""
     t = lab.topology
     directory.mkdir()
-    policy = directory / "policy.yaml"
-    policy.write_text(f"""\
-apiVersion: cilium.io/v2
-kind: CiliumEgressGatewayPolicy
-metadata: {{name: lab-clients}}
-spec:
-  selectors: [{{podSelector: {{matchLabels: {{app: client}}}}}}]
-  destinationCIDRs: [198.51.100.0/24]
-  egressGateway:
-    nodeSelector: {{matchLabels: {{egress-gateway: "true"}}}}
-    egressIP: {t.egress4[0]}
-""")
-    inventory = directory / "inventory.yaml"
-    inventory.write_text(f"""\
-nodes:
-  - name: {t.gateway_node}
-    internalIP: 192.0.2.1
-    labels: {{egress-gateway: "true"}}
-    interfaces: [{{name: ext0, addresses: [{t.egress4[0]}/24]}}]
-  - {{name: worker-1, internalIP: 192.0.2.2}}
-endpoints:
-  - {{name: pod-0, namespace: lab, labels: {{app: client}}, ips: [{t.pods4[0]}], node: worker-1}}
-""")
-    return policy, inventory
+    egress = str(t.egress4[0])
+    return gateway_files(directory, node=t.gateway_node, egress_ip=egress,
+                         egress_addresses=[egress], pod_ip=str(t.pods4[0]))
 
 
 @contextmanager
