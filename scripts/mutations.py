@@ -83,6 +83,22 @@ MUTATIONS = (
         "an evicted OUT entry breaks the connection, an evicted IN entry drops its replies",
     ),
     Mutation(
+        "an IN eviction counted as an OUT eviction (compiled engine)",
+        f"{MODEL}/kernel.py",
+        "cnt[K_EVICT_IN] += 1",
+        "cnt[K_EVICT_OUT] += 1",
+        ("tests/test_model_ct.py", "tests/test_model_semantics.py"),
+        "an evicted OUT entry breaks the connection, an evicted IN entry drops its replies",
+    ),
+    Mutation(
+        "OUT and IN eviction counters swapped (compiled engine's facade)",
+        f"{MODEL}/compiled.py",
+        "evictions_out=int(c[k.K_EVICT_OUT]),\n            evictions_in=int(c[k.K_EVICT_IN]),",
+        "evictions_out=int(c[k.K_EVICT_IN]),\n            evictions_in=int(c[k.K_EVICT_OUT]),",
+        ("tests/test_model_ct.py", "tests/test_model_semantics.py"),
+        "an evicted OUT entry breaks the connection, an evicted IN entry drops its replies",
+    ),
+    Mutation(
         "nat-stats top-K default changed",
         "src/egressgw/config.py",
         "NAT_MAP_STATS_ENTRIES_DEFAULT = ",
