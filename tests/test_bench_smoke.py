@@ -81,6 +81,7 @@ SMOKES = (
     )),
     Smoke("bench_egress_scale.py", ("--quick",), (
         rf"total: time per CIDR at {NUMBER} / at {NUMBER} = {NUMBER} \(medians\)",
+        rf"{NUMBER} CIDRs, total: median {NUMBER} s \(range {NUMBER}-{NUMBER} s, n=1\)",
     )),
     Smoke("bench_install.py", ("--quick",), (
         rf"size core/full: {NUMBER}; start-up core/full: {NUMBER}",
