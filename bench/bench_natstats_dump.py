@@ -163,12 +163,12 @@ def compare(name: str, commands: dict[str, list[str]], repeat: int) -> None:
 STAGES_PROGRAM = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from bench_natstats_dump import scan_stages
-scan_stages(sys.argv[2])
+import bench_natstats_dump
+getattr(bench_natstats_dump, sys.argv[2])(sys.argv[3])
 """
 
 
-def stages(path: str, repeat: int) -> None:
+def stages(path: str, repeat: int, *, conntrack: bool = False) -> None:
     """CPU seconds per stage of the bulk scan, one process, the whole file (no fork), each
     of ``repeat`` runs in a fresh process (so the imports are timed cold every time)."""
     runs: list[dict[str, float]] = []
@@ -177,17 +177,18 @@ def stages(path: str, repeat: int) -> None:
     for _ in range(repeat):
         done = subprocess.run(
             [sys.executable, "-c", STAGES_PROGRAM, os.path.dirname(os.path.abspath(__file__)),
-             path], check=True, capture_output=True, text=True)
+             "conntrack_stages" if conntrack else "scan_stages", path],
+            check=True, capture_output=True, text=True)
         result = json.loads(done.stdout)
         keys = result.pop("distinct keys")
         runs.append(result)
-    print(f"\nstages, one process, whole file ({keys} distinct keys): CPU seconds, "
+    print(f"\nstages, one process, whole file ({keys:,} distinct keys): CPU seconds, "
           f"{repeat} runs; {format_load(load_before, load_average())}")
     totals = [run["scan total"] for run in runs]
-    outside = ("imports (dumps, numpy)", "scan total")
+    outside = ("imports (numpy, digits.py)", "scan total")
     scan = sorted((name for name in runs[0] if name not in outside),
                   key=lambda name: -statistics.median(r[name] for r in runs))
-    for stage in [outside[0], *scan, outside[1]]:
+    for stage in [name for name in (outside[0], *scan, outside[1]) if name in runs[0]]:
         values = [run[stage] for run in runs]
         share = ("" if stage in outside else "  share of the scan " + format(statistics.median(
             v / t for v, t in zip(values, totals, strict=True)), ".0%"))
@@ -198,7 +199,9 @@ def scan_stages(path: str) -> None:
     """One run of the stages, printed as JSON (run by :func:`stages` in a fresh process)."""
     clock = time.process_time
     started = clock()
-    from egressgw.dumps import cilium, digits  # noqa: PLC0415 - timed: the imports
+    # Timed: numpy and the digit check. The dump readers are loaded already (this module
+    # imports bench_lines from the same package).
+    from egressgw.dumps import cilium, digits  # noqa: PLC0415
     from egressgw.dumps.heap import keep_freed_memory  # noqa: PLC0415
 
     imported = clock() - started
@@ -242,8 +245,45 @@ def scan_stages(path: str) -> None:
     for key in keys:
         cilium.parse_key(key.decode())
     spent["parse distinct keys"] += clock() - t0
-    result = dict(spent, **{"imports (dumps, numpy)": imported,
+    result = dict(spent, **{"imports (numpy, digits.py)": imported,
                             "scan total": sum(spent.values()), "distinct keys": len(keys)})
+    print(json.dumps(result))
+
+
+def conntrack_stages(path: str) -> None:
+    """One run of the stages of ``count_conntrack`` over a ``conntrack -L`` dump, the same
+    steps in the same order, printed as JSON; the result is checked against
+    ``count_conntrack`` itself so the stages cannot drift from the code they time."""
+    # Not timed: this module has loaded the dump readers already (for bench_lines).
+    from egressgw.dumps import base, conntrack  # noqa: PLC0415
+
+    clock = time.process_time
+    spent: dict[str, float] = {}
+    t0 = clock()
+    with open(path, "rb") as handle:
+        data = handle.read()
+    t1 = clock()
+    text = base.normalize(data).decode("utf-8", "replace")
+    t2 = clock()
+    grammar = conntrack._grammar()
+    rows = grammar.lines.findall(text, 0, len(text) - 1)
+    t3 = clock()
+    keys = Counter(map(grammar.key_of_row, rows))
+    t4 = clock()
+    tally = conntrack._Tally()
+    for raw, n in keys.items():
+        if raw[0] is not None:
+            tally.add(conntrack._Key(*(field or "" for field in raw)), n)
+    t5 = clock()
+    if len(rows) != text.count("\n") or tally.counts != conntrack.count_conntrack(
+            data, source=path).counts:
+        sys.exit("the stages do not count what count_conntrack counts")
+    spent["read"] = t1 - t0
+    spent["normalize and decode"] = t2 - t1
+    spent["grammar (findall, every line)"] = t3 - t2
+    spent["count keys (Counter)"] = t4 - t3
+    spent["classify distinct keys"] = t5 - t4
+    result = dict(spent, **{"scan total": sum(spent.values()), "distinct keys": len(keys)})
     print(json.dumps(result))
 
 
@@ -253,7 +293,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="100,000 lines, 3 repeats")
     parser.add_argument("--stages", action="store_true",
-                        help="CPU time per stage, too (bpf nat list only)")
+                        help="CPU time per stage of the scan, too (one process)")
     parser.add_argument("--conntrack", action="store_true",
                         help="a conntrack -L dump instead (default 524,288 lines)")
     args = parser.parse_args()
@@ -295,8 +335,8 @@ def main() -> int:
                    for _ in range(args.repeat)]
         print(f"\negressgw start-up (nat-stats on a 10-line dump): cpu "
               f"{spread(startup, '.3f', ' s')}")
-        if args.stages and not args.conntrack:
-            stages(path, args.repeat)
+        if args.stages:
+            stages(path, args.repeat, conntrack=args.conntrack)
     return 0
 
 
