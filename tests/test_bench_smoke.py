@@ -273,3 +273,21 @@ def test_simulate_breakdown_adds_up_and_leaves_the_model_as_it_was() -> None:
     parts = breakdown.parts()
     assert sum(wall for _what, wall, _cpu, _calls in parts) == pytest.approx(breakdown.total)
     assert all(wall >= 0 for _what, wall, _cpu, _calls in parts[:-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", [(), ("--conntrack",)], ids=["bpf-nat-list", "conntrack"])
+def test_dump_bench_stages_run_and_add_up(kind: tuple[str, ...]) -> None:
+    """``--stages`` (not part of --quick) still runs the scan's steps as the reader does:
+    the conntrack stages check their count against count_conntrack and exit 1 if not."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "bench_natstats_dump.py"), *kind, "--lines", "3000",
+         "--repeat", "1", "--stages"],
+        check=False, capture_output=True, text=True, timeout=240, cwd=BENCH.parent)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    stages = done.stdout.split("\nstages, one process, whole file (")[1]
+    times = dict(re.findall(rf"^  (\S.*?) +median ({NUMBER}) s", stages, re.MULTILINE))
+    assert "scan total" in times and len(times) >= 6
+    parts = [float(v) for k, v in times.items() if k not in ("scan total",)
+             and not k.startswith("imports")]
+    assert sum(parts) == pytest.approx(float(times["scan total"]), abs=0.01)
