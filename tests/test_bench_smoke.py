@@ -99,7 +99,7 @@ SMOKES = (
     )),
     Smoke("bench_agent_recount.py", ("--quick",), (
         rf"one pass in the bench process \(no agent running\): {NUMBER} s",
-        rf"reconcile latency during a pass, all edits: serial median {NUMBER} s, background "
+        rf"reconcile latency during a pass, all edits: before median {NUMBER} s, after "
         rf"median {NUMBER} s: {NUMBER}x",
     ), needs=("root", "ip", "conntrack", "nft"), shares="nf_conntrack_max"),
     Smoke("bench_conntrack.py", ("--quick",), (
