@@ -218,9 +218,11 @@ class RefusalCurve:
         held = self.held_at(rate)
         return None if held is None else held / self.divisor
 
-    def rate_at(self, held: float) -> float:
-        """P(refusal) at ``held`` connections (log-linear between points)."""
-        refused = np.maximum.accumulate(self.refused)
+    def rate_at(self, held: float, side: str = "refused") -> float:
+        """P(refusal) at ``held`` connections (log-linear between points); ``side``
+        "low" or "high" reads the curve's band instead."""
+        values = {"refused": self.refused, "low": self.low, "high": self.high}[side]
+        refused = np.maximum.accumulate(values)
         if held <= self.held[0]:
             return float(refused[0])
         if held >= self.held[-1]:
@@ -393,6 +395,9 @@ def steady_curve(
     """
     universe = int(usable_ports(search, sources).sum())
     levels = _levels(saturations, divisor, universe)
+    if not search.is_netfilter and fifo:
+        return _steady_exact(search, sources, divisor, universe, levels, steps=steps,
+                             warm_factor=warm_factor, seed=seed)
     taken = np.zeros(VALUES, dtype=np.bool_)
     # Held ports; in arrival order (a ring whose start is kept in the last slot) for fifo.
     held = np.zeros(universe + 2, dtype=np.int64)
@@ -417,6 +422,29 @@ def steady_curve(
         counts[i] = res[0]
     return _measured("steady (measured)", search, sources=sources, divisor=divisor,
                      universe=universe, levels=levels, counts=counts, steps=steps)
+
+
+# The exact curve's kind: each state's P(refusal) exact, the states sampled.
+STEADY_EXACT = "steady (exact per state, sampled states)"
+
+
+def _steady_exact(search: PortSearch, sources: SourcePorts, divisor: int, universe: int,
+                  levels: npt.NDArray[np.int64], *, steps: int, warm_factor: float,
+                  seed: int) -> RefusalCurve:
+    """nat.h's steady curve with every sampled state's P(refusal) computed exactly over
+    all walks (egressgw.sim.refusal_exact): ``steps`` new connections per level, split
+    over its chains; ``low``/``high`` its 90% band over the chains."""
+    from egressgw.sim import refusal_exact as exact  # noqa: PLC0415
+
+    chains = [(_clients(sources, seed * 64 + c), seed * 64 + c) for c in range(exact.CHAINS)]
+    run = exact.steady_chains(
+        start=search.start, end=search.end, mul=search.clamp_kind == MUL_CLAMP,
+        retries=search.retries, sport_lo=sources.low, sport_hi=sources.high, chains=chains,
+        clamp=search.clamp_table(), universe=universe, levels=levels,
+        steps=max(steps // exact.CHAINS, exact.EVALUATIONS), warm_factor=warm_factor)
+    estimate, low, high = exact.smooth_tail(run)
+    return RefusalCurve(STEADY_EXACT, search, sources, divisor, universe, run.levels,
+                        estimate, low, high)
 
 
 __all__ = [
