@@ -15,8 +15,9 @@ taken, as connections come and go. :func:`steady_chains` runs independent chains
 same churn as the measured curve: each new connection that gets a port ends the oldest)
 and averages the exact value over the states each passes through.
 
-In the low tail a level's value still hangs on a few states with a long run of taken
-ports, so :func:`smooth_tail` pools neighbouring levels: at each level, log P is fitted
+In the low tail (below ``TAIL_TOP``, 0.1%) a level's value still hangs on a few states
+with a long run of taken ports, so :func:`smooth_tail` pools neighbouring levels: at
+each level, log P is fitted
 as a straight line in the occupancy over the levels within ``TAIL_WINDOW`` (a Poisson
 quasi-likelihood, zeros included), the curve's shape a few points either side. The
 chains give the uncertainty: each is smoothed alone, and the band is the chains' mean
@@ -45,6 +46,8 @@ EVALUATIONS = 50
 TAIL_WINDOW = 4
 # Two-sided coverage of the curve's band (low, high): a t interval over the chains.
 CURVE_CONFIDENCE = 0.9
+# The tail the fit pools: levels whose mean over the chains is below this.
+TAIL_TOP = 1e-3
 # The steepest local slope the fit may take: a factor 100 per level.
 MAX_SLOPE = math.log(100.0)
 
@@ -154,7 +157,10 @@ def smooth_tail(run: ChainRun, confidence: float = CURVE_CONFIDENCE,
     more taken ports never make a walk likelier to find a free one)."""
     x = run.levels.astype(np.float64)
     spacing = float(np.median(np.diff(x))) if len(x) > 1 else 1.0
-    chains = np.array([local_loglinear(x / spacing, row) for row in run.means])
+    smoothed = np.array([local_loglinear(x / spacing, row) for row in run.means])
+    # Above the tail every state refuses some walks and each level stands alone; the
+    # log-linear fit would also bend the curve's top, where p turns towards 1.
+    chains = np.where(run.means.mean(axis=0) >= TAIL_TOP, run.means, smoothed)
     mean = chains.mean(axis=0)
     r = len(chains)
     if r > 1:
@@ -166,3 +172,19 @@ def smooth_tail(run: ChainRun, confidence: float = CURVE_CONFIDENCE,
     # An upper bound holds below too: p(k) <= p(k') <= high(k') for k < k'.
     high = np.minimum.accumulate((mean + half)[::-1])[::-1]
     return estimate, np.minimum(low, estimate), np.maximum(high, estimate)
+
+
+def refused_given(taken: npt.NDArray[np.bool_], *, start: int, end: int, retries: int,
+                  clamp: IntArray, sport_lo: int, sport_hi: int,
+                  clients_next: IntArray | None = None) -> float:
+    """P(the next new connection is refused) for one set of taken ports (a bool per
+    port), exactly: over every client's next port (``clients_next``, offsets into
+    sport_lo..sport_hi; None: a port drawn uniformly from that range) and all 65536
+    values of each random16."""
+    step, image, weight = clamp_tables(clamp)
+    nxt = np.zeros(0, dtype=np.int64) if clients_next is None else clients_next
+    run = np.zeros(VALUES, dtype=np.int64)
+    stack = np.zeros(VALUES, dtype=np.int64)
+    return float(kernel.cilium_refused_given(np.asarray(taken, dtype=np.bool_), start, end,
+                                             step, image, weight, retries, sport_lo,
+                                             sport_hi, nxt, run, stack))

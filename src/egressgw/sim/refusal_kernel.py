@@ -257,8 +257,8 @@ def cilium_steady_exact(taken, held, count, levels, warm, steps, every, start, e
                         retries, sport_lo, sport_hi, nxt, step, image, weight, out):
     """Hold the tuple at each level in turn, as :func:`steady` does (each new
     connection that gets a port ends the oldest); after warming, ``steps`` new
-    connections come and go, and every ``every`` of them P(refused | taken) is
-    evaluated exactly into ``out[level, sample]``. Returns the ports held."""
+    connections are tried, and every ``every`` tries P(refused | taken) is evaluated
+    exactly into ``out[level, sample]``. Returns the ports held."""
     n = count
     run = np.zeros(65536, np.int64)
     stack = np.zeros(65536, np.int64)
@@ -277,15 +277,20 @@ def cilium_steady_exact(taken, held, count, levels, warm, steps, every, start, e
             s = 0
             while done < budget and tries < 20 * budget + 1000:
                 tries += 1
-                if phase == 1 and done >= s * every and s < samples:
-                    out[li, s] = cilium_refused_given(taken, start, end, step, image,
-                                                      weight, retries, sport_lo, sport_hi,
-                                                      nxt, run, stack)
-                    s += 1
+                if phase == 1:
+                    # Measuring, every try counts (a refused one leaves the state as it
+                    # is): a full tuple is still sampled.
+                    if done % every == 0 and s < samples:
+                        out[li, s] = cilium_refused_given(taken, start, end, step, image,
+                                                          weight, retries, sport_lo,
+                                                          sport_hi, nxt, run, stack)
+                        s += 1
+                    done += 1
                 port = attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt)
                 if port < 0:
                     continue
-                done += 1
+                if phase == 0:
+                    done += 1
                 taken[port] = True
                 h = held[len(held) - 1]
                 taken[held[h]] = False
