@@ -239,10 +239,10 @@ def test_the_band_holds_the_simulated_first_refusals():
 
 
 def test_binomial_range_by_hand():
-    # Binomial(24, 0.8): P(X <= 13) = 0.0126, P(X <= 14) = 0.0362; P(X = 24) = 0.0047,
-    # P(X >= 23) = 0.0331: the central 95% range is 14..23.
+    # Binomial(24, 0.8): P(X <= 14) = 0.0126, P(X <= 15) = 0.0362; P(X = 24) = 0.0047,
+    # P(X >= 23) = 0.0331: the central 95% range is 15..23.
     low, high = binomial_range(24, 0.8)
-    assert (low, high) == (14, 23)
+    assert (low, high) == (15, 23)
     pmf = [math.comb(24, k) * 0.8**k * 0.2 ** (24 - k) for k in range(25)]
     assert sum(pmf[:low]) <= 0.025 < sum(pmf[: low + 1])
     assert sum(pmf[high + 1:]) <= 0.025 < sum(pmf[high:])

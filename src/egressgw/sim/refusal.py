@@ -467,7 +467,8 @@ __all__ = [
 GROWTH, STEADY, UNIFORM = "growth", "steady", "uniform"
 CURVE_TEXT = {
     GROWTH: "filling up: new connections only, none ended yet (measured)",
-    STEADY: "held steady: each new connection ends the oldest (measured)",
+    STEADY: "held steady: each new connection ends the oldest (measured; Cilium: each "
+            "state's refusal exact)",
     UNIFORM: "ports taken at random, no runs (exact)",
 }
 # Clients the default curve assumes: the seed scenario's 400, each walking its ephemeral
