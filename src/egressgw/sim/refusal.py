@@ -22,7 +22,9 @@ Two curves answer "what share of new connections is refused at this occupancy":
   connections live). ``steady``: the tuple is held at k connections, each new one that
   gets a port ending the oldest (connections of about equal length; ``fifo=False``
   ends a random one, as exponential lengths would). Both run the same search on a
-  bitmap of the tuple's ports (refusal_kernel.py) and count refusals.
+  bitmap of the tuple's ports (refusal_kernel.py). ``growth`` counts refusals; Cilium's
+  ``steady`` (fifo) computes each sampled state's refusal probability exactly over all
+  walks and samples only the states (sim/refusal_exact.py), which its low tail needs.
 
 Alerts use the higher of the two measured curves at each occupancy
 (:func:`planning_curve`); forecasts the steady one unless told otherwise.
@@ -180,7 +182,8 @@ class RefusalCurve:
     """P(refusal) at occupancies ``held`` (connections on the tuple).
 
     ``saturation`` is ``held / divisor``, the ratio nat-stats and the metric show.
-    ``low``/``high`` bound a measured curve (binomial 95%); equal to ``refused`` when exact.
+    ``low``/``high`` bound a measured curve (counted tries: Wilson 95%; Cilium's steady
+    curve: 90% over its chains); equal to ``refused`` when exact.
     """
 
     kind: str  # "uniform (exact)" or "steady (measured)"
@@ -392,6 +395,8 @@ def steady_curve(
 
     ``steps`` new connections are tried at each level after ``warm_factor`` x k
     connections have come and gone there; ``low``/``high`` are Wilson 95% bounds.
+    Cilium's search with ``fifo``: each state's refusal probability exact, the states
+    sampled by independent chains (:func:`_steady_exact`).
     """
     universe = int(usable_ports(search, sources).sum())
     levels = _levels(saturations, divisor, universe)
