@@ -222,7 +222,8 @@ Examples:
                    "a first refusal is more likely than not. Replaces the 0.01% column.")
 @curve_options
 @click.option("--confidence", type=float, default=0.9, show_default=True,
-              help="Coverage of the prediction band.")
+              help="Coverage of the trend's prediction band (the times to the marks; "
+                   "'First refusal likely' states its own, 80%, which uses these bounds).")
 @output_option("table", "json", "yaml")
 def forecast_command(
     *,
