@@ -262,7 +262,9 @@ def forecast_command(
     curve (egressgw limits) says that share of new connections is refused; with
     --hold, "First refusal likely" is when the expected number of refused connections,
     the integral of (count / hold) x P(refusal at count) along the trend, reaches
-    ln 2: P(at least one refusal) = 1 - exp(-expected) passes 1/2.
+    ln 2: P(at least one refusal) = 1 - exp(-expected) passes 1/2. Its band holds the
+    first refusal 80% of the time: from expected -ln 0.9 (the trend's upper bound, the
+    curve's high side) to -ln 0.1 (its lower bound, the curve's low side).
     """
     from egressgw.errors import ConfigError  # noqa: PLC0415
     from egressgw.render.documents import dump_document  # noqa: PLC0415

@@ -240,9 +240,9 @@ def plan_command(
     \b
     From a WORKLOAD.yaml, or from observed nat-stats (--stats, with
     --connection-length) where each tuple's connection rate follows from its count and
-    the time its connections hold a port (their length, CT close timeout and GC wait). An analytic
-    estimate per tuple (Little's law over arrivals, durations, CT timeouts and GC),
-    then simulations: fewer egress IPs while the targets hold, more until they do.
+    the time its connections hold a port (their length, CT close timeout and GC
+    wait). An analytic estimate per tuple (Little's law over arrivals, durations, CT
+    timeouts and GC), then simulations: fewer egress IPs while the targets hold, more until they do.
     Prints the evidence, the CiliumEgressGatewayPolicy that implements the plan, and
     a wider NAT port range when that alone would do. Exits 1 when no simulated count
     meets the targets.
