@@ -32,7 +32,7 @@ from egressgw.sim.refusal import (
     uniform_curve,
     usable_ports,
 )
-from egressgw.sim.refusal_exact import refused_given
+from egressgw.sim.refusal_exact import local_loglinear, refused_given
 
 CLIENT = ipaddress.ip_address("192.0.2.1")
 PROBE = ipaddress.ip_address("192.0.2.2")
@@ -259,3 +259,18 @@ def test_exact_refusal_of_one_state_matches_the_model_datapath(
     tolerance = 4 * math.sqrt(exact * (1 - exact) / trials)
     assert 0.02 < exact < 0.98
     assert abs(refused / trials - exact) <= tolerance, (refused / trials, exact, tolerance)
+
+
+def test_local_loglinear_fit_recovers_an_exponential_tail_and_keeps_zeros() -> None:
+    # p doubling per level is log-linear: the fit over any window returns it exactly.
+    x = np.arange(12.0)
+    p = 1e-6 * 2.0**x
+    assert local_loglinear(x, p) == pytest.approx(p, rel=1e-6)
+    # No refusal anywhere within a level's window: 0 there, never a made-up value.
+    flat = np.zeros(12)
+    flat[-1] = 1e-4
+    out = local_loglinear(x, flat, half_width=3)
+    assert (out[:8] == 0).all() and (out[8:] > 0).all()
+    # The fit keeps the window's total: at the centre of a symmetric window of equal
+    # values it is that value.
+    assert local_loglinear(x, np.full(12, 3e-5))[6] == pytest.approx(3e-5, rel=1e-9)

@@ -74,8 +74,8 @@ def steady_chains(*, start: int, end: int, mul: bool, retries: int, sport_lo: in
                   universe: int, levels: IntArray, steps: int,
                   warm_factor: float = 3.0, rewarm: float = 1 / 3) -> ChainRun:
     """Run one churning chain per entry of ``chains`` (its clients' next source ports,
-    empty for random ones, and its random seed), ``steps`` new connections per level
-    each, and average the exact P(refused | taken) over ``EVALUATIONS`` states."""
+    empty for random ones, and its random seed), ``steps`` new connections tried per
+    level each, and average the exact P(refused | taken) over ``EVALUATIONS`` states."""
     step, image, weight = clamp_tables(clamp)
     every = max(steps // EVALUATIONS, 1)
     samples = max(steps // every, 1)
