@@ -20,7 +20,9 @@ Traffic goes to 127.0.0.1 only; every phase is bounded in time and the agent is 
 at the end.
 
     .venv/bin/python bench/bench_agent_http.py [--clients 200] [--seconds 30]
-        [--period 1.0] [--slow 2000] [--slow-seconds 20]
+        [--period 1.0] [--slow 2000] [--slow-seconds 20] [--quick]
+
+``--quick`` (a smoke run): 4 clients for 1 s, 8 slow clients for 1 s.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import resource
 import shutil
@@ -40,17 +41,12 @@ import threading
 import time
 from pathlib import Path
 
+from benchutil import egressgw_command, format_load, load_average
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "egressgw" / "examples"
 PATHS = ("/metrics", "/v1/statedb/nat-stats", "/healthz")
 TIMEOUT = 5.0
 OPEN_FILES = 1024
-
-
-def egressgw() -> str:
-    found = shutil.which("egressgw", path=str(Path(sys.executable).parent))
-    if found is None:
-        sys.exit("bench needs the egressgw script next to this interpreter (.venv/bin)")
-    return found
 
 
 class Agent:
@@ -61,7 +57,7 @@ class Agent:
             resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
 
         self.process = subprocess.Popen(
-            [egressgw(), "agent", "--datapath", "model", "--policies", str(policies),
+            [*egressgw_command(), "agent", "--datapath", "model", "--policies", str(policies),
              "--inventory", str(EXAMPLES / "inventory.yaml"), "--node", "gateway-1",
              "--listen", "127.0.0.1:0", "--nat-map-stats-interval", "1s",
              "--poll-interval", "0.5s"],
@@ -270,7 +266,11 @@ def main() -> None:
     parser.add_argument("--open-files", type=int, default=OPEN_FILES,
                         help="the agent's open-files limit (soft and hard)")
     parser.add_argument("--slow-worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true",
+                        help="4 clients for 1 s, 8 slow clients for 1 s (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.clients, args.seconds, args.slow, args.slow_seconds = 4, 1.0, 8, 1.0
     if args.slow_worker:
         host, port, slow, seconds = args.slow_worker
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -279,7 +279,7 @@ def main() -> None:
         return
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         policies = Path(tmp) / "policies"
         shutil.copytree(EXAMPLES / "policies", policies)
@@ -296,8 +296,8 @@ def main() -> None:
                   f"{slow['p99_ms'] / max(idle['p99_ms'], 1e-9):.1f}x", flush=True)
             emfile = [line for line in agent.lines if "Too many open files" in line]
             print(f"agent RSS {agent.rss_kib() / 1024:.0f} MiB; 'Too many open files' in its "
-                  f"log: {len(emfile)}; load average after: {os.getloadavg()[0]:.2f}",
-                  flush=True)
+                  f"log: {len(emfile)}", flush=True)
+            print(format_load(load_before, load_average()), flush=True)
         finally:
             agent.stop()
 

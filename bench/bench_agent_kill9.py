@@ -11,7 +11,9 @@ Prints how many rounds ended on the old version, on the new one, and on neither
 
 Root only (network namespaces, nftables); no traffic is sent.
 
-    .venv/bin/python bench/bench_agent_kill9.py [--rounds 100] [--cidrs 2000]
+    .venv/bin/python bench/bench_agent_kill9.py [--rounds 100] [--cidrs 2000] [--quick]
+
+``--quick`` (a smoke run): 2 rounds, 50 destinations, kills within 200 ms.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from benchutil import egressgw_command, format_load, load_average
 
 POLICY = """\
 apiVersion: cilium.io/v2
@@ -64,13 +68,6 @@ endpoints:
 """
 
 
-def egressgw() -> str:
-    found = shutil.which("egressgw", path=str(Path(sys.executable).parent))
-    if found is None:
-        sys.exit("needs the egressgw script next to this interpreter (.venv/bin)")
-    return found
-
-
 def table(netns: str) -> str:
     done = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "table", "inet",
                            "egressgw"], capture_output=True, text=True, check=False)
@@ -80,7 +77,8 @@ def table(netns: str) -> str:
 class Agent:
     def __init__(self, netns: str, policies: Path, inventory: Path) -> None:
         self.process = subprocess.Popen(
-            ["ip", "netns", "exec", netns, egressgw(), "agent", "--policies", str(policies),
+            ["ip", "netns", "exec", netns, *egressgw_command(), "agent",
+             "--policies", str(policies),
              "--inventory", str(inventory), "--node", "gw", "--listen", "127.0.0.1:0",
              "--nat-map-stats-interval", "0", "--poll-interval", "10s"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -116,10 +114,15 @@ def main() -> None:
     parser.add_argument("--cidrs", type=int, default=2000)
     parser.add_argument("--max-delay", type=float, default=1500.0, help="milliseconds")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quick", action="store_true",
+                        help="2 rounds, 50 destinations, kills within 200 ms (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.cidrs, args.max_delay = 2, 50, 200.0
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces, nftables)")
     rng = random.Random(args.seed)
+    load_before = load_average()
     netns = f"egw-kill9-{os.getpid()}{secrets.token_hex(2)}"
     work = Path(f"/tmp/{netns}")
     work.mkdir()
@@ -174,6 +177,7 @@ def main() -> None:
                 print(f"round {round_}: neither version:\n{found[:2000]}", flush=True)
         print(f"{args.rounds} kill -9 rounds: {outcome['old']} old ruleset, {outcome['new']} "
               f"new, {outcome['neither']} neither", flush=True)
+        print(format_load(load_before, load_average()), flush=True)
         sys.exit(1 if outcome["neither"] else 0)
     finally:
         subprocess.run(["ip", "netns", "del", netns], check=False)

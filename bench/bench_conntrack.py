@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchutil import egressgw_command, format_load, load_average
+from benchutil import egressgw_command, format_load, load_average, spread
 from egressgw.datapath.kernel.conntrack import IPCTNL_MSG_CT_GET, ConntrackReader
 from egressgw.datapath.kernel.ctfill import fill, synthetic_entries
 
@@ -122,13 +122,11 @@ def main() -> None:
                     pass
 
             dump_only = timed(kernel_only, args.repeat)
-        print(f"{created} entries, {args.repeat} runs each, whole processes:")
+        print(f"{created} entries, {args.repeat} runs each, whole processes, alternating:")
         for name, times in walls.items():
-            print(f"{name:15s} wall median {statistics.median(times):6.3f} s "
-                  f"range {min(times):6.3f}-{max(times):6.3f} s, "
-                  f"cpu median {statistics.median(cpus[name]):6.3f} s")
-        print(f"{'dump only':15s} wall median {statistics.median(dump_only):6.3f} s "
-              f"range {min(dump_only):6.3f}-{max(dump_only):6.3f} s (in-process, IPv4)")
+            print(f"{name:15s} wall {spread(times, '.3f', ' s')}")
+            print(f"{'':15s} cpu  {spread(cpus[name], '.3f', ' s')}")
+        print(f"{'dump only':15s} wall {spread(dump_only, '.3f', ' s')} (in-process, IPv4)")
         print(format_load(load_before, load_after))
         base = statistics.median(walls["conntrack -L"])
         print(f"ratio nat-stats pass / conntrack -L (medians): "

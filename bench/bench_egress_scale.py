@@ -86,7 +86,8 @@ def main() -> None:
                 results[n].append(run(n, Path(tmp)))
     small, large = min(results), max(results)
     for n, runs in results.items():
-        print(f"{n:>7,} CIDRs, total: {spread([r['total'] for r in runs], '.2f', ' s')}")
+        for stage in runs[0]:
+            print(f"{n:>7,} CIDRs, {stage}: {spread([r[stage] for r in runs], '.2f', ' s')}")
     for stage in results[small][0]:
         per_small = statistics.median(r[stage] for r in results[small]) / small
         per_large = statistics.median(r[stage] for r in results[large]) / large

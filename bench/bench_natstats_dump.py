@@ -31,8 +31,8 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from pathlib import Path
 
+from benchutil import egressgw_command, format_load, load_average, spread
 from egressgw.dumps.synthetic import bench_lines
 from egressgw.net import Endpoint, parse_ip
 
@@ -92,13 +92,6 @@ def conntrack_lines(count: int, seed: int = 1) -> list[str]:
     return lines
 
 
-def egressgw_command() -> list[str]:
-    script = Path(sys.executable).with_name("egressgw")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from egressgw.cli import main; main()"]
-
-
 def awk_binary() -> str:
     found = shutil.which("mawk") or shutil.which("awk")
     if found is None:
@@ -125,53 +118,90 @@ def egressgw_counts(path: str) -> dict[Key, int]:
     return {(r["proto"], r["egressIP"], r["remoteIP"], r["remotePort"]): r["count"] for r in rows}
 
 
-def timed(command: list[str]) -> tuple[float, float]:
-    """Wall time and CPU time (user + system, the command and its children) of one run."""
+def timed(command: list[str]) -> tuple[float, float, float]:
+    """Wall time, CPU time (user + system, the command and its children) and minor page
+    faults of one run."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu
-
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
+    return wall, cpu, after.ru_minflt - before.ru_minflt
 
 
 def compare(name: str, commands: dict[str, list[str]], repeat: int) -> None:
     """Time the commands alternately ``repeat`` times each and print the ratios."""
     wall: dict[str, list[float]] = {tool: [] for tool in commands}
     cpu: dict[str, list[float]] = {tool: [] for tool in commands}
-    load_before = os.getloadavg()[0]
+    faults: dict[str, list[float]] = {tool: [] for tool in commands}
+    load_before = load_average()
     for i in range(repeat):
         order = list(commands.items())
         for tool, command in order if i % 2 == 0 else reversed(order):
-            spent_wall, spent_cpu = timed(command)
+            spent_wall, spent_cpu, spent_faults = timed(command)
             wall[tool].append(spent_wall)
             cpu[tool].append(spent_cpu)
-    load_after = os.getloadavg()[0]
-    print(f"\n{name}: {repeat} runs each, load average (1 min) {load_before:.2f} before, "
-          f"{load_after:.2f} after")
+            faults[tool].append(spent_faults)
+    print(f"\n{name}: {repeat} runs each, alternating; {format_load(load_before, load_average())}")
     for tool in commands:
-        print(f"  {tool:9} wall {spread(wall[tool])} s   cpu {spread(cpu[tool])} s")
+        print(f"  {tool:9} wall {spread(wall[tool], '.3f', ' s')}")
+        print(f"  {'':9} cpu  {spread(cpu[tool], '.3f', ' s')}")
+        print(f"  {'':9} minor page faults {spread(faults[tool])}")
     # Ratios of runs done back to back (run i of each), then of the medians.
     wall_ratios = [a / b for a, b in zip(wall["egressgw"], wall["awk"], strict=True)]
     cpu_ratios = [a / b for a, b in zip(cpu["egressgw"], cpu["awk"], strict=True)]
     ratio = statistics.median(wall["egressgw"]) / statistics.median(wall["awk"])
     verdict = "met" if ratio <= 1.0 else "NOT met"
-    print(f"  egressgw/awk: wall {ratio:.2f} (pairs {min(wall_ratios):.2f}-{max(wall_ratios):.2f}),"
-          f" cpu {statistics.median(cpu['egressgw']) / statistics.median(cpu['awk']):.2f}"
+    print(f"  egressgw/awk: wall median {ratio:.2f} (pairs {min(wall_ratios):.2f}-"
+          f"{max(wall_ratios):.2f}), cpu median "
+          f"{statistics.median(cpu['egressgw']) / statistics.median(cpu['awk']):.2f}"
           f" (pairs {min(cpu_ratios):.2f}-{max(cpu_ratios):.2f});"
           f" requirement wall <= 1.0: {verdict}")
 
 
-def stages(path: str) -> None:
-    """CPU seconds per stage of the bulk scan, one process, the whole file (no fork)."""
+STAGES_PROGRAM = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import bench_natstats_dump
+getattr(bench_natstats_dump, sys.argv[2])(sys.argv[3])
+"""
+
+
+def stages(path: str, repeat: int, *, conntrack: bool = False) -> None:
+    """CPU seconds per stage of the bulk scan, one process, the whole file (no fork), each
+    of ``repeat`` runs in a fresh process (so the imports are timed cold every time)."""
+    runs: list[dict[str, float]] = []
+    load_before = load_average()
+    keys = ""
+    for _ in range(repeat):
+        done = subprocess.run(
+            [sys.executable, "-c", STAGES_PROGRAM, os.path.dirname(os.path.abspath(__file__)),
+             "conntrack_stages" if conntrack else "scan_stages", path],
+            check=True, capture_output=True, text=True)
+        result = json.loads(done.stdout)
+        keys = result.pop("distinct keys")
+        runs.append(result)
+    print(f"\nstages, one process, whole file ({keys:,} distinct keys): CPU seconds, "
+          f"{repeat} runs; {format_load(load_before, load_average())}")
+    totals = [run["scan total"] for run in runs]
+    outside = ("imports (numpy, digits.py)", "scan total")
+    scan = sorted((name for name in runs[0] if name not in outside),
+                  key=lambda name: -statistics.median(r[name] for r in runs))
+    for stage in [name for name in (outside[0], *scan, outside[1]) if name in runs[0]]:
+        values = [run[stage] for run in runs]
+        share = ("" if stage in outside else "  share of the scan " + format(statistics.median(
+            v / t for v, t in zip(values, totals, strict=True)), ".0%"))
+        print(f"  {stage:32} {spread(values, '.3f', ' s')}{share}")
+
+
+def scan_stages(path: str) -> None:
+    """One run of the stages, printed as JSON (run by :func:`stages` in a fresh process)."""
     clock = time.process_time
     started = clock()
-    from egressgw.dumps import cilium, digits  # noqa: PLC0415 - timed: the imports
+    # Timed: numpy and the digit check. The dump readers are loaded already (this module
+    # imports bench_lines from the same package).
+    from egressgw.dumps import cilium, digits  # noqa: PLC0415
     from egressgw.dumps.heap import keep_freed_memory  # noqa: PLC0415
 
     imported = clock() - started
@@ -215,12 +245,46 @@ def stages(path: str) -> None:
     for key in keys:
         cilium.parse_key(key.decode())
     spent["parse distinct keys"] += clock() - t0
-    total = sum(spent.values())
-    print(f"\nstages, one process, whole file ({len(keys)} distinct keys): CPU seconds")
-    print(f"  {'imports (dumps, numpy)':32} {imported:.3f}")
-    for stage, seconds in sorted(spent.items(), key=lambda item: -item[1]):
-        print(f"  {stage:32} {seconds:.3f}  {seconds / total:4.0%}")
-    print(f"  {'scan total':32} {total:.3f}")
+    result = dict(spent, **{"imports (numpy, digits.py)": imported,
+                            "scan total": sum(spent.values()), "distinct keys": len(keys)})
+    print(json.dumps(result))
+
+
+def conntrack_stages(path: str) -> None:
+    """One run of the stages of ``count_conntrack`` over a ``conntrack -L`` dump, the same
+    steps in the same order, printed as JSON; the result is checked against
+    ``count_conntrack`` itself so the stages cannot drift from the code they time."""
+    # Not timed: this module has loaded the dump readers already (for bench_lines).
+    from egressgw.dumps import base, conntrack  # noqa: PLC0415
+
+    clock = time.process_time
+    spent: dict[str, float] = {}
+    t0 = clock()
+    with open(path, "rb") as handle:
+        data = handle.read()
+    t1 = clock()
+    text = base.normalize(data).decode("utf-8", "replace")
+    t2 = clock()
+    grammar = conntrack._grammar()
+    rows = grammar.lines.findall(text, 0, len(text) - 1)
+    t3 = clock()
+    keys = Counter(map(grammar.key_of_row, rows))
+    t4 = clock()
+    tally = conntrack._Tally()
+    for raw, n in keys.items():
+        if raw[0] is not None:
+            tally.add(conntrack._Key(*(field or "" for field in raw)), n)
+    t5 = clock()
+    if len(rows) != text.count("\n") or tally.counts != conntrack.count_conntrack(
+            data, source=path).counts:
+        sys.exit("the stages do not count what count_conntrack counts")
+    spent["read"] = t1 - t0
+    spent["normalize and decode"] = t2 - t1
+    spent["grammar (findall, every line)"] = t3 - t2
+    spent["count keys (Counter)"] = t4 - t3
+    spent["classify distinct keys"] = t5 - t4
+    result = dict(spent, **{"scan total": sum(spent.values()), "distinct keys": len(keys)})
+    print(json.dumps(result))
 
 
 def main() -> int:
@@ -229,7 +293,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="100,000 lines, 3 repeats")
     parser.add_argument("--stages", action="store_true",
-                        help="CPU time per stage, too (bpf nat list only)")
+                        help="CPU time per stage of the scan, too (one process)")
     parser.add_argument("--conntrack", action="store_true",
                         help="a conntrack -L dump instead (default 524,288 lines)")
     args = parser.parse_args()
@@ -269,9 +333,10 @@ def main() -> int:
                                                "awk": [*pin, *awk_run]}, args.repeat)
         startup = [timed([*egressgw_command(), "nat-stats", "--from", tiny])[1]
                    for _ in range(args.repeat)]
-        print(f"\negressgw start-up (nat-stats on a 10-line dump): cpu {spread(startup)} s")
-        if args.stages and not args.conntrack:
-            stages(path)
+        print(f"\negressgw start-up (nat-stats on a 10-line dump): cpu "
+              f"{spread(startup, '.3f', ' s')}")
+        if args.stages:
+            stages(path, args.repeat, conntrack=args.conntrack)
     return 0
 
 

@@ -17,7 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchutil import format_load, load_average
+from benchutil import format_load, load_average, spread
 from egressgw.sim.simulate import SimSettings, simulate
 from egressgw.sim.workload import load_workload
 
@@ -25,13 +25,15 @@ SEED_SCENARIO = (Path(__file__).parents[1]
                  / "src/egressgw/examples/workloads/seed-scenario.yaml")
 
 
-def cpu_seconds(workload_path: Path, model: str, duration: float | None) -> tuple[float, int]:
+def cpu_seconds(workload_path: Path, model: str,
+                duration: float | None) -> tuple[float, int, int]:
+    """CPU seconds of one ``simulate``, the connections attempted and those refused."""
     workload = load_workload(workload_path)
     settings = SimSettings(duration=duration or workload.duration or 3600.0,
                            datapath_model=model)
     started = time.process_time()
     result = simulate(workload, settings, progress=False)
-    return time.process_time() - started, result.totals.attempted
+    return time.process_time() - started, result.totals.attempted, result.totals.refused
 
 
 def main() -> None:
@@ -48,12 +50,13 @@ def main() -> None:
     medians = {}
     for model in ("cilium", "netfilter"):
         runs = [cpu_seconds(args.workload, model, duration) for _ in range(repeat)]
-        times = [t for t, _n in runs]
-        connections = runs[0][1]
+        times = [t for t, _n, _r in runs]
+        _t, connections, refused = runs[0]
         medians[model] = statistics.median(times)
-        print(f"{model:9}  {connections} connections  CPU {medians[model]:.2f} s "
-              f"(range {min(times):.2f}..{max(times):.2f}, {repeat} runs)  "
-              f"{connections / medians[model]:,.0f} connections per CPU second")
+        rates = [connections / t for t in times]
+        print(f"{model:9}  {connections:,} connections, {refused:,} refused; "
+              f"CPU {spread(times, '.2f', ' s')}; connections per CPU second "
+              f"{spread(rates)}")
     print(format_load(load_before, load_average()))
     print(f"netfilter / cilium CPU time: {medians['netfilter'] / medians['cilium']:.1f}x")
 
