@@ -1,8 +1,11 @@
 """The compiled kernel: the reference semantics on numpy rows, compiled with numba.
 
 State lives in a few flat arrays, gathered in one named structure ``S``
-(kernel_state.State) that every function takes first, so every function compiles once
-and is cached on disk (``cache=True``):
+(kernel_state.State): the entry points take it first, and every function compiles once
+and is cached on disk (``cache=True``). A call numba does not inline receives each array
+it is given as a struct of seven to nine words, so the per-packet helpers that are not
+inlined (``_allocate``, ``_nat_insert``, ``nat_remove``, ``_conn_new``,
+``conn_maybe_free``, the heap) take only the arrays they use, named as in ``S``:
 
 - scalars: ``S.st`` (int64 scalars), ``S.fs`` (float64 clock and GC state), ``S.cfg``
   (int64 settings), ``S.cfgf`` (float64 settings), ``S.cnt`` (counters), ``S.tries``
@@ -296,8 +299,7 @@ def conn_find(S, src, sport, dst, dport, proto) -> int:
 
 
 @njit(cache=True, _nrt=False)
-def _conn_new(S, src, sport, dst, dport, proto, egress) -> int:
-    st, CR, CB = S.st, S.CR, S.CB
+def _conn_new(st, CR, CB, src, sport, dst, dport, proto, egress) -> int:
     o = st[S_CONN_FREE]
     st[S_CONN_FREE] = CR[o, R_NEXT] if CR[o, R_NEXT] != NONE else -1
     st[S_CONN_NFREE] -= 1
@@ -316,9 +318,8 @@ def _conn_new(S, src, sport, dst, dport, proto, egress) -> int:
 
 
 @njit(cache=True, _nrt=False)
-def conn_maybe_free(S, o) -> None:
+def conn_maybe_free(st, CR, CB, o) -> None:
     """Free a record that has neither a CT entry nor anything referring to it."""
-    st, CR, CB = S.st, S.CR, S.CB
     misc = CR[o, R_MISC]
     if CR[o, R_REFS] != 0 or misc & CF_CT or not misc & CF_USED:
         return
@@ -340,18 +341,16 @@ def conn_maybe_free(S, o) -> None:
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _ct_create(S, o, proto, egress, now) -> None:
+def _ct_create(cfgf, CR, CF, o, proto, egress, now) -> None:
     """ct_create4: a new CT entry; TCP gets the SYN lifetime whatever the packet was."""
-    cfgf, CR, CF = S.cfgf, S.CR, S.CF
     CR[o, R_MISC] = (CR[o, R_MISC] & ~np.uint32(CF_TCP_STATE | CF_BROKEN)) | CF_CT
     CR[o, R_EGRESS] = egress
     CF[o, CF_EXPIRY] = now + (cfgf[T_SYN] if proto == TCP else cfgf[T_ANY])
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _ct_update(S, o, proto, flags, ingress, now) -> bool:
+def _ct_update(cfgf, CR, CF, o, proto, flags, ingress, now) -> bool:
     """__ct_lookup on an existing entry (see reference.py); False: a SYN found it closing."""
-    cfgf, CR, CF = S.cfgf, S.CR, S.CF
     if proto != TCP:
         CF[o, CF_EXPIRY] = now + cfgf[T_ANY]
         return True
@@ -382,20 +381,17 @@ def _ct_update(S, o, proto, flags, ingress, now) -> bool:
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _get_prev(S, n):
-    CR, NR = S.CR, S.NR
+def _get_prev(CR, NR, n):
     return CR[n ^ OUT_TAG, R_OPREV] if n & OUT_TAG else NR[n, E_PREV]
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _get_next(S, n):
-    CR, NR = S.CR, S.NR
+def _get_next(CR, NR, n):
     return CR[n ^ OUT_TAG, R_ONEXT] if n & OUT_TAG else NR[n, E_NEXT]
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _set_prev(S, n, v) -> None:
-    CR, NR = S.CR, S.NR
+def _set_prev(CR, NR, n, v) -> None:
     if n & OUT_TAG:
         CR[n ^ OUT_TAG, R_OPREV] = v
     else:
@@ -403,8 +399,7 @@ def _set_prev(S, n, v) -> None:
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _set_next(S, n, v) -> None:
-    CR, NR = S.CR, S.NR
+def _set_next(CR, NR, n, v) -> None:
     if n & OUT_TAG:
         CR[n ^ OUT_TAG, R_ONEXT] = v
     else:
@@ -412,55 +407,50 @@ def _set_next(S, n, v) -> None:
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _lru_unlink(S, n, fam) -> None:
-    st = S.st
-    p = _get_prev(S, n)
-    q = _get_next(S, n)
+def _lru_unlink(st, CR, NR, n, fam) -> None:
+    p = _get_prev(CR, NR, n)
+    q = _get_next(CR, NR, n)
     if p != NONE:
-        _set_next(S, p, q)
+        _set_next(CR, NR, p, q)
     else:
         st[S_HEAD + fam] = -1 if q == NONE else np.int64(q)
     if q != NONE:
-        _set_prev(S, q, p)
+        _set_prev(CR, NR, q, p)
     else:
         st[S_TAIL + fam] = -1 if p == NONE else np.int64(p)
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _lru_push(S, n, fam) -> None:
-    st = S.st
+def _lru_push(st, CR, NR, n, fam) -> None:
     h = st[S_HEAD + fam]
-    _set_prev(S, n, NONE)
+    _set_prev(CR, NR, n, NONE)
     if h >= 0:
-        _set_next(S, n, h)
-        _set_prev(S, h, n)
+        _set_next(CR, NR, n, h)
+        _set_prev(CR, NR, h, n)
     else:
-        _set_next(S, n, NONE)
+        _set_next(CR, NR, n, NONE)
         st[S_TAIL + fam] = n
     st[S_HEAD + fam] = n
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def nat_touch(S, n, fam) -> None:
+def nat_touch(st, CR, NR, n, fam) -> None:
     """A lookup from the datapath: the entry (LRU node ``n``) becomes the most recent."""
-    st = S.st
     if st[S_HEAD + fam] == n:
         return
-    _lru_unlink(S, n, fam)
-    _lru_push(S, n, fam)
+    _lru_unlink(st, CR, NR, n, fam)
+    _lru_push(st, CR, NR, n, fam)
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def in_find(S, dst, dport, egress, port, proto) -> int:
-    NB = S.NB
-    return in_find_at(S, _in_bucket(NB, egress, dst, port, dport, proto),
+def in_find(NR, NB, dst, dport, egress, port, proto) -> int:
+    return in_find_at(NR, NB, _in_bucket(NB, egress, dst, port, dport, proto),
                       dst, dport, egress, port, proto)  # fmt: skip
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def in_find_at(S, b, dst, dport, egress, port, proto) -> int:
+def in_find_at(NR, NB, b, dst, dport, egress, port, proto) -> int:
     """The IN entry for the key in bucket ``b``, or -1."""
-    NR, NB = S.NR, S.NB
     e = NB[b]
     want = (port << 8) | NF_USED | NF_IN
     while e != NONE:
@@ -476,13 +466,12 @@ def in_find_at(S, b, dst, dport, egress, port, proto) -> int:
 
 
 @njit(cache=True, _nrt=False)
-def nat_remove(S, n, evicted) -> None:
+def nat_remove(st, cnt, CR, CB, NR, NB, n, evicted) -> None:
     """Delete the NAT entry of LRU node ``n`` (an LRU eviction when ``evicted``)."""
-    st, cnt, CR, NR, NB = S.st, S.cnt, S.CR, S.NR, S.NB
     if n & OUT_TAG:
         o = n ^ OUT_TAG
         fam = 1 if CR[o, R_SRC] & V6_BIT else 0
-        _lru_unlink(S, n, fam)
+        _lru_unlink(st, CR, NR, n, fam)
         CR[o, R_MISC] &= ~np.uint32(CF_OUT)
         st[S_COUNT + fam] -= 1
         if evicted:
@@ -492,7 +481,7 @@ def nat_remove(S, n, evicted) -> None:
     pf = NR[e, E_PORTFLAGS]
     fam = 1 if pf & NF_V6 else 0
     o = NR[e, E_OWNER]
-    _lru_unlink(S, e, fam)
+    _lru_unlink(st, CR, NR, e, fam)
     dpp = NR[e, E_DPORT_PROTO]
     b = _in_bucket(NB, NR[e, E_ADDR], NR[e, E_DST], pf >> 8, dpp >> 8, dpp & 0xFF)
     prev = NONE
@@ -512,7 +501,7 @@ def nat_remove(S, n, evicted) -> None:
     st[S_NAT_NFREE] += 1
     st[S_COUNT + fam] -= 1
     CR[o, R_REFS] -= 1
-    conn_maybe_free(S, o)
+    conn_maybe_free(st, CR, CB, o)
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -527,18 +516,17 @@ def nat_room(S, fam) -> bool:
 
 
 @njit(cache=True, _nrt=False)
-def _nat_insert(S, o, addr, port, is_in, fam, now) -> int:
+def _nat_insert(st, cfg, cnt, CR, CB, NR, NB, o, addr, port, is_in, fam, now) -> int:
     """Insert a NAT entry owned by record ``o``; returns its LRU node."""
-    st, cfg, CR, NR, NB = S.st, S.cfg, S.CR, S.NR, S.NB
     if st[S_COUNT + fam] >= cfg[C_CAP]:
-        nat_remove(S, st[S_TAIL + fam], True)
+        nat_remove(st, cnt, CR, CB, NR, NB, st[S_TAIL + fam], True)
     st[S_COUNT + fam] += 1
     created = np.uint32(math.floor(now))
     if not is_in:  # the OUT entry lives in the record: its egress and port are the record's
         CR[o, R_MISC] |= np.uint32(CF_OUT)
         CR[o, R_OCREATED] = created
         n = np.int64(o) | OUT_TAG
-        _lru_push(S, n, fam)
+        _lru_push(st, CR, NR, n, fam)
         return n
     e = st[S_NAT_FREE]
     nxt = NR[e, E_NEXT]
@@ -560,7 +548,7 @@ def _nat_insert(S, o, addr, port, is_in, fam, now) -> int:
     NB[b] = e
     NR[e, E_PORTFLAGS] = (port << 8) | flags
     CR[o, R_REFS] += 1
-    _lru_push(S, e, fam)
+    _lru_push(st, CR, NR, e, fam)
     return e
 
 
@@ -573,9 +561,8 @@ def _clamp(start, end, value, kind) -> int:
 
 
 @njit(cache=True, _nrt=False)
-def _allocate(S, o, egress, fam):
+def _allocate(st, fs, cfg, cnt, tries, mt, CR, CB, NR, NB, o, egress, fam):
     """snat_v4_new_mapping: returns (port or -1, retries)."""
-    st, fs, cfg, cnt, tries, mt, CR, NB = S.st, S.fs, S.cfg, S.cnt, S.tries, S.mt, S.CR, S.NB
     start = cfg[C_PMIN]
     end = cfg[C_PMAX]
     retries_max = cfg[C_RETRIES]
@@ -592,10 +579,10 @@ def _allocate(S, o, egress, fam):
     base = _in_base(NB, egress, dst, dport, proto)
     mask = NB.shape[0] - 1
     while retries < retries_max:
-        e = in_find_at(S, (base + port) & mask, dst, dport, egress, port, proto)
+        e = in_find_at(NR, NB, (base + port) & mask, dst, dport, egress, port, proto)
         if e < 0:
-            _nat_insert(S, o, egress, port, True, fam, now)
-            _nat_insert(S, o, egress, port, False, fam, now)
+            _nat_insert(st, cfg, cnt, CR, CB, NR, NB, o, egress, port, True, fam, now)
+            _nat_insert(st, cfg, cnt, CR, CB, NR, NB, o, egress, port, False, fam, now)
             found = True
             break
         # A failed BPF_NOEXIST insert: an existence check, no LRU refresh of the entry.
@@ -626,21 +613,22 @@ def forward(S, src, sport, dst, dport, proto, egress, flags):
 def forward_at(S, o, src, sport, dst, dport, proto, egress, flags):
     """A packet from the pod for the tuple's record ``o`` (-1: none yet), found by the
     caller: (record, port or -1, drop, broken, retries)."""
-    st, fs, cnt, CR = S.st, S.fs, S.cnt, S.CR
+    st, fs, cfg, cfgf, cnt, tries, mt = S.st, S.fs, S.cfg, S.cfgf, S.cnt, S.tries, S.mt
+    CR, CF, CB, NR, NB = S.CR, S.CF, S.CB, S.NR, S.NB
     now = fs[F_NOW]
     fam = 1 if src & V6_BIT else 0
     has_out = o >= 0 and CR[o, R_MISC] & CF_OUT != 0
     if has_out:
-        nat_touch(S, np.int64(o) | OUT_TAG, fam)
+        nat_touch(st, CR, NR, np.int64(o) | OUT_TAG, fam)
     if o < 0 or not CR[o, R_MISC] & CF_CT:
         if o < 0:
-            o = _conn_new(S, src, sport, dst, dport, proto, egress)
-        _ct_create(S, o, proto, egress, now)
+            o = _conn_new(st, CR, CB, src, sport, dst, dport, proto, egress)
+        _ct_create(cfgf, CR, CF, o, proto, egress, now)
         CR[o, R_MISC] &= np.uint32(0xFFFF)  # no port yet (an OUT entry implies a CT entry)
         st[S_CT_COUNT] += 1
-    elif not _ct_update(S, o, proto, flags, False, now):
+    elif not _ct_update(cfgf, CR, CF, o, proto, flags, False, now):
         # A SYN on a closing entry: a fresh entry (the OUT entry, if any, stays).
-        _ct_create(S, o, proto, CR[o, R_EGRESS] if has_out else egress, now)
+        _ct_create(cfgf, CR, CF, o, proto, CR[o, R_EGRESS] if has_out else egress, now)
         if not has_out:
             CR[o, R_MISC] &= np.uint32(0xFFFF)  # no port yet: a new connection
     if has_out:
@@ -650,7 +638,7 @@ def forward_at(S, o, src, sport, dst, dport, proto, egress, flags):
     if broken and not misc & CF_BROKEN:
         CR[o, R_MISC] = misc | CF_BROKEN
         cnt[K_BROKEN] += 1
-    port, retries = _allocate(S, o, egress, fam)
+    port, retries = _allocate(st, fs, cfg, cnt, tries, mt, CR, CB, NR, NB, o, egress, fam)
     if port < 0:
         cnt[K_DROPS_NO_MAPPING] += 1
         return o, -1, DROP_NO_MAPPING, broken, retries
@@ -663,21 +651,21 @@ def forward_at(S, o, src, sport, dst, dport, proto, egress, flags):
 @njit(cache=True, _nrt=False)
 def reply_record(S, o, flags):
     """A reply to the port record ``o`` last had (-1: no record): (port or -1, drop)."""
-    fs, cnt, CR, NR = S.fs, S.cnt, S.CR, S.NR
+    st, fs, cfgf, cnt, CR, CF, NR, NB = S.st, S.fs, S.cfgf, S.cnt, S.CR, S.CF, S.NR, S.NB
     if o < 0 or not CR[o, R_MISC] & CF_CT or CR[o, R_MISC] >> 16 == 0:
         cnt[K_REPLY_DROPS] += 1
         return -1, DROP_NO_MAPPING
     port = np.int64(CR[o, R_MISC] >> 16)
     ports = CR[o, R_PORTS]
     proto = np.int64((CR[o, R_MISC] >> 8) & 0xFF)
-    e = in_find(S, CR[o, R_DST], ports & 0xFFFF, CR[o, R_EGRESS], port, proto)
+    e = in_find(NR, NB, CR[o, R_DST], ports & 0xFFFF, CR[o, R_EGRESS], port, proto)
     if e < 0:
         cnt[K_REPLY_DROPS] += 1
         return -1, DROP_NO_MAPPING
-    nat_touch(S, e, 1 if NR[e, E_PORTFLAGS] & NF_V6 else 0)
+    nat_touch(st, CR, NR, e, 1 if NR[e, E_PORTFLAGS] & NF_V6 else 0)
     owner = np.int64(NR[e, E_OWNER])
     if CR[owner, R_MISC] & CF_CT:
-        _ct_update(S, owner, proto, flags, True, fs[F_NOW])
+        _ct_update(cfgf, CR, CF, owner, proto, flags, True, fs[F_NOW])
     if owner != o:
         cnt[K_REPLY_DROPS] += 1
         return -1, DROP_NO_MAPPING
@@ -727,7 +715,11 @@ get_interval = njit(cache=True, _nrt=False)(gcpacing.get_interval)
 def ct_delete(S, o) -> None:
     """Delete a CT entry and, as nat DeleteMapping does, its OUT entry and the IN entry
     that OUT entry names (whoever owns it now)."""
-    st, CR = S.st, S.CR
+    _ct_delete(S.st, S.cnt, S.CR, S.CB, S.NR, S.NB, o)
+
+
+@njit(cache=True, _nrt=False)
+def _ct_delete(st, cnt, CR, CB, NR, NB, o) -> None:
     misc = CR[o, R_MISC]
     CR[o, R_MISC] = misc & ~np.uint32(CF_CT | CF_BROKEN)
     st[S_CT_COUNT] -= 1
@@ -735,12 +727,12 @@ def ct_delete(S, o) -> None:
         egress = CR[o, R_EGRESS]
         port = misc >> 16
         CR[o, R_REFS] += 1  # keep the record while its NAT entries go
-        nat_remove(S, np.int64(o) | OUT_TAG, False)
-        e = in_find(S, CR[o, R_DST], CR[o, R_PORTS] & 0xFFFF, egress, port, (misc >> 8) & 0xFF)
+        nat_remove(st, cnt, CR, CB, NR, NB, np.int64(o) | OUT_TAG, False)
+        e = in_find(NR, NB, CR[o, R_DST], CR[o, R_PORTS] & 0xFFFF, egress, port, (misc >> 8) & 0xFF)
         if e >= 0:
-            nat_remove(S, e, False)
+            nat_remove(st, cnt, CR, CB, NR, NB, e, False)
         CR[o, R_REFS] -= 1
-    conn_maybe_free(S, o)
+    conn_maybe_free(st, CR, CB, o)
     # IN entries are only made for records with a CT entry, so a record can only own
     # orphans (IN entries without CT) if it outlives the loss of its CT entry here.
     if CR[o, R_MISC] & CF_USED:
@@ -750,7 +742,8 @@ def ct_delete(S, o) -> None:
 @njit(cache=True, _nrt=False)
 def gc(S, families, signalled) -> None:
     """One CT GC pass at now over the maps of ``families`` (see reference.py)."""
-    st, fs, cfg, cfgf, cnt, CR, CF, NR = S.st, S.fs, S.cfg, S.cfgf, S.cnt, S.CR, S.CF, S.NR
+    st, fs, cfg, cfgf, cnt = S.st, S.fs, S.cfg, S.cfgf, S.cnt
+    CR, CF, CB, NR, NB = S.CR, S.CF, S.CB, S.NR, S.NB
     now = fs[F_NOW]
     d_tcp4 = 0
     d_any4 = 0
@@ -773,7 +766,7 @@ def gc(S, families, signalled) -> None:
             d_tcp4 += 1
         else:
             d_any4 += 1
-        ct_delete(S, o)
+        _ct_delete(st, cnt, CR, CB, NR, NB, o)
     tcp_max = np.float64(cfg[C_CT_TCP_MAX])
     any_max = np.float64(cfg[C_CT_ANY_MAX])
     ratio = max(d_tcp4 / tcp_max, d_any4 / any_max, d_tcp6 / tcp_max, d_any6 / any_max)
@@ -787,7 +780,7 @@ def gc(S, families, signalled) -> None:
                 and (purge >> (1 if pf & NF_V6 else 0)) & 1
                 and not CR[NR[e, E_OWNER], R_MISC] & CF_CT
             ):
-                nat_remove(S, e, False)
+                nat_remove(st, cnt, CR, CB, NR, NB, e, False)
     if not cfg[C_FIXED_GC]:
         last = fs[F_LAST_GC]
         actual = 0 if last == -np.inf else np.int64(round((now - last) * 1e9))
@@ -800,7 +793,7 @@ def gc(S, families, signalled) -> None:
     cnt[K_GC_RUNS] += 1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def after_operation(S) -> None:
     st = S.st
     if st[S_SIGNAL_DUE]:
@@ -819,11 +812,10 @@ def _move(HI, src, dst) -> None:
 
 
 @njit(cache=True, _nrt=False)
-def heap_push(S, t, seq, o, end, ka, kind, egress, rto, start) -> None:
+def heap_push(st, HI, HF, t, seq, o, end, ka, kind, egress, rto, start) -> None:
     """Add an event, sifting a hole up from the end (one row copy per level).
 
     ``kind`` carries the h_kind bits and the retransmissions left (<< 8)."""
-    st, HI, HF = S.st, S.HI, S.HF
     i = st[S_HEAP_SIZE]
     st[S_HEAP_SIZE] = i + 1
     while i > 0:
@@ -844,9 +836,8 @@ def heap_push(S, t, seq, o, end, ka, kind, egress, rto, start) -> None:
 
 
 @njit(cache=True, _nrt=False)
-def heap_pop_to_end(S) -> int:
+def heap_pop_to_end(st, HI, HF) -> int:
     """Move the earliest event to the row just past the heap and return that row."""
-    st, HI, HF = S.st, S.HI, S.HF
     n = st[S_HEAP_SIZE] - 1
     st[S_HEAP_SIZE] = n
     # The last event fills the hole the earliest leaves; keep it aside while sifting.
@@ -879,22 +870,21 @@ def heap_pop_to_end(S) -> int:
 
 
 @njit(cache=True, _nrt=False)
-def _schedule(S, now, o, seq, end, ka, kind, egress) -> None:
-    CR = S.CR
+def _schedule(st, CR, CB, HI, HF, now, o, seq, end, ka, kind, egress) -> None:
     ka64 = np.float64(ka)
     if ka64 > 0 and now + ka64 < end:
-        heap_push(S, now + ka64, seq, o, end, ka, kind | HK_KEEPALIVE, egress, 0.0, 0.0)
+        heap_push(st, HI, HF, now + ka64, seq, o, end, ka, kind | HK_KEEPALIVE, egress, 0.0, 0.0)
     elif end < np.inf:
-        heap_push(S, end, seq, o, end, ka, kind, egress, 0.0, 0.0)
+        heap_push(st, HI, HF, end, seq, o, end, ka, kind, egress, 0.0, 0.0)
     else:
         CR[o, R_REFS] -= 1  # nothing more will happen to it: unpin
-        conn_maybe_free(S, o)
+        conn_maybe_free(st, CR, CB, o)
 
 
 @njit(cache=True, _nrt=False, inline="always")
 def _attempt(S, o, seq, egress, start, duration, ka, kind, retries, rto):
     """A connection's first packet or a retransmission of it (see reference.py)."""
-    fs, cnt, lat, CR = S.fs, S.cnt, S.lat, S.CR
+    st, fs, cnt, lat, CR, CB, HI, HF = S.st, S.fs, S.cnt, S.lat, S.CR, S.CB, S.HI, S.HF
     now = fs[F_NOW]
     ports = np.int64(CR[o, R_PORTS])
     proto = np.int64((CR[o, R_MISC] >> 8) & 0xFF)
@@ -906,20 +896,20 @@ def _attempt(S, o, seq, egress, start, duration, ka, kind, retries, rto):
         cnt[K_ESTABLISHED] += 1
         if now > start:
             lat[min(lat.shape[0] - 1, np.int64((now - start) / LATENCY_STEP + 0.5))] += 1
-        _schedule(S, now, o2, seq, now + duration, ka, kind, egress)
+        _schedule(st, CR, CB, HI, HF, now, o2, seq, now + duration, ka, kind, egress)
     elif retries > 0:
         nxt = rto * 2.0 if proto == TCP else rto
-        heap_push(S, now + rto, seq, o2, duration, ka,
+        heap_push(st, HI, HF, now + rto, seq, o2, duration, ka,
                   kind | HK_RETRY | ((retries - 1) << 8), egress, nxt, start)  # fmt: skip
     else:
         cnt[K_CONNECT_FAILED] += 1
         CR[o2, R_REFS] -= 1
-        conn_maybe_free(S, o2)
+        conn_maybe_free(st, CR, CB, o2)
 
 
 @njit(cache=True, _nrt=False)
 def _event(S, slot) -> None:
-    fs, cnt, CR, HI, HF = S.fs, S.cnt, S.CR, S.HI, S.HF
+    st, fs, cnt, CR, CB, HI, HF = S.st, S.fs, S.cnt, S.CR, S.CB, S.HI, S.HF
     o = HI[slot, H_CONN]
     seq = HI[slot, H_SEQ]
     end = HF[slot, H_END]
@@ -940,16 +930,16 @@ def _event(S, slot) -> None:
         o2, _p, drop, _b, _r = forward_at(S, o, src, sport, dst, dport, proto, egress, 0)
         if drop:
             CR[o, R_REFS] -= 1
-            conn_maybe_free(S, o)
+            conn_maybe_free(st, CR, CB, o)
             return
         reply_record(S, o2, 0)
-        _schedule(S, fs[F_NOW], o, seq, end, ka, kind & 3, egress)
+        _schedule(st, CR, CB, HI, HF, fs[F_NOW], o, seq, end, ka, kind & 3, egress)
         return
     end_record(S, o, src, sport, dst, dport, proto, egress, kind)
     if kind != IDLE:
         cnt[K_CLOSED] += 1
     CR[o, R_REFS] -= 1
-    conn_maybe_free(S, o)
+    conn_maybe_free(st, CR, CB, o)
 
 
 @njit(cache=True, _nrt=False)
@@ -958,7 +948,7 @@ def run(S, B, until) -> int:
 
     Returns OK when done, or NEED_* (before changing anything) when arrays must grow.
     """
-    st, fs, cnt, CR, HI, HF = S.st, S.fs, S.cnt, S.CR, S.HI, S.HF
+    st, fs, cnt, CR, CB, HI, HF = S.st, S.fs, S.cnt, S.CR, S.CB, S.HI, S.HF
     b_start, b_duration, b_end, b_ka = B.start, B.duration, B.end, B.keepalive
     b_src, b_sport, b_dst, b_dport, b_proto = B.src, B.sport, B.dst, B.dport, B.proto
     b_egress, b_retries, b_rto = B.egress, B.retries, B.rto
@@ -982,7 +972,7 @@ def run(S, B, until) -> int:
             if st[S_HEAP_SIZE] + 1 >= heap_cap:  # a retransmission may schedule again
                 return NEED_HEAP
             fs[F_NOW] = t
-            slot = heap_pop_to_end(S)
+            slot = heap_pop_to_end(st, HI, HF)
             _event(S, slot)
         else:
             src = np.int64(b_src[i])
@@ -1002,7 +992,7 @@ def run(S, B, until) -> int:
             proto, egress = np.int64(b_proto[i]), np.int64(b_egress[i])
             o = conn_find(S, src, sport, dst, dport, proto)
             if o < 0:
-                o = _conn_new(S, src, sport, dst, dport, proto, egress)
+                o = _conn_new(st, CR, CB, src, sport, dst, dport, proto, egress)
             CR[o, R_REFS] += 1  # pinned while its attempts and events are pending
             _attempt(S, o, seq, egress, t, b_duration[i], b_ka[i],
                      np.int64(b_end[i]), np.int64(b_retries[i]), np.float64(b_rto[i]))  # fmt: skip
@@ -1042,13 +1032,13 @@ def rebuild_in_index(S) -> None:
 @njit(cache=True, _nrt=False)
 def lru_order(S, fam, out) -> int:
     """LRU nodes of the family's NAT entries into ``out``, least recently used first."""
-    st = S.st
+    st, CR, NR = S.st, S.CR, S.NR
     n = st[S_TAIL + fam]
     k = 0
     while n >= 0:
         out[k] = n
         k += 1
-        p = _get_prev(S, n)
+        p = _get_prev(CR, NR, n)
         n = -1 if p == NONE else np.int64(p)
     return k
 
