@@ -53,13 +53,17 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from egressgw.datapath.model import gcpacing, kernel_cache, kernel_state, types
+from egressgw.datapath.model import gcpacing, kernel_cache, kernel_prefetch, kernel_state, types
+from egressgw.datapath.model.kernel_prefetch import prefetch
 from egressgw.datapath.model.types import LATENCY_STEP
 
 # Every file whose code or constants the compiled functions take in: one cache stamp over
 # all of them, so changing any recompiles (kernel_cache.py). Keep this list complete when
 # the kernel imports from another module.
-SOURCES = (Path(__file__), *(Path(str(m.__file__)) for m in (gcpacing, types, kernel_state)))
+SOURCES = (
+    Path(__file__),
+    *(Path(str(m.__file__)) for m in (gcpacing, types, kernel_state, kernel_prefetch)),
+)
 kernel_cache.register(SOURCES)
 
 # -- indices into st ------------------------------------------------------------------------
@@ -203,6 +207,7 @@ NEED_NAT = 2
 NEED_HEAP = 3
 
 _U32 = np.uint64(0xFFFFFFFF)
+PREFETCH_AHEAD = 3  # batch connections: their buckets load while these ones run
 
 
 # -- MT19937, exactly as CPython's _random module ---------------------------------------------
@@ -942,13 +947,85 @@ def _event(S, slot) -> None:
     conn_maybe_free(st, CR, CB, o)
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def _prefetch_start(cfg, CR, CB, NR, NB, B, j, deep) -> None:
+    """Start loading what batch connection ``j`` will read first: its record's hash bucket
+    and the IN bucket of its first port try (its own source port when in range); with
+    ``deep``, also the first row each of those buckets names (read from the bucket, so
+    prefetched earlier)."""
+    src, sport, dst = np.int64(B.src[j]), np.int64(B.sport[j]), np.int64(B.dst[j])
+    dport, proto = np.int64(B.dport[j]), np.int64(B.proto[j])
+    b = _conn_bucket(CB, src, dst, (sport << 16) | dport, proto)
+    if cfg[C_PMIN] <= sport <= cfg[C_PMAX]:
+        e = _in_bucket(NB, np.int64(B.egress[j]), dst, sport, dport, proto)
+        if deep:
+            if NB[e] != NONE:
+                prefetch(NR, NB[e])
+        else:
+            prefetch(NB, e)
+    if deep:
+        if CB[b] != NONE:
+            prefetch(CR, CB[b])
+    else:
+        prefetch(CB, b)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _prefetch_node(CR, NR, n) -> None:
+    """The row of LRU node ``n`` (a record for an OUT entry, else an IN row)."""
+    if n != NONE:
+        if n & OUT_TAG:
+            prefetch(CR, n ^ OUT_TAG)
+        else:
+            prefetch(NR, n)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _prefetch_eviction(st, CR, NR, NB, fam) -> None:
+    """What evicting the family's LRU tail will read: an IN entry's owner record and hash
+    bucket, and the node before it (the next to go). The tail itself was written by the
+    previous eviction, so it is in cache."""
+    t = st[S_TAIL + fam]
+    if t < 0:
+        return
+    if not t & OUT_TAG:
+        prefetch(CR, NR[t, E_OWNER])
+        dpp = NR[t, E_DPORT_PROTO]
+        prefetch(NB, _in_bucket(NB, NR[t, E_ADDR], NR[t, E_DST], NR[t, E_PORTFLAGS] >> 8,
+                                dpp >> 8, dpp & 0xFF))  # fmt: skip
+    _prefetch_node(CR, NR, _get_prev(CR, NR, t))
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _prefetch_event(st, CR, NR, NB, HI) -> None:
+    """After a pop: the records of the two events that may come after the next one, and
+    for the next one (its record was prefetched at the previous pop) its OUT entry's LRU
+    neighbours and its IN entry's bucket, which its packets will read."""
+    size = st[S_HEAP_SIZE]
+    if size > 1:
+        prefetch(CR, HI[1, H_CONN])
+    if size > 2:
+        prefetch(CR, HI[2, H_CONN])
+    if size > 0:
+        o = HI[0, H_CONN]
+        misc = CR[o, R_MISC]
+        if misc & CF_OUT:
+            _prefetch_node(CR, NR, CR[o, R_OPREV])
+            _prefetch_node(CR, NR, CR[o, R_ONEXT])
+            ports = CR[o, R_PORTS]
+            prefetch(NB, _in_bucket(NB, CR[o, R_EGRESS], CR[o, R_DST], misc >> 16,
+                                    ports & 0xFFFF, (misc >> 8) & 0xFF))  # fmt: skip
+
+
 @njit(cache=True, _nrt=False)
 def run(S, B, until) -> int:
     """Process the batch from st[S_BATCH_POS] and pending events before ``until``.
 
     Returns OK when done, or NEED_* (before changing anything) when arrays must grow.
     """
-    st, fs, cnt, CR, CB, HI, HF = S.st, S.fs, S.cnt, S.CR, S.CB, S.HI, S.HF
+    st, fs, cfg, cnt, CR, CB, NR, NB, HI, HF = (
+        S.st, S.fs, S.cfg, S.cnt, S.CR, S.CB, S.NR, S.NB, S.HI, S.HF
+    )  # fmt: skip
     b_start, b_duration, b_end, b_ka = B.start, B.duration, B.end, B.keepalive
     b_src, b_sport, b_dst, b_dport, b_proto = B.src, B.sport, B.dst, B.dport, B.proto
     b_egress, b_retries, b_rto = B.egress, B.retries, B.rto
@@ -973,6 +1050,7 @@ def run(S, B, until) -> int:
                 return NEED_HEAP
             fs[F_NOW] = t
             slot = heap_pop_to_end(st, HI, HF)
+            _prefetch_event(st, CR, NR, NB, HI)
             _event(S, slot)
         else:
             src = np.int64(b_src[i])
@@ -988,6 +1066,11 @@ def run(S, B, until) -> int:
             seq = st[S_SEQ]
             st[S_SEQ] = seq + 1
             cnt[K_ATTEMPTED] += 1
+            if i + PREFETCH_AHEAD < n:
+                _prefetch_start(cfg, CR, CB, NR, NB, B, i + PREFETCH_AHEAD, False)
+            if i + 1 < n:
+                _prefetch_start(cfg, CR, CB, NR, NB, B, i + 1, True)
+            _prefetch_eviction(st, CR, NR, NB, fam)
             sport, dst, dport = np.int64(b_sport[i]), np.int64(b_dst[i]), np.int64(b_dport[i])
             proto, egress = np.int64(b_proto[i]), np.int64(b_egress[i])
             o = conn_find(S, src, sport, dst, dport, proto)
