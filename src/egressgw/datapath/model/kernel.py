@@ -856,6 +856,11 @@ def heap_pop_to_end(st, HI, HF) -> int:
         child = 2 * i + 1
         if child >= n:
             break
+        # The level after next: its four rows load while this level is compared.
+        grandchild = 4 * i + 3
+        if grandchild < n:
+            for g in range(grandchild, min(grandchild + 4, n)):
+                prefetch(HI, g)
         if child + 1 < n:
             a, b = HF[child + 1, H_TIME], HF[child, H_TIME]
             if a < b or (a == b and HI[child + 1, H_SEQ] < HI[child, H_SEQ]):
