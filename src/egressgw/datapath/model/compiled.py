@@ -7,8 +7,8 @@ import random
 import numpy as np
 import numpy.typing as npt
 
-from egressgw.datapath.model import kernel as k
 from egressgw.datapath.model import kernel_api as kapi
+from egressgw.datapath.model import kernel_layout as k
 from egressgw.datapath.model.config import ModelConfig
 from egressgw.datapath.model.gcpacing import to_ns
 from egressgw.datapath.model.kernel_state import BatchColumns, State
