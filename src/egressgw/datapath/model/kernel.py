@@ -114,7 +114,7 @@ from egressgw.datapath.model.kernel_layout import (
     TCP,
     V6_BIT,
 )
-from egressgw.datapath.model.kernel_nat import lru_prev, nat_room
+from egressgw.datapath.model.kernel_nat import lru_prev, nat_room, prefetch_node
 from egressgw.datapath.model.kernel_packets import (
     end_record,
     forward,
@@ -246,16 +246,6 @@ def _prefetch_start(cfg, CR, CB, NR, NB, B, j, deep) -> None:
 
 
 @jit(inline=True)
-def _prefetch_node(CR, NR, n) -> None:
-    """The row of LRU node ``n`` (a record for an OUT entry, else an IN row)."""
-    if n != NONE:
-        if n & OUT_TAG:
-            prefetch(CR, n ^ OUT_TAG)
-        else:
-            prefetch(NR, n)
-
-
-@jit(inline=True)
 def _prefetch_eviction(st, CR, NR, NB, fam) -> None:
     """What evicting the family's LRU tail will read: an IN entry's owner record and hash
     bucket, and the node before it (the next to go). The tail itself was written by the
@@ -268,7 +258,7 @@ def _prefetch_eviction(st, CR, NR, NB, fam) -> None:
         dpp = NR[t, E_DPORT_PROTO]
         prefetch(NB, in_bucket(NB, NR[t, E_ADDR], NR[t, E_DST], NR[t, E_PORTFLAGS] >> 8,
                                 dpp >> 8, dpp & 0xFF))  # fmt: skip
-    _prefetch_node(CR, NR, lru_prev(CR, NR, t))
+    prefetch_node(CR, NR, lru_prev(CR, NR, t))
 
 
 @jit(inline=True)
@@ -285,8 +275,8 @@ def _prefetch_event(st, CR, NR, NB, HI) -> None:
         o = HI[0, H_CONN]
         misc = CR[o, R_MISC]
         if misc & CF_OUT:
-            _prefetch_node(CR, NR, CR[o, R_OPREV])
-            _prefetch_node(CR, NR, CR[o, R_ONEXT])
+            prefetch_node(CR, NR, CR[o, R_OPREV])
+            prefetch_node(CR, NR, CR[o, R_ONEXT])
             ports = CR[o, R_PORTS]
             prefetch(NB, in_bucket(NB, CR[o, R_EGRESS], CR[o, R_DST], misc >> 16,
                                     ports & 0xFFFF, (misc >> 8) & 0xFF))  # fmt: skip

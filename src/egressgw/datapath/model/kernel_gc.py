@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from egressgw.datapath.model import gcpacing
+from egressgw.datapath.model.kernel_hash import conn_bucket, in_bucket
 from egressgw.datapath.model.kernel_jit import jit
 from egressgw.datapath.model.kernel_layout import (
     C_CT_ANY_MAX,
@@ -35,6 +36,8 @@ from egressgw.datapath.model.kernel_layout import (
     R_DST,
     R_EGRESS,
     R_MISC,
+    R_ONEXT,
+    R_OPREV,
     R_PORTS,
     R_REFS,
     R_SRC,
@@ -46,10 +49,12 @@ from egressgw.datapath.model.kernel_layout import (
     TCP,
     V6_BIT,
 )
-from egressgw.datapath.model.kernel_nat import in_find, nat_remove
+from egressgw.datapath.model.kernel_nat import in_find, nat_remove, prefetch_node
+from egressgw.datapath.model.kernel_prefetch import prefetch
 from egressgw.datapath.model.kernel_records import conn_maybe_free
 
 get_interval = jit()(gcpacing.get_interval)
+GC_PREFETCH_AHEAD = 16  # records: a deletion's rows load while the pass walks up to it
 
 
 @jit()
@@ -80,6 +85,23 @@ def _ct_delete(st, cnt, CR, CB, NR, NB, o) -> None:
         st[S_ORPHANS] |= 2 if CR[o, R_SRC] & V6_BIT else 1
 
 
+@jit(inline=True)
+def _prefetch_deletion(CR, CF, CB, NR, NB, o, now) -> None:
+    """What deleting record ``o`` will read if its CT entry has expired: its hash bucket
+    and, with an OUT entry, its LRU neighbours and its IN entry's bucket. The pass reads
+    the records in order (the hardware prefetches those); these rows are anywhere."""
+    misc = CR[o, R_MISC]
+    if not misc & CF_CT or CF[o, CF_EXPIRY] >= now:
+        return
+    ports = CR[o, R_PORTS]
+    prefetch(CB, conn_bucket(CB, CR[o, R_SRC], CR[o, R_DST], ports, (misc >> 8) & 0xFF))
+    if misc & CF_OUT:
+        prefetch_node(CR, NR, CR[o, R_OPREV])
+        prefetch_node(CR, NR, CR[o, R_ONEXT])
+        prefetch(NB, in_bucket(NB, CR[o, R_EGRESS], CR[o, R_DST], misc >> 16, ports & 0xFFFF,
+                               (misc >> 8) & 0xFF))  # fmt: skip
+
+
 @jit()
 def gc(S, families, signalled) -> None:
     """One CT GC pass at now over the maps of ``families`` (see reference.py)."""
@@ -90,7 +112,10 @@ def gc(S, families, signalled) -> None:
     d_any4 = 0
     d_tcp6 = 0
     d_any6 = 0
-    for o in range(CR.shape[0]):
+    rows = CR.shape[0]
+    for o in range(rows):
+        if o + GC_PREFETCH_AHEAD < rows:
+            _prefetch_deletion(CR, CF, CB, NR, NB, o + GC_PREFETCH_AHEAD, now)
         misc = CR[o, R_MISC]
         if not misc & CF_CT or CF[o, CF_EXPIRY] >= now:
             continue

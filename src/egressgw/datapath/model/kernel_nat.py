@@ -52,6 +52,7 @@ from egressgw.datapath.model.kernel_layout import (
     S_TAIL,
     V6_BIT,
 )
+from egressgw.datapath.model.kernel_prefetch import prefetch
 from egressgw.datapath.model.kernel_records import conn_maybe_free
 
 
@@ -225,3 +226,13 @@ def nat_insert(st, cfg, cnt, CR, CB, NR, NB, o, addr, port, is_in, fam, now) -> 
     CR[o, R_REFS] += 1
     lru_push(st, CR, NR, e, fam)
     return e
+
+
+@jit(inline=True)
+def prefetch_node(CR, NR, n) -> None:
+    """The row of LRU node ``n`` (a record for an OUT entry, else an IN row)."""
+    if n != NONE:
+        if n & OUT_TAG:
+            prefetch(CR, n ^ OUT_TAG)
+        else:
+            prefetch(NR, n)
