@@ -19,7 +19,7 @@ INITIAL_ROWS = 1024
 
 
 def _counted_table() -> npt.NDArray[np.uint8]:
-    """kernel.count_endpoints' ``counted``: COUNTED_PROTOS per family, 2 where ported."""
+    """kernel_views.count_endpoints' ``counted``: COUNTED_PROTOS per family, 2 where ported."""
     table = np.zeros((2, 256), np.uint8)
     for family, protos in enumerate(COUNTED_PROTOS):
         for proto in protos:
@@ -135,7 +135,7 @@ class CompiledModel:
         if need == kapi.NEED_CONN:
             self._grow_conns(2 * len(self.cr))
         elif need == kapi.NEED_NAT:
-            limit = 2 * self.config.bpf_nat_global_max + 1  # see kernel.nat_room
+            limit = 2 * self.config.bpf_nat_global_max + 1  # see kernel_nat.nat_room
             size = len(self.nr)
             if size >= limit:
                 raise AssertionError("NAT pool at its limit yet short of room")

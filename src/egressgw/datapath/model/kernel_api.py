@@ -42,7 +42,7 @@ def gc(state: State, families: int, signalled: bool) -> None:
 def send(
     state: State, key: ConnKey, egress: int, mode: int, flags: int
 ) -> tuple[int, int, bool, int]:
-    """The packets of one per-connection call (kernel.op_send's ``mode``):
+    """The packets of one per-connection call (kernel_packets.op_send's ``mode``):
     (port or -1, drop code or 0, broken, retries)."""
     port, drop, broken, retries = _k.op_send(state, *key, egress, mode, flags)
     return int(port), int(drop), bool(broken), int(retries)
