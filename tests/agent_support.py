@@ -15,13 +15,16 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from egressgw.errors import DatapathError
 from egressgw.net import Family, NatEndpoint, Proto
 from egressgw.rules import EgressRule
+
+if TYPE_CHECKING:
+    from egressgw.agent import Agent
 
 T = TypeVar("T")
 EXAMPLES = Path(__file__).resolve().parent.parent / "src" / "egressgw" / "examples"
@@ -211,3 +214,15 @@ def poll_until(check: Callable[[], T | None], *, timeout: float = 20.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.1)
+
+
+def settled(agent: Agent, passes: int, *, timeout: float = 20.0) -> None:
+    """Wait until ``passes`` nat-stats passes are published and none is running: passes run
+    on the agent's recount thread, so ``tick`` may return before its pass is published."""
+    def done() -> bool | None:
+        status = agent.state.recount
+        thread = agent.recount_thread
+        idle = thread is None or not thread.busy
+        return True if status.passes_total >= passes and idle else None
+
+    poll_until(done, timeout=timeout, what=f"{passes} published nat-stats passes")

@@ -21,6 +21,7 @@ from agent_support import AgentProcess, get_json, poll_until, sample_value, scra
 from egressgw.datapath.kernel.netns import call_in
 from egressgw.datapath.kernel.ruleset import without_tracking_state
 from egressgw.lab import Lab
+from gateway_files import POLICY_FILE, gateway_files
 from netns import lab, run_in  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.kernel
@@ -34,47 +35,8 @@ def lab_files(directory: Path, lab: Lab, *, egress_ip: str) -> tuple[Path, Path]
     """A policy sending the lab's first pod to the servers through ``egress_ip``, and an
     inventory describing the lab (the gateway node is named after its namespace)."""
     t = lab.topology
-    policies = directory / "policies"
-    policies.mkdir(exist_ok=True)
-    (policies / "lab.yaml").write_text(f"""\
-apiVersion: cilium.io/v2
-kind: CiliumEgressGatewayPolicy
-metadata:
-  name: lab-clients
-spec:
-  selectors:
-    - podSelector:
-        matchLabels:
-          app: client
-  destinationCIDRs: [198.51.100.0/24]
-  egressGateway:
-    nodeSelector:
-      matchLabels:
-        egress-gateway: "true"
-    egressIP: {egress_ip}
-""")
-    inventory = directory / "inventory.yaml"
-    addresses = ", ".join(f"{ip}/24" for ip in t.egress4)
-    inventory.write_text(f"""\
-nodes:
-  - name: {t.gateway_node}
-    internalIP: 192.0.2.1
-    labels: {{egress-gateway: "true"}}
-    interfaces:
-      - name: ext0
-        addresses: [{addresses}]
-  - name: worker-1
-    internalIP: 192.0.2.2
-namespaces:
-  - name: lab
-endpoints:
-  - name: pod-0
-    namespace: lab
-    labels: {{app: client}}
-    ips: [{t.pods4[0]}]
-    node: worker-1
-""")
-    return policies, inventory
+    return gateway_files(directory, node=t.gateway_node, egress_ip=egress_ip,
+                         egress_addresses=t.egress4, pod_ip=t.pods4[0])
 
 
 def start_agent(lab: Lab, policies: Path, inventory: Path) -> AgentProcess:  # noqa: F811
@@ -194,12 +156,12 @@ def test_bad_edits_and_crashes_leave_rules_and_connections_alone(
         assert egress in rules_before
 
         # A malformed edit: rejected, logged with its place, counted; nothing changes.
-        policy = policies / "lab.yaml"
+        policy = policies / POLICY_FILE
         good = policy.read_text()
         mark = len(agent.lines)
         policy.write_text(good.replace("198.51.100.0/24", "198.51.100.0/33"))
         error = agent.wait_for_log("reconcile rejected", after=mark)
-        assert "lab.yaml" in error and "destinationCIDRs" in error
+        assert POLICY_FILE in error and "destinationCIDRs" in error
 
         def error_counted() -> dict[str, list[tuple[dict[str, str], float]]] | None:
             samples = in_gateway(lab, lambda: scrape(agent.url))

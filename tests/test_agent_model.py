@@ -24,6 +24,7 @@ from agent_support import (
     poll_until,
     sample_value,
     scrape,
+    settled,
 )
 from egressgw.agent import Agent, AgentConfig, AgentHTTPServer, ListenAddress
 from egressgw.agent.modeldp import ModelAgentDatapath, Verdict
@@ -75,6 +76,7 @@ def model_agent(tmp_path: Path) -> Iterator[tuple[Agent, ModelAgentDatapath, Clo
         yield agent, datapath, clock, server.address.url()
     finally:
         server.stop()
+        agent.close()
 
 
 def test_rules_route_connections_like_the_gateway(
@@ -102,6 +104,7 @@ def test_running_out_of_ports_shows_in_metrics_and_nat_stats(
     assert len(established) == 63  # every port the clamp reaches
     clock.now += 1
     agent.tick()
+    settled(agent, 2)
 
     doc = get_json(url + "/v1/statedb/nat-stats")
     assert [(r["egressIP"], r["remoteAddr"], r["count"], r["rank"]) for r in doc["rows"]] == [

@@ -10,8 +10,14 @@ the serial agent fails these tests instead of hanging them.
 
 from __future__ import annotations
 
+import ctypes
+import ipaddress
 import logging
+import os
+import random
+import shutil
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -26,14 +32,28 @@ from agent_support import (
     poll_until,
     sample_value,
     scrape,
+    settled,
 )
+from bpf_support import fill_nat_map, synthetic_connections
 from egressgw.agent import Agent, AgentConfig, AgentHTTPServer, ListenAddress
-from egressgw.agent.counting import ConntrackCounter, EndpointCounter, Usage
+from egressgw.agent.counting import (
+    BpfMapCounter,
+    ConntrackCounter,
+    EndpointCounter,
+    ModelCounter,
+    Usage,
+)
+from egressgw.agent.modeldp import ModelAgentDatapath, Verdict
 from egressgw.config import NodePortRange
+from egressgw.datapath.bpf import layout
+from egressgw.datapath.bpf.datapath import BpfDatapath, BpfSettings
+from egressgw.datapath.bpf.syscall import BpfMap
 from egressgw.datapath.kernel import KernelDatapath
 from egressgw.datapath.kernel.ctfill import fill, synthetic_entries
+from egressgw.datapath.model import ConnectResult, ModelConfig, ModelDatapath
 from egressgw.errors import DatapathError
-from egressgw.net import NatEndpoint
+from egressgw.net import Endpoint, FiveTuple, NatEndpoint, Proto
+from gateway_files import gateway_files, write_policy
 from netns import bare_netns, run_in
 
 WALL_OFFSET = 1_700_000_000.0
@@ -52,17 +72,25 @@ class FakeClock:
 
 
 class HeldCounter:
-    """Counts through ``read`` once the test opens the gate; says when a pass waits."""
+    """A pass whose reading step waits for the test to open the gate, then reads for real.
 
-    def __init__(self, read: Callable[[], Usage]) -> None:
-        self._read = read
+    ``take`` is the real counter's snapshot, run on the loop; its read runs once the gate
+    opens (on the recount thread). ``waiting`` says a pass waits at the gate.
+    """
+
+    def __init__(self, take: Callable[[], Callable[[], Usage]]) -> None:
+        self._take = take
         self.gate = threading.Event()
         self.gate.set()
         self.waiting = threading.Event()
         self.fail_with: Exception | None = None
         self.passes = 0
 
-    def usage(self) -> Usage:
+    def snapshot(self) -> Callable[[], Usage]:
+        read = self._take()
+        return lambda: self._read_when_open(read)
+
+    def _read_when_open(self, read: Callable[[], Usage]) -> Usage:
         self.waiting.set()
         try:
             if not self.gate.wait(60):
@@ -72,18 +100,19 @@ class HeldCounter:
         self.passes += 1
         if self.fail_with is not None:
             raise self.fail_with
-        return self._read()
+        return read()
 
     def close(self) -> None:
         pass
 
 
 class HeldMemoryDatapath(MemoryDatapath):
-    """The in-memory datapath, counted in the background through a HeldCounter."""
+    """The in-memory datapath, counted in the background through a HeldCounter (what it
+    reads is the dict as the gate opens)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.counter = HeldCounter(lambda: (dict(self.counts), None))
+        self.counter = HeldCounter(lambda: lambda: (dict(self.counts), None))
 
     def background_counter(self) -> EndpointCounter:
         return self.counter
@@ -324,6 +353,47 @@ def test_a_pass_on_the_loop_that_overruns_skips_the_periods_it_missed(
     assert messages.count("nat-stats passes fit --nat-map-stats-interval again (0.0s)") == 1
 
 
+def test_a_failed_snapshot_on_the_loop_is_counted_and_the_next_pass_runs(
+    tmp_path: Path, agents: list[Agent], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The loop's step of a pass (BPF: handling signals; model: copying keys) can fail
+    too: logged once, counted, the last good pass kept, the thread free for the next."""
+    datapath, clock = HeldMemoryDatapath(), FakeClock()
+    datapath.counts = {endpoint("203.0.113.10", "198.51.100.10", 443): 3}
+    broken: list[str] = []
+
+    def take() -> Callable[[], Usage]:
+        if broken:
+            raise DatapathError(broken[0])
+        counts = dict(datapath.counts)
+        return lambda: (counts, None)
+
+    datapath.counter = HeldCounter(take)
+    agent = memory_agent(tmp_path, datapath, clock, agents)
+    agent.start()
+    settled(agent, 1)
+    good = agent.state.counts
+    broken.append("signals ring buffer: bad record")
+    with caplog.at_level(logging.ERROR, logger="egressgw.agent"):
+        for _ in range(2):
+            clock.now += 30
+            within_deadline(agent.tick)
+    status = agent.state.recount
+    assert status.errors_total == 2 and status.running_since is None
+    assert status.last_error == "signals ring buffer: bad record"
+    assert agent.state.counts is good
+    assert agent.recount_thread is not None and not agent.recount_thread.busy
+    assert [r.getMessage() for r in caplog.records].count(
+        "taking the nat-stats snapshot failed: signals ring buffer: bad record") == 1
+    broken.clear()
+    datapath.counts = {endpoint("203.0.113.10", "198.51.100.10", 443): 5}
+    clock.now += 30
+    within_deadline(agent.tick)
+    settled(agent, 2)
+    after = agent.state.counts
+    assert after is not None and sum(after.entries.values()) == 5
+
+
 def test_a_snapshot_cannot_be_changed_after_it_is_published(
     tmp_path: Path, agents: list[Agent]
 ) -> None:
@@ -351,53 +421,14 @@ class HeldKernelDatapath(KernelDatapath):
     def __init__(self, netns: str) -> None:
         super().__init__(NodePortRange(), netns=netns)
         self._conntrack_counter = ConntrackCounter(netns)
-        self.counter = HeldCounter(self._conntrack_counter.usage)
+        self.counter = HeldCounter(self._conntrack_counter.snapshot)
 
     def background_counter(self) -> EndpointCounter:
         return self.counter
 
 
 def kernel_files(directory: Path, node: str, egress_ip: str) -> tuple[Path, Path]:
-    policies = directory / "policies"
-    policies.mkdir(exist_ok=True)
-    (policies / "clients.yaml").write_text(f"""\
-apiVersion: cilium.io/v2
-kind: CiliumEgressGatewayPolicy
-metadata:
-  name: clients
-spec:
-  selectors:
-    - podSelector:
-        matchLabels:
-          app: client
-  destinationCIDRs: [198.51.100.0/24]
-  egressGateway:
-    nodeSelector:
-      matchLabels:
-        egress-gateway: "true"
-    egressIP: {egress_ip}
-""")
-    inventory = directory / "inventory.yaml"
-    inventory.write_text(f"""\
-nodes:
-  - name: {node}
-    internalIP: 192.0.2.1
-    labels: {{egress-gateway: "true"}}
-    interfaces:
-      - name: ext0
-        addresses: [{EGRESS[0]}/24, {EGRESS[1]}/24]
-  - name: worker-1
-    internalIP: 192.0.2.2
-namespaces:
-  - name: lab
-endpoints:
-  - name: pod-0
-    namespace: lab
-    labels: {{app: client}}
-    ips: [192.0.2.20]
-    node: worker-1
-""")
-    return policies, inventory
+    return gateway_files(directory, node=node, egress_ip=egress_ip, egress_addresses=EGRESS)
 
 
 def per_tuple(entries: int) -> Mapping[tuple[str, str], int]:
@@ -495,3 +526,246 @@ def test_kernel_the_background_counter_reads_what_was_filled(tmp_path: Path) -> 
     # synthetic entries are ESTABLISHED: none of their ports can be taken over.
     assert reusable is not None and sum(reusable.values()) == 0
 
+
+
+# -- the model: its NAT keys copied on the loop, counted on the thread -------------------
+
+SHOP_CLIENT = "192.0.2.10"  # client-1 of the example inventory, behind 203.0.113.10
+MODEL_REMOTES = tuple(f"198.51.100.{5 + i}" for i in range(8))
+
+
+class HeldModelDatapath(ModelAgentDatapath):
+    """The model datapath, its pass held between the snapshot (taken on the loop) and the
+    count (on the thread), which then counts for real."""
+
+    def __init__(self, model: ModelDatapath) -> None:
+        super().__init__(model)
+        self.counter = HeldCounter(ModelCounter(model).snapshot)
+
+    def background_counter(self) -> HeldCounter:  # type: ignore[override]
+        return self.counter
+
+
+def connect_many(datapath: ModelAgentDatapath, first: int, count: int) -> Counter[str]:
+    """``count`` TCP connections of the shop client, to the remotes in turn; connections
+    that got a NAT port per remote (the test's own count of what went in)."""
+    got: Counter[str] = Counter()
+    for i in range(first, first + count):
+        remote = MODEL_REMOTES[i % len(MODEL_REMOTES)]
+        tup = FiveTuple(Proto.TCP, Endpoint(ipaddress.ip_address(SHOP_CLIENT), 10000 + i),
+                        Endpoint(ipaddress.ip_address(remote), 443))
+        result = datapath.connect(tup)
+        assert isinstance(result, ConnectResult) and result.port is not None, result
+        got[remote] += 1
+    return got
+
+
+def exported_connections(url: str) -> dict[str, float]:
+    """egressgw_nat_endpoint_connections by remote address, from a real scrape."""
+    return {labels["remote_addr"]: value for labels, value in
+            scrape(url).get("egressgw_nat_endpoint_connections", [])}
+
+
+def test_model_a_reconcile_completes_while_a_pass_counts_its_snapshot(
+    tmp_path: Path, served: list[AgentHTTPServer], agents: list[Agent]
+) -> None:
+    datapath, clock = HeldModelDatapath.for_node_ports(NodePortRange(), seed=3), FakeClock()
+    assert isinstance(datapath, HeldModelDatapath)
+    policies, inventory = copy_examples(tmp_path)
+    agent = Agent(AgentConfig(policies, inventory, GATEWAY, datapath="model",
+                              stats_interval=30.0), datapath, clock=clock, wall=clock.wall)
+    agents.append(agent)
+    url = serve(agent, served)
+    agent.start()
+    settled(agent, 1)
+    assert sample_value(scrape(url), "egressgw_nat_entries", family="ipv4") == 0
+
+    first = connect_many(datapath, 0, 8000)
+    datapath.counter.gate.clear()
+    clock.now += 30
+    within_deadline(agent.tick)  # the snapshot: taken now, on this (the loop's) thread
+    assert datapath.counter.waiting.wait(DEADLINE)
+
+    # While the pass is held: more connections, and a policy change, both on the loop.
+    later = connect_many(datapath, 8000, 800)
+    edit_policy(agent.config.policies)
+    within_deadline(agent.tick)
+    assert agent.state.reconcile.applies_total == 2
+    moved = FiveTuple(Proto.TCP, Endpoint(ipaddress.ip_address(SHOP_CLIENT), 60000),
+                      Endpoint(ipaddress.ip_address(MODEL_REMOTES[0]), 443))
+    assert datapath.connect(moved) is Verdict.PASSED  # 198.51.100.0/24 left the policy
+    assert datapath.counter.waiting.is_set()
+    assert sample_value(scrape(url), "egressgw_nat_stats_recount_in_progress") == 1
+
+    # Released: the pass publishes the NAT map as it was when the pass began.
+    datapath.counter.gate.set()
+    settled(agent, 2)
+    assert exported_connections(url) == {f"{r}:443": float(n) for r, n in first.items()}
+    assert sample_value(scrape(url), "egressgw_nat_entries", family="ipv4") == 8000
+
+    clock.now += 30
+    agent.tick()
+    settled(agent, 3)
+    both = first + later
+    assert exported_connections(url) == {f"{r}:443": float(n) for r, n in both.items()}
+    assert sample_value(scrape(url), "egressgw_nat_entries", family="ipv4") == 8800
+    # The same counts as the datapath's own endpoint_counts (the serial agent's read).
+    counts, reusable = ModelCounter(datapath.model).snapshot()()
+    assert counts == datapath.endpoint_counts() and reusable is None
+
+
+# -- bpf: a real NAT map in a network namespace, walked through bpf(2) -------------------
+
+BPF_CONNECTIONS = 65536  # 131,072 entries: 16 batch lookups of the v4 map
+
+
+class GatedMap(BpfMap):
+    """A pinned map (a real fd) whose walk stops after its first batch until the gate
+    opens: a pass held in the middle of walking the NAT map."""
+
+    gate: threading.Event
+    walking: threading.Event
+
+    def lookup_batch(self, keys: ctypes.Array[ctypes.c_char],
+                     values: ctypes.Array[ctypes.c_char], count: int,
+                     token_in: ctypes.Array[ctypes.c_char] | None,
+                     token_out: ctypes.Array[ctypes.c_char]) -> tuple[int, bool]:
+        got, done = super().lookup_batch(keys, values, count, token_in, token_out)
+        if got and not done and not self.gate.is_set():
+            self.walking.set()
+            if not self.gate.wait(60):
+                raise DatapathError("the test never opened the gate")
+        return got, done
+
+
+class GatedBpfDatapath(BpfDatapath):
+    """The BPF datapath in a netns; its background pass walks the pinned maps through
+    GatedMap fds of its own."""
+
+    def __init__(self, settings: BpfSettings) -> None:
+        super().__init__(settings)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.walking = threading.Event()
+        self.counter = BpfMapCounter(self, open_map=self._open_gated)
+
+    def _open_gated(self, path: str) -> BpfMap:
+        nat_map = GatedMap.open_pinned(path)
+        assert isinstance(nat_map, GatedMap)
+        nat_map.gate, nat_map.walking = self.gate, self.walking
+        return nat_map
+
+    def background_counter(self) -> BpfMapCounter:
+        return self.counter
+
+
+def policy_egress_ips(datapath: BpfDatapath) -> set[str]:
+    """The egress IPs in the program's IPv4 policy map, read back through bpf(2)."""
+    policy = datapath.maps["egress_v4"]
+    found = set()
+    for key in policy.all_keys():
+        value = policy.lookup(key)
+        assert value is not None
+        egress, _action = layout.POLICY_VALUE4.unpack(value)
+        found.add(str(ipaddress.IPv4Address(egress)))
+    return found
+
+
+@pytest.mark.kernel
+def test_bpf_a_reconcile_completes_while_a_large_nat_map_is_walked(
+    tmp_path: Path, served: list[AgentHTTPServer], agents: list[Agent]
+) -> None:
+    if shutil.which("clang") is None or shutil.which("bpftool") is None:
+        reason = "the BPF datapath needs clang and bpftool (scripts/test.sh installs them)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run kernel tests, but {reason}")
+        pytest.skip(f"{reason}; CI runs them")
+    with bare_netns() as ns:
+        run_in(ns, ["ip", "link", "add", "ext0", "type", "veth", "peer", "name", "ext1"])
+        for ip in EGRESS:
+            run_in(ns, ["ip", "addr", "add", f"{ip}/24", "dev", "ext0"])
+        run_in(ns, ["ip", "link", "set", "ext0", "up"])
+        datapath = GatedBpfDatapath(BpfSettings(NodePortRange(), device="ext0", netns=ns))
+        clock = FakeClock()
+        policies, inventory = kernel_files(tmp_path, "gateway-1", EGRESS[0])
+        agent = Agent(AgentConfig(policies, inventory, "gateway-1", datapath="bpf",
+                                  stats_interval=30.0),
+                      datapath, clock=clock, wall=clock.wall)
+        agents.append(agent)
+        try:
+            url = serve(agent, served)
+            agent.start()
+            assert policy_egress_ips(datapath) == {EGRESS[0]}
+            settled(agent, 1)
+            assert sample_value(scrape(url), "egressgw_nat_entries", family="ipv4") == 0
+
+            inserted = synthetic_connections(BPF_CONNECTIONS, EGRESS, REMOTES)
+            with BpfMap.open_pinned(str(datapath.pin_dir / "snat_v4")) as nat_map:
+                fill_nat_map(nat_map, inserted)
+            expected = Counter((egress, f"{remote}:{port}")
+                               for _pod, _pport, remote, port, egress, _nat in inserted)
+
+            datapath.gate.clear()
+            clock.now += 30
+            within_deadline(agent.tick)
+            assert datapath.walking.wait(DEADLINE)  # one batch read, the rest waits
+
+            write_policy(policies, EGRESS[1])
+            within_deadline(agent.tick)
+            assert agent.state.reconcile.applies_total == 2
+            assert policy_egress_ips(datapath) == {EGRESS[1]}
+            assert not datapath.gate.is_set() and agent.recount_thread is not None
+            assert agent.recount_thread.busy
+            samples = scrape(url)
+            assert sample_value(samples, "egressgw_nat_stats_recount_in_progress") == 1
+            assert sample_value(samples, "egressgw_nat_stats_recounts_total") == 1
+
+            datapath.gate.set()
+            settled(agent, 2)
+            samples = scrape(url)
+            assert sample_value(samples, "egressgw_nat_entries", family="ipv4") == BPF_CONNECTIONS
+            exported = {(labels["egress_ip"], labels["remote_addr"]): value for labels, value
+                        in samples["egressgw_nat_endpoint_connections"]}
+            assert exported == {key: float(n) for key, n in expected.items()}
+            # The same counts as the datapath's own endpoint_counts (the serial agent's).
+            counts, _ = BpfMapCounter(datapath).snapshot()()
+            assert counts == datapath.endpoint_counts()
+        finally:
+            datapath.gate.set()
+            agent.close()
+            agents.remove(agent)
+            datapath.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("engine", "settings"),
+    [("reference", {}), ("reference", {"nat_lru": "kernel"}), ("compiled", {}),
+     ("compiled", {"datapath_model": "netfilter"})],
+    ids=["reference", "reference-kernel-lru", "compiled", "netfilter"],
+)
+def test_model_counts_later_are_the_counts_when_taken(engine: str, settings: dict[str, str]
+                                                      ) -> None:
+    """Every engine: the deferred count equals endpoint_counts() when it was taken, and
+    connections opened after it are not in it (they are in the next one)."""
+    model = ModelDatapath(ModelConfig(**settings), random.Random(5),  # type: ignore[arg-type]
+                          engine=engine)  # type: ignore[arg-type]
+    egress = ipaddress.ip_address("203.0.113.10")
+
+    def open_some(first: int, count: int) -> Counter[str]:
+        opened: Counter[str] = Counter()
+        for i in range(first, first + count):
+            remote = MODEL_REMOTES[i % 3]
+            tup = FiveTuple(Proto.TCP, Endpoint(ipaddress.ip_address(SHOP_CLIENT), 10000 + i),
+                            Endpoint(ipaddress.ip_address(remote), 443))
+            assert model.connect(tup, egress).port is not None
+            opened[remote] += 1
+        return opened
+
+    first = open_some(0, 300)
+    later = model.endpoint_counts_later()
+    now = model.endpoint_counts()
+    more = open_some(300, 90)
+    counted = later()
+    assert counted == now
+    assert {str(k.remote_ip): n for k, n in counted.items()} == dict(first)
+    assert {str(k.remote_ip): n for k, n in model.endpoint_counts().items()} == dict(first + more)

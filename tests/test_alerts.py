@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent_support import GATEWAY, break_policy, copy_examples, scrape
+from agent_support import GATEWAY, break_policy, copy_examples, scrape, settled
 from egressgw.agent import Agent, AgentConfig, AgentHTTPServer, ListenAddress
 from egressgw.agent.modeldp import ModelAgentDatapath
 from egressgw.cli import main
@@ -75,8 +75,13 @@ def test_rule_unit_tests_pass() -> None:
         ("port_capacity > 0.50\n", "port_capacity > 0.53\n"),
         ("[5m])) > 0", "[5m])) > 5"),
         ("> 0.50\n        for: 1m\n", "> 0.50\n        for: 0m\n"),
+        ("max by (node) (egressgw_reconcile_failing)",
+         "max by (instance) (egressgw_reconcile_failing)"),
+        ("max by (node) (egressgw_nat_stats_last_recount_timestamp_seconds)",
+         "max by (instance) (egressgw_nat_stats_last_recount_timestamp_seconds)"),
     ],
-    ids=["warning-threshold", "failure-threshold", "warning-duration"],
+    ids=["warning-threshold", "failure-threshold", "warning-duration",
+         "reconcile-failing-by-instance", "stale-by-instance"],
 )
 def test_rule_unit_tests_catch_a_changed_rule(tmp_path: Path, original: str, weakened: str) -> None:
     """The unit tests are sharp: changing a threshold or a duration makes them fail."""
@@ -164,9 +169,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
         break_policy(policies)
         clock[0] += 1
         agent.tick()
+        settled(agent, 2)
         samples = scrape(server.address.url())
     finally:
         server.stop()
+        agent.close()
     assert samples["egressgw_nat_allocation_failures_total"][0][1] > 0
     return set(samples)
 

@@ -105,7 +105,7 @@ SMOKES = (
     )),
     Smoke("bench_agent_recount.py", ("--quick",), (
         rf"one pass in the bench process \(no agent running\): {NUMBER} s",
-        rf"reconcile latency during a pass, all edits: serial median {NUMBER} s, background "
+        rf"reconcile latency during a pass, all edits: before median {NUMBER} s, after "
         rf"median {NUMBER} s: {NUMBER}x",
         r"load average \(1, 5, 15 min\) before",
     ), needs=("root", "ip", "conntrack", "nft"), shares="nf_conntrack_max"),

@@ -160,3 +160,73 @@ def test_only_the_last_32_attempts_take_a_port_over() -> None:
         dp.advance(1.0)
         through += dp.connect(flow(1000), EGRESS).ok
     assert 0.17 < through / trials < 0.33
+
+
+# find_appropriate_src (nf_nat_core.c): a pod's later connections from the same source
+# address, port and protocol take the SNAT port of its newest entry behind the same egress
+# IP, when that port is free towards the new remote (the kernel's behaviour measured in
+# tests/test_netfilter_source_kernel.py). Remotes here are other servers and ports.
+
+def to(server: str, port: int, sport: int, proto: Proto = Proto.TCP) -> FiveTuple:
+    return FiveTuple(proto, Endpoint(parse_ip("192.0.2.10"), sport),
+                     Endpoint(parse_ip(server), port))
+
+
+REMOTES = [("198.51.100.10", 80), ("198.51.100.10", 8080), ("198.51.100.11", 443),
+           ("198.51.100.12", 80)]
+
+
+def test_one_pod_port_keeps_one_snat_port_towards_many_remotes() -> None:
+    dp = model(PORTS_1024, seed=5)
+    ports = {dp.open(to(ip, port, 40000), EGRESS).port for ip, port in REMOTES}
+    assert len(ports) == 1
+    assert dp.engine.source_mappings == len(REMOTES) - 1
+    # Another pod with the same port, another protocol: their own searches.
+    other = FiveTuple(Proto.TCP, Endpoint(parse_ip("192.0.2.11"), 40000), SERVER)
+    udp = to("198.51.100.10", 53, 40000, Proto.UDP)
+    assert {dp.open(other, EGRESS).port, dp.open(udp, EGRESS).port}.isdisjoint(ports)
+
+
+def test_the_sources_mapping_comes_before_keeping_the_port() -> None:
+    dp = model(PORTS_1024, seed=6)
+    holder = FiveTuple(Proto.TCP, Endpoint(parse_ip("192.0.2.200"), 65300),
+                       Endpoint(parse_ip("198.51.100.10"), 80))
+    assert dp.open(holder, EGRESS).port == 65300
+    first = dp.open(to("198.51.100.10", 80, 65300), EGRESS).port
+    assert first != 65300
+    # Free towards the next remote, but the source already has a mapping: that one.
+    assert dp.open(to("198.51.100.11", 80, 65300), EGRESS).port == first
+
+
+def test_newest_mapping_only_then_keep_or_search() -> None:
+    dp = model(PORTS_1024, seed=7)
+    a1 = dp.open(to("198.51.100.10", 80, 40001), EGRESS).port
+    assert a1 is not None
+    hold = FiveTuple(Proto.TCP, Endpoint(parse_ip("192.0.2.200"), a1),
+                     Endpoint(parse_ip("198.51.100.12"), 80))
+    assert dp.open(hold, EGRESS).port == a1
+    a2 = dp.open(to("198.51.100.12", 80, 40001), EGRESS).port
+    assert a2 not in (a1, None)
+    # The newest entry (a2) is the mapping now.
+    assert dp.open(to("198.51.100.11", 443, 40001), EGRESS).port == a2
+    hold2 = FiveTuple(Proto.TCP, Endpoint(parse_ip("192.0.2.200"), a2),
+                      Endpoint(parse_ip("198.51.100.10"), 443))
+    assert dp.open(hold2, EGRESS).port == a2
+    # Newest taken towards this remote: the search, not the older a1 (free here).
+    a3 = dp.open(to("198.51.100.10", 443, 40001), EGRESS).port
+    assert a3 not in (a1, a2, None)
+
+
+def test_mappings_of_another_egress_ip_are_skipped_and_time_wait_ones_used() -> None:
+    dp = model(PORTS_1024, seed=8)
+    other_egress = parse_ip("203.0.113.11")
+    j1 = dp.open(to("198.51.100.10", 80, 40002), EGRESS).port
+    j2 = dp.open(to("198.51.100.11", 80, 40002), other_egress).port
+    assert j2 != j1
+    dp.close(to("198.51.100.10", 80, 40002), EndKind.FIN)  # TIME_WAIT, still in the chain
+    assert dp.open(to("198.51.100.12", 80, 40002), EGRESS).port == j1
+    dp.close(to("198.51.100.12", 80, 40002), EndKind.RST)  # CLOSE, 10 s
+    dp.advance(200.0)  # both entries gone: no mapping left for EGRESS (j2 is EGRESS2's)
+    j4 = dp.open(to("198.51.100.10", 8080, 40002), EGRESS).port
+    assert j4 not in (j1, j2, None)
+    assert dp.engine.source_mappings == 1

@@ -20,16 +20,23 @@ import math
 import random
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from cli_support import run_cli
-from egressgw.datapath.model import ModelConfig, ModelDatapath
+from egressgw.datapath.model import EndKind, ModelConfig, ModelDatapath
 from egressgw.limits import NatPortRange
 from egressgw.net import Endpoint, FiveTuple, Proto
 from egressgw.sim.nf_refusal import _ring_union_sizes, round_sizes, union_sizes
-from egressgw.sim.refusal import PortSearch, SourcePorts, growth_curve, uniform_curve
+from egressgw.sim.refusal import (
+    PortSearch,
+    SourcePorts,
+    growth_curve,
+    steady_curve,
+    uniform_curve,
+)
 
 CLIENT = ipaddress.ip_address("192.0.2.1")
 PROBE = ipaddress.ip_address("192.0.2.2")
@@ -131,23 +138,25 @@ def test_exact_curve_matches_the_netfilter_model(port_range: NatPortRange, k: in
     assert abs(refused / trials - exact) <= tolerance, (refused / trials, exact, tolerance)
 
 
-def test_growth_curve_matches_tuples_filled_on_the_netfilter_model() -> None:
-    # 256 SNAT ports, 8 clients walking their ports inside the range: each keeps its
-    # port while free, so their runs meet and the search must find the gaps.
+def _fill_tuples(sources: SourcePorts, curve: Any, *, tuples: int, shared_clients: bool,
+                 seed: int) -> tuple[float, float]:
+    """(refused, expected by ``curve``) filling ``tuples`` tuples of 256 ports in turn
+    on the netfilter model, from 80% to 99%. ``shared_clients``: the same client
+    addresses for every tuple, so a client port met before brings the mapping it got
+    there (find_appropriate_src); else fresh addresses per tuple, as the curve assumes."""
     port_range = NatPortRange(65280, 65535)
-    search = PortSearch.netfilter(port_range)
-    sources = SourcePorts(port_range.min, port_range.max, clients=8)
     divisor = port_range.ports
-    curve = growth_curve(search, sources, divisor, saturations=np.arange(0.8, 1.0, 0.004),
-                         steps=4000, seed=3, repeats=16)
     datapath = ModelDatapath(ModelConfig(datapath_model="netfilter",
-                                         nat_port_range=port_range), random.Random(7))
-    rng = np.random.default_rng(7)
+                                         nat_port_range=port_range), random.Random(seed))
+    rng = np.random.default_rng(seed)
+    egress = ipaddress.ip_address("2001:db8:203::1")
     expected = observed = 0.0
     span = sources.high - sources.low + 1
-    clients = [ipaddress.ip_address(f"192.0.2.{10 + c}") for c in range(sources.clients)]
-    for tuple_index in range(40):
-        server = Endpoint(SERVER, 1 + tuple_index)
+    for tuple_index in range(tuples):
+        server = Endpoint(ipaddress.ip_address("2001:db8:100::1"), 1 + tuple_index)
+        group = 0 if shared_clients else tuple_index
+        clients = [ipaddress.ip_address(f"2001:db8:1::{group:x}:{c:x}")
+                   for c in range(sources.clients)]
         nxt = rng.integers(0, span, sources.clients)
         held = 0
         while held < 0.99 * divisor:
@@ -155,15 +164,86 @@ def test_growth_curve_matches_tuples_filled_on_the_netfilter_model() -> None:
             sport = sources.low + int(nxt[c]) % span
             nxt[c] += 1
             result = datapath.connect(FiveTuple(Proto.TCP, Endpoint(clients[c], sport), server),
-                                      EGRESS)
+                                      egress)
             if held >= 0.8 * divisor:
                 expected += curve.rate_at(held)
                 observed += result.port is None
             held += result.port is not None
-    print(f"growth on 40 tuples of 256 ports: {observed:.0f} refused, {expected:.1f} expected")
+    return observed, expected
+
+
+def test_growth_curve_matches_tuples_filled_on_the_netfilter_model() -> None:
+    # 256 SNAT ports, 8 clients walking their ports inside the range: each keeps its
+    # port while free, so their runs meet and the search must find the gaps.
+    port_range = NatPortRange(65280, 65535)
+    search = PortSearch.netfilter(port_range)
+    sources = SourcePorts(port_range.min, port_range.max, clients=8)
+    curve = growth_curve(search, sources, port_range.ports,
+                         saturations=np.arange(0.8, 1.0, 0.004), steps=4000, seed=3,
+                         repeats=16)
+    observed, expected = _fill_tuples(sources, curve, tuples=40, shared_clients=False, seed=7)
+    shared, _ = _fill_tuples(sources, curve, tuples=40, shared_clients=True, seed=7)
+    print(f"growth on 40 tuples of 256 ports: {observed:.0f} refused, {expected:.1f} expected; "
+          f"the same 8 client addresses for every tuple: {shared:.0f} refused")
     assert expected > 30
     assert abs(observed - expected) <= 0.25 * expected + 4 * math.sqrt(expected), (
         observed, expected)
+    # Client ports met on an earlier tuple bring their mapping there, a port that was
+    # free on that tuple: fewer refusals than the curve, which leaves that out.
+    assert shared < observed
+
+
+def test_steady_curve_with_time_wait_matches_the_netfilter_model() -> None:
+    """220 of 256 ports held by established connections of a 600 s hold; each new one
+    that gets a port ends the oldest with FIN, whose entry lingers 120 s in TIME_WAIT
+    (the model's lifetimes and takeover, which tests/test_netfilter_model_kernel.py and
+    tests/test_refusal_netfilter_timewait_kernel.py check against the kernel). Clients
+    draw random ports outside the range, one address each. The steady curve with
+    TIME_WAIT must give the model's refusal rate; without TIME_WAIT it is far below."""
+    port_range = NatPortRange(65280, 65535)
+    k, hold, measured = 220, 600.0, 10_000
+    # The arrangement of established, TIME_WAIT and free ports settles slowly (the
+    # refusal rate climbs for some 50 turnovers of the k connections): both warm up for
+    # 60 x k new connections first.
+    warm_factor = 60
+    sources = SourcePorts()
+    with_tw = steady_curve(PortSearch.netfilter(port_range, hold=hold), sources,
+                           port_range.ports, saturations=[k / port_range.ports], steps=100_000,
+                           warm_factor=warm_factor)
+    without = steady_curve(PortSearch.netfilter(port_range, hold=None), sources,
+                           port_range.ports, saturations=[k / port_range.ports], steps=100_000)
+    assert int(with_tw.held[0]) == k
+    datapath = ModelDatapath(ModelConfig(datapath_model="netfilter",
+                                         nat_port_range=port_range), random.Random(11))
+    rng = np.random.default_rng(11)
+    server = Endpoint(ipaddress.ip_address("2001:db8:100::10"), 443)
+    egress = ipaddress.ip_address("2001:db8:203::10")
+    established: list[FiveTuple] = []
+    dt = hold / k  # k connections of this hold: one new connection every hold / k
+    now = 0.0
+    refused = 0
+    warm = warm_factor * k
+    for step in range(k + warm + measured):
+        now += dt
+        datapath.advance(now)
+        client = ipaddress.ip_address(f"2001:db8:1::{step + 1:x}")
+        tup = FiveTuple(Proto.TCP, Endpoint(client, int(rng.integers(32768, 61000))), server)
+        got = datapath.open(tup, egress).port is not None
+        if step >= k + warm:
+            refused += not got
+        if not got:
+            continue
+        established.append(tup)
+        if len(established) > k:
+            datapath.close(established.pop(0), EndKind.FIN)
+    observed = refused / measured
+    expected = float(with_tw.refused[0])
+    sigma = math.sqrt(expected * (1 - expected) / measured)
+    print(f"{k}/256 established, {hold:g} s hold: netfilter model refused {refused} of "
+          f"{measured} ({observed:.4f}); steady curve with TIME_WAIT {expected:.4f}, "
+          f"without {float(without.refused[0]):.5f}")
+    assert abs(observed - expected) <= 0.2 * expected + 4 * sigma
+    assert float(without.refused[0]) < expected / 10
 
 
 _run = run_cli
@@ -232,3 +312,17 @@ def test_forecast_of_conntrack_dumps_uses_the_netfilter_curve(
     named = json.loads(out)["refusalCurve"]  # the JSON names the curve, as the table does
     assert named["datapath"] == "Linux nf_nat" and named["curve"] == "steady"
     assert named["search"].startswith("Linux nf_nat port search: SNAT ports 65024-65535")
+
+
+def test_limits_hold_sets_the_time_wait_share_and_is_netfilter_only(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    small = ("--datapath-model", "netfilter", "--nat-port-range", "65280-65535", "--clients", "0")
+    code, out, _err = _run(capsys, "limits", *small, "--hold", "none")
+    assert code == 0 and "; no TIME_WAIT;" in out
+    code, out, _err = _run(capsys, "limits", *small, "--hold", "2m")
+    assert code == 0 and "ended connections 120 s in TIME_WAIT after a 120 s hold" in out
+    code, out, err = _run(capsys, "limits", "--hold", "10m")
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "--hold" in err
+    code, out, err = _run(capsys, "limits", *small, "--hold", "soon")
+    assert code == 2 and "--hold" in err

@@ -1,8 +1,9 @@
 """The agent: reconcile on change, recount on a timer, serve the API, exit on a signal.
 
-Three kinds of threads: the loop (reconciles, failure counters, the recount timer), the
-recount thread (nat-stats passes, when the datapath can be counted beside the loop: the
-kernel's) and the HTTP workers (answer from the published state). A reconcile never
+Three kinds of threads: the loop (reconciles, failure counters, the recount timer and the
+start of each pass), the recount thread (the rest of each nat-stats pass, for every
+datapath that offers a counter: kernel, bpf, model) and the HTTP workers (answer from the
+published state). A reconcile never
 waits for a pass, and a scrape never waits for either (docs/agent.md, "Threads").
 
 Time is injected (a monotonic ``clock`` for timers, a ``wall`` clock for timestamps), so
@@ -73,7 +74,7 @@ class AgentConfig:
                                                                         DEFAULT_PORT))
     # How often the policy files' mtimes and the failure counters are polled.
     poll_interval: float = 1.0
-    # Count nat-stats on a thread of its own when the datapath allows it (kernel); False
+    # Count nat-stats on a thread of its own when the datapath allows it (all three); False
     # counts on the loop as before, where a reconcile waits for the pass (kept to
     # measure the difference: bench/bench_agent_recount.py).
     background_recount: bool = True
@@ -153,8 +154,7 @@ class Agent:
         self._next_count: float | None = None
         self._sampling = Guard("sampling failure counters")
         # None: passes run on the loop (the datapath cannot be counted beside it).
-        self.recount_thread = (RecountThread(self.recounter.run_pass)
-                               if counter is not None else None)
+        self.recount_thread = RecountThread() if counter is not None else None
         # Set while passes overrun the interval (reported once): the start of the running
         # pass (thread) or how long the last one took (loop).
         self._slow_pass: float | None = None
@@ -221,7 +221,7 @@ class Agent:
             snapshot = self.recounter.run_pass()
             if snapshot is not None:
                 self._report_inline_pass(snapshot.duration)
-        elif self.recount_thread.request():
+        elif self.recount_thread.request(self.recounter.begin_pass):
             self._slow_pass = None
         else:
             # The previous pass still runs: skip this period rather than queue behind it.

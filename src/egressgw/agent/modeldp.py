@@ -18,6 +18,8 @@ from egressgw.datapath.model import ConnectResult, DropReason, ModelConfig, Mode
 from egressgw.net import FiveTuple, NatEndpoint
 from egressgw.rules import EgressRule, RuleKind, RuleLookup
 
+from .counting import ModelCounter
+
 # Cilium's drop reason 194 (pkg/monitor/api), for traffic whose policy has no gateway.
 NO_GATEWAY_REASON = "No egress gateway found"
 
@@ -77,6 +79,11 @@ class ModelAgentDatapath:
 
     def cleanup(self) -> None:
         self._rules = RuleLookup(())
+
+    def background_counter(self) -> ModelCounter:
+        """nat-stats off the loop: the NAT keys are copied on the loop (the thread that
+        drives ``connect``), then counted on the recount thread (agent/counting.py)."""
+        return ModelCounter(self.model)
 
     # -- driving traffic -----------------------------------------------------------------
 

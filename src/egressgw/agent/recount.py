@@ -1,7 +1,8 @@
 """One nat-stats pass and one failure-counter sample, published to the agent state.
 
-A pass may run on the recount thread (``recountthread``) while the loop samples the
-failure counters: the pass reads through its own ``EndpointCounter`` and only ever
+A pass begins on the loop (``begin_pass``: the counter's snapshot, agent/counting.py) and
+may end on the recount thread (``recountthread``) while the loop samples the failure
+counters: the rest of the pass reads through its own ``EndpointCounter`` and only ever
 touches the state to publish, so the two share nothing but the state's lock.
 """
 
@@ -18,7 +19,7 @@ from egressgw.net import Family
 from egressgw.stats import compute_nat_stats
 
 from .counters import CounterDeltas
-from .counting import EndpointCounter
+from .counting import EndpointCounter, ReadUsage
 from .guard import Guard
 from .state import AgentState, CountSnapshot, FailureSnapshot
 
@@ -63,18 +64,34 @@ class Recounter:
         self._wall = wall
         self._failures = CounterDeltas()
         self._drops = CounterDeltas()
+        # One Guard per thread: the snapshot runs on the loop, the read on the thread.
+        self._snapshot_guard = Guard("taking the nat-stats snapshot")
         self._guard = Guard("counting nat-stats")
 
     def run_pass(self) -> CountSnapshot | None:
-        """One pass that never raises: a failure is logged (once while it repeats),
-        counted in the state, and leaves the last good snapshot published."""
-        return self._guard.run(self.count, on_error=self._state.recount_failed)
+        """One whole pass on the calling thread (the loop, when it counts inline)."""
+        finish = self.begin_pass()
+        return None if finish is None else finish()
 
-    def count(self) -> CountSnapshot:
-        """Walk the NAT table once, compute the top K per family, and publish it."""
+    def begin_pass(self) -> Callable[[], CountSnapshot | None] | None:
+        """On the loop: mark a pass as running and take the counter's snapshot. Returns
+        the rest of the pass (for the recount thread), or None when the snapshot failed.
+
+        Neither step raises: a failure is logged (once while it repeats), counted in the
+        state, and leaves the last good snapshot published.
+        """
         started = self._clock()
         self._state.recount_started(self._wall())
-        counts, reusable = self._counter.usage()
+        read = self._snapshot_guard.run(self._counter.snapshot,
+                                        on_error=self._state.recount_failed)
+        if read is None:
+            return None
+        return lambda: self._guard.run(lambda: self._publish(read, started),
+                                       on_error=self._state.recount_failed)
+
+    def _publish(self, read: ReadUsage, started: float) -> CountSnapshot:
+        """Read the NAT table, compute the top K per family, and publish it."""
+        counts, reusable = read()
         stats = compute_nat_stats(counts, entries=self._entries, limit=self._limit,
                                   reusable=reusable)
         entries: Counter[Family] = Counter()

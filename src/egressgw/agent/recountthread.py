@@ -1,12 +1,14 @@
 """The nat-stats pass on a thread of its own, so a reconcile never waits for one.
 
-A pass over a big conntrack table takes seconds (524,288 entries: docs/agent.md); run on
-the loop, it held back every reconcile that came meanwhile. Here the loop only asks for
-a pass when one is due; the pass runs on this thread and publishes an immutable snapshot
-to the agent state when it is done. At most one pass runs at a time: asking while one
-runs returns False, and the loop counts that period as skipped instead of queueing
-passes behind a slow one. The thread spends most of a pass in the kernel (recv) and in
-numpy, both without the GIL, so the loop and the HTTP workers keep running.
+A pass over a big NAT table takes seconds (524,288 entries: docs/agent.md); run on the
+loop, it held back every reconcile that came meanwhile. Here the loop only begins a pass
+when one is due (the counter's snapshot, agent/counting.py) and hands the rest to this
+thread, which publishes an immutable snapshot to the agent state when it is done. Every
+datapath's pass goes through here. At most one pass runs at a time: while one runs,
+``request`` returns False and the loop counts that period as skipped instead of
+queueing passes behind a slow one. The thread spends most of a conntrack or BPF pass in
+the kernel (recv, bpf(2)) and in numpy, all without the GIL, so the loop and the HTTP
+workers keep running; the model's pass counts in Python, sharing the GIL in turns.
 """
 
 from __future__ import annotations
@@ -19,13 +21,12 @@ log = logging.getLogger(__name__)
 
 
 class RecountThread:
-    """Runs ``run_pass`` on a daemon thread each time :meth:`request` finds it idle."""
+    """Runs the rest of a pass on a daemon thread each time :meth:`request` finds it idle."""
 
-    def __init__(self, run_pass: Callable[[], object], *, name: str = "egressgw-recount"
-                 ) -> None:
-        self._run_pass = run_pass
+    def __init__(self, *, name: str = "egressgw-recount") -> None:
         self._lock = threading.Lock()
         self._wanted = threading.Event()
+        self._job: Callable[[], object] | None = None
         self._busy = False
         self._stopping = False
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
@@ -39,12 +40,27 @@ class RecountThread:
         with self._lock:
             return self._busy
 
-    def request(self) -> bool:
-        """Start a pass now; False (nothing started) while the previous one still runs."""
+    def request(self, begin: Callable[[], Callable[[], object] | None]) -> bool:
+        """Begin a pass now and run its rest here; False (``begin`` not called) while
+        the previous one still runs.
+
+        ``begin`` runs on the caller's thread (the loop): it takes what the pass needs of
+        what that thread changes, and returns the rest, or None when there is nothing
+        left to run (it failed and said so).
+        """
         with self._lock:
             if self._busy or self._stopping:
                 return False
             self._busy = True
+        job: Callable[[], object] | None = None
+        try:
+            job = begin()
+        finally:
+            if job is None:
+                with self._lock:
+                    self._busy = False
+        with self._lock:
+            self._job = job
         self._wanted.set()
         return True
 
@@ -68,10 +84,13 @@ class RecountThread:
             with self._lock:
                 if self._stopping:
                     return
+                job, self._job = self._job, None
+            if job is None:
+                continue
             try:
-                self._run_pass()
+                job()
             except Exception:
-                # run_pass reports its own errors; this is the last line of defence so
+                # The pass reports its own errors; this is the last line of defence so
                 # that the thread, and with it every later pass, does not die.
                 log.exception("nat-stats pass failed unexpectedly")
             finally:

@@ -303,7 +303,7 @@ def forecast_command(
                   divisor * threshold)]
     # The refusal curve of the limit's datapath (nf_nat or nat.h) over its port range.
     search, sources = search_and_sources(cilium_version, node_port_range, source_ports,
-                                         clients, limit=port_limit)
+                                         clients, limit=port_limit, hold=hold)
     refusals = named_curve(curve, search, sources, divisor)
     first = refusals.held_at(1e-4)
     at_rate = refusals.held_at(refusal_rate)

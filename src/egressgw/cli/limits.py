@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import click
 
 from egressgw.cli.options import (
+    check_cilium_version,
     given,
     nat_port_range_option,
     node_port_range_option,
     output_option,
+    parse_duration_flag,
 )
 from egressgw.cli.outputs import check_output_path
 from egressgw.config import NodePortRange
@@ -24,7 +27,8 @@ def curve_options(func: Any) -> Any:
         click.option("--cilium-version", type=click.Choice(["1.16", "1.17", "1.18"]),
                      default="1.16", show_default=True,
                      help="Port search: 1.16 mod clamp, 128 tries; 1.17 multiply clamp, "
-                          "128 tries; 1.18 multiply clamp, 32 tries."),
+                          "128 tries; 1.18 multiply clamp, 32 tries. Cilium only: an "
+                          "error with a Linux gateway's (netfilter) search."),
         click.option("--source-ports", default="linux", show_default=True,
                      metavar="linux|uniform|LOW-HIGH",
                      help="The clients' source ports (Linux: 32768-60999)."),
@@ -59,17 +63,32 @@ def chosen_limit(datapath_model: str, node_port_range: NodePortRange,
 
 def search_and_sources(cilium_version: str, node_port_range: NodePortRange,
                        source_ports: str, clients: int, *,
-                       limit: PortLimit | None = None) -> tuple[Any, Any]:
+                       limit: PortLimit | None = None,
+                       hold: float | None = None) -> tuple[Any, Any]:
     """The port search whose refusal curve answers, and the clients' source ports.
 
     With ``limit``, the search of that limit's datapath over its range (a Linux
     gateway's nf_nat, or Cilium's nat.h); without, Cilium's for ``node_port_range``.
+    ``hold`` (nf_nat): the connections' hold time before TIME_WAIT, infinite for none;
+    None: nf_refusal's default.
     """
+    import dataclasses  # noqa: PLC0415
+
     from egressgw.sim.refusal import PortSearch, SourcePorts  # noqa: PLC0415
 
+    check_cilium_version(None if limit is None else limit.datapath)
     search = (PortSearch.for_version(cilium_version, node_port_range) if limit is None
               else PortSearch.for_limit(limit, cilium_version))
+    if search.is_netfilter and hold is not None:
+        search = dataclasses.replace(search, hold=None if math.isinf(hold) else hold)
     return search, SourcePorts.parse(source_ports).with_clients(clients)
+
+
+def parse_hold(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """``--hold DURATION|none``: seconds, infinite for ``none``."""
+    if value is None:
+        return None
+    return math.inf if value == "none" else parse_duration_flag(ctx, param, value)
 
 
 def workload_clients(path: Path) -> int:
@@ -182,6 +201,10 @@ Examples:
               metavar="WORKLOAD.yaml",
               help="Take the clients from a workload: its sequential clients (random "
                    "ones draw every port); instead of --clients.")
+@click.option("--hold", callback=parse_hold, metavar="DURATION|none",
+              help="netfilter: how long connections hold their port before they end and "
+                   "linger 120 s in TIME_WAIT, which the steady curve counts (default "
+                   "10m); none: they end with no TIME_WAIT (RST).")
 def limits_command(
     *,
     cilium_version: str,
@@ -194,6 +217,7 @@ def limits_command(
     output: str,
     plot_path: Path | None,
     seed: int,
+    hold: float | None,
 ) -> None:
     """The share of new connections refused as a tuple fills, and where it reaches
     0.01%, 0.1%, 1% and 10%.
@@ -215,8 +239,13 @@ def limits_command(
     if workload_path is not None:
         clients = workload_clients(workload_path)
     limit = chosen_limit(datapath_model, node_port_range, nat_port_range)
+    if hold is not None and limit.datapath != "netfilter":
+        from egressgw.errors import ConfigError  # noqa: PLC0415
+
+        raise ConfigError("TIME_WAIT's hold time is for a Linux gateway's curve; add "
+                          "--datapath-model netfilter or leave the flag out", field="--hold")
     search, sources = search_and_sources(cilium_version, node_port_range, source_ports, clients,
-                                         limit=limit)
+                                         limit=limit, hold=hold)
     divisor = limit.ports
     curves = compute_curves(search, sources, divisor, seed=seed)
     if output == "table":

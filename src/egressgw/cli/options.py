@@ -203,3 +203,28 @@ def bpf_nat_global_max_option(
         show_default=True,
         help=help,
     )
+
+
+def check_cilium_version(datapath_model: str | None, *, policy_form: bool = False) -> None:
+    """--cilium-version chooses Cilium's port search (nat.h's clamp and retries); a Linux
+    gateway's nf_nat (``--datapath-model netfilter``, or snapshots that are conntrack
+    tables) has no such version. Given explicitly with netfilter it is a one-line error
+    (ConfigError, exit 2), so a curve or simulation is never silently of another search;
+    where the command also writes CiliumEgressGatewayPolicy YAML (``policy_form``: plan),
+    the version still chooses the policy's form, and a note on stderr says so.
+    Outside a command (no click context) nothing is checked."""
+    ctx = click.get_current_context(silent=True)
+    if datapath_model != "netfilter" or ctx is None or not given(ctx, "cilium_version"):
+        return
+    version = ctx.params.get("cilium_version")
+    if policy_form:
+        click.echo(f"note: --cilium-version {version} sets only the form of the policy YAML "
+                   "here; the port search is a Linux gateway's nf_nat (--datapath-model "
+                   "netfilter)", err=True)
+        return
+    from egressgw.errors import ConfigError  # noqa: PLC0415
+
+    raise ConfigError(f"{version}: the port search here is a Linux gateway's nf_nat "
+                      "(--datapath-model netfilter, or conntrack snapshots), which has no "
+                      "Cilium version; leave the flag out, or use --datapath-model cilium",
+                      field="--cilium-version")

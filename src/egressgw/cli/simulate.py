@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from egressgw.cli.options import (
+    check_cilium_version,
     cilium_version_option,
     nat_lru_options,
     nat_map_stats_entries_option,
@@ -48,7 +49,11 @@ def datapath_options(func: F) -> F:
                      help="TCP CT map entries: the adaptive CT GC divides deletions by it."),
         click.option("--bpf-ct-global-any-max", type=int, default=CT_MAP_ANY_DEFAULT,
                      show_default=True, help="Non-TCP CT map entries, likewise."),
-        cilium_version_option(),
+        cilium_version_option(
+            "Cilium version of the model datapath: its port arithmetic, retries and signal "
+            "threshold (1.16: modulo clamp, 128 retries; 1.17: multiply-shift clamp, 128; "
+            "1.18: multiply-shift, 32). Cilium only: an error with --datapath-model "
+            "netfilter (plan: then only the form of the policy YAML)."),
         click.option("--datapath-model", type=click.Choice(["cilium", "netfilter"]),
                      default="cilium", show_default=True,
                      help="cilium: Cilium's BPF SNAT (--cilium-version); netfilter: a Linux "
@@ -172,6 +177,7 @@ def simulate_command(
     workload = load_workload(workload_path)
     rules = load_rules(policies, inventory)
     settings = settings_from_options(workload_duration=workload.duration, **options)
+    check_cilium_version(settings.datapath_model)
     notice_model_compile()
     result = simulate(workload, settings, rules=rules, progress=progress)
     title = f"egressgw simulate {workload_path.name}"

@@ -88,43 +88,47 @@ groups:
             `egressgw statedb nat-stats` (the largest count) and move its clients to another
             egress IP.
   - name: egressgw-agent
+    # By node (the agent's --node, on every series it exports), not by scrape address:
+    # gateways scraped through one address (a per-node Prometheus agent on localhost)
+    # must not merge, one whose agent moves to a new address must stay one alert.
     rules:
       - alert: EgressgwAgentDown
         # Rules stay in force while the agent is down, so traffic flows; only visibility
-        # and policy updates are lost.
+        # and policy updates are lost. `up` has a node only where the scrape config gives
+        # it one (deploy/kubernetes/servicemonitor.yaml does); else the address says.
         expr: up{{job="egressgw-agent"}} == 0
         for: 5m
         labels:
           severity: warning
         annotations:
-          summary: "The egressgw agent on {{{{ $labels.instance }}}} is not being scraped"
+          summary: "The egressgw agent on {{{{ with $labels.node }}}}{{{{ . }}}}{{{{ else }}}}{{{{ $labels.instance }}}}{{{{ end }}}} is not being scraped"
           description: >-
             Its egress rules stay in force, but policy changes are not applied and SNAT
             saturation is not watched until it is back.
       - alert: EgressgwReconcileFailing
         # The latest policy files were rejected: the gateway still runs older rules.
-        expr: max by (instance) (egressgw_reconcile_failing) == 1
+        expr: max by (node) (egressgw_reconcile_failing) == 1
         for: 5m
         labels:
           severity: warning
         annotations:
-          summary: "The egressgw agent on {{{{ $labels.instance }}}} rejects its policy files"
+          summary: "The egressgw agent on {{{{ $labels.node }}}} rejects its policy files"
           description: >-
             The policies or inventory on disk do not compile; the previous rules remain in
             force. The agent's log names the file, document and field.
       - alert: EgressgwNatStatsStale
-        # The HTTP server answers from its own thread, so a stuck loop still gets scraped:
-        # only the age of the last nat-stats pass shows it. 5 minutes is 10 default
-        # intervals. (Absent with --nat-map-stats-interval 0, so it cannot fire then.)
-        expr: time() - max by (instance) (egressgw_nat_stats_last_recount_timestamp_seconds) > 300
+        # The HTTP server answers from its own thread, so a stuck agent still gets
+        # scraped: only the age of the last nat-stats pass shows it. 5 minutes is 10
+        # default intervals. (Absent with --nat-map-stats-interval 0, so it cannot fire then.)
+        expr: time() - max by (node) (egressgw_nat_stats_last_recount_timestamp_seconds) > 300
         for: 5m
         labels:
           severity: warning
         annotations:
-          summary: "nat-stats on {{{{ $labels.instance }}}} have not been counted for {{{{ $value | humanizeDuration }}}}"
+          summary: "nat-stats on {{{{ $labels.node }}}} have not been counted for {{{{ $value | humanizeDuration }}}}"
           description: >-
-            The agent still answers but its loop does not count the NAT table (or apply
-            policy changes): saturation and top tuples are out of date. Check its log.
+            The agent still answers but it does not count the NAT table: saturation and
+            top tuples are out of date. Check its log.
 """
 
 

@@ -4,18 +4,27 @@ A Linux gateway's SNAT (Linux 6.18, net/netfilter) looks for a source port this 
 
 - ``nf_nat_core.c`` ``get_unique_tuple``: a connection whose source port lies in the
   rule's range keeps it when no entry holds that reply tuple (``nf_nat_used_tuple``).
-  (A port outside the range first tries the mapping an earlier connection from the same
-  source address and port has to another destination, ``find_appropriate_src``; clients
-  walk their ephemeral ports, so that is left out: it matters only when one client port
-  talks to several destinations of the same tuple's egress IP.)
 - ``nf_nat_proto.c`` ``nf_nat_l4proto_unique_tuple``: ``attempts = min(size, 128)``
   ports ``min + off % size`` for ``off`` = a random u16 and its successors (the u16
   wraps); when all are taken and ``attempts`` is below the range size and at least 16,
   ``attempts`` is halved and a new random ``off`` drawn: rounds of 128, 64, 32, 16 and 8
   ports (248) on a range wider than 128, one round of ``size`` ports on a smaller one.
 - ``nf_nat_used_tuple_harder`` (in the last 32 attempts of a round) takes over ports of
-  TIME_WAIT and CLOSE entries; the curve's occupancy is of connections that hold their
-  port (established), which are never taken over, so it plays no part here.
+  TIME_WAIT and CLOSE entries when the new SYN's sequence number is past the old entry's
+  (``nf_seq_has_advanced``); earlier in a round such a port counts as taken
+  (``nf_nat_used_tuple``). The curves' occupancy is of connections that hold their port
+  (established, what a Linux gateway's nat-stats count), which are never taken over; the
+  exact and growth curves have no TIME_WAIT entries. The steady curve has: each ended
+  connection lingers in TIME_WAIT (``nf_conntrack_proto_tcp.c``, 120 s), so at k
+  established connections of hold time H about k x 120 / H TIME_WAIT entries hold ports
+  too (:func:`steady_time_wait`). Measured in the kernel
+  (tests/test_refusal_netfilter_timewait_kernel.py), reading them as free or as taken
+  are both wrong; they change the steady curve's answer (docs/simulation.md).
+- ``find_appropriate_src`` (nf_nat_core.c) gives a connection the mapping an earlier
+  entry from the same source address, port and protocol has, before keeping the port or
+  searching (datapath/model/netfilter.py models it). For the curves, where each client
+  port meets one tuple, that port is one more port tried first, like the kept one; the
+  curves leave it out.
 
 For a uniformly random set of k taken ports out of the range's N, a connection is
 refused exactly when every port it tries is taken: P = sum_j P(j distinct ports tried) *
@@ -46,6 +55,11 @@ import numpy.typing as npt
 MAX_ATTEMPTS = 128
 MIN_HALVED_ROUND = 16
 U16_VALUES = 1 << 16
+# nf_conntrack_proto_tcp.c: the TIME_WAIT timeout (net.netfilter.
+# nf_conntrack_tcp_timeout_time_wait), and the connections' hold time the steady curve
+# assumes unless told (the seed scenario's median connection, 10 minutes).
+TIME_WAIT_TIMEOUT = 120.0
+DEFAULT_HOLD = 600.0
 
 EXACT = "exact"
 RING = "ring approximation"
@@ -210,4 +224,24 @@ def tried_set_sizes(size: int, kept: npt.NDArray[np.float64]
     return w, how
 
 
-__all__ = ["EXACT", "RING", "SAMPLED", "round_sizes", "tried_set_sizes", "union_sizes"]
+def steady_time_wait(start: int, end: int, levels: npt.NDArray[np.int64], *, hold: float,
+                     sport_low: int, sport_high: int, clients: npt.NDArray[np.int64],
+                     steps: int, warm_factor: float, seed: int
+                     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Refusals of ``steps`` new connections at each level of established connections on
+    the SNAT ports ``start..end`` (-1: not reached), each ended connection lingering in
+    TIME_WAIT for 120 s / ``hold`` x k arrivals, and the mean TIME_WAIT entries at each
+    level (``refusal_kernel.nf_steady_tw``, compiled)."""
+    from egressgw.sim import refusal_kernel as kernel  # noqa: PLC0415  (numba, on use)
+
+    counts = np.zeros(len(levels), dtype=np.int64)
+    time_wait = np.zeros(len(levels), dtype=np.float64)
+    kernel.seed(seed)
+    kernel.nf_steady_tw(np.asarray(levels, dtype=np.int64), TIME_WAIT_TIMEOUT / hold,
+                        warm_factor, steps, start, end, sport_low, sport_high, clients,
+                        counts, time_wait)
+    return counts, time_wait
+
+
+__all__ = ["DEFAULT_HOLD", "EXACT", "RING", "SAMPLED", "TIME_WAIT_TIMEOUT", "round_sizes",
+           "steady_time_wait", "tried_set_sizes", "union_sizes"]

@@ -86,12 +86,18 @@ class PortSearch:
     retries: int = 128
     version: str = "1.16"
     datapath: str = CILIUM
+    # nf_nat only: the connections' hold time in seconds; each ended one lingers 120 s in
+    # TIME_WAIT (see nf_refusal), which the steady curve counts. None: no TIME_WAIT.
+    hold: float | None = None
 
     @classmethod
-    def netfilter(cls, port_range: NatPortRange) -> PortSearch:
-        """nf_nat's search over an SNAT rule's ports ``min-max``."""
+    def netfilter(cls, port_range: NatPortRange,
+                  hold: float | None = nf_refusal.DEFAULT_HOLD) -> PortSearch:
+        """nf_nat's search over an SNAT rule's ports ``min-max``, connections holding
+        their port ``hold`` seconds before TIME_WAIT (None: ending with no TIME_WAIT)."""
         tries = sum(nf_refusal.round_sizes(port_range.ports))
-        return cls(port_range.min, port_range.max, NF_SEARCH, tries, NETFILTER, NETFILTER)
+        return cls(port_range.min, port_range.max, NF_SEARCH, tries, NETFILTER, NETFILTER,
+                   hold)
 
     @classmethod
     def for_limit(cls, limit: PortLimit, cilium_version: str) -> PortSearch:
@@ -393,6 +399,14 @@ def steady_curve(
     """
     universe = int(usable_ports(search, sources).sum())
     levels = _levels(saturations, divisor, universe)
+    if search.is_netfilter and search.hold is not None:
+        # A Linux gateway: ended connections linger in TIME_WAIT (nf_refusal).
+        counts, _time_wait = nf_refusal.steady_time_wait(
+            search.start, search.end, levels, hold=search.hold, sport_low=sources.low,
+            sport_high=sources.high, clients=_clients(sources, seed), steps=steps,
+            warm_factor=warm_factor, seed=seed)
+        return _measured("steady (measured)", search, sources=sources, divisor=divisor,
+                         universe=universe, levels=levels, counts=counts, steps=steps)
     taken = np.zeros(VALUES, dtype=np.bool_)
     # Held ports; in arrival order (a ring whose start is kept in the last slot) for fifo.
     held = np.zeros(universe + 2, dtype=np.int64)
@@ -527,8 +541,11 @@ def search_text(search: PortSearch) -> str:
     if search.is_netfilter:
         size = search.end - search.start + 1
         rounds = "+".join(str(r) for r in nf_refusal.round_sizes(size))
+        ended = ("no TIME_WAIT" if search.hold is None else
+                 f"ended connections {nf_refusal.TIME_WAIT_TIMEOUT:g} s in TIME_WAIT "
+                 f"after a {search.hold:g} s hold")
         return (f"Linux nf_nat port search: SNAT ports {search.start}-{search.end}, the "
-                f"client's port if free, then {rounds} tries from random offsets")
+                f"client's port if free, then {rounds} tries from random offsets; {ended}")
     clamp = ("(v % (end - start)) + start" if search.clamp_kind == MOD_CLAMP
              else "start + ((v * (end - start + 1)) >> 16)")
     return (f"Cilium {search.version} port search: NAT ports {search.start}-{search.end}, "

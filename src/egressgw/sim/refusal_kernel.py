@@ -174,3 +174,167 @@ def growth(taken, levels, steps, start, end, mul, retries,
             if search(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, nf, False) < 0:
                 refused += 1
         out[li] = refused
+
+
+# -- nf_nat with TIME_WAIT entries (Linux 6.18) ------------------------------------------
+# ``state`` per port: NF_FREE, NF_HELD (an entry that blocks the port: established, or any
+# UDP one) or NF_TIME_WAIT (a TCP entry in TIME_WAIT or CLOSE, source-NATed); ``tw_end``
+# per port: the TIME_WAIT entry's last sequence number (td_end), a random u32.
+NF_FREE, NF_HELD, NF_TIME_WAIT = 0, 1, 2
+NF_HARDER_THRESH = 32  # nf_nat_core.c: NF_NAT_HARDER_THRESH = NF_NAT_MAX_ATTEMPTS / 4
+
+
+@njit(cache=True, inline="always")
+def nf_seq_has_advanced(isn, old_end) -> bool:
+    """The new SYN's end (isn + 1) is past the old entry's, compared as s32."""
+    diff = (isn + 1 - old_end) & 0xFFFFFFFF
+    return 0 < diff < 0x80000000
+
+
+@njit(cache=True)
+def nf_attempt_tw(state, tw_end, start, end, sport_lo, sport_hi, nxt, advance=True) -> int:
+    """One new TCP connection through nf_nat with TIME_WAIT entries about: its port, or -1.
+
+    get_unique_tuple (nf_nat_core.c): the client's port is kept when it lies in the
+    range and no entry holds it (``nf_nat_used_tuple``: a TIME_WAIT entry holds it too).
+    nf_nat_l4proto_unique_tuple (nf_nat_proto.c): the rounds of :func:`nf_attempt`; in
+    the last NF_NAT_HARDER_THRESH attempts of a round ``nf_nat_used_tuple_harder`` ends
+    a TIME_WAIT/CLOSE entry and takes its port when the new SYN's sequence number is past
+    the old entry's (``nf_seq_has_advanced``; the same pair gives the same answer when a
+    later round meets the port again). The caller tells a takeover by
+    ``state[port] == NF_TIME_WAIT``.
+    """
+    size = end - start + 1
+    if len(nxt):
+        c = np.random.randint(0, len(nxt))
+        sport = sport_lo + nxt[c] % (sport_hi - sport_lo + 1)
+        if advance:
+            nxt[c] += 1
+    else:
+        sport = np.random.randint(sport_lo, sport_hi + 1)
+    if start <= sport <= end and state[sport] == NF_FREE:
+        return sport
+    isn = np.random.randint(0, 1 << 32)
+    attempts = min(size, 128)
+    while True:
+        off = np.random.randint(0, 65536)
+        for i in range(attempts):
+            port = start + ((off + i) & 0xFFFF) % size
+            s = state[port]
+            if s == NF_FREE:
+                return port
+            if (s == NF_TIME_WAIT and attempts - i <= NF_HARDER_THRESH
+                    and nf_seq_has_advanced(isn, tw_end[port])):
+                return port
+        if attempts >= size or attempts < 16:
+            return -1
+        attempts //= 2
+
+
+@njit(cache=True)
+def nf_refused_share(state, start, end, sport_lo, sport_hi, trials) -> float:
+    """P(refusal) of one new connection on this arrangement of ``state`` (left as it
+    is), over ``trials`` searches, each with fresh random TIME_WAIT sequence numbers
+    and a random client port."""
+    nxt = np.empty(0, np.int64)
+    tw_end = np.zeros(len(state), np.int64)
+    refused = 0
+    for _ in range(trials):
+        for p in range(start, end + 1):
+            tw_end[p] = np.random.randint(0, 1 << 32)
+        if nf_attempt_tw(state, tw_end, start, end, sport_lo, sport_hi, nxt) < 0:
+            refused += 1
+    return refused / trials
+
+
+@njit(cache=True)
+def nf_steady_tw(levels, tw_ratio, warm_factor, steps, start, end, sport_lo, sport_hi, nxt,
+                 out, tw_out):
+    """The steady curve of a Linux gateway whose closed connections linger in TIME_WAIT.
+
+    At each level k the tuple holds k established connections; every new connection
+    that gets a port ends the oldest, whose entry goes to TIME_WAIT for ``tw_ratio`` x k
+    arrivals (TIME_WAIT's 120 s over the connections' hold time, at k / hold arrivals
+    per second) with a random last sequence number, unless a new connection takes its
+    port over first (:func:`nf_attempt_tw`). ``out[i]``: refusals of ``steps`` new
+    connections at level i after a warm-up of ``warm_factor`` x k and one TIME_WAIT
+    lifetime; -1 when the level was not reached. ``tw_out[i]``: mean TIME_WAIT entries.
+    """
+    state = np.zeros(65536, np.uint8)
+    tw_end = np.zeros(65536, np.int64)
+    tw_expiry = np.full(65536, -1, np.int64)
+    top = levels[len(levels) - 1] if len(levels) else 0
+    held = np.zeros(top + 1, np.int64)  # established ports, a ring in arrival order
+    head = 0
+    n = 0
+    qlen = int(tw_ratio * top) + 2 * top + 2  # TIME_WAIT entries pushed within a lifetime
+    q_port = np.zeros(qlen, np.int64)
+    q_expiry = np.zeros(qlen, np.int64)
+    q_head = 0
+    q_size = 0
+    tw_count = 0
+    now = 0
+    for li in range(len(levels)):
+        k = levels[li]
+        # Grow to k: new connections only (nothing ends, no TIME_WAIT is made).
+        guard = 0
+        while n < k and guard < 1000 * k + 1000:
+            guard += 1
+            now += 1
+            while q_size and q_expiry[q_head] <= now:
+                p = q_port[q_head]
+                if state[p] == 2 and tw_expiry[p] == q_expiry[q_head]:
+                    state[p] = 0
+                    tw_count -= 1
+                q_head = (q_head + 1) % qlen
+                q_size -= 1
+            port = nf_attempt_tw(state, tw_end, start, end, sport_lo, sport_hi, nxt)
+            if port >= 0:
+                if state[port] == 2:
+                    tw_count -= 1
+                state[port] = 1
+                held[(head + n) % len(held)] = port
+                n += 1
+        if n < k:
+            out[li] = -1
+            tw_out[li] = -1.0
+            continue
+        life = max(int(tw_ratio * k + 0.5), 1)
+        refused = 0
+        tw_sum = 0.0
+        # As steady(): the first level warms for warm_factor x k, later ones (close to
+        # their previous state) for warm_factor x k / 3; then one TIME_WAIT lifetime.
+        warm = (int(warm_factor * k) if li == 0 else max(int(warm_factor * k / 3), 1000)) + life
+        for step in range(warm + steps):
+            now += 1
+            while q_size and q_expiry[q_head] <= now:
+                p = q_port[q_head]
+                if state[p] == 2 and tw_expiry[p] == q_expiry[q_head]:
+                    state[p] = 0
+                    tw_count -= 1
+                q_head = (q_head + 1) % qlen
+                q_size -= 1
+            port = nf_attempt_tw(state, tw_end, start, end, sport_lo, sport_hi, nxt)
+            if step >= warm:
+                tw_sum += tw_count
+                if port < 0:
+                    refused += 1
+            if port < 0:
+                continue
+            if state[port] == 2:  # taken over: the TIME_WAIT entry ends
+                tw_count -= 1
+            state[port] = 1
+            # The oldest established connection ends into TIME_WAIT.
+            old = held[head]
+            held[(head + n) % len(held)] = port
+            head = (head + 1) % len(held)
+            state[old] = 2
+            tw_count += 1
+            tw_end[old] = np.random.randint(0, 1 << 32)
+            tw_expiry[old] = now + life
+            q_port[(q_head + q_size) % qlen] = old
+            q_expiry[(q_head + q_size) % qlen] = now + life
+            q_size += 1
+        out[li] = refused
+        tw_out[li] = tw_sum / steps
+    return n

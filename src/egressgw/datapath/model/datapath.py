@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 from egressgw.datapath.model.addresses import AddressTable
@@ -11,7 +11,7 @@ from egressgw.datapath.model.compiled import CompiledModel
 from egressgw.datapath.model.config import ModelConfig
 from egressgw.datapath.model.engine import Engine
 from egressgw.datapath.model.netfilter import NetfilterModel
-from egressgw.datapath.model.reference import OUT, ConnKey, ReferenceModel
+from egressgw.datapath.model.reference import OUT, ConnKey, ReferenceModel, count_in_endpoints
 from egressgw.datapath.model.types import (
     ConnectionBatch,
     ConnectResult,
@@ -205,6 +205,24 @@ class ModelDatapath:
     def endpoint_counts(self) -> dict[NatEndpoint, int]:
         """IN entries per {family, proto, egress IP, remote IP, remote port}: nat-stats."""
         return self._endpoints(self._engine.in_endpoint_counts())
+
+    def endpoint_counts_later(self) -> Callable[[], dict[NatEndpoint, int]]:
+        """``endpoint_counts`` in two steps: what it needs of the NAT map is copied now;
+        the returned call counts that copy, on any thread, while this datapath goes on
+        changing (the agent's recount thread). Equal to ``endpoint_counts()`` now.
+
+        The reference engine copies its NAT keys (a C-level list copy of each table's
+        keys; tuples of ints, immutable) and counts them when called. The compiled and
+        netfilter engines count now, in compiled code or per tuple, both cheap. Addresses
+        are looked up when called: the address table only ever appends, and every id in
+        the copy was given out before it, so its address is already there for good.
+        """
+        engine = self._engine
+        if isinstance(engine, ReferenceModel):
+            keys = engine.nat_keys()
+            return lambda: self._endpoints(count_in_endpoints(keys))
+        counts = engine.in_endpoint_counts()
+        return lambda: self._endpoints(counts)
 
     def reusable_counts(self) -> dict[NatEndpoint, int] | None:
         """netfilter: per key, the entries whose port a new connection can take over

@@ -4,8 +4,19 @@ The model engine for ``datapath_model="netfilter"``, behind the same facade as t
 Cilium engines (``ModelDatapath``). What it reproduces, and from where (Linux 6.18's
 net/netfilter, checked against this kernel in tests/test_netfilter_model_kernel.py):
 
-- **Keep the port** (``get_unique_tuple``): a connection whose source port lies in the
-  rule's range keeps it when no entry holds that reply tuple.
+- **The source's mapping first** (``nf_nat_core.c`` ``get_unique_tuple`` step 1,
+  ``find_appropriate_src``): a pod's address never lies in the rule's range, so before
+  anything else nf_nat walks the ``nf_nat_bysource`` hash chain of the original source
+  (address, port, protocol), newest entry first, and takes the first entry whose mapping
+  lies in this rule's range (its egress IP and ports; entries of other egress IPs are
+  skipped). If that mapped port is free towards the new remote (``nf_nat_used_tuple``, no
+  takeover) it is used; if not, nf_nat goes on to the steps below without trying older
+  entries. So one pod port keeps one SNAT port towards many remotes. Measured on this
+  kernel (tests/test_netfilter_source_kernel.py): a mapping held by a TIME_WAIT entry is
+  reused too, and so, until conntrack's GC removes it, is an expired entry's (not
+  modelled: entries leave the chain here the moment they expire).
+- **Keep the port** (``get_unique_tuple`` step 3): a connection whose source port lies
+  in the rule's range keeps it when no entry holds that reply tuple.
 - **The search** (``nf_nat_l4proto_unique_tuple``): ``attempts = min(range size, 128)``
   consecutive ports from a random 16-bit offset (``min + off % size``, ``off`` a u16 that
   wraps); when all are taken and ``attempts`` is below the range size and at least 16,
@@ -72,6 +83,7 @@ SYN_SENT, ESTABLISHED, TIME_WAIT, CLOSE, UDP_NEW, UDP_REPLIED, UDP_STREAM, ICMP_
 TAKEOVER_STATES = (TIME_WAIT, CLOSE)
 
 Taken = tuple[int, int, int, int]  # egress, remote id, remote port, proto
+Source = tuple[int, int, int]  # original source id, source port (echo id), proto
 
 
 @dataclass(slots=True)
@@ -132,6 +144,11 @@ class NetfilterModel:
         self.open: set[ConnKey] = set()
         # Per ports-in-use dict: how many of its entries are in a takeover state.
         self.reusable: dict[Taken, int] = {}
+        # nf_nat_bysource: the entries of each original (source, port, proto), oldest
+        # first (the kernel adds at the head and walks from it: newest first).
+        self.bysource: dict[Source, list[ConnKey]] = {}
+        # New connections given the mapping of an earlier one from the same source.
+        self.source_mappings = 0
 
     # -- lifetimes ----------------------------------------------------------------------
 
@@ -183,6 +200,11 @@ class NetfilterModel:
             slot.reuse[conn.port - slot.low] = False
         if conn.state in TAKEOVER_STATES:
             self.reusable[taken] -= 1
+        source = (key[0], key[1], key[4])
+        chain = self.bysource[source]
+        chain.remove(key)
+        if not chain:
+            del self.bysource[source]
 
     @staticmethod
     def _taken_key(key: ConnKey, egress: int) -> Taken:
@@ -202,6 +224,20 @@ class NetfilterModel:
             self.taken[taken] = slot
         return slot
 
+    def _source_mapping(self, key: ConnKey, egress: int, slot: _Ports) -> int | None:
+        """find_appropriate_src (nf_nat_core.c): the port of the newest entry from the
+        same original source, port and protocol whose mapping lies in this rule's range
+        (same egress IP, a port of the slot's range), or None."""
+        chain = self.bysource.get((key[0], key[1], key[4]))
+        if not chain:
+            return None
+        high = slot.low + len(slot.busy)
+        for other in reversed(chain):
+            conn = self.conns[other]
+            if conn.egress == egress and slot.low <= conn.port < high:
+                return conn.port
+        return None
+
     def _search(self, key: ConnKey, egress: int, isn: int) -> tuple[int | None, int]:
         """get_unique_tuple + nf_nat_l4proto_unique_tuple: (port or None, collisions).
 
@@ -213,6 +249,12 @@ class NetfilterModel:
         slot = self._slot(key, egress)
         low, size = slot.low, len(slot.busy)
         busy = slot.busy
+        mapped = self._source_mapping(key, egress, slot)
+        if mapped is not None and not busy[mapped - low]:
+            # Step 1: the source's current mapping, free towards this remote. When it is
+            # taken, the kernel goes on to keep/search (no takeover, no older entry).
+            self.source_mappings += 1
+            return mapped, 0
         original = key[1]
         if low <= original < low + size and not busy[original - low]:
             return original, 0
@@ -262,6 +304,7 @@ class NetfilterModel:
         state = SYN_SENT if proto == TCP else UDP_NEW if proto == UDP else ICMP_STATE
         conn = Conn(egress, port, state, 0.0, float(math.floor(self.now)), isn)
         self.conns[key] = conn
+        self.bysource.setdefault((key[0], key[1], proto), []).append(key)
         slot = self.taken[self._taken_key(key, egress)]
         slot.owner[port] = key
         slot.busy[port - slot.low] = True

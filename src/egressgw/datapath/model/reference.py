@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -525,12 +526,27 @@ class ReferenceModel:
 
     def in_endpoint_counts(self) -> dict[tuple[int, int, int, int, int], int]:
         """IN entries per (family, proto, egress id, remote id, remote port): nat-stats."""
-        counts: dict[tuple[int, int, int, int, int], int] = {}
-        for family, table in enumerate(self.nat):
-            for key, _value in table.items():
-                if key[0] != IN or key[5] not in COUNTED_PROTOS[family]:
-                    continue
-                _dir, dst, dport, egress, _port, proto = key
-                endpoint = (family, proto, egress, dst, dport if proto in PORT_PROTOS else 0)
-                counts[endpoint] = counts.get(endpoint, 0) + 1
-        return counts
+        return count_in_endpoints(self.nat_keys())
+
+    def nat_keys(self) -> tuple[list[NatKey], list[NatKey]]:
+        """Every NAT key per family, copied now: ``count_in_endpoints`` counts the copy
+        later, on any thread, while this model goes on changing (the agent's recount)."""
+        return self.nat[0].keys(), self.nat[1].keys()
+
+
+def count_in_endpoints(
+    keys: Sequence[Iterable[NatKey]],
+) -> dict[tuple[int, int, int, int, int], int]:
+    """IN keys per (family, proto, egress id, remote id, remote port), ``keys`` given per
+    family: pkg/maps/nat/stats ``countNat`` counts IN entries of the counted protocols,
+    the allocated port left out."""
+    counts: dict[tuple[int, int, int, int, int], int] = {}
+    for family, table in enumerate(keys):
+        counted = COUNTED_PROTOS[family]
+        for key in table:
+            if key[0] != IN or key[5] not in counted:
+                continue
+            _dir, dst, dport, egress, _port, proto = key
+            endpoint = (family, proto, egress, dst, dport if proto in PORT_PROTOS else 0)
+            counts[endpoint] = counts.get(endpoint, 0) + 1
+    return counts
