@@ -84,7 +84,7 @@ MUTATIONS = (
     ),
     Mutation(
         "an IN eviction counted as an OUT eviction (compiled engine)",
-        f"{MODEL}/kernel.py",
+        f"{MODEL}/kernel_nat.py",
         "cnt[K_EVICT_IN] += 1",
         "cnt[K_EVICT_OUT] += 1",
         ("tests/test_model_ct.py", "tests/test_model_semantics.py"),
