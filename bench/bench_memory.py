@@ -101,7 +101,7 @@ def measure(scenario: str, live: int, gc_after: float) -> dict[str, float]:
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     dp = ModelDatapath(ModelConfig(bpf_nat_global_max=NAT_MAP), random.Random(1))
-    engine = dp._engine
+    engine = dp.engine
     peak_ct = 0
     for batch, end in batches(dp, scenario, live, until, seed=2):
         dp.run(batch, end)

@@ -33,8 +33,8 @@ from numba import njit
 
 from benchutil import format_load, load_average, spread
 from egressgw.config import NodePortRange
-from egressgw.datapath.model import ConnectionBatch, ModelConfig, ModelDatapath
-from egressgw.datapath.model import kernel as k
+from egressgw.datapath.model import ConnectionBatch, ModelConfig, ModelDatapath, kernel
+from egressgw.datapath.model import kernel_layout as k
 from egressgw.datapath.model.compiled import CompiledModel
 from egressgw.datapath.model.reference import ReferenceModel
 
@@ -91,7 +91,7 @@ class Pressure:
 
 
 # Not cached: numba's cache of a caller is keyed by its own file only, so a cached _churn
-# would keep running the kernel functions it was compiled against after kernel.py changes.
+# would keep running the kernel functions it was compiled against after a kernel source changes.
 @njit(cache=False, _nrt=False)
 def _churn(S, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, oldest, pos,  # noqa: PLR0917
            now0, dt, out):
@@ -115,10 +115,10 @@ def _churn(S, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, oldest, 
         now = now0 + i * dt
         fs[k.F_NOW] = now
         if fs[k.F_NEXT_GC] <= now:
-            k.gc(S, 3, False)
-            k.after_operation(S)
-        o, _p, drop, _b, _r = k.forward(S, src[i], sport[i], hot_dst, 443, 6, egress, 0)
-        k.after_operation(S)
+            kernel.gc(S, 3, False)
+            kernel.after_operation(S)
+        o, _p, drop, _b, _r = kernel.forward(S, src[i], sport[i], hot_dst, 443, 6, egress, 0)
+        kernel.after_operation(S)
         if drop:
             out[1] += 1
             continue
@@ -128,9 +128,9 @@ def _churn(S, src, sport, hot_dst, f_dst, f_sport, f_src, egress, fifo, oldest, 
             tail += 1
             o = fifo[head]
             head += 1
-        k.ct_delete(S, o)
-        _o, _p, drop, _b, _r = k.forward(S, f_src, f_sport[i], f_dst[i], 443, 6, egress, 0)
-        k.after_operation(S)
+        kernel.ct_delete(S, o)
+        _o, _p, drop, _b, _r = kernel.forward(S, f_src, f_sport[i], f_dst[i], 443, 6, egress, 0)
+        kernel.after_operation(S)
         if not drop:
             out[2] += 1
     pos[0] = src.shape[0]
@@ -157,7 +157,7 @@ def pressure_compiled(
     dp = ModelDatapath(config, random.Random(7))
     fx = Pressure(dp, config, steps)
     dp.run(fx.prefill, 1.0)
-    model = dp._engine
+    model = dp.engine
     assert isinstance(model, CompiledModel)
     conns = len(fx.prefill) + 2 * steps + 16
     model._grow_conns(1 << (conns - 1).bit_length())
@@ -214,7 +214,7 @@ def pressure_reference(
     dp = ModelDatapath(config, random.Random(7), engine="reference")
     fx = Pressure(dp, config, steps)
     dp.run(fx.prefill, 1.0)
-    ref = dp._engine
+    ref = dp.engine
     assert isinstance(ref, ReferenceModel)
     fifo = [key for key in ref.conns if key[2] == fx.hot_dst]
     head = 0
@@ -384,7 +384,7 @@ def main() -> None:
             fast_prefix.append(simulate("compiled", ref_total, sim_rate, stress)[1])
             slow.append(simulate("reference", ref_total, sim_rate, stress)[1])
         counters = dp.counters
-        model = dp._engine
+        model = dp.engine
         assert isinstance(model, CompiledModel)
         name = "B2. stress" if stress else "B1. typical"
         print(f"{name} workload through run(), {sim_rate:,.0f} connections per virtual second "

@@ -57,7 +57,7 @@ MUTATIONS = (
     ),
     Mutation(
         "signal threshold > becomes >= (compiled engine)",
-        f"{MODEL}/kernel.py",
+        f"{MODEL}/kernel_ports.py",
         "if retries > cfg[C_THRES]:",
         "if retries >= cfg[C_THRES]:",
         ("tests/test_model_ct.py", "tests/test_model_semantics.py"),
@@ -76,7 +76,7 @@ MUTATIONS = (
     ),
     Mutation(
         "an OUT eviction counted as an IN eviction (compiled engine)",
-        f"{MODEL}/kernel.py",
+        f"{MODEL}/kernel_nat.py",
         "cnt[K_EVICT_OUT] += 1",
         "cnt[K_EVICT_IN] += 1",
         ("tests/test_model_ct.py", "tests/test_model_semantics.py"),
@@ -84,7 +84,7 @@ MUTATIONS = (
     ),
     Mutation(
         "an IN eviction counted as an OUT eviction (compiled engine)",
-        f"{MODEL}/kernel.py",
+        f"{MODEL}/kernel_nat.py",
         "cnt[K_EVICT_IN] += 1",
         "cnt[K_EVICT_OUT] += 1",
         ("tests/test_model_ct.py", "tests/test_model_semantics.py"),

@@ -75,6 +75,11 @@ SMOKES = (
         r"gc_pass_seconds +seed +refused",
         r"CT entries at most \(connections attempted\): \d+ of --bpf-ct-global-tcp-max \d+",
     )),
+    Smoke("bench_forecast_coverage.py", ("--quick",), (
+        rf"coverage: \d+ of \d+ runs inside the 80% band \(binomial 95% range for 80%: "
+        rf"\d+\.\.\d+\); ratio inside / expected {NUMBER}",
+        r"load average \(1, 5, 15 min\): before",
+    )),
     Smoke("bench_netfilter.py", ("--quick",), (
         rf"^netfilter +{NUMBER} connections, {NUMBER} refused; CPU median {NUMBER} s",
         rf"netfilter / cilium CPU time: {NUMBER}x",

@@ -129,18 +129,27 @@ def test_the_figures_worked_by_hand_are_the_printed_ones():
     assert "+698.3" in table and "the trend is at 22922.8 now and grows 0.008082/s" in table
     # The limit and the share.
     assert "65535 - (32767 + 1) = 32767 ports" in text and "22937 / 32767 = 70.0%" in text
-    # Λ by hand: p rises linearly from 0 at 22937 to 2e-05 at 23265 (printed by the
-    # forecast); Λ = (c/600) (2e-5/328) x²/2 / b, solved for ln 2.
-    assert "refuses 0 at 22937 (70.0%) and 2e-05 at 23265 (71.0%), linear between" in table
-    coefficient = 22970 / 600 * 2e-5 / 328 / 2 / 0.008082
-    assert f"= {coefficient:.3e}".replace("e-04", "e-4") + " x²" in text
-    x = (0.693 / coefficient) ** 0.5
-    assert f"at x = √(0.693 / 1.444e-4) = {x:.1f}, count {22937 + x:.1f}" in text
-    assert "reach ln 2 at 23006.2 (70.21%): in 2h52m3s" in table
-    seconds = (round(22937 + x, 1) - 22922.8) / 0.008082
-    assert f"(23006.3 - 22922.8) / 0.008082 = {seconds:.0f} s" in text
+    # Λ by hand: over the half hour that matters p stays at the curve's value at 70.0%
+    # (the why-line prints it and its band), so Λ(T) = 38.2 x p x T.
+    (p, low, high) = [float(v) for v in re.findall(
+        r"the curve refuses ([\d.e-]+) \[([\d.e-]+) \.\. ([\d.e-]+)\] at 22937 \(70\.0%\)",
+        table)[0]]
+    per_second = 38.2 * p
+    assert f"Λ(T) ≈ 38.2 x {p:.2g} x T = {per_second:.3g} T" in text
+    assert f"T = 0.693 / {per_second:.3g} = {0.693 / per_second:.0f} s" in text
+    (when,) = re.findall(r"reach ln 2 at [\d.]+ \([\d.]+%\): in (\S+)\.", table)
+    assert f"(the output: {when}," in text
+    # The band's ends: Λ = -ln 0.9 at the curve's high side, -ln 0.1 at its low side.
+    assert f"0.105 / (38.2 x {high:.2g}) = {0.105 / (38.2 * high):.0f} s" in text
+    assert f"2.303 / (38.2 x {low:.2g}) = {2.303 / (38.2 * low):,.0f} s" in text
+    # The hand figure is the printed one within 2% (p climbs a little on the way).
+    doc = json.loads(run(f"egressgw forecast {SNAPSHOTS} --hold 10m -o json"))
+    eta = doc["tuples"][0]["firstRefusal"]["seconds"]
+    assert 0.693 / per_second == pytest.approx(eta, rel=0.02)
+    assert 0.105 / (38.2 * high) == pytest.approx(doc["tuples"][0]["firstRefusal"]["earliest"],
+                                                  rel=0.02)
     # The 0.1% mark's count and the days to it and to the limit.
-    marks = json.loads(run(f"egressgw forecast {SNAPSHOTS} --hold 10m -o json"))["marks"]
+    marks = doc["marks"]
     mark = marks["refusalRate"]["count"]
     assert f"({mark:.1f} connections;" in text
     assert f"({mark:.1f} - 22922.8) / 698.3 = {(mark - 22922.8) / 698.3:.1f} days" in text

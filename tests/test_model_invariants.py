@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from egressgw.datapath.model import ModelConfig, ModelDatapath
-from egressgw.datapath.model import kernel as k
+from egressgw.datapath.model import kernel_layout as k
 from egressgw.datapath.model.compiled import CompiledModel
 from egressgw.datapath.model.invariants import InvariantError, check, violations
 from egressgw.datapath.model.kernel_state import State

@@ -227,7 +227,7 @@ def test_plan_cli_from_observed_stats(tmp_path, capsys):
          "remotePort": 8080, "count": 700}]}
     stats = tmp_path / "stats.json"
     stats.write_text(json.dumps(doc))
-    main(["plan", "--stats", str(stats), "--hold", "100s", "--clients", "50",
+    main(["plan", "--stats", str(stats), "--connection-length", "100s", "--clients", "50",
           "--node-port-range", str(RANGE), "--conntrack-gc-interval", "10s",
           "--scale", "3", "-o", "json"])
     out = json.loads(capsys.readouterr().out)
@@ -240,13 +240,33 @@ def test_plan_cli_from_observed_stats(tmp_path, capsys):
     assert all(not c["ok"] for c in out["checks"] if len(c["egressIPs"]) < out["plan"]["count"])
 
 
-def test_plan_cli_needs_a_hold_time_with_stats(tmp_path, capsys):
+def test_plan_cli_needs_a_connection_length_with_stats(tmp_path, capsys):
     stats = tmp_path / "stats.json"
     stats.write_text(json.dumps({"rows": []}))
     with pytest.raises(SystemExit) as exit_info:
         main(["plan", "--stats", str(stats)])
     assert exit_info.value.code == 2
-    assert "--hold" in capsys.readouterr().err
+    assert "--connection-length" in capsys.readouterr().err
+
+
+def test_plan_hold_is_the_deprecated_spelling_of_connection_length(tmp_path, capsys):
+    # forecast --hold is the time a port is held; plan's old --hold, the median
+    # connection length, still works and says what to write instead.
+    stats = tmp_path / "stats.json"
+    stats.write_text(json.dumps({"updatedAt": 0, "divisor": 1000, "rows": [
+        {"family": "ipv4", "proto": "TCP", "egressIP": "10.1.0.0", "remoteIP": "10.2.0.0",
+         "remotePort": 8080, "remoteAddr": "10.2.0.0:8080", "count": 700, "rank": 1}]}))
+    args = ["plan", "--stats", str(stats), "--clients", "50", "--estimate-only", "-o", "json",
+            "--node-port-range", "30000,64534"]
+    main([*args, "--connection-length", "100s"])
+    new = capsys.readouterr()
+    main([*args, "--hold", "100s"])
+    old = capsys.readouterr()
+    assert old.out == new.out and "deprecated" not in new.err
+    assert ("plan --hold is deprecated, use --connection-length" in old.err)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--hold", "100s", "--connection-length", "100s"])
+    assert exit_info.value.code == 2
 
 
 def test_plan_rejects_a_bad_target():
@@ -285,7 +305,7 @@ def test_plan_from_the_agents_url_uses_the_agents_limit(capsys):
     thread.start()
     try:
         main(["plan", "--stats", f"http://127.0.0.1:{server.server_address[1]}",
-              "--hold", "100s", "--clients", "50", "--estimate-only", "-o", "json"])
+              "--connection-length", "100s", "--clients", "50", "--estimate-only", "-o", "json"])
     finally:
         server.shutdown()
         server.server_close()
@@ -297,7 +317,7 @@ def test_plan_from_the_agents_url_uses_the_agents_limit(capsys):
 
 def test_plan_from_a_cilium_dump_and_from_a_linux_one(capsys):
     examples = Path(__file__).parents[1] / "src" / "egressgw" / "examples"
-    main(["plan", "--stats", str(examples / "seed-node-nat-list.txt"), "--hold", "1m",
+    main(["plan", "--stats", str(examples / "seed-node-nat-list.txt"), "--connection-length", "1m",
           "--estimate-only", "-o", "json"])
     doc = json.loads(capsys.readouterr().out)
     # The bundled node's dump: 294 connections to 104.198.14.52:443 (nat-stats' table).
@@ -305,7 +325,7 @@ def test_plan_from_a_cilium_dump_and_from_a_linux_one(capsys):
     assert doc["portLimit"]["datapath"] == "cilium"
     # A Linux gateway's conntrack dump: planned on the netfilter model, against Linux's
     # masquerade range (1024-65535, 64512 ports), as nat-stats counts that dump.
-    main(["plan", "--stats", str(examples / "gateway-conntrack-L.txt"), "--hold", "1m",
+    main(["plan", "--stats", str(examples / "gateway-conntrack-L.txt"), "--connection-length", "1m",
           "--estimate-only", "-o", "json"])
     doc = json.loads(capsys.readouterr().out)
     assert doc["portLimit"]["datapath"] == "netfilter"

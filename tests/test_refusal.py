@@ -32,6 +32,7 @@ from egressgw.sim.refusal import (
     uniform_curve,
     usable_ports,
 )
+from egressgw.sim.refusal_exact import local_loglinear, refused_given
 
 CLIENT = ipaddress.ip_address("192.0.2.1")
 PROBE = ipaddress.ip_address("192.0.2.2")
@@ -216,3 +217,60 @@ def test_limits_takes_the_clients_from_a_workload(tmp_path) -> None:
     )
     # Only the sequential group walks its ports; the random one draws them.
     assert workload_clients(path) == 300
+
+
+@pytest.mark.parametrize(
+    ("version", "retries", "runs"),
+    [("1.16", 8, [(0, 20), (30, 14), (50, 8)]),
+     ("1.16", 16, [(3, 40), (48, 10)]),
+     ("1.18", 32, [(0, 30), (40, 24)])],
+    ids=["v1.16-8-tries", "v1.16-16-tries", "v1.18-32-tries"],
+)
+def test_exact_refusal_of_one_state_matches_the_model_datapath(
+        version: str, retries: int, runs: list[tuple[int, int]]) -> None:
+    # One set of taken ports with runs in it (the steady curve's states have runs), held
+    # by connections that keep their port; then one probe from a random source port, on
+    # a fresh tuple per trial. The exact P(refused | taken), summed over every walk,
+    # against the model datapath's own search.
+    base = PortSearch.for_version(version, STEPPING)
+    search = PortSearch(base.start, base.end, base.clamp_kind, retries, version)
+    sources = SourcePorts(search.start, search.end)
+    reachable = np.nonzero(usable_ports(search, sources))[0]
+    taken = np.zeros(1 << 16, dtype=bool)
+    for first, length in runs:
+        taken[reachable[first:first + length]] = True
+    exact = refused_given(taken, start=search.start, end=search.end, retries=retries,
+                          clamp=search.clamp_table(), sport_lo=sources.low,
+                          sport_hi=sources.high)
+    config = ModelConfig(node_port_range=STEPPING, cilium_version=version,
+                         snat_collision_retries=retries, bpf_nat_global_max=1 << 22)
+    datapath = ModelDatapath(config, random.Random(retries), engine="reference")
+    rng = np.random.default_rng(retries)
+    trials, refused = 1200, 0
+    for trial in range(trials):
+        server = Endpoint(SERVER, 1 + trial)
+        for port in np.nonzero(taken)[0]:
+            result = datapath.connect(
+                FiveTuple(Proto.TCP, Endpoint(CLIENT, int(port)), server), EGRESS)
+            assert result.port == port
+        sport = int(rng.integers(sources.low, sources.high + 1))
+        probe = datapath.connect(FiveTuple(Proto.TCP, Endpoint(PROBE, sport), server), EGRESS)
+        refused += probe.port is None
+    tolerance = 4 * math.sqrt(exact * (1 - exact) / trials)
+    assert 0.02 < exact < 0.98
+    assert abs(refused / trials - exact) <= tolerance, (refused / trials, exact, tolerance)
+
+
+def test_local_loglinear_fit_recovers_an_exponential_tail_and_keeps_zeros() -> None:
+    # p doubling per level is log-linear: the fit over any window returns it exactly.
+    x = np.arange(12.0)
+    p = 1e-6 * 2.0**x
+    assert local_loglinear(x, p) == pytest.approx(p, rel=1e-6)
+    # No refusal anywhere within a level's window: 0 there, never a made-up value.
+    flat = np.zeros(12)
+    flat[-1] = 1e-4
+    out = local_loglinear(x, flat, half_width=3)
+    assert (out[:8] == 0).all() and (out[8:] > 0).all()
+    # The fit keeps the window's total: at the centre of a symmetric window of equal
+    # values it is that value.
+    assert local_loglinear(x, np.full(12, 3e-5))[6] == pytest.approx(3e-5, rel=1e-9)

@@ -149,7 +149,7 @@ def forecast_document(results: Any, *, marks: Any, port_limit: PortLimit, scale:
 
 def _first_refusal_doc(first: Any) -> dict[str, Any]:
     return {"seconds": first.eta, "earliest": first.earliest, "latest": first.latest,
-            "outlook": first.outlook.value, "count": first.count,
+            "coverage": first.coverage, "outlook": first.outlook.value, "count": first.count,
             "fittedCountNow": first.fitted, "refusedPerDayNow": first.refused_per_day}
 
 
@@ -213,15 +213,17 @@ Examples:
 @click.option("--scale", type=float, default=1.0, show_default=True, metavar="FACTOR",
               help="Traffic multiplied by FACTOR (e.g. 3 for 3x): counts and growth scale.")
 @click.option("--hold", callback=parse_duration_flag, metavar="DURATION",
-              help="How long a connection holds its port, e.g. 10m (the value given to "
-                   "plan --hold; plan adds CT timeouts to it, forecast does not: the "
-                   "earlier answer): new connections/s = count / hold (Little's law). "
+              help="How long a connection holds its port, e.g. 14m: its length plus "
+                   "the CT close timeout and GC wait (plan's MeanHold column for plan "
+                   "--connection-length), or count / new connections per second as "
+                   "measured: new connections/s = count / hold (Little's law). "
                    "Adds 'First refusal likely': when the refused connections expected "
                    "along the trend, the integral of rate x P(refusal), reach ln 2, i.e. "
                    "a first refusal is more likely than not. Replaces the 0.01% column.")
 @curve_options
 @click.option("--confidence", type=float, default=0.9, show_default=True,
-              help="Coverage of the prediction band.")
+              help="Coverage of the trend's prediction band (the times to the marks; "
+                   "'First refusal likely' states its own, 80%, which uses these bounds).")
 @output_option("table", "json", "yaml")
 def forecast_command(
     *,
@@ -260,7 +262,9 @@ def forecast_command(
     curve (egressgw limits) says that share of new connections is refused; with
     --hold, "First refusal likely" is when the expected number of refused connections,
     the integral of (count / hold) x P(refusal at count) along the trend, reaches
-    ln 2: P(at least one refusal) = 1 - exp(-expected) passes 1/2.
+    ln 2: P(at least one refusal) = 1 - exp(-expected) passes 1/2. Its band holds the
+    first refusal 80% of the time: from expected -ln 0.9 (the trend's upper bound, the
+    curve's high side) to -ln 0.1 (its lower bound, the curve's low side).
     """
     from egressgw.errors import ConfigError  # noqa: PLC0415
     from egressgw.render.documents import dump_document  # noqa: PLC0415
@@ -353,9 +357,9 @@ def forecast_command(
 
 def _first_refusals(loaded: Any, *, hold: float, curve: Any, scale: float,
                     confidence: float) -> Any:
-    from egressgw.sim.expected_refusals import first_refusals, probability_of  # noqa: PLC0415
+    from egressgw.sim.expected_refusals import curve_band, first_refusals  # noqa: PLC0415
 
-    return first_refusals(loaded, hold=hold, probability=probability_of(curve), scale=scale,
+    return first_refusals(loaded, hold=hold, probability=curve_band(curve), scale=scale,
                           confidence=confidence)
 
 
@@ -371,14 +375,16 @@ def _first_refusal_why(endpoint: Any, first: Any, curve: Any, divisor: int) -> s
     held = curve.held
     i = min(max(int(np.searchsorted(held, first.count)), 1), len(held) - 1)
     low, high = float(held[i - 1]), float(held[i])
+
+    def at(count: float) -> str:
+        return (f"{curve.rate_at(count):.2g} [{curve.rate_at(count, 'low'):.2g} .. "
+                f"{curve.rate_at(count, 'high'):.2g}] at {count:.0f} ({count / divisor:.1%})")
+
     if first.count >= high:  # past the curve's last level: its last value
-        levels = (f"{curve.rate_at(high):.2g} at {high:.0f} ({high / divisor:.1%}) "
-                  "and beyond")
+        levels = f"{at(high)} and beyond"
     else:
         kind = "linear" if curve.rate_at(low) <= 0 else "log-linear"
-        levels = (f"{curve.rate_at(low):.2g} at {low:.0f} ({low / divisor:.1%}) and "
-                  f"{curve.rate_at(high):.2g} at {high:.0f} ({high / divisor:.1%}), {kind} "
-                  "between")
+        levels = f"{at(low)} and {at(high)}, {kind} between"
     when = "now" if first.eta < 1 else f"in {format_seconds(first.eta)}"
     return (
         f"Why, for {format_ip(endpoint.egress_ip)} {endpoint.remote_addr} (to redo by hand):\n"
@@ -392,20 +398,35 @@ def _first_refusal_why(endpoint: Any, first: Any, curve: Any, divisor: int) -> s
 
 
 def _first_refusal_note(hold: float, curve_name: str, divisor: int) -> str:
+    from egressgw.sim.expected_refusals import COVERAGE, chance_quantiles  # noqa: PLC0415
     from egressgw.sim.report import format_seconds  # noqa: PLC0415
 
+    soon, late = chance_quantiles(COVERAGE)
+    tail = (1 - COVERAGE) / 2
     return (f"First refusal likely: when the refused connections expected along the trend "
             f"(new connections/s = count / hold {format_seconds(hold)}, each refused with "
             f"the {curve_name} curve's probability at count/{divisor}) reach ln 2, a first "
-            "refusal more likely than not.")
+            f"refusal more likely than not; [{COVERAGE:.0%} band]: from where they reach "
+            f"{soon:.3f} ({tail:.0%} chance of a refusal by then) on the trend's upper bound "
+            f"and the curve's high side, to where they reach {late:.3f} ({1 - tail:.0%}) on "
+            "its lower bound and the curve's low side.")
 
 
 def _assumptions(hold: float, curve_name: str, curve: Any, divisor: int) -> dict[str, Any]:
-    from egressgw.sim.expected_refusals import LN2  # noqa: PLC0415
+    from egressgw.sim.expected_refusals import (  # noqa: PLC0415
+        COVERAGE,
+        LN2,
+        chance_quantiles,
+    )
 
+    soon, late = chance_quantiles(COVERAGE)
     return {
         "criterion": "expected refused connections reach ln 2: P(at least one) = 1/2",
         "expectedRefused": LN2,
+        "band": {"coverage": COVERAGE, "expectedRefusedEarliest": soon,
+                 "expectedRefusedLatest": late,
+                 "earliest": "trend's upper prediction bound, the curve's high side",
+                 "latest": "trend's lower prediction bound, the curve's low side"},
         "holdSeconds": hold,
         "newConnectionsPerSecond": "count / holdSeconds (Little's law)",
         "curve": {"name": curve_name, "kind": curve.kind,
@@ -413,6 +434,8 @@ def _assumptions(hold: float, curve_name: str, curve: Any, divisor: int) -> dict
                   "natPorts": [curve.search.start, curve.search.end],
                   "tries": curve.search.retries, "sourcePorts": str(curve.sources)},
         "limit": divisor,
-        # The curve as used: P(refusal) at each measured level (rate_at, non-decreasing).
-        "points": [[int(h), curve.rate_at(float(h))] for h in curve.held],
+        # The curve as used: P(refusal) at each measured level (rate_at, non-decreasing)
+        # with its band's low and high sides.
+        "points": [[int(h), curve.rate_at(float(h)), curve.rate_at(float(h), "low"),
+                    curve.rate_at(float(h), "high")] for h in curve.held],
     }

@@ -128,7 +128,8 @@ def limits_document(curves: Any, divisor: int) -> dict[str, Any]:
             }
             for name, curve in curves.by_name().items()
         },
-        # Each measured level: the share refused on each curve (bounds: Wilson 95%).
+        # Each measured level: the share refused on each curve and its bounds (growth:
+        # Wilson 95%; steady: 90% over its chains for Cilium, Wilson 95% for nf_nat).
         "points": [
             {
                 "held": int(held),

@@ -183,9 +183,9 @@ def _announcer(enabled: bool | None) -> Any:
 Examples:
   egressgw plan workload.yaml
   egressgw plan workload.yaml --scale 3 -o yaml          # next quarter's 3x traffic
-  egressgw plan --stats nat-stats.json --hold 10m --scale 3
-  egressgw plan --stats http://127.0.0.1:9967 --hold 10m  # the running agent
-  egressgw plan --stats nat-stats.json --hold 10m --policy cegp.yaml  # your own policy
+  egressgw plan --stats nat-stats.json --connection-length 10m --scale 3
+  egressgw plan --stats http://127.0.0.1:9967 --connection-length 10m  # the running agent
+  egressgw plan --stats nat-stats.json --connection-length 10m --policy cegp.yaml
   egressgw plan workload.yaml --target-saturation 0.7 --max-drop-rate 0""",
 )
 @click.argument("workload_path", metavar="[WORKLOAD.yaml]", required=False,
@@ -193,8 +193,12 @@ Examples:
 @click.option("--stats", "stats_source", metavar="FILE|URL",
               help="Plan from observed nat-stats instead of a workload: a nat-stats table "
                    "or JSON, a NAT dump, or the agent's URL.")
-@click.option("--hold", callback=parse_duration_flag, metavar="DURATION",
-              help="With --stats: how long a connection stays open (median), e.g. 10m.")
+@click.option("--connection-length", callback=parse_duration_flag, metavar="DURATION",
+              help="With --stats: how long a connection stays open (median), e.g. 10m. "
+                   "A closed connection's port is held a while longer (CT close timeout "
+                   "and GC wait: the MeanHold column), the hold forecast --hold takes.")
+@click.option("--hold", "deprecated_hold", callback=parse_duration_flag, metavar="DURATION",
+              hidden=True, help="Deprecated spelling of --connection-length.")
 @click.option("--clients", type=int, default=400, show_default=True, metavar="N",
               help="With --stats: clients per tuple (each walks its ephemeral ports).")
 @click.option("--scale", type=float, default=1.0, show_default=True, metavar="FACTOR",
@@ -218,7 +222,8 @@ def plan_command(
     *,
     workload_path: Path | None,
     stats_source: str | None,
-    hold: float | None,
+    connection_length: float | None,
+    deprecated_hold: float | None,
     clients: int,
     scale: float,
     target: float,
@@ -233,10 +238,11 @@ def plan_command(
     """Find the fewest egress IPs whose simulated saturation and refusals meet the targets.
 
     \b
-    From a WORKLOAD.yaml, or from observed nat-stats (--stats, with --hold) where each
-    tuple's connection rate follows from its count and the hold time. An analytic
-    estimate per tuple (Little's law over arrivals, durations, CT timeouts and GC),
-    then simulations: fewer egress IPs while the targets hold, more until they do.
+    From a WORKLOAD.yaml, or from observed nat-stats (--stats, with
+    --connection-length) where each tuple's connection rate follows from its count and
+    the time its connections hold a port (their length, CT close timeout and GC
+    wait). An analytic estimate per tuple (Little's law over arrivals, durations, CT
+    timeouts and GC), then simulations: fewer egress IPs while the targets hold, more until they do.
     Prints the evidence, the CiliumEgressGatewayPolicy that implements the plan, and
     a wider NAT port range when that alone would do. Exits 1 when no simulated count
     meets the targets.
@@ -247,11 +253,13 @@ def plan_command(
 
     ctx = click.get_current_context()
     if (workload_path is None) == (stats_source is None):
-        raise click.UsageError("give a WORKLOAD.yaml or --stats FILE|URL (with --hold)")
+        raise click.UsageError("give a WORKLOAD.yaml or --stats FILE|URL "
+                               "(with --connection-length)")
+    hold = _connection_length(connection_length, deprecated_hold)
     if stats_source is not None:
         if hold is None:
-            raise ConfigError("--stats needs the connections' hold time, e.g. --hold 10m",
-                              field="--hold")
+            raise ConfigError("--stats needs the connections' median length, e.g. "
+                              "--connection-length 10m", field="--connection-length")
         from egressgw.config import NodePortRange  # noqa: PLC0415
         from egressgw.sim.observed import workload_from_counts  # noqa: PLC0415
 
@@ -298,6 +306,23 @@ def plan_command(
                                                policies), output), nl=False)
     if not estimate_only and plan.confirmed is None:
         ctx.exit(NO_PLAN)
+
+
+def _connection_length(length: float | None, deprecated_hold: float | None) -> float | None:
+    """--connection-length, or its old spelling --hold with a deprecation notice.
+
+    plan --hold meant the median connection length, forecast --hold the time a
+    connection holds its port (that length plus the CT close timeout and GC wait):
+    one flag name now has one meaning, forecast's.
+    """
+    if deprecated_hold is None:
+        return length
+    if length is not None:
+        raise click.UsageError("give --connection-length only (--hold is its old spelling)")
+    click.echo("egressgw: warning: plan --hold is deprecated, use --connection-length (the "
+               "median connection length; forecast --hold is the time a port is held, "
+               "plan's MeanHold)", err=True)
+    return deprecated_hold
 
 
 def _workload_ips(workload: Any) -> list[Any]:

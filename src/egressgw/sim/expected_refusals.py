@@ -11,9 +11,23 @@ refused connections by time T is
 Given the occupancy, refusals are independent rare events, so their number by T is
 Poisson with mean Λ(T) (near enough: P(none) = Π(1 - p_i) ≈ exp(-Σ p_i) for small p_i),
 and P(at least one by T) = 1 - exp(-Λ(T)). That passes 1/2 where Λ(T) = ln 2: the time
-reported is when a first refusal becomes more likely than not. The band is the same
-integral along the trend's prediction bounds (the upper bound gives the earliest time,
-the lower bound the latest), as for the other marks of sim/forecast.py.
+reported is when a first refusal becomes more likely than not: the median of its time.
+
+The band states its coverage (``coverage``, 80% by default) and carries three
+uncertainties:
+
+- the first refusal's own chance: with refusals a Poisson process of mean Λ(T),
+  P(first refusal by T) = 1 - exp(-Λ(T)), so its 10% and 90% quantiles are where
+  Λ(T) = -ln 0.9 = 0.105 and Λ(T) = -ln 0.1 = 2.303 (for an 80% band);
+- the trend's: Λ along the trend's prediction bounds (``confidence``, 90%);
+- the curve's: p's own band (``RefusalCurve.low``/``high``; for nat.h's steady curve
+  a 90% band over independent chains, sim/refusal_exact.py).
+
+The band's earliest time is where Λ along the upper trend bound with the curve's high
+side reaches the lower quantile's Λ; its latest where Λ along the lower bound with the
+curve's low side reaches the upper quantile's. Taking each side's worst case makes the
+band at least as wide as the first refusal's own chance alone asks;
+bench/bench_forecast_coverage.py measures how often simulated first refusals fall in it.
 
 The integral is a cumulative trapezoid on a geometric grid of u (0.18% steps from 1 ms
 to 100 years): a step in p moves the answer by at most one step, 0.18%.
@@ -38,6 +52,8 @@ Probability = Callable[[FloatArray], FloatArray]
 
 # Λ at which P(at least one refusal) = 1 - exp(-Λ) reaches 1/2.
 LN2 = math.log(2)
+# The share of first refusals the band is to hold: from its 10% to its 90% quantile.
+COVERAGE = 0.8
 # The time grid: u = 0, then geometric from 1 ms to the horizon.
 _GRID = np.concatenate(([0.0], np.geomspace(1e-3, HORIZON, 16384)))
 # The refusal curve is sampled at most this many times between 0 and its last level.
@@ -50,16 +66,17 @@ class Curve(Protocol):
     @property
     def held(self) -> Any: ...
 
-    def rate_at(self, held: float) -> float: ...
+    def rate_at(self, held: float, side: str = "refused") -> float: ...
 
 
-def probability_of(curve: Curve) -> Probability:
+def probability_of(curve: Curve, side: str = "refused") -> Probability:
     """p(count) for arrays of counts, from the curve's own ``rate_at`` (log-linear between
-    its levels), sampled on a grid of counts and interpolated linearly between samples.
-    Beyond the curve's last level p stays at its last value, as ``rate_at`` does."""
+    its levels; ``side`` "low" or "high" for its band), sampled on a grid of counts and
+    interpolated linearly between samples. Beyond the curve's last level p stays at its
+    last value, as ``rate_at`` does."""
     top = float(curve.held[-1])
     counts = np.linspace(0.0, top, int(min(_TABLE_POINTS, max(top, 1.0))) + 1)
-    table = np.array([curve.rate_at(float(c)) for c in counts], dtype=np.float64)
+    table = np.array([curve.rate_at(float(c), side) for c in counts], dtype=np.float64)
 
     def p(x: FloatArray) -> FloatArray:
         out: FloatArray = np.interp(x, counts, table)
@@ -114,22 +131,45 @@ class FirstRefusal:
     refused_per_day: float = 0.0
     confidence: float = 0.9
     has_band: bool = False
+    coverage: float = COVERAGE
+
+
+def chance_quantiles(coverage: float) -> tuple[float, float]:
+    """The Λ at which P(first refusal by T) = 1 - exp(-Λ) reaches the band's lower and
+    upper quantiles, (1 - coverage) / 2 either side: 0.105 and 2.303 for 80%."""
+    tail = (1.0 - coverage) / 2
+    return -math.log1p(-tail), -math.log(tail)
+
+
+@dataclass(frozen=True, slots=True)
+class CurveBand:
+    """p(count) and its band: ``low`` and ``high`` bound it (the same function when the
+    curve is exact)."""
+
+    central: Probability
+    low: Probability
+    high: Probability
+
+    @classmethod
+    def exact(cls, p: Probability) -> CurveBand:
+        return cls(p, p, p)
 
 
 def first_refusal(times: Sequence[float], counts: Sequence[float], *, hold: float,
-                  probability: Probability, confidence: float = 0.9) -> FirstRefusal:
+                  probability: Probability | CurveBand, confidence: float = 0.9,
+                  coverage: float = COVERAGE) -> FirstRefusal:
     """Fit one tuple's counts and integrate its expected refusals (module doc)."""
+    curve = probability if isinstance(probability, CurveBand) else CurveBand.exact(probability)
     line = Line.fit(times, counts, confidence=confidence)
     if line is None:
-        return FirstRefusal(Outlook.TOO_FEW, len(times), hold, confidence=confidence)
+        return FirstRefusal(Outlook.TOO_FEW, len(times), hold, confidence=confidence,
+                            coverage=coverage)
     outlook = Outlook.GROWING if line.slope > 0 else Outlook.NOT_GROWING
     now = max(float(line.fitted(0.0)), 0.0)
-    per_day = now / hold * float(probability(np.array([now]))[0]) * 86400.0
-    eta = time_to_expected(line.fitted, hold=hold, probability=probability)
+    per_day = now / hold * float(curve.central(np.array([now]))[0]) * 86400.0
+    eta = time_to_expected(line.fitted, hold=hold, probability=curve.central)
     count = None if eta is None else float(line.fitted(eta))
-    if not line.has_band:
-        return FirstRefusal(outlook, line.n, hold, now, line.slope, eta, count=count,
-                            refused_per_day=per_day, confidence=confidence)
+    soon, late = chance_quantiles(coverage)
 
     def upper(u: FloatArray) -> FloatArray:
         out: FloatArray = line.fitted(u) + line.spread(u)
@@ -139,21 +179,32 @@ def first_refusal(times: Sequence[float], counts: Sequence[float], *, hold: floa
         out: FloatArray = line.fitted(u) - line.spread(u)
         return out
 
+    # Without residuals (fewer than 3 snapshots) the trend's bounds are the line itself.
+    high_trend, low_trend = (upper, lower) if line.has_band else (line.fitted, line.fitted)
     return FirstRefusal(
         outlook, line.n, hold, now, line.slope, eta,
-        earliest=time_to_expected(upper, hold=hold, probability=probability),
-        latest=time_to_expected(lower, hold=hold, probability=probability),
+        earliest=time_to_expected(high_trend, hold=hold, probability=curve.high,
+                                  expected=soon),
+        latest=time_to_expected(low_trend, hold=hold, probability=curve.low, expected=late),
         count=count, refused_per_day=per_day, confidence=confidence, has_band=True,
+        coverage=coverage,
     )
 
 
-def first_refusals(snapshots: Sequence[Snapshot], *, hold: float, probability: Probability,
-                   scale: float = 1.0, confidence: float = 0.9,
+def curve_band(curve: Curve) -> CurveBand:
+    """The curve's p and its band as functions of the count (see :func:`probability_of`)."""
+    return CurveBand(probability_of(curve), probability_of(curve, "low"),
+                     probability_of(curve, "high"))
+
+
+def first_refusals(snapshots: Sequence[Snapshot], *, hold: float,
+                   probability: Probability | CurveBand, scale: float = 1.0,
+                   confidence: float = 0.9, coverage: float = COVERAGE,
                    ) -> dict[NatEndpoint, FirstRefusal]:
     """:func:`first_refusal` for every tuple of ``snapshots``, counts times ``scale``
     (3x traffic: three times the connections held and the new ones a second)."""
     return {
         endpoint: first_refusal(times, counts, hold=hold, probability=probability,
-                                confidence=confidence)
+                                confidence=confidence, coverage=coverage)
         for endpoint, (times, counts) in tuple_series(snapshots, scale=scale).items()
     }

@@ -22,7 +22,9 @@ Two curves answer "what share of new connections is refused at this occupancy":
   connections live). ``steady``: the tuple is held at k connections, each new one that
   gets a port ending the oldest (connections of about equal length; ``fifo=False``
   ends a random one, as exponential lengths would). Both run the same search on a
-  bitmap of the tuple's ports (refusal_kernel.py) and count refusals.
+  bitmap of the tuple's ports (refusal_kernel.py). ``growth`` counts refusals; Cilium's
+  ``steady`` (fifo) computes each sampled state's refusal probability exactly over all
+  walks and samples only the states (sim/refusal_exact.py), which its low tail needs.
 
 Alerts use the higher of the two measured curves at each occupancy
 (:func:`planning_curve`); forecasts the steady one unless told otherwise.
@@ -186,7 +188,8 @@ class RefusalCurve:
     """P(refusal) at occupancies ``held`` (connections on the tuple).
 
     ``saturation`` is ``held / divisor``, the ratio nat-stats and the metric show.
-    ``low``/``high`` bound a measured curve (binomial 95%); equal to ``refused`` when exact.
+    ``low``/``high`` bound a measured curve (counted tries: Wilson 95%; Cilium's steady
+    curve: 90% over its chains); equal to ``refused`` when exact.
     """
 
     kind: str  # "uniform (exact)" or "steady (measured)"
@@ -224,9 +227,11 @@ class RefusalCurve:
         held = self.held_at(rate)
         return None if held is None else held / self.divisor
 
-    def rate_at(self, held: float) -> float:
-        """P(refusal) at ``held`` connections (log-linear between points)."""
-        refused = np.maximum.accumulate(self.refused)
+    def rate_at(self, held: float, side: str = "refused") -> float:
+        """P(refusal) at ``held`` connections (log-linear between points); ``side``
+        "low" or "high" reads the curve's band instead."""
+        values = {"refused": self.refused, "low": self.low, "high": self.high}[side]
+        refused = np.maximum.accumulate(values)
         if held <= self.held[0]:
             return float(refused[0])
         if held >= self.held[-1]:
@@ -396,6 +401,8 @@ def steady_curve(
 
     ``steps`` new connections are tried at each level after ``warm_factor`` x k
     connections have come and gone there; ``low``/``high`` are Wilson 95% bounds.
+    Cilium's search with ``fifo``: each state's refusal probability exact, the states
+    sampled by independent chains (:func:`_steady_exact`).
     """
     universe = int(usable_ports(search, sources).sum())
     levels = _levels(saturations, divisor, universe)
@@ -407,6 +414,9 @@ def steady_curve(
             warm_factor=warm_factor, seed=seed)
         return _measured("steady (measured)", search, sources=sources, divisor=divisor,
                          universe=universe, levels=levels, counts=counts, steps=steps)
+    if not search.is_netfilter and fifo:
+        return _steady_exact(search, sources, divisor, universe, levels, steps=steps,
+                             warm_factor=warm_factor, seed=seed)
     taken = np.zeros(VALUES, dtype=np.bool_)
     # Held ports; in arrival order (a ring whose start is kept in the last slot) for fifo.
     held = np.zeros(universe + 2, dtype=np.int64)
@@ -433,6 +443,29 @@ def steady_curve(
                      universe=universe, levels=levels, counts=counts, steps=steps)
 
 
+# The exact curve's kind: each state's P(refusal) exact, the states sampled.
+STEADY_EXACT = "steady (exact per state, sampled states)"
+
+
+def _steady_exact(search: PortSearch, sources: SourcePorts, divisor: int, universe: int,
+                  levels: npt.NDArray[np.int64], *, steps: int, warm_factor: float,
+                  seed: int) -> RefusalCurve:
+    """nat.h's steady curve with every sampled state's P(refusal) computed exactly over
+    all walks (egressgw.sim.refusal_exact): ``steps`` new connections per level, split
+    over its chains; ``low``/``high`` its 90% band over the chains."""
+    from egressgw.sim import refusal_exact as exact  # noqa: PLC0415
+
+    chains = [(_clients(sources, seed * 64 + c), seed * 64 + c) for c in range(exact.CHAINS)]
+    run = exact.steady_chains(
+        start=search.start, end=search.end, mul=search.clamp_kind == MUL_CLAMP,
+        retries=search.retries, sport_lo=sources.low, sport_hi=sources.high, chains=chains,
+        clamp=search.clamp_table(), universe=universe, levels=levels,
+        steps=max(steps // exact.CHAINS, exact.EVALUATIONS), warm_factor=warm_factor)
+    estimate, low, high = exact.smooth_tail(run)
+    return RefusalCurve(STEADY_EXACT, search, sources, divisor, universe, run.levels,
+                        estimate, low, high)
+
+
 __all__ = [
     "RATES",
     "VERSIONS",
@@ -453,7 +486,8 @@ __all__ = [
 GROWTH, STEADY, UNIFORM = "growth", "steady", "uniform"
 CURVE_TEXT = {
     GROWTH: "filling up: new connections only, none ended yet (measured)",
-    STEADY: "held steady: each new connection ends the oldest (measured)",
+    STEADY: "held steady: each new connection ends the oldest (measured; Cilium: each "
+            "state's refusal exact)",
     UNIFORM: "ports taken at random, no runs (exact)",
 }
 # Clients the default curve assumes: the seed scenario's 400, each walking its ephemeral

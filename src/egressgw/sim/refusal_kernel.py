@@ -176,6 +176,148 @@ def growth(taken, levels, steps, start, end, mul, retries,
         out[li] = refused
 
 
+# -- Cilium: P(refusal) given the taken ports, exactly -----------------------------------
+#
+# nat.h's walk is deterministic once its start p1 = clamp(random16) is drawn, and the
+# kept port p0 (the client's own, or clamp(random16) outside the NAT range) is an
+# independent draw. So for one set of taken ports
+#
+#     P(refused | taken) = P(p0 taken) x P(p1 and the retries - 2 ports after it taken),
+#
+# the second factor summed over all 65536 values of random16 through run lengths along
+# the walk: run[p] = the taken ports met walking from p (capped at the walk's length).
+# Averaging this over the states a churning tuple passes through estimates the curve
+# with no Bernoulli noise from single tries: only the states are sampled.
+
+
+@njit(cache=True)
+def cilium_walk_runs(taken, step, image, cap, run, stack) -> None:
+    """run[p] for every p of ``image``: taken ports in a row walking p, step[(p+1)&0xFFFF],
+    ..., at most ``cap``. Each port is visited once (memoised along the walk's graph)."""
+    for i in range(len(image)):
+        run[image[i]] = -1
+    for i in range(len(image)):
+        p = image[i]
+        depth = 0
+        # Follow the walk until a known run, a free port or a cycle of taken ports.
+        while run[p] == -1:
+            if not taken[p]:
+                run[p] = 0
+                break
+            run[p] = -2  # on the current path
+            stack[depth] = p
+            depth += 1
+            p = step[(p + 1) & 0xFFFF]
+        base = run[p] if run[p] >= 0 else cap  # -2: a cycle of taken ports, endless
+        while depth > 0:
+            depth -= 1
+            base = min(cap, base + 1)
+            run[stack[depth]] = base
+
+
+@njit(cache=True)
+def cilium_refused_given(taken, start, end, step, image, weight, retries, sport_lo,
+                         sport_hi, nxt, run, stack) -> float:
+    """P(a new connection is refused | the taken ports), exactly (see above).
+
+    ``step`` is clamp(v) for every 16-bit v, ``image`` the ports clamp reaches and
+    ``weight`` P(clamp(random16) = port) for each of them.
+    """
+    walk = retries - 1
+    cilium_walk_runs(taken, step, image, walk, run, stack)
+    p_walk = 0.0
+    p_clamped = 0.0  # P(clamp(random16) is taken): the kept port outside the range
+    for i in range(len(image)):
+        p = image[i]
+        if taken[p]:
+            p_clamped += weight[i]
+        if walk <= 0 or run[p] >= walk:
+            p_walk += weight[i]
+    span = sport_hi - sport_lo + 1
+    p_kept = 0.0
+    if len(nxt):
+        for c in range(len(nxt)):
+            sport = sport_lo + nxt[c] % span
+            if start <= sport <= end:
+                p_kept += 1.0 if taken[sport] else 0.0
+            else:
+                p_kept += p_clamped
+        p_kept /= len(nxt)
+    else:
+        inside = 0
+        for sport in range(max(start, sport_lo), min(end, sport_hi) + 1):
+            inside += 1 if taken[sport] else 0
+        outside = span - max(0, min(end, sport_hi) - max(start, sport_lo) + 1)
+        p_kept = (inside + outside * p_clamped) / span
+    return p_kept * p_walk
+
+
+@njit(cache=True)
+def cilium_steady_exact(taken, held, count, levels, warm, steps, every, start, end, mul,
+                        retries, sport_lo, sport_hi, nxt, step, image, weight, out):
+    """Hold the tuple at each level in turn, as :func:`steady` does (each new
+    connection that gets a port ends the oldest); after warming, ``steps`` new
+    connections are tried, and every ``every`` tries P(refused | taken) is evaluated
+    exactly into ``out[level, sample]``. Returns the ports held."""
+    n = count
+    run = np.zeros(65536, np.int64)
+    stack = np.zeros(65536, np.int64)
+    samples = out.shape[1]
+    for li in range(len(levels)):
+        k = levels[li]
+        n = fill_to(taken, held, n, k, start, end, mul, retries, sport_lo, sport_hi, nxt,
+                    False, True)
+        if n < k:
+            out[li, 0] = -1.0
+            continue
+        for phase in range(2):
+            budget = warm if phase == 0 else steps
+            done = 0
+            tries = 0
+            s = 0
+            while done < budget and tries < 20 * budget + 1000:
+                tries += 1
+                if phase == 1:
+                    # Measuring, every try counts (a refused one leaves the state as it
+                    # is): a full tuple is still sampled.
+                    if done % every == 0 and s < samples:
+                        out[li, s] = cilium_refused_given(taken, start, end, step, image,
+                                                          weight, retries, sport_lo,
+                                                          sport_hi, nxt, run, stack)
+                        s += 1
+                    done += 1
+                port = attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt)
+                if port < 0:
+                    continue
+                if phase == 0:
+                    done += 1
+                taken[port] = True
+                h = held[len(held) - 1]
+                taken[held[h]] = False
+                held[h] = port
+                held[len(held) - 1] = (h + 1) % n
+    return n
+
+
+@njit(cache=True)
+def cilium_growth_exact(taken, levels, start, end, mul, retries, sport_lo, sport_hi, nxt,
+                        step, image, weight, out):
+    """Fill the tuple with new connections only; at each level P(refused | taken)."""
+    n = 0
+    held = np.empty(0, np.int64)
+    run = np.zeros(65536, np.int64)
+    stack = np.zeros(65536, np.int64)
+    for li in range(len(levels)):
+        k = levels[li]
+        n = fill_to(taken, held, n, k, start, end, mul, retries, sport_lo, sport_hi, nxt,
+                    False, False)
+        if n < k:
+            out[li] = -1.0
+            continue
+        out[li] = cilium_refused_given(taken, start, end, step, image, weight, retries,
+                                       sport_lo, sport_hi, nxt, run, stack)
+
+
 # -- nf_nat with TIME_WAIT entries (Linux 6.18) ------------------------------------------
 # ``state`` per port: NF_FREE, NF_HELD (an entry that blocks the port: established, or any
 # UDP one) or NF_TIME_WAIT (a TCP entry in TIME_WAIT or CLOSE, source-NATed); ``tw_end``

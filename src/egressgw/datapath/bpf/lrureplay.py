@@ -79,7 +79,7 @@ class RecordingTable:
 
 def record(dp: ModelDatapath) -> list[Op]:
     """Start recording the NAT map operations of ``dp`` (a reference-engine datapath)."""
-    engine = dp._engine
+    engine = dp.engine
     if not isinstance(engine, ReferenceModel):
         raise TypeError("recording needs the reference engine")
     log: list[Op] = []
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
             kernel, log = run_model(ModelConfig(**base, nat_lru="kernel"),  # type: ignore[arg-type]
                                     seed, rate, duration, record)
             result = replay(log, entries)
-            engine = kernel._engine
+            engine = kernel.engine
             assert isinstance(engine, ReferenceModel)
             model_keys = {k for k, _ in engine.nat[0].items()}
             e, c = exact.counters, kernel.counters

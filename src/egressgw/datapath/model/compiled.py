@@ -7,8 +7,8 @@ import random
 import numpy as np
 import numpy.typing as npt
 
-from egressgw.datapath.model import kernel as k
 from egressgw.datapath.model import kernel_api as kapi
+from egressgw.datapath.model import kernel_layout as k
 from egressgw.datapath.model.config import ModelConfig
 from egressgw.datapath.model.gcpacing import to_ns
 from egressgw.datapath.model.kernel_state import BatchColumns, State
@@ -19,7 +19,7 @@ INITIAL_ROWS = 1024
 
 
 def _counted_table() -> npt.NDArray[np.uint8]:
-    """kernel.count_endpoints' ``counted``: COUNTED_PROTOS per family, 2 where ported."""
+    """kernel_views.count_endpoints' ``counted``: COUNTED_PROTOS per family, 2 where ported."""
     table = np.zeros((2, 256), np.uint8)
     for family, protos in enumerate(COUNTED_PROTOS):
         for proto in protos:
@@ -135,7 +135,7 @@ class CompiledModel:
         if need == kapi.NEED_CONN:
             self._grow_conns(2 * len(self.cr))
         elif need == kapi.NEED_NAT:
-            limit = 2 * self.config.bpf_nat_global_max + 1  # see kernel.nat_room
+            limit = 2 * self.config.bpf_nat_global_max + 1  # see kernel_nat.nat_room
             size = len(self.nr)
             if size >= limit:
                 raise AssertionError("NAT pool at its limit yet short of room")

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 import numpy.typing as npt
 
-from egressgw.datapath.model import kernel as k
+from egressgw.datapath.model import kernel_layout as k
 from egressgw.datapath.model.kernel_state import State
 
 U64 = npt.NDArray[np.uint64]
@@ -33,7 +33,7 @@ class InvariantError(AssertionError):
 
 
 def _mix(a: U64, b: U64, c: U64, mask: int) -> U64:
-    """kernel._hash over arrays: splitmix64 of (a << 32 | b) ^ c * golden ratio."""
+    """kernel_hash.key_hash over arrays: splitmix64 of (a << 32 | b) ^ c * golden ratio."""
     x = (a << np.uint64(32)) | b
     x ^= c * np.uint64(0x9E3779B97F4A7C15)
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)

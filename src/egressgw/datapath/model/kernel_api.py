@@ -1,11 +1,11 @@
 """The compiled kernel's entry points from Python, with their types.
 
-``kernel.py`` is compiled by numba, which infers and checks types itself; mypy sees its
-functions as untyped dispatchers. Python code (``compiled.py``, benchmarks, tests) calls
-the kernel only through these wrappers, which state what goes in and what comes out, so
-a wrong argument is a type error here instead of a numba typing error at run time. Each
-wrapper is one call; its cost (well under a microsecond) is small next to numba's own
-argument dispatch.
+The kernel (``kernel.py`` and its ``kernel_*.py`` modules) is compiled by numba, which
+infers and checks types itself; mypy sees its functions as untyped dispatchers. Python
+code (``compiled.py``, benchmarks, tests) calls the kernel only through these wrappers,
+which state what goes in and what comes out, so a wrong argument is a type error here
+instead of a numba typing error at run time. Each wrapper is one call; its cost (well
+under a microsecond) is small next to numba's own argument dispatch.
 
 Statuses of ``run``: ``OK`` (done) or one of ``NEED_CONN``, ``NEED_NAT``, ``NEED_HEAP``
 (grow that table, then call again: nothing was changed).
@@ -17,12 +17,13 @@ import numpy as np
 import numpy.typing as npt
 
 from egressgw.datapath.model import kernel as _k
+from egressgw.datapath.model import kernel_layout
 from egressgw.datapath.model.kernel_state import BatchColumns, State
 
-OK: int = _k.OK
-NEED_CONN: int = _k.NEED_CONN
-NEED_NAT: int = _k.NEED_NAT
-NEED_HEAP: int = _k.NEED_HEAP
+OK: int = kernel_layout.OK
+NEED_CONN: int = kernel_layout.NEED_CONN
+NEED_NAT: int = kernel_layout.NEED_NAT
+NEED_HEAP: int = kernel_layout.NEED_HEAP
 
 ConnKey = tuple[int, int, int, int, int]  # src, sport, dst, dport, proto
 
@@ -41,7 +42,7 @@ def gc(state: State, families: int, signalled: bool) -> None:
 def send(
     state: State, key: ConnKey, egress: int, mode: int, flags: int
 ) -> tuple[int, int, bool, int]:
-    """The packets of one per-connection call (kernel.op_send's ``mode``):
+    """The packets of one per-connection call (kernel_packets.op_send's ``mode``):
     (port or -1, drop code or 0, broken, retries)."""
     port, drop, broken, retries = _k.op_send(state, *key, egress, mode, flags)
     return int(port), int(drop), bool(broken), int(retries)

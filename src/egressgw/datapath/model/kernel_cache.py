@@ -2,7 +2,7 @@
 
 numba stamps a cached function with its own file only (numba 0.68: a SHA-256 of that
 file; older releases: its mtime and size). Compiled code also freezes what it takes from
-other modules: ``gcpacing.get_interval`` is linked into ``kernel.gc``, ``LATENCY_STEP``
+other modules: ``gcpacing.get_interval`` is linked into ``kernel_gc.gc``, ``LATENCY_STEP``
 (types.py) becomes a constant of ``kernel.run``. Changing such a module left the cached
 kernel running the old code. ``register`` installs a cache locator for the listed files
 whose stamp is one digest over all of them, so changing any one recompiles every cached

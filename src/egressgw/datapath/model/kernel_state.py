@@ -3,7 +3,7 @@
 ``State`` is a ``NamedTuple`` of numpy arrays; numba compiles attribute access on it to a
 field of a struct, so naming costs nothing at run time (bench/bench_sim.py, measured in
 docs/model.md "The compiled engine"). Which word of an array means what is named by the
-index constants of ``kernel.py`` (``S_*`` into ``st``, ``R_*`` into a record row, ...).
+index constants of ``kernel_layout.py`` (``S_*`` into ``st``, ``R_*`` into a record row, ...).
 
 The arrays are replaced when they grow, so a ``State`` is a snapshot of references:
 ``CompiledModel.state`` builds a new one after every growth.
