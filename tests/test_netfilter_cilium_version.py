@@ -128,6 +128,9 @@ def test_a_cilium_only_flag_with_the_agents_kernel_datapath_is_a_one_line_error(
     code, out, err = run_cli(capsys, "agent", *datapath, *flag, "--policies", "none",
                              "--inventory", "none", "--node", "gw", "--listen", "nowhere")
     _assert_one_line_error(code, out, err, flag[0])
+    # The way out it names must take the flag: only the BPF program has an uplink.
+    instead = "--datapath bpf" if flag[0] == "--bpf-device" else "--datapath model or bpf"
+    assert err.rstrip().endswith(f"or use {instead}"), err
     assert "--datapath kernel" in err
 
 

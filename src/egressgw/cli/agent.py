@@ -12,7 +12,7 @@ from egressgw.agent import AgentConfig, ListenAddress, make_datapath, run_agent
 from egressgw.agent.datapaths import DATAPATHS
 from egressgw.cli.options import (
     bpf_nat_global_max_option,
-    check_cilium_version,
+    check_linux_gateway_flags,
     cilium_version_option,
     nat_lru_options,
     nat_map_stats_entries_option,
@@ -101,7 +101,7 @@ def agent(
     --nat-map-stats-interval and serves /metrics, /v1/statedb/nat-stats and /healthz.
     """
     # --datapath kernel is nf_nat: Cilium's flags given with it are an error, not ignored.
-    check_cilium_version("kernel" if datapath_kind == "kernel" else None)
+    check_linux_gateway_flags("kernel" if datapath_kind == "kernel" else None)
     configure_logging(verbose)
     ports = node_port_range
 

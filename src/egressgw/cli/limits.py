@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from egressgw.cli.options import (
-    check_cilium_version,
+    check_linux_gateway_flags,
     given,
     nat_port_range_option,
     node_port_range_option,
@@ -76,7 +76,7 @@ def search_and_sources(cilium_version: str, node_port_range: NodePortRange,
 
     from egressgw.sim.refusal import PortSearch, SourcePorts  # noqa: PLC0415
 
-    check_cilium_version(None if limit is None else limit.datapath)
+    check_linux_gateway_flags(None if limit is None else limit.datapath)
     search = (PortSearch.for_version(cilium_version, node_port_range) if limit is None
               else PortSearch.for_limit(limit, cilium_version))
     if search.is_netfilter and hold is not None:

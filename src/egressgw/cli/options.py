@@ -232,7 +232,7 @@ LINUX_GATEWAYS = {
 }
 
 
-def check_cilium_version(datapath_model: str | None, *, policy_form: bool = False) -> None:
+def check_linux_gateway_flags(datapath_model: str | None, *, policy_form: bool = False) -> None:
     """Cilium-only flags given where the datapath is a Linux gateway's nf_nat.
 
     --cilium-version chooses Cilium's port search (nat.h's clamp and retries), the flags
@@ -252,9 +252,11 @@ def check_cilium_version(datapath_model: str | None, *, policy_form: bool = Fals
     where, cilium = LINUX_GATEWAYS[datapath_model]
     for name, what in CILIUM_ONLY_FLAGS.items():
         if given(ctx, name):
+            # Only the BPF program has an uplink; the agent's model datapath has none.
+            instead = "--datapath bpf" if name == "bpf_device" else cilium
             raise ConfigError(f"sets {what}; the datapath here is a Linux gateway's nf_nat "
                               f"({where}), which has none; leave the flag out, or use "
-                              f"{cilium}", field="--" + name.replace("_", "-"))
+                              f"{instead}", field="--" + name.replace("_", "-"))
     if given(ctx, "cilium_version"):
         version = ctx.params.get("cilium_version")
         if policy_form:

@@ -8,7 +8,12 @@ from typing import Any
 
 import click
 
-from egressgw.cli.options import check_cilium_version, given, output_option, parse_duration_flag
+from egressgw.cli.options import (
+    check_linux_gateway_flags,
+    given,
+    output_option,
+    parse_duration_flag,
+)
 from egressgw.cli.outputs import notice_model_compile
 from egressgw.cli.simulate import datapath_options, settings_from_options
 
@@ -287,7 +292,7 @@ def plan_command(
         assert workload_path is not None
         workload = load_workload(workload_path)
         settings = settings_from_options(workload_duration=workload.duration, **options)
-    check_cilium_version(settings.datapath_model, policy_form=True)
+    check_linux_gateway_flags(settings.datapath_model, policy_form=True)
     in_force = None
     if policy_path is not None:  # read and checked before the long part
         from egressgw.sim.remedy import policy_in_force  # noqa: PLC0415

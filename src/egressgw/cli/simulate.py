@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from egressgw.cli.options import (
-    check_cilium_version,
+    check_linux_gateway_flags,
     cilium_version_option,
     nat_lru_options,
     nat_map_stats_entries_option,
@@ -172,7 +172,7 @@ def simulate_command(
 
     # First: the settings' own checks would otherwise speak first of a flag that has no
     # meaning for the datapath chosen.
-    check_cilium_version(options["datapath_model"])
+    check_linux_gateway_flags(options["datapath_model"])
     # Where the output goes is checked before the run, so a typo costs nothing.
     if plot_path is not None:
         check_output_path(plot_path, (".png",), field="--plot")
