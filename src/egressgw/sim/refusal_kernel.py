@@ -390,6 +390,24 @@ def nf_refused_share(state, start, end, sport_lo, sport_hi, trials) -> float:
 
 
 @njit(cache=True)
+def _expire_time_wait(now, state, tw_expiry, q_port, q_expiry, q_head, q_size,
+                      tw_count) -> tuple[int, int, int]:
+    """Free the ports whose TIME_WAIT ended by ``now``: the queue holds (port, expiry) in
+    the order they entered TIME_WAIT; an entry whose port was taken over, or went to
+    TIME_WAIT again later, no longer matches its port's expiry and just leaves the queue.
+    Returns the queue's new (head, size) and the TIME_WAIT count."""
+    qlen = len(q_port)
+    while q_size and q_expiry[q_head] <= now:
+        p = q_port[q_head]
+        if state[p] == 2 and tw_expiry[p] == q_expiry[q_head]:
+            state[p] = 0
+            tw_count -= 1
+        q_head = (q_head + 1) % qlen
+        q_size -= 1
+    return q_head, q_size, tw_count
+
+
+@njit(cache=True)
 def nf_steady_tw(levels, tw_ratio, warm_factor, steps, start, end, sport_lo, sport_hi, nxt,
                  out, tw_out):
     """The steady curve of a Linux gateway whose closed connections linger in TIME_WAIT.
@@ -423,13 +441,8 @@ def nf_steady_tw(levels, tw_ratio, warm_factor, steps, start, end, sport_lo, spo
         while n < k and guard < 1000 * k + 1000:
             guard += 1
             now += 1
-            while q_size and q_expiry[q_head] <= now:
-                p = q_port[q_head]
-                if state[p] == 2 and tw_expiry[p] == q_expiry[q_head]:
-                    state[p] = 0
-                    tw_count -= 1
-                q_head = (q_head + 1) % qlen
-                q_size -= 1
+            q_head, q_size, tw_count = _expire_time_wait(now, state, tw_expiry, q_port,
+                                                         q_expiry, q_head, q_size, tw_count)
             port = nf_attempt_tw(state, tw_end, start, end, sport_lo, sport_hi, nxt)
             if port >= 0:
                 if state[port] == 2:
@@ -449,13 +462,8 @@ def nf_steady_tw(levels, tw_ratio, warm_factor, steps, start, end, sport_lo, spo
         warm = (int(warm_factor * k) if li == 0 else max(int(warm_factor * k / 3), 1000)) + life
         for step in range(warm + steps):
             now += 1
-            while q_size and q_expiry[q_head] <= now:
-                p = q_port[q_head]
-                if state[p] == 2 and tw_expiry[p] == q_expiry[q_head]:
-                    state[p] = 0
-                    tw_count -= 1
-                q_head = (q_head + 1) % qlen
-                q_size -= 1
+            q_head, q_size, tw_count = _expire_time_wait(now, state, tw_expiry, q_port,
+                                                         q_expiry, q_head, q_size, tw_count)
             port = nf_attempt_tw(state, tw_end, start, end, sport_lo, sport_hi, nxt)
             if step >= warm:
                 tw_sum += tw_count
