@@ -51,6 +51,19 @@ def attempt(taken, start, end, mul, retries, sport_lo, sport_hi, nxt, advance=Tr
     return -1
 
 
+@njit(cache=True, inline="always")
+def nf_client_port(sport_lo, sport_hi, nxt, advance) -> int:
+    """The source port of a new connection: the next port of a random sequential client
+    (``nxt``, advanced when ``advance``), or, with no clients, one drawn uniformly."""
+    if len(nxt):
+        c = np.random.randint(0, len(nxt))
+        sport = sport_lo + nxt[c] % (sport_hi - sport_lo + 1)
+        if advance:
+            nxt[c] += 1
+        return sport
+    return np.random.randint(sport_lo, sport_hi + 1)
+
+
 @njit(cache=True)
 def nf_attempt(taken, start, end, sport_lo, sport_hi, nxt, advance=True) -> int:
     """One new connection through nf_nat (Linux 6.18): the port it gets, or -1.
@@ -62,13 +75,7 @@ def nf_attempt(taken, start, end, sport_lo, sport_hi, nxt, advance=True) -> int:
     size and at least 16. No takeover: the held ports belong to live connections.
     """
     size = end - start + 1
-    if len(nxt):
-        c = np.random.randint(0, len(nxt))
-        sport = sport_lo + nxt[c] % (sport_hi - sport_lo + 1)
-        if advance:
-            nxt[c] += 1
-    else:
-        sport = np.random.randint(sport_lo, sport_hi + 1)
+    sport = nf_client_port(sport_lo, sport_hi, nxt, advance)
     if start <= sport <= end and not taken[sport]:
         return sport
     attempts = min(size, 128)
@@ -347,13 +354,7 @@ def nf_attempt_tw(state, tw_end, start, end, sport_lo, sport_hi, nxt, advance=Tr
     ``state[port] == NF_TIME_WAIT``.
     """
     size = end - start + 1
-    if len(nxt):
-        c = np.random.randint(0, len(nxt))
-        sport = sport_lo + nxt[c] % (sport_hi - sport_lo + 1)
-        if advance:
-            nxt[c] += 1
-    else:
-        sport = np.random.randint(sport_lo, sport_hi + 1)
+    sport = nf_client_port(sport_lo, sport_hi, nxt, advance)
     if start <= sport <= end and state[sport] == NF_FREE:
         return sport
     isn = np.random.randint(0, 1 << 32)
