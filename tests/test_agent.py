@@ -38,19 +38,7 @@ from egressgw.policy import (
     load_policies,
     rules_for_gateway,
 )
-
-WALL_OFFSET = 1_700_000_000.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return WALL_OFFSET + self.now
+from fake_clock import FakeClock
 
 
 @pytest.fixture

@@ -53,22 +53,11 @@ from egressgw.datapath.kernel.ctfill import fill, synthetic_entries
 from egressgw.datapath.model import ConnectResult, ModelConfig, ModelDatapath
 from egressgw.errors import DatapathError
 from egressgw.net import Endpoint, FiveTuple, NatEndpoint, Proto
+from fake_clock import FakeClock
 from gateway_files import gateway_files, write_policy
 from netns import bare_netns, run_in
 
-WALL_OFFSET = 1_700_000_000.0
 DEADLINE = 10.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return WALL_OFFSET + self.now
 
 
 class HeldCounter:
